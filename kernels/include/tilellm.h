@@ -1,0 +1,69 @@
+/* tilellm.h — the one C ABI that every compiled kernel variant exports.
+ *
+ * Each variant (portable, avx2, avx512, amx, neon, sme, sme2) is a separate cffi extension
+ * module built from the same sources with its own compiler flags; all export exactly these
+ * functions. Python validates every argument before calling in (see tilellm.kernels), so the
+ * C side may assume: pointers non-NULL, sizes in range, k a multiple of the weight type's
+ * block size, buffers at least as large as stated.
+ *
+ * Layouts (tinyBLAS contract): weights W are m rows of k values, k contiguous, rows ldw bytes
+ * apart, read straight from the mmap'd GGUF. Activations X are n rows (tokens) of k floats.
+ * Output Y[j*ldy + i] = sum_k X[j,k] * W[i,k]  for token j < n, feature i < m.
+ */
+#ifndef TILELLM_H
+#define TILELLM_H
+#include <stddef.h>
+#include <stdint.h>
+
+/* GGML type ids (same numbers as the GGUF file format). */
+enum tl_type {
+    TL_F32 = 0, TL_F16 = 1, TL_Q4_0 = 2, TL_Q4_1 = 3, TL_Q5_0 = 6, TL_Q5_1 = 7,
+    TL_Q8_0 = 8, TL_Q8_1 = 9, TL_Q2_K = 10, TL_Q3_K = 11, TL_Q4_K = 12, TL_Q5_K = 13,
+    TL_Q6_K = 14, TL_Q8_K = 15, TL_BF16 = 30
+};
+
+enum tl_status {
+    TL_OK = 0,
+    TL_UNSUPPORTED = 1, /* "not handled": this variant has no kernel for it; caller falls back */
+    TL_EINVAL = 2,      /* defensive check failed (Python should have caught it) */
+    TL_ENOMEM = 3
+};
+
+/* Name of this variant: "portable", "avx2", "avx512", "amx", "neon", "sme", "sme2". */
+const char *tl_variant(void);
+
+/* CPU features of the running machine as a bitmask of TL_CPU_* (only meaningful when called
+ * from the portable variant, which is compiled for the baseline ISA). */
+enum tl_cpu_feature {
+    TL_CPU_AVX2 = 1 << 0, TL_CPU_FMA = 1 << 1, TL_CPU_F16C = 1 << 2,
+    TL_CPU_AVX512F = 1 << 3, TL_CPU_AVX512BW = 1 << 4, TL_CPU_AVX512VL = 1 << 5,
+    TL_CPU_AVX512DQ = 1 << 6, TL_CPU_AVX512VNNI = 1 << 7, TL_CPU_AVX512BF16 = 1 << 8,
+    TL_CPU_AMX_TILE = 1 << 9, TL_CPU_AMX_INT8 = 1 << 10, TL_CPU_AMX_BF16 = 1 << 11,
+    TL_CPU_NEON = 1 << 16, TL_CPU_DOTPROD = 1 << 17, TL_CPU_FP16 = 1 << 18,
+    TL_CPU_SME = 1 << 19, TL_CPU_SME2 = 1 << 20, TL_CPU_I8MM = 1 << 21, TL_CPU_BF16 = 1 << 22
+};
+uint64_t tl_cpu_features(void);
+
+/* One-time per-process setup this variant needs before its first kernel call (e.g. the Linux
+ * AMX permission request). Returns TL_OK, or TL_UNSUPPORTED if the variant cannot run here. */
+int tl_init(void);
+
+/* 1 if tl_gemm handles weights of this type. */
+int tl_supports(int wtype);
+
+/* Type the activations are converted to for this weight type (e.g. Q8_0 for Q4_0, Q8_1 for
+ * Q4_1, F32 for F32) and the bytes needed to hold n rows of k activations in it. */
+int tl_act_type(int wtype);
+size_t tl_act_bytes(int wtype, int64_t n, int64_t k);
+
+/* Convert n rows of k floats (rows ldx floats apart) into the activation type for wtype,
+ * written densely to act (tl_act_bytes bytes). Done once, reusable for every weight of the
+ * same type and k (q/k/v, gate/up). */
+int tl_act_prepare(int wtype, const float *x, int64_t ldx, int64_t n, int64_t k,
+                   void *act, int nthreads);
+
+/* Y = X * W^T using activations from tl_act_prepare. */
+int tl_gemm(int wtype, const void *w, int64_t ldw, int64_t m, int64_t k,
+            const void *act, int64_t n, float *y, int64_t ldy, int nthreads);
+
+#endif
