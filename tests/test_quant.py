@@ -1,0 +1,115 @@
+"""quant/: the type table and the reference codecs, checked against the gguf package."""
+import numpy as np
+import pytest
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf import quants as gq
+
+from tilellm.quant import TYPE_INFO, GGMLType, TensorView, dequantize, quantize, row_bytes, type_from_any
+
+ROUND_TRIP = [GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0]
+
+
+def _data(rng, rows, k):
+    x = rng.standard_normal((rows, k)).astype(np.float32) * rng.uniform(0.01, 10, (rows, 1)).astype(np.float32)
+    x[0, :32] = 0.0  # an all-zero block: d = 0 must not divide by zero
+    x[1, 5] = 1e-30  # subnormal territory for f16
+    return x
+
+
+def test_type_table_matches_gguf():
+    for t, info in TYPE_INFO.items():
+        if t == GGMLType.Q8_1:
+            continue  # gguf-py lists q8_1 with f32 d and s (40 B); ggml's block_q8_1 has f16 d, s (36 B)
+        block, size = GGML_QUANT_SIZES[GGMLQuantizationType(int(t))]
+        assert (info.block_size, info.type_size) == (block, size), t
+
+
+def test_type_from_any_and_row_bytes():
+    assert type_from_any("Q4_0") is GGMLType.Q4_0
+    assert type_from_any(8) is GGMLType.Q8_0
+    assert row_bytes("q4_1", 64) == 40
+    with pytest.raises(ValueError, match="not a multiple"):
+        row_bytes(GGMLType.Q8_0, 33)
+    with pytest.raises(ValueError, match="unknown"):
+        type_from_any("q9_9")
+    with pytest.raises(ValueError, match="unknown"):
+        type_from_any(4)  # ids 4 and 5 were removed from GGML
+
+
+@pytest.mark.parametrize("t", ROUND_TRIP)
+def test_quantize_bit_exact_with_gguf(t):
+    x = _data(np.random.default_rng(int(t)), 8, 256)
+    ours = quantize(x, t)
+    theirs = gq.quantize(x, GGMLQuantizationType(int(t)))
+    assert ours.shape == (8, row_bytes(t, 256))
+    np.testing.assert_array_equal(ours, np.ascontiguousarray(theirs).view(np.uint8).reshape(ours.shape))
+
+
+@pytest.mark.parametrize(
+    "t", ROUND_TRIP + [GGMLType.Q5_1, GGMLType.Q8_1, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K, GGMLType.Q8_K]
+)
+def test_dequantize_bit_exact_with_gguf(t):
+    rng = np.random.default_rng(100 + int(t))
+    info = TYPE_INFO[t]
+    raw = rng.integers(0, 256, (4, 2 * info.type_size), dtype=np.uint8)
+    if t in (GGMLType.F16, GGMLType.BF16, GGMLType.F32):
+        raw = quantize(rng.standard_normal((4, 2 * info.type_size // info.type_size)).astype(np.float32), t)
+        raw = raw.reshape(4, -1)
+    else:
+        # random bytes, but keep the f16 scale fields finite so the comparison is meaningful
+        f16_fields = {GGMLType.Q6_K: [208], GGMLType.Q8_K: []}.get(t, [0, 2] if t in (
+            GGMLType.Q4_1, GGMLType.Q5_1, GGMLType.Q8_1, GGMLType.Q4_K, GGMLType.Q5_K) else [0])
+        blocks = raw.reshape(-1, info.type_size)
+        for off in f16_fields:
+            blocks[:, off:off + 2] = np.float16(rng.uniform(-2, 2, len(blocks))).view(np.uint8).reshape(-1, 2)
+        if t == GGMLType.Q8_K:
+            blocks[:, 0:4] = np.float32(rng.uniform(-2, 2, len(blocks))).view(np.uint8).reshape(-1, 4)
+    if t in (GGMLType.Q8_1, GGMLType.Q8_K):  # gguf-py has no (matching) codec: check against the layout directly
+        ours = dequantize(raw, t)
+        blocks = raw.reshape(-1, info.type_size)
+        if t == GGMLType.Q8_1:
+            d, q = blocks[:, :2].copy().view(np.float16).astype(np.float32), blocks[:, 4:]
+        else:
+            d, q = blocks[:, :4].copy().view(np.float32), blocks[:, 4:260]
+        np.testing.assert_array_equal(ours, (d * q.view(np.int8)).reshape(4, -1))
+        return
+    ours = dequantize(raw, t)
+    theirs = gq.dequantize(raw, GGMLQuantizationType(int(t)))
+    np.testing.assert_array_equal(ours, theirs.reshape(ours.shape))
+
+
+@pytest.mark.parametrize("t", [GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0])
+def test_round_trip_error_bounded(t):
+    x = np.random.default_rng(7).standard_normal((16, 128)).astype(np.float32)
+    y = dequantize(quantize(x, t), t)
+    amax = np.abs(x.reshape(-1, 32)).max(axis=1, keepdims=True)
+    # worst case per block: half a step, except the clipped end of q4_0/q5_0 (a whole step)
+    bound = {GGMLType.Q8_0: amax / 127 * 0.5, GGMLType.Q4_0: amax / 8, GGMLType.Q4_1: amax * 2 / 15 * 0.5,
+             GGMLType.Q5_0: amax / 16}[t]
+    err = np.abs((y - x).reshape(-1, 32))
+    assert np.all(err <= bound * 1.01 + amax * 2e-3)  # + f16 rounding of the scales
+
+
+def test_q8_1_sum_field():
+    x = np.random.default_rng(3).standard_normal((2, 64)).astype(np.float32)
+    raw = quantize(x, GGMLType.Q8_1).reshape(-1, 36)
+    d = raw[:, :2].copy().view(np.float16).astype(np.float32)[:, 0]
+    s = raw[:, 2:4].copy().view(np.float16).astype(np.float32)[:, 0]
+    q = raw[:, 4:].view(np.int8).astype(np.float32)
+    np.testing.assert_allclose(s, d * q.sum(1), rtol=1e-3)
+
+
+def test_tensor_view_zero_copy_rows_and_matrix():
+    x = np.random.default_rng(1).standard_normal((6, 64)).astype(np.float32)
+    buf = quantize(x, GGMLType.Q8_0).reshape(-1)
+    v = TensorView.from_bytes("w", (64, 3, 2), GGMLType.Q8_0, buf)
+    assert v.k == 64 and v.n_rows == 6 and v.row_bytes == 68
+    assert np.shares_memory(v.data, buf)
+    np.testing.assert_array_equal(v.rows([4, 1]), dequantize(buf.reshape(6, 68)[[4, 1]], GGMLType.Q8_0))
+    m1 = v.matrix(1)
+    assert m1.shape == (64, 3) and np.shares_memory(m1.data, buf)
+    np.testing.assert_array_equal(m1.dequantize(), v.dequantize()[3:6])
+    with pytest.raises(IndexError, match="out of range"):
+        v.rows([6])
+    with pytest.raises(ValueError, match="must be uint8"):
+        TensorView("bad", (64, 5), GGMLType.Q8_0, buf.reshape(6, 68))
