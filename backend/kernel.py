@@ -1,0 +1,61 @@
+"""KernelBackend: a Backend over one compiled C kernel variant (portable, avx2, avx512, ...)."""
+from __future__ import annotations
+
+import numpy as np
+
+from tilellm.quant import GGMLType, TensorView
+
+from .protocol import Backend, Prepared, check_activations, check_out
+
+# The six weight types of the card; a variant may support more (its tl_supports decides).
+CARD_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_1)
+
+
+class KernelBackend:
+    """Runs matmuls in the C library of one variant; weight types it lacks go to `fallback`."""
+
+    def __init__(self, lib, n_threads: int, fallback: Backend | None) -> None:
+        self.lib = lib
+        self.name: str = lib.variant
+        self.n_threads = int(n_threads)
+        self.fallback = fallback
+        own = {t for t in GGMLType if lib.supports(t)}
+        self.native_types = frozenset(own)
+        self.weight_types = frozenset(own | (set(fallback.weight_types) if fallback else set()))
+
+    def supports(self, t: GGMLType) -> bool:
+        return t in self.weight_types
+
+    def _route(self, t: GGMLType) -> Backend | None:
+        if t in self.native_types:
+            return None
+        if self.fallback is None or not self.fallback.supports(t):
+            from tilellm.errors import UnsupportedError
+
+            raise UnsupportedError(f"backend {self.name!r} cannot multiply {GGMLType(t).name} weights")
+        return self.fallback
+
+    def prepare(self, x: np.ndarray, weight_type: GGMLType) -> Prepared:
+        x = check_activations(x)
+        t = GGMLType(weight_type)
+        other = self._route(t)
+        if other is not None:
+            return other.prepare(x, t)
+        return Prepared(x, t, self.name, self.lib.prepare(t, x, n_threads=self.n_threads))
+
+    def matmul(self, weight: TensorView, x, out: np.ndarray | None = None) -> np.ndarray:
+        t = weight.type
+        other = self._route(t)
+        if other is not None:
+            return other.matmul(weight, x.x if isinstance(x, Prepared) else x, out)
+        if isinstance(x, Prepared) and x.owner == self.name and self.lib.act_type(x.weight_type) == self.lib.act_type(t):
+            if x.k != weight.k:
+                from tilellm.errors import ShapeError
+
+                raise ShapeError(f"prepared activations have k = {x.k} but {weight.name!r} has k = {weight.k}")
+            prep = x
+        else:
+            prep = self.prepare(x.x if isinstance(x, Prepared) else x, t)
+        res = check_out(out, prep.n, weight.n_rows)
+        self.lib.gemm(t, weight.data, weight.k, prep.payload, out=res, n_threads=self.n_threads)
+        return res

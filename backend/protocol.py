@@ -1,0 +1,72 @@
+"""The Backend protocol: the one narrow interface every linear layer goes through."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from tilellm.errors import ShapeError
+from tilellm.quant import GGMLType, TensorView
+
+
+@dataclass
+class Prepared:
+    """Activations converted once for a weight type and reusable across matmuls (q/k/v, gate/up).
+
+    `x` keeps the float32 input so a weight of another type can still be served (mixed files).
+    `payload` is backend specific (a kernel library's quantized buffer, or None).
+    """
+
+    x: np.ndarray
+    weight_type: GGMLType
+    owner: str
+    payload: Any = field(default=None, repr=False)
+
+    @property
+    def n(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def k(self) -> int:
+        return self.x.shape[1]
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A matmul provider. `matmul(W, x)` returns x @ W^T: float32 `[n_tokens, m]`."""
+
+    name: str
+    weight_types: frozenset[GGMLType]
+    n_threads: int
+
+    def supports(self, t: GGMLType) -> bool: ...
+
+    def prepare(self, x: np.ndarray, weight_type: GGMLType) -> Prepared: ...
+
+    def matmul(self, weight: TensorView, x: "np.ndarray | Prepared", out: np.ndarray | None = None) -> np.ndarray: ...
+
+
+def check_activations(x: Any, k: int | None = None) -> np.ndarray:
+    """Validate x as float32 [n_tokens, k] (C-contiguous copy made only if needed)."""
+    if not isinstance(x, np.ndarray):
+        raise ShapeError(f"activations must be a numpy array, got {type(x).__name__}")
+    if x.dtype != np.float32:
+        raise ShapeError(f"activations must be float32, got {x.dtype}")
+    if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
+        raise ShapeError(f"activations must be 2-D [n_tokens, k] with n_tokens, k >= 1, got shape {list(x.shape)}")
+    if k is not None and x.shape[1] != k:
+        raise ShapeError(f"activations have k = {x.shape[1]} but the weight rows have k = {k}")
+    return np.ascontiguousarray(x)
+
+
+def check_out(out: np.ndarray | None, n: int, m: int) -> np.ndarray:
+    """Validate (or allocate) the float32 C-contiguous writable output [n, m]."""
+    if out is None:
+        return np.empty((n, m), dtype=np.float32)
+    if not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != (n, m):
+        got = f"{out.dtype} {list(out.shape)}" if isinstance(out, np.ndarray) else type(out).__name__
+        raise ShapeError(f"out must be float32 [{n}, {m}], got {got}")
+    if not out.flags.c_contiguous or not out.flags.writeable:
+        raise ShapeError("out must be C-contiguous and writable")
+    return out

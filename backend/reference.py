@@ -1,0 +1,36 @@
+"""The reference backend: dequantize the weights, then a float32 numpy matmul.
+
+It is the correctness yardstick for every kernel backend and the exact float32 target the
+fixtures call `hfdq`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from tilellm.quant import DEQUANTIZABLE, GGMLType, TensorView
+
+from .protocol import Prepared, check_activations, check_out
+
+
+class ReferenceBackend:
+    """numpy: dequantize, then `x @ W.T` in float32."""
+
+    name = "reference"
+    weight_types = frozenset(DEQUANTIZABLE)
+
+    def __init__(self, n_threads: int | None = None) -> None:
+        self.n_threads = n_threads or 1
+
+    def supports(self, t: GGMLType) -> bool:
+        return t in self.weight_types
+
+    def prepare(self, x: np.ndarray, weight_type: GGMLType) -> Prepared:
+        return Prepared(check_activations(x), GGMLType(weight_type), self.name)
+
+    def matmul(self, weight: TensorView, x, out: np.ndarray | None = None) -> np.ndarray:
+        xa = x.x if isinstance(x, Prepared) else x
+        xa = check_activations(xa, weight.k)
+        res = check_out(out, xa.shape[0], weight.n_rows)
+        w = weight.dequantize()
+        np.matmul(xa, w.T, out=res)
+        return res

@@ -1,0 +1,98 @@
+"""Which backends exist, which this CPU can run, and picking one ("auto", a name, or $TILELLM_BACKEND)."""
+from __future__ import annotations
+
+import os
+import platform
+
+from tilellm.errors import BackendUnavailableError
+
+from .protocol import Backend
+from .reference import ReferenceBackend
+
+# Kernel variants in preference order (best first) and the CPU features each needs.
+VARIANT_ORDER = ("amx", "avx512", "avx2", "sme2", "sme", "neon", "portable")
+VARIANT_REQUIRES: dict[str, frozenset[str]] = {
+    "portable": frozenset(),
+    "avx2": frozenset({"avx2", "fma", "f16c"}),
+    "avx512": frozenset({"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vnni", "avx512bf16"}),
+    "amx": frozenset({"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vnni", "avx512bf16",
+                      "amx_tile", "amx_int8", "amx_bf16"}),
+    "neon": frozenset({"neon", "dotprod", "fp16"}),
+    "sme": frozenset({"sme"}),
+    "sme2": frozenset({"sme", "sme2"}),
+}
+# Where a variant hands the weight types it lacks (and small batches, if it chooses).
+VARIANT_FALLBACK = {"amx": "avx512", "avx512": "avx2", "avx2": "portable", "sme2": "sme", "sme": "neon", "neon": "portable",
+                    "portable": None}
+ENV_VAR = "TILELLM_BACKEND"
+
+
+def default_threads() -> int:
+    """Cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS
+        return max(1, os.cpu_count() or 1)
+
+
+def _kernels():
+    from tilellm import kernels
+
+    return kernels
+
+
+def _why_not(variant: str) -> str | None:
+    """None if `variant` can run here, else the reason."""
+    k = _kernels()
+    if variant not in k.compiled():
+        return f"the {variant!r} kernels were not compiled into this install (compiled: {', '.join(k.compiled()) or 'none'})"
+    missing = VARIANT_REQUIRES[variant] - k.cpu_features()
+    if missing:
+        return f"this CPU ({platform.machine()}) lacks {', '.join(sorted(missing))} needed by {variant!r}"
+    return None
+
+
+def available() -> list[str]:
+    """Backends this machine can run, best first (the reference backend is always last)."""
+    names = [v for v in VARIANT_ORDER if _why_not(v) is None]
+    return names + ["reference"]
+
+
+def known() -> list[str]:
+    return list(VARIANT_ORDER) + ["reference"]
+
+
+def _build(name: str, n_threads: int) -> Backend:
+    if name == "reference":
+        return ReferenceBackend(n_threads)
+    from .kernel import KernelBackend
+
+    fb_name = VARIANT_FALLBACK[name]
+    while fb_name is not None and _why_not(fb_name) is not None:
+        fb_name = VARIANT_FALLBACK[fb_name]
+    fallback = _build(fb_name, n_threads) if fb_name else ReferenceBackend(n_threads)
+    return KernelBackend(_kernels().load(name), n_threads, fallback)
+
+
+def get(name: str | None = "auto", n_threads: int | None = None) -> Backend:
+    """A backend by name, or the best available for "auto" (overridden by $TILELLM_BACKEND).
+
+    Raises BackendUnavailableError for an unknown name or one this install/CPU cannot run.
+    """
+    if name is None or name == "auto":
+        name = os.environ.get(ENV_VAR, "").strip() or "auto"
+    name = name.lower()
+    n_threads = int(n_threads) if n_threads else default_threads()
+    if n_threads < 1:
+        raise BackendUnavailableError(f"n_threads must be >= 1, got {n_threads}")
+    if name == "auto":
+        name = available()[0]
+    if name not in known():
+        raise BackendUnavailableError(f"unknown backend {name!r}; known: {', '.join(known())}")
+    if name != "reference":
+        why = _why_not(name)
+        if why:
+            raise BackendUnavailableError(f"backend {name!r} is not available: {why}")
+    return _build(name, n_threads)
+
+
