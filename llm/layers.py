@@ -1,0 +1,78 @@
+"""The float32 building blocks of the forward pass (everything except the linear layers)."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    """x / sqrt(mean(x^2) + eps) * w, row by row, in float32."""
+    ms = np.mean(np.square(x, dtype=np.float32), axis=-1, keepdims=True, dtype=np.float32)
+    return (x * (1.0 / np.sqrt(ms + np.float32(eps))).astype(np.float32)) * w
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        return x / (np.float32(1) + np.exp(-x))
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    m = np.max(x, axis=axis, keepdims=True)
+    e = np.exp(x - m)
+    return e / np.sum(e, axis=axis, keepdims=True)
+
+
+class Rope:
+    """Rotary position embedding with cached angles.
+
+    mode "norm" rotates adjacent pairs (2i, 2i+1) — what llama.cpp applies to `llama` GGUF files,
+    whose q/k weights the converter stored permuted; "neox" rotates (i, i + n_rot/2) (qwen2).
+    `freq_factors` divides each frequency (LLaMA-3 `rope_freqs`).
+    """
+
+    def __init__(self, n_rot: int, base: float, mode: str = "norm", freq_factors: np.ndarray | None = None) -> None:
+        if mode not in ("norm", "neox"):
+            raise ValueError(f"unknown rope mode {mode!r}")
+        self.n_rot, self.mode = n_rot, mode
+        inv = base ** (-np.arange(0, n_rot, 2, dtype=np.float64) / n_rot)
+        if freq_factors is not None:
+            inv = inv / np.asarray(freq_factors, dtype=np.float64)[: n_rot // 2]
+        self.inv_freq = inv
+
+    def tables(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ang = np.asarray(pos, dtype=np.float64)[:, None] * self.inv_freq[None, :]
+        return np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
+
+    def apply(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+        """x [T, H, D] rotated in place on its first n_rot dims; cos/sin [T, n_rot/2]."""
+        c, s = cos[:, None, :], sin[:, None, :]
+        r = self.n_rot
+        if self.mode == "norm":
+            a, b = x[..., 0:r:2].copy(), x[..., 1:r:2].copy()
+            x[..., 0:r:2] = a * c - b * s
+            x[..., 1:r:2] = a * s + b * c
+        else:
+            h = r // 2
+            a, b = x[..., :h].copy(), x[..., h:r].copy()
+            x[..., :h] = a * c - b * s
+            x[..., h:r] = a * s + b * c
+        return x
+
+
+def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, n_past: int, scale: float) -> np.ndarray:
+    """Grouped-query causal attention.
+
+    q [T, H, D] for positions n_past..n_past+T-1; k, v [S, Hkv, D] for positions 0..S-1 (S = n_past+T).
+    Returns [T, H, D].
+    """
+    T, H, D = q.shape
+    S, Hkv, Dv = v.shape
+    g = H // Hkv
+    qg = q.reshape(T, Hkv, g, D).transpose(1, 2, 0, 3)  # [Hkv, g, T, D]
+    kt = k.transpose(1, 2, 0)  # [Hkv, D, S]
+    scores = np.matmul(qg, kt[:, None]) * np.float32(scale)  # [Hkv, g, T, S]
+    # token t (absolute n_past + t) sees keys 0..n_past+t
+    mask = np.arange(S)[None, :] > (n_past + np.arange(T))[:, None]
+    scores[..., mask] = -np.inf
+    p = softmax(scores, axis=-1)
+    out = np.matmul(p, v.transpose(1, 0, 2)[:, None])  # [Hkv, g, T, Dv]
+    return np.ascontiguousarray(out.transpose(2, 0, 1, 3).reshape(T, H, Dv))

@@ -1,0 +1,179 @@
+"""The LLaMA-family decoder (llama, and its relatives with q/k/v biases or NEOX rope such as qwen2).
+
+Every linear layer (q, k, v, o, gate, up, down, output) goes through `backend.matmul`; the rest
+(RMSNorm, RoPE, attention, SwiGLU) is float32 numpy. Weights stay in the mapped file.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from tilellm.errors import ContextOverflowError, GGUFError, UnsupportedError
+from tilellm.quant import GGMLType, TensorView
+
+from .hparams import HParams
+from .layers import Rope, causal_attention, rms_norm, silu
+
+
+def _vector(t: TensorView) -> np.ndarray:
+    """A 1-D parameter (norm weight, bias) as float32 — a view when it is stored as F32."""
+    if t.type == GGMLType.F32:
+        return t.data.view(np.float32).reshape(-1)
+    return t.dequantize().reshape(-1)
+
+
+class _Layer:
+    __slots__ = ("attn_norm", "wq", "wk", "wv", "wo", "bq", "bk", "bv", "ffn_norm", "w_gate", "w_up", "w_down")
+
+
+class LlamaModel:
+    """A decoder-only transformer of the LLaMA shape with a float32 KV cache."""
+
+    rope_mode = "norm"  # llama GGUF files: q/k are stored permuted for adjacent-pair rotation
+
+    def __init__(self, file: Any, backend: Any, n_ctx: int | None = None, n_batch: int = 512) -> None:
+        self.file = file
+        self.backend = backend
+        md = file.metadata
+        self.hparams = hp = HParams.from_metadata(md, self._vocab_size(file))
+        if n_ctx is None:
+            n_ctx = min(hp.n_ctx_train, 4096)
+        elif n_ctx == 0:
+            n_ctx = hp.n_ctx_train
+        if int(n_ctx) < 1:
+            raise ValueError(f"n_ctx must be >= 1 (or 0 for the model's {hp.n_ctx_train}), got {n_ctx}")
+        if int(n_batch) < 1:
+            raise ValueError(f"n_batch must be >= 1, got {n_batch}")
+        self.n_ctx, self.n_batch = int(n_ctx), int(n_batch)
+        self._load_tensors()
+        freqs = file.tensors.get("rope_freqs.weight")
+        self.rope = Rope(hp.n_rot, hp.rope_base, self.rope_mode, _vector(freqs) if freqs is not None else None)
+        kv_shape = (hp.n_layer, self.n_ctx, hp.n_head_kv, hp.head_dim)
+        self.k_cache = np.zeros(kv_shape, np.float32)
+        self.v_cache = np.zeros(kv_shape, np.float32)
+        self.n_past = 0
+
+    # ------------------------------------------------------------------ loading
+    @staticmethod
+    def _vocab_size(file: Any) -> int:
+        emb = file.tensors.get("token_embd.weight")
+        if emb is None:
+            raise GGUFError("missing required tensor 'token_embd.weight'")
+        return emb.n_rows
+
+    def _tensor(self, name: str, shape: Sequence[int] | None, optional: bool = False) -> TensorView | None:
+        t = self.file.tensors.get(name)
+        if t is None:
+            if optional:
+                return None
+            raise GGUFError(f"missing required tensor {name!r} for architecture {self.hparams.arch!r}")
+        if shape is not None and tuple(t.shape) != tuple(shape):
+            raise GGUFError(f"tensor {name!r} has shape {list(t.shape)}, expected {list(shape)}")
+        return t
+
+    def _linear(self, name: str, k: int, m: int, optional: bool = False) -> TensorView | None:
+        t = self._tensor(name, (k, m), optional)
+        if t is not None and not self.backend.supports(t.type):
+            raise UnsupportedError(f"tensor {name!r} has type {t.type.name}, which backend {self.backend.name!r} "
+                                   f"does not support")
+        return t
+
+    def _load_tensors(self) -> None:
+        hp = self.hparams
+        d, hd = hp.n_embd, hp.head_dim
+        q_dim, kv_dim = hp.n_head * hd, hp.n_head_kv * hd
+        self.tok_embd = self._tensor("token_embd.weight", (d, hp.n_vocab))
+        self.out_norm = _vector(self._tensor("output_norm.weight", (d,)))
+        self.output = self._linear("output.weight", d, hp.n_vocab, optional=True) or self._linear(
+            "token_embd.weight", d, hp.n_vocab)  # tied embeddings
+        self.layers: list[_Layer] = []
+        for i in range(hp.n_layer):
+            p = f"blk.{i}."
+            L = _Layer()
+            L.attn_norm = _vector(self._tensor(p + "attn_norm.weight", (d,)))
+            L.wq = self._linear(p + "attn_q.weight", d, q_dim)
+            L.wk = self._linear(p + "attn_k.weight", d, kv_dim)
+            L.wv = self._linear(p + "attn_v.weight", d, kv_dim)
+            L.wo = self._linear(p + "attn_output.weight", q_dim, d)
+            for b, dim in (("bq", q_dim), ("bk", kv_dim), ("bv", kv_dim)):
+                t = self._tensor(p + f"attn_{b[1]}.bias", (dim,), optional=True)
+                setattr(L, b, _vector(t) if t is not None else None)
+            L.ffn_norm = _vector(self._tensor(p + "ffn_norm.weight", (d,)))
+            L.w_gate = self._linear(p + "ffn_gate.weight", d, hp.n_ff)
+            L.w_up = self._linear(p + "ffn_up.weight", d, hp.n_ff)
+            L.w_down = self._linear(p + "ffn_down.weight", hp.n_ff, d)
+            self.layers.append(L)
+
+    # ------------------------------------------------------------------ running
+    @property
+    def n_vocab(self) -> int:
+        return self.hparams.n_vocab
+
+    def reset(self) -> None:
+        """Forget the context (the KV cache is overwritten from position 0)."""
+        self.n_past = 0
+
+    def eval(self, tokens: Sequence[int] | np.ndarray, logits_all: bool = False) -> np.ndarray:
+        """Append `tokens` to the context; logits of the last position `[n_vocab]` or of every new one."""
+        ids = np.asarray(tokens)
+        if ids.ndim != 1 or ids.size == 0:
+            raise ValueError("eval() needs a non-empty 1-D sequence of token ids")
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"token ids must be integers, got {ids.dtype}")
+        ids = ids.astype(np.int64)
+        bad = ids[(ids < 0) | (ids >= self.n_vocab)]
+        if bad.size:
+            raise ValueError(f"token id {int(bad[0])} is out of range for a vocabulary of {self.n_vocab}")
+        if self.n_past + ids.size > self.n_ctx:
+            raise ContextOverflowError(
+                f"Requested tokens ({self.n_past + ids.size}) exceed context window of {self.n_ctx}")
+        check = getattr(self.file, "check_unchanged", None)
+        if check is not None:
+            check()
+        outs = []
+        for s in range(0, ids.size, self.n_batch):
+            chunk = ids[s:s + self.n_batch]
+            last = s + self.n_batch >= ids.size
+            h = self._forward(chunk)
+            if logits_all:
+                outs.append(self._head(h))
+            elif last:
+                outs.append(self._head(h[-1:])[0])
+        return np.concatenate(outs, axis=0) if logits_all else outs[0]
+
+    def _head(self, h: np.ndarray) -> np.ndarray:
+        x = rms_norm(h, self.out_norm, self.hparams.rms_eps)
+        return self.backend.matmul(self.output, x)
+
+    def _forward(self, ids: np.ndarray) -> np.ndarray:
+        hp, be = self.hparams, self.backend
+        T, p0 = ids.size, self.n_past
+        h = self.tok_embd.rows(ids)  # [T, n_embd]
+        cos, sin = self.rope.tables(np.arange(p0, p0 + T))
+        scale = 1.0 / np.sqrt(hp.head_dim)
+        for li, L in enumerate(self.layers):
+            x = rms_norm(h, L.attn_norm, hp.rms_eps)
+            xp = be.prepare(x, L.wq.type)  # quantized once, shared by q, k, v
+            q = be.matmul(L.wq, xp)
+            k = be.matmul(L.wk, xp)
+            v = be.matmul(L.wv, xp)
+            if L.bq is not None:
+                q += L.bq
+            if L.bk is not None:
+                k += L.bk
+            if L.bv is not None:
+                v += L.bv
+            q = self.rope.apply(q.reshape(T, hp.n_head, hp.head_dim), cos, sin)
+            k = self.rope.apply(k.reshape(T, hp.n_head_kv, hp.head_dim), cos, sin)
+            self.k_cache[li, p0:p0 + T] = k
+            self.v_cache[li, p0:p0 + T] = v.reshape(T, hp.n_head_kv, hp.head_dim)
+            att = causal_attention(q, self.k_cache[li, :p0 + T], self.v_cache[li, :p0 + T], p0, scale)
+            h = h + be.matmul(L.wo, att.reshape(T, -1))
+            x = rms_norm(h, L.ffn_norm, hp.rms_eps)
+            xp = be.prepare(x, L.w_gate.type)  # shared by gate and up
+            g = be.matmul(L.w_gate, xp)
+            u = be.matmul(L.w_up, xp)
+            h = h + be.matmul(L.w_down, silu(g) * u)
+        self.n_past = p0 + T
+        return h
