@@ -44,8 +44,9 @@ def _kernels():
 def _why_not(variant: str) -> str | None:
     """None if `variant` can run here, else the reason."""
     k = _kernels()
-    if variant not in k.compiled():
-        return f"the {variant!r} kernels were not compiled into this install (compiled: {', '.join(k.compiled()) or 'none'})"
+    compiled = k.compiled()
+    if variant not in compiled:
+        return f"the {variant!r} kernels were not compiled into this install (compiled: {', '.join(compiled) or 'none'})"
     missing = VARIANT_REQUIRES[variant] - k.cpu_features()
     if missing:
         return f"this CPU ({platform.machine()}) lacks {', '.join(sorted(missing))} needed by {variant!r}"
