@@ -177,3 +177,9 @@ class LlamaModel:
             h = h + be.matmul(L.w_down, silu(g) * u)
         self.n_past = p0 + T
         return h
+
+
+class Qwen2Model(LlamaModel):
+    """qwen2: the LLaMA block with q/k/v biases (loaded when present) and NEOX-style rope."""
+
+    rope_mode = "neox"
