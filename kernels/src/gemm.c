@@ -1,0 +1,131 @@
+/* gemm.c — the shared driver: splits Y[n x m] into register tiles of the variant's
+ * micro-kernel and runs them on the thread pool (tinyBLAS-style, no packing by default).
+ *
+ * Decomposition (independent of the thread count, so results are too):
+ *   row tiles    [r*RM, min(m, r*RM + RM))        last one ragged
+ *   token tiles  balanced: nt = ceil(n/RN) tiles of width floor/ceil(n/nt)
+ *   jobs         blocks of MB row tiles x NB token tiles; a job's token block is sized to stay
+ *                in L2 while its weight rows stream past, jobs ordered row-block-major so
+ *                neighbouring jobs share weight rows; handed out dynamically (atomic counter).
+ *   n == 1       matrix-vector: memory bound, so only m is split, in chunks handed out
+ *                dynamically; the kernel's gemv if it has one, else tiles of rn = 1.
+ */
+#include <stdatomic.h>
+
+#include "threadpool.h"
+#include "tl_internal.h"
+#include "ukernel.h"
+
+#define TL_ACT_BLOCK_BYTES (192 * 1024) /* prepared activations per job: ~L2-resident */
+#define TL_JOBS_PER_THREAD 6            /* enough jobs to balance, few enough to amortise */
+#define TL_MAX_MB 16
+#define TL_SERIAL_MACS (1 << 17)        /* below this, one thread: dispatch costs more */
+
+typedef struct {
+    const tl_ukernel *uk;
+    const tl_gemm_args *a;
+    int64_t mt, nt;       /* row tiles, token tiles */
+    int64_t mb, nb;       /* row tiles per job, token tiles per job */
+    int64_t jobs_n;       /* token blocks */
+    int64_t njobs;
+    _Atomic int64_t next; /* next job to hand out */
+} gemm_ctx;
+
+/* First token of balanced token tile c (c in [0, nt]). */
+static inline int64_t tok_start(const gemm_ctx *g, int64_t c) { return g->a->n * c / g->nt; }
+
+static void run_job(const gemm_ctx *g, int64_t job) {
+    const tl_ukernel *uk = g->uk;
+    const tl_gemm_args *a = g->a;
+    int64_t rb = job / g->jobs_n, cb = job % g->jobs_n;
+    int64_t r0 = rb * g->mb, r1 = TL_MIN(r0 + g->mb, g->mt);
+    int64_t c0 = cb * g->nb, c1 = TL_MIN(c0 + g->nb, g->nt);
+    if (uk->block) {
+        uk->block(a, r0 * uk->rm, TL_MIN(r1 * uk->rm, a->m), tok_start(g, c0), tok_start(g, c1));
+        return;
+    }
+    for (int64_t r = r0; r < r1; r++) {
+        int64_t i0 = r * uk->rm;
+        int rm = (int)TL_MIN((int64_t)uk->rm, a->m - i0);
+        for (int64_t c = c0; c < c1; c++) {
+            int64_t j0 = tok_start(g, c);
+            uk->tile(a, i0, j0, rm, (int)(tok_start(g, c + 1) - j0));
+        }
+    }
+}
+
+static void gemm_task(void *vctx, int ith, int nth) {
+    (void)ith;
+    (void)nth;
+    gemm_ctx *g = (gemm_ctx *)vctx;
+    for (;;) {
+        int64_t job = atomic_fetch_add_explicit(&g->next, 1, memory_order_relaxed);
+        if (job >= g->njobs) break;
+        run_job(g, job);
+    }
+}
+
+typedef struct {
+    const tl_ukernel *uk;
+    const tl_gemm_args *a;
+    int64_t unit;   /* rows per chunk, a multiple of the kernel's granularity */
+    int64_t nchunks;
+    _Atomic int64_t next;
+} gemv_ctx;
+
+static void gemv_task(void *vctx, int ith, int nth) {
+    (void)ith;
+    (void)nth;
+    gemv_ctx *g = (gemv_ctx *)vctx;
+    const tl_ukernel *uk = g->uk;
+    const tl_gemm_args *a = g->a;
+    for (;;) {
+        int64_t ch = atomic_fetch_add_explicit(&g->next, 1, memory_order_relaxed);
+        if (ch >= g->nchunks) break;
+        int64_t i0 = ch * g->unit, i1 = TL_MIN(i0 + g->unit, a->m);
+        if (uk->gemv) {
+            uk->gemv(a, i0, i1);
+        } else {
+            for (int64_t i = i0; i < i1; i += uk->rm) uk->tile(a, i, 0, (int)TL_MIN((int64_t)uk->rm, i1 - i), 1);
+        }
+    }
+}
+
+static int threads_for(int nthreads, int64_t macs, int64_t max_parallel) {
+    if (macs < TL_SERIAL_MACS) return 1;
+    int64_t t = TL_MIN((int64_t)nthreads, max_parallel);
+    return (int)TL_MAX(t, 1);
+}
+
+void tl_gemm_drive(const tl_ukernel *uk, const tl_gemm_args *a, int nthreads) {
+    const int64_t macs = a->m * a->n * a->k;
+    if (a->n == 1) {
+        /* granularity: the gemv's, else whole register tiles */
+        int64_t gran = uk->gemv ? TL_MAX(uk->gemv_rows, 1) : uk->rm;
+        int64_t units = (a->m + gran - 1) / gran;
+        int nth = threads_for(nthreads, macs, units);
+        int64_t chunks = TL_MIN(units, (int64_t)nth * 4);
+        gemv_ctx g = {uk, a, 0, 0, 0};
+        g.unit = (units + chunks - 1) / chunks * gran;
+        g.nchunks = (a->m + g.unit - 1) / g.unit;
+        tl_parallel_for(nth, gemv_task, &g);
+        return;
+    }
+    gemm_ctx g = {uk, a, 0, 0, 0, 0, 0, 0, 0};
+    g.mt = (a->m + uk->rm - 1) / uk->rm;
+    g.nt = (a->n + uk->rn - 1) / uk->rn;
+    /* token block: as many token tiles as fit the activation budget (at least one) */
+    int64_t tile_bytes = (int64_t)uk->rn * a->ldact;
+    int64_t nb = TL_MAX(TL_ACT_BLOCK_BYTES / TL_MAX(tile_bytes, 1), 1);
+    g.jobs_n = (g.nt + nb - 1) / nb;
+    g.nb = (g.nt + g.jobs_n - 1) / g.jobs_n; /* rebalance the blocks */
+    g.jobs_n = (g.nt + g.nb - 1) / g.nb;
+    int nth = threads_for(nthreads, macs, g.mt * g.jobs_n);
+    /* row block: aim for TL_JOBS_PER_THREAD jobs per thread, capped so a block's weights
+     * stay cache-resident across its token tiles */
+    int64_t want = (int64_t)nth * TL_JOBS_PER_THREAD;
+    int64_t mb = g.mt * g.jobs_n / want;
+    g.mb = TL_MIN(TL_MAX(mb, 1), TL_MAX_MB);
+    g.njobs = ((g.mt + g.mb - 1) / g.mb) * g.jobs_n;
+    tl_parallel_for(nth, gemm_task, &g);
+}

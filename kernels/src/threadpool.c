@@ -1,0 +1,131 @@
+/* threadpool.c — persistent worker pool: workers spin briefly after a job (back-to-back
+ * matmuls of one forward pass arrive microseconds apart), then sleep on a condvar, so an idle
+ * process costs no CPU. One dispatch at a time (dispatch_mu): cffi drops the GIL, so two Python
+ * threads may call in concurrently. */
+#include "threadpool.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#define TL_MAX_THREADS 256
+#define TL_SPIN_ITERS 20000 /* ~20-100 us of polling before sleeping */
+
+#if defined(__x86_64__) || defined(__i386__)
+#define TL_CPU_RELAX() __builtin_ia32_pause()
+#elif defined(__aarch64__)
+#define TL_CPU_RELAX() __asm__ __volatile__("yield")
+#else
+#define TL_CPU_RELAX() ((void)0)
+#endif
+
+static pthread_mutex_t dispatch_mu = PTHREAD_MUTEX_INITIALIZER; /* one dispatch at a time */
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;          /* guards sleeping */
+static pthread_cond_t cv_work = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t cv_done = PTHREAD_COND_INITIALIZER;
+
+static int n_workers;                 /* threads created so far (under dispatch_mu) */
+static _Atomic uint64_t generation;   /* bumped once per dispatch */
+static _Atomic int remaining;         /* workers that have not finished the current job */
+/* The current job; written before generation is bumped (release), read after (acquire). */
+static tl_task_fn job_fn;
+static void *job_ctx;
+static int job_nth;
+
+static uint64_t start_gen[TL_MAX_THREADS];
+
+static _Thread_local int in_pool_task; /* nested call guard */
+
+static void *worker_main(void *arg) {
+    int idx = (int)(intptr_t)arg; /* this worker runs ith = idx + 1 */
+    /* The generation at creation, not at start-up: the dispatch that created us may already
+     * have bumped it, and we must still take part in that job. */
+    uint64_t seen = start_gen[idx];
+    in_pool_task = 1;
+    for (;;) {
+        uint64_t g;
+        int spins = 0;
+        while ((g = atomic_load_explicit(&generation, memory_order_acquire)) == seen && spins < TL_SPIN_ITERS) {
+            TL_CPU_RELAX();
+            spins++;
+        }
+        if (g == seen) {
+            pthread_mutex_lock(&mu);
+            while ((g = atomic_load_explicit(&generation, memory_order_acquire)) == seen)
+                pthread_cond_wait(&cv_work, &mu);
+            pthread_mutex_unlock(&mu);
+        }
+        seen = g;
+        /* Every worker acknowledges every generation (even when not needed for it), so the
+         * dispatcher cannot start the next job while one of us still reads this one. */
+        if (idx + 1 < job_nth) job_fn(job_ctx, idx + 1, job_nth);
+        if (atomic_fetch_sub_explicit(&remaining, 1, memory_order_acq_rel) == 1) {
+            pthread_mutex_lock(&mu); /* lock so the dispatcher cannot miss the signal */
+            pthread_cond_signal(&cv_done);
+            pthread_mutex_unlock(&mu);
+        }
+    }
+    return NULL;
+}
+
+/* After fork() only the forking thread exists in the child: forget the workers. */
+static void atfork_child(void) {
+    pthread_mutex_t m0 = PTHREAD_MUTEX_INITIALIZER;
+    pthread_cond_t c0 = PTHREAD_COND_INITIALIZER;
+    dispatch_mu = m0;
+    mu = m0;
+    cv_work = c0;
+    cv_done = c0;
+    n_workers = 0;
+}
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+static void register_atfork(void) { pthread_atfork(NULL, NULL, atfork_child); }
+
+void tl_parallel_for(int nthreads, tl_task_fn fn, void *ctx) {
+    if (nthreads > TL_MAX_THREADS) nthreads = TL_MAX_THREADS;
+    if (nthreads <= 1 || in_pool_task) {
+        fn(ctx, 0, 1);
+        return;
+    }
+    pthread_once(&atfork_once, register_atfork);
+    pthread_mutex_lock(&dispatch_mu);
+    while (n_workers < nthreads - 1) {
+        pthread_t t;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        start_gen[n_workers] = atomic_load_explicit(&generation, memory_order_relaxed);
+        int rc = pthread_create(&t, &attr, worker_main, (void *)(intptr_t)n_workers);
+        pthread_attr_destroy(&attr);
+        if (rc != 0) break;
+        n_workers++;
+    }
+    int nth = n_workers + 1 < nthreads ? n_workers + 1 : nthreads;
+    if (nth <= 1) {
+        pthread_mutex_unlock(&dispatch_mu);
+        fn(ctx, 0, 1);
+        return;
+    }
+    job_fn = fn;
+    job_ctx = ctx;
+    job_nth = nth;
+    atomic_store_explicit(&remaining, n_workers, memory_order_relaxed);
+    pthread_mutex_lock(&mu);
+    atomic_fetch_add_explicit(&generation, 1, memory_order_release);
+    pthread_cond_broadcast(&cv_work);
+    pthread_mutex_unlock(&mu);
+
+    in_pool_task = 1;
+    fn(ctx, 0, nth);
+    in_pool_task = 0;
+
+    for (int spins = 0; atomic_load_explicit(&remaining, memory_order_acquire) > 0 && spins < TL_SPIN_ITERS; spins++)
+        TL_CPU_RELAX();
+    if (atomic_load_explicit(&remaining, memory_order_acquire) > 0) {
+        pthread_mutex_lock(&mu);
+        while (atomic_load_explicit(&remaining, memory_order_acquire) > 0)
+            pthread_cond_wait(&cv_done, &mu);
+        pthread_mutex_unlock(&mu);
+    }
+    pthread_mutex_unlock(&dispatch_mu);
+}

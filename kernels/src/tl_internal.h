@@ -1,0 +1,129 @@
+/* tl_internal.h — helpers shared by every kernel source (not part of the public ABI).
+ *
+ * Portable C only: nothing here depends on ISA flags, so the same code is compiled into
+ * every variant (the compiler may vectorise it with whatever the variant's flags allow).
+ */
+#ifndef TL_INTERNAL_H
+#define TL_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "tilellm.h"
+
+#if defined(__GNUC__) || defined(__clang__)
+#define TL_INLINE static inline __attribute__((always_inline))
+#define TL_NOINLINE __attribute__((noinline))
+#define TL_RESTRICT __restrict__
+#else
+#define TL_INLINE static inline
+#define TL_NOINLINE
+#define TL_RESTRICT
+#endif
+
+#define TL_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define TL_MAX(a, b) ((a) > (b) ? (a) : (b))
+
+/* ---- block formats of the weight types (GGUF layouts, little-endian) ---------------------- */
+#define TL_QK 32          /* elements per block of q4_0 / q4_1 / q8_0 */
+#define TL_Q8_0_BYTES 34  /* d f16, qs i8[32] */
+#define TL_Q4_0_BYTES 18  /* d f16, qs u8[16]: byte t = element t (low nibble), t+16 (high) */
+#define TL_Q4_1_BYTES 20  /* d f16, m f16, qs u8[16], same nibble order, value d*q + m */
+
+/* Elements per block and bytes per block; 0/0 for types this library has no layout for. */
+TL_INLINE int tl_block_size(int t) {
+    switch (t) {
+    case TL_F32: case TL_F16: case TL_BF16: return 1;
+    case TL_Q4_0: case TL_Q4_1: case TL_Q8_0: return TL_QK;
+    default: return 0;
+    }
+}
+TL_INLINE int tl_type_size(int t) {
+    switch (t) {
+    case TL_F32: return 4;
+    case TL_F16: case TL_BF16: return 2;
+    case TL_Q4_0: return TL_Q4_0_BYTES;
+    case TL_Q4_1: return TL_Q4_1_BYTES;
+    case TL_Q8_0: return TL_Q8_0_BYTES;
+    default: return 0;
+    }
+}
+TL_INLINE int64_t tl_row_bytes(int t, int64_t k) {
+    int bs = tl_block_size(t);
+    return bs ? (k / bs) * tl_type_size(t) : 0;
+}
+
+/* ---- activation layouts (the output of tl_act_prepare) ------------------------------------
+ *
+ * Every prepared row starts on a 64-byte boundary relative to the buffer start (Python aligns
+ * the buffer itself to 64 bytes), so SIMD kernels may use aligned loads on it.
+ *
+ * TL_F32 act (for f32 / f16 / bf16 weights): row j = k floats, then zero padding;
+ *     ldact = round_up(4k, 64).
+ * TL_Q8_0 / TL_Q8_1 act (for q8_0 / q4_0 resp. q4_1 weights) — one layout for both, NOT
+ * ggml's block_q8_0/q8_1: per row, structure-of-arrays with f32 scales (more accurate than
+ * ggml's f16 scales, and contiguous int8 quants are friendlier to vector loads):
+ *     bytes [0, k)            int8 qs[k]      block b = qs[32b .. 32b+31]
+ *     bytes [k, k+4nb)        float d[nb]     block scale, d = amax/127 (x ~ d*q)
+ *     bytes [k+4nb, k+8nb)    float s[nb]     d * (sum of the block's 32 quants)
+ *     then zero padding;      ldact = round_up(k + 8nb, 64), nb = k/32.
+ * Quantisation as ggml's reference: id = 1/d (0 if d == 0), q = roundf(x*id) (half away).
+ */
+#define TL_ACT_ALIGN 64
+TL_INLINE int64_t tl_round_up(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
+TL_INLINE int tl_default_act_type(int wtype) {
+    switch (wtype) {
+    case TL_F32: case TL_F16: case TL_BF16: return TL_F32;
+    case TL_Q8_0: case TL_Q4_0: return TL_Q8_0;
+    case TL_Q4_1: return TL_Q8_1;
+    default: return -1;
+    }
+}
+TL_INLINE int64_t tl_act_row_bytes_default(int wtype, int64_t k) {
+    switch (tl_default_act_type(wtype)) {
+    case TL_F32: return tl_round_up(4 * k, TL_ACT_ALIGN);
+    case TL_Q8_0: case TL_Q8_1: return tl_round_up(k + 8 * (k / TL_QK), TL_ACT_ALIGN);
+    default: return 0;
+    }
+}
+/* Accessors for the q8 act layout: row pointer r, row length k. */
+TL_INLINE const int8_t *tl_q8a_qs(const uint8_t *r) { return (const int8_t *)r; }
+TL_INLINE const float *tl_q8a_d(const uint8_t *r, int64_t k) { return (const float *)(r + k); }
+TL_INLINE const float *tl_q8a_s(const uint8_t *r, int64_t k) { return (const float *)(r + k + 4 * (k / TL_QK)); }
+
+/* ---- scalar conversions (portable, bit-exact, no ISA instructions) ------------------------ */
+TL_INLINE uint16_t tl_load_u16(const void *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+TL_INLINE float tl_bits_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+TL_INLINE uint32_t tl_f32_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+
+/* IEEE binary16 -> binary32, exact for every input: normals re-biased, subnormals normalised
+ * by a float subtraction (so no denormal arithmetic, which is slow and broken under FTZ/DAZ),
+ * inf/nan keep their payload. Branch-free on the common path so loops over it vectorise. */
+TL_INLINE float tl_f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t em = (uint32_t)(h & 0x7fffu) << 13;      /* exponent+mantissa in f32 position */
+    uint32_t e = em & 0x0f800000u;                    /* the 5-bit exponent field, shifted */
+    uint32_t norm = em + ((uint32_t)(127 - 15) << 23);
+    uint32_t bits;
+    if (e == 0x0f800000u) {
+        bits = em | 0x7f800000u;                       /* inf / nan */
+    } else if (e == 0) {
+        /* subnormal (or zero): 2^-14 * 0.m == (1.m * 2^-14) - 2^-14, both normal floats */
+        float f = tl_bits_f32(em + (113u << 23)) - tl_bits_f32(113u << 23);
+        bits = tl_f32_bits(f);
+    } else {
+        bits = norm;
+    }
+    return tl_bits_f32(sign | bits);
+}
+/* bfloat16 is the top half of a binary32: exact by construction (nan, inf, subnormals). */
+TL_INLINE float tl_bf16_to_f32(uint16_t h) { return tl_bits_f32((uint32_t)h << 16); }
+
+/* ---- shared internals ---------------------------------------------------------------------- */
+struct tl_ukernel;
+struct tl_gemm_args;
+/* gemm.c: run one whole matmul through a micro-kernel on nthreads threads. */
+void tl_gemm_drive(const struct tl_ukernel *uk, const struct tl_gemm_args *a, int nthreads);
+
+#endif

@@ -1,0 +1,91 @@
+/* ukernel.h — the contract between the shared gemm driver (gemm.c) and a per-ISA micro-kernel.
+ *
+ * BLIS-style split: everything except the innermost register-tiled loop is written once
+ * (threading, tiling of m x n, ragged edges, activation preparation, the C ABI in api.c).
+ * An ISA adds itself by writing ONE file, kernels/src/ukernel_<variant>.c; setup.py builds the
+ * variant as soon as that file exists (with the flags listed in kernels/build_variants.py).
+ *
+ * What the file must define (exactly these four symbols):
+ *
+ *   const char tl_uk_name[] = "avx2";                 // the variant name (tl_variant())
+ *   const uint64_t tl_uk_required = TL_CPU_AVX2 | TL_CPU_FMA | TL_CPU_F16C;
+ *                                                     // tl_init() refuses to run without these
+ *   int tl_uk_init(void);                             // per-process setup (e.g. AMX permission);
+ *                                                     // TL_OK or TL_UNSUPPORTED
+ *   const tl_ukernel *tl_uk_lookup(int wtype);        // kernel for a weight type, NULL = "not
+ *                                                     // handled" (tl_gemm returns TL_UNSUPPORTED
+ *                                                     // and Python falls back to a lower variant)
+ *
+ * The driver calls, for a matmul Y[n x m] = X[n x k] * W[m x k]^T (see tl_gemm_args):
+ *
+ *   tile(a, i0, j0, rm, rn)   REQUIRED. Compute, over the whole k, the rm x rn block
+ *       y[(j0+j)*ldy + i0+i] = dot(weight row i0+i, prepared act row j0+j),  i < rm, j < rn,
+ *       overwriting y (no accumulate). 1 <= rm <= uk->rm and 1 <= rn <= uk->rn: full tiles are
+ *       the common case, but edges hand in smaller ones and the kernel must handle every size
+ *       (typically a switch over specialised inline instances). Weights are read straight from
+ *       the (mmap'd, read-only, possibly only 2-byte aligned) rows: w + i*ldw, k contiguous.
+ *       Row tiles start at multiples of uk->rm (only the last one is short); token tiles are
+ *       balanced (widths differ by at most 1).
+ *   gemv(a, i0, i1)            OPTIONAL, used when n == 1: rows [i0, i1) of the single output
+ *       row. i0 is a multiple of uk->gemv_rows (set it >= 1 when gemv is given). If NULL the
+ *       driver uses tile(.., rn = 1).
+ *   block(a, i0, i1, j0, j1)   OPTIONAL, replaces the per-tile loop for n > 1: the driver hands
+ *       whole blocks (i0 a multiple of uk->rm, i1 = a multiple of uk->rm or m, j-range any) so a
+ *       kernel may unpack/repack a panel of weights once into a thread-local buffer and reuse
+ *       it for every token tile (AMX, SME). Must compute exactly those outputs.
+ *   act_row_bytes / act_prepare  OPTIONAL pair: a variant that wants its own activation layout
+ *       (e.g. VNNI-interleaved for AMX) provides both; otherwise the shared layouts of
+ *       tl_internal.h are used (q8 rows: int8 qs[k] | f32 d[k/32] | f32 s[k/32], 64-B aligned
+ *       rows). act_prepare converts tokens [j0, j1) and is called from several threads with
+ *       disjoint ranges.
+ *
+ * Rules:
+ *   - Thread safety: every function may run concurrently on disjoint outputs; no globals
+ *     except thread-local scratch. The driver's split never changes which tile computes a
+ *     given output, so if a kernel's summation order depends only on k (not on rm, rn, or the
+ *     position), results are bit-identical for any thread count — please keep it that way.
+ *   - Numerics: accumulate in f32 or wider (never f16/bf16); quantized types: exact integer
+ *     dot inside each 32-block, then scale and accumulate in f32. q4_1: d_w*d_x*sum(qw*qx)
+ *     + m_w*s_x per block.
+ *   - Arguments are validated by Python and api.c (k a multiple of the block size, m, n, k
+ *     >= 1, strides in range); kernels need no checks.
+ *   - No malloc in tile/gemv (stack or thread-local scratch); the driver owns threading:
+ *     never call tl_parallel_for from a kernel.
+ */
+#ifndef TL_UKERNEL_H
+#define TL_UKERNEL_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+#include "tilellm.h"
+
+typedef struct tl_gemm_args {
+    int wtype;              /* enum tl_type of the weights */
+    const uint8_t *w;       /* weight row i at w + i*ldw (bytes), row_bytes(wtype, k) long */
+    int64_t ldw;
+    const uint8_t *act;     /* prepared token row j at act + j*ldact (bytes) */
+    int64_t ldact;
+    float *y;               /* output: y[j*ldy + i] (floats) */
+    int64_t ldy;
+    int64_t m, n, k;        /* m weight rows, n tokens, k values per row */
+} tl_gemm_args;
+
+typedef struct tl_ukernel {
+    int rm, rn;             /* register tile: rm weight rows x rn tokens (>= 1 each) */
+    void (*tile)(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn);
+    int gemv_rows;          /* row granularity of gemv (>= 1 if gemv != NULL) */
+    void (*gemv)(const tl_gemm_args *a, int64_t i0, int64_t i1);
+    void (*block)(const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1);
+    int64_t (*act_row_bytes)(int64_t k);
+    void (*act_prepare)(const float *x, int64_t ldx, int64_t j0, int64_t j1, int64_t k,
+                        uint8_t *act, int64_t ldact);
+} tl_ukernel;
+
+/* Defined by the variant's ukernel_<variant>.c. */
+extern const char tl_uk_name[];
+extern const uint64_t tl_uk_required;
+int tl_uk_init(void);
+const tl_ukernel *tl_uk_lookup(int wtype);
+
+#endif
