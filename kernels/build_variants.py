@@ -1,0 +1,187 @@
+"""Build helper: one cffi extension (API mode, out-of-line) per ISA variant.
+
+Used two ways:
+  * setup.py imports it and calls ``cffi_modules()`` to pick the variants to build (machine
+    architecture, micro-kernel file present, compiler accepts the flags, $TILELLM_VARIANTS);
+  * cffi's setuptools hook executes this file and calls ``ffi_<variant>()`` to get each FFI.
+
+Every variant is compiled from the same shared sources plus its own
+``kernels/src/ukernel_<variant>.c``, with its own flags, and exposes the same cdef (the header
+kernels/include/tilellm.h). Env: ``TILELLM_VARIANTS=portable,avx2`` restricts the set,
+``TILELLM_CFLAGS`` appends flags to compile and link (e.g. ``-fsanitize=address -g``).
+"""
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import sysconfig
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+INCLUDE = os.path.join(HERE, "include")
+SRC = os.path.join(HERE, "src")
+HEADER = os.path.join(INCLUDE, "tilellm.h")
+
+SHARED_SOURCES = ["api.c", "gemm.c", "act.c", "threadpool.c", "cpu_detect.c"]
+
+_X86 = ("x86_64", "amd64", "i386", "i686", "x86")
+_ARM = ("aarch64", "arm64", "armv8l", "armv8b")
+_AVX512 = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni", "-mavx512bf16", "-mfma", "-mf16c"]
+
+# variant -> (machine architectures, compiler flags)
+VARIANTS: dict[str, tuple[tuple[str, ...], list[str]]] = {
+    "portable": ((), []),  # () = every architecture
+    "avx2": (_X86, ["-mavx2", "-mfma", "-mf16c"]),
+    "avx512": (_X86, _AVX512),
+    "amx": (_X86, _AVX512 + ["-mamx-tile", "-mamx-int8", "-mamx-bf16"]),
+    "neon": (_ARM, ["-march=armv8.2-a+dotprod+fp16"]),
+    "sme": (_ARM, ["-march=armv9-a+sme"]),
+    "sme2": (_ARM, ["-march=armv9-a+sme2"]),
+}
+
+BASE_CFLAGS = ["-O3", "-pthread", "-std=gnu11", "-fno-strict-aliasing"]
+BASE_LDFLAGS = ["-pthread"]
+
+
+def extra_flags() -> list[str]:
+    return shlex.split(os.environ.get("TILELLM_CFLAGS", ""))
+
+
+def module_name(variant: str) -> str:
+    return f"tilellm.kernels._tl_{variant}"
+
+
+def ukernel_file(variant: str) -> str:
+    return os.path.join(SRC, f"ukernel_{variant}.c")
+
+
+def cdef_source() -> str:
+    """The header without preprocessor lines (cffi's cdef parses plain declarations)."""
+    with open(HEADER, encoding="utf-8") as f:
+        text = f.read()
+    return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+
+
+def _machine() -> str:
+    return platform.machine().lower()
+
+
+def _compiler() -> list[str]:
+    cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
+    return shlex.split(cc)
+
+
+def compiler_accepts(flags: list[str]) -> tuple[bool, str]:
+    """Test-compile a tiny file with `flags`; returns (ok, first line of the complaint)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "probe.c")
+        with open(src, "w") as f:
+            f.write("int tl_probe(int x) { return x + 1; }\n")
+        cmd = _compiler() + flags + extra_flags() + ["-Werror", "-c", src, "-o", os.path.join(tmp, "probe.o")]
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return False, str(e)
+        if r.returncode == 0:
+            return True, ""
+        msg = (r.stderr or r.stdout).strip().splitlines()
+        return False, (msg[0] if msg else f"exit status {r.returncode}")
+
+
+def requested() -> list[str] | None:
+    env = os.environ.get("TILELLM_VARIANTS", "").strip()
+    if not env:
+        return None
+    names = [v.strip().lower() for v in env.split(",") if v.strip()]
+    unknown = [v for v in names if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"TILELLM_VARIANTS: unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
+    return names
+
+
+def buildable(variant: str) -> bool:
+    """Right architecture and micro-kernel present (no compiler probe)."""
+    archs, _ = VARIANTS[variant]
+    return (not archs or _machine() in archs) and os.path.exists(ukernel_file(variant))
+
+
+def select_variants(verbose: bool = True) -> list[str]:
+    """Variants to build here; a variant the compiler rejects gets one line on stderr."""
+    want = requested()
+    chosen = []
+    for v, (_, flags) in VARIANTS.items():
+        if want is not None and v not in want:
+            continue
+        if not buildable(v):
+            continue
+        ok, why = compiler_accepts(flags)
+        if not ok:
+            if verbose:
+                print(f"tilellm: skipping kernel variant {v!r}: compiler rejects {' '.join(flags)} ({why})",
+                      file=sys.stderr)
+            continue
+        chosen.append(v)
+    return chosen
+
+
+def cffi_modules(verbose: bool = True) -> list[str]:
+    """The ``cffi_modules=`` list for setup(): paths relative to the project root."""
+    rel = os.path.relpath(os.path.abspath(__file__), ROOT).replace(os.sep, "/")
+    return [f"{rel}:ffi_{v}" for v in select_variants(verbose)]
+
+
+def make_ffi(variant: str):
+    from cffi import FFI
+
+    _, flags = VARIANTS[variant]
+    ffi = FFI()
+    ffi.cdef(cdef_source())
+    # Relative source paths: setuptools wants them relative to setup.py's directory.
+    srcs = [os.path.relpath(os.path.join(SRC, s), ROOT) for s in SHARED_SOURCES]
+    srcs.append(os.path.relpath(ukernel_file(variant), ROOT))
+    extra = extra_flags()
+    ffi.set_source(
+        module_name(variant),
+        '#include "tilellm.h"',
+        sources=srcs,
+        include_dirs=[os.path.relpath(INCLUDE, ROOT), os.path.relpath(SRC, ROOT)],
+        extra_compile_args=BASE_CFLAGS + flags + extra,
+        extra_link_args=BASE_LDFLAGS + extra,
+    )
+    return ffi
+
+
+# Names cffi's setuptools hook looks up ("kernels/build_variants.py:ffi_avx2").
+def ffi_portable():
+    return make_ffi("portable")
+
+
+def ffi_avx2():
+    return make_ffi("avx2")
+
+
+def ffi_avx512():
+    return make_ffi("avx512")
+
+
+def ffi_amx():
+    return make_ffi("amx")
+
+
+def ffi_neon():
+    return make_ffi("neon")
+
+
+def ffi_sme():
+    return make_ffi("sme")
+
+
+def ffi_sme2():
+    return make_ffi("sme2")
+
+
+assert all(callable(globals()[f"ffi_{v}"]) for v in VARIANTS)
