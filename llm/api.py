@@ -1,0 +1,611 @@
+"""The user-facing API: ``tilellm.load(path) -> Model`` and ``Model.generate``.
+
+Names and defaults follow llama-cpp-python (``max_tokens=16, temperature=0.8, top_k=40, top_p=0.95,
+min_p=0.05, repeat_penalty=1.0, stop=None, seed=None, stream=False``)::
+
+    import tilellm
+    with tilellm.load("model.gguf") as model:
+        print(model.generate("Once upon a time", max_tokens=32).text)
+        for chunk in model.generate("Hello", max_tokens=32, stream=True):
+            print(chunk.text, end="", flush=True)
+
+KV cache: a model holds one context. ``generate`` always resets it and evaluates the prompt from
+scratch (in batches of ``n_batch``), then appends one token at a time; no prefix is reused between
+calls. This is simple and always correct. ``eval``/``reset`` give direct control of the same cache,
+and a call to ``generate``, ``eval`` or ``reset`` invalidates any stream still being consumed.
+
+Context budget: prompt tokens + generated tokens never exceed ``n_ctx``. A prompt longer than the
+context raises ``ContextOverflowError``; generation that fills the context ends with
+``finish_reason == "length"``.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from tilellm.errors import ContextOverflowError, UnsupportedError
+
+from .sampling import Sampler
+
+__all__ = [
+    "load", "Model", "GenerationResult", "GenerationChunk", "Timings",
+    "register_architecture", "supported_architectures", "physical_cores",
+]
+
+# ----------------------------------------------------------------------------- architectures
+
+# The registry itself lives in architectures.py (arch name -> class(file, backend, n_ctx, n_batch));
+# these wrappers keep the public API in one place.
+ArchFactory = Callable[[Any, Any, int, int], Any]
+
+
+def register_architecture(name: str, factory: ArchFactory) -> None:
+    """Make ``load`` handle GGUF files whose ``general.architecture`` is ``name``.
+
+    ``factory(file, backend, n_ctx, n_batch)`` must return an object with ``eval(tokens,
+    logits_all=False)``, ``reset()``, ``n_past``, ``n_ctx`` and ``n_vocab`` (like ``LlamaModel``).
+    """
+    from . import architectures
+
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"architecture name must be a non-empty string, got {name!r}")
+    architectures.register(name, factory)
+
+
+def supported_architectures() -> list[str]:
+    """Architecture names ``load`` accepts."""
+    from . import architectures
+
+    return sorted(architectures.ARCHITECTURES)
+
+
+def _arch_factory(arch: Any) -> ArchFactory:
+    """The model class for ``arch``; UnsupportedError naming it (and what is supported) if none."""
+    from . import architectures
+
+    if not isinstance(arch, str):
+        raise UnsupportedError(f"unsupported model architecture: {arch!r}")
+    return architectures.model_class(arch)
+
+
+# ----------------------------------------------------------------------------- threads
+
+def physical_cores() -> int:
+    """Physical cores this process may use (llama.cpp's default thread count).
+
+    Hyper-threads share one core's FMA units, so using them for matmul only adds contention.
+    Linux: distinct (package, core) pairs among the CPUs in our affinity mask; macOS: the
+    performance cores. Falls back to the logical CPU count.
+    """
+    try:
+        allowed = os.sched_getaffinity(0)
+    except AttributeError:
+        allowed = set(range(os.cpu_count() or 1))
+    if sys.platform == "darwin":
+        import subprocess
+
+        for key in ("hw.perflevel0.physicalcpu", "hw.physicalcpu"):
+            try:
+                out = subprocess.run(["sysctl", "-n", key], capture_output=True, text=True, timeout=2)
+                n = int(out.stdout.strip())
+                if n > 0:
+                    return n
+            except (OSError, ValueError, subprocess.SubprocessError):
+                continue
+        return max(1, len(allowed))
+    cores: set[tuple[str, str]] = set()
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            cpu, pkg, core = None, "0", None
+            for line in list(f) + [""]:
+                key, _, val = line.partition(":")
+                key, val = key.strip(), val.strip()
+                if key == "processor":
+                    cpu = int(val) if val.isdigit() else None
+                elif key == "physical id":
+                    pkg = val
+                elif key == "core id":
+                    core = val
+                elif not key:  # blank line ends one processor's block
+                    if cpu is not None and core is not None and cpu in allowed:
+                        cores.add((pkg, core))
+                    cpu, pkg, core = None, "0", None
+    except OSError:
+        pass
+    n = len(cores) if cores else len(allowed)
+    return max(1, min(n, len(allowed)))
+
+
+# ----------------------------------------------------------------------------- results
+
+@dataclass
+class Timings:
+    """Wall-clock timings of one generation (sampling is counted in ``gen_ms``)."""
+
+    prompt_ms: float = 0.0
+    gen_ms: float = 0.0
+    prompt_tps: float = 0.0
+    gen_tps: float = 0.0
+
+
+@dataclass
+class GenerationResult:
+    """A finished generation.
+
+    ``text`` excludes the prompt, any end-of-generation token and any stop string (and what
+    followed it). ``tokens`` are the sampled ids, excluding the end-of-generation token; when a
+    stop string ended generation they include the token(s) that spelled it.
+    """
+
+    text: str
+    tokens: list[int]
+    finish_reason: str  # "stop" (EOG token or stop string) | "length" (max_tokens or context full)
+    prompt_tokens: int
+    completion_tokens: int
+    timings: Timings = field(default_factory=Timings)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass
+class GenerationChunk:
+    """One piece of a streamed generation.
+
+    ``text`` is never half a UTF-8 character and never a prefix of a stop string that may still
+    complete. ``tokens`` are the ids sampled since the previous chunk. Only the last chunk has
+    ``finish_reason`` and ``timings`` set (its ``text`` may be empty).
+    """
+
+    text: str
+    tokens: list[int]
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    timings: Timings | None = None
+
+
+def _find_stop(text: str, stops: Sequence[str], start: int) -> int | None:
+    """Index of the earliest stop string in ``text[start:]``, or None."""
+    best = None
+    for s in stops:
+        i = text.find(s, start)
+        if i >= 0 and (best is None or i < best):
+            best = i
+    return best
+
+
+def _held_back(text: str, stops: Sequence[str]) -> int:
+    """Length of the longest suffix of ``text`` that is a proper prefix of some stop string."""
+    n = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), n, -1):
+            if text.endswith(s[:k]):
+                n = k
+                break
+    return n
+
+
+def _check_token_ids(ids: Any, n_vocab: int, what: str) -> list[int]:
+    out: list[int] = []
+    for t in ids:
+        if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
+            raise ValueError(f"{what} must be integer token ids, got {t!r}")
+        if not 0 <= int(t) < n_vocab:
+            raise ValueError(f"token id {int(t)} in {what} is out of range for a vocabulary of {n_vocab}")
+        out.append(int(t))
+    return out
+
+
+# ----------------------------------------------------------------------------- model
+
+class Model:
+    """A loaded GGUF model: tokenizer + forward pass + sampler. Create with :func:`load`."""
+
+    def __init__(
+        self,
+        file: Any,
+        impl: Any,
+        tokenizer: Any,
+        backend: Any,
+        *,
+        n_batch: int = 512,
+        seed: int | None = None,
+        stream_decoder: Callable[[Any], Any] | None = None,
+    ) -> None:
+        self._file = file
+        self._impl = impl
+        self._tok = tokenizer
+        self._backend = backend
+        self._n_batch = int(n_batch)
+        self._rng = np.random.default_rng(seed)
+        if stream_decoder is None:
+            from .tokenizer import StreamDecoder
+
+            # completion text continues the prompt (keep the first piece's leading space) and,
+            # like llama.cpp / llama-cpp-python, does not render control tokens
+            def stream_decoder(tok: Any) -> Any:
+                return StreamDecoder(tok, skip_special=True, continuation=True)
+        self._stream_decoder = stream_decoder
+        self._epoch = 0  # bumped by every call that touches the KV cache; stale streams stop
+        eog = getattr(tokenizer, "eog_ids", None)
+        if not eog:
+            eos = getattr(tokenizer, "eos_id", None)
+            eog = () if eos is None else (eos,)
+        self._eog = frozenset(int(t) for t in eog)
+
+    # -- properties ----------------------------------------------------------------------
+    def _live(self) -> Any:
+        if self._impl is None:
+            raise RuntimeError("the model is closed")
+        return self._impl
+
+    @property
+    def n_vocab(self) -> int:
+        """Vocabulary size (rows of the output layer)."""
+        return int(self._live().n_vocab)
+
+    @property
+    def n_ctx(self) -> int:
+        """Context window in tokens."""
+        return int(self._live().n_ctx)
+
+    @property
+    def n_batch(self) -> int:
+        """Prompt tokens evaluated per forward pass."""
+        return self._n_batch
+
+    @property
+    def n_past(self) -> int:
+        """Tokens currently in the KV cache."""
+        return int(self._live().n_past)
+
+    @property
+    def n_threads(self) -> int:
+        return int(getattr(self._backend, "n_threads", 1))
+
+    @property
+    def backend(self) -> str:
+        """Name of the matmul backend in use."""
+        return str(self._backend.name)
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The GGUF metadata (key -> value)."""
+        return self._file.metadata
+
+    @property
+    def arch(self) -> str:
+        return str(self._file.arch)
+
+    @property
+    def path(self) -> str:
+        return str(getattr(self._file, "path", ""))
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._tok
+
+    @property
+    def eog_ids(self) -> frozenset[int]:
+        """Token ids that end generation (EOS, EOT, ...)."""
+        return self._eog
+
+    @property
+    def n_params(self) -> int:
+        """Number of weights in the file."""
+        return int(sum(int(np.prod(t.shape, dtype=np.int64)) for t in self._file.tensors.values()))
+
+    @property
+    def model_size(self) -> int:
+        """Bytes of tensor data in the file."""
+        return int(sum(int(t.data.nbytes) for t in self._file.tensors.values()))
+
+    @property
+    def desc(self) -> str:
+        """Short description like llama.cpp's: ``"llama 3.6M Q4_0"``."""
+        n = self.n_params
+        size = f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
+        return f"{self.arch} {size} {self.weight_type}"
+
+    @property
+    def weight_type(self) -> str:
+        """Name of the type holding most of the 2-D weights (e.g. ``"Q4_0"``)."""
+        by_type: dict[str, int] = {}
+        for t in self._file.tensors.values():
+            if len(t.shape) >= 2:
+                by_type[t.type.name] = by_type.get(t.type.name, 0) + int(t.data.nbytes)
+        return max(by_type, key=by_type.get) if by_type else "?"
+
+    # -- tokens --------------------------------------------------------------------------
+    def tokenize(self, text: str | bytes, add_bos: bool = True, special: bool = False) -> list[int]:
+        """Token ids of ``text`` (UTF-8 bytes accepted); ``special`` parses control-token text."""
+        if isinstance(text, (bytes, bytearray)):
+            text = bytes(text).decode("utf-8")
+        if not isinstance(text, str):
+            raise ValueError(f"tokenize() needs str or bytes, got {type(text).__name__}")
+        return list(self._tok.encode(text, add_bos=add_bos, special=special))
+
+    def detokenize(self, ids: Sequence[int], special: bool = False) -> str:
+        """Text of ``ids``; special tokens (BOS, EOS, ...) are rendered only if ``special``."""
+        ids = _check_token_ids(ids, self.n_vocab, "detokenize() input")
+        bos = getattr(self._tok, "bos_id", None)
+        if ids and bos is not None and ids[0] == bos:
+            # decode the rest as a sequence start so SentencePiece's dummy-prefix space is
+            # dropped: detokenize(tokenize(text)) == text
+            head = self._tok.decode(ids[:1], skip_special=False) if special else ""
+            return head + self._tok.decode(ids[1:], skip_special=not special)
+        return self._tok.decode(ids, skip_special=not special)
+
+    # -- raw evaluation ------------------------------------------------------------------
+    def eval(self, tokens: Sequence[int], logits_all: bool = False) -> np.ndarray:
+        """Append ``tokens`` to the context; logits ``[n_vocab]`` of the last one, or
+        ``[len(tokens), n_vocab]`` with ``logits_all``."""
+        impl = self._live()
+        ids = _check_token_ids(tokens, self.n_vocab, "eval() input")
+        if not ids:
+            raise ValueError("eval() needs at least one token")
+        if impl.n_past + len(ids) > impl.n_ctx:
+            raise ContextOverflowError(
+                f"Requested tokens ({impl.n_past + len(ids)}) exceed context window of {impl.n_ctx}")
+        self._epoch += 1
+        return impl.eval(ids, logits_all=logits_all)
+
+    def reset(self) -> None:
+        """Empty the context (KV cache)."""
+        self._epoch += 1
+        self._live().reset()
+
+    # -- generation ----------------------------------------------------------------------
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        max_tokens: int | None = 16,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        stop: str | Sequence[str] | None = None,
+        seed: int | None = None,
+        stream: bool = False,
+        *,
+        repeat_last_n: int = 64,
+        add_bos: bool | None = None,
+    ) -> GenerationResult | Iterator[GenerationChunk]:
+        """Continue ``prompt`` (text, or token ids used as given) and return the completion.
+
+        ``max_tokens`` <= 0 or None generates until an end-of-generation token or a full
+        context. ``temperature`` <= 0 is greedy. ``stop`` strings end generation and are left
+        out of the text. ``seed`` makes this call reproducible; without it the model's own
+        generator (seeded by ``load(seed=...)``) is used. ``add_bos`` (text prompts only)
+        defaults to the GGUF's ``tokenizer.ggml.add_bos_token``. Control-token text in a
+        text prompt (e.g. ``<|eot_id|>``) is parsed as the special token, as llama-cpp-python
+        does for completions.
+
+        With ``stream=True`` returns an iterator of :class:`GenerationChunk`; arguments are
+        checked and the prompt tokenized before it is returned.
+        """
+        impl = self._live()
+        sampler = Sampler(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n,
+                          seed=self._rng if seed is None else seed)
+        stops = self._check_stops(stop)
+        ids = self._prompt_ids(prompt, add_bos)
+        n_ctx = int(impl.n_ctx)
+        if len(ids) > n_ctx:
+            raise ContextOverflowError(f"Requested tokens ({len(ids)}) exceed context window of {n_ctx}")
+        if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, (int, np.integer))):
+            raise ValueError(f"max_tokens must be an integer or None, got {max_tokens!r}")
+        room = n_ctx - len(ids)
+        budget = room if max_tokens is None or max_tokens <= 0 else min(int(max_tokens), room)
+        self._epoch += 1
+        it = self._run(ids, budget, sampler, stops, self._epoch)
+        if stream:
+            return it
+        texts: list[str] = []
+        tokens: list[int] = []
+        last: GenerationChunk | None = None
+        for last in it:
+            texts.append(last.text)
+            tokens.extend(last.tokens)
+        assert last is not None and last.finish_reason is not None
+        return GenerationResult("".join(texts), tokens, last.finish_reason, last.prompt_tokens,
+                                last.completion_tokens, last.timings or Timings())
+
+    def __call__(self, prompt: str | Sequence[int], **kwargs: Any) -> GenerationResult | Iterator[GenerationChunk]:
+        """Same as :meth:`generate`."""
+        return self.generate(prompt, **kwargs)
+
+    @staticmethod
+    def _check_stops(stop: str | Sequence[str] | None) -> list[str]:
+        if stop is None:
+            return []
+        if isinstance(stop, str):
+            stop = [stop]
+        out = []
+        for s in stop:
+            if not isinstance(s, str):
+                raise ValueError(f"stop must be a string or a list of strings, got {s!r}")
+            if s:  # an empty stop string would match everywhere: ignore it
+                out.append(s)
+        return out
+
+    def _prompt_ids(self, prompt: str | Sequence[int], add_bos: bool | None) -> list[int]:
+        if isinstance(prompt, (bytes, bytearray)):
+            prompt = bytes(prompt).decode("utf-8")
+        if isinstance(prompt, str):
+            ids = list(self._tok.encode(prompt, add_bos=add_bos, special=True))
+        elif isinstance(prompt, (list, tuple, np.ndarray)):
+            ids = _check_token_ids(list(np.asarray(prompt).reshape(-1)) if isinstance(prompt, np.ndarray)
+                                   else prompt, self.n_vocab, "prompt")
+        else:
+            raise ValueError(f"prompt must be a string or a list of token ids, got {type(prompt).__name__}")
+        if not ids:
+            want_bos = getattr(self._tok, "add_bos", False) if add_bos is None else add_bos
+            bos = getattr(self._tok, "bos_id", None)
+            if want_bos and bos is not None and bos >= 0:
+                ids = [int(bos)]
+            else:
+                raise ValueError("empty prompt: the model adds no BOS token, so there is nothing to condition on")
+        return ids
+
+    def _run(self, ids: list[int], budget: int, sampler: Sampler, stops: list[str],
+             epoch: int) -> Iterator[GenerationChunk]:
+        """The generation loop shared by streamed and plain calls."""
+        impl = self._impl
+
+        def check_current() -> None:
+            if self._epoch != epoch or self._impl is None:
+                raise RuntimeError("this generation was interrupted by a later generate(), eval(), reset() "
+                                   "or close() on the same model")
+
+        check_current()
+        t0 = time.perf_counter()
+        impl.reset()
+        logits = impl.eval(ids)
+        t1 = time.perf_counter()
+        history = list(ids)
+        decoder = self._stream_decoder(self._tok)
+        max_stop = max((len(s) for s in stops), default=0)
+        text = ""
+        emitted = 0  # characters of `text` already handed out
+        pending: list[int] = []  # tokens not yet handed out with a chunk
+        n_gen = 0
+        finish = "length"
+        cut: int | None = None  # where a stop string starts in `text`
+        while n_gen < budget:
+            tok = sampler.sample(logits, history)
+            if tok in self._eog:
+                finish = "stop"
+                break
+            n_gen += 1
+            history.append(tok)
+            pending.append(tok)
+            piece = decoder.feed(tok)
+            if piece:
+                start = max(0, len(text) - max_stop + 1)
+                text += piece
+                if stops:
+                    cut = _find_stop(text, stops, start)
+                    if cut is not None:
+                        finish = "stop"
+                        break
+                safe = len(text) - (_held_back(text, stops) if stops else 0)
+                if safe > emitted:
+                    yield GenerationChunk(text[emitted:safe], pending, None, len(ids), n_gen)
+                    emitted, pending = safe, []
+            if n_gen >= budget:
+                break
+            check_current()
+            logits = impl.eval([tok])
+        if cut is None:
+            tail = decoder.flush()
+            if tail:
+                start = max(0, len(text) - max_stop + 1)
+                text += tail
+                if stops:
+                    cut = _find_stop(text, stops, start)
+                    if cut is not None:
+                        finish = "stop"
+        end = len(text) if cut is None else cut
+        t2 = time.perf_counter()
+        prompt_s, gen_s = t1 - t0, t2 - t1
+        timings = Timings(
+            prompt_ms=prompt_s * 1e3,
+            gen_ms=gen_s * 1e3,
+            prompt_tps=len(ids) / prompt_s if prompt_s > 0 else 0.0,
+            gen_tps=n_gen / gen_s if gen_s > 0 and n_gen else 0.0,
+        )
+        yield GenerationChunk(text[emitted:max(end, emitted)], pending, finish, len(ids), n_gen, timings)
+
+    # -- lifetime ------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release the KV cache and the file mapping. The model is unusable afterwards."""
+        self._epoch += 1
+        self._impl = None
+        f, self._file = self._file, None
+        if f is not None and hasattr(f, "close"):
+            f.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._impl is None
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self._impl is None:
+            return "<tilellm.Model closed>"
+        return f"<tilellm.Model {self.desc} n_ctx={self.n_ctx} backend={self.backend} threads={self.n_threads}>"
+
+
+# ----------------------------------------------------------------------------- load
+
+def _check_int_arg(name: str, v: Any, lo: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer, got {v!r}")
+    if v < lo:
+        raise ValueError(f"{name} must be >= {lo}, got {v}")
+    return int(v)
+
+
+def load(
+    path: str | os.PathLike[str],
+    n_ctx: int | None = None,
+    n_threads: int | None = None,
+    n_batch: int = 512,
+    backend: str = "auto",
+    seed: int | None = None,
+) -> Model:
+    """Open a GGUF model for inference.
+
+    ``n_ctx``: None → min(the model's context_length, 4096); 0 → the model's context_length.
+    ``n_threads``: None → physical cores. ``n_batch``: prompt tokens per forward pass.
+    ``backend``: "auto" (best this CPU runs, or ``$TILELLM_BACKEND``) or a name from
+    ``tilellm.backend.available()``. ``seed``: seeds the model's sampling generator (None = random).
+
+    Raises FileNotFoundError (naming the path), ``GGUFError`` for a malformed file,
+    ``UnsupportedError`` naming an architecture/tensor type/tokenizer we do not handle,
+    ``BackendUnavailableError``, and ValueError for bad arguments.
+    """
+    from tilellm import backend as backends
+
+    from .gguf_file import open_gguf
+    from .tokenizer import Tokenizer
+
+    if n_ctx is not None:
+        n_ctx = _check_int_arg("n_ctx", n_ctx, 0)
+    n_threads = physical_cores() if n_threads is None else _check_int_arg("n_threads", n_threads, 1)
+    n_batch = _check_int_arg("n_batch", n_batch, 1)
+    if seed is not None:
+        seed = _check_int_arg("seed", seed, 0)
+    p = os.fspath(path)
+    if not os.path.exists(p):
+        raise FileNotFoundError(2, "Model path does not exist", p)
+    if os.path.isdir(p):
+        raise IsADirectoryError(21, "Model path is a directory, not a GGUF file", p)
+    file = open_gguf(p)
+    try:
+        arch = file.arch
+        factory = _arch_factory(arch)
+        ctx_train = file.metadata.get(f"{arch}.context_length")
+        if n_ctx is None or n_ctx == 0:
+            if not isinstance(ctx_train, (int, np.integer)) or isinstance(ctx_train, bool) or ctx_train < 1:
+                ctx_train = 4096  # files without the key: a conservative window
+            n_ctx = int(ctx_train) if n_ctx == 0 else min(int(ctx_train), 4096)
+        be = backends.get(backend, n_threads)
+        tok = Tokenizer.from_metadata(file.metadata)
+        impl = factory(file, be, n_ctx, n_batch)
+    except BaseException:
+        file.close()
+        raise
+    return Model(file, impl, tok, be, n_batch=n_batch, seed=seed)
