@@ -27,31 +27,35 @@ class _Layer:
     __slots__ = ("attn_norm", "wq", "wk", "wv", "wo", "bq", "bk", "bv", "ffn_norm", "w_gate", "w_up", "w_down")
 
 
-class LlamaModel:
-    """A decoder-only transformer of the LLaMA shape with a float32 KV cache."""
+class DecoderModel:
+    """What every decoder shares: context/batch bookkeeping, token validation, batching, tensor lookup, the head.
 
-    rope_mode = "norm"  # llama GGUF files: q/k are stored permuted for adjacent-pair rotation
+    A subclass sets `file`, `backend`, `hparams` (with `arch`, `n_vocab`, `n_ctx_train`, `rms_eps`), calls
+    `_init_context`, loads `out_norm` / `output`, and implements `_forward(ids) -> hidden [T, n_embd]`, which
+    must advance `n_past`.
+    """
 
-    def __init__(self, file: Any, backend: Any, n_ctx: int | None = None, n_batch: int = 512) -> None:
-        self.file = file
-        self.backend = backend
-        md = file.metadata
-        self.hparams = hp = HParams.from_metadata(md, self._vocab_size(file))
+    file: Any
+    backend: Any
+    hparams: Any
+    out_norm: np.ndarray
+    output: TensorView
+    n_ctx: int
+    n_batch: int
+    n_past: int
+
+    def _init_context(self, n_ctx: int | None, n_batch: int) -> None:
+        """Validate and store n_ctx (None: min(trained, 4096); 0: trained) and n_batch."""
+        n_train = self.hparams.n_ctx_train
         if n_ctx is None:
-            n_ctx = min(hp.n_ctx_train, 4096)
+            n_ctx = min(n_train, 4096)
         elif n_ctx == 0:
-            n_ctx = hp.n_ctx_train
+            n_ctx = n_train
         if int(n_ctx) < 1:
-            raise ValueError(f"n_ctx must be >= 1 (or 0 for the model's {hp.n_ctx_train}), got {n_ctx}")
+            raise ValueError(f"n_ctx must be >= 1 (or 0 for the model's {n_train}), got {n_ctx}")
         if int(n_batch) < 1:
             raise ValueError(f"n_batch must be >= 1, got {n_batch}")
         self.n_ctx, self.n_batch = int(n_ctx), int(n_batch)
-        self._load_tensors()
-        freqs = file.tensors.get("rope_freqs.weight")
-        self.rope = Rope(hp.n_rot, hp.rope_base, self.rope_mode, _vector(freqs) if freqs is not None else None)
-        kv_shape = (hp.n_layer, self.n_ctx, hp.n_head_kv, hp.head_dim)
-        self.k_cache = np.zeros(kv_shape, np.float32)
-        self.v_cache = np.zeros(kv_shape, np.float32)
         self.n_past = 0
 
     # ------------------------------------------------------------------ loading
@@ -78,32 +82,6 @@ class LlamaModel:
             raise UnsupportedError(f"tensor {name!r} has type {t.type.name}, which backend {self.backend.name!r} "
                                    f"does not support")
         return t
-
-    def _load_tensors(self) -> None:
-        hp = self.hparams
-        d, hd = hp.n_embd, hp.head_dim
-        q_dim, kv_dim = hp.n_head * hd, hp.n_head_kv * hd
-        self.tok_embd = self._tensor("token_embd.weight", (d, hp.n_vocab))
-        self.out_norm = _vector(self._tensor("output_norm.weight", (d,)))
-        self.output = self._linear("output.weight", d, hp.n_vocab, optional=True) or self._linear(
-            "token_embd.weight", d, hp.n_vocab)  # tied embeddings
-        self.layers: list[_Layer] = []
-        for i in range(hp.n_layer):
-            p = f"blk.{i}."
-            L = _Layer()
-            L.attn_norm = _vector(self._tensor(p + "attn_norm.weight", (d,)))
-            L.wq = self._linear(p + "attn_q.weight", d, q_dim)
-            L.wk = self._linear(p + "attn_k.weight", d, kv_dim)
-            L.wv = self._linear(p + "attn_v.weight", d, kv_dim)
-            L.wo = self._linear(p + "attn_output.weight", q_dim, d)
-            for b, dim in (("bq", q_dim), ("bk", kv_dim), ("bv", kv_dim)):
-                t = self._tensor(p + f"attn_{b[1]}.bias", (dim,), optional=True)
-                setattr(L, b, _vector(t) if t is not None else None)
-            L.ffn_norm = _vector(self._tensor(p + "ffn_norm.weight", (d,)))
-            L.w_gate = self._linear(p + "ffn_gate.weight", d, hp.n_ff)
-            L.w_up = self._linear(p + "ffn_up.weight", d, hp.n_ff)
-            L.w_down = self._linear(p + "ffn_down.weight", hp.n_ff, d)
-            self.layers.append(L)
 
     # ------------------------------------------------------------------ running
     @property
@@ -145,6 +123,56 @@ class LlamaModel:
     def _head(self, h: np.ndarray) -> np.ndarray:
         x = rms_norm(h, self.out_norm, self.hparams.rms_eps)
         return self.backend.matmul(self.output, x)
+
+    def _forward(self, ids: np.ndarray) -> np.ndarray:
+        """Run the new tokens `ids` through the blocks; hidden states [T, n_embd]; advances n_past."""
+        raise NotImplementedError
+
+
+class LlamaModel(DecoderModel):
+    """A decoder-only transformer of the LLaMA shape with a float32 KV cache."""
+
+    rope_mode = "norm"  # llama GGUF files: q/k are stored permuted for adjacent-pair rotation
+
+    def __init__(self, file: Any, backend: Any, n_ctx: int | None = None, n_batch: int = 512) -> None:
+        self.file = file
+        self.backend = backend
+        md = file.metadata
+        self.hparams = hp = HParams.from_metadata(md, self._vocab_size(file))
+        self._init_context(n_ctx, n_batch)
+        self._load_tensors()
+        freqs = file.tensors.get("rope_freqs.weight")
+        self.rope = Rope(hp.n_rot, hp.rope_base, self.rope_mode, _vector(freqs) if freqs is not None else None)
+        kv_shape = (hp.n_layer, self.n_ctx, hp.n_head_kv, hp.head_dim)
+        self.k_cache = np.zeros(kv_shape, np.float32)
+        self.v_cache = np.zeros(kv_shape, np.float32)
+        self.n_past = 0
+
+    def _load_tensors(self) -> None:
+        hp = self.hparams
+        d, hd = hp.n_embd, hp.head_dim
+        q_dim, kv_dim = hp.n_head * hd, hp.n_head_kv * hd
+        self.tok_embd = self._tensor("token_embd.weight", (d, hp.n_vocab))
+        self.out_norm = _vector(self._tensor("output_norm.weight", (d,)))
+        self.output = self._linear("output.weight", d, hp.n_vocab, optional=True) or self._linear(
+            "token_embd.weight", d, hp.n_vocab)  # tied embeddings
+        self.layers: list[_Layer] = []
+        for i in range(hp.n_layer):
+            p = f"blk.{i}."
+            L = _Layer()
+            L.attn_norm = _vector(self._tensor(p + "attn_norm.weight", (d,)))
+            L.wq = self._linear(p + "attn_q.weight", d, q_dim)
+            L.wk = self._linear(p + "attn_k.weight", d, kv_dim)
+            L.wv = self._linear(p + "attn_v.weight", d, kv_dim)
+            L.wo = self._linear(p + "attn_output.weight", q_dim, d)
+            for b, dim in (("bq", q_dim), ("bk", kv_dim), ("bv", kv_dim)):
+                t = self._tensor(p + f"attn_{b[1]}.bias", (dim,), optional=True)
+                setattr(L, b, _vector(t) if t is not None else None)
+            L.ffn_norm = _vector(self._tensor(p + "ffn_norm.weight", (d,)))
+            L.w_gate = self._linear(p + "ffn_gate.weight", d, hp.n_ff)
+            L.w_up = self._linear(p + "ffn_up.weight", d, hp.n_ff)
+            L.w_down = self._linear(p + "ffn_down.weight", hp.n_ff, d)
+            self.layers.append(L)
 
     def _forward(self, ids: np.ndarray) -> np.ndarray:
         hp, be = self.hparams, self.backend
