@@ -377,6 +377,7 @@ class Model:
         *,
         repeat_last_n: int = 64,
         add_bos: bool | None = None,
+        ignore_eos: bool = False,
     ) -> GenerationResult | Iterator[GenerationChunk]:
         """Continue ``prompt`` (text, or token ids used as given) and return the completion.
 
@@ -386,7 +387,8 @@ class Model:
         generator (seeded by ``load(seed=...)``) is used. ``add_bos`` (text prompts only)
         defaults to the GGUF's ``tokenizer.ggml.add_bos_token``. Control-token text in a
         text prompt (e.g. ``<|eot_id|>``) is parsed as the special token, as llama-cpp-python
-        does for completions.
+        does for completions. ``ignore_eos`` never samples an end-of-generation token
+        (llama.cpp's ``--ignore-eos``; for benchmarks).
 
         With ``stream=True`` returns an iterator of :class:`GenerationChunk`; arguments are
         checked and the prompt tokenized before it is returned.
@@ -404,7 +406,7 @@ class Model:
         room = n_ctx - len(ids)
         budget = room if max_tokens is None or max_tokens <= 0 else min(int(max_tokens), room)
         self._epoch += 1
-        it = self._run(ids, budget, sampler, stops, self._epoch)
+        it = self._run(ids, budget, sampler, stops, self._epoch, bool(ignore_eos))
         if stream:
             return it
         texts: list[str] = []
@@ -455,7 +457,7 @@ class Model:
         return ids
 
     def _run(self, ids: list[int], budget: int, sampler: Sampler, stops: list[str],
-             epoch: int) -> Iterator[GenerationChunk]:
+             epoch: int, ignore_eos: bool = False) -> Iterator[GenerationChunk]:
         """The generation loop shared by streamed and plain calls."""
         impl = self._impl
 
@@ -478,7 +480,11 @@ class Model:
         n_gen = 0
         finish = "length"
         cut: int | None = None  # where a stop string starts in `text`
+        banned = np.array(sorted(self._eog), dtype=np.int64) if ignore_eos and self._eog else None
         while n_gen < budget:
+            if banned is not None:
+                logits = np.array(logits, dtype=np.float32, copy=True)
+                logits[banned] = -np.inf
             tok = sampler.sample(logits, history)
             if tok in self._eog:
                 finish = "stop"
