@@ -1,0 +1,293 @@
+"""deepseek2 (DeepSeek-V2, V2-Lite, V2.5, V3, R1): multi-head latent attention (MLA) and a DeepSeek MoE FFN.
+
+Attention. Keys and values come from a per-token latent c = norm(W_kv_a x)[:kv_lora] plus one shared rope key
+k_pe = rope(W_kv_a x)[kv_lora:]. Queries are per head [q_nope | q_pe] (optionally through a low-rank q_a/q_b
+pair). Two GGUF layouts:
+
+* new ("MLA as MQA", files with `attention.key_length_mla`): `attn_k_b` [H, kv_lora, nope] and `attn_v_b`
+  [H, v_head, kv_lora]. We use the absorbed form: q_nope_h . (K_h c) = (K_h^T q_nope_h) . c, so each head's query
+  becomes a kv_lora-dim vector and attends directly over the cached latents; the per-head result (still in latent
+  space) goes through v_b. **Cache: the latent plus k_pe, kv_lora + n_rot floats per position and layer** — for
+  V3 576 floats instead of 128 heads x (192 + 128) = 40960 expanded — and nothing is ever decompressed.
+* old (`attn_kv_b` [H*(nope + v_head), kv_lora], head_count_kv = head_count): the k_nope half would have to be
+  transposed to absorb it, which a quantized weight cannot do without a requantization, so we decompress each new
+  position once through kv_b and **cache the expanded per-head K and V** (the memory cost of plain MHA).
+
+RoPE rotates interleaved pairs (llama.cpp's NORM mode) of the n_rot rope dims only; YaRN (llm/yarn.py) when the
+file asks for it. FFN: `leading_dense_block_count` dense SwiGLU blocks, then MoE blocks (llm/moe.py) with shared
+experts. Every matrix product goes through `backend.matmul`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from tilellm.errors import GGUFError, UnsupportedError
+from tilellm.quant import TensorView
+
+from .architectures import register
+from .hparams import _get, _pos_int
+from .layers import Rope, causal_attention, rms_norm
+from .model import DecoderModel, _vector
+from .moe import GATING_SIGMOID, GATING_SOFTMAX, RouterConfig, moe_ffn, route, swiglu
+from .yarn import YarnParams, yarn_inv_freq, yarn_mscale
+
+
+def _nonneg_int(md: Mapping[str, Any], key: str, default: int) -> int:
+    v = md.get(key, default)
+    try:
+        iv = int(v)
+    except (TypeError, ValueError):
+        raise GGUFError(f"metadata {key!r} must be an integer, got {v!r}") from None
+    if iv < 0 or iv != v:
+        raise GGUFError(f"metadata {key!r} must be a non-negative integer, got {v!r}")
+    return iv
+
+
+@dataclass(frozen=True)
+class DeepSeek2HParams:
+    """Sizes and constants of a deepseek2 file (MLA and MoE included)."""
+
+    arch: str
+    n_vocab: int
+    n_ctx_train: int
+    n_embd: int
+    n_layer: int
+    n_ff: int  # dense blocks
+    n_head: int
+    rms_eps: float
+    rope_base: float
+    n_rot: int  # qk_rope_head_dim
+    qk_nope: int
+    v_head: int
+    kv_lora: int
+    q_lora: int | None  # None: plain attn_q (V2-Lite)
+    absorbed: bool  # True: attn_k_b / attn_v_b layout; False: attn_kv_b
+    n_dense_lead: int
+    n_expert: int
+    n_ff_exp: int
+    n_expert_shared: int
+    router: RouterConfig | None  # None when every block is dense
+    yarn: YarnParams | None
+
+    @classmethod
+    def from_file(cls, md: Mapping[str, Any], tensors: Mapping[str, TensorView], n_vocab: int) -> "DeepSeek2HParams":
+        arch = _get(md, "general.architecture")
+        p = f"{arch}."
+        n_head = _pos_int(md, p + "attention.head_count")
+        n_head_kv = _pos_int(md, p + "attention.head_count_kv", n_head)
+        kv_lora = _pos_int(md, p + "attention.kv_lora_rank")
+        n_rot = _pos_int(md, p + "rope.dimension_count")
+        if n_rot % 2:
+            raise GGUFError(f"rope.dimension_count {n_rot} must be even")
+        key_len = _pos_int(md, p + "attention.key_length")
+        val_len = _pos_int(md, p + "attention.value_length")
+        q_lora = _pos_int(md, p + "attention.q_lora_rank") if p + "attention.q_lora_rank" in md else None
+        has_kb = "blk.0.attn_k_b.weight" in tensors and "blk.0.attn_v_b.weight" in tensors
+        has_kvb = "blk.0.attn_kv_b.weight" in tensors
+        if p + "attention.key_length_mla" in md or p + "attention.value_length_mla" in md:
+            # new layout: the attention llama.cpp builds is MQA over [latent | k_pe]
+            k_mla = _pos_int(md, p + "attention.key_length_mla")
+            v_head = _pos_int(md, p + "attention.value_length_mla")
+            if n_head_kv != 1 or key_len != kv_lora + n_rot or val_len != kv_lora:
+                raise GGUFError(
+                    f"MLA layout needs head_count_kv 1, key_length = kv_lora_rank + rope ({kv_lora + n_rot}) and "
+                    f"value_length = kv_lora_rank ({kv_lora}); got {n_head_kv}, {key_len}, {val_len}")
+            if not has_kb:
+                raise GGUFError("file has key_length_mla but no attn_k_b / attn_v_b tensors")
+            absorbed, qk_nope = True, k_mla - n_rot
+        else:
+            if has_kb and not has_kvb:
+                raise GGUFError("file has attn_k_b / attn_v_b but no key_length_mla / value_length_mla metadata")
+            if not has_kvb:
+                raise UnsupportedError("deepseek2 file has neither attn_kv_b nor attn_k_b/attn_v_b: unknown MLA layout")
+            if n_head_kv != n_head:
+                raise GGUFError(f"attn_kv_b layout needs head_count_kv == head_count, got {n_head_kv} != {n_head}")
+            absorbed, qk_nope, v_head = False, key_len - n_rot, val_len
+        if qk_nope < 1:
+            raise GGUFError(f"key length {qk_nope + n_rot} leaves no non-rope part beside {n_rot} rope dims")
+        n_layer = _pos_int(md, p + "block_count")
+        n_dense = _nonneg_int(md, p + "leading_dense_block_count", 0)
+        if n_dense > n_layer:
+            raise GGUFError(f"leading_dense_block_count {n_dense} > block_count {n_layer}")
+        router, n_expert, n_ff_exp, n_shared = None, 0, 0, 0
+        if n_dense < n_layer:
+            n_expert = _pos_int(md, p + "expert_count")
+            n_ff_exp = _pos_int(md, p + "expert_feed_forward_length")
+            n_shared = _nonneg_int(md, p + "expert_shared_count", 0)
+            # absent gating func = softmax, as for the first DeepSeek-V2 / V2.5 files
+            gating = _nonneg_int(md, p + "expert_gating_func", GATING_SOFTMAX)
+            if gating not in (GATING_SOFTMAX, GATING_SIGMOID):
+                raise UnsupportedError(f"expert_gating_func {gating} is not supported (1 softmax, 2 sigmoid)")
+            try:
+                router = RouterConfig(
+                    n_expert=n_expert, n_used=_pos_int(md, p + "expert_used_count"), gating=gating,
+                    n_group=_nonneg_int(md, p + "expert_group_count", 1) or 1,
+                    n_group_used=_nonneg_int(md, p + "expert_group_used_count", 1) or 1,
+                    norm=bool(md.get(p + "expert_weights_norm", False)),
+                    scale=float(md.get(p + "expert_weights_scale", 1.0)))
+            except ValueError as e:
+                raise GGUFError(f"invalid MoE metadata: {e}") from None
+        eps = float(_get(md, p + "attention.layer_norm_rms_epsilon", 1e-6))
+        base = float(_get(md, p + "rope.freq_base", 10000.0))
+        if not (eps > 0 and base > 0):
+            raise GGUFError(f"invalid rms epsilon {eps} or rope base {base}")
+        return cls(
+            arch=arch, n_vocab=n_vocab, n_ctx_train=_pos_int(md, p + "context_length", 4096),
+            n_embd=_pos_int(md, p + "embedding_length"), n_layer=n_layer,
+            n_ff=_pos_int(md, p + "feed_forward_length") if n_dense else 0, n_head=n_head, rms_eps=eps,
+            rope_base=base, n_rot=n_rot, qk_nope=qk_nope, v_head=v_head, kv_lora=kv_lora, q_lora=q_lora,
+            absorbed=absorbed, n_dense_lead=n_dense, n_expert=n_expert, n_ff_exp=n_ff_exp,
+            n_expert_shared=n_shared, router=router, yarn=YarnParams.from_metadata(md, arch))
+
+
+class _Block:
+    __slots__ = ("attn_norm", "wq", "wq_a", "q_a_norm", "wq_b", "wkv_a", "kv_a_norm", "wk_b", "wv_b", "wkv_b",
+                 "wo", "ffn_norm", "w_gate", "w_up", "w_down", "router", "probs_bias", "gate_exps", "up_exps",
+                 "down_exps", "gate_sh", "up_sh", "down_sh")
+
+    def __init__(self) -> None:
+        for name in self.__slots__:
+            setattr(self, name, None)
+
+
+class DeepSeek2Model(DecoderModel):
+    """deepseek2 decoder with an MLA KV cache (see the module docstring for which cache and why)."""
+
+    def __init__(self, file: Any, backend: Any, n_ctx: int | None = None, n_batch: int = 512) -> None:
+        self.file = file
+        self.backend = backend
+        self.hparams = hp = DeepSeek2HParams.from_file(file.metadata, file.tensors, self._vocab_size(file))
+        self._init_context(n_ctx, n_batch)
+        self._load_tensors()
+        self.rope = Rope(hp.n_rot, hp.rope_base, "norm")
+        if hp.yarn is not None:
+            self.rope.inv_freq = yarn_inv_freq(hp.n_rot, hp.rope_base, hp.yarn)
+        self.kq_scale = yarn_mscale(hp.yarn) ** 2 / math.sqrt(hp.qk_nope + hp.n_rot)
+        if hp.absorbed:
+            self.kv_cache = np.zeros((hp.n_layer, self.n_ctx, hp.kv_lora + hp.n_rot), np.float32)
+        else:
+            self.k_cache = np.zeros((hp.n_layer, self.n_ctx, hp.n_head, hp.qk_nope + hp.n_rot), np.float32)
+            self.v_cache = np.zeros((hp.n_layer, self.n_ctx, hp.n_head, hp.v_head), np.float32)
+
+    # ------------------------------------------------------------------ loading
+    def _weight(self, name: str, shape: tuple[int, ...], optional: bool = False) -> TensorView | None:
+        """A matrix (2-D or stacked 3-D) the backend must multiply with."""
+        t = self._tensor(name, shape, optional)
+        if t is not None and not self.backend.supports(t.type):
+            raise UnsupportedError(f"tensor {name!r} has type {t.type.name}, which backend {self.backend.name!r} "
+                                   f"does not support")
+        return t
+
+    def _load_tensors(self) -> None:
+        hp = self.hparams
+        d, H, nope, rot, lora = hp.n_embd, hp.n_head, hp.qk_nope, hp.n_rot, hp.kv_lora
+        self.tok_embd = self._tensor("token_embd.weight", (d, hp.n_vocab))
+        self.out_norm = _vector(self._tensor("output_norm.weight", (d,)))
+        self.output = self._linear("output.weight", d, hp.n_vocab, optional=True) or self._linear(
+            "token_embd.weight", d, hp.n_vocab)
+        self.blocks: list[_Block] = []
+        for i in range(hp.n_layer):
+            p = f"blk.{i}."
+            B = _Block()
+            B.attn_norm = _vector(self._tensor(p + "attn_norm.weight", (d,)))
+            if hp.q_lora is None:
+                B.wq = self._weight(p + "attn_q.weight", (d, H * (nope + rot)))
+            else:
+                B.wq_a = self._weight(p + "attn_q_a.weight", (d, hp.q_lora))
+                B.q_a_norm = _vector(self._tensor(p + "attn_q_a_norm.weight", (hp.q_lora,)))
+                B.wq_b = self._weight(p + "attn_q_b.weight", (hp.q_lora, H * (nope + rot)))
+            B.wkv_a = self._weight(p + "attn_kv_a_mqa.weight", (d, lora + rot))
+            B.kv_a_norm = _vector(self._tensor(p + "attn_kv_a_norm.weight", (lora,)))
+            if hp.absorbed:
+                B.wk_b = self._weight(p + "attn_k_b.weight", (nope, lora, H))
+                B.wv_b = self._weight(p + "attn_v_b.weight", (lora, hp.v_head, H))
+            else:
+                B.wkv_b = self._weight(p + "attn_kv_b.weight", (lora, H * (nope + hp.v_head)))
+            B.wo = self._weight(p + "attn_output.weight", (H * hp.v_head, d))
+            B.ffn_norm = _vector(self._tensor(p + "ffn_norm.weight", (d,)))
+            if i < hp.n_dense_lead:
+                B.w_gate = self._weight(p + "ffn_gate.weight", (d, hp.n_ff))
+                B.w_up = self._weight(p + "ffn_up.weight", (d, hp.n_ff))
+                B.w_down = self._weight(p + "ffn_down.weight", (hp.n_ff, d))
+            else:
+                E, f = hp.n_expert, hp.n_ff_exp
+                B.router = self._weight(p + "ffn_gate_inp.weight", (d, E))
+                b = self._tensor(p + "exp_probs_b.bias", (E,), optional=True)
+                B.probs_bias = _vector(b) if b is not None else None
+                B.gate_exps = self._weight(p + "ffn_gate_exps.weight", (d, f, E))
+                B.up_exps = self._weight(p + "ffn_up_exps.weight", (d, f, E))
+                B.down_exps = self._weight(p + "ffn_down_exps.weight", (f, d, E))
+                fs = f * hp.n_expert_shared
+                if fs:
+                    B.gate_sh = self._weight(p + "ffn_gate_shexp.weight", (d, fs))
+                    B.up_sh = self._weight(p + "ffn_up_shexp.weight", (d, fs))
+                    B.down_sh = self._weight(p + "ffn_down_shexp.weight", (fs, d))
+                else:
+                    B.gate_sh = None
+            self.blocks.append(B)
+
+    # ------------------------------------------------------------------ running
+    def _attention(self, li: int, B: _Block, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+        """MLA for the T new tokens of x (normed hidden states); output [T, n_embd]."""
+        hp, be = self.hparams, self.backend
+        T, p0 = x.shape[0], self.n_past
+        S, H, nope, lora = p0 + T, hp.n_head, hp.qk_nope, hp.kv_lora
+        xp = be.prepare(x, (B.wq if B.wq is not None else B.wq_a).type)  # shared by the q and kv_a projections
+        if hp.q_lora is None:
+            q = be.matmul(B.wq, xp)
+        else:
+            q = be.matmul(B.wq_b, rms_norm(be.matmul(B.wq_a, xp), B.q_a_norm, hp.rms_eps))
+        q = q.reshape(T, H, nope + hp.n_rot)
+        self.rope.apply(q[..., nope:], cos, sin)  # in place on the q_pe part of each head
+        kv = be.matmul(B.wkv_a, xp)  # [T, kv_lora + n_rot]
+        latent = rms_norm(kv[:, :lora], B.kv_a_norm, hp.rms_eps)
+        k_pe = self.rope.apply(np.ascontiguousarray(kv[:, None, lora:]), cos, sin)[:, 0]  # one key shared by heads
+        if hp.absorbed:
+            cache = self.kv_cache[li]
+            cache[p0:S, :lora] = latent
+            cache[p0:S, lora:] = k_pe
+            # absorb k_b into the query: head h's query in latent space is K_h^T q_nope_h
+            qa = np.empty((T, H, lora + hp.n_rot), np.float32)
+            for h in range(H):
+                qa[:, h, :lora] = be.matmul(B.wk_b.matrix(h), np.ascontiguousarray(q[:, h, :nope]))
+            qa[:, :, lora:] = q[:, :, nope:]
+            ctx = causal_attention(qa, cache[:S, None, :], cache[:S, None, :lora], p0, self.kq_scale)  # [T, H, lora]
+            o = np.empty((T, H * hp.v_head), np.float32)
+            for h in range(H):
+                o[:, h * hp.v_head:(h + 1) * hp.v_head] = be.matmul(B.wv_b.matrix(h), np.ascontiguousarray(ctx[:, h]))
+        else:
+            kvb = be.matmul(B.wkv_b, latent).reshape(T, H, nope + hp.v_head)
+            kc, vc = self.k_cache[li], self.v_cache[li]
+            kc[p0:S, :, :nope] = kvb[..., :nope]
+            kc[p0:S, :, nope:] = k_pe[:, None, :]
+            vc[p0:S] = kvb[..., nope:]
+            o = causal_attention(q, kc[:S], vc[:S], p0, self.kq_scale).reshape(T, -1)
+        return be.matmul(B.wo, o)
+
+    def _ffn(self, B: _Block, x: np.ndarray) -> np.ndarray:
+        be = self.backend
+        if B.router is None:
+            return swiglu(be, x, B.w_gate, B.w_up, B.w_down)
+        ids, w = route(be.matmul(B.router, x), self.hparams.router, B.probs_bias)
+        y = moe_ffn(be, x, ids, w, B.gate_exps, B.up_exps, B.down_exps)
+        if B.gate_sh is not None:
+            y += swiglu(be, x, B.gate_sh, B.up_sh, B.down_sh)
+        return y
+
+    def _forward(self, ids: np.ndarray) -> np.ndarray:
+        hp = self.hparams
+        T, p0 = ids.size, self.n_past
+        h = self.tok_embd.rows(ids)
+        cos, sin = self.rope.tables(np.arange(p0, p0 + T))
+        for li, B in enumerate(self.blocks):
+            h = h + self._attention(li, B, rms_norm(h, B.attn_norm, hp.rms_eps), cos, sin)
+            h = h + self._ffn(B, rms_norm(h, B.ffn_norm, hp.rms_eps))
+        self.n_past = p0 + T
+        return h
+
+
+register("deepseek2", DeepSeek2Model)
