@@ -478,3 +478,125 @@ def test_physical_cores() -> None:
 
     n = api.physical_cores()
     assert 1 <= n <= (os.cpu_count() or 1)
+
+
+# ----------------------------------------------------------------------------- real models
+
+MICRO = DATA / "llama2-micro-f32.gguf"
+
+
+def _need(p: Path) -> Path:
+    if not p.exists():
+        pytest.skip(f"{p.name} not in tests/data")
+    return p
+
+
+@pytest.fixture(scope="module")
+def micro() -> Model:
+    m = tilellm.load(_need(MICRO), backend="reference", n_ctx=256)
+    yield m
+    m.close()
+
+
+def test_real_greedy_matches_transformers(micro: Model) -> None:
+    ref = np.load(DATA / "llama2-micro-f32.npz")
+    for i in (0, 2):
+        prompt = str(ref[f"prompt_p{i}"])
+        want = ref[f"hf_gen_ids_p{i}"].tolist()
+        assert micro.tokenize(prompt) == ref[f"token_ids_p{i}"].tolist()
+        r = micro.generate(prompt, max_tokens=len(want), temperature=0)
+        eog = [j for j, t in enumerate(want) if t in micro.eog_ids]
+        n = eog[0] if eog else len(want)  # the reference does not stop at EOS; we do
+        assert r.tokens == want[:n]
+        assert r.prompt_tokens == len(ref[f"token_ids_p{i}"])
+        # the text is the continuation as llama.cpp prints it after the prompt
+        assert r.text == micro.detokenize(ref[f"token_ids_p{i}"].tolist() + r.tokens)[len(prompt):]
+
+
+def test_real_stream_equals_plain_and_roundtrip(micro: Model) -> None:
+    plain = micro.generate("Once upon a time", max_tokens=20, seed=3)
+    chunks = list(micro.generate("Once upon a time", max_tokens=20, seed=3, stream=True))
+    assert "".join(c.text for c in chunks) == plain.text
+    assert sum((c.tokens for c in chunks), []) == plain.tokens
+    text = "Hello world, h\u00e9llo!"
+    assert micro.detokenize(micro.tokenize(text)) == text
+    assert micro.detokenize(micro.tokenize(text), special=True).startswith("<s>")
+
+
+def test_real_context_and_defaults() -> None:
+    with tilellm.load(_need(MICRO), backend="reference", n_ctx=16) as m:
+        with pytest.raises(ContextOverflowError, match=r"exceed context window of 16"):
+            m.generate("word " * 40)
+        r = m.generate("Hi", max_tokens=None, temperature=0, ignore_eos=True)
+        assert r.finish_reason == "length" and r.prompt_tokens + r.completion_tokens == 16
+        assert m.n_batch == 512 and m.backend == "reference"
+    with tilellm.load(_need(MICRO), backend="reference") as m:
+        ctx_train = m.metadata["llama.context_length"]
+        assert m.n_ctx == min(ctx_train, 4096)
+        assert m.n_threads == api.physical_cores()
+        assert m.n_vocab == 4096 and m.arch == "llama"
+        assert m.desc.startswith("llama 3.6M F32")
+    with tilellm.load(_need(MICRO), backend="reference", n_ctx=0) as m:
+        assert m.n_ctx == ctx_train
+
+
+def test_real_prompt_batches(micro: Model) -> None:
+    # a prompt longer than n_batch gives the same next-token logits as one batch
+    ids = micro.tokenize("The quick brown fox jumps over the lazy dog " * 3)
+    with tilellm.load(_need(MICRO), backend="reference", n_ctx=256, n_batch=7) as small:
+        a = small.eval(ids)
+    micro.reset()
+    b = micro.eval(ids)
+    np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def _synth_module():
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("make_synthetic_gguf", root / "scripts" / "make_synthetic_gguf.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("wtype", ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1"])
+def test_synthetic_gguf_loads_and_runs(tmp_path: Path, wtype: str) -> None:
+    import gguf
+
+    mod = _synth_module()
+    p = mod.write_synthetic_gguf(tmp_path / f"s-{wtype}.gguf", hidden=64, ffn=96, heads=4, kv_heads=2,
+                                 vocab=300, layers=2, ctx=128, wtype=wtype, seed=0)
+    r = gguf.GGUFReader(str(p))
+    types = {t.name: t.tensor_type.name for t in r.tensors}
+    assert types["blk.1.ffn_down.weight"] == wtype.upper() and types["token_embd.weight"] == wtype.upper()
+    assert types["blk.0.attn_norm.weight"] == "F32" and types["output_norm.weight"] == "F32"
+    assert len(r.tensors) == 3 + 2 * 9
+    with tilellm.load(p, backend="reference") as m:
+        assert (m.n_vocab, m.n_ctx, m.arch) == (300, 128, "llama")
+        assert m.tokenizer.bos_id == 1 and m.tokenizer.eos_id == 2
+        assert m.detokenize(m.tokenize("hello world")) == "hello world"
+        logits = m.eval(m.tokenize("hello world"), logits_all=True)
+        assert logits.shape == (len(m.tokenize("hello world")), 300)
+        assert np.isfinite(logits).all() and 0.2 < logits.std() < 20  # sane scale
+        out = m.generate("abc", max_tokens=5, temperature=0, ignore_eos=True)
+        assert out.completion_tokens == 5
+
+
+def test_synthetic_vocab_and_validation(tmp_path: Path) -> None:
+    mod = _synth_module()
+    tokens, scores, types = mod.build_vocab(32000)
+    assert len(tokens) == len(set(tokens)) == len(scores) == len(types) == 32000
+    assert tokens[:3] == ["<unk>", "<s>", "</s>"] and tokens[3] == "<0x00>" and tokens[258] == "<0xFF>"
+    assert types[:4] == [2, 3, 3, 6] and types[259] == 1
+    with pytest.raises(ValueError, match="vocab"):
+        mod.build_vocab(100)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        mod.write_synthetic_gguf(tmp_path / "x.gguf", hidden=48, ffn=96, heads=4, kv_heads=2, vocab=300,
+                                 layers=1, wtype="q4_0")
+    with pytest.raises(ValueError, match="heads"):
+        mod.write_synthetic_gguf(tmp_path / "x.gguf", hidden=64, ffn=96, heads=4, kv_heads=3, vocab=300, layers=1)
+    assert mod.main(["--hidden", "64", "--ffn", "64", "--heads", "2", "--kv-heads", "1", "--vocab", "300",
+                     "--layers", "1", "--type", "f16", "-o", str(tmp_path / "cli.gguf")]) == 0
+    assert (tmp_path / "cli.gguf").stat().st_size > 0
+    assert mod.main(["--hidden", "63", "-o", str(tmp_path / "bad.gguf")]) == 1
