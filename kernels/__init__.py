@@ -1,0 +1,18 @@
+"""tilellm.kernels: the compiled C matmul kernels, one cffi module per ISA variant.
+
+    from tilellm import kernels
+    kernels.compiled()        # e.g. ['portable', 'avx2']
+    kernels.cpu_features()    # e.g. {'avx2', 'fma', 'f16c', ...}
+    lib = kernels.load("portable")
+    p = lib.prepare(GGMLType.Q8_0, x)                 # x float32 [n, k]
+    y = lib.gemm(GGMLType.Q8_0, w_rows_uint8, k, p)   # float32 [n, m]
+
+See docs/kernels.md for the variant table and how the driver / micro-kernel split works.
+"""
+from __future__ import annotations
+
+from ._lib import (FEATURE_BITS, REQUIRES, VARIANTS, KernelLib, Prepared, compiled, cpu_features,
+                   default_threads, load)
+
+__all__ = ["compiled", "cpu_features", "load", "KernelLib", "Prepared", "VARIANTS", "REQUIRES", "FEATURE_BITS",
+           "default_threads"]

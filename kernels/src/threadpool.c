@@ -9,7 +9,7 @@
 #include <stdint.h>
 
 #define TL_MAX_THREADS 256
-#define TL_SPIN_ITERS 20000 /* ~20-100 us of polling before sleeping */
+#define TL_SPIN_ITERS 2000 /* ~10-100 us of polling (pause is 10-140 cycles) before sleeping */
 
 #if defined(__x86_64__) || defined(__i386__)
 #define TL_CPU_RELAX() __builtin_ia32_pause()

@@ -1,0 +1,326 @@
+"""Validated Python access to the compiled kernel variants (cffi modules ``_tl_<variant>``).
+
+Every argument is checked here before any C call: C trusts what it is given (tilellm.h), so a
+wrong dtype, shape or stride must become a ShapeError in Python, never a crash.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import threading
+from typing import Any
+
+import numpy as np
+
+from tilellm.errors import BackendUnavailableError, ShapeError, UnsupportedError
+from tilellm.quant import TYPE_INFO, GGMLType, type_from_any
+
+VARIANTS = ("portable", "avx2", "avx512", "amx", "neon", "sme", "sme2")
+
+# TL_CPU_* bits of tilellm.h -> feature names (the names the backend registry uses).
+FEATURE_BITS = {
+    "avx2": 1 << 0, "fma": 1 << 1, "f16c": 1 << 2,
+    "avx512f": 1 << 3, "avx512bw": 1 << 4, "avx512vl": 1 << 5, "avx512dq": 1 << 6,
+    "avx512vnni": 1 << 7, "avx512bf16": 1 << 8,
+    "amx_tile": 1 << 9, "amx_int8": 1 << 10, "amx_bf16": 1 << 11,
+    "neon": 1 << 16, "dotprod": 1 << 17, "fp16": 1 << 18,
+    "sme": 1 << 19, "sme2": 1 << 20, "i8mm": 1 << 21, "bf16": 1 << 22,
+}
+
+_AVX512 = frozenset({"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vnni", "avx512bf16"})
+# What each variant's compiler flags let the compiler emit: importing a module without these
+# could fault (SIGILL), so load() checks before the import.
+REQUIRES: dict[str, frozenset[str]] = {
+    "portable": frozenset(),
+    "avx2": frozenset({"avx2", "fma", "f16c"}),
+    "avx512": _AVX512,
+    "amx": _AVX512 | {"amx_tile", "amx_int8", "amx_bf16"},
+    "neon": frozenset({"neon", "dotprod", "fp16"}),
+    "sme": frozenset({"sme"}),
+    "sme2": frozenset({"sme", "sme2"}),
+}
+
+TL_OK, TL_UNSUPPORTED, TL_EINVAL, TL_ENOMEM = 0, 1, 2, 3
+_ALIGN = 64  # prepared activation rows are 64-byte aligned (see kernels/src/tl_internal.h)
+
+_lock = threading.Lock()
+_modules: dict[str, Any] = {}
+_import_errors: dict[str, str] = {}
+_inited: dict[str, int] = {}
+
+
+def _module(variant: str):
+    """The cffi module of `variant`, or None if it is not compiled (import is attempted once)."""
+    with _lock:
+        if variant in _modules:
+            return _modules[variant]
+        if variant in _import_errors:
+            return None
+        try:
+            mod = importlib.import_module(f"tilellm.kernels._tl_{variant}")
+        except ImportError as e:
+            _import_errors[variant] = str(e)
+            return None
+        _modules[variant] = mod
+        return mod
+
+
+def compiled() -> list[str]:
+    """Variants whose extension module is installed and imports. A variant this CPU cannot
+    run is listed if its module file exists but is not imported (its code could fault)."""
+    feats = cpu_features()
+    out = []
+    for v in VARIANTS:
+        try:
+            if importlib.util.find_spec(f"tilellm.kernels._tl_{v}") is None:
+                continue
+        except (ImportError, ValueError):
+            continue
+        if REQUIRES[v] <= feats and _module(v) is None:
+            continue
+        out.append(v)
+    return out
+
+
+def cpu_features() -> set[str]:
+    """Features of the running CPU, as detected by the portable module (empty if not built)."""
+    mod = _module("portable")
+    if mod is None:
+        return set()
+    bits = int(mod.lib.tl_cpu_features())
+    return {name for name, bit in FEATURE_BITS.items() if bits & bit}
+
+
+def default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS
+        return max(1, os.cpu_count() or 1)
+
+
+_cache: dict[str, "KernelLib"] = {}
+
+
+def load(variant: str, n_threads: int | None = None) -> "KernelLib":
+    """The kernels of `variant`, initialised (tl_init) and ready.
+
+    Raises BackendUnavailableError if the variant is unknown, not compiled, or cannot run here.
+    """
+    if not isinstance(variant, str) or variant.lower() not in VARIANTS:
+        raise BackendUnavailableError(f"unknown kernel variant {variant!r}; known: {', '.join(VARIANTS)}")
+    variant = variant.lower()
+    if variant not in compiled():
+        raise BackendUnavailableError(f"kernel variant {variant!r} is not compiled into this install "
+                                      f"(compiled: {', '.join(compiled()) or 'none'})")
+    missing = REQUIRES[variant] - cpu_features()
+    if missing:
+        raise BackendUnavailableError(f"kernel variant {variant!r} needs CPU features this machine lacks: "
+                                      f"{', '.join(sorted(missing))}")
+    mod = _module(variant)
+    if mod is None:
+        raise BackendUnavailableError(f"kernel variant {variant!r} failed to import: {_import_errors.get(variant)}")
+    with _lock:
+        if variant not in _inited:
+            _inited[variant] = int(mod.lib.tl_init())
+        rc = _inited[variant]
+    if rc != TL_OK:
+        raise BackendUnavailableError(f"kernel variant {variant!r} cannot run on this machine (tl_init returned {rc})")
+    name = mod.ffi.string(mod.lib.tl_variant()).decode()
+    if name != variant:
+        raise BackendUnavailableError(f"module _tl_{variant} reports itself as {name!r}")
+    return KernelLib(variant, mod, n_threads)
+
+
+# ---- validation helpers ------------------------------------------------------------------------
+
+def _as_type(t: Any) -> GGMLType:
+    try:
+        return type_from_any(t)
+    except (ValueError, TypeError) as e:
+        raise UnsupportedError(f"unknown weight type {t!r}") from e
+
+
+def _as_int(v: Any, what: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise ShapeError(f"{what} must be an int, got {type(v).__name__}")
+    return int(v)
+
+
+def _threads(n: Any, default: int) -> int:
+    if n is None:
+        return default
+    n = _as_int(n, "n_threads")
+    if n < 1:
+        raise ShapeError(f"n_threads must be >= 1, got {n}")
+    return n
+
+
+def _byte_span(a: np.ndarray) -> np.ndarray:
+    """A 1-D uint8 view from a's first byte to its last (a has non-negative strides and a
+    contiguous last axis), so cffi can take a pointer to a strided array. Read-only arrays give
+    read-only views."""
+    v = a if a.dtype == np.uint8 else a.view(np.uint8)
+    nbytes = 1 + sum((s - 1) * st for s, st in zip(v.shape, v.strides))
+    return np.lib.stride_tricks.as_strided(v, shape=(nbytes,), strides=(1,))
+
+
+class Prepared:
+    """Activations converted for one weight-type family (see KernelLib.act_type) and one k.
+
+    Reusable for any number of gemm calls whose weight type has the same activation type and
+    the same k (q/k/v, gate/up). Holds its own buffer: later changes to x do not affect it.
+    """
+
+    __slots__ = ("variant", "weight_type", "act_type", "n", "k", "buf", "_owner")
+
+    def __init__(self, owner: "KernelLib", weight_type: GGMLType, act_type: GGMLType, n: int, k: int, buf: np.ndarray):
+        self._owner = owner
+        self.variant = owner.variant
+        self.weight_type = weight_type
+        self.act_type = act_type
+        self.n = n
+        self.k = k
+        self.buf = buf
+
+    def __repr__(self) -> str:
+        return f"Prepared({self.variant}, {self.act_type.name} for {self.weight_type.name}, n={self.n}, k={self.k})"
+
+
+class KernelLib:
+    """One loaded variant. All methods validate their arguments and raise ShapeError
+    (bad arrays/sizes) or UnsupportedError (weight type without a kernel here)."""
+
+    def __init__(self, variant: str, module, n_threads: int | None = None):
+        self.variant = variant
+        self._mod = module
+        self.ffi = module.ffi
+        self.lib = module.lib
+        self.n_threads = _threads(n_threads, default_threads())
+
+    def __repr__(self) -> str:
+        return f"KernelLib({self.variant!r}, n_threads={self.n_threads})"
+
+    def supports(self, t: Any) -> bool:
+        try:
+            tt = type_from_any(t)
+        except (ValueError, TypeError):
+            return False
+        return bool(self.lib.tl_supports(int(tt)))
+
+    def _supported(self, t: Any) -> GGMLType:
+        tt = _as_type(t)
+        if not self.lib.tl_supports(int(tt)):
+            raise UnsupportedError(f"kernel variant {self.variant!r} has no kernel for {tt.name} weights")
+        return tt
+
+    def act_type(self, t: Any) -> GGMLType:
+        """The type activations are converted to for weights of type t."""
+        return GGMLType(int(self.lib.tl_act_type(int(self._supported(t)))))
+
+    def _check_k(self, t: GGMLType, k: Any) -> int:
+        k = _as_int(k, "k")
+        bs = TYPE_INFO[t].block_size
+        if k < 1:
+            raise ShapeError(f"k must be >= 1, got {k}")
+        if k % bs:
+            raise ShapeError(f"k = {k} is not a multiple of the {t.name} block size {bs}")
+        return k
+
+    def prepare(self, weight_type: Any, x: np.ndarray, n_threads: int | None = None) -> Prepared:
+        """Convert float32 activations x [n, k] for weights of weight_type (f32 copy or q8 blocks)."""
+        t = self._supported(weight_type)
+        nth = _threads(n_threads, self.n_threads)
+        if not isinstance(x, np.ndarray):
+            raise ShapeError(f"activations must be a numpy array, got {type(x).__name__}")
+        if x.dtype != np.float32:
+            raise ShapeError(f"activations must be float32, got {x.dtype}")
+        if x.ndim != 2:
+            raise ShapeError(f"activations must be 2-D [n, k], got shape {x.shape}")
+        n, k = x.shape
+        if n < 1:
+            raise ShapeError(f"activations have n = {n} rows; need at least 1")
+        k = self._check_k(t, k)
+        if x.strides[1] != 4 or not x.flags.aligned:
+            raise ShapeError(f"activation rows must be contiguous aligned float32 (strides {x.strides})")
+        ldx_b = x.strides[0] if n > 1 else 4 * k
+        if ldx_b < 4 * k or ldx_b % 4:
+            raise ShapeError(f"activation row stride {x.strides[0]} bytes is not a positive multiple of 4 >= 4*k")
+        at = GGMLType(int(self.lib.tl_act_type(int(t))))
+        nbytes = int(self.lib.tl_act_bytes(int(t), n, k))
+        if nbytes <= 0:
+            raise ShapeError(f"cannot size activations for {t.name}, n={n}, k={k}")
+        raw = np.empty(nbytes + _ALIGN, dtype=np.uint8)
+        off = (-raw.ctypes.data) % _ALIGN
+        buf = raw[off:off + nbytes]
+        xp = self.ffi.cast("const float *", self.ffi.from_buffer(_byte_span(x), require_writable=False))
+        rc = self.lib.tl_act_prepare(int(t), xp, ldx_b // 4, n, k, self.ffi.from_buffer(buf), nth)
+        self._check_rc(rc, "tl_act_prepare")
+        return Prepared(self, t, at, n, k, buf)
+
+    def gemm(self, weight_type: Any, w2d: np.ndarray, k: Any, prepared: Prepared, out: np.ndarray | None = None,
+             n_threads: int | None = None) -> np.ndarray:
+        """out[n, m] = X * W^T for weights w2d (uint8 [m, row_bytes], rows may be strided) of
+        weight_type with k values per row, and activations from prepare()."""
+        t = self._supported(weight_type)
+        nth = _threads(n_threads, self.n_threads)
+        k = self._check_k(t, k)
+        rb = k // TYPE_INFO[t].block_size * TYPE_INFO[t].type_size
+        if not isinstance(w2d, np.ndarray):
+            raise ShapeError(f"weights must be a numpy array, got {type(w2d).__name__}")
+        if w2d.dtype != np.uint8:
+            raise ShapeError(f"weights must be raw uint8 bytes, got {w2d.dtype}")
+        if w2d.ndim != 2:
+            raise ShapeError(f"weights must be 2-D [m, row_bytes], got shape {w2d.shape}")
+        m = w2d.shape[0]
+        if m < 1:
+            raise ShapeError(f"weights have m = {m} rows; need at least 1")
+        if w2d.shape[1] != rb:
+            raise ShapeError(f"weight rows are {w2d.shape[1]} bytes but {t.name} with k = {k} needs {rb}")
+        if w2d.strides[1] != 1:
+            raise ShapeError(f"weight rows must have contiguous bytes (inner stride {w2d.strides[1]})")
+        ldw = w2d.strides[0] if m > 1 else rb
+        if ldw < rb:
+            raise ShapeError(f"weight row stride {w2d.strides[0]} must be positive and >= the row size {rb}")
+        if not isinstance(prepared, Prepared):
+            raise ShapeError(f"prepared must come from KernelLib.prepare, got {type(prepared).__name__}")
+        if prepared.variant != self.variant:
+            raise ShapeError(f"activations were prepared by variant {prepared.variant!r}, not {self.variant!r}")
+        at = GGMLType(int(self.lib.tl_act_type(int(t))))
+        if prepared.act_type != at:
+            raise ShapeError(f"{t.name} weights need {at.name} activations, prepared ones are {prepared.act_type.name} "
+                             f"(prepared for {prepared.weight_type.name})")
+        if prepared.k != k:
+            raise ShapeError(f"prepared activations have k = {prepared.k}, weights have k = {k}")
+        n = prepared.n
+        if prepared.buf.nbytes != int(self.lib.tl_act_bytes(int(t), n, k)):
+            raise ShapeError("prepared activation buffer has the wrong size")
+        if out is None:
+            out = np.empty((n, m), dtype=np.float32)
+        else:
+            if not isinstance(out, np.ndarray):
+                raise ShapeError(f"out must be a numpy array, got {type(out).__name__}")
+            if out.dtype != np.float32:
+                raise ShapeError(f"out must be float32, got {out.dtype}")
+            if out.shape != (n, m):
+                raise ShapeError(f"out must have shape {(n, m)} [n_tokens, m], got {out.shape}")
+            if not out.flags.c_contiguous or not out.flags.aligned:
+                raise ShapeError("out must be C-contiguous and aligned")
+            if not out.flags.writeable:
+                raise ShapeError("out is read-only")
+            if np.may_share_memory(out, w2d) or np.may_share_memory(out, prepared.buf):
+                raise ShapeError("out overlaps the weights or the activations")
+        wp = self.ffi.from_buffer(_byte_span(w2d), require_writable=False)
+        rc = self.lib.tl_gemm(int(t), wp, ldw, m, k, self.ffi.from_buffer(prepared.buf), n,
+                              self.ffi.cast("float *", self.ffi.from_buffer(out)), m, nth)
+        self._check_rc(rc, "tl_gemm")
+        return out
+
+    def _check_rc(self, rc: int, what: str) -> None:
+        if rc == TL_OK:
+            return
+        if rc == TL_UNSUPPORTED:
+            raise UnsupportedError(f"{what}: not supported by variant {self.variant!r}")
+        if rc == TL_ENOMEM:
+            raise MemoryError(f"{what}: out of memory")
+        raise ShapeError(f"{what}: rejected arguments (status {rc}); this is a tilellm bug: Python should have caught it")

@@ -1,0 +1,352 @@
+"""Kernel variants against numpy references, plus the Python-side argument validation.
+
+Every compiled variant this CPU can run is tested (new variants are picked up automatically).
+Quantized references are exact re-computations: weights dequantized by tilellm.quant,
+activations quantized the way ggml's reference quantizer does (d = amax/127, q = roundf(x/d)
+via x * (1/d)) but with the f32 block scale the kernels keep, everything summed in float64.
+"""
+from __future__ import annotations
+
+import platform
+import threading
+
+import numpy as np
+import pytest
+
+from tilellm import kernels
+from tilellm.errors import BackendUnavailableError, ShapeError, UnsupportedError
+from tilellm.quant import TYPE_INFO, GGMLType, dequantize, quantize, row_bytes
+
+T = GGMLType
+TYPES = [T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1]
+QTYPES = {T.Q8_0, T.Q4_0, T.Q4_1}
+
+RUNNABLE = [v for v in kernels.compiled() if kernels.REQUIRES[v] <= kernels.cpu_features()]
+
+
+@pytest.fixture(scope="module", params=RUNNABLE)
+def lib(request):
+    return kernels.load(request.param, n_threads=2)
+
+
+def test_portable_is_built_and_runs():
+    assert "portable" in kernels.compiled()
+    assert "portable" in RUNNABLE
+    assert kernels.load("portable").variant == "portable"
+
+
+# ---- references ------------------------------------------------------------------------------
+
+def q8_act_ref(x: np.ndarray) -> np.ndarray:
+    """float64 values of the q8 activations the kernels build (f32 scale, ggml rounding)."""
+    n, k = x.shape
+    b = x.reshape(n, k // 32, 32)
+    amax = np.abs(b).max(axis=-1, keepdims=True)
+    d = (amax / np.float32(127)).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
+    v = (b * inv).astype(np.float32).astype(np.float64)
+    q = np.clip(np.sign(v) * np.floor(np.abs(v) + 0.5), -127, 127)  # roundf: half away from zero
+    return (q * d.astype(np.float64)).reshape(n, k)
+
+
+def reference(t: GGMLType, raw: np.ndarray, k: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(exact result, scale) with scale = sum |w||x| per output, for relative tolerances."""
+    wd = dequantize(raw, t, k).astype(np.float64).reshape(-1, k)
+    xd = q8_act_ref(x) if t in QTYPES else x.astype(np.float64)
+    return xd @ wd.T, np.abs(xd) @ np.abs(wd).T
+
+
+def make(t: GGMLType, m: int, k: int, n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((m, k)) * rng.uniform(0.1, 3.0, size=(m, 1))).astype(np.float32)
+    x = (rng.standard_normal((n, k)) * rng.uniform(0.5, 2.0, size=(n, 1))).astype(np.float32)
+    raw = quantize(w, t)
+    assert raw.dtype == np.uint8 and raw.shape == (m, row_bytes(t, k))
+    return raw, x
+
+
+def check_close(y: np.ndarray, ref: np.ndarray, scale: np.ndarray, rtol: float = 1e-5):
+    assert y.dtype == np.float32 and y.shape == ref.shape
+    err = np.abs(y.astype(np.float64) - ref)
+    bound = rtol * scale + 1e-30
+    bad = err > bound
+    assert not bad.any(), (f"{bad.sum()} of {bad.size} outputs off; worst |err|/scale = "
+                           f"{(err / np.maximum(scale, 1e-30)).max():.3g} at {np.unravel_index(np.argmax(err - bound), err.shape)}")
+
+
+# (m, k, n): ragged against every tile size, n = 1, k = one block, and a largish case
+SHAPES = [(1, 32, 1), (1, 32, 2), (3, 32, 1), (5, 64, 3), (7, 96, 1), (13, 128, 5), (17, 160, 7),
+          (33, 256, 9), (64, 512, 1), (65, 64, 4), (300, 1024, 77), (129, 2048, 1), (10, 4096, 13)]
+FLOAT_K = [1, 3, 7, 33, 129]  # f32/f16/bf16 take any k
+
+
+@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_gemm_matches_reference(lib, t, shape):
+    m, k, n = shape
+    raw, x = make(t, m, k, n, seed=m * 1000 + k + n)
+    y = lib.gemm(t, raw, k, lib.prepare(t, x))
+    ref, scale = reference(t, raw, k, x)
+    check_close(y, ref, scale)
+
+
+@pytest.mark.parametrize("t", [T.F32, T.F16, T.BF16], ids=lambda t: t.name)
+@pytest.mark.parametrize("k", FLOAT_K)
+def test_float_types_any_k(lib, t, k):
+    for m, n in [(1, 1), (6, 5), (11, 2)]:
+        raw, x = make(t, m, k, n, seed=k * 7 + m)
+        y = lib.gemm(t, raw, k, lib.prepare(t, x))
+        ref, scale = reference(t, raw, k, x)
+        check_close(y, ref, scale)
+
+
+def test_wrong_nibble_order_would_be_caught(lib):
+    """The tolerance is tight enough that swapping q4_0's nibble halves fails the check."""
+    m, k, n = 8, 64, 3
+    raw, x = make(T.Q4_0, m, k, n, seed=5)
+    swapped = raw.copy().reshape(m, k // 32, 18)
+    qs = swapped[..., 2:]
+    swapped[..., 2:] = (qs >> 4) | (qs << 4)
+    y = lib.gemm(T.Q4_0, raw, k, lib.prepare(T.Q4_0, x))
+    ref_bad, scale = reference(T.Q4_0, swapped.reshape(m, -1), k, x)
+    with pytest.raises(AssertionError):
+        check_close(y, ref_bad, scale)
+
+
+def test_activation_rounding_is_half_away_from_zero(lib):
+    """q8_0 weights that pick single activations (d = 1, one-hot q = 1) read back the
+    quantized activation values: with amax = 127 the scale is exactly 1, so x = 2.5 -> 3."""
+    k = 32
+    vals = np.array([127, 2.5, -2.5, 0.5, -0.5, 1.5, -1.5, 3.49, -3.51, 0, 126.5, -126.5] + [0.25] * 20, np.float32)
+    x = vals[None, :]
+    expect = np.array([127, 3, -3, 1, -1, 2, -2, 3, -4, 0, 127, -127] + [0] * 20, np.float64)
+    blocks = np.zeros((k, 34), np.uint8)
+    blocks[:, 0:2] = np.frombuffer(np.float16(1.0).tobytes(), np.uint8)
+    blocks[np.arange(k), 2 + np.arange(k)] = 1
+    y = lib.gemm(T.Q8_0, blocks, k, lib.prepare(T.Q8_0, x))
+    np.testing.assert_array_equal(y[0], expect)
+
+
+def test_f16_bf16_conversion_every_bit_pattern(lib):
+    """All 65536 f16 / bf16 patterns through an identity matmul: finite values (subnormals
+    included) must come back exactly; inf and nan are checked on the diagonal."""
+    k = 256
+    eye = np.eye(k, dtype=np.float32)
+    bits = np.arange(65536, dtype=np.uint32).astype(np.uint16)
+    for t in (T.F16, T.BF16):
+        as_f32 = (bits.view(np.float16).astype(np.float32) if t == T.F16
+                  else (bits.astype(np.uint32) << 16).view(np.float32))
+        finite = np.isfinite(as_f32)
+        wbits = np.where(finite, bits, 0).astype(np.uint16).reshape(-1, k)
+        y = lib.gemm(t, wbits.view(np.uint8), k, lib.prepare(t, eye))
+        np.testing.assert_array_equal(y.T, np.where(finite, as_f32, 0).reshape(-1, k))
+        # specials: row i holds special value i at position i
+        spec = bits[~finite][:k]
+        w = np.zeros((len(spec), k), np.uint16)
+        w[np.arange(len(spec)), np.arange(len(spec))] = spec
+        y = lib.gemm(t, w.view(np.uint8), k, lib.prepare(t, eye))
+        diag = y[np.arange(len(spec)), np.arange(len(spec))]
+        want = as_f32[~finite][:k]
+        assert np.array_equal(np.isnan(diag), np.isnan(want))
+        np.testing.assert_array_equal(diag[~np.isnan(want)], want[~np.isnan(want)])
+
+
+@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+def test_threads_bit_identical(lib, t):
+    """The tile decomposition does not depend on the thread count, so neither do results."""
+    for m, k, n in [(70, 256, 19), (203, 512, 1), (9, 64, 40)]:
+        raw, x = make(t, m, k, n, seed=m + n)
+        p = lib.prepare(t, x, n_threads=1)
+        p2 = lib.prepare(t, x, n_threads=2)
+        assert np.array_equal(p.buf, p2.buf)
+        y1 = lib.gemm(t, raw, k, p, n_threads=1)
+        for nth in (2, 3):
+            assert np.array_equal(y1, lib.gemm(t, raw, k, p, n_threads=nth)), f"n_threads={nth} differs"
+
+
+def test_out_and_prepared_reuse(lib):
+    m, k, n = 40, 128, 6
+    raw8, x = make(T.Q8_0, m, k, n, seed=1)
+    raw4, _ = make(T.Q4_0, m + 3, k, n, seed=2)
+    p = lib.prepare(T.Q8_0, x)  # q8_0 and q4_0 share the activation type
+    assert lib.act_type(T.Q4_0) == lib.act_type(T.Q8_0) == p.act_type
+    out = np.full((n, m), np.nan, np.float32)
+    res = lib.gemm(T.Q8_0, raw8, k, p, out=out)
+    assert res is out
+    check_close(out, *reference(T.Q8_0, raw8, k, x))
+    y4 = lib.gemm(T.Q4_0, raw4, k, p)
+    check_close(y4, *reference(T.Q4_0, raw4, k, x))
+    again = lib.gemm(T.Q8_0, raw8, k, p)
+    assert np.array_equal(again, out)
+    # prepared float activations serve f32, f16 and bf16 weights alike
+    pf = lib.prepare(T.F32, x)
+    for t in (T.F16, T.BF16, T.F32):
+        rw, _ = make(t, m, k, n, seed=3)
+        check_close(lib.gemm(t, rw, k, pf), *reference(t, rw, k, x))
+
+
+def test_prepared_is_a_copy(lib):
+    raw, x = make(T.F32, 8, 64, 3, seed=4)
+    p = lib.prepare(T.F32, x)
+    y0 = lib.gemm(T.F32, raw, 64, p)
+    x[:] = 0
+    assert np.array_equal(lib.gemm(T.F32, raw, 64, p), y0)
+
+
+def test_strided_readonly_weights_and_activations(lib):
+    """Weights as a read-only strided view (like rows of an mmap), activations as a slice."""
+    m, k, n = 23, 96, 5
+    for t in TYPES:
+        raw, x = make(t, m, k, n, seed=9)
+        rb = raw.shape[1]
+        big = np.zeros((2 * m, rb + 13), np.uint8)
+        big[::2, 5:5 + rb] = raw
+        big.setflags(write=False)
+        view = big[::2, 5:5 + rb]
+        assert not view.flags.c_contiguous and not view.flags.writeable
+        xbig = np.zeros((n, k + 8), np.float32)
+        xbig[:, 3:3 + k] = x
+        y = lib.gemm(t, view, k, lib.prepare(t, xbig[:, 3:3 + k]))
+        check_close(y, *reference(t, raw, k, x))
+
+
+def test_concurrent_python_threads(lib):
+    m, k, n = 96, 512, 8
+    raw, x = make(T.Q4_1, m, k, n, seed=11)
+    p = lib.prepare(T.Q4_1, x)
+    want = lib.gemm(T.Q4_1, raw, k, p)
+    errors = []
+
+    def work():
+        try:
+            for _ in range(20):
+                if not np.array_equal(lib.gemm(T.Q4_1, raw, k, p, n_threads=2), want):
+                    errors.append("mismatch")
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(repr(e))
+
+    ts = [threading.Thread(target=work) for _ in range(3)]
+    for th in ts:
+        th.start()
+    for th in ts:
+        th.join()
+    assert not errors
+
+
+# ---- validation ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def q8(lib):
+    m, k, n = 6, 64, 3
+    raw, x = make(T.Q8_0, m, k, n, seed=21)
+    return raw, x, lib.prepare(T.Q8_0, x), m, k, n
+
+
+def test_validation_weights(lib, q8):
+    raw, x, p, m, k, n = q8
+    with pytest.raises(ShapeError, match="uint8"):
+        lib.gemm(T.Q8_0, raw.view(np.int8), k, p)
+    with pytest.raises(ShapeError, match="2-D"):
+        lib.gemm(T.Q8_0, raw.reshape(-1), k, p)
+    with pytest.raises(ShapeError, match="bytes"):
+        lib.gemm(T.Q8_0, raw[:, :-2], k, p)  # wrong row_bytes
+    wide = np.zeros((m, 2 * raw.shape[1]), np.uint8)
+    with pytest.raises(ShapeError, match="contiguous"):
+        lib.gemm(T.Q8_0, wide[:, ::2], k, p)  # right shape, rows not contiguous
+    with pytest.raises(ShapeError, match="stride"):
+        lib.gemm(T.Q8_0, raw[::-1], k, p)  # negative row stride
+    with pytest.raises(ShapeError, match="numpy"):
+        lib.gemm(T.Q8_0, raw.tobytes(), k, p)
+    with pytest.raises(ShapeError, match="at least 1"):
+        lib.gemm(T.Q8_0, raw[:0], k, p)
+
+
+def test_validation_k_and_prepared(lib, q8):
+    raw, x, p, m, k, n = q8
+    with pytest.raises(ShapeError, match="multiple"):
+        lib.gemm(T.Q8_0, raw, 48, p)
+    with pytest.raises(ShapeError, match="multiple"):
+        lib.prepare(T.Q4_0, np.zeros((2, 48), np.float32))
+    with pytest.raises(ShapeError, match=">= 1"):
+        lib.gemm(T.F32, np.zeros((2, 0), np.uint8), 0, lib.prepare(T.F32, np.zeros((1, 1), np.float32)))
+    raw32, _ = make(T.Q8_0, m, 32, n, seed=1)
+    with pytest.raises(ShapeError, match="k = 64"):
+        lib.gemm(T.Q8_0, raw32, 32, p)  # k mismatch with Prepared
+    with pytest.raises(ShapeError, match="activations"):
+        lib.gemm(T.F32, np.zeros((m, 4 * k), np.uint8), k, p)  # act type mismatch
+    with pytest.raises(ShapeError, match="prepare"):
+        lib.gemm(T.Q8_0, raw, k, x)  # raw activations instead of a Prepared
+    with pytest.raises(ShapeError):
+        lib.gemm(T.Q8_0, raw, 64.0, p)
+    with pytest.raises(ShapeError, match="n_threads"):
+        lib.gemm(T.Q8_0, raw, k, p, n_threads=0)
+
+
+def test_validation_activations(lib):
+    with pytest.raises(ShapeError, match="float32"):
+        lib.prepare(T.F32, np.zeros((2, 8), np.float64))
+    with pytest.raises(ShapeError, match="2-D"):
+        lib.prepare(T.F32, np.zeros(8, np.float32))
+    with pytest.raises(ShapeError, match="at least 1"):
+        lib.prepare(T.F32, np.zeros((0, 8), np.float32))
+    with pytest.raises(ShapeError, match="contiguous"):
+        lib.prepare(T.F32, np.zeros((2, 16), np.float32)[:, ::2])
+    with pytest.raises(ShapeError, match="stride"):
+        lib.prepare(T.F32, np.zeros((2, 8), np.float32)[::-1])
+    with pytest.raises(ShapeError):
+        lib.prepare(T.F32, [[1.0, 2.0]])
+
+
+def test_validation_out(lib, q8):
+    raw, x, p, m, k, n = q8
+    with pytest.raises(ShapeError, match="shape"):
+        lib.gemm(T.Q8_0, raw, k, p, out=np.empty((m, n), np.float32))
+    with pytest.raises(ShapeError, match="float32"):
+        lib.gemm(T.Q8_0, raw, k, p, out=np.empty((n, m), np.float64))
+    ro = np.empty((n, m), np.float32)
+    ro.setflags(write=False)
+    with pytest.raises(ShapeError, match="read-only"):
+        lib.gemm(T.Q8_0, raw, k, p, out=ro)
+    with pytest.raises(ShapeError, match="contiguous"):
+        lib.gemm(T.Q8_0, raw, k, p, out=np.empty((n, 2 * m), np.float32)[:, ::2])
+    buf = np.zeros(raw.nbytes + 4 * n * m, np.uint8)
+    alias_w = buf[:raw.nbytes].reshape(raw.shape)
+    alias_w[:] = raw
+    with pytest.raises(ShapeError, match="overlaps"):
+        lib.gemm(T.Q8_0, alias_w, k, p, out=buf[:4 * n * m].view(np.float32).reshape(n, m))
+
+
+def test_unsupported_types(lib):
+    assert not lib.supports(T.Q6_K) and not lib.supports(12345)
+    with pytest.raises(UnsupportedError):
+        lib.prepare(T.Q6_K, np.zeros((1, 256), np.float32))
+    with pytest.raises(UnsupportedError):
+        lib.gemm("nonsense", np.zeros((1, 34), np.uint8), 32, None)
+    for t in TYPES:
+        assert lib.supports(t) in (True, False)
+    assert lib.act_type(T.Q4_1) == T.Q8_1 if lib.supports(T.Q4_1) else True
+
+
+def test_load_errors():
+    with pytest.raises(BackendUnavailableError, match="unknown"):
+        kernels.load("vax")
+    foreign = "neon" if platform.machine().lower() in ("x86_64", "amd64") else "avx2"
+    with pytest.raises(BackendUnavailableError):
+        kernels.load(foreign)
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.machine() != "x86_64", reason="x86 Linux only")
+def test_cpu_features_match_proc_cpuinfo():
+    flags = set()
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    names = {"avx2": "avx2", "fma": "fma", "f16c": "f16c", "avx512f": "avx512f", "avx512bw": "avx512bw",
+             "avx512vl": "avx512vl", "avx512dq": "avx512dq", "avx512vnni": "avx512_vnni",
+             "avx512bf16": "avx512_bf16", "amx_tile": "amx_tile", "amx_int8": "amx_int8", "amx_bf16": "amx_bf16"}
+    feats = kernels.cpu_features()
+    for ours, linux in names.items():
+        assert (ours in feats) == (linux in flags), ours
