@@ -38,6 +38,10 @@ class TokenType(IntEnum):
     BYTE = 6
 
 
+_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _BYTE = (
+    int(TokenType.NORMAL), int(TokenType.UNKNOWN), int(TokenType.CONTROL), int(TokenType.USER_DEFINED),
+    int(TokenType.BYTE))
+
 # Texts llama.cpp treats as end-of-turn markers even when the metadata does not name them
 # (its vocabulary loader looks them up by text). The first group also serves as the EOT id when
 # ``tokenizer.ggml.eot_token_id`` is missing.
@@ -65,6 +69,27 @@ def _clean_spaces(text: str) -> str:
     for pattern, repl in _CLEAN_PASSES:
         text = pattern.sub(repl, text)
     return text
+
+
+def _fresh_cut(text: str, lookback: int = 8) -> int:
+    """The largest cut ``p`` (within ``lookback`` of the end) where no clean-up pattern can straddle.
+
+    At such a cut ``_clean_spaces(text) == _clean_spaces(text[:p]) + _clean_spaces(text[p:])`` whatever
+    follows: the character before the cut is not a space or an apostrophe (passes 1 and 2 match only
+    across a space or an apostrophe), and after passes 1-2 the text before the cut does not end in
+    `` 'r`` / `` 'v`` (pass 3 could still complete `` 're`` / `` 've``). Returns 0 if there is none.
+    """
+    for p in range(len(text), max(0, len(text) - lookback), -1):
+        if text[p - 1] in " '":
+            continue
+        if text[p - 1] in "rv":
+            head = text[:p]
+            for pattern, repl in _CLEAN_PASSES[:2]:
+                head = pattern.sub(repl, head)
+            if head[-3:-1] == " '":
+                continue
+        return p
+    return 0
 
 
 def _as_list(value: Any, key: str) -> list:
@@ -181,7 +206,8 @@ class Tokenizer:
 
         self._find_eog()
         self._build_special_cache()
-        self._piece_cache: dict[tuple[int, bool], bytes] = {}
+        self._pieces_special: dict[int, bytes] = {}
+        self._pieces_plain: dict[int, bytes] = {}
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -329,19 +355,19 @@ class Tokenizer:
         raise NotImplementedError
 
     def _piece(self, token_id: int, special: bool) -> bytes:
-        key = (token_id, special)
-        p = self._piece_cache.get(key)
+        cache = self._pieces_special if special else self._pieces_plain
+        p = cache.get(token_id)
         if p is None:
-            t = self.token_types[token_id]
-            if t in (TokenType.CONTROL, TokenType.UNKNOWN):
+            t = int(self.token_types[token_id])
+            if t == _CONTROL or t == _UNKNOWN:
                 p = self.tokens[token_id].encode("utf-8") if special else b""
-            elif t == TokenType.USER_DEFINED:
+            elif t == _USER_DEFINED:
                 p = self.tokens[token_id].encode("utf-8")
-            elif t in (TokenType.NORMAL, TokenType.BYTE):
+            elif t == _NORMAL or t == _BYTE:
                 p = self._normal_piece(token_id)
             else:  # UNUSED / UNDEFINED: rendered as nothing, like llama.cpp
                 p = b""
-            self._piece_cache[key] = p
+            cache[token_id] = p
         return p
 
     def token_to_piece(self, token_id: int, special: bool = True, lstrip: int = 0) -> bytes:
@@ -412,7 +438,8 @@ class StreamDecoder:
     The concatenation of all ``feed`` results and ``flush()`` equals ``tokenizer.decode(ids,
     skip_special)`` for the same ids (with ``continuation=False``). Incomplete UTF-8 sequences are held
     until completed; bytes that can never become valid UTF-8 are emitted as U+FFFD. For tokenizers
-    with ``clean_spaces`` a trailing space is held until the following characters decide its fate.
+    with ``clean_spaces`` the text after the last point where no clean-up pattern can straddle (usually
+    just a trailing space or apostrophe) is held until the following characters decide its fate.
 
     Args:
         tokenizer: the tokenizer.
@@ -439,12 +466,10 @@ class StreamDecoder:
         if not self.tokenizer.clean_spaces:
             return text
         self._pending += text
-        # hold back from the earliest space among the last 3 characters: a clean-up pattern
-        # (" .", " ' ", " 's", " 're") starting there may still be completed by later text
-        tail = self._pending[-3:]
-        k = tail.find(" ")
-        cut = len(self._pending) - len(tail) + k if k >= 0 else len(self._pending)
-        ready, self._pending = self._pending[:cut], self._pending[cut:]
+        p = _fresh_cut(self._pending)
+        if p == 0:
+            return ""
+        ready, self._pending = self._pending[:p], self._pending[p:]
         return _clean_spaces(ready)
 
     def flush(self) -> str:
