@@ -1,0 +1,419 @@
+/* ukernel_avx512.c — AVX-512 (F/BW/VL/DQ + VNNI + BF16) micro-kernels for f32, f16, bf16,
+ * q8_0, q4_0 and q4_1 weights.
+ *
+ * Float weights (f32, f16, bf16-exact): tinyBLAS-style register tile of 4 weight rows x 6
+ * tokens = 24 zmm accumulators; per 16 k-values 4 weight loads (f16 -> vcvtph2ps, bf16 ->
+ * zero-extend + shift) and 6 activation loads feed 24 FMAs. Element p of k goes to lane p % 16,
+ * lanes are summed in a fixed tree at the end, so results depend only on k.
+ *
+ * bf16 weights: vdpbf16ps on activations rounded to bf16 (what llama.cpp does; 2x the FMA
+ * rate). The float activation layout carries both the f32 row and its bf16 rounding so one
+ * prepared buffer serves f32, f16 and bf16 weights (tl_act_type is F32 for all three).
+ *
+ * Quantized weights (q8_0, q4_0, q4_1): weights are repacked per 16-row panel into a
+ * thread-local buffer, "row in lane" layout: for each 32-block, 8 zmm of 16 rows x 4 bytes
+ * (unsigned: q8_0 as q + 128, q4 as the raw nibble 0..15), then 16 f32 scales d and (q4_1)
+ * 16 f32 mins m. One token's block is then 8 vpdpbusd against 4-byte broadcasts of its int8
+ * activations, giving the 16 rows' exact int32 block dots in the 16 lanes; the offset is
+ * removed exactly in int32 (the accumulator starts at -offset * sum(q_x)), then
+ * y += float(dot) * (d_w * d_x) (+ m_w * s_x for q4_1) in f32, blocks in order. No
+ * saturation is possible (vpdpbusd accumulates u8*s8 products in int32). A panel is packed
+ * once and reused for every token of the driver's block (and for n == 1, gemv).
+ */
+#include <immintrin.h>
+#include <stdlib.h>
+
+#include "tl_internal.h"
+#include "ukernel.h"
+
+const char tl_uk_name[] = "avx512";
+const uint64_t tl_uk_required = TL_CPU_AVX2 | TL_CPU_FMA | TL_CPU_F16C | TL_CPU_AVX512F | TL_CPU_AVX512BW |
+                                TL_CPU_AVX512VL | TL_CPU_AVX512DQ | TL_CPU_AVX512VNNI | TL_CPU_AVX512BF16;
+int tl_uk_init(void) { return TL_OK; }
+
+/* ---- activation layouts ---------------------------------------------------------------------
+ * float: [f32 x k | pad to 64][bf16(x) x k | pad to 64]
+ * quant: [int8 qs k][f32 d nb][f32 s nb][int32 isum nb] | pad to 64   (isum = sum of the quants)
+ */
+static int64_t fa_off_bf16(int64_t k) { return tl_round_up(4 * k, 64); }
+static int64_t fa_row_bytes(int64_t k) { return fa_off_bf16(k) + tl_round_up(2 * k, 64); }
+static int64_t qa_row_bytes(int64_t k) { return tl_round_up(k + 12 * (k / TL_QK), 64); }
+
+static void fa_prepare(const float *x, int64_t ldx, int64_t j0, int64_t j1, int64_t k, uint8_t *act, int64_t ldact) {
+    const int64_t ob = fa_off_bf16(k);
+    for (int64_t j = j0; j < j1; j++) {
+        const float *xr = x + j * ldx;
+        uint8_t *row = act + j * ldact;
+        memset(row, 0, (size_t)ldact);
+        memcpy(row, xr, (size_t)k * 4);
+        uint16_t *hb = (uint16_t *)(row + ob);
+        int64_t p = 0;
+        for (; p + 32 <= k; p += 32) {
+            __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(xr + p + 16), _mm512_loadu_ps(xr + p));
+            _mm512_storeu_si512((void *)(hb + p), (__m512i)v);
+        }
+        for (; p < k; p += 16) {
+            int64_t r = TL_MIN(k - p, 16);
+            __mmask16 mk = (__mmask16)((1u << r) - 1);
+            __m256bh v = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mk, xr + p));
+            _mm256_mask_storeu_epi16((void *)(hb + p), mk, (__m256i)v);
+        }
+    }
+}
+
+static void qa_prepare(const float *x, int64_t ldx, int64_t j0, int64_t j1, int64_t k, uint8_t *act, int64_t ldact) {
+    const int64_t nb = k / TL_QK;
+    for (int64_t j = j0; j < j1; j++) {
+        const float *xr = x + j * ldx;
+        uint8_t *row = act + j * ldact;
+        int8_t *qs = (int8_t *)row;
+        float *dd = (float *)(row + k);
+        float *ss = dd + nb;
+        int32_t *is = (int32_t *)(ss + nb);
+        for (int64_t b = 0; b < nb; b++) {
+            const float *xb = xr + b * TL_QK;
+            float amax = 0.0f;
+            for (int t = 0; t < TL_QK; t++) {
+                float v = xb[t] < 0 ? -xb[t] : xb[t];
+                amax = v > amax ? v : amax;
+            }
+            const float d = amax / 127.0f;
+            const float id = d != 0.0f ? 1.0f / d : 0.0f;
+            int sum = 0;
+            for (int t = 0; t < TL_QK; t++) {
+                float v = xb[t] * id;
+                v = v != v ? 0.0f : v;
+                v = v > 127.0f ? 127.0f : v;
+                v = v < -127.0f ? -127.0f : v;
+                int ti = (int)v; /* round half away from zero, as roundf */
+                float fr = v - (float)ti;
+                int q = ti + (fr >= 0.5f) - (fr <= -0.5f);
+                qs[b * TL_QK + t] = (int8_t)q;
+                sum += q;
+            }
+            dd[b] = d;
+            ss[b] = d * (float)sum;
+            is[b] = sum;
+        }
+        int64_t used = k + 12 * nb;
+        if (ldact > used) memset(row + used, 0, (size_t)(ldact - used));
+    }
+}
+
+/* ---- float weights: 4 x 6 register tile ----------------------------------------------------- */
+#define F_RM 4
+#define F_RN 6
+
+TL_INLINE __m512 f_load(const int WT, const uint8_t *w, int64_t p) {
+    if (WT == TL_F32) return _mm512_loadu_ps((const float *)w + p);
+    if (WT == TL_F16) return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)w + p)));
+    return _mm512_castsi512_ps(
+        _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)w + p))), 16));
+}
+TL_INLINE __m512 f_load_mask(const int WT, const uint8_t *w, int64_t p, __mmask16 mk) {
+    if (WT == TL_F32) return _mm512_maskz_loadu_ps(mk, (const float *)w + p);
+    __m256i h = _mm256_maskz_loadu_epi16(mk, (const uint16_t *)w + p);
+    if (WT == TL_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+/* Sums of the 16 lanes of a, b, c, d as one __m128 (a, b, c, d), fixed tree. */
+TL_INLINE __m128 hsum4(__m512 a, __m512 b, __m512 c, __m512 d) {
+    __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+    __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+    __m512 abcd = _mm512_add_ps(_mm512_shuffle_ps(ab, cd, 0x44), _mm512_shuffle_ps(ab, cd, 0xEE));
+    __m256 h = _mm256_add_ps(_mm512_castps512_ps256(abcd), _mm512_extractf32x8_ps(abcd, 1));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+TL_INLINE void f_store(const int RM, const int RN, const tl_gemm_args *a, int64_t i0, int64_t j0,
+                       __m512 acc[F_RM][F_RN]) {
+    const __m512 z = _mm512_setzero_ps();
+    for (int j = 0; j < RN; j++) {
+        __m128 s = hsum4(acc[0][j], RM > 1 ? acc[1][j] : z, RM > 2 ? acc[2][j] : z, RM > 3 ? acc[3][j] : z);
+        float *yp = a->y + (j0 + j) * a->ldy + i0;
+        if (RM == 4) _mm_storeu_ps(yp, s);
+        else _mm_mask_storeu_ps(yp, (__mmask8)((1u << RM) - 1), s);
+    }
+}
+
+TL_INLINE void f_tile_impl(const int WT, const int RM, const int RN, const tl_gemm_args *a, int64_t i0, int64_t j0) {
+    __m512 acc[F_RM][F_RN];
+    const uint8_t *w[F_RM];
+    const float *x[F_RN];
+    for (int i = 0; i < RM; i++) w[i] = a->w + (i0 + i) * a->ldw;
+    for (int j = 0; j < RN; j++) x[j] = (const float *)(a->act + (j0 + j) * a->ldact);
+    for (int i = 0; i < RM; i++)
+        for (int j = 0; j < RN; j++) acc[i][j] = _mm512_setzero_ps();
+    const int64_t k = a->k;
+    int64_t p = 0;
+    for (; p + 16 <= k; p += 16) {
+        __m512 wv[F_RM];
+        for (int i = 0; i < RM; i++) wv[i] = f_load(WT, w[i], p);
+        for (int j = 0; j < RN; j++) {
+            __m512 xv = _mm512_load_ps(x[j] + p);
+            for (int i = 0; i < RM; i++) acc[i][j] = _mm512_fmadd_ps(wv[i], xv, acc[i][j]);
+        }
+    }
+    if (p < k) {
+        __mmask16 mk = (__mmask16)((1u << (k - p)) - 1);
+        __m512 wv[F_RM];
+        for (int i = 0; i < RM; i++) wv[i] = f_load_mask(WT, w[i], p, mk);
+        for (int j = 0; j < RN; j++) {
+            __m512 xv = _mm512_load_ps(x[j] + p); /* zero-padded row */
+            for (int i = 0; i < RM; i++) acc[i][j] = _mm512_fmadd_ps(wv[i], xv, acc[i][j]);
+        }
+    }
+    f_store(RM, RN, a, i0, j0, acc);
+}
+
+/* bf16 weights x bf16-rounded activations, vdpbf16ps: lane l accumulates elements 32s + 2l, 2l+1. */
+TL_INLINE void bf_tile_impl(const int RM, const int RN, const tl_gemm_args *a, int64_t i0, int64_t j0) {
+    __m512 acc[F_RM][F_RN];
+    const uint16_t *w[F_RM];
+    const uint16_t *x[F_RN];
+    const int64_t ob = fa_off_bf16(a->k);
+    for (int i = 0; i < RM; i++) w[i] = (const uint16_t *)(a->w + (i0 + i) * a->ldw);
+    for (int j = 0; j < RN; j++) x[j] = (const uint16_t *)(a->act + (j0 + j) * a->ldact + ob);
+    for (int i = 0; i < RM; i++)
+        for (int j = 0; j < RN; j++) acc[i][j] = _mm512_setzero_ps();
+    const int64_t k = a->k;
+    int64_t p = 0;
+    for (; p + 32 <= k; p += 32) {
+        __m512i wv[F_RM];
+        for (int i = 0; i < RM; i++) wv[i] = _mm512_loadu_si512((const void *)(w[i] + p));
+        for (int j = 0; j < RN; j++) {
+            __m512i xv = _mm512_load_si512((const void *)(x[j] + p));
+            for (int i = 0; i < RM; i++) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], (__m512bh)wv[i], (__m512bh)xv);
+        }
+    }
+    if (p < k) {
+        __mmask32 mk = (__mmask32)((1ull << (k - p)) - 1);
+        __m512i wv[F_RM];
+        for (int i = 0; i < RM; i++) wv[i] = _mm512_maskz_loadu_epi16(mk, (const void *)(w[i] + p));
+        for (int j = 0; j < RN; j++) {
+            __m512i xv = _mm512_maskz_loadu_epi16(mk, (const void *)(x[j] + p));
+            for (int i = 0; i < RM; i++) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], (__m512bh)wv[i], (__m512bh)xv);
+        }
+    }
+    f_store(RM, RN, a, i0, j0, acc);
+}
+
+#define F_DISPATCH(CALL, rm, rn)                                                                   \
+    switch ((rm) * 8 + (rn)) {                                                                     \
+    case 011: CALL(1, 1); break; case 012: CALL(1, 2); break; case 013: CALL(1, 3); break;         \
+    case 014: CALL(1, 4); break; case 015: CALL(1, 5); break; case 016: CALL(1, 6); break;         \
+    case 021: CALL(2, 1); break; case 022: CALL(2, 2); break; case 023: CALL(2, 3); break;         \
+    case 024: CALL(2, 4); break; case 025: CALL(2, 5); break; case 026: CALL(2, 6); break;         \
+    case 031: CALL(3, 1); break; case 032: CALL(3, 2); break; case 033: CALL(3, 3); break;         \
+    case 034: CALL(3, 4); break; case 035: CALL(3, 5); break; case 036: CALL(3, 6); break;         \
+    case 041: CALL(4, 1); break; case 042: CALL(4, 2); break; case 043: CALL(4, 3); break;         \
+    case 044: CALL(4, 4); break; case 045: CALL(4, 5); break; case 046: CALL(4, 6); break;         \
+    default: break;                                                                                \
+    }
+
+static void f32_tile(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {
+#define C_(M, N) f_tile_impl(TL_F32, M, N, a, i0, j0)
+    F_DISPATCH(C_, rm, rn)
+#undef C_
+}
+static void f16_tile(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {
+#define C_(M, N) f_tile_impl(TL_F16, M, N, a, i0, j0)
+    F_DISPATCH(C_, rm, rn)
+#undef C_
+}
+static void bf16_tile(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {
+#define C_(M, N) f_tile_impl(TL_BF16, M, N, a, i0, j0)
+    F_DISPATCH(C_, rm, rn)
+#undef C_
+}
+/* bf16 weights x bf16-rounded activations (vdpbf16ps): opt-in, see tl_uk_init. */
+__attribute__((unused)) static void bf16dp_tile(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {
+#define C_(M, N) bf_tile_impl(M, N, a, i0, j0)
+    F_DISPATCH(C_, rm, rn)
+#undef C_
+}
+
+/* ---- quantized weights: 16-row panels, row in lane --------------------------------------------- */
+#define Q_R 16                     /* rows per panel (zmm lanes) */
+#define Q_RN 8                     /* tokens per register tile */
+#define Q_BLK_BYTES (512 + 64 + 64) /* per 32-block: 8 x 64 B quants, 16 d, 16 m */
+
+static _Thread_local uint8_t *q_scratch;
+static _Thread_local size_t q_scratch_cap;
+
+static uint8_t *q_panel_buf(int64_t k) {
+    size_t need = (size_t)(k / TL_QK) * Q_BLK_BYTES;
+    if (need > q_scratch_cap) {
+        free(q_scratch);
+        q_scratch_cap = 0;
+        q_scratch = (uint8_t *)aligned_alloc(64, tl_round_up((int64_t)need, 64));
+        if (!q_scratch) return NULL;
+        q_scratch_cap = need;
+    }
+    return q_scratch;
+}
+
+TL_INLINE int q_bytes(const int WT) { return WT == TL_Q8_0 ? TL_Q8_0_BYTES : WT == TL_Q4_0 ? TL_Q4_0_BYTES : TL_Q4_1_BYTES; }
+
+/* Pack rows [r0, r0 + nr) (nr <= 16; missing rows get zero scales) of all k into buf. */
+TL_INLINE void q_pack(const int WT, const tl_gemm_args *a, int64_t r0, int nr, uint8_t *buf) {
+    const int64_t nb = a->k / TL_QK;
+    const int bs = q_bytes(WT);
+    const __mmask16 rmask = (__mmask16)((1u << nr) - 1);
+    const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                           _mm512_set1_epi32((int)a->ldw));
+    const __m512i z = _mm512_setzero_si512();
+    const __m512i lo4 = _mm512_set1_epi8(0x0f);
+    const uint8_t *base = a->w + r0 * a->ldw;
+    for (int64_t b = 0; b < nb; b++, base += bs) {
+        uint8_t *o = buf + b * Q_BLK_BYTES;
+        __m512i sc = _mm512_mask_i32gather_epi32(z, rmask, idx, (const void *)base, 1);
+        _mm512_store_ps((float *)(o + 512), _mm512_cvtph_ps(_mm512_cvtepi32_epi16(sc)));
+        if (WT == TL_Q4_1)
+            _mm512_store_ps((float *)(o + 576), _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(sc, 16))));
+        if (WT == TL_Q8_0) {
+            const __m512i flip = _mm512_set1_epi8((char)0x80);
+            for (int t = 0; t < 8; t++) {
+                __m512i q = _mm512_mask_i32gather_epi32(z, rmask, idx, (const void *)(base + 2 + 4 * t), 1);
+                _mm512_store_si512((void *)(o + 64 * t), _mm512_xor_si512(q, flip));
+            }
+        } else {
+            const int off = WT == TL_Q4_0 ? 2 : 4;
+            for (int t = 0; t < 4; t++) {
+                __m512i q = _mm512_mask_i32gather_epi32(z, rmask, idx, (const void *)(base + off + 4 * t), 1);
+                _mm512_store_si512((void *)(o + 64 * t), _mm512_and_si512(q, lo4));
+                _mm512_store_si512((void *)(o + 64 * (t + 4)), _mm512_and_si512(_mm512_srli_epi16(q, 4), lo4));
+            }
+        }
+    }
+}
+
+/* Rows of the packed panel (nr valid, starting at i0) x tokens [j0, j0 + RN). */
+TL_INLINE void q_panel_tile(const int WT, const int RN, const tl_gemm_args *a, const uint8_t *panel, int64_t i0,
+                            int nr, int64_t j0) {
+    const int64_t k = a->k, nb = k / TL_QK;
+    const int shift = WT == TL_Q8_0 ? 7 : 3; /* offset 128 resp. 8 */
+    __m512 y[Q_RN];
+    const uint8_t *xr[Q_RN];
+    for (int j = 0; j < RN; j++) {
+        y[j] = _mm512_setzero_ps();
+        xr[j] = a->act + (j0 + j) * a->ldact;
+    }
+    const uint8_t *P = panel;
+    for (int64_t b = 0; b < nb; b++, P += Q_BLK_BYTES) {
+        __m512i w[8];
+        for (int t = 0; t < 8; t++) w[t] = _mm512_load_si512((const void *)(P + 64 * t));
+        const __m512 d = _mm512_load_ps((const float *)(P + 512));
+        __m512 m = _mm512_setzero_ps();
+        if (WT == TL_Q4_1) m = _mm512_load_ps((const float *)(P + 576));
+        for (int j = 0; j < RN; j++) {
+            const int32_t *xq = (const int32_t *)(xr[j] + 32 * b);
+            const float *dx = (const float *)(xr[j] + k);
+            __m512i acc;
+            if (WT == TL_Q4_1) acc = _mm512_setzero_si512();
+            else acc = _mm512_set1_epi32(-(((const int32_t *)(dx + 2 * nb))[b] << shift));
+            for (int t = 0; t < 8; t++) acc = _mm512_dpbusd_epi32(acc, w[t], _mm512_set1_epi32(xq[t]));
+            __m512 s = _mm512_mul_ps(d, _mm512_set1_ps(dx[b]));
+            y[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), s, y[j]);
+            if (WT == TL_Q4_1) y[j] = _mm512_fmadd_ps(m, _mm512_set1_ps(dx[nb + b]), y[j]);
+        }
+    }
+    const __mmask16 rmask = (__mmask16)((1u << nr) - 1);
+    for (int j = 0; j < RN; j++) {
+        float *yp = a->y + (j0 + j) * a->ldy + i0;
+        if (nr == Q_R) _mm512_storeu_ps(yp, y[j]);
+        else _mm512_mask_storeu_ps(yp, rmask, y[j]);
+    }
+}
+
+TL_INLINE void q_panel_tokens(const int WT, const tl_gemm_args *a, const uint8_t *panel, int64_t i0, int nr,
+                              int64_t j0, int64_t j1) {
+    int64_t j = j0;
+    for (; j + Q_RN <= j1; j += Q_RN) q_panel_tile(WT, Q_RN, a, panel, i0, nr, j);
+    switch ((int)(j1 - j)) {
+    case 1: q_panel_tile(WT, 1, a, panel, i0, nr, j); break;
+    case 2: q_panel_tile(WT, 2, a, panel, i0, nr, j); break;
+    case 3: q_panel_tile(WT, 3, a, panel, i0, nr, j); break;
+    case 4: q_panel_tile(WT, 4, a, panel, i0, nr, j); break;
+    case 5: q_panel_tile(WT, 5, a, panel, i0, nr, j); break;
+    case 6: q_panel_tile(WT, 6, a, panel, i0, nr, j); break;
+    case 7: q_panel_tile(WT, 7, a, panel, i0, nr, j); break;
+    default: break;
+    }
+}
+
+/* Scalar fallback (only if the scratch allocation fails): exact block dots, same formula. */
+static void q_block_scalar(const int WT, const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+    const int64_t k = a->k, nb = k / TL_QK;
+    const int bs = q_bytes(WT);
+    for (int64_t i = i0; i < i1; i++)
+        for (int64_t j = j0; j < j1; j++) {
+            const uint8_t *wr = a->w + i * a->ldw, *xr = a->act + j * a->ldact;
+            const float *dx = (const float *)(xr + k);
+            float acc = 0.0f;
+            for (int64_t b = 0; b < nb; b++) {
+                const uint8_t *blk = wr + b * bs;
+                const int8_t *xq = (const int8_t *)xr + 32 * b;
+                int32_t dot = 0;
+                float dw = tl_f16_to_f32(tl_load_u16(blk)), m = 0.0f;
+                if (WT == TL_Q8_0) {
+                    for (int t = 0; t < 32; t++) dot += (int32_t)(int8_t)blk[2 + t] * xq[t];
+                } else {
+                    const uint8_t *q = blk + (WT == TL_Q4_0 ? 2 : 4);
+                    int sub = WT == TL_Q4_0 ? 8 : 0;
+                    for (int t = 0; t < 16; t++)
+                        dot += ((q[t] & 15) - sub) * xq[t] + ((q[t] >> 4) - sub) * xq[t + 16];
+                    if (WT == TL_Q4_1) m = tl_f16_to_f32(tl_load_u16(blk + 2));
+                }
+                acc = __builtin_fmaf((float)dot, dw * dx[b], acc);
+                if (WT == TL_Q4_1) acc = __builtin_fmaf(m, dx[nb + b], acc);
+            }
+            a->y[j * a->ldy + i] = acc;
+        }
+}
+
+TL_INLINE void q_block_impl(const int WT, const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+    uint8_t *buf = q_panel_buf(a->k);
+    if (!buf || a->ldw > INT32_MAX / Q_R) {
+        q_block_scalar(WT, a, i0, i1, j0, j1);
+        return;
+    }
+    for (int64_t i = i0; i < i1; i += Q_R) {
+        int nr = (int)TL_MIN((int64_t)Q_R, i1 - i);
+        q_pack(WT, a, i, nr, buf);
+        q_panel_tokens(WT, a, buf, i, nr, j0, j1);
+    }
+}
+
+#define Q_FUNCS(NAME, WT)                                                                                   \
+    static void NAME##_block(const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {       \
+        q_block_impl(WT, a, i0, i1, j0, j1);                                                                \
+    }                                                                                                       \
+    static void NAME##_tile(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {                \
+        q_block_impl(WT, a, i0, i0 + rm, j0, j0 + rn);                                                      \
+    }                                                                                                       \
+    static void NAME##_gemv(const tl_gemm_args *a, int64_t i0, int64_t i1) { q_block_impl(WT, a, i0, i1, 0, 1); }
+Q_FUNCS(q8_0, TL_Q8_0)
+Q_FUNCS(q4_0, TL_Q4_0)
+Q_FUNCS(q4_1, TL_Q4_1)
+
+/* ---- table -------------------------------------------------------------------------------------- */
+static const tl_ukernel uk_f32 = {F_RM, F_RN, f32_tile, 0, NULL, NULL, fa_row_bytes, fa_prepare};
+static const tl_ukernel uk_f16 = {F_RM, F_RN, f16_tile, 0, NULL, NULL, fa_row_bytes, fa_prepare};
+static const tl_ukernel uk_bf16 = {F_RM, F_RN, bf16_tile, 0, NULL, NULL, fa_row_bytes, fa_prepare};
+static const tl_ukernel uk_q8_0 = {Q_R, Q_RN, q8_0_tile, Q_R, q8_0_gemv, q8_0_block, qa_row_bytes, qa_prepare};
+static const tl_ukernel uk_q4_0 = {Q_R, Q_RN, q4_0_tile, Q_R, q4_0_gemv, q4_0_block, qa_row_bytes, qa_prepare};
+static const tl_ukernel uk_q4_1 = {Q_R, Q_RN, q4_1_tile, Q_R, q4_1_gemv, q4_1_block, qa_row_bytes, qa_prepare};
+
+const tl_ukernel *tl_uk_lookup(int wtype) {
+    switch (wtype) {
+    case TL_F32: return &uk_f32;
+    case TL_F16: return &uk_f16;
+    case TL_BF16: return &uk_bf16;
+    case TL_Q8_0: return &uk_q8_0;
+    case TL_Q4_0: return &uk_q4_0;
+    case TL_Q4_1: return &uk_q4_1;
+    default: return NULL;
+    }
+}
