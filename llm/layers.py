@@ -15,6 +15,13 @@ def silu(x: np.ndarray) -> np.ndarray:
         return x / (np.float32(1) + np.exp(-x))
 
 
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    """GELU with the tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), float32."""
+    c = np.float32(np.sqrt(2.0 / np.pi))
+    inner = c * (x + np.float32(0.044715) * (x * x * x))
+    return np.float32(0.5) * x * (np.float32(1) + np.tanh(inner))
+
+
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     m = np.max(x, axis=axis, keepdims=True)
     e = np.exp(x - m)
@@ -58,21 +65,32 @@ class Rope:
         return x
 
 
-def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, n_past: int, scale: float) -> np.ndarray:
-    """Grouped-query causal attention.
+def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, n_past: int, scale: float,
+                     window: int | None = None, k_start: int = 0) -> np.ndarray:
+    """Grouped-query causal attention, optionally within a sliding window.
 
-    q [T, H, D] for positions n_past..n_past+T-1; k, v [S, Hkv, D] for positions 0..S-1 (S = n_past+T).
-    Returns [T, H, D].
+    q [T, H, D] for positions n_past..n_past+T-1; k, v [S, Hkv, D] for positions k_start..k_start+S-1
+    (normally k_start = 0 and S = n_past+T). With `window`, the query at position p sees only keys at
+    positions p-window+1..p (llama.cpp's "standard" sliding window).
+    Returns [T, H, D]. Operands are made contiguous per kv head so every product is one BLAS sgemm
+    (a broadcast matmul over transposed views falls back to numpy's slow loop).
     """
     T, H, D = q.shape
     S, Hkv, Dv = v.shape
     g = H // Hkv
-    qg = q.reshape(T, Hkv, g, D).transpose(1, 2, 0, 3)  # [Hkv, g, T, D]
-    kt = k.transpose(1, 2, 0)  # [Hkv, D, S]
-    scores = np.matmul(qg, kt[:, None]) * np.float32(scale)  # [Hkv, g, T, S]
-    # token t (absolute n_past + t) sees keys 0..n_past+t
-    mask = np.arange(S)[None, :] > (n_past + np.arange(T))[:, None]
-    scores[..., mask] = -np.inf
-    p = softmax(scores, axis=-1)
-    out = np.matmul(p, v.transpose(1, 0, 2)[:, None])  # [Hkv, g, T, Dv]
-    return np.ascontiguousarray(out.transpose(2, 0, 1, 3).reshape(T, H, Dv))
+    qg = np.ascontiguousarray(q.reshape(T, Hkv, g, D).transpose(1, 2, 0, 3)).reshape(Hkv, g * T, D)
+    qg *= np.float32(scale)
+    kt = np.ascontiguousarray(k.transpose(1, 2, 0))  # [Hkv, D, S]
+    vh = np.ascontiguousarray(v.transpose(1, 0, 2))  # [Hkv, S, Dv]
+    scores = np.matmul(qg, kt).reshape(Hkv, g, T, S)
+    if T > 1 or window is not None:  # token t (absolute n_past + t) sees keys 0..n_past+t
+        kpos, qpos = k_start + np.arange(S)[None, :], (n_past + np.arange(T))[:, None]
+        masked = kpos > qpos
+        if window is not None:
+            masked |= (qpos - kpos) >= window
+        scores += np.where(masked, np.float32(-np.inf), np.float32(0))
+    scores -= scores.max(axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=-1, keepdims=True)
+    out = np.matmul(scores.reshape(Hkv, g * T, S), vh).reshape(Hkv, g, T, Dv)
+    return np.ascontiguousarray(out.transpose(2, 0, 1, 3)).reshape(T, H, Dv)
