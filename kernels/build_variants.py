@@ -39,8 +39,32 @@ VARIANTS: dict[str, tuple[tuple[str, ...], list[str]]] = {
     "avx512": (_X86, _AVX512),
     "amx": (_X86, _AVX512 + ["-mamx-tile", "-mamx-int8", "-mamx-bf16"]),
     "neon": (_ARM, ["-march=armv8.2-a+dotprod+fp16"]),
-    "sme": (_ARM, ["-march=armv9-a+sme"]),
-    "sme2": (_ARM, ["-march=armv9-a+sme2"]),
+    # SME: armv8.6-a (which has dotprod) + SME + fp16, never armv9-a: armv9-a implies SVE2 and the
+    # compiler would auto-vectorise the non-streaming code with SVE, which an Apple M4 lacks
+    # (REFERENCE 3.6.5). fp16 is for the NEON small-batch path linked into these variants.
+    "sme": (_ARM, ["-march=armv8.6-a+sme+fp16"]),
+    "sme2": (_ARM, ["-march=armv8.6-a+sme2+fp16"]),
+}
+
+# What the compiler probe compiles per variant (default: a trivial function). Flags alone are
+# not enough: clang-15/16 accept some SME flags but ship no arm_sme.h / SME ACLE.
+_PROBE_SME = """#include <arm_sme.h>
+__arm_locally_streaming __arm_new("za") void tl_probe(float *p) {
+    svbool_t pg = svptrue_b32();
+    svfloat32_t v = svld1_f32(pg, p);
+    svmopa_za32_f32_m(0, pg, pg, v, v);
+    svst1_hor_za32(0, 0, pg, p);
+}
+"""
+PROBE_SOURCES: dict[str, str] = {
+    "neon": "#include <arm_neon.h>\nint32x4_t tl_probe(int32x4_t a, int8x16_t b) { return vdotq_s32(a, b, b); }\n"
+            "float32x4_t tl_probe2(float16x4_t h) { return vcvt_f32_f16(h); }\n",
+    "sme": _PROBE_SME,
+    "sme2": _PROBE_SME + """__arm_locally_streaming void tl_probe2(float *p) {
+    svfloat32x4_t v = svld1_f32_x4(svptrue_c32(), p);
+    svst1_f32_x4(svptrue_c32(), p, v);
+}
+""",
 }
 
 BASE_CFLAGS = ["-O3", "-pthread", "-std=gnu11", "-fno-strict-aliasing"]
@@ -75,12 +99,12 @@ def _compiler() -> list[str]:
     return shlex.split(cc)
 
 
-def compiler_accepts(flags: list[str]) -> tuple[bool, str]:
-    """Test-compile a tiny file with `flags`; returns (ok, first line of the complaint)."""
+def compiler_accepts(flags: list[str], source: str | None = None) -> tuple[bool, str]:
+    """Test-compile a tiny file (or `source`) with `flags`; returns (ok, first line of the complaint)."""
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, "probe.c")
         with open(src, "w") as f:
-            f.write("int tl_probe(int x) { return x + 1; }\n")
+            f.write(source or "int tl_probe(int x) { return x + 1; }\n")
         cmd = _compiler() + flags + extra_flags() + ["-Werror", "-c", src, "-o", os.path.join(tmp, "probe.o")]
         try:
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
@@ -118,7 +142,7 @@ def select_variants(verbose: bool = True) -> list[str]:
             continue
         if not buildable(v):
             continue
-        ok, why = compiler_accepts(flags)
+        ok, why = compiler_accepts(flags, PROBE_SOURCES.get(v))
         if not ok:
             if verbose:
                 print(f"tilellm: skipping kernel variant {v!r}: compiler rejects {' '.join(flags)} ({why})",
