@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import LLAMA2_TYPES, fixture_path, kernel_backends
+from conftest import full_logit_checks as _full_checks
 from tilellm import backend as backends
 from tilellm.llm.gguf_file import open_gguf
 from tilellm.llm.model import LlamaModel
@@ -30,16 +31,6 @@ def _model(t: str, be: str, n_batch: int = 512) -> LlamaModel:
 
 def _src(t: str) -> str:
     return "hf" if t == "f32" else "hfdq"
-
-
-def _full_checks(logits: np.ndarray, ref, src: str, i: int, atol: float) -> None:
-    top = ref[f"{src}_top32_ids_p{i}"]
-    np.testing.assert_allclose(np.take_along_axis(logits, top, -1), ref[f"{src}_top32_logits_p{i}"], atol=atol, rtol=0)
-    np.testing.assert_allclose(logits[:, ref["sample_ids"]], ref[f"{src}_sample_logits_p{i}"], atol=atol, rtol=0)
-    mx = logits.max(-1)
-    lse = np.log(np.exp(logits - mx[:, None]).sum(-1)) + mx
-    np.testing.assert_allclose(lse, ref[f"{src}_logsumexp_p{i}"], atol=atol, rtol=0)
-    np.testing.assert_allclose(logits[-1], ref[f"{src}_last_logits_p{i}"], atol=atol, rtol=0)
 
 
 @pytest.mark.parametrize("t", LLAMA2_TYPES)
