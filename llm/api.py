@@ -579,13 +579,13 @@ def load(
     ``backend``: "auto" (best this CPU runs, or ``$TILELLM_BACKEND``) or a name from
     ``tilellm.backend.available()``. ``seed``: seeds the model's sampling generator (None = random).
 
-    Raises FileNotFoundError (naming the path), ``GGUFError`` for a malformed file,
+    Raises FileNotFoundError (naming the path; also a ``GGUFError``), ``GGUFError`` for a malformed file,
     ``UnsupportedError`` naming an architecture/tensor type/tokenizer we do not handle,
     ``BackendUnavailableError``, and ValueError for bad arguments.
     """
     from tilellm import backend as backends
 
-    from .gguf_file import open_gguf
+    from .gguf_file import GGUFFileNotFoundError, open_gguf
     from .tokenizer import Tokenizer
 
     if n_ctx is not None:
@@ -596,7 +596,7 @@ def load(
         seed = _check_int_arg("seed", seed, 0)
     p = os.fspath(path)
     if not os.path.exists(p):
-        raise FileNotFoundError(2, "Model path does not exist", p)
+        raise GGUFFileNotFoundError(2, "Model path does not exist", p)  # also a TileLLMError
     if os.path.isdir(p):
         raise IsADirectoryError(21, "Model path is a directory, not a GGUF file", p)
     file = open_gguf(p)

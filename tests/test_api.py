@@ -406,8 +406,9 @@ def test_exports() -> None:
 
 def test_load_missing_file_names_path(tmp_path: Path) -> None:
     p = tmp_path / "nope" / "model.gguf"
-    with pytest.raises(FileNotFoundError, match="nope/model.gguf"):
+    with pytest.raises(FileNotFoundError, match="nope/model.gguf") as ei:
         tilellm.load(p)
+    assert isinstance(ei.value, TileLLMError)
     with pytest.raises(IsADirectoryError):
         tilellm.load(tmp_path)
 
