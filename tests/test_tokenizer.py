@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _tokdata import DATA, TOKENIZER_FIXTURES, parity_cases, read_metadata, vocab_metadata
+from _tokdata import DATA, FIXTURES, TOKENIZER_FIXTURES, parity_cases, read_metadata, vocab_metadata
 from tilellm.errors import GGUFError, UnsupportedError
 from tilellm.llm.tokenizer import StreamDecoder, Tokenizer, TokenType
 
@@ -333,10 +333,15 @@ def test_speed_10k_tokens(name):
 
 
 # --------------------------------------------------------------------------- from the GGUF itself
-_GGUFS = [(n, DATA / g) for n, g in TOKENIZER_FIXTURES.items()]
+def _gguf_path(g: str) -> Path:
+    local = DATA / g
+    return local if local.exists() else FIXTURES / g  # the shared fixture folder, when available
 
 
-@pytest.mark.parametrize("name,path", [pytest.param(n, p, marks=pytest.mark.skipif(not (p.exists() and _available(n)), reason="GGUF not in tests/data"))
+_GGUFS = [(n, _gguf_path(g)) for n, g in TOKENIZER_FIXTURES.items()]
+
+
+@pytest.mark.parametrize("name,path", [pytest.param(n, p, marks=pytest.mark.skipif(not (p.exists() and _available(n)), reason="GGUF not available"))
                                        for n, p in _GGUFS])
 def test_gguf_metadata_matches_extracted(name, path: Path):
     md = read_metadata(path)
