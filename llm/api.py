@@ -245,6 +245,11 @@ class Model:
             raise RuntimeError("the model is closed")
         return self._impl
 
+    def _live_file(self) -> Any:
+        if self._file is None:
+            raise RuntimeError("the model is closed")
+        return self._file
+
     @property
     def n_vocab(self) -> int:
         """Vocabulary size (rows of the output layer)."""
@@ -277,15 +282,16 @@ class Model:
     @property
     def metadata(self) -> dict[str, Any]:
         """The GGUF metadata (key -> value)."""
-        return self._file.metadata
+        return self._live_file().metadata
 
     @property
     def arch(self) -> str:
-        return str(self._file.arch)
+        """The GGUF ``general.architecture``."""
+        return str(self._live_file().arch)
 
     @property
     def path(self) -> str:
-        return str(getattr(self._file, "path", ""))
+        return str(getattr(self._live_file(), "path", ""))
 
     @property
     def tokenizer(self) -> Any:
@@ -299,12 +305,12 @@ class Model:
     @property
     def n_params(self) -> int:
         """Number of weights in the file."""
-        return int(sum(int(np.prod(t.shape, dtype=np.int64)) for t in self._file.tensors.values()))
+        return int(sum(int(np.prod(t.shape, dtype=np.int64)) for t in self._live_file().tensors.values()))
 
     @property
     def model_size(self) -> int:
         """Bytes of tensor data in the file."""
-        return int(sum(int(t.data.nbytes) for t in self._file.tensors.values()))
+        return int(sum(int(t.data.nbytes) for t in self._live_file().tensors.values()))
 
     @property
     def desc(self) -> str:
@@ -315,9 +321,20 @@ class Model:
 
     @property
     def weight_type(self) -> str:
-        """Name of the type holding most of the 2-D weights (e.g. ``"Q4_0"``)."""
+        """The file's weight type like llama.cpp names it (``general.file_type``, e.g. ``"Q4_K_M"``),
+        else the type holding most bytes of the 2-D weights."""
+        ft = self._live_file().metadata.get("general.file_type")
+        if isinstance(ft, (int, np.integer)) and not isinstance(ft, bool):
+            try:
+                import gguf
+
+                name = gguf.LlamaFileType(int(ft)).name
+                if name != "GUESSED":
+                    return name.removeprefix("MOSTLY_").removeprefix("ALL_")
+            except (ImportError, ValueError):
+                pass
         by_type: dict[str, int] = {}
-        for t in self._file.tensors.values():
+        for t in self._live_file().tensors.values():
             if len(t.shape) >= 2:
                 by_type[t.type.name] = by_type.get(t.type.name, 0) + int(t.data.nbytes)
         return max(by_type, key=by_type.get) if by_type else "?"

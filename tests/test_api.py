@@ -392,6 +392,8 @@ def test_properties_and_close() -> None:
     assert m.closed and f.closed
     with pytest.raises(RuntimeError, match="closed"):
         m.generate("p")
+    with pytest.raises(RuntimeError, match="closed"):
+        m.metadata
     assert "closed" in repr(m)
 
 
