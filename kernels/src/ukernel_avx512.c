@@ -25,19 +25,16 @@
 
 #include "tl_internal.h"
 #include "ukernel.h"
+#include "x86_common.h"
 
 const char tl_uk_name[] = "avx512";
 const uint64_t tl_uk_required = TL_CPU_AVX2 | TL_CPU_FMA | TL_CPU_F16C | TL_CPU_AVX512F | TL_CPU_AVX512BW |
                                 TL_CPU_AVX512VL | TL_CPU_AVX512DQ | TL_CPU_AVX512VNNI | TL_CPU_AVX512BF16;
 int tl_uk_init(void) { return TL_OK; }
 
-/* ---- activation layouts ---------------------------------------------------------------------
- * float: [f32 x k | pad to 64][bf16(x) x k | pad to 64]
- * quant: [int8 qs k][f32 d nb][f32 s nb][int32 isum nb] | pad to 64   (isum = sum of the quants)
- */
+/* ---- float activation layout: [f32 x k | pad to 64][bf16(x) x k | pad to 64] ---------------- */
 static int64_t fa_off_bf16(int64_t k) { return tl_round_up(4 * k, 64); }
 static int64_t fa_row_bytes(int64_t k) { return fa_off_bf16(k) + tl_round_up(2 * k, 64); }
-static int64_t qa_row_bytes(int64_t k) { return tl_round_up(k + 12 * (k / TL_QK), 64); }
 
 static void fa_prepare(const float *x, int64_t ldx, int64_t j0, int64_t j1, int64_t k, uint8_t *act, int64_t ldact) {
     const int64_t ob = fa_off_bf16(k);
@@ -58,45 +55,6 @@ static void fa_prepare(const float *x, int64_t ldx, int64_t j0, int64_t j1, int6
             __m256bh v = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mk, xr + p));
             _mm256_mask_storeu_epi16((void *)(hb + p), mk, (__m256i)v);
         }
-    }
-}
-
-static void qa_prepare(const float *x, int64_t ldx, int64_t j0, int64_t j1, int64_t k, uint8_t *act, int64_t ldact) {
-    const int64_t nb = k / TL_QK;
-    for (int64_t j = j0; j < j1; j++) {
-        const float *xr = x + j * ldx;
-        uint8_t *row = act + j * ldact;
-        int8_t *qs = (int8_t *)row;
-        float *dd = (float *)(row + k);
-        float *ss = dd + nb;
-        int32_t *is = (int32_t *)(ss + nb);
-        for (int64_t b = 0; b < nb; b++) {
-            const float *xb = xr + b * TL_QK;
-            float amax = 0.0f;
-            for (int t = 0; t < TL_QK; t++) {
-                float v = xb[t] < 0 ? -xb[t] : xb[t];
-                amax = v > amax ? v : amax;
-            }
-            const float d = amax / 127.0f;
-            const float id = d != 0.0f ? 1.0f / d : 0.0f;
-            int sum = 0;
-            for (int t = 0; t < TL_QK; t++) {
-                float v = xb[t] * id;
-                v = v != v ? 0.0f : v;
-                v = v > 127.0f ? 127.0f : v;
-                v = v < -127.0f ? -127.0f : v;
-                int ti = (int)v; /* round half away from zero, as roundf */
-                float fr = v - (float)ti;
-                int q = ti + (fr >= 0.5f) - (fr <= -0.5f);
-                qs[b * TL_QK + t] = (int8_t)q;
-                sum += q;
-            }
-            dd[b] = d;
-            ss[b] = d * (float)sum;
-            is[b] = sum;
-        }
-        int64_t used = k + 12 * nb;
-        if (ldact > used) memset(row + used, 0, (size_t)(ldact - used));
     }
 }
 
@@ -239,27 +197,10 @@ __attribute__((unused)) static void bf16dp_tile(const tl_gemm_args *a, int64_t i
 #define Q_RN 8                     /* tokens per register tile */
 #define Q_BLK_BYTES (512 + 64 + 64) /* per 32-block: 8 x 64 B quants, 16 d, 16 m */
 
-static _Thread_local uint8_t *q_scratch;
-static _Thread_local size_t q_scratch_cap;
-
-static uint8_t *q_panel_buf(int64_t k) {
-    size_t need = (size_t)(k / TL_QK) * Q_BLK_BYTES;
-    if (need > q_scratch_cap) {
-        free(q_scratch);
-        q_scratch_cap = 0;
-        q_scratch = (uint8_t *)aligned_alloc(64, tl_round_up((int64_t)need, 64));
-        if (!q_scratch) return NULL;
-        q_scratch_cap = need;
-    }
-    return q_scratch;
-}
-
-TL_INLINE int q_bytes(const int WT) { return WT == TL_Q8_0 ? TL_Q8_0_BYTES : WT == TL_Q4_0 ? TL_Q4_0_BYTES : TL_Q4_1_BYTES; }
-
 /* Pack rows [r0, r0 + nr) (nr <= 16; missing rows get zero scales) of all k into buf. */
 TL_INLINE void q_pack(const int WT, const tl_gemm_args *a, int64_t r0, int nr, uint8_t *buf) {
     const int64_t nb = a->k / TL_QK;
-    const int bs = q_bytes(WT);
+    const int bs = x86_q_bytes(WT);
     const __mmask16 rmask = (__mmask16)((1u << nr) - 1);
     const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                            _mm512_set1_epi32((int)a->ldw));
@@ -343,40 +284,10 @@ TL_INLINE void q_panel_tokens(const int WT, const tl_gemm_args *a, const uint8_t
     }
 }
 
-/* Scalar fallback (only if the scratch allocation fails): exact block dots, same formula. */
-static void q_block_scalar(const int WT, const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
-    const int64_t k = a->k, nb = k / TL_QK;
-    const int bs = q_bytes(WT);
-    for (int64_t i = i0; i < i1; i++)
-        for (int64_t j = j0; j < j1; j++) {
-            const uint8_t *wr = a->w + i * a->ldw, *xr = a->act + j * a->ldact;
-            const float *dx = (const float *)(xr + k);
-            float acc = 0.0f;
-            for (int64_t b = 0; b < nb; b++) {
-                const uint8_t *blk = wr + b * bs;
-                const int8_t *xq = (const int8_t *)xr + 32 * b;
-                int32_t dot = 0;
-                float dw = tl_f16_to_f32(tl_load_u16(blk)), m = 0.0f;
-                if (WT == TL_Q8_0) {
-                    for (int t = 0; t < 32; t++) dot += (int32_t)(int8_t)blk[2 + t] * xq[t];
-                } else {
-                    const uint8_t *q = blk + (WT == TL_Q4_0 ? 2 : 4);
-                    int sub = WT == TL_Q4_0 ? 8 : 0;
-                    for (int t = 0; t < 16; t++)
-                        dot += ((q[t] & 15) - sub) * xq[t] + ((q[t] >> 4) - sub) * xq[t + 16];
-                    if (WT == TL_Q4_1) m = tl_f16_to_f32(tl_load_u16(blk + 2));
-                }
-                acc = __builtin_fmaf((float)dot, dw * dx[b], acc);
-                if (WT == TL_Q4_1) acc = __builtin_fmaf(m, dx[nb + b], acc);
-            }
-            a->y[j * a->ldy + i] = acc;
-        }
-}
-
 TL_INLINE void q_block_impl(const int WT, const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
-    uint8_t *buf = q_panel_buf(a->k);
+    uint8_t *buf = x86_scratch((size_t)(a->k / TL_QK) * Q_BLK_BYTES);
     if (!buf || a->ldw > INT32_MAX / Q_R) {
-        q_block_scalar(WT, a, i0, i1, j0, j1);
+        x86_q_block_scalar(WT, a, i0, i1, j0, j1);
         return;
     }
     for (int64_t i = i0; i < i1; i += Q_R) {
@@ -402,9 +313,9 @@ Q_FUNCS(q4_1, TL_Q4_1)
 static const tl_ukernel uk_f32 = {F_RM, F_RN, f32_tile, 0, NULL, NULL, fa_row_bytes, fa_prepare};
 static const tl_ukernel uk_f16 = {F_RM, F_RN, f16_tile, 0, NULL, NULL, fa_row_bytes, fa_prepare};
 static const tl_ukernel uk_bf16 = {F_RM, F_RN, bf16_tile, 0, NULL, NULL, fa_row_bytes, fa_prepare};
-static const tl_ukernel uk_q8_0 = {Q_R, Q_RN, q8_0_tile, Q_R, q8_0_gemv, q8_0_block, qa_row_bytes, qa_prepare};
-static const tl_ukernel uk_q4_0 = {Q_R, Q_RN, q4_0_tile, Q_R, q4_0_gemv, q4_0_block, qa_row_bytes, qa_prepare};
-static const tl_ukernel uk_q4_1 = {Q_R, Q_RN, q4_1_tile, Q_R, q4_1_gemv, q4_1_block, qa_row_bytes, qa_prepare};
+static const tl_ukernel uk_q8_0 = {Q_R, Q_RN, q8_0_tile, Q_R, q8_0_gemv, q8_0_block, x86_qa_row_bytes, x86_qa_prepare};
+static const tl_ukernel uk_q4_0 = {Q_R, Q_RN, q4_0_tile, Q_R, q4_0_gemv, q4_0_block, x86_qa_row_bytes, x86_qa_prepare};
+static const tl_ukernel uk_q4_1 = {Q_R, Q_RN, q4_1_tile, Q_R, q4_1_gemv, q4_1_block, x86_qa_row_bytes, x86_qa_prepare};
 
 const tl_ukernel *tl_uk_lookup(int wtype) {
     switch (wtype) {

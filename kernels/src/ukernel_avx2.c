@@ -1,0 +1,267 @@
+/* ukernel_avx2.c — AVX2 + FMA + F16C micro-kernels for f32, f16, bf16, q8_0, q4_0, q4_1.
+ *
+ * Float weights: register tile of 3 weight rows x 4 tokens = 12 ymm accumulators + 3 weight
+ * vectors + 1 activation vector (16 registers). Element p of k goes to lane p % 8, lanes summed
+ * in a fixed tree at the end (results depend only on k). f16 via vcvtph2ps, bf16 by
+ * zero-extension and shift (exact), activations stay f32 (shared default layout).
+ *
+ * Quantized weights: 8-row panels packed into thread-local scratch, row in lane: per 32-block
+ * 8 ymm of 8 rows x 4 bytes. A token's block dot is 8 vpmaddubsw against 4-byte broadcasts of
+ * its int8 activations, then vpmaddwd with ones -> 8 rows' int32 dots in 8 lanes.
+ *   q4_0 / q4_1: weights as the raw nibble (unsigned 0..15): every 16-bit pair sum is at most
+ *     2*15*127 and the 8 steps of a block at most 30480 < 32767, so the int16 sums are
+ *     accumulated over the block and widened once; q4_0's -8 offset is removed exactly as
+ *     8 * isum_x in int32.
+ *   q8_0: sign trick (|w| unsigned, x with w's sign; pair sums <= 2*128*127 = 32512, no
+ *     saturation), widened every step.
+ * Then y += float(dot) * (d_w * d_x) (+ m_w * s_x for q4_1) in f32, blocks in order.
+ */
+#include <immintrin.h>
+
+#include "tl_internal.h"
+#include "ukernel.h"
+#include "x86_common.h"
+
+const char tl_uk_name[] = "avx2";
+const uint64_t tl_uk_required = TL_CPU_AVX2 | TL_CPU_FMA | TL_CPU_F16C;
+int tl_uk_init(void) { return TL_OK; }
+
+/* ---- float weights: 3 x 4 register tile ------------------------------------------------------ */
+#define F_RM 3
+#define F_RN 4
+
+TL_INLINE __m256 f_load(const int WT, const uint8_t *w, int64_t p) {
+    if (WT == TL_F32) return _mm256_loadu_ps((const float *)w + p);
+    __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)w + p));
+    if (WT == TL_F16) return _mm256_cvtph_ps(h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+/* The last (k % 8) values of a row, widened to f32 and zero-padded to 8. */
+TL_INLINE __m256 f_load_tail(const int WT, const uint8_t *w, int64_t p, int64_t k) {
+    float buf[8] = {0};
+    for (int64_t q = p; q < k; q++) {
+        if (WT == TL_F32) memcpy(&buf[q - p], w + 4 * q, 4);
+        else if (WT == TL_F16) buf[q - p] = tl_f16_to_f32(tl_load_u16(w + 2 * q));
+        else buf[q - p] = tl_bf16_to_f32(tl_load_u16(w + 2 * q));
+    }
+    return _mm256_loadu_ps(buf);
+}
+
+/* Sums of the 8 lanes of a, b, c, d as (a, b, c, d), fixed tree. */
+TL_INLINE __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
+    __m256 abcd = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+    return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+}
+
+TL_INLINE void f_tile_impl(const int WT, const int RM, const int RN, const tl_gemm_args *a, int64_t i0, int64_t j0) {
+    __m256 acc[F_RM][F_RN];
+    const uint8_t *w[F_RM];
+    const float *x[F_RN];
+    for (int i = 0; i < RM; i++) w[i] = a->w + (i0 + i) * a->ldw;
+    for (int j = 0; j < RN; j++) x[j] = (const float *)(a->act + (j0 + j) * a->ldact);
+    for (int i = 0; i < RM; i++)
+        for (int j = 0; j < RN; j++) acc[i][j] = _mm256_setzero_ps();
+    const int64_t k = a->k;
+    int64_t p = 0;
+    for (; p + 8 <= k; p += 8) {
+        __m256 wv[F_RM];
+        for (int i = 0; i < RM; i++) wv[i] = f_load(WT, w[i], p);
+        for (int j = 0; j < RN; j++) {
+            __m256 xv = _mm256_load_ps(x[j] + p);
+            for (int i = 0; i < RM; i++) acc[i][j] = _mm256_fmadd_ps(wv[i], xv, acc[i][j]);
+        }
+    }
+    if (p < k) {
+        __m256 wv[F_RM];
+        for (int i = 0; i < RM; i++) wv[i] = f_load_tail(WT, w[i], p, k);
+        for (int j = 0; j < RN; j++) {
+            __m256 xv = _mm256_load_ps(x[j] + p); /* zero-padded row */
+            for (int i = 0; i < RM; i++) acc[i][j] = _mm256_fmadd_ps(wv[i], xv, acc[i][j]);
+        }
+    }
+    const __m256 z = _mm256_setzero_ps();
+    for (int j = 0; j < RN; j++) {
+        float s[4];
+        _mm_storeu_ps(s, hsum4(acc[0][j], RM > 1 ? acc[1][j] : z, RM > 2 ? acc[2][j] : z, z));
+        float *yp = a->y + (j0 + j) * a->ldy + i0;
+        for (int i = 0; i < RM; i++) yp[i] = s[i];
+    }
+}
+
+#define F_DISPATCH(CALL, rm, rn)                                                                   \
+    switch ((rm) * 8 + (rn)) {                                                                     \
+    case 011: CALL(1, 1); break; case 012: CALL(1, 2); break; case 013: CALL(1, 3); break;         \
+    case 014: CALL(1, 4); break;                                                                   \
+    case 021: CALL(2, 1); break; case 022: CALL(2, 2); break; case 023: CALL(2, 3); break;         \
+    case 024: CALL(2, 4); break;                                                                   \
+    case 031: CALL(3, 1); break; case 032: CALL(3, 2); break; case 033: CALL(3, 3); break;         \
+    case 034: CALL(3, 4); break;                                                                   \
+    default: break;                                                                                \
+    }
+
+#define F_FUNC(NAME, WT)                                                                           \
+    static void NAME##_tile(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {       \
+        F_DISPATCH(C_##NAME, rm, rn)                                                               \
+    }
+#define C_f32(M, N) f_tile_impl(TL_F32, M, N, a, i0, j0)
+#define C_f16(M, N) f_tile_impl(TL_F16, M, N, a, i0, j0)
+#define C_bf16(M, N) f_tile_impl(TL_BF16, M, N, a, i0, j0)
+F_FUNC(f32, TL_F32)
+F_FUNC(f16, TL_F16)
+F_FUNC(bf16, TL_BF16)
+
+/* ---- quantized weights: 8-row panels, row in lane --------------------------------------------- */
+#define Q_R 8
+#define Q_RN 4
+#define Q_BLK_BYTES (256 + 256 + 32 + 32) /* 8 x 32 B quants, (q8_0: 8 x 32 B signed), 8 d, 8 m */
+
+TL_INLINE void q_pack(const int WT, const tl_gemm_args *a, int64_t r0, int nr, uint8_t *buf) {
+    const int64_t nb = a->k / TL_QK;
+    const int bs = x86_q_bytes(WT);
+    int32_t offs[8];
+    for (int r = 0; r < 8; r++) offs[r] = r < nr ? (int32_t)(r * a->ldw) : 0; /* missing rows: re-read row 0 */
+    const __m256i idx = _mm256_loadu_si256((const __m256i *)offs);
+    const __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const __m256i lo4 = _mm256_set1_epi8(0x0f);
+    const uint8_t *base = a->w + r0 * a->ldw;
+    for (int64_t b = 0; b < nb; b++, base += bs) {
+        uint8_t *o = buf + b * Q_BLK_BYTES;
+        __m256i sc = _mm256_and_si256(_mm256_i32gather_epi32((const int *)base, idx, 1), live); /* dead rows: scale 0 */
+        __m128i dh = _mm_packus_epi32(_mm256_castsi256_si128(_mm256_and_si256(sc, _mm256_set1_epi32(0xffff))),
+                                      _mm256_extracti128_si256(_mm256_and_si256(sc, _mm256_set1_epi32(0xffff)), 1));
+        _mm256_store_ps((float *)(o + 512), _mm256_cvtph_ps(dh));
+        if (WT == TL_Q4_1) {
+            __m256i mh32 = _mm256_srli_epi32(sc, 16);
+            __m128i mh = _mm_packus_epi32(_mm256_castsi256_si128(mh32), _mm256_extracti128_si256(mh32, 1));
+            _mm256_store_ps((float *)(o + 544), _mm256_cvtph_ps(mh));
+        }
+        if (WT == TL_Q8_0) {
+            for (int t = 0; t < 8; t++) {
+                __m256i q = _mm256_i32gather_epi32((const int *)(base + 2 + 4 * t), idx, 1);
+                _mm256_store_si256((__m256i *)(o + 32 * t), _mm256_abs_epi8(q));
+                _mm256_store_si256((__m256i *)(o + 256 + 32 * t), q);
+            }
+        } else {
+            const int off = WT == TL_Q4_0 ? 2 : 4;
+            for (int t = 0; t < 4; t++) {
+                __m256i q = _mm256_i32gather_epi32((const int *)(base + off + 4 * t), idx, 1);
+                _mm256_store_si256((__m256i *)(o + 32 * t), _mm256_and_si256(q, lo4));
+                _mm256_store_si256((__m256i *)(o + 32 * (t + 4)), _mm256_and_si256(_mm256_srli_epi16(q, 4), lo4));
+            }
+        }
+    }
+}
+
+TL_INLINE void q_panel_tile(const int WT, const int RN, const tl_gemm_args *a, const uint8_t *panel, int64_t i0,
+                            int nr, int64_t j0) {
+    const int64_t k = a->k, nb = k / TL_QK;
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 y[Q_RN];
+    const uint8_t *xr[Q_RN];
+    for (int j = 0; j < RN; j++) {
+        y[j] = _mm256_setzero_ps();
+        xr[j] = a->act + (j0 + j) * a->ldact;
+    }
+    const uint8_t *P = panel;
+    for (int64_t b = 0; b < nb; b++, P += Q_BLK_BYTES) {
+        __m256i acc[Q_RN];
+        if (WT == TL_Q8_0) {
+            for (int j = 0; j < RN; j++) acc[j] = _mm256_setzero_si256();
+            for (int t = 0; t < 8; t++) {
+                const __m256i wa = _mm256_load_si256((const __m256i *)(P + 32 * t));
+                const __m256i ws = _mm256_load_si256((const __m256i *)(P + 256 + 32 * t));
+                for (int j = 0; j < RN; j++) {
+                    __m256i xb = _mm256_set1_epi32(((const int32_t *)(xr[j] + 32 * b))[t]);
+                    __m256i p16 = _mm256_maddubs_epi16(wa, _mm256_sign_epi8(xb, ws));
+                    acc[j] = _mm256_add_epi32(acc[j], _mm256_madd_epi16(p16, ones));
+                }
+            }
+        } else {
+            __m256i a16[Q_RN];
+            for (int j = 0; j < RN; j++) a16[j] = _mm256_setzero_si256();
+            for (int t = 0; t < 8; t++) {
+                const __m256i wv = _mm256_load_si256((const __m256i *)(P + 32 * t));
+                for (int j = 0; j < RN; j++) {
+                    __m256i xb = _mm256_set1_epi32(((const int32_t *)(xr[j] + 32 * b))[t]);
+                    a16[j] = _mm256_add_epi16(a16[j], _mm256_maddubs_epi16(wv, xb));
+                }
+            }
+            for (int j = 0; j < RN; j++) {
+                acc[j] = _mm256_madd_epi16(a16[j], ones);
+                if (WT == TL_Q4_0) {
+                    const int32_t *is = (const int32_t *)(xr[j] + k + 8 * nb);
+                    acc[j] = _mm256_sub_epi32(acc[j], _mm256_set1_epi32(is[b] << 3));
+                }
+            }
+        }
+        const __m256 d = _mm256_load_ps((const float *)(P + 512));
+        for (int j = 0; j < RN; j++) {
+            const float *dx = (const float *)(xr[j] + k);
+            y[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[j]), _mm256_mul_ps(d, _mm256_set1_ps(dx[b])), y[j]);
+            if (WT == TL_Q4_1)
+                y[j] = _mm256_fmadd_ps(_mm256_load_ps((const float *)(P + 544)), _mm256_set1_ps(dx[nb + b]), y[j]);
+        }
+    }
+    for (int j = 0; j < RN; j++) {
+        float *yp = a->y + (j0 + j) * a->ldy + i0;
+        if (nr == Q_R) {
+            _mm256_storeu_ps(yp, y[j]);
+        } else {
+            float s[8];
+            _mm256_storeu_ps(s, y[j]);
+            for (int i = 0; i < nr; i++) yp[i] = s[i];
+        }
+    }
+}
+
+TL_INLINE void q_block_impl(const int WT, const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+    uint8_t *buf = x86_scratch((size_t)(a->k / TL_QK) * Q_BLK_BYTES);
+    if (!buf || a->ldw > INT32_MAX / Q_R) {
+        x86_q_block_scalar(WT, a, i0, i1, j0, j1);
+        return;
+    }
+    for (int64_t i = i0; i < i1; i += Q_R) {
+        int nr = (int)TL_MIN((int64_t)Q_R, i1 - i);
+        q_pack(WT, a, i, nr, buf);
+        int64_t j = j0;
+        for (; j + Q_RN <= j1; j += Q_RN) q_panel_tile(WT, Q_RN, a, buf, i, nr, j);
+        switch ((int)(j1 - j)) {
+        case 1: q_panel_tile(WT, 1, a, buf, i, nr, j); break;
+        case 2: q_panel_tile(WT, 2, a, buf, i, nr, j); break;
+        case 3: q_panel_tile(WT, 3, a, buf, i, nr, j); break;
+        default: break;
+        }
+    }
+}
+
+#define Q_FUNCS(NAME, WT)                                                                                   \
+    static void NAME##_block(const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {       \
+        q_block_impl(WT, a, i0, i1, j0, j1);                                                                \
+    }                                                                                                       \
+    static void NAME##_tile(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {                \
+        q_block_impl(WT, a, i0, i0 + rm, j0, j0 + rn);                                                      \
+    }                                                                                                       \
+    static void NAME##_gemv(const tl_gemm_args *a, int64_t i0, int64_t i1) { q_block_impl(WT, a, i0, i1, 0, 1); }
+Q_FUNCS(q8_0, TL_Q8_0)
+Q_FUNCS(q4_0, TL_Q4_0)
+Q_FUNCS(q4_1, TL_Q4_1)
+
+static const tl_ukernel uk_f32 = {F_RM, F_RN, f32_tile, 0, NULL, NULL, NULL, NULL};
+static const tl_ukernel uk_f16 = {F_RM, F_RN, f16_tile, 0, NULL, NULL, NULL, NULL};
+static const tl_ukernel uk_bf16 = {F_RM, F_RN, bf16_tile, 0, NULL, NULL, NULL, NULL};
+static const tl_ukernel uk_q8_0 = {Q_R, Q_RN, q8_0_tile, Q_R, q8_0_gemv, q8_0_block, x86_qa_row_bytes, x86_qa_prepare};
+static const tl_ukernel uk_q4_0 = {Q_R, Q_RN, q4_0_tile, Q_R, q4_0_gemv, q4_0_block, x86_qa_row_bytes, x86_qa_prepare};
+static const tl_ukernel uk_q4_1 = {Q_R, Q_RN, q4_1_tile, Q_R, q4_1_gemv, q4_1_block, x86_qa_row_bytes, x86_qa_prepare};
+
+const tl_ukernel *tl_uk_lookup(int wtype) {
+    switch (wtype) {
+    case TL_F32: return &uk_f32;
+    case TL_F16: return &uk_f16;
+    case TL_BF16: return &uk_bf16;
+    case TL_Q8_0: return &uk_q8_0;
+    case TL_Q4_0: return &uk_q4_0;
+    case TL_Q4_1: return &uk_q4_1;
+    default: return NULL;
+    }
+}
