@@ -352,10 +352,17 @@ def _parse_tensor_infos(w: _Walker, n_tensors: int) -> list[tuple[str, tuple[int
 
 
 def _layout_tensors(
-    raw: list[tuple[str, tuple[int, ...], GGMLType, int]], data_start: int, file_size: int, alignment: int
+    raw: list[tuple[str, tuple[int, ...], GGMLType, int]], data_start: int, file_size: int, alignment: int,
+    strict_layout: bool = True,
 ) -> list[TensorInfo]:
-    """Sizes (in Python ints: no overflow) and byte ranges; every range inside the data section, no overlap."""
+    """Sizes (in Python ints: no overflow) and byte ranges; every range inside the data section, no overlap.
+
+    With `strict_layout` (the default, and what llama.cpp's gguf loader requires) tensors must also be
+    stored back to back in file order, each padded to the alignment: a shifted offset or a size-changing
+    corruption of a shape or type then fails loudly instead of silently reading the wrong bytes.
+    """
     data_size = file_size - data_start
+    expected = 0  # where the next tensor must start under the strict layout
     out = []
     for name, shape, t, rel in raw:
         info = TYPE_INFO[t]
@@ -376,6 +383,12 @@ def _layout_tensors(
                 f"tensor {name!r}: data [{rel}, {rel + nbytes}) lies outside the data section of {max(data_size, 0)} "
                 f"bytes (file truncated or offset/shape corrupt)"
             )
+        if strict_layout and rel != expected:
+            raise GGUFError(
+                f"tensor {name!r}: data offset {rel}, expected {expected} (tensors must be stored back to back in "
+                f"file order, each padded to the alignment; the file is corrupt)"
+            )
+        expected = rel + -(-nbytes // alignment) * alignment
         out.append(TensorInfo(name, shape, t, data_start + rel, nbytes, n_rows, rb))
     by_start = sorted(out, key=lambda ti: ti.offset)
     for a, b in zip(by_start, by_start[1:]):
@@ -395,7 +408,7 @@ class _Parsed:
     infos_end: int
 
 
-def _parse(buf: Any, size: int, record: list | None = None) -> _Parsed:
+def _parse(buf: Any, size: int, record: list | None = None, strict_layout: bool = True) -> _Parsed:
     """Validate the whole header of a GGUF image held in `buf` (size bytes). Pure: no I/O."""
     w = _Walker(buf, size, record)
     if size < HEADER_SIZE:
@@ -411,7 +424,7 @@ def _parse(buf: Any, size: int, record: list | None = None) -> _Parsed:
     data_start = -(-infos_end // alignment) * alignment
     if raw and data_start > size:
         raise GGUFError(f"file truncated: data section would start at byte {data_start} but the file has {size}")
-    infos = _layout_tensors(raw, data_start, size, alignment)
+    infos = _layout_tensors(raw, data_start, size, alignment, strict_layout)
     arch = metadata.get("general.architecture")
     if arch is None:
         raise GGUFError("missing required key 'general.architecture'")
@@ -577,10 +590,11 @@ def _open_regular(path: str) -> tuple[int, os.stat_result]:
     return fd, st
 
 
-def open_gguf(path: str | os.PathLike[str]) -> GGUFModelFile:
+def open_gguf(path: str | os.PathLike[str], *, strict_layout: bool = True) -> GGUFModelFile:
     """Validate and map a GGUF file.
 
-    Raises `GGUFFileNotFoundError` (a `FileNotFoundError`) if the path does not exist, `GGUFError`
+    `strict_layout=False` accepts gaps between tensors and any storage order (still no overlap, every
+    byte inside the file); the default requires llama.cpp's back-to-back layout. Raises `GGUFFileNotFoundError` (a `FileNotFoundError`) if the path does not exist, `GGUFError`
     for anything malformed (the message names the key or tensor), `UnsupportedError` for a valid
     file using a ggml tensor type tilellm has no table entry for. Never copies tensor data.
     """
@@ -595,7 +609,7 @@ def open_gguf(path: str | os.PathLike[str]) -> GGUFModelFile:
             if size < HEADER_SIZE:  # mmap refuses empty files; _parse reports bad magic or truncation
                 _parse(os.pread(fd, size, 0), size)
             mm = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
-            parsed = _parse(mm, size)
+            parsed = _parse(mm, size, strict_layout=strict_layout)
         except (GGUFError, UnsupportedError) as e:
             raise type(e)(f"{path}: {e}") from None
         return GGUFModelFile(path, fd, mm, st, parsed)

@@ -305,16 +305,13 @@ def diff_with_gguf_py(path: str, f: Any, budget_s: float = 5.0) -> list[str]:
 
 
 def _deep(path: str) -> None:
-    """Past loading: build the model and evaluate one token (errors must be documented types too)."""
+    """Past loading: build the model, tokenize, evaluate one token (errors must be documented types too)."""
     import tilellm
 
-    m = tilellm.load(path, n_ctx=16)
-    try:
-        m.eval([1])
-    finally:
-        close = getattr(m, "close", None)
-        if close:
-            close()
+    with tilellm.load(path, n_ctx=16, n_threads=1, backend="reference") as m:
+        ids = m.tokenize("Hi there")
+        m.detokenize(ids)
+        m.eval([0])
 
 
 def run_case(templates: list[Template], seed: int, index: int, workdir: str, *, diff: bool = False,
@@ -352,7 +349,7 @@ def run_case(templates: list[Template], seed: int, index: int, workdir: str, *, 
         try:
             _deep(path)
         except TileLLMError as e:
-            return "loaded", f"deep: {type(e).__name__}: {str(e).replace(path, '<case>')[:200]}"
+            return "rejected", f"{type(e).__name__}: deep: {str(e).replace(path, '<case>')[:200]} [{desc}]"
         except CaseTimeout:
             raise
         except BaseException as e:  # noqa: BLE001
@@ -408,7 +405,7 @@ class Summary:
         elif outcome == "rejected":
             # group messages by their leading words, for the report
             exc, _, msg = detail.partition(": ")
-            msg = re.sub(r"\[.*\]$", "", msg.replace("<case>: ", ""))
+            msg = msg.rsplit(" [", 1)[0].replace("<case>: ", "")  # drop the trailing [mutation description]
             msg = re.sub(r"'[^']*'(\[\d+\])?", "'…'", msg)  # names of keys/tensors
             msg = re.sub(r"\(in .*", "", re.sub(r"#?\d+", "N", msg))
             key = f"{exc}: {' '.join(msg.split()[:7])}"
@@ -520,8 +517,15 @@ def main(argv: list[str] | None = None) -> int:
     s = run_batches(args.cases, args.seed, args.batch, args.timeout, tpl, args.diff, args.deep, args.jobs, progress=True)
     print(f"templates: {', '.join(p.name for p in tpl)}")
     print(f"seed {args.seed}, {args.jobs} worker(s), {s.seconds:.1f} s")
-    for reason, k in sorted(s.reasons.items(), key=lambda kv: -kv[1])[:25]:
+    reasons = sorted(s.reasons.items(), key=lambda kv: -kv[1])
+    print("most common rejections by open_gguf:")
+    for reason, k in [r for r in reasons if ": deep: " not in r[0]][:25]:
         print(f"  {k:6d}  {reason}")
+    deep = [r for r in reasons if ": deep: " in r[0]]
+    if deep:
+        print("rejections after open_gguf (tilellm.load / tokenize / eval):")
+        for reason, k in deep:
+            print(f"  {k:6d}  {reason}")
     for f in s.failures[:20]:
         print("FAIL", f)
     print(s.line())

@@ -63,6 +63,16 @@ def test_fuzz_in_process(templates: list, tmp_path: Path) -> None:
     assert time.perf_counter() - t0 < 45
 
 
+def test_fuzz_deep_in_process(templates: list, tmp_path: Path) -> None:
+    """Past open_gguf: files that load go on through tilellm.load, tokenize and one eval."""
+    results = [(i, *fz.run_case_guarded(templates, SEED, i, str(tmp_path), timeout_s=20.0, deep=True))
+               for i in range(20_000, 20_300)]
+    counts = _assert_clean(results)
+    deep_rejects = sum(1 for _, o, d in results if o == "rejected" and ": deep: " in d)
+    assert counts.get("loaded", 0) > 0, "no mutated file made it through load + eval: is the model path broken?"
+    assert deep_rejects > 0, counts
+
+
 def test_fuzz_differential_against_gguf_py(templates: list, tmp_path: Path) -> None:
     """Loaded cases must read exactly as gguf-py reads them (no silent wrong answer)."""
     results, loaded = [], 0
@@ -125,9 +135,10 @@ def test_extreme_values_in_every_size_field(templates: list, tmp_path: Path) -> 
 
 @pytest.mark.slow
 def test_fuzz_long_run_subprocess_batches() -> None:
-    """>= 10,000 cases (TILELLM_FUZZ_CASES) in worker subprocesses: no crash, hang, undocumented error."""
+    """>= 10,000 cases (TILELLM_FUZZ_CASES) in worker subprocesses, through load + eval: no crash, hang,
+    undocumented error."""
     n = int(os.environ.get("TILELLM_FUZZ_CASES", "10000"))
-    s = fz.run_batches(n, seed=SEED, batch=500, timeout_s=30.0, jobs=max(1, (os.cpu_count() or 2) // 2))
+    s = fz.run_batches(n, seed=SEED, batch=500, timeout_s=60.0, jobs=max(1, (os.cpu_count() or 2) // 2), deep=True)
     print(s.line())
     assert s.n == n
     assert s.counts["crash"] == s.counts["hang"] == s.counts["undocumented"] == s.counts["wrong"] == 0, \

@@ -300,12 +300,18 @@ def test_check_unchanged_detects_truncation_and_rewrite(tmp_path: Path) -> None:
 
 
 def test_minimal_valid_file_and_layout_rules(tmp_path: Path) -> None:
-    """A hand-built file loads, with padding, gaps between tensors and trailing bytes allowed."""
+    """A hand-built file loads: padding to a custom alignment and trailing bytes allowed; a gap between
+    tensors only with strict_layout=False (llama.cpp requires back-to-back tensors)."""
     f32 = np.arange(64, dtype="<f4").tobytes()
+    tight = build([ARCH, kv_u32("general.alignment", 64)], [tinfo("a", [32, 2], 0, 0), tinfo("b", [32], 0, 256)],
+                  f32 + f32[:128] + b"trailing", alignment=64)
+    with open_gguf(write(tmp_path, tight, "tight.gguf")) as f:
+        assert np.array_equal(f.tensor("b").dequantize().reshape(-1), np.arange(32, dtype=np.float32))
     blob = build([ARCH, kv_u32("general.alignment", 64)],
                  [tinfo("a", [32, 2], 0, 0), tinfo("b", [32], 0, 512)],
                  f32 + b"\0" * (512 - len(f32)) + f32[:128] + b"trailing", alignment=64)
-    with open_gguf(write(tmp_path, blob)) as f:
+    rejects(tmp_path, blob, "tensor 'b': data offset 512, expected 256", "back to back")
+    with open_gguf(write(tmp_path, blob), strict_layout=False) as f:
         assert f.alignment == 64 and f.data_offset % 64 == 0
         assert np.array_equal(f.tensor("a").data.view("<f4").reshape(-1), np.arange(64, dtype=np.float32))
         assert f.tensor("b").shape == (32,) and f.tensor("b").n_rows == 1
@@ -485,9 +491,17 @@ def test_offsets(tmp_path: Path) -> None:
     rejects(tmp_path, one_tensor(offset=4096), "tensor 'w'", "outside the data section")
     rejects(tmp_path, one_tensor(offset=8), "tensor 'w'", "offset 8 is not a multiple of the alignment 32")
     overlap = build([ARCH], [tinfo("a", [32, 2], 0, 0), tinfo("b", [32], 0, 224)], b"\0" * 512)
-    rejects(tmp_path, overlap, "tensors 'a' and 'b' overlap")
+    rejects(tmp_path, overlap, "tensor 'b': data offset 224, expected 256")
+    with pytest.raises(GGUFError, match="tensors 'a' and 'b' overlap"):
+        open_gguf(write(tmp_path, overlap, "o.gguf"), strict_layout=False)
     same = build([ARCH], [tinfo("a", [32], 0, 0), tinfo("b", [32], 0, 0)], b"\0" * 512)
-    rejects(tmp_path, same, "overlap")
+    with pytest.raises(GGUFError, match="overlap"):
+        open_gguf(write(tmp_path, same, "s.gguf"), strict_layout=False)
+    # Out of file order but disjoint: only the relaxed mode takes it.
+    swapped = build([ARCH], [tinfo("a", [32], 0, 128), tinfo("b", [32], 0, 0)], b"\0" * 256)
+    rejects(tmp_path, swapped, "tensor 'a': data offset 128, expected 0")
+    with open_gguf(write(tmp_path, swapped, "sw.gguf"), strict_layout=False) as f:
+        assert f.tensor_infos[0].offset == f.data_offset + 128
 
 
 def test_unknown_tensor_types(tmp_path: Path) -> None:
