@@ -66,31 +66,41 @@ class Rope:
 
 
 def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, n_past: int, scale: float,
-                     window: int | None = None, k_start: int = 0) -> np.ndarray:
+                     chunk: int = 128, window: int | None = None, k_start: int = 0) -> np.ndarray:
     """Grouped-query causal attention, optionally within a sliding window.
 
     q [T, H, D] for positions n_past..n_past+T-1; k, v [S, Hkv, D] for positions k_start..k_start+S-1
     (normally k_start = 0 and S = n_past+T). With `window`, the query at position p sees only keys at
     positions p-window+1..p (llama.cpp's "standard" sliding window).
-    Returns [T, H, D]. Operands are made contiguous per kv head so every product is one BLAS sgemm
-    (a broadcast matmul over transposed views falls back to numpy's slow loop).
+    Returns [T, H, D]. Queries go in chunks that only see the keys they may attend to (causality
+    halves the work of a long prefill), and operands are contiguous per kv head so every product
+    is one BLAS sgemm (a broadcast matmul over transposed views falls back to numpy's slow loop).
     """
     T, H, D = q.shape
     S, Hkv, Dv = v.shape
     g = H // Hkv
-    qg = np.ascontiguousarray(q.reshape(T, Hkv, g, D).transpose(1, 2, 0, 3)).reshape(Hkv, g * T, D)
-    qg *= np.float32(scale)
+    qs = np.ascontiguousarray(q.reshape(T, Hkv, g, D).transpose(1, 2, 0, 3))  # [Hkv, g, T, D]
+    qs *= np.float32(scale)
     kt = np.ascontiguousarray(k.transpose(1, 2, 0))  # [Hkv, D, S]
     vh = np.ascontiguousarray(v.transpose(1, 0, 2))  # [Hkv, S, Dv]
-    scores = np.matmul(qg, kt).reshape(Hkv, g, T, S)
-    if T > 1 or window is not None:  # token t (absolute n_past + t) sees keys 0..n_past+t
-        kpos, qpos = k_start + np.arange(S)[None, :], (n_past + np.arange(T))[:, None]
-        masked = kpos > qpos
-        if window is not None:
-            masked |= (qpos - kpos) >= window
-        scores += np.where(masked, np.float32(-np.inf), np.float32(0))
-    scores -= scores.max(axis=-1, keepdims=True)
-    np.exp(scores, out=scores)
-    scores /= scores.sum(axis=-1, keepdims=True)
-    out = np.matmul(scores.reshape(Hkv, g * T, S), vh).reshape(Hkv, g, T, Dv)
-    return np.ascontiguousarray(out.transpose(2, 0, 1, 3)).reshape(T, H, Dv)
+    out = np.empty((T, Hkv, g, Dv), np.float32)
+    for t0 in range(0, T, chunk):
+        t1 = min(T, t0 + chunk)
+        n = t1 - t0
+        s_end = n_past + t1 - k_start  # keys (array index) this chunk can see: [s_beg, s_end)
+        s_beg = 0 if window is None else max(0, n_past + t0 - window + 1 - k_start)
+        qc = np.ascontiguousarray(qs[:, :, t0:t1]).reshape(Hkv, g * n, D)
+        sc = np.matmul(qc, kt[:, :, s_beg:s_end]).reshape(Hkv, g, n, s_end - s_beg)
+        if n > 1:  # token t (absolute n_past + t) sees keys up to n_past+t, and none older than window-1 back
+            kpos = (k_start + np.arange(s_beg, s_end))[None, :]
+            qpos = (n_past + np.arange(t0, t1))[:, None]
+            masked = kpos > qpos
+            if window is not None:
+                masked |= (qpos - kpos) >= window
+            sc += np.where(masked, np.float32(-np.inf), np.float32(0))
+        sc -= sc.max(axis=-1, keepdims=True)
+        np.exp(sc, out=sc)
+        sc /= sc.sum(axis=-1, keepdims=True)
+        o = np.matmul(sc.reshape(Hkv, g * n, s_end - s_beg), vh[:, s_beg:s_end]).reshape(Hkv, g, n, Dv)
+        out[t0:t1] = o.transpose(2, 0, 1, 3)
+    return out.reshape(T, H, Dv)
