@@ -30,7 +30,7 @@ from tilellm.quant import TensorView
 
 from .architectures import register
 from .hparams import _get, _pos_int
-from .layers import Rope, causal_attention, rms_norm
+from .layers import Rope, causal_attention, rms_norm, softmax
 from .model import DecoderModel, _vector
 from .moe import GATING_SIGMOID, GATING_SOFTMAX, RouterConfig, moe_ffn, route, swiglu
 from .yarn import YarnParams, yarn_inv_freq, yarn_mscale
@@ -144,6 +144,23 @@ class DeepSeek2HParams:
             n_expert_shared=n_shared, router=router, yarn=YarnParams.from_metadata(md, arch))
 
 
+def mqa_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, n_past: int, scale: float) -> np.ndarray:
+    """Causal attention of all heads over one shared key/value sequence (MLA's latent cache).
+
+    q [T, H, D] for positions n_past..n_past+T-1, k [S, D], v [S, Dv] (S = n_past + T) -> [T, H, Dv]. With a single
+    kv head every head's rows stack into one [T*H, D] operand, so scores and output are two plain 2-D GEMMs.
+    """
+    T, H, D = q.shape
+    S = k.shape[0]
+    scores = (q.reshape(T * H, D) @ k.T).reshape(T, H, S)
+    scores *= np.float32(scale)
+    if T > 1:  # token t (absolute n_past + t) sees keys 0..n_past+t
+        future = np.arange(S)[None, :] > (n_past + np.arange(T))[:, None]
+        scores += np.where(future, np.float32(-np.inf), np.float32(0))[:, None, :]
+    p = softmax(scores, axis=-1)
+    return (p.reshape(T * H, S) @ v).reshape(T, H, v.shape[1])
+
+
 class _Block:
     __slots__ = ("attn_norm", "wq", "wq_a", "q_a_norm", "wq_b", "wkv_a", "kv_a_norm", "wk_b", "wv_b", "wkv_b",
                  "wo", "ffn_norm", "w_gate", "w_up", "w_down", "router", "probs_bias", "gate_exps", "up_exps",
@@ -255,7 +272,7 @@ class DeepSeek2Model(DecoderModel):
             for h in range(H):
                 qa[:, h, :lora] = be.matmul(B.wk_b.matrix(h), np.ascontiguousarray(q[:, h, :nope]))
             qa[:, :, lora:] = q[:, :, nope:]
-            ctx = causal_attention(qa, cache[:S, None, :], cache[:S, None, :lora], p0, self.kq_scale)  # [T, H, lora]
+            ctx = mqa_attention(qa, cache[:S], cache[:S, :lora], p0, self.kq_scale)  # [T, H, lora]
             o = np.empty((T, H * hp.v_head), np.float32)
             for h in range(H):
                 o[:, h * hp.v_head:(h + 1) * hp.v_head] = be.matmul(B.wv_b.matrix(h), np.ascontiguousarray(ctx[:, h]))
