@@ -104,17 +104,14 @@ TL_INLINE float tl_f16_to_f32(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
     uint32_t em = (uint32_t)(h & 0x7fffu) << 13;      /* exponent+mantissa in f32 position */
     uint32_t e = em & 0x0f800000u;                    /* the 5-bit exponent field, shifted */
-    uint32_t norm = em + ((uint32_t)(127 - 15) << 23);
-    uint32_t bits;
-    if (e == 0x0f800000u) {
-        bits = em | 0x7f800000u;                       /* inf / nan */
-    } else if (e == 0) {
-        /* subnormal (or zero): 2^-14 * 0.m == (1.m * 2^-14) - 2^-14, both normal floats */
-        float f = tl_bits_f32(em + (113u << 23)) - tl_bits_f32(113u << 23);
-        bits = tl_f32_bits(f);
-    } else {
-        bits = norm;
-    }
+    uint32_t norm = em + ((uint32_t)(127 - 15) << 23); /* re-biased normal number */
+    uint32_t special = em | 0x7f800000u;              /* inf / nan, payload kept */
+    /* subnormal (or zero): 2^-14 * 0.m == (1.m * 2^-14) - 2^-14, both normal floats */
+    uint32_t sub = tl_f32_bits(tl_bits_f32(em + (113u << 23)) - tl_bits_f32(113u << 23));
+    /* all three computed, then selected with masks: no branches, so loops over it vectorise
+     * (gcc will not if-convert a ?: around a float op under -ftrapping-math) */
+    uint32_t m_special = 0u - (uint32_t)(e == 0x0f800000u), m_sub = 0u - (uint32_t)(e == 0);
+    uint32_t bits = (special & m_special) | (sub & m_sub) | (norm & ~(m_special | m_sub));
     return tl_bits_f32(sign | bits);
 }
 /* bfloat16 is the top half of a binary32: exact by construction (nan, inf, subnormals). */

@@ -68,31 +68,41 @@ TL_INLINE void f32_tile_impl(const tl_gemm_args *a, int64_t i0, int64_t j0, cons
     f32_store(RM, RN, a, i0, j0, acc);
 }
 
+/* Widen n 16-bit floats (possibly only 2-byte aligned) to f32; separate loops so each
+ * vectorises on its own. */
+static void widen_f16(const uint8_t *TL_RESTRICT src, float *TL_RESTRICT dst, int64_t n) {
+    uint16_t h[KC];
+    memcpy(h, src, (size_t)n * 2);
+    for (int64_t t = 0; t < n; t++) dst[t] = tl_f16_to_f32(h[t]);
+}
+static void widen_bf16(const uint8_t *TL_RESTRICT src, float *TL_RESTRICT dst, int64_t n) {
+    uint16_t h[KC];
+    memcpy(h, src, (size_t)n * 2);
+    for (int64_t t = 0; t < n; t++) dst[t] = tl_bf16_to_f32(h[t]);
+}
+
 /* f16 / bf16: widen KC weights of each row into a stack buffer, then the f32 loop; the chunk
  * is reused by all RN tokens, so the conversion costs 1/RN of a multiply-add per value. */
-#define HALF_TILE_IMPL(name, conv)                                                                  \
+#define HALF_TILE_IMPL(name, widen)                                                                 \
     TL_INLINE void name(const tl_gemm_args *a, int64_t i0, int64_t j0, const int RM, const int RN) { \
         float wbuf[TL_MAXT][KC];                                                                    \
         const float *w[TL_MAXT], *x[TL_MAXT];                                                       \
-        const uint16_t *wr[TL_MAXT];                                                                \
+        const uint8_t *wr[TL_MAXT];                                                                 \
         float acc[TL_MAXT][TL_MAXT][LANES] = {{{0}}};                                               \
         for (int i = 0; i < RM; i++) {                                                              \
-            wr[i] = (const uint16_t *)(a->w + (i0 + i) * a->ldw);                                   \
+            wr[i] = a->w + (i0 + i) * a->ldw;                                                       \
             w[i] = wbuf[i];                                                                         \
         }                                                                                           \
         for (int64_t p0 = 0; p0 < a->k; p0 += KC) {                                                 \
             int64_t kc = TL_MIN((int64_t)KC, a->k - p0);                                            \
-            for (int i = 0; i < RM; i++) {                                                          \
-                const uint8_t *src = (const uint8_t *)(wr[i] + p0);                                 \
-                for (int64_t t = 0; t < kc; t++) wbuf[i][t] = conv(tl_load_u16(src + 2 * t));       \
-            }                                                                                       \
+            for (int i = 0; i < RM; i++) widen(wr[i] + 2 * p0, wbuf[i], kc);                        \
             for (int j = 0; j < RN; j++) x[j] = (const float *)(a->act + (j0 + j) * a->ldact) + p0; \
             f32_accum(RM, RN, w, x, kc, acc);                                                       \
         }                                                                                           \
         f32_store(RM, RN, a, i0, j0, acc);                                                          \
     }
-HALF_TILE_IMPL(f16_tile_impl, tl_f16_to_f32)
-HALF_TILE_IMPL(bf16_tile_impl, tl_bf16_to_f32)
+HALF_TILE_IMPL(f16_tile_impl, widen_f16)
+HALF_TILE_IMPL(bf16_tile_impl, widen_bf16)
 
 /* ---- quantized weights ---------------------------------------------------------------------- */
 TL_INLINE int32_t dot32(const int8_t *TL_RESTRICT a, const int8_t *TL_RESTRICT b) {
