@@ -211,11 +211,15 @@ def _run(argv: Sequence[str] | None, out: TextIO, err: TextIO, inp: TextIO) -> i
                  backend=args.backend, seed=None if args.seed < 0 else args.seed)
     load_ms = (time.perf_counter() - t0) * 1e3
     with model:
-        if args.display_prompt:
-            out.write(prompt)
-            out.flush()
         if args.n_predict == 0:
             ids = model.tokenize(prompt, add_bos=bool(getattr(model.tokenizer, "add_bos", True)), special=True)
+            if len(ids) > model.n_ctx:
+                from tilellm.errors import ContextOverflowError
+
+                raise ContextOverflowError(f"Requested tokens ({len(ids)}) exceed context window of {model.n_ctx}")
+            if args.display_prompt:
+                out.write(prompt)
+                out.flush()
             t1 = time.perf_counter()
             if ids:
                 model.eval(ids)
@@ -225,11 +229,16 @@ def _run(argv: Sequence[str] | None, out: TextIO, err: TextIO, inp: TextIO) -> i
             if args.perf:
                 print(format_timings(prompt_ms, len(ids), 0.0, 0, load_ms), file=err)
             return 0
+        # generate() checks the arguments and the prompt length before returning the stream,
+        # so such errors are reported before anything is printed
         stream = model.generate(
             prompt, max_tokens=None if args.n_predict < 0 else args.n_predict, temperature=args.temp,
             top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, repeat_penalty=args.repeat_penalty,
             repeat_last_n=args.repeat_last_n, stop=args.reverse_prompt or None, stream=True,
             ignore_eos=args.ignore_eos)
+        if args.display_prompt:
+            out.write(prompt)
+            out.flush()
         last = None
         for chunk in stream:
             if chunk.text:

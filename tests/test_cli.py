@@ -147,6 +147,8 @@ def test_seed_reproduces() -> None:
     (["{tmp}/garbage.gguf", "-p", "x"], "GGUF", 1),
     (["{tmp}/fancy.gguf", "-p", "x"], "fancynet", 1),
     (["{model}", "-m", "{tmp}/other.gguf", "-p", "x"], "two models", 2),
+    (["{model}", "-p", "word " * 40, "-c", "16"], "exceed context window of 16", 1),
+    (["{model}", "-p", "word " * 40, "-c", "16", "-n", "0"], "exceed context window of 16", 1),
     (["-f", "/nonexistent/prompt.txt", "{model}"], "prompt.txt", 1),
 ])
 def test_errors_are_one_line(tmp_path: Path, argv, fragment, code) -> None:
@@ -160,6 +162,7 @@ def test_errors_are_one_line(tmp_path: Path, argv, fragment, code) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert fragment in lines[0]
     assert "Traceback" not in err
+    assert out == ""  # nothing printed before the error
 
 
 def _write_arch_gguf(path: Path, arch: str) -> None:
