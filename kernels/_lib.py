@@ -316,6 +316,10 @@ class KernelLib:
         self._check_rc(rc, "tl_gemm")
         return out
 
+    def fma_peak(self, n_threads: int | None = None) -> float:
+        """Measured FP32 FMA peak in GFLOP/s of this variant's vector unit (about 0.2 s)."""
+        return float(self.lib.tl_fma_peak(_threads(n_threads, self.n_threads)))
+
     def _check_rc(self, rc: int, what: str) -> None:
         if rc == TL_OK:
             return

@@ -66,4 +66,8 @@ int tl_act_prepare(int wtype, const float *x, int64_t ldx, int64_t n, int64_t k,
 int tl_gemm(int wtype, const void *w, int64_t ldw, int64_t m, int64_t k,
             const void *act, int64_t n, float *y, int64_t ldy, int nthreads);
 
+/* Measured FP32 FMA throughput (GFLOP/s) of this variant's widest vector unit on nthreads pool
+ * threads: independent FMA chains for ~0.2 s (the "peak" that GEMM efficiency is quoted against). */
+double tl_fma_peak(int nthreads);
+
 #endif
