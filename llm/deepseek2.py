@@ -144,21 +144,27 @@ class DeepSeek2HParams:
             n_expert_shared=n_shared, router=router, yarn=YarnParams.from_metadata(md, arch))
 
 
-def mqa_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, n_past: int, scale: float) -> np.ndarray:
+def mqa_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, n_past: int, scale: float,
+                  chunk: int = 128) -> np.ndarray:
     """Causal attention of all heads over one shared key/value sequence (MLA's latent cache).
 
     q [T, H, D] for positions n_past..n_past+T-1, k [S, D], v [S, Dv] (S = n_past + T) -> [T, H, Dv]. With a single
-    kv head every head's rows stack into one [T*H, D] operand, so scores and output are two plain 2-D GEMMs.
+    kv head every head's rows stack into one [rows*H, D] operand, so scores and output are two plain 2-D GEMMs.
+    Queries go in chunks that only read the keys they can see, which skips most of the masked half of a prefill.
     """
     T, H, D = q.shape
-    S = k.shape[0]
-    scores = (q.reshape(T * H, D) @ k.T).reshape(T, H, S)
-    scores *= np.float32(scale)
-    if T > 1:  # token t (absolute n_past + t) sees keys 0..n_past+t
-        future = np.arange(S)[None, :] > (n_past + np.arange(T))[:, None]
-        scores += np.where(future, np.float32(-np.inf), np.float32(0))[:, None, :]
-    p = softmax(scores, axis=-1)
-    return (p.reshape(T * H, S) @ v).reshape(T, H, v.shape[1])
+    out = np.empty((T, H, v.shape[1]), np.float32)
+    for t0 in range(0, T, chunk):
+        t1 = min(T, t0 + chunk)
+        S = n_past + t1  # the last query of the chunk sees keys 0..S-1
+        scores = (q[t0:t1].reshape(-1, D) @ k[:S].T).reshape(t1 - t0, H, S)
+        scores *= np.float32(scale)
+        if t1 - t0 > 1:  # token t (absolute n_past + t) sees keys 0..n_past+t
+            future = np.arange(S)[None, :] > (n_past + np.arange(t0, t1))[:, None]
+            scores += np.where(future, np.float32(-np.inf), np.float32(0))[:, None, :]
+        p = softmax(scores, axis=-1)
+        out[t0:t1] = (p.reshape(-1, S) @ v[:S]).reshape(t1 - t0, H, -1)
+    return out
 
 
 class _Block:
