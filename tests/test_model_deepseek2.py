@@ -17,8 +17,9 @@ from conftest import fixture_path, full_logit_checks, kernel_backends, logit_del
 from tilellm import backend as backends
 from tilellm.errors import GGUFError, UnsupportedError
 from tilellm.llm.architectures import model_class
-from tilellm.llm.deepseek2 import DeepSeek2HParams, DeepSeek2Model
+from tilellm.llm.deepseek2 import DeepSeek2HParams, DeepSeek2Model, mqa_attention
 from tilellm.llm.gguf_file import open_gguf
+from tilellm.llm.layers import causal_attention
 from tilellm.llm.yarn import YarnParams, corr_dims, yarn_inv_freq, yarn_mscale
 
 FIXTURES = ["deepseek2-micro-q8_0", "deepseek2-lite-micro-q8_0"]
@@ -84,6 +85,17 @@ def test_batching_and_incremental_eval_agree():
     c = np.stack([m.eval([x]) for x in ids])
     np.testing.assert_allclose(a, b, atol=2e-5, rtol=0)
     np.testing.assert_allclose(a, c, atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("n_past, T, chunk", [(0, 37, 8), (5, 20, 7), (11, 1, 4), (0, 16, 128)])
+def test_chunked_mqa_attention_equals_generic(n_past, T, chunk):
+    rng = np.random.default_rng(n_past + T)
+    H, D, Dv = 4, 24, 16
+    q = rng.standard_normal((T, H, D)).astype(np.float32)
+    k = rng.standard_normal((n_past + T, D)).astype(np.float32)
+    v = rng.standard_normal((n_past + T, Dv)).astype(np.float32)
+    want = causal_attention(q.copy(), k[:, None], v[:, None], n_past, 0.3)  # it may scale q in place
+    np.testing.assert_allclose(mqa_attention(q, k, v, n_past, 0.3, chunk=chunk), want, atol=1e-5, rtol=1e-5)
 
 
 # ---------------------------------------------------------------- rewritten files (old layout, YaRN)
