@@ -246,21 +246,23 @@ def format_model_row(r: ModelResult) -> str:
 # ----------------------------------------------------------------------------- peak
 
 def _kernel_fma_peak(n_threads: int) -> tuple[float, str] | None:
-    """The C helper's measurement, once the kernels export it."""
-    # TODO(lead/kernels): export `double tl_fma_peak(int nthreads)` (GFLOP/s of an FMA-only loop with
-    # enough independent accumulators to hide latency, widest vector ISA of the variant) and a
-    # KernelLib.fma_peak(n_threads) wrapper; this probe picks it up without further changes.
+    """``tl_fma_peak`` of the widest kernel variant this CPU runs (None if there is none)."""
     try:
+        from tilellm import backend as backends
         from tilellm import kernels
 
-        for variant in kernels.compiled():
-            lib = kernels.load(variant)
-            fn = getattr(lib, "fma_peak", None)
-            if fn is not None:
-                return float(fn(n_threads)), f"measured: tl_fma_peak ({variant}, {n_threads} threads)"
+        # available() lists only variants this CPU can execute, widest ISA first; calling a
+        # compiled-but-unsupported variant (e.g. amx here without AMX) would fault
+        runnable = [v for v in backends.available() if v != "reference"]
+        if not runnable:
+            return None
+        lib = kernels.load(runnable[0])
+        fn = getattr(lib, "fma_peak", None)
+        if fn is None:
+            return None
+        return float(fn(n_threads)), f"measured: tl_fma_peak ({runnable[0]}, {n_threads} threads)"
     except Exception:  # noqa: BLE001 - the kernels are optional here; fall back to the estimate
         return None
-    return None
 
 
 _NUMPY_PEAK: dict[int, float] = {}
@@ -286,7 +288,8 @@ def _numpy_sgemm_gflops(size: int = 1024, reps: int = 5) -> float:
 def fma_peak(n_threads: int) -> tuple[float, str]:
     """FP32 FMA peak in GFLOP/s at ``n_threads`` and how it was obtained.
 
-    Without the C helper this is an *estimate*: numpy's sgemm at 1024³ (all cores the BLAS uses)
+    Measured by the kernels' ``tl_fma_peak`` (an FMA-only loop) when a kernel variant is available;
+    otherwise an *estimate*: numpy's sgemm at 1024³ (all cores the BLAS uses)
     scaled to ``n_threads`` of the CPUs we may run on. A good BLAS reaches 50–90 % of the true peak,
     so percentages against the estimate overstate efficiency.
     """

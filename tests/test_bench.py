@@ -176,9 +176,17 @@ def test_gemm_skips_types_whose_block_does_not_fit() -> None:
     assert "q4_0".upper() in err and "skipping" in err
 
 
-def test_fma_peak() -> None:
+def test_fma_peak(monkeypatch) -> None:
     gf, how = bench.fma_peak(1)
     assert gf > 0 and isinstance(how, str) and how
+    from tilellm import backend
+
+    if any(b != "reference" for b in backend.available()):
+        assert how.startswith("measured: tl_fma_peak")
+    # without kernels: a numpy-based estimate, labelled as such
+    monkeypatch.setattr(bench, "_kernel_fma_peak", lambda n: None)
+    gf2, how2 = bench.fma_peak(1)
+    assert gf2 > 0 and how2.startswith("estimate: numpy")
 
 
 def test_default_shapes_and_quick() -> None:
