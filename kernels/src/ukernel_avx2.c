@@ -26,6 +26,68 @@ const char tl_uk_name[] = "avx2";
 const uint64_t tl_uk_required = TL_CPU_AVX2 | TL_CPU_FMA | TL_CPU_F16C;
 int tl_uk_init(void) { return TL_OK; }
 
+/* ---- quantized activations (x86_common.h layout), vectorised: one 32-block = 4 ymm ------------- */
+/* q = roundf(v) for |v| <= 127 (half away from zero), exactly: t = trunc(v), v - t is exact. */
+TL_INLINE __m256i round_half_away(__m256 v) {
+    __m256 t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    __m256 fr = _mm256_sub_ps(v, t);
+    __m256i q = _mm256_cvttps_epi32(t);
+    /* compare masks are all-ones (-1) where true */
+    q = _mm256_sub_epi32(q, _mm256_castps_si256(_mm256_cmp_ps(fr, _mm256_set1_ps(0.5f), _CMP_GE_OQ)));
+    q = _mm256_add_epi32(q, _mm256_castps_si256(_mm256_cmp_ps(fr, _mm256_set1_ps(-0.5f), _CMP_LE_OQ)));
+    return q;
+}
+
+static void qa_prepare_avx2(const float *x, int64_t ldx, int64_t j0, int64_t j1, int64_t k, uint8_t *act,
+                            int64_t ldact) {
+    const int64_t nb = k / TL_QK;
+    const __m256 lim = _mm256_set1_ps(127.0f), nlim = _mm256_set1_ps(-127.0f);
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int64_t j = j0; j < j1; j++) {
+        const float *xr = x + j * ldx;
+        uint8_t *row = act + j * ldact;
+        float *dd = (float *)(row + k);
+        float *ss = dd + nb;
+        int32_t *is = (int32_t *)(ss + nb);
+        for (int64_t b = 0; b < nb; b++) {
+            __m256 xv[4], am = _mm256_setzero_ps();
+            for (int u = 0; u < 4; u++) {
+                xv[u] = _mm256_loadu_ps(xr + 32 * b + 8 * u);
+                am = _mm256_max_ps(_mm256_and_ps(xv[u], absmask), am); /* nan skipped, as scalar */
+            }
+            __m128 h = _mm_max_ps(_mm256_castps256_ps128(am), _mm256_extractf128_ps(am, 1));
+            h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+            h = _mm_max_ss(h, _mm_movehdup_ps(h));
+            const float amax = _mm_cvtss_f32(h);
+            const float d = amax / 127.0f;
+            const float id = d != 0.0f ? 1.0f / d : 0.0f;
+            const __m256 vid = _mm256_set1_ps(id);
+            __m256i q[4], sum = _mm256_setzero_si256();
+            for (int u = 0; u < 4; u++) {
+                __m256 v = _mm256_mul_ps(xv[u], vid);
+                v = _mm256_and_ps(v, _mm256_cmp_ps(v, v, _CMP_ORD_Q)); /* nan -> 0 */
+                v = _mm256_max_ps(_mm256_min_ps(v, lim), nlim);
+                q[u] = round_half_away(v);
+                sum = _mm256_add_epi32(sum, q[u]);
+            }
+            /* int32 -> int8 in order: packs interleave 128-bit lanes, the permute undoes it */
+            __m256i p16a = _mm256_packs_epi32(q[0], q[1]), p16b = _mm256_packs_epi32(q[2], q[3]);
+            __m256i p8 = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(p16a, p16b), perm);
+            _mm256_storeu_si256((__m256i *)(row + 32 * b), p8);
+            __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+            s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+            s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+            const int isum = _mm_cvtsi128_si32(s4);
+            dd[b] = d;
+            ss[b] = d * (float)isum;
+            is[b] = isum;
+        }
+        int64_t used = k + 12 * nb;
+        if (ldact > used) memset(row + used, 0, (size_t)(ldact - used));
+    }
+}
+
 /* ---- float weights: 3 x 4 register tile ------------------------------------------------------ */
 #define F_RM 3
 #define F_RN 4
@@ -250,9 +312,9 @@ Q_FUNCS(q4_1, TL_Q4_1)
 static const tl_ukernel uk_f32 = {F_RM, F_RN, f32_tile, 0, NULL, NULL, NULL, NULL};
 static const tl_ukernel uk_f16 = {F_RM, F_RN, f16_tile, 0, NULL, NULL, NULL, NULL};
 static const tl_ukernel uk_bf16 = {F_RM, F_RN, bf16_tile, 0, NULL, NULL, NULL, NULL};
-static const tl_ukernel uk_q8_0 = {Q_R, Q_RN, q8_0_tile, Q_R, q8_0_gemv, q8_0_block, x86_qa_row_bytes, x86_qa_prepare};
-static const tl_ukernel uk_q4_0 = {Q_R, Q_RN, q4_0_tile, Q_R, q4_0_gemv, q4_0_block, x86_qa_row_bytes, x86_qa_prepare};
-static const tl_ukernel uk_q4_1 = {Q_R, Q_RN, q4_1_tile, Q_R, q4_1_gemv, q4_1_block, x86_qa_row_bytes, x86_qa_prepare};
+static const tl_ukernel uk_q8_0 = {Q_R, Q_RN, q8_0_tile, Q_R, q8_0_gemv, q8_0_block, x86_qa_row_bytes, qa_prepare_avx2};
+static const tl_ukernel uk_q4_0 = {Q_R, Q_RN, q4_0_tile, Q_R, q4_0_gemv, q4_0_block, x86_qa_row_bytes, qa_prepare_avx2};
+static const tl_ukernel uk_q4_1 = {Q_R, Q_RN, q4_1_tile, Q_R, q4_1_gemv, q4_1_block, x86_qa_row_bytes, qa_prepare_avx2};
 
 const tl_ukernel *tl_uk_lookup(int wtype) {
     switch (wtype) {

@@ -58,6 +58,56 @@ static void fa_prepare(const float *x, int64_t ldx, int64_t j0, int64_t j1, int6
     }
 }
 
+/* ---- quantized activations (x86_common.h layout), vectorised: one 32-block = 2 zmm ------------- */
+/* q = roundf(v) for |v| <= 127 (half away from zero), exactly: t = trunc(v), v - t is exact. */
+TL_INLINE __m512i round_half_away(__m512 v) {
+    __m512 t = _mm512_roundscale_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    __m512 fr = _mm512_sub_ps(v, t);
+    __m512i q = _mm512_cvttps_epi32(t);
+    q = _mm512_mask_add_epi32(q, _mm512_cmp_ps_mask(fr, _mm512_set1_ps(0.5f), _CMP_GE_OQ), q, _mm512_set1_epi32(1));
+    q = _mm512_mask_sub_epi32(q, _mm512_cmp_ps_mask(fr, _mm512_set1_ps(-0.5f), _CMP_LE_OQ), q, _mm512_set1_epi32(1));
+    return q;
+}
+
+static void qa_prepare_avx512(const float *x, int64_t ldx, int64_t j0, int64_t j1, int64_t k, uint8_t *act,
+                              int64_t ldact) {
+    const int64_t nb = k / TL_QK;
+    const __m512 lim = _mm512_set1_ps(127.0f), nlim = _mm512_set1_ps(-127.0f);
+    const __m512i absmask = _mm512_set1_epi32(0x7fffffff);
+    for (int64_t j = j0; j < j1; j++) {
+        const float *xr = x + j * ldx;
+        uint8_t *row = act + j * ldact;
+        float *dd = (float *)(row + k);
+        float *ss = dd + nb;
+        int32_t *is = (int32_t *)(ss + nb);
+        for (int64_t b = 0; b < nb; b++) {
+            __m512 x0 = _mm512_loadu_ps(xr + 32 * b), x1 = _mm512_loadu_ps(xr + 32 * b + 16);
+            /* max_ps(a, b) returns b when a is nan: nan inputs are skipped, as in the scalar code */
+            __m512 a0 = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(x0), absmask));
+            __m512 a1 = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(x1), absmask));
+            __m512 am = _mm512_max_ps(a1, _mm512_max_ps(a0, _mm512_setzero_ps()));
+            const float amax = _mm512_reduce_max_ps(am);
+            const float d = amax / 127.0f;
+            const float id = d != 0.0f ? 1.0f / d : 0.0f;
+            const __m512 vid = _mm512_set1_ps(id);
+            __m512 v0 = _mm512_mul_ps(x0, vid), v1 = _mm512_mul_ps(x1, vid);
+            v0 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v0, v0, _CMP_ORD_Q), v0); /* nan -> 0 */
+            v1 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v1, v1, _CMP_ORD_Q), v1);
+            v0 = _mm512_max_ps(_mm512_min_ps(v0, lim), nlim);
+            v1 = _mm512_max_ps(_mm512_min_ps(v1, lim), nlim);
+            __m512i q0 = round_half_away(v0), q1 = round_half_away(v1);
+            _mm_storeu_si128((__m128i *)(row + 32 * b), _mm512_cvtepi32_epi8(q0));
+            _mm_storeu_si128((__m128i *)(row + 32 * b + 16), _mm512_cvtepi32_epi8(q1));
+            const int sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+            dd[b] = d;
+            ss[b] = d * (float)sum;
+            is[b] = sum;
+        }
+        int64_t used = k + 12 * nb;
+        if (ldact > used) memset(row + used, 0, (size_t)(ldact - used));
+    }
+}
+
 /* ---- float weights: 4 x 6 register tile ----------------------------------------------------- */
 #define F_RM 4
 #define F_RN 6
@@ -313,9 +363,9 @@ Q_FUNCS(q4_1, TL_Q4_1)
 static const tl_ukernel uk_f32 = {F_RM, F_RN, f32_tile, 0, NULL, NULL, fa_row_bytes, fa_prepare};
 static const tl_ukernel uk_f16 = {F_RM, F_RN, f16_tile, 0, NULL, NULL, fa_row_bytes, fa_prepare};
 static const tl_ukernel uk_bf16 = {F_RM, F_RN, bf16_tile, 0, NULL, NULL, fa_row_bytes, fa_prepare};
-static const tl_ukernel uk_q8_0 = {Q_R, Q_RN, q8_0_tile, Q_R, q8_0_gemv, q8_0_block, x86_qa_row_bytes, x86_qa_prepare};
-static const tl_ukernel uk_q4_0 = {Q_R, Q_RN, q4_0_tile, Q_R, q4_0_gemv, q4_0_block, x86_qa_row_bytes, x86_qa_prepare};
-static const tl_ukernel uk_q4_1 = {Q_R, Q_RN, q4_1_tile, Q_R, q4_1_gemv, q4_1_block, x86_qa_row_bytes, x86_qa_prepare};
+static const tl_ukernel uk_q8_0 = {Q_R, Q_RN, q8_0_tile, Q_R, q8_0_gemv, q8_0_block, x86_qa_row_bytes, qa_prepare_avx512};
+static const tl_ukernel uk_q4_0 = {Q_R, Q_RN, q4_0_tile, Q_R, q4_0_gemv, q4_0_block, x86_qa_row_bytes, qa_prepare_avx512};
+static const tl_ukernel uk_q4_1 = {Q_R, Q_RN, q4_1_tile, Q_R, q4_1_gemv, q4_1_block, x86_qa_row_bytes, qa_prepare_avx512};
 
 const tl_ukernel *tl_uk_lookup(int wtype) {
     switch (wtype) {

@@ -5,7 +5,8 @@
  *     [int8 qs k][f32 d nb][f32 s nb][int32 isum nb] | zero pad to 64,   nb = k / 32
  * d = amax/127, q = roundf(x/d) (ggml's reference quantiser, f32 scale), isum = sum of the
  * block's 32 quants, s = d * isum. isum lets kernels that make weights unsigned (offset
- * trick) remove the offset exactly in int32.
+ * trick) remove the offset exactly in int32. x86_qa_prepare is the plain-C reference of the
+ * layout; the variants use their vectorised versions (same results).
  */
 #ifndef TL_X86_COMMON_H
 #define TL_X86_COMMON_H
@@ -17,7 +18,7 @@
 
 static int64_t x86_qa_row_bytes(int64_t k) { return tl_round_up(k + 12 * (k / TL_QK), 64); }
 
-static void x86_qa_prepare(const float *x, int64_t ldx, int64_t j0, int64_t j1, int64_t k, uint8_t *act, int64_t ldact) {
+__attribute__((unused)) static void x86_qa_prepare(const float *x, int64_t ldx, int64_t j0, int64_t j1, int64_t k, uint8_t *act, int64_t ldact) {
     const int64_t nb = k / TL_QK;
     for (int64_t j = j0; j < j1; j++) {
         const float *xr = x + j * ldx;
