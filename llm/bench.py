@@ -18,8 +18,10 @@ GEMM mode::
 
 For every weight type × shape (m×k) × n × backend × threads: Y[n, m] = X[n, k] · W[m, k]ᵀ with
 random weights quantized by ``tilellm.quant.quantize``; GFLOP/s = 2·m·n·k / time (median of the
-reps after one warm-up), the same product in numpy float32 (``numpy`` rows) for comparison, and
-every figure as a percentage of the machine's FP32 FMA peak at that thread count.
+reps after one warm-up; calls shorter than ``--min-time`` are repeated inside a sample), the same
+product in numpy float32 (``numpy`` rows, at the BLAS's own thread count) for comparison, and every
+figure as a percentage of the FP32 FMA peak at that thread count (the kernels' ``tl_fma_peak``, or
+a numpy-based estimate labelled as such). ``rel_err`` (JSON) checks each result against numpy.
 """
 from __future__ import annotations
 
