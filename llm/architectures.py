@@ -22,6 +22,8 @@ def model_class(arch: str) -> Any:
             from . import deepseek2  # noqa: F401  (registers itself)
         except ImportError:
             pass
+    if arch == "gemma3" and arch not in ARCHITECTURES:
+        from . import gemma3  # noqa: F401  (registers itself)
     try:
         return ARCHITECTURES[arch]
     except KeyError:

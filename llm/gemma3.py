@@ -1,0 +1,223 @@
+"""Gemma 3 (text): the `gemma3` GGUF architecture.
+
+Differences from the LLaMA block (`LlamaModel`, whose loading helpers, `eval` batching and KV cache
+this class reuses):
+
+- token embeddings are multiplied by sqrt(n_embd) before the first layer;
+- RMSNorm everywhere, with four norms per block: before attention (`attn_norm`), after the attention
+  output projection (`post_attention_norm`), before the FFN (`ffn_norm`) and after it (`post_ffw_norm`);
+  the residual adds the *post-normed* branch;
+- q and k are RMS-normalised per head (`attn_q_norm`, `attn_k_norm`, length head_dim) before RoPE;
+- the FFN is GELU(tanh)-gated: down(gelu(gate(x)) * up(x));
+- NEOX-style RoPE; local (sliding-window) layers and global layers alternate 5:1 (every sixth layer,
+  i.e. layers 5, 11, 17, ... are global) unless the file says otherwise; local layers use their own
+  rope base (10000, the value Gemma 3 was trained with, unless the file gives
+  `gemma3.rope.local_freq_base`) and see only the last `attention.sliding_window` positions;
+  global layers use `rope.freq_base` (and a linear `rope.scaling.factor` when present);
+- attention scores are scaled by 1/sqrt(query_pre_attn_scalar). Gemma 3 sets query_pre_attn_scalar to
+  the head size (`attention.key_length`) for every size except 27B, where it is n_embd / n_head (168 vs
+  a head size of 128); GGUF has no key for it, so like llama.cpp we recognise 27B by its 62 layers.
+  An explicit `gemma3.attention.scale` in the file wins;
+- output weights are tied to the embeddings when `output.weight` is absent; logits are soft-capped
+  (cap * tanh(logits / cap)) when the file has `final_logit_softcapping` (Gemma 2 does, Gemma 3 does not).
+
+RMSNorm weights: Hugging Face's Gemma norms compute x_hat * (1 + w); llama.cpp's converter stores
+(1 + w) in the GGUF (it adds 1 to every tensor named `*norm.weight` for gemma, gemma2 and gemma3), so the
+file's weights multiply directly, exactly as in the LLaMA block.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from tilellm.errors import GGUFError
+from tilellm.quant import TensorView
+
+from .architectures import register
+from .layers import Rope, causal_attention, gelu_tanh, rms_norm
+from .model import LlamaModel, _vector
+
+# Gemma 3's published defaults for what older GGUF files do not state.
+DEFAULT_SWA_PERIOD = 6  # five local layers, then one global
+DEFAULT_LOCAL_ROPE_BASE = 10000.0
+GEMMA3_27B_LAYERS = 62  # the one size whose query_pre_attn_scalar is n_embd / n_head
+
+
+@dataclass(frozen=True)
+class Gemma3Params:
+    """The Gemma-specific constants, read from GGUF metadata (with Gemma 3's defaults)."""
+
+    sliding_window: int | None  # None: every layer is global
+    local_layers: tuple[bool, ...]  # per layer: True = sliding-window attention with the local rope base
+    rope_base_local: float
+    rope_scale_global: float  # linear rope scaling factor of the global layers (1 = none)
+    attn_scale: float
+    final_softcap: float | None
+    embd_scale: float
+
+    @classmethod
+    def from_metadata(cls, md: Mapping[str, Any], n_layer: int, n_embd: int, n_head: int,
+                      head_dim: int) -> "Gemma3Params":
+        arch = md.get("general.architecture", "gemma3")
+        p = f"{arch}."
+        win = md.get(p + "attention.sliding_window")
+        if win is not None and (int(win) != win or int(win) < 0):
+            raise GGUFError(f"metadata {p}attention.sliding_window must be a non-negative integer, got {win!r}")
+        window = int(win) if win else None
+        pattern = md.get(p + "attention.sliding_window_pattern")
+        if window is None:
+            local = (False,) * n_layer
+        elif pattern is None or np.ndim(pattern) == 0:
+            period = DEFAULT_SWA_PERIOD if pattern is None else int(pattern)
+            if period < 1:
+                raise GGUFError(f"metadata {p}attention.sliding_window_pattern must be >= 1, got {pattern!r}")
+            local = tuple(period > 1 and (i % period) < period - 1 for i in range(n_layer))
+        else:  # one flag per layer
+            flags = [bool(x) for x in pattern]
+            if len(flags) != n_layer:
+                raise GGUFError(f"{p}attention.sliding_window_pattern has {len(flags)} entries for {n_layer} layers")
+            local = tuple(flags)
+        base_local = float(md.get(p + "rope.local_freq_base", DEFAULT_LOCAL_ROPE_BASE))
+        scale_global = 1.0
+        if md.get(p + "rope.scaling.type") == "linear":
+            scale_global = float(md.get(p + "rope.scaling.factor", 1.0)) or 1.0
+        if p + "attention.scale" in md:
+            attn_scale = float(md[p + "attention.scale"])
+        elif n_layer == GEMMA3_27B_LAYERS and arch == "gemma3":
+            attn_scale = 1.0 / math.sqrt(n_embd // n_head)
+        else:
+            attn_scale = 1.0 / math.sqrt(head_dim)
+        cap = md.get(p + "final_logit_softcapping")
+        cap = float(cap) if cap else None
+        if not (base_local > 0 and scale_global > 0 and attn_scale > 0) or (cap is not None and cap < 0):
+            raise GGUFError(f"invalid gemma3 constants: local rope base {base_local}, rope scale {scale_global}, "
+                            f"attention scale {attn_scale}, softcap {cap}")
+        return cls(sliding_window=window, local_layers=local, rope_base_local=base_local,
+                   rope_scale_global=scale_global, attn_scale=attn_scale, final_softcap=cap,
+                   embd_scale=float(np.float32(math.sqrt(n_embd))))
+
+
+class _GemmaLayer:
+    __slots__ = ("attn_norm", "wq", "wk", "wv", "wo", "q_norm", "k_norm", "post_attn_norm",
+                 "ffn_norm", "w_gate", "w_up", "w_down", "post_ffn_norm", "local")
+
+
+class Gemma3Model(LlamaModel):
+    """Gemma 3 text decoder over the LLaMA model's loading, batching and float32 KV cache."""
+
+    rope_mode = "neox"
+
+    def __init__(self, file: Any, backend: Any, n_ctx: int | None = None, n_batch: int = 512) -> None:
+        super().__init__(file, backend, n_ctx, n_batch)
+        hp, g = self.hparams, self.gparams
+        # the base class built `self.rope` with the global base; the global layers may be linearly scaled
+        scale = g.rope_scale_global
+        self.rope_global = self.rope if scale == 1.0 else Rope(
+            hp.n_rot, hp.rope_base, self.rope_mode, np.full(hp.n_rot // 2, scale))
+        self.rope_local = Rope(hp.n_rot, g.rope_base_local, self.rope_mode)
+
+    def _load_tensors(self) -> None:
+        hp = self.hparams
+        self.gparams = Gemma3Params.from_metadata(self.file.metadata, hp.n_layer, hp.n_embd, hp.n_head, hp.head_dim)
+        d, hd = hp.n_embd, hp.head_dim
+        q_dim, kv_dim = hp.n_head * hd, hp.n_head_kv * hd
+        self.tok_embd = self._tensor("token_embd.weight", (d, hp.n_vocab))
+        self.out_norm = _vector(self._tensor("output_norm.weight", (d,)))
+        self.output = self._linear("output.weight", d, hp.n_vocab, optional=True) or self._linear(
+            "token_embd.weight", d, hp.n_vocab)  # tied embeddings
+        self.layers: list[_GemmaLayer] = []  # type: ignore[assignment]
+        for i in range(hp.n_layer):
+            p = f"blk.{i}."
+            L = _GemmaLayer()
+            L.attn_norm = _vector(self._tensor(p + "attn_norm.weight", (d,)))
+            L.wq = self._linear(p + "attn_q.weight", d, q_dim)
+            L.wk = self._linear(p + "attn_k.weight", d, kv_dim)
+            L.wv = self._linear(p + "attn_v.weight", d, kv_dim)
+            L.wo = self._linear(p + "attn_output.weight", q_dim, d)
+            L.q_norm = _vector(self._tensor(p + "attn_q_norm.weight", (hd,)))
+            L.k_norm = _vector(self._tensor(p + "attn_k_norm.weight", (hd,)))
+            L.post_attn_norm = _vector(self._tensor(p + "post_attention_norm.weight", (d,)))
+            L.ffn_norm = _vector(self._tensor(p + "ffn_norm.weight", (d,)))
+            L.w_gate = self._linear(p + "ffn_gate.weight", d, hp.n_ff)
+            L.w_up = self._linear(p + "ffn_up.weight", d, hp.n_ff)
+            L.w_down = self._linear(p + "ffn_down.weight", hp.n_ff, d)
+            L.post_ffn_norm = _vector(self._tensor(p + "post_ffw_norm.weight", (d,)))
+            L.local = self.gparams.local_layers[i]
+            self.layers.append(L)
+        self._head_views = _row_blocks(self.output, HEAD_BLOCK_ROWS)
+
+    def _head(self, h: np.ndarray) -> np.ndarray:
+        """Final norm, tied output projection (in row blocks: bounded memory on the dequantizing path), softcap."""
+        x = rms_norm(h, self.out_norm, self.hparams.rms_eps)
+        be = self.backend
+        out = np.empty((x.shape[0], self.n_vocab), np.float32)
+        if len(self._head_views) == 1:
+            be.matmul(self.output, x, out=out)
+        else:
+            xp = be.prepare(x, self.output.type)
+            for r0, view in self._head_views:
+                out[:, r0:r0 + view.n_rows] = be.matmul(view, xp)
+        cap = self.gparams.final_softcap
+        if cap is not None:
+            np.tanh(out / np.float32(cap), out=out)
+            out *= np.float32(cap)
+        return out
+
+    def _forward(self, ids: np.ndarray) -> np.ndarray:
+        hp, g, be = self.hparams, self.gparams, self.backend
+        T, p0 = ids.size, self.n_past
+        H, Hkv, D = hp.n_head, hp.n_head_kv, hp.head_dim
+        eps = hp.rms_eps
+        h = self.tok_embd.rows(ids) * np.float32(g.embd_scale)  # [T, n_embd]
+        pos = np.arange(p0, p0 + T)
+        tables = {False: self.rope_global.tables(pos), True: self.rope_local.tables(pos)}
+        for li, L in enumerate(self.layers):
+            x = rms_norm(h, L.attn_norm, eps)
+            xp = be.prepare(x, L.wq.type)  # shared by q, k (and v when its type quantizes activations alike)
+            q = rms_norm(be.matmul(L.wq, xp).reshape(T, H, D), L.q_norm, eps)
+            k = rms_norm(be.matmul(L.wk, xp).reshape(T, Hkv, D), L.k_norm, eps)
+            v = be.matmul(L.wv, xp)
+            rope = self.rope_local if L.local else self.rope_global
+            cos, sin = tables[L.local]
+            q = rope.apply(q, cos, sin)
+            k = rope.apply(k, cos, sin)
+            self.k_cache[li, p0:p0 + T] = k
+            self.v_cache[li, p0:p0 + T] = v.reshape(T, Hkv, D)
+            if L.local and g.sliding_window is not None:
+                k0 = max(0, p0 - g.sliding_window + 1)  # older keys are outside every query's window
+                att = causal_attention(q, self.k_cache[li, k0:p0 + T], self.v_cache[li, k0:p0 + T], p0,
+                                       g.attn_scale, window=g.sliding_window, k_start=k0)
+            else:
+                att = causal_attention(q, self.k_cache[li, :p0 + T], self.v_cache[li, :p0 + T], p0, g.attn_scale)
+            o = be.matmul(L.wo, att.reshape(T, H * D))
+            h = h + rms_norm(o, L.post_attn_norm, eps)
+            x = rms_norm(h, L.ffn_norm, eps)
+            xp = be.prepare(x, L.w_gate.type)  # shared by gate and up
+            gate = be.matmul(L.w_gate, xp)
+            up = be.matmul(L.w_up, xp)
+            y = be.matmul(L.w_down, gelu_tanh(gate) * up)
+            h = h + rms_norm(y, L.post_ffn_norm, eps)
+        self.n_past = p0 + T
+        return h
+
+
+# Output-projection rows per backend call: 262144-row vocabularies would otherwise be dequantized whole
+# (640 MB of float32 for Gemma 3 270M) by backends that dequantize per call.
+HEAD_BLOCK_ROWS = 32768
+
+
+def _row_blocks(t: TensorView, rows: int) -> list[tuple[int, TensorView]]:
+    """`t` as consecutive row blocks `(first_row, view)`, each a zero-copy TensorView of at most `rows` rows."""
+    if t.n_rows <= rows or len(t.shape) != 2:
+        return [(0, t)]
+    out = []
+    for r0 in range(0, t.n_rows, rows):
+        r1 = min(t.n_rows, r0 + rows)
+        out.append((r0, TensorView(f"{t.name}[{r0}:{r1}]", (t.k, r1 - r0), t.type, t.data[r0:r1])))
+    return out
+
+
+register("gemma3", Gemma3Model)
