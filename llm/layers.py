@@ -79,8 +79,8 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, n_past: int, s
     T, H, D = q.shape
     S, Hkv, Dv = v.shape
     g = H // Hkv
-    qs = np.ascontiguousarray(q.reshape(T, Hkv, g, D).transpose(1, 2, 0, 3))  # [Hkv, g, T, D]
-    qs *= np.float32(scale)
+    # a new array, never the caller's q (ascontiguousarray would return a view when T == 1)
+    qs = q.reshape(T, Hkv, g, D).transpose(1, 2, 0, 3) * np.float32(scale)  # [Hkv, g, T, D]
     kt = np.ascontiguousarray(k.transpose(1, 2, 0))  # [Hkv, D, S]
     vh = np.ascontiguousarray(v.transpose(1, 0, 2))  # [Hkv, S, Dv]
     out = np.empty((T, Hkv, g, Dv), np.float32)

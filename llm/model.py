@@ -120,6 +120,13 @@ class DecoderModel:
                 outs.append(self._head(h[-1:])[0])
         return np.concatenate(outs, axis=0) if logits_all else outs[0]
 
+    def _attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, n_past: int, scale: float) -> np.ndarray:
+        """Causal GQA attention: the backend's C kernel when it has one, else numpy."""
+        fast = getattr(self.backend, "attention", None)
+        if fast is not None:
+            return fast(q, k, v, n_past, scale)
+        return causal_attention(q, k, v, n_past, scale)
+
     def _head(self, h: np.ndarray) -> np.ndarray:
         x = rms_norm(h, self.out_norm, self.hparams.rms_eps)
         return self.backend.matmul(self.output, x)
@@ -196,7 +203,7 @@ class LlamaModel(DecoderModel):
             k = self.rope.apply(k.reshape(T, hp.n_head_kv, hp.head_dim), cos, sin)
             self.k_cache[li, p0:p0 + T] = k
             self.v_cache[li, p0:p0 + T] = v.reshape(T, hp.n_head_kv, hp.head_dim)
-            att = causal_attention(q, self.k_cache[li, :p0 + T], self.v_cache[li, :p0 + T], p0, scale)
+            att = self._attention(q, self.k_cache[li, :p0 + T], self.v_cache[li, :p0 + T], p0, scale)
             h = h + be.matmul(L.wo, att.reshape(T, -1))
             x = rms_norm(h, L.ffn_norm, hp.rms_eps)
             xp = be.prepare(x, L.w_gate.type)  # shared by gate and up
