@@ -247,36 +247,111 @@ __attribute__((unused)) static void bf16dp_tile(const tl_gemm_args *a, int64_t i
 #define Q_RN 8                     /* tokens per register tile */
 #define Q_BLK_BYTES (512 + 64 + 64) /* per 32-block: 8 x 64 B quants, 16 d, 16 m */
 
+/* 16 rows' 16-byte chunks (row r at rp[r] + off) transposed to 4 zmm: out[t] lane r = dword t of
+ * row r. A_q holds rows q, q+4, q+8, q+12 in its 128-bit lanes, so after the 32- and 64-bit
+ * unpacks lane 4l + q of out[t] is row 4l + q: natural order, no permute needed. */
+TL_INLINE void q_transpose16(const uint8_t *const *rp, int off, __m512i out[4]) {
+    __m512i A[4];
+    for (int q = 0; q < 4; q++) {
+        __m512i v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(rp[q] + off)));
+        v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(rp[q + 4] + off)), 1);
+        v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(rp[q + 8] + off)), 2);
+        A[q] = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(rp[q + 12] + off)), 3);
+    }
+    __m512i T0 = _mm512_unpacklo_epi32(A[0], A[1]), T1 = _mm512_unpackhi_epi32(A[0], A[1]);
+    __m512i T2 = _mm512_unpacklo_epi32(A[2], A[3]), T3 = _mm512_unpackhi_epi32(A[2], A[3]);
+    out[0] = _mm512_unpacklo_epi64(T0, T2);
+    out[1] = _mm512_unpackhi_epi64(T0, T2);
+    out[2] = _mm512_unpacklo_epi64(T1, T3);
+    out[3] = _mm512_unpackhi_epi64(T1, T3);
+}
+
+/* Block b of a 16-row panel in registers: w[t] lane r = 4 unsigned quants 4t..4t+3 of row r
+ * (q8_0: q + 128, q4: nibble), d (and m for q4_1) per lane; dead lanes (r >= nr) get d = m = 0
+ * (their row pointers repeat a live row, so every load is in bounds). */
+TL_INLINE void q_load_block(const int WT, const uint8_t *const *rp, int64_t b, __mmask16 live, __m512i idx,
+                            __m512i w[8], __m512 *d, __m512 *m) {
+    const int bs = x86_q_bytes(WT);
+    const int64_t o = b * bs;
+    __m512i sc = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, idx, (const void *)(rp[0] + o), 1);
+    *d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(sc));
+    if (WT == TL_Q4_1) *m = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(sc, 16)));
+    const uint8_t *const *r = rp;
+    __m512i u[4];
+    if (WT == TL_Q8_0) {
+        const __m512i flip = _mm512_set1_epi8((char)0x80);
+        q_transpose16(r, (int)o + 2, u);
+        for (int t = 0; t < 4; t++) w[t] = _mm512_xor_si512(u[t], flip);
+        q_transpose16(r, (int)o + 18, u);
+        for (int t = 0; t < 4; t++) w[t + 4] = _mm512_xor_si512(u[t], flip);
+    } else {
+        const __m512i lo4 = _mm512_set1_epi8(0x0f);
+        q_transpose16(r, (int)o + (WT == TL_Q4_0 ? 2 : 4), u);
+        for (int t = 0; t < 4; t++) {
+            w[t] = _mm512_and_si512(u[t], lo4);
+            w[t + 4] = _mm512_and_si512(_mm512_srli_epi16(u[t], 4), lo4);
+        }
+    }
+}
+
+/* Row pointers of panel rows [r0, r0 + nr) (dead rows repeat row r0) and the gather index of
+ * their offsets from row r0. */
+TL_INLINE __m512i q_rows(const tl_gemm_args *a, int64_t r0, int nr, const uint8_t *rp[16]) {
+    int32_t off[16];
+    for (int r = 0; r < 16; r++) {
+        off[r] = r < nr ? (int32_t)(r * a->ldw) : 0;
+        rp[r] = a->w + r0 * a->ldw + off[r];
+    }
+    return _mm512_loadu_si512((const void *)off);
+}
+
 /* Pack rows [r0, r0 + nr) (nr <= 16; missing rows get zero scales) of all k into buf. */
 TL_INLINE void q_pack(const int WT, const tl_gemm_args *a, int64_t r0, int nr, uint8_t *buf) {
     const int64_t nb = a->k / TL_QK;
-    const int bs = x86_q_bytes(WT);
-    const __mmask16 rmask = (__mmask16)((1u << nr) - 1);
-    const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                           _mm512_set1_epi32((int)a->ldw));
-    const __m512i z = _mm512_setzero_si512();
-    const __m512i lo4 = _mm512_set1_epi8(0x0f);
-    const uint8_t *base = a->w + r0 * a->ldw;
-    for (int64_t b = 0; b < nb; b++, base += bs) {
+    const uint8_t *rp[16];
+    const __m512i idx = q_rows(a, r0, nr, rp);
+    const __mmask16 live = (__mmask16)((1u << nr) - 1);
+    for (int64_t b = 0; b < nb; b++) {
         uint8_t *o = buf + b * Q_BLK_BYTES;
-        __m512i sc = _mm512_mask_i32gather_epi32(z, rmask, idx, (const void *)base, 1);
-        _mm512_store_ps((float *)(o + 512), _mm512_cvtph_ps(_mm512_cvtepi32_epi16(sc)));
-        if (WT == TL_Q4_1)
-            _mm512_store_ps((float *)(o + 576), _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(sc, 16))));
-        if (WT == TL_Q8_0) {
-            const __m512i flip = _mm512_set1_epi8((char)0x80);
-            for (int t = 0; t < 8; t++) {
-                __m512i q = _mm512_mask_i32gather_epi32(z, rmask, idx, (const void *)(base + 2 + 4 * t), 1);
-                _mm512_store_si512((void *)(o + 64 * t), _mm512_xor_si512(q, flip));
-            }
-        } else {
-            const int off = WT == TL_Q4_0 ? 2 : 4;
-            for (int t = 0; t < 4; t++) {
-                __m512i q = _mm512_mask_i32gather_epi32(z, rmask, idx, (const void *)(base + off + 4 * t), 1);
-                _mm512_store_si512((void *)(o + 64 * t), _mm512_and_si512(q, lo4));
-                _mm512_store_si512((void *)(o + 64 * (t + 4)), _mm512_and_si512(_mm512_srli_epi16(q, 4), lo4));
-            }
+        __m512i w[8];
+        __m512 d, m = _mm512_setzero_ps();
+        q_load_block(WT, rp, b, live, idx, w, &d, &m);
+        for (int t = 0; t < 8; t++) _mm512_store_si512((void *)(o + 64 * t), w[t]);
+        _mm512_store_ps((float *)(o + 512), d);
+        if (WT == TL_Q4_1) _mm512_store_ps((float *)(o + 576), m);
+    }
+}
+
+/* n == 1: the same arithmetic as q_panel_tile with RN = 1, straight from the transposed
+ * registers (no store / reload of the panel). */
+TL_INLINE void q_gemv_impl(const int WT, const tl_gemm_args *a, int64_t i0, int64_t i1) {
+    const int64_t k = a->k, nb = k / TL_QK;
+    const int shift = WT == TL_Q8_0 ? 7 : 3;
+    const uint8_t *xr = a->act;
+    const int32_t *xq = (const int32_t *)xr;
+    const float *dx = (const float *)(xr + k);
+    const int32_t *is = (const int32_t *)(dx + 2 * nb);
+    if (a->ldw > INT32_MAX / Q_R) { /* gather offsets are int32 */
+        x86_q_block_scalar(WT, a, i0, i1, 0, 1);
+        return;
+    }
+    for (int64_t i = i0; i < i1; i += Q_R) {
+        const int nr = (int)TL_MIN((int64_t)Q_R, i1 - i);
+        const uint8_t *rp[16];
+        const __m512i idx = q_rows(a, i, nr, rp);
+        const __mmask16 live = (__mmask16)((1u << nr) - 1);
+        __m512 y0 = _mm512_setzero_ps();
+        for (int64_t b = 0; b < nb; b++) {
+            __m512i w[8];
+            __m512 d, m = _mm512_setzero_ps();
+            q_load_block(WT, rp, b, live, idx, w, &d, &m);
+            __m512i acc = WT == TL_Q4_1 ? _mm512_setzero_si512() : _mm512_set1_epi32(-(is[b] << shift));
+            for (int t = 0; t < 8; t++) acc = _mm512_dpbusd_epi32(acc, w[t], _mm512_set1_epi32(xq[8 * b + t]));
+            y0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(d, _mm512_set1_ps(dx[b])), y0);
+            if (WT == TL_Q4_1) y0 = _mm512_fmadd_ps(m, _mm512_set1_ps(dx[nb + b]), y0);
         }
+        if (nr == Q_R) _mm512_storeu_ps(a->y + i, y0);
+        else _mm512_mask_storeu_ps(a->y + i, live, y0);
     }
 }
 
@@ -354,7 +429,7 @@ TL_INLINE void q_block_impl(const int WT, const tl_gemm_args *a, int64_t i0, int
     static void NAME##_tile(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {                \
         q_block_impl(WT, a, i0, i0 + rm, j0, j0 + rn);                                                      \
     }                                                                                                       \
-    static void NAME##_gemv(const tl_gemm_args *a, int64_t i0, int64_t i1) { q_block_impl(WT, a, i0, i1, 0, 1); }
+    static void NAME##_gemv(const tl_gemm_args *a, int64_t i0, int64_t i1) { q_gemv_impl(WT, a, i0, i1); }
 Q_FUNCS(q8_0, TL_Q8_0)
 Q_FUNCS(q4_0, TL_Q4_0)
 Q_FUNCS(q4_1, TL_Q4_1)
