@@ -71,39 +71,38 @@ def test_batching_and_incremental_eval_agree(llama2_refs):
     np.testing.assert_allclose(a, c, atol=2e-5, rtol=0)
 
 
-def _delta_stats(t: str, be: str, refs) -> tuple[float, float]:
+# llama.cpp vs hfdq on these files over the whole vocabulary at every prompt position: max and
+# token-weighted mean |Δlogit| from the fixtures' compare.json (rows "lcpp_vs_hfdq", 4 prompts).
+LLAMA_CPP_DELTA = {"f32": (1.210e-05, 1.3e-06), "bf16": (4.402e-02, 6.59e-03), "q8_0": (1.598e-01, 2.249e-02),
+                   "q4_0": (1.624e-01, 2.247e-02), "q4_1": (1.635e-01, 2.331e-02)}
+
+
+def _whole_vocab_delta(t: str, be: str, refs) -> tuple[float, float]:
+    """max / mean |Δ| of backend `be` against hfdq over every logit of every prompt position.
+
+    The npz files hold only summaries of hfdq's logits, so the full rows come from our reference
+    backend, which test_reference_backend_matches_transformers pins to hfdq within 1e-4 (in
+    practice ~1e-5, far below the ~2e-2 differences measured here).
+    """
     ref = refs[t]
-    m = _model(t, be)
+    mref, m = _model(t, "reference"), _model(t, be)
     mx, tot, cnt = 0.0, 0.0, 0
     for i in PROMPTS:
+        mref.reset()
         m.reset()
-        logits = m.eval(ref[f"token_ids_p{i}"], logits_all=True)
-        # the fixtures carry 32 top + 64 sampled ids per position and the full last row
-        cols = np.concatenate([ref[f"hfdq_top32_ids_p{i}" if t != "f32" else f"hf_top32_ids_p{i}"],
-                               np.broadcast_to(ref["sample_ids"], (len(logits), 64))], axis=1)
-        src = _src(t)
-        want = np.concatenate([ref[f"{src}_top32_logits_p{i}"], ref[f"{src}_sample_logits_p{i}"]], axis=1)
-        d = np.abs(np.take_along_axis(logits, cols, -1) - want)
-        dl = np.abs(logits[-1] - ref[f"{src}_last_logits_p{i}"])
-        mx = max(mx, float(d.max()), float(dl.max()))
-        # the mean over unbiased columns only (random sample ids, the full last row), like a whole-vocab mean
-        tot += float(d[:, 32:].sum()) + float(dl.sum())
-        cnt += d[:, 32:].size + dl.size
+        want = mref.eval(ref[f"token_ids_p{i}"], logits_all=True)
+        d = np.abs(m.eval(ref[f"token_ids_p{i}"], logits_all=True) - want)
+        mx, tot, cnt = max(mx, float(d.max())), tot + float(d.sum(dtype=np.float64)), cnt + d.size
     return mx, tot / cnt
-
-
-# llama.cpp vs hfdq on these files (fixtures README, "Measured agreement": max / mean |Δlogit|)
-LLAMA_CPP_DELTA = {"f32": (1.2e-05, 1.3e-06), "bf16": (4.4e-02, 6.6e-03), "q8_0": (1.6e-01, 2.2e-02),
-                   "q4_0": (1.6e-01, 2.2e-02), "q4_1": (1.6e-01, 2.3e-02)}
 
 
 @pytest.mark.parametrize("be", kernel_backends())
 @pytest.mark.parametrize("t", LLAMA2_TYPES)
 def test_kernel_backends_as_close_as_llama_cpp(t, be, llama2_refs):
-    mx, mean = _delta_stats(t, be, llama2_refs)
+    mx, mean = _whole_vocab_delta(t, be, llama2_refs)
     lmx, lmean = LLAMA_CPP_DELTA[t]
     if t == "f32":  # f32 needs no activation rounding: stay at float32 round-off
         assert mx < 1e-4 and mean < 1e-5, (mx, mean)
         return
-    assert mean <= lmean, f"{be}/{t}: mean |Δ| {mean:.3g} > llama.cpp's {lmean:.3g}"
+    assert mean <= lmean, f"{be}/{t}: mean |Δ| {mean:.4g} > llama.cpp's {lmean:.4g}"
     assert mx <= 2 * lmx, f"{be}/{t}: max |Δ| {mx:.3g} > 2 x llama.cpp's {lmx:.3g}"
