@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import os
-import shutil
 import subprocess
 import sys
 
@@ -32,16 +31,20 @@ PACKAGES = {"tilellm": "llm/_root", "tilellm/backend": "backend", "tilellm/quant
 def layout(site: str) -> str:
     """<site>/tilellm with symlinks to the sources; returns the kernels directory."""
     top = os.path.join(site, "tilellm")
-    shutil.rmtree(top, ignore_errors=True)
-    os.makedirs(top)
+    kdir = os.path.join(top, "kernels")
+    # drop the symlinks (sources come and go), keep already-built modules of other variants
+    for d in (top, kdir):
+        if os.path.isdir(d):
+            for name in os.listdir(d):
+                if os.path.islink(os.path.join(d, name)):
+                    os.unlink(os.path.join(d, name))
+    os.makedirs(kdir, exist_ok=True)
     for name in os.listdir(os.path.join(ROOT, "llm", "_root")):
         if name.endswith(".py"):
             os.symlink(os.path.join(ROOT, "llm", "_root", name), os.path.join(top, name))
     for dst, src in PACKAGES.items():
         if dst != "tilellm":
             os.symlink(os.path.join(ROOT, src), os.path.join(site, dst))
-    kdir = os.path.join(top, "kernels")
-    os.makedirs(kdir)
     for name in os.listdir(os.path.join(ROOT, "kernels")):
         if name.endswith(".py") or name in ("include", "src"):
             os.symlink(os.path.join(ROOT, "kernels", name), os.path.join(kdir, name))

@@ -94,7 +94,7 @@ TL_SME_INLINE svfloat32_t tl_sme_w_vec(const int wt, const int bb, const uint8_t
     for (int64_t l0 = 0; l0 < L && k0 + l0 < kend; l0 += step) {
         const int64_t e = k0 + l0, t = e % TL_QK;
         const uint8_t *blk = wrow + (e / TL_QK) * bb;
-        const svbool_t pg = svand_b_z(pk, svwhilelt_b32(l0, l0 + step), svnot_b_z(svptrue_b32(), svwhilelt_b32((int64_t)0, l0)));
+        const svbool_t pg = svand_b_z(pk, svwhilelt_b32((int64_t)0, l0 + step), svnot_b_z(svptrue_b32(), svwhilelt_b32((int64_t)0, l0)));
         const svfloat32_t d = tl_sme_h2f(pg, svdup_n_u32(blk[0] | (uint32_t)blk[1] << 8));
         svfloat32_t v;
         if (wt == TL_Q8_0) {
