@@ -178,38 +178,53 @@ F_FUNC(bf16, TL_BF16)
 #define Q_RN 4
 #define Q_BLK_BYTES (256 + 256 + 32 + 32) /* 8 x 32 B quants, (q8_0: 8 x 32 B signed), 8 d, 8 m */
 
+/* 8 rows' 16-byte chunks (row r at rp[r] + off) transposed to 4 ymm: out[t] lane r = dword t of
+ * row r. A_q holds rows q and q+4 in its 128-bit lanes, so after the 32- and 64-bit unpacks
+ * lane 4l + q of out[t] is row 4l + q (natural order). */
+TL_INLINE void q_transpose8(const uint8_t *const *rp, int64_t off, __m256i out[4]) {
+    __m256i A[4];
+    for (int q = 0; q < 4; q++)
+        A[q] = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(rp[q] + off))),
+                                       _mm_loadu_si128((const __m128i *)(rp[q + 4] + off)), 1);
+    __m256i T0 = _mm256_unpacklo_epi32(A[0], A[1]), T1 = _mm256_unpackhi_epi32(A[0], A[1]);
+    __m256i T2 = _mm256_unpacklo_epi32(A[2], A[3]), T3 = _mm256_unpackhi_epi32(A[2], A[3]);
+    out[0] = _mm256_unpacklo_epi64(T0, T2);
+    out[1] = _mm256_unpackhi_epi64(T0, T2);
+    out[2] = _mm256_unpacklo_epi64(T1, T3);
+    out[3] = _mm256_unpackhi_epi64(T1, T3);
+}
+
+/* Pack rows [r0, r0 + nr) (nr <= 8; dead rows repeat row r0 with zero scales) into buf. */
 TL_INLINE void q_pack(const int WT, const tl_gemm_args *a, int64_t r0, int nr, uint8_t *buf) {
     const int64_t nb = a->k / TL_QK;
     const int bs = x86_q_bytes(WT);
-    int32_t offs[8];
-    for (int r = 0; r < 8; r++) offs[r] = r < nr ? (int32_t)(r * a->ldw) : 0; /* missing rows: re-read row 0 */
-    const __m256i idx = _mm256_loadu_si256((const __m256i *)offs);
-    const __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const uint8_t *rp[8];
+    for (int r = 0; r < 8; r++) rp[r] = a->w + (r0 + (r < nr ? r : 0)) * a->ldw;
     const __m256i lo4 = _mm256_set1_epi8(0x0f);
-    const uint8_t *base = a->w + r0 * a->ldw;
-    for (int64_t b = 0; b < nb; b++, base += bs) {
-        uint8_t *o = buf + b * Q_BLK_BYTES;
-        __m256i sc = _mm256_and_si256(_mm256_i32gather_epi32((const int *)base, idx, 1), live); /* dead rows: scale 0 */
-        __m128i dh = _mm_packus_epi32(_mm256_castsi256_si128(_mm256_and_si256(sc, _mm256_set1_epi32(0xffff))),
-                                      _mm256_extracti128_si256(_mm256_and_si256(sc, _mm256_set1_epi32(0xffff)), 1));
-        _mm256_store_ps((float *)(o + 512), _mm256_cvtph_ps(dh));
-        if (WT == TL_Q4_1) {
-            __m256i mh32 = _mm256_srli_epi32(sc, 16);
-            __m128i mh = _mm_packus_epi32(_mm256_castsi256_si128(mh32), _mm256_extracti128_si256(mh32, 1));
-            _mm256_store_ps((float *)(o + 544), _mm256_cvtph_ps(mh));
+    for (int64_t b = 0; b < nb; b++) {
+        const int64_t o = b * bs;
+        uint8_t *out = buf + b * Q_BLK_BYTES;
+        float d[8], m[8];
+        for (int r = 0; r < 8; r++) {
+            d[r] = r < nr ? tl_f16_to_f32(tl_load_u16(rp[r] + o)) : 0.0f;
+            m[r] = (WT == TL_Q4_1 && r < nr) ? tl_f16_to_f32(tl_load_u16(rp[r] + o + 2)) : 0.0f;
         }
+        _mm256_store_ps((float *)(out + 512), _mm256_loadu_ps(d));
+        if (WT == TL_Q4_1) _mm256_store_ps((float *)(out + 544), _mm256_loadu_ps(m));
+        __m256i u[4];
         if (WT == TL_Q8_0) {
-            for (int t = 0; t < 8; t++) {
-                __m256i q = _mm256_i32gather_epi32((const int *)(base + 2 + 4 * t), idx, 1);
-                _mm256_store_si256((__m256i *)(o + 32 * t), _mm256_abs_epi8(q));
-                _mm256_store_si256((__m256i *)(o + 256 + 32 * t), q);
+            for (int h = 0; h < 2; h++) {
+                q_transpose8(rp, o + 2 + 16 * h, u);
+                for (int t = 0; t < 4; t++) {
+                    _mm256_store_si256((__m256i *)(out + 32 * (4 * h + t)), _mm256_abs_epi8(u[t]));
+                    _mm256_store_si256((__m256i *)(out + 256 + 32 * (4 * h + t)), u[t]);
+                }
             }
         } else {
-            const int off = WT == TL_Q4_0 ? 2 : 4;
+            q_transpose8(rp, o + (WT == TL_Q4_0 ? 2 : 4), u);
             for (int t = 0; t < 4; t++) {
-                __m256i q = _mm256_i32gather_epi32((const int *)(base + off + 4 * t), idx, 1);
-                _mm256_store_si256((__m256i *)(o + 32 * t), _mm256_and_si256(q, lo4));
-                _mm256_store_si256((__m256i *)(o + 32 * (t + 4)), _mm256_and_si256(_mm256_srli_epi16(q, 4), lo4));
+                _mm256_store_si256((__m256i *)(out + 32 * t), _mm256_and_si256(u[t], lo4));
+                _mm256_store_si256((__m256i *)(out + 32 * (t + 4)), _mm256_and_si256(_mm256_srli_epi16(u[t], 4), lo4));
             }
         }
     }
@@ -253,7 +268,7 @@ TL_INLINE void q_panel_tile(const int WT, const int RN, const tl_gemm_args *a, c
                 acc[j] = _mm256_madd_epi16(a16[j], ones);
                 if (WT == TL_Q4_0) {
                     const int32_t *is = (const int32_t *)(xr[j] + k + 8 * nb);
-                    acc[j] = _mm256_sub_epi32(acc[j], _mm256_set1_epi32(is[b] << 3));
+                    acc[j] = _mm256_sub_epi32(acc[j], _mm256_set1_epi32(is[b] * 8));
                 }
             }
         }
@@ -279,7 +294,7 @@ TL_INLINE void q_panel_tile(const int WT, const int RN, const tl_gemm_args *a, c
 
 TL_INLINE void q_block_impl(const int WT, const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
     uint8_t *buf = x86_scratch((size_t)(a->k / TL_QK) * Q_BLK_BYTES);
-    if (!buf || a->ldw > INT32_MAX / Q_R) {
+    if (!buf) {
         x86_q_block_scalar(WT, a, i0, i1, j0, j1);
         return;
     }
