@@ -282,6 +282,8 @@ class KernelLib:
         ldw = w2d.strides[0] if m > 1 else rb
         if ldw < rb:
             raise ShapeError(f"weight row stride {w2d.strides[0]} must be positive and >= the row size {rb}")
+        if t == GGMLType.F32 and (w2d.ctypes.data % 4 or ldw % 4):
+            raise ShapeError("f32 weight rows must be 4-byte aligned (address and row stride)")
         if not isinstance(prepared, Prepared):
             raise ShapeError(f"prepared must come from KernelLib.prepare, got {type(prepared).__name__}")
         if prepared.variant != self.variant:

@@ -52,6 +52,8 @@ int tl_gemm(int wtype, const void *w, int64_t ldw, int64_t m, int64_t k, const v
     if (!w || !act || !y || m < 1 || n < 1 || k < 1 || k % tl_block_size(wtype) != 0 || nthreads < 1 ||
         (m > 1 && ldw < tl_row_bytes(wtype, k)) || (n > 1 && ldy < m))
         return TL_EINVAL;
+    /* f32 weights are read as floats: rows must be 4-byte aligned (GGUF aligns tensor data) */
+    if (wtype == TL_F32 && (((uintptr_t)w & 3) != 0 || (m > 1 && (ldw & 3) != 0))) return TL_EINVAL;
     tl_gemm_args a;
     a.wtype = wtype;
     a.w = (const uint8_t *)w;
