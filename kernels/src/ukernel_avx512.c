@@ -345,7 +345,7 @@ TL_INLINE void q_gemv_impl(const int WT, const tl_gemm_args *a, int64_t i0, int6
             __m512i w[8];
             __m512 d, m = _mm512_setzero_ps();
             q_load_block(WT, rp, b, live, idx, w, &d, &m);
-            __m512i acc = WT == TL_Q4_1 ? _mm512_setzero_si512() : _mm512_set1_epi32(-(is[b] << shift));
+            __m512i acc = WT == TL_Q4_1 ? _mm512_setzero_si512() : _mm512_set1_epi32(-is[b] * (1 << shift));
             for (int t = 0; t < 8; t++) acc = _mm512_dpbusd_epi32(acc, w[t], _mm512_set1_epi32(xq[8 * b + t]));
             y0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(d, _mm512_set1_ps(dx[b])), y0);
             if (WT == TL_Q4_1) y0 = _mm512_fmadd_ps(m, _mm512_set1_ps(dx[nb + b]), y0);
@@ -378,7 +378,7 @@ TL_INLINE void q_panel_tile(const int WT, const int RN, const tl_gemm_args *a, c
             const float *dx = (const float *)(xr[j] + k);
             __m512i acc;
             if (WT == TL_Q4_1) acc = _mm512_setzero_si512();
-            else acc = _mm512_set1_epi32(-(((const int32_t *)(dx + 2 * nb))[b] << shift));
+            else acc = _mm512_set1_epi32(-((const int32_t *)(dx + 2 * nb))[b] * (1 << shift));
             for (int t = 0; t < 8; t++) acc = _mm512_dpbusd_epi32(acc, w[t], _mm512_set1_epi32(xq[t]));
             __m512 s = _mm512_mul_ps(d, _mm512_set1_ps(dx[b]));
             y[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), s, y[j]);
