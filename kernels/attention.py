@@ -5,6 +5,8 @@ import numpy as np
 
 from tilellm.errors import ShapeError
 
+from ._lib import _byte_span
+
 
 def _rows(a: np.ndarray, name: str, heads: int, d: int) -> int:
     """Check a [tokens, heads, d] float32 array whose (heads, d) part is contiguous; return its row stride."""
@@ -12,8 +14,8 @@ def _rows(a: np.ndarray, name: str, heads: int, d: int) -> int:
         raise ShapeError(f"{name} must be a float32 [tokens, heads, head_dim] array")
     if a.shape[1:] != (heads, d):
         raise ShapeError(f"{name} has shape {list(a.shape)}, expected [*, {heads}, {d}]")
-    if a.strides[2] != 4 or a.strides[1] != 4 * d or a.strides[0] < 4 * heads * d:
-        raise ShapeError(f"{name} must have contiguous [heads, head_dim] rows (strides {a.strides})")
+    if a.strides[2] != 4 or a.strides[1] != 4 * d or a.strides[0] < 4 * heads * d or not a.flags.aligned:
+        raise ShapeError(f"{name} must have aligned, contiguous [heads, head_dim] rows (strides {a.strides})")
     return a.strides[0] // 4 if a.strides[0] % 4 == 0 else -1
 
 
@@ -26,6 +28,10 @@ def attention(kl, q: np.ndarray, k: np.ndarray, v: np.ndarray, n_past: int, scal
     if not isinstance(k, np.ndarray) or k.ndim != 3:
         raise ShapeError("k must be a float32 [S, Hkv, D] array")
     S, Hkv = k.shape[0], k.shape[1]
+    if not isinstance(v, np.ndarray) or v.ndim != 3:
+        raise ShapeError("v must be a float32 [S, Hkv, D] array")
+    if isinstance(n_past, bool) or not isinstance(n_past, (int, np.integer)):
+        raise ShapeError(f"n_past must be an int, got {type(n_past).__name__}")
     if T < 1 or H < 1 or D < 1 or Hkv < 1 or H % Hkv:
         raise ShapeError(f"bad attention shape: T={T}, H={H}, Hkv={Hkv}, D={D}")
     n_past = int(n_past)
@@ -36,18 +42,22 @@ def attention(kl, q: np.ndarray, k: np.ndarray, v: np.ndarray, n_past: int, scal
         raise ShapeError("attention operands must be 4-byte aligned float32 rows")
     if out is None:
         out = np.empty((T, H, D), np.float32)
-    elif out.dtype != np.float32 or out.shape != (T, H, D) or not out.flags.c_contiguous or not out.flags.writeable:
+    elif (not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != (T, H, D)
+          or not out.flags.c_contiguous or not out.flags.writeable or not out.flags.aligned):
         raise ShapeError(f"out must be a writable C-contiguous float32 [{T}, {H}, {D}] array")
+    if any(np.may_share_memory(out, a) for a in (q, k, v)):
+        raise ShapeError("out overlaps q, k or v")
+    if isinstance(n_threads, bool) or not isinstance(n_threads, (int, np.integer)):
+        raise ShapeError(f"n_threads must be an int, got {type(n_threads).__name__}")
     nth = int(n_threads)
     if not 1 <= nth <= 1024:
         raise ShapeError(f"n_threads must be in 1..1024, got {n_threads}")
     ffi, lib = kl.ffi, kl.lib
 
     def fp(a, writable=False):
-        # from_buffer needs the span the strided rows cover, starting at the array's first byte
-        span = np.lib.stride_tricks.as_strided(a.reshape(-1)[:1].view(np.uint8), shape=(
-            (a.shape[0] - 1) * a.strides[0] + a.shape[1] * a.shape[2] * 4,), strides=(1,))
-        return ffi.cast("float *", ffi.from_buffer(span, require_writable=writable))
+        # the bytes the strided rows cover, from the array's own first byte (reshape(-1) would copy
+        # a strided array, and C would then read the copy with the original stride: past its end)
+        return ffi.cast("float *", ffi.from_buffer(_byte_span(a), require_writable=writable))
 
     rc = lib.tl_attention(fp(q), ldq, fp(k), ldk, fp(v), ldv, fp(out, True), H * D, T, S, H, Hkv, D,
                           n_past, float(scale), nth)
