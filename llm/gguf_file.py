@@ -357,9 +357,10 @@ def _layout_tensors(
 ) -> list[TensorInfo]:
     """Sizes (in Python ints: no overflow) and byte ranges; every range inside the data section, no overlap.
 
-    With `strict_layout` (the default, and what llama.cpp's gguf loader requires) tensors must also be
-    stored back to back in file order, each padded to the alignment: a shifted offset or a size-changing
-    corruption of a shape or type then fails loudly instead of silently reading the wrong bytes.
+    With `strict_layout` (the default) tensors must also be stored back to back in file order, each padded
+    to the alignment (llama.cpp's loader requires this too), and nothing may follow the last one: a shifted
+    offset or a size-changing corruption of a shape or type then fails loudly instead of silently reading
+    the wrong bytes.
     """
     data_size = file_size - data_start
     expected = 0  # where the next tensor must start under the strict layout
@@ -390,6 +391,13 @@ def _layout_tensors(
             )
         expected = rel + -(-nbytes // alignment) * alignment
         out.append(TensorInfo(name, shape, t, data_start + rel, nbytes, n_rows, rb))
+    if strict_layout and out and data_size > expected:
+        # Trailing bytes beyond the last tensor's padding: most often the last tensor's shape or type
+        # was corrupted into a smaller size, which would otherwise load silently.
+        raise GGUFError(
+            f"{data_size - expected} unexpected bytes after the last tensor {out[-1].name!r} (data section "
+            f"should end at byte {data_start + expected}; open with strict_layout=False to accept)"
+        )
     by_start = sorted(out, key=lambda ti: ti.offset)
     for a, b in zip(by_start, by_start[1:]):
         if b.offset < a.offset + a.nbytes:
@@ -593,8 +601,9 @@ def _open_regular(path: str) -> tuple[int, os.stat_result]:
 def open_gguf(path: str | os.PathLike[str], *, strict_layout: bool = True) -> GGUFModelFile:
     """Validate and map a GGUF file.
 
-    `strict_layout=False` accepts gaps between tensors and any storage order (still no overlap, every
-    byte inside the file); the default requires llama.cpp's back-to-back layout. Raises `GGUFFileNotFoundError` (a `FileNotFoundError`) if the path does not exist, `GGUFError`
+    `strict_layout=False` accepts gaps between tensors, any storage order and trailing bytes (still no
+    overlap, every byte inside the file); the default requires llama.cpp's back-to-back layout and no
+    bytes after the last tensor's padding. Raises `GGUFFileNotFoundError` (a `FileNotFoundError`) if the path does not exist, `GGUFError`
     for anything malformed (the message names the key or tensor), `UnsupportedError` for a valid
     file using a ggml tensor type tilellm has no table entry for. Never copies tensor data.
     """

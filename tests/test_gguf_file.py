@@ -303,10 +303,15 @@ def test_minimal_valid_file_and_layout_rules(tmp_path: Path) -> None:
     """A hand-built file loads: padding to a custom alignment and trailing bytes allowed; a gap between
     tensors only with strict_layout=False (llama.cpp requires back-to-back tensors)."""
     f32 = np.arange(64, dtype="<f4").tobytes()
-    tight = build([ARCH, kv_u32("general.alignment", 64)], [tinfo("a", [32, 2], 0, 0), tinfo("b", [32], 0, 256)],
-                  f32 + f32[:128] + b"trailing", alignment=64)
+    tight = build([ARCH, kv_u32("general.alignment", 256)], [tinfo("a", [32, 2], 0, 0), tinfo("b", [32], 0, 256)],
+                  f32 + f32[:128] + b"pad", alignment=256)  # the last tensor's padding may be partly missing
     with open_gguf(write(tmp_path, tight, "tight.gguf")) as f:
         assert np.array_equal(f.tensor("b").dequantize().reshape(-1), np.arange(32, dtype=np.float32))
+    # Bytes after the last tensor's padding: most likely the last tensor shrank by corruption.
+    trailing = build([ARCH], [tinfo("a", [32, 2], 0, 0), tinfo("b", [32], 0, 256)], f32 + f32[:128] + b"\0" * 200)
+    rejects(tmp_path, trailing, "200 unexpected bytes after the last tensor 'b'")
+    with open_gguf(write(tmp_path, trailing, "tr.gguf"), strict_layout=False) as f:
+        assert f.tensor("b").shape == (32,)
     blob = build([ARCH, kv_u32("general.alignment", 64)],
                  [tinfo("a", [32, 2], 0, 0), tinfo("b", [32], 0, 512)],
                  f32 + b"\0" * (512 - len(f32)) + f32[:128] + b"trailing", alignment=64)
