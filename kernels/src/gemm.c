@@ -18,7 +18,7 @@
 
 #define TL_ACT_BLOCK_BYTES (192 * 1024) /* prepared activations per job: ~L2-resident */
 #define TL_JOBS_PER_THREAD 6            /* enough jobs to balance, few enough to amortise */
-#define TL_MAX_MB 16
+#define TL_W_BLOCK_BYTES (512 * 1024)  /* weight rows per job: stay in L2 across token blocks */
 #define TL_SERIAL_MACS (1 << 17)        /* below this, one thread: dispatch costs more */
 
 typedef struct {
@@ -104,7 +104,7 @@ void tl_gemm_drive(const tl_ukernel *uk, const tl_gemm_args *a, int nthreads) {
         int64_t gran = uk->gemv ? TL_MAX(uk->gemv_rows, 1) : uk->rm;
         int64_t units = (a->m + gran - 1) / gran;
         int nth = threads_for(nthreads, macs, units);
-        int64_t chunks = TL_MIN(units, (int64_t)nth * 4);
+        int64_t chunks = TL_MIN(units, (int64_t)nth * 8); /* small enough to rebalance around a preempted thread */
         gemv_ctx g = {uk, a, 0, 0, 0};
         g.unit = (units + chunks - 1) / chunks * gran;
         g.nchunks = (a->m + g.unit - 1) / g.unit;
@@ -121,11 +121,12 @@ void tl_gemm_drive(const tl_ukernel *uk, const tl_gemm_args *a, int nthreads) {
     g.nb = (g.nt + g.jobs_n - 1) / g.jobs_n; /* rebalance the blocks */
     g.jobs_n = (g.nt + g.nb - 1) / g.nb;
     int nth = threads_for(nthreads, macs, g.mt * g.jobs_n);
-    /* row block: aim for TL_JOBS_PER_THREAD jobs per thread, capped so a block's weights
-     * stay cache-resident across its token tiles */
+    /* row block: aim for TL_JOBS_PER_THREAD jobs per thread, capped so a block's weight rows
+     * stay in L2 while the job order (row-block-major) walks them past every token block */
     int64_t want = (int64_t)nth * TL_JOBS_PER_THREAD;
     int64_t mb = g.mt * g.jobs_n / want;
-    g.mb = TL_MIN(TL_MAX(mb, 1), TL_MAX_MB);
+    int64_t mb_cap = TL_W_BLOCK_BYTES / TL_MAX((int64_t)uk->rm * tl_row_bytes(a->wtype, a->k), 1);
+    g.mb = TL_MAX(TL_MIN(mb, mb_cap), 1);
     g.njobs = ((g.mt + g.mb - 1) / g.mb) * g.jobs_n;
     tl_parallel_for(nth, gemm_task, &g);
 }
