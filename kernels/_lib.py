@@ -197,6 +197,7 @@ class KernelLib:
         self.ffi = module.ffi
         self.lib = module.lib
         self.n_threads = _threads(n_threads, default_threads())
+        self._tcache: dict[Any, tuple[GGMLType, int, int, GGMLType]] = {}
 
     def __repr__(self) -> str:
         return f"KernelLib({self.variant!r}, n_threads={self.n_threads})"
@@ -209,17 +210,32 @@ class KernelLib:
         return bool(self.lib.tl_supports(int(tt)))
 
     def _supported(self, t: Any) -> GGMLType:
+        return self._info(t)[0]
+
+    def _info(self, t: Any) -> tuple[GGMLType, int, int, GGMLType]:
+        """(type, block size, bytes per block, activation type) of a supported weight type;
+        cached per key because this is on the per-matmul path."""
+        try:
+            return self._tcache[t]
+        except (KeyError, TypeError):
+            pass
         tt = _as_type(t)
         if not self.lib.tl_supports(int(tt)):
             raise UnsupportedError(f"kernel variant {self.variant!r} has no kernel for {tt.name} weights")
-        return tt
+        info = (tt, TYPE_INFO[tt].block_size, TYPE_INFO[tt].type_size, GGMLType(int(self.lib.tl_act_type(int(tt)))))
+        try:
+            self._tcache[t] = info
+        except TypeError:  # unhashable key: fine, just not cached
+            pass
+        return info
 
     def act_type(self, t: Any) -> GGMLType:
         """The type activations are converted to for weights of type t."""
-        return GGMLType(int(self.lib.tl_act_type(int(self._supported(t)))))
+        return self._info(t)[3]
 
     def _check_k(self, t: GGMLType, k: Any) -> int:
-        k = _as_int(k, "k")
+        if type(k) is not int:
+            k = _as_int(k, "k")
         bs = TYPE_INFO[t].block_size
         if k < 1:
             raise ShapeError(f"k must be >= 1, got {k}")
@@ -229,8 +245,8 @@ class KernelLib:
 
     def prepare(self, weight_type: Any, x: np.ndarray, n_threads: int | None = None) -> Prepared:
         """Convert float32 activations x [n, k] for weights of weight_type (f32 copy or q8 blocks)."""
-        t = self._supported(weight_type)
-        nth = _threads(n_threads, self.n_threads)
+        t, _, _, at = self._info(weight_type)
+        nth = self.n_threads if n_threads is None else _threads(n_threads, self.n_threads)
         if not isinstance(x, np.ndarray):
             raise ShapeError(f"activations must be a numpy array, got {type(x).__name__}")
         if x.dtype != np.float32:
@@ -241,62 +257,67 @@ class KernelLib:
         if n < 1:
             raise ShapeError(f"activations have n = {n} rows; need at least 1")
         k = self._check_k(t, k)
-        if x.strides[1] != 4 or not x.flags.aligned:
+        sx0, sx1 = x.strides
+        if sx1 != 4 or not x.flags.aligned:
             raise ShapeError(f"activation rows must be contiguous aligned float32 (strides {x.strides})")
-        ldx_b = x.strides[0] if n > 1 else 4 * k
+        ldx_b = sx0 if n > 1 else 4 * k
         if ldx_b < 4 * k or ldx_b % 4:
-            raise ShapeError(f"activation row stride {x.strides[0]} bytes is not a positive multiple of 4 >= 4*k")
-        at = GGMLType(int(self.lib.tl_act_type(int(t))))
-        nbytes = int(self.lib.tl_act_bytes(int(t), n, k))
+            raise ShapeError(f"activation row stride {sx0} bytes is not a positive multiple of 4 >= 4*k")
+        nbytes = self.lib.tl_act_bytes(int(t), n, k)
         if nbytes <= 0:
             raise ShapeError(f"cannot size activations for {t.name}, n={n}, k={k}")
+        ffi = self.ffi
         raw = np.empty(nbytes + _ALIGN, dtype=np.uint8)
-        off = (-raw.ctypes.data) % _ALIGN
+        off = -int(ffi.cast("uintptr_t", ffi.from_buffer(raw))) % _ALIGN  # rows 64-byte aligned
         buf = raw[off:off + nbytes]
-        xp = self.ffi.cast("const float *", self.ffi.from_buffer(_byte_span(x), require_writable=False))
-        rc = self.lib.tl_act_prepare(int(t), xp, ldx_b // 4, n, k, self.ffi.from_buffer(buf), nth)
-        self._check_rc(rc, "tl_act_prepare")
+        xs = x if x.flags.c_contiguous else _byte_span(x)
+        rc = self.lib.tl_act_prepare(int(t), ffi.from_buffer("float[]", xs, require_writable=False), ldx_b // 4, n, k,
+                                     ffi.from_buffer(buf), nth)
+        if rc:
+            self._check_rc(rc, "tl_act_prepare")
         return Prepared(self, t, at, n, k, buf)
 
     def gemm(self, weight_type: Any, w2d: np.ndarray, k: Any, prepared: Prepared, out: np.ndarray | None = None,
              n_threads: int | None = None) -> np.ndarray:
         """out[n, m] = X * W^T for weights w2d (uint8 [m, row_bytes], rows may be strided) of
         weight_type with k values per row, and activations from prepare()."""
-        t = self._supported(weight_type)
-        nth = _threads(n_threads, self.n_threads)
+        t, bs, ts, at = self._info(weight_type)
+        nth = self.n_threads if n_threads is None else _threads(n_threads, self.n_threads)
         k = self._check_k(t, k)
-        rb = k // TYPE_INFO[t].block_size * TYPE_INFO[t].type_size
+        rb = k // bs * ts
         if not isinstance(w2d, np.ndarray):
             raise ShapeError(f"weights must be a numpy array, got {type(w2d).__name__}")
         if w2d.dtype != np.uint8:
             raise ShapeError(f"weights must be raw uint8 bytes, got {w2d.dtype}")
         if w2d.ndim != 2:
             raise ShapeError(f"weights must be 2-D [m, row_bytes], got shape {w2d.shape}")
-        m = w2d.shape[0]
+        m, wb = w2d.shape
         if m < 1:
             raise ShapeError(f"weights have m = {m} rows; need at least 1")
-        if w2d.shape[1] != rb:
-            raise ShapeError(f"weight rows are {w2d.shape[1]} bytes but {t.name} with k = {k} needs {rb}")
-        if w2d.strides[1] != 1:
-            raise ShapeError(f"weight rows must have contiguous bytes (inner stride {w2d.strides[1]})")
-        ldw = w2d.strides[0] if m > 1 else rb
+        if wb != rb:
+            raise ShapeError(f"weight rows are {wb} bytes but {t.name} with k = {k} needs {rb}")
+        sw0, sw1 = w2d.strides
+        if sw1 != 1:
+            raise ShapeError(f"weight rows must have contiguous bytes (inner stride {sw1})")
+        ldw = sw0 if m > 1 else rb
         if ldw < rb:
-            raise ShapeError(f"weight row stride {w2d.strides[0]} must be positive and >= the row size {rb}")
+            raise ShapeError(f"weight row stride {sw0} must be positive and >= the row size {rb}")
         if t == GGMLType.F32 and (w2d.ctypes.data % 4 or ldw % 4):
             raise ShapeError("f32 weight rows must be 4-byte aligned (address and row stride)")
         if not isinstance(prepared, Prepared):
             raise ShapeError(f"prepared must come from KernelLib.prepare, got {type(prepared).__name__}")
         if prepared.variant != self.variant:
             raise ShapeError(f"activations were prepared by variant {prepared.variant!r}, not {self.variant!r}")
-        at = GGMLType(int(self.lib.tl_act_type(int(t))))
         if prepared.act_type != at:
             raise ShapeError(f"{t.name} weights need {at.name} activations, prepared ones are {prepared.act_type.name} "
                              f"(prepared for {prepared.weight_type.name})")
         if prepared.k != k:
             raise ShapeError(f"prepared activations have k = {prepared.k}, weights have k = {k}")
         n = prepared.n
-        if prepared.buf.nbytes != int(self.lib.tl_act_bytes(int(t), n, k)):
-            raise ShapeError("prepared activation buffer has the wrong size")
+        buf = prepared.buf
+        if (type(buf) is not np.ndarray or buf.dtype != np.uint8 or not buf.flags.c_contiguous
+                or buf.nbytes != self.lib.tl_act_bytes(int(t), n, k)):
+            raise ShapeError("prepared activation buffer was altered (wrong type or size)")
         if out is None:
             out = np.empty((n, m), dtype=np.float32)
         else:
@@ -306,21 +327,20 @@ class KernelLib:
                 raise ShapeError(f"out must be float32, got {out.dtype}")
             if out.shape != (n, m):
                 raise ShapeError(f"out must have shape {(n, m)} [n_tokens, m], got {out.shape}")
-            if not out.flags.c_contiguous or not out.flags.aligned:
+            flags = out.flags
+            if not flags.c_contiguous or not flags.aligned:
                 raise ShapeError("out must be C-contiguous and aligned")
-            if not out.flags.writeable:
+            if not flags.writeable:
                 raise ShapeError("out is read-only")
             if np.may_share_memory(out, w2d) or np.may_share_memory(out, prepared.buf):
                 raise ShapeError("out overlaps the weights or the activations")
-        wp = self.ffi.from_buffer(_byte_span(w2d), require_writable=False)
-        rc = self.lib.tl_gemm(int(t), wp, ldw, m, k, self.ffi.from_buffer(prepared.buf), n,
-                              self.ffi.cast("float *", self.ffi.from_buffer(out)), m, nth)
-        self._check_rc(rc, "tl_gemm")
+        ffi = self.ffi
+        wspan = w2d if w2d.flags.c_contiguous else _byte_span(w2d)
+        rc = self.lib.tl_gemm(int(t), ffi.from_buffer(wspan, require_writable=False), ldw, m, k,
+                              ffi.from_buffer(prepared.buf), n, ffi.from_buffer("float[]", out), m, nth)
+        if rc:
+            self._check_rc(rc, "tl_gemm")
         return out
-
-    def fma_peak(self, n_threads: int | None = None) -> float:
-        """Measured FP32 FMA peak in GFLOP/s of this variant's vector unit (about 0.2 s)."""
-        return float(self.lib.tl_fma_peak(_threads(n_threads, self.n_threads)))
 
     def _check_rc(self, rc: int, what: str) -> None:
         if rc == TL_OK:
