@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import mmap
 import os
 import threading
 from typing import Any
@@ -42,6 +43,7 @@ REQUIRES: dict[str, frozenset[str]] = {
 }
 
 TL_OK, TL_UNSUPPORTED, TL_EINVAL, TL_ENOMEM = 0, 1, 2, 3
+MAX_THREADS = 1024  # (the C pool caps at 256; more is surely a mistake)
 _ALIGN = 64  # prepared activation rows are 64-byte aligned (see kernels/src/tl_internal.h)
 
 _lock = threading.Lock()
@@ -135,6 +137,9 @@ def load(variant: str, n_threads: int | None = None) -> "KernelLib":
 # ---- validation helpers ------------------------------------------------------------------------
 
 def _as_type(t: Any) -> GGMLType:
+    # floats and bools are not type ids (type_from_any would truncate 2.5 to Q4_0)
+    if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, np.integer, str)):
+        raise UnsupportedError(f"not a weight type id: {t!r}")
     try:
         return type_from_any(t)
     except (ValueError, TypeError) as e:
@@ -151,8 +156,8 @@ def _threads(n: Any, default: int) -> int:
     if n is None:
         return default
     n = _as_int(n, "n_threads")
-    if n < 1:
-        raise ShapeError(f"n_threads must be >= 1, got {n}")
+    if not 1 <= n <= MAX_THREADS:
+        raise ShapeError(f"n_threads must be in 1..{MAX_THREADS}, got {n}")
     return n
 
 
@@ -163,6 +168,63 @@ def _byte_span(a: np.ndarray) -> np.ndarray:
     v = a if a.dtype == np.uint8 else a.view(np.uint8)
     nbytes = 1 + sum((s - 1) * st for s, st in zip(v.shape, v.strides))
     return np.lib.stride_tricks.as_strided(v, shape=(nbytes,), strides=(1,))
+
+
+def _addr(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
+
+
+def _bounds(a: np.ndarray) -> tuple[int, int]:
+    """[lowest, highest+1) byte addresses a's elements touch (any strides)."""
+    lo = hi = _addr(a)
+    for n, st in zip(a.shape, a.strides):
+        if n == 0:
+            return lo, lo
+        if st < 0:
+            lo += (n - 1) * st
+        else:
+            hi += (n - 1) * st
+    return lo, hi + a.itemsize
+
+
+_TRUSTED_BASES = (bytes, bytearray, memoryview, mmap.mmap)
+
+
+def _check_inside(a: np.ndarray, what: str) -> None:
+    """a must lie inside the memory it views. Views numpy builds itself (slicing, reshape,
+    frombuffer, memmap, ndarray(buffer=...), strides setter) are bounds-checked by numpy, so a
+    .base chain of ndarrays ending in an owner or a plain buffer is fine (fast path: no address
+    arithmetic, this runs on every matmul). Anything else in the chain (as_strided's wrapper,
+    foreign __array_interface__ objects) can describe memory past the buffer: check it."""
+    obj = a.base
+    while isinstance(obj, np.ndarray):
+        obj = obj.base
+    if obj is None or isinstance(obj, _TRUSTED_BASES):
+        return
+    _check_inside_slow(a, what)
+
+
+def _check_inside_slow(a: np.ndarray, what: str) -> None:
+    """a must lie inside every array it is a view of, and inside the buffer object at the
+    bottom of its .base chain."""
+    lo, hi = _bounds(a)
+    obj = a.base
+    while obj is not None:
+        if isinstance(obj, np.ndarray):
+            blo, bhi = _bounds(obj)
+        elif hasattr(obj, "__array_interface__") and hasattr(obj, "base"):
+            obj = obj.base  # numpy's as_strided wrapper: check against what it wraps
+            continue
+        else:
+            try:
+                whole = np.frombuffer(obj, dtype=np.uint8)
+            except (TypeError, ValueError, BufferError):
+                raise ShapeError(f"{what}: cannot tell which memory this array views; pass a numpy array over "
+                                 "numpy-, mmap- or bytes-owned memory") from None
+            blo, bhi = _addr(whole), _addr(whole) + whole.nbytes
+        if lo < blo or hi > bhi:
+            raise ShapeError(f"{what} reaches outside the memory it views (a view built with as_strided?)")
+        obj = getattr(obj, "base", None)
 
 
 class Prepared:
@@ -204,10 +266,10 @@ class KernelLib:
 
     def supports(self, t: Any) -> bool:
         try:
-            tt = type_from_any(t)
-        except (ValueError, TypeError):
+            self._info(t)
+        except UnsupportedError:
             return False
-        return bool(self.lib.tl_supports(int(tt)))
+        return True
 
     def _supported(self, t: Any) -> GGMLType:
         return self._info(t)[0]
@@ -263,6 +325,7 @@ class KernelLib:
         ldx_b = sx0 if n > 1 else 4 * k
         if ldx_b < 4 * k or ldx_b % 4:
             raise ShapeError(f"activation row stride {sx0} bytes is not a positive multiple of 4 >= 4*k")
+        _check_inside(x, "activations")
         nbytes = self.lib.tl_act_bytes(int(t), n, k)
         if nbytes <= 0:
             raise ShapeError(f"cannot size activations for {t.name}, n={n}, k={k}")
@@ -302,8 +365,9 @@ class KernelLib:
         ldw = sw0 if m > 1 else rb
         if ldw < rb:
             raise ShapeError(f"weight row stride {sw0} must be positive and >= the row size {rb}")
-        if t == GGMLType.F32 and (w2d.ctypes.data % 4 or ldw % 4):
+        if t == GGMLType.F32 and (_addr(w2d) % 4 or ldw % 4):
             raise ShapeError("f32 weight rows must be 4-byte aligned (address and row stride)")
+        _check_inside(w2d, "weights")
         if not isinstance(prepared, Prepared):
             raise ShapeError(f"prepared must come from KernelLib.prepare, got {type(prepared).__name__}")
         if prepared.variant != self.variant:
@@ -311,13 +375,21 @@ class KernelLib:
         if prepared.act_type != at:
             raise ShapeError(f"{t.name} weights need {at.name} activations, prepared ones are {prepared.act_type.name} "
                              f"(prepared for {prepared.weight_type.name})")
-        if prepared.k != k:
+        if prepared.k != k or type(prepared.k) is not int:
             raise ShapeError(f"prepared activations have k = {prepared.k}, weights have k = {k}")
         n = prepared.n
+        if type(n) is not int or n < 1:
+            raise ShapeError(f"prepared activations have an invalid row count n = {n!r}")
         buf = prepared.buf
-        if (type(buf) is not np.ndarray or buf.dtype != np.uint8 or not buf.flags.c_contiguous
+        # A Prepared is a plain object: check what C relies on, in case it was altered.
+        if (type(buf) is not np.ndarray or buf.dtype != np.uint8 or buf.ndim != 1 or not buf.flags.c_contiguous
                 or buf.nbytes != self.lib.tl_act_bytes(int(t), n, k)):
-            raise ShapeError("prepared activation buffer was altered (wrong type or size)")
+            raise ShapeError("prepared activation buffer was altered (type or size)")
+        _check_inside(buf, "prepared activation buffer")
+        ffi = self.ffi
+        bufp = ffi.from_buffer(buf)
+        if int(ffi.cast("uintptr_t", bufp)) % _ALIGN:
+            raise ShapeError("prepared activation buffer was altered (not 64-byte aligned)")
         if out is None:
             out = np.empty((n, m), dtype=np.float32)
         else:
@@ -332,15 +404,19 @@ class KernelLib:
                 raise ShapeError("out must be C-contiguous and aligned")
             if not flags.writeable:
                 raise ShapeError("out is read-only")
+            _check_inside(out, "out")
             if np.may_share_memory(out, w2d) or np.may_share_memory(out, prepared.buf):
                 raise ShapeError("out overlaps the weights or the activations")
-        ffi = self.ffi
         wspan = w2d if w2d.flags.c_contiguous else _byte_span(w2d)
         rc = self.lib.tl_gemm(int(t), ffi.from_buffer(wspan, require_writable=False), ldw, m, k,
-                              ffi.from_buffer(prepared.buf), n, ffi.from_buffer("float[]", out), m, nth)
+                              bufp, n, ffi.from_buffer("float[]", out), m, nth)
         if rc:
             self._check_rc(rc, "tl_gemm")
         return out
+
+    def fma_peak(self, n_threads: int | None = None) -> float:
+        """Measured FP32 FMA peak in GFLOP/s of this variant's vector unit (about 0.2 s)."""
+        return float(self.lib.tl_fma_peak(_threads(n_threads, self.n_threads)))
 
     def _check_rc(self, rc: int, what: str) -> None:
         if rc == TL_OK:

@@ -5,7 +5,7 @@ import numpy as np
 
 from tilellm.errors import ShapeError
 
-from ._lib import _byte_span
+from ._lib import _byte_span, _check_inside
 
 
 def _rows(a: np.ndarray, name: str, heads: int, d: int) -> int:
@@ -45,6 +45,8 @@ def attention(kl, q: np.ndarray, k: np.ndarray, v: np.ndarray, n_past: int, scal
     elif (not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != (T, H, D)
           or not out.flags.c_contiguous or not out.flags.writeable or not out.flags.aligned):
         raise ShapeError(f"out must be a writable C-contiguous float32 [{T}, {H}, {D}] array")
+    for name, a in (("q", q), ("k", k), ("v", v), ("out", out)):
+        _check_inside(a, name)  # as_strided views past their memory
     if any(np.may_share_memory(out, a) for a in (q, k, v)):
         raise ShapeError("out overlaps q, k or v")
     if isinstance(n_threads, bool) or not isinstance(n_threads, (int, np.integer)):
