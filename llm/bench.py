@@ -502,8 +502,10 @@ def _run(argv: Sequence[str] | None, out: TextIO, err: TextIO) -> int:
             _emit(out, json.dumps(doc, indent=2))
         return 0
     models = [m for spec in a.model for m in _str_list(spec)]
-    if not models:
-        raise _UsageError("no model: pass -m MODEL.gguf (or --gemm)")
+    if not models:  # the embedded default (Gemma 3 270M, the 'demo' extra), or a one-line install hint
+        from .default_model import default_model_path
+
+        models = [default_model_path(progress=err)]
     if a.gemm_n or a.shapes or a.types or a.quick:
         raise _UsageError("--types/--shapes/--n/--quick need --gemm")
     reps = a.repetitions[0] if a.repetitions else 5

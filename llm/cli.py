@@ -196,8 +196,10 @@ def _run(argv: Sequence[str] | None, out: TextIO, err: TextIO, inp: TextIO) -> i
     if args.model and args.model_pos and args.model != args.model_pos:
         raise _UsageError(f"two models given: {args.model_pos!r} and -m {args.model!r}")
     model_path = args.model or args.model_pos
-    if not model_path:
-        raise _UsageError("no model: pass MODEL.gguf or -m MODEL.gguf")
+    if not model_path:  # the embedded default (Gemma 3 270M, the 'demo' extra), or a one-line install hint
+        from .default_model import default_model_path
+
+        model_path = default_model_path(progress=err)
     prompt = _read_prompt(args, inp)
     # validate sampler flags before the (slow) load so a typo fails fast
     from .sampling import SamplingParams
