@@ -18,3 +18,13 @@ assert svl == want_svl, f"SVL is {svl} bits, expected {want_svl}: wrong qemu or 
 assert got == want, f"backend.available() = {got}, expected {want}"
 if "sme2" not in want:
     assert "sme2" not in feats, feats
+
+# TILELLM_BACKEND forces each runnable variant (and "auto" picks the first).
+import os  # noqa: E402
+
+for v in want:
+    os.environ["TILELLM_BACKEND"] = v
+    b = backend.get()
+    assert b.name == v, (v, b.name)
+del os.environ["TILELLM_BACKEND"]
+assert backend.get().name == want[0]
