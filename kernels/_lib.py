@@ -46,6 +46,7 @@ TL_OK, TL_UNSUPPORTED, TL_EINVAL, TL_ENOMEM = 0, 1, 2, 3
 MAX_THREADS = 1024  # (the C pool caps at 256; more is surely a mistake)
 _ALIGN = 64  # prepared activation rows are 64-byte aligned (see kernels/src/tl_internal.h)
 
+_CACHEABLE = (GGMLType, int, str)  # KernelLib._info's cache keys
 _lock = threading.Lock()
 _modules: dict[str, Any] = {}
 _import_errors: dict[str, str] = {}
@@ -277,18 +278,19 @@ class KernelLib:
     def _info(self, t: Any) -> tuple[GGMLType, int, int, GGMLType]:
         """(type, block size, bytes per block, activation type) of a supported weight type;
         cached per key because this is on the per-matmul path."""
-        try:
-            return self._tcache[t]
-        except (KeyError, TypeError):
-            pass
+        # only exact GGMLType / int / str keys hit the cache: True == 1 and 8.0 == 8 hash like
+        # valid ids and would otherwise be served as F16 / Q8_0 without reaching _as_type
+        if type(t) in _CACHEABLE:
+            try:
+                return self._tcache[t]
+            except KeyError:
+                pass
         tt = _as_type(t)
         if not self.lib.tl_supports(int(tt)):
             raise UnsupportedError(f"kernel variant {self.variant!r} has no kernel for {tt.name} weights")
         info = (tt, TYPE_INFO[tt].block_size, TYPE_INFO[tt].type_size, GGMLType(int(self.lib.tl_act_type(int(tt)))))
-        try:
+        if type(t) in _CACHEABLE:
             self._tcache[t] = info
-        except TypeError:  # unhashable key: fine, just not cached
-            pass
         return info
 
     def act_type(self, t: Any) -> GGMLType:
