@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# .ci/sanitize.sh — the C kernels under AddressSanitizer + UndefinedBehaviorSanitizer.
+#
+# A separate, non-editable install of a COPY of the tree into its own venv, built with the
+# sanitizer flags through the normal setup.py path (TILELLM_CFLAGS), so the editable install in
+# the checkout is never touched. Then the kernel tests run with the ASan/UBSan runtimes
+# preloaded into the (uninstrumented) Python. Any sanitizer report fails the step: the runtimes
+# abort on the first error, and the whole output is scanned for report markers afterwards.
+#
+# Env: TILELLM_SANITIZE_CACHE  where the venv is kept between runs (default ~/.cache/tilellm)
+#      TILELLM_SANITIZE_PATCH  a patch (-p1) applied to the copy before building — for proving
+#                              that an injected bug fails this step (docs/robustness.md)
+#      TILELLM_SANITIZE_MODEL_K  pytest -k for tests/test_model_llama.py ("" skips it)
+#      CC                      must be gcc-compatible with `-print-file-name` (default gcc)
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+T0=$SECONDS
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 PYTHONDONTWRITEBYTECODE=1
+PY=${PYTHON:-$(command -v python3 || command -v python)}
+CC=${CC:-gcc}
+export CC
+
+SAN_FLAGS="-fsanitize=address,undefined,float-cast-overflow -fno-omit-frame-pointer -fno-sanitize-recover=all -g -O1"
+# Python's own CFLAGS carry -fwrapv, which would hide signed overflow from UBSan: the kernels
+# must not rely on it (other compilers/build systems do not pass it).
+SAN_FLAGS="$SAN_FLAGS -fno-wrapv"
+
+LIBASAN=$($CC -print-file-name=libasan.so)
+LIBUBSAN=$($CC -print-file-name=libubsan.so)
+for lib in "$LIBASAN" "$LIBUBSAN"; do
+    if [ ! -e "$lib" ]; then echo "sanitize: $CC has no $(basename "$lib") (install libasan/libubsan)"; exit 1; fi
+done
+
+# ---- 1. venv with the runtime + build dependencies (cached; rebuilt when pyproject changes) ----
+CACHE=${TILELLM_SANITIZE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tilellm}
+mkdir -p "$CACHE"
+DEPS=$("$PY" - "$ROOT/pyproject.toml" <<'EOF'
+import re, sys
+text = open(sys.argv[1], encoding="utf-8").read()
+try:
+    import tomllib
+    d = tomllib.loads(text)
+    reqs = d["build-system"]["requires"] + d["project"]["dependencies"] + d["project"]["optional-dependencies"]["test"]
+except ImportError:  # Python 3.10: the three lists are flat string arrays, one line each
+    reqs = []
+    for key in ("requires", "dependencies", "test"):
+        m = re.search(r"^%s\s*=\s*\[(.*?)\]" % key, text, re.M | re.S)
+        reqs += re.findall(r'"([^"]+)"', m.group(1)) if m else []
+print("\n".join(reqs))
+EOF
+)
+KEY=$( { "$PY" -c 'import sys; print(sys.version)'; echo "$DEPS"; } | sha256sum | cut -c1-12)
+VENV=$CACHE/sanitize-venv-$KEY
+exec 9>"$CACHE/sanitize.lock"
+if command -v flock >/dev/null; then flock 9; fi   # concurrent runs share the venv; builds are per run
+if [ ! -x "$VENV/bin/python" ] || [ ! -f "$VENV/.complete" ]; then
+    rm -rf "$VENV"
+    echo "== sanitize: creating $VENV"
+    "$PY" -m venv "$VENV"
+    mapfile -t REQS <<<"$DEPS"
+    "$VENV/bin/python" -m pip install -q "${REQS[@]}"
+    touch "$VENV/.complete"
+fi
+for old in "$CACHE"/sanitize-venv-*; do [ "$old" != "$VENV" ] && rm -rf "$old"; done   # stale deps
+exec 9>&-
+
+# ---- 2. copy of the tree (tracked + untracked, not ignored), sanitized build -----------------
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/tilellm-sanitize.XXXXXX")
+[ -n "${TILELLM_SANITIZE_KEEP:-}" ] && echo "== sanitize: keeping $WORK" || trap 'rm -rf "$WORK"' EXIT
+SRC=$WORK/src
+"$PY" - "$ROOT" "$SRC" <<'EOF'
+import os, shutil, subprocess, sys
+root, dst = sys.argv[1], sys.argv[2]
+try:
+    out = subprocess.run(["git", "-C", root, "ls-files", "-z", "-co", "--exclude-standard"],
+                         check=True, capture_output=True).stdout.decode()
+    files = [f for f in out.split("\0") if f]
+except (OSError, subprocess.CalledProcessError):  # not a git checkout: everything but build products
+    skip = {".git", "build", "dist", ".armlab", ".venv", "__pycache__", ".pytest_cache"}
+    files = []
+    for d, dirs, names in os.walk(root):
+        dirs[:] = [x for x in dirs if x not in skip and not x.endswith(".egg-info")]
+        files += [os.path.relpath(os.path.join(d, n), root) for n in names if not n.endswith((".so", ".o", ".pyc"))]
+for f in files:
+    if f.startswith("tests/data/"):
+        continue  # large read-only fixtures: linked below
+    s = os.path.join(root, f)
+    if os.path.isfile(s):  # tracked files deleted in the working tree are skipped
+        os.makedirs(os.path.dirname(os.path.join(dst, f)), exist_ok=True)
+        shutil.copy2(s, os.path.join(dst, f))
+if os.path.isdir(os.path.join(root, "tests", "data")):
+    os.makedirs(os.path.join(dst, "tests"), exist_ok=True)
+    os.symlink(os.path.join(root, "tests", "data"), os.path.join(dst, "tests", "data"))
+EOF
+if [ -n "${TILELLM_SANITIZE_PATCH:-}" ]; then
+    echo "== sanitize: applying $TILELLM_SANITIZE_PATCH to the copy"
+    (cd "$SRC" && git apply -p1 "$(realpath "$TILELLM_SANITIZE_PATCH")")   # works outside a repo; never prompts
+fi
+
+echo "== sanitize: building the kernels with $SAN_FLAGS"
+# build_ext first for its -j (one extension per job); pip then finds them up to date and installs.
+export TILELLM_CFLAGS="$SAN_FLAGS"
+if ! { (cd "$SRC" && "$VENV/bin/python" setup.py build_ext -j "$(nproc 2>/dev/null || echo 2)") &&
+       "$VENV/bin/python" -m pip install -v --no-deps --no-build-isolation --force-reinstall "$SRC"; } \
+        >"$WORK/build.log" 2>&1; then
+    tail -60 "$WORK/build.log"; echo "sanitize: the sanitized build failed"; exit 1
+fi
+grep "tilellm: skipping" "$WORK/build.log" | sort -u || true
+unset TILELLM_CFLAGS
+echo "== sanitize: built in $((SECONDS - T0)) s"
+
+# ---- 3. what must be exercised: every variant the normal build makes that this CPU runs ------
+PRELOAD="$LIBASAN $LIBUBSAN${LD_PRELOAD:+ $LD_PRELOAD}"
+cd "$WORK"   # not the checkout: `import tilellm` must find the venv's install, nothing else
+ASAN_OPTIONS=detect_leaks=0 LD_PRELOAD="$PRELOAD" "$VENV/bin/python" - "$SRC" <<'EOF'
+import os, subprocess, sys
+sys.path.insert(0, os.path.join(sys.argv[1], "kernels"))
+import build_variants as bv  # noqa: E402
+sys.path.pop(0)
+os.environ.pop("TILELLM_CFLAGS", None)
+os.environ.pop("TILELLM_VARIANTS", None)
+from tilellm import kernels  # noqa: E402
+site = os.path.dirname(os.path.dirname(kernels.__file__))
+assert site.startswith(sys.prefix), f"tilellm imported from {site}, not the sanitizer venv {sys.prefix}"
+feats = kernels.cpu_features()
+want = [v for v in bv.select_variants(verbose=False) if kernels.REQUIRES[v] <= feats]
+got = [v for v in kernels.compiled() if kernels.REQUIRES[v] <= feats]
+for v in got:
+    mod = __import__(f"tilellm.kernels._tl_{v}", fromlist=["_"])
+    syms = subprocess.run(["nm", "-D", mod.__file__], capture_output=True, text=True).stdout
+    assert "__asan_report_load" in syms and "__ubsan_handle" in syms, f"{mod.__file__} is not instrumented"
+missing = sorted(set(want) - set(got))
+assert not missing, f"variants this CPU runs but the sanitized build lacks: {missing}"
+print(f"== sanitize: instrumented variants exercised here: {', '.join(got)}")
+EOF
+
+# ---- 4. the tests, with the sanitizer runtimes preloaded -------------------------------------
+# detect_leaks=0: CPython leaks by design at exit. allocator_may_return_null=1: a failed huge
+# malloc returns NULL (MemoryError) as it would without ASan, instead of aborting.
+export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1:detect_stack_use_after_return=1:allocator_may_return_null=1"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:abort_on_error=1"
+# every Python-side allocation through malloc, so ASan puts redzones around small buffers too
+export PYTHONMALLOC=malloc
+LOG=$WORK/pytest.log
+run_pytest() {
+    echo "== sanitize: pytest $*"
+    # --capture=sys: pytest must not swallow fd 2, where the sanitizer reports go (a report
+    # kills the process, and fd-level capture would lose it with the process).
+    (cd "$SRC" && LD_PRELOAD="$PRELOAD" "$VENV/bin/python" -m pytest -q -p no:cacheprovider -o addopts="" \
+        --capture=sys -m "not slow" "$@") 2>&1 | tee -a "$LOG"
+}
+TESTS=(tests/test_kernels.py)
+[ -f "$SRC/tests/test_kernel_boundary.py" ] && TESTS+=(tests/test_kernel_boundary.py)
+MODEL_K=${TILELLM_SANITIZE_MODEL_K-kernel_backends}
+rc=0
+run_pytest "${TESTS[@]}" || rc=$?
+if [ "$rc" -eq 0 ] && [ -n "$MODEL_K" ] && [ -f "$SRC/tests/test_model_llama.py" ]; then
+    run_pytest tests/test_model_llama.py -k "$MODEL_K" || rc=$?   # real model shapes, mmap'd weights
+fi
+
+# Markers of the ASan and UBSan runtimes' reports (a report in a test's subprocess lands here too
+# when the test passes its stderr through).
+if grep -E -q "ERROR: AddressSanitizer|runtime error:|SUMMARY: (Address|UndefinedBehavior)Sanitizer" "$LOG"; then
+    echo "---- sanitizer report(s):"
+    grep -E -A40 "ERROR: AddressSanitizer|runtime error:" "$LOG" | head -120
+    echo "sanitize: FAILED: sanitizer report"
+    exit 1
+fi
+if [ "$rc" -ne 0 ]; then
+    [ "$rc" -gt 128 ] && echo "sanitize: pytest died with signal $((rc - 128))"
+    echo "sanitize: FAILED (pytest exit status $rc)"
+    exit 1
+fi
+echo "sanitize: clean in $((SECONDS - T0)) s ($(grep -E -o "[0-9]+ passed" "$LOG" | awk '{s += $1} END {print s + 0}') tests passed)"
