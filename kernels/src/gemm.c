@@ -16,7 +16,7 @@
 #include "tl_internal.h"
 #include "ukernel.h"
 
-#define TL_ACT_BLOCK_BYTES (192 * 1024) /* prepared activations per job: ~L2-resident */
+#define TL_ACT_BLOCK_BYTES (512 * 1024) /* prepared activations per job: ~L2-resident */
 #define TL_JOBS_PER_THREAD 6            /* enough jobs to balance, few enough to amortise */
 #define TL_W_BLOCK_BYTES (512 * 1024)  /* weight rows per job: stay in L2 across token blocks */
 #define TL_SERIAL_MACS (1 << 17)        /* below this, one thread: dispatch costs more */
