@@ -11,16 +11,6 @@ from .reference import ReferenceBackend
 
 # Kernel variants in preference order (best first) and the CPU features each needs.
 VARIANT_ORDER = ("amx", "avx512", "avx2", "sme2", "sme", "neon", "portable")
-VARIANT_REQUIRES: dict[str, frozenset[str]] = {
-    "portable": frozenset(),
-    "avx2": frozenset({"avx2", "fma", "f16c"}),
-    "avx512": frozenset({"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vnni", "avx512bf16"}),
-    "amx": frozenset({"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vnni", "avx512bf16",
-                      "amx_tile", "amx_int8", "amx_bf16"}),
-    "neon": frozenset({"neon", "dotprod", "fp16"}),
-    "sme": frozenset({"sme"}),
-    "sme2": frozenset({"sme", "sme2"}),
-}
 # Where a variant hands the weight types it lacks (and small batches, if it chooses).
 VARIANT_FALLBACK = {"amx": "avx512", "avx512": "avx2", "avx2": "portable", "sme2": "sme", "sme": "neon", "neon": "portable",
                     "portable": None}
@@ -47,7 +37,7 @@ def _why_not(variant: str) -> str | None:
     compiled = k.compiled()
     if variant not in compiled:
         return f"the {variant!r} kernels were not compiled into this install (compiled: {', '.join(compiled) or 'none'})"
-    missing = VARIANT_REQUIRES[variant] - k.cpu_features()
+    missing = k.REQUIRES[variant] - k.cpu_features()  # one table, in tilellm.kernels
     if missing:
         return f"this CPU ({platform.machine()}) lacks {', '.join(sorted(missing))} needed by {variant!r}"
     return None

@@ -38,8 +38,9 @@ REQUIRES: dict[str, frozenset[str]] = {
     "avx512": _AVX512,
     "amx": _AVX512 | {"amx_tile", "amx_int8", "amx_bf16"},
     "neon": frozenset({"neon", "dotprod", "fp16"}),
-    "sme": frozenset({"sme"}),
-    "sme2": frozenset({"sme", "sme2"}),
+    # the SME variants link the NEON kernels in for small batches
+    "sme": frozenset({"neon", "dotprod", "fp16", "sme"}),
+    "sme2": frozenset({"neon", "dotprod", "fp16", "sme", "sme2"}),
 }
 
 TL_OK, TL_UNSUPPORTED, TL_EINVAL, TL_ENOMEM = 0, 1, 2, 3
