@@ -30,7 +30,15 @@
 const char tl_uk_name[] = "avx512";
 const uint64_t tl_uk_required = TL_CPU_AVX2 | TL_CPU_FMA | TL_CPU_F16C | TL_CPU_AVX512F | TL_CPU_AVX512BW |
                                 TL_CPU_AVX512VL | TL_CPU_AVX512DQ | TL_CPU_AVX512VNNI | TL_CPU_AVX512BF16;
-int tl_uk_init(void) { return TL_OK; }
+/* bf16 weights: exact (f32 activations) by default; TILELLM_BF16_ROUND=1 in the environment at
+ * first use switches to vdpbf16ps on bf16-rounded activations (llama.cpp's numerics, 2x the
+ * FMA rate, but ~2^-9 relative rounding of every activation: opt-in only). */
+static int bf16_round;
+int tl_uk_init(void) {
+    const char *e = getenv("TILELLM_BF16_ROUND");
+    bf16_round = e && e[0] == '1';
+    return TL_OK;
+}
 
 /* ---- float activation layout: [f32 x k | pad to 64][bf16(x) x k | pad to 64] ---------------- */
 static int64_t fa_off_bf16(int64_t k) { return tl_round_up(4 * k, 64); }
@@ -236,7 +244,7 @@ static void bf16_tile(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int
 #undef C_
 }
 /* bf16 weights x bf16-rounded activations (vdpbf16ps): opt-in, see tl_uk_init. */
-__attribute__((unused)) static void bf16dp_tile(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {
+static void bf16dp_tile(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {
 #define C_(M, N) bf_tile_impl(M, N, a, i0, j0)
     F_DISPATCH(C_, rm, rn)
 #undef C_
@@ -438,6 +446,7 @@ Q_FUNCS(q4_1, TL_Q4_1)
 static const tl_ukernel uk_f32 = {F_RM, F_RN, f32_tile, 0, NULL, NULL, fa_row_bytes, fa_prepare};
 static const tl_ukernel uk_f16 = {F_RM, F_RN, f16_tile, 0, NULL, NULL, fa_row_bytes, fa_prepare};
 static const tl_ukernel uk_bf16 = {F_RM, F_RN, bf16_tile, 0, NULL, NULL, fa_row_bytes, fa_prepare};
+static const tl_ukernel uk_bf16dp = {F_RM, F_RN, bf16dp_tile, 0, NULL, NULL, fa_row_bytes, fa_prepare};
 static const tl_ukernel uk_q8_0 = {Q_R, Q_RN, q8_0_tile, Q_R, q8_0_gemv, q8_0_block, x86_qa_row_bytes, qa_prepare_avx512};
 static const tl_ukernel uk_q4_0 = {Q_R, Q_RN, q4_0_tile, Q_R, q4_0_gemv, q4_0_block, x86_qa_row_bytes, qa_prepare_avx512};
 static const tl_ukernel uk_q4_1 = {Q_R, Q_RN, q4_1_tile, Q_R, q4_1_gemv, q4_1_block, x86_qa_row_bytes, qa_prepare_avx512};
@@ -446,7 +455,7 @@ const tl_ukernel *tl_uk_lookup(int wtype) {
     switch (wtype) {
     case TL_F32: return &uk_f32;
     case TL_F16: return &uk_f16;
-    case TL_BF16: return &uk_bf16;
+    case TL_BF16: return bf16_round ? &uk_bf16dp : &uk_bf16;
     case TL_Q8_0: return &uk_q8_0;
     case TL_Q4_0: return &uk_q4_0;
     case TL_Q4_1: return &uk_q4_1;
