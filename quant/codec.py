@@ -182,12 +182,31 @@ def _q8_k_dequant(r: np.ndarray) -> np.ndarray:
     return d * r[:, 4:260].view(np.int8).astype(np.float32)
 
 
+def _q8_k_quant(b: np.ndarray) -> np.ndarray:
+    """ggml's reference q8_K (quantize_row_q8_K_ref): per 256 values, the signed value of largest |x|
+    `vmax` gives iscale = -127/vmax (f32), q = nearest_int(iscale*x) (round half to even, as the
+    +1.5*2^23 trick does), capped at 127; d = 1/iscale (f32); bsums = sums of 16 quants (int16).
+    An all-zero block gets d = 0, q = 0, bsums = 0."""
+    idx = np.abs(b).argmax(axis=1)[:, None]  # first index of the largest |x| (ggml: strict >)
+    vmax = np.take_along_axis(b, idx, axis=1)
+    zero = np.abs(vmax) == 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iscale = np.where(zero, np.float32(0), np.float32(-127) / np.where(zero, np.float32(1), vmax))
+        iscale = iscale.astype(np.float32)
+        v = (b * iscale).astype(np.float32)
+        q = np.rint(np.clip(np.nan_to_num(v, nan=0.0), -127, 127)).astype(np.int8)
+        d = np.where(zero, np.float32(0), np.float32(1) / np.where(zero, np.float32(1), iscale)).astype(np.float32)
+    bsums = q.reshape(-1, 16, 16).astype(np.int16).sum(axis=2, dtype=np.int16)
+    return np.concatenate([d.view(np.uint8), q.view(np.uint8), bsums.view(np.uint8)], axis=1)
+
+
 _QUANT = {
     GGMLType.Q8_0: _q8_0_quant,
     GGMLType.Q8_1: _q8_1_quant,
     GGMLType.Q4_0: _q4_0_quant,
     GGMLType.Q4_1: _q4_1_quant,
     GGMLType.Q5_0: _q5_0_quant,
+    GGMLType.Q8_K: _q8_k_quant,
 }
 _DEQUANT = {
     GGMLType.Q8_0: _q8_0_dequant,

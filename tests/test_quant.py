@@ -113,3 +113,47 @@ def test_tensor_view_zero_copy_rows_and_matrix():
         v.rows([6])
     with pytest.raises(ValueError, match="must be uint8"):
         TensorView("bad", (64, 5), GGMLType.Q8_0, buf.reshape(6, 68))
+
+
+def _q8_k_scalar(xb: np.ndarray) -> tuple[float, list[int], list[int]]:
+    """One 256-block the way ggml's quantize_row_q8_K_ref does it, element by element in f32:
+    first strict maximum of |x| keeps its sign, iscale = -127/max, nearest_int via the
+    +12582912.0f trick (round half to even), MIN(127, v), d = 1/iscale."""
+    f = np.float32
+    amax, vmax = f(0), f(0)
+    for v in xb:
+        if abs(v) > amax:
+            amax, vmax = abs(v), v
+    if amax == 0:
+        return 0.0, [0] * 256, [0] * 16
+    iscale = f(-127) / vmax
+    qs = []
+    for v in xb:
+        t = np.array([f(iscale * v) + f(12582912.0)], np.float32).view(np.int32)[0]
+        qs.append(min(127, int((t & 0x007FFFFF) - 0x00400000)))
+    return float(f(1) / iscale), qs, [sum(qs[16 * j:16 * j + 16]) for j in range(16)]
+
+
+def test_q8_k_quantize_matches_ggml_reference_rule():
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal((3, 512)) * [[0.01], [1.0], [300.0]]).astype(np.float32)
+    x[0, :256] = 0.0                       # all-zero block
+    x[1, 3] = -9.0                          # negative extreme: d = -max/127 > 0, its quant -127
+    x[2, 300] = 2000.0                      # positive extreme: d < 0, its quant -127 too
+    x[1, 256:261] = [-127.0, 2.5, 3.5, -2.5, 0.5]  # iscale = 1 exactly: ties go to even
+    raw = quantize(x, GGMLType.Q8_K)
+    assert raw.shape == (3, 2 * 292) and raw.dtype == np.uint8
+    blocks = raw.reshape(-1, 292)
+    for bi, xb in enumerate(x.reshape(-1, 256)):
+        d, qs, bs = _q8_k_scalar(xb)
+        assert blocks[bi, :4].view(np.float32)[0] == np.float32(d)
+        np.testing.assert_array_equal(blocks[bi, 4:260].view(np.int8), qs)
+        np.testing.assert_array_equal(blocks[bi, 260:].view(np.int16), bs)
+    assert blocks[2, :4].view(np.float32)[0] > 0 and blocks[2, 4 + 3].view(np.int8) == -127
+    assert blocks[5, :4].view(np.float32)[0] < 0 and blocks[5, 4 + 44].view(np.int8) == -127
+    np.testing.assert_array_equal(blocks[3, 4:9].view(np.int8), [-127, 2, 4, -2, 0])  # not 3, 4, -3, 1
+    np.testing.assert_array_equal(blocks[0, 4:].view(np.int8), 0)
+    # round trip within half a step
+    y = dequantize(raw, GGMLType.Q8_K)
+    step = np.abs(blocks[:, :4].copy().view(np.float32))
+    assert np.all(np.abs(y - x).reshape(-1, 256) <= step * 0.5 * 1.0001 + 1e-30)
