@@ -150,7 +150,9 @@ run_pytest() {
         --capture=sys -m "not slow" "$@") 2>&1 | tee -a "$LOG"
 }
 TESTS=(tests/test_kernels.py)
-[ -f "$SRC/tests/test_kernel_boundary.py" ] && TESTS+=(tests/test_kernel_boundary.py)
+for t in tests/test_kernel_boundary.py tests/test_attention.py; do   # the other C entry points
+    [ -f "$SRC/$t" ] && TESTS+=("$t")
+done
 MODEL_K=${TILELLM_SANITIZE_MODEL_K-kernel_backends}
 rc=0
 run_pytest "${TESTS[@]}" || rc=$?
