@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #define TL_MAX_THREADS 256
 #define TL_SPIN_ITERS 2000 /* ~10-100 us of polling (pause is 10-140 cycles) before sleeping */
@@ -128,4 +129,46 @@ void tl_parallel_for(int nthreads, tl_task_fn fn, void *ctx) {
         pthread_mutex_unlock(&mu);
     }
     pthread_mutex_unlock(&dispatch_mu);
+}
+
+/* ---- per-thread scratch ---------------------------------------------------------------------
+ * A pthread key (not only _Thread_local) so the buffer is freed when a thread exits: Python
+ * threads that call in come and go. */
+typedef struct {
+    void *p;
+    size_t cap;
+} scratch_t;
+
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+static _Thread_local scratch_t *scratch_tls;
+
+static void scratch_free(void *v) {
+    scratch_t *s = (scratch_t *)v;
+    free(s->p);
+    free(s);
+}
+static void scratch_key_init(void) { pthread_key_create(&scratch_key, scratch_free); }
+
+void *tl_scratch(size_t bytes) {
+    scratch_t *s = scratch_tls;
+    if (!s) {
+        pthread_once(&scratch_once, scratch_key_init);
+        s = (scratch_t *)calloc(1, sizeof *s);
+        if (!s) return NULL;
+        if (pthread_setspecific(scratch_key, s) != 0) {
+            free(s);
+            return NULL;
+        }
+        scratch_tls = s;
+    }
+    if (bytes > s->cap) {
+        size_t cap = (bytes + 63) / 64 * 64;
+        free(s->p);
+        s->cap = 0;
+        s->p = aligned_alloc(64, cap);
+        if (!s->p) return NULL;
+        s->cap = cap;
+    }
+    return s->p;
 }

@@ -49,7 +49,8 @@
  *     + m_w*s_x per block.
  *   - Arguments are validated by Python and api.c (k a multiple of the block size, m, n, k
  *     >= 1, strides in range); kernels need no checks.
- *   - No malloc in tile/gemv (stack or thread-local scratch); the driver owns threading:
+ *   - No malloc in tile/gemv: use the stack or tl_scratch(bytes) (threadpool.h: per-thread,
+ *     64-byte aligned, reused across calls, freed at thread exit). The driver owns threading:
  *     never call tl_parallel_for from a kernel.
  */
 #ifndef TL_UKERNEL_H

@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "tilellm.h"
+#include "threadpool.h"
 #include "tl_internal.h"
 
 static uint64_t rng_next(uint64_t *s) {
@@ -109,6 +110,11 @@ static _Atomic int failures;
 static void *run(void *arg) {
     uint64_t s = 0x9e3779b97f4a7c15ull ^ (uint64_t)(uintptr_t)arg * 0x100000001b3ull;
     for (int it = 0; it < iterations; it++) {
+        /* the shared per-thread scratch: aligned, usable to the byte, freed at thread exit (LSan) */
+        size_t sb = (size_t)rnd(&s, 1, 5000);
+        uint8_t *sc = tl_scratch(sb);
+        if (!sc || ((uintptr_t)sc & 63)) failures++;
+        else memset(sc, it, sb);
         int t = TYPES[rnd(&s, 0, 5)];
         if (!tl_supports(t)) continue;
         int bs = tl_block_size(t);
