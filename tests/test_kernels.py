@@ -325,9 +325,11 @@ def test_validation_out(lib, q8):
 
 
 def test_unsupported_types(lib):
-    assert not lib.supports(T.Q6_K) and not lib.supports(12345)
+    # Q8_K / Q8_1 are activation formats only (no weight kernel anywhere); 12345 is no type
+    assert not lib.supports(T.Q8_K) and not lib.supports(T.Q8_1) and not lib.supports(12345)
+    assert not lib.supports(2.0) and not lib.supports(True)  # not type ids
     with pytest.raises(UnsupportedError):
-        lib.prepare(T.Q6_K, np.zeros((1, 256), np.float32))
+        lib.prepare(T.Q8_K, np.zeros((1, 256), np.float32))
     with pytest.raises(UnsupportedError):
         lib.gemm("nonsense", np.zeros((1, 34), np.uint8), 32, None)
     for t in TYPES:
