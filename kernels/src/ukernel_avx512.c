@@ -40,9 +40,10 @@ int tl_uk_init(void) {
     return TL_OK;
 }
 
-/* ---- float activation layout: [f32 x k | pad to 64][bf16(x) x k | pad to 64] ---------------- */
+/* ---- float activation layout: [f32 x k | pad to 64], and with TILELLM_BF16_ROUND also
+ * [bf16(x) x k | pad to 64] (one prepared buffer serves f32, f16 and bf16 weights) ------------- */
 static int64_t fa_off_bf16(int64_t k) { return tl_round_up(4 * k, 64); }
-static int64_t fa_row_bytes(int64_t k) { return fa_off_bf16(k) + tl_round_up(2 * k, 64); }
+static int64_t fa_row_bytes(int64_t k) { return fa_off_bf16(k) + (bf16_round ? tl_round_up(2 * k, 64) : 0); }
 
 static void fa_prepare(const float *x, int64_t ldx, int64_t j0, int64_t j1, int64_t k, uint8_t *act, int64_t ldact) {
     const int64_t ob = fa_off_bf16(k);
@@ -51,6 +52,7 @@ static void fa_prepare(const float *x, int64_t ldx, int64_t j0, int64_t j1, int6
         uint8_t *row = act + j * ldact;
         memset(row, 0, (size_t)ldact);
         memcpy(row, xr, (size_t)k * 4);
+        if (!bf16_round) continue;
         uint16_t *hb = (uint16_t *)(row + ob);
         int64_t p = 0;
         for (; p + 32 <= k; p += 32) {
