@@ -102,7 +102,7 @@ def test_prepare_rejects_k_not_a_block_multiple(lib):
                 lib.prepare(t, acts(2, k))
 
 
-BAD_TYPES = [12345, -1, 2**40, "q9_9", "", None, 2.5, object(), T.Q6_K, T.Q8_K, "q5_0"]
+BAD_TYPES = [12345, -1, 2**40, "q9_9", "", None, 2.5, object(), T.Q2_K, T.Q8_K, "q5_1"]
 
 
 @pytest.mark.parametrize("t", BAD_TYPES, ids=repr)

@@ -6,6 +6,7 @@
  */
 #include <math.h>
 
+#include "kquants.h"
 #include "threadpool.h"
 #include "tl_internal.h"
 #include "ukernel.h"
@@ -70,6 +71,7 @@ static void act_rows(const act_ctx *c, int64_t j0, int64_t j1) {
         const float *xr = c->x + j * c->ldx;
         uint8_t *row = c->act + j * c->ldact;
         if (at == TL_F32) copy_row_f32(xr, c->k, row, c->ldact);
+        else if (at == TL_Q8_K) tl_q8k_quant_row(xr, c->k, row, c->ldact);
         else quant_row_q8(xr, c->k, row, c->ldact);
     }
 }

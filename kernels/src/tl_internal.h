@@ -30,12 +30,18 @@
 #define TL_Q8_0_BYTES 34  /* d f16, qs i8[32] */
 #define TL_Q4_0_BYTES 18  /* d f16, qs u8[16]: byte t = element t (low nibble), t+16 (high) */
 #define TL_Q4_1_BYTES 20  /* d f16, m f16, qs u8[16], same nibble order, value d*q + m */
+#define TL_Q5_0_BYTES 22  /* d f16, qh u8[4] (bit t = bit 4 of element t), qs u8[16] as q4_0; d*(q-16) */
+#define TL_QK_K 256       /* elements per super-block of the K-quants */
+#define TL_Q4_K_BYTES 144 /* d f16, dmin f16, scales u8[12] (6-bit sc/m x 8), qs u8[128] */
+#define TL_Q5_K_BYTES 176 /* d f16, dmin f16, scales u8[12], qh u8[32], qs u8[128] */
+#define TL_Q6_K_BYTES 210 /* ql u8[128], qh u8[64], scales i8[16], d f16 */
 
 /* Elements per block and bytes per block; 0/0 for types this library has no layout for. */
 TL_INLINE int tl_block_size(int t) {
     switch (t) {
     case TL_F32: case TL_F16: case TL_BF16: return 1;
-    case TL_Q4_0: case TL_Q4_1: case TL_Q8_0: return TL_QK;
+    case TL_Q4_0: case TL_Q4_1: case TL_Q8_0: case TL_Q5_0: return TL_QK;
+    case TL_Q4_K: case TL_Q5_K: case TL_Q6_K: return TL_QK_K;
     default: return 0;
     }
 }
@@ -46,6 +52,10 @@ TL_INLINE int tl_type_size(int t) {
     case TL_Q4_0: return TL_Q4_0_BYTES;
     case TL_Q4_1: return TL_Q4_1_BYTES;
     case TL_Q8_0: return TL_Q8_0_BYTES;
+    case TL_Q5_0: return TL_Q5_0_BYTES;
+    case TL_Q4_K: return TL_Q4_K_BYTES;
+    case TL_Q5_K: return TL_Q5_K_BYTES;
+    case TL_Q6_K: return TL_Q6_K_BYTES;
     default: return 0;
     }
 }
@@ -69,14 +79,23 @@ TL_INLINE int64_t tl_row_bytes(int t, int64_t k) {
  *     bytes [k+4nb, k+8nb)    float s[nb]     d * (sum of the block's 32 quants)
  *     then zero padding;      ldact = round_up(k + 8nb, 64), nb = k/32.
  * Quantisation as ggml's reference: id = 1/d (0 if d == 0), q = roundf(x*id) (half away).
+ * TL_Q8_K act (for q4_K / q5_K / q6_K weights; kquants.c) — per row, structure-of-arrays:
+ *     bytes [0, k)              int8 qs[k]      super-block b = qs[256b .. 256b+255]
+ *     bytes [k, k+4nb)          float d[nb]     super-block scale (x ~ d*q; d may be negative)
+ *     bytes [k+4nb, k+4nb+k/8)  int16 bsum[k/16] sum of each run of 16 quants
+ *     then zero padding;        ldact = round_up(k + 4nb + k/8, 64), nb = k/256.
+ * Quantisation exactly as ggml's quantize_row_q8_K_ref (and tilellm.quant.quantize(x, Q8_K)):
+ * vmax = the first x of largest |x|, iscale = -127/vmax, q = min(127, nearest_int(iscale*x))
+ * (round half to even), d = 1/iscale; an all-zero block has d = 0, q = 0.
  */
 #define TL_ACT_ALIGN 64
 TL_INLINE int64_t tl_round_up(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
 TL_INLINE int tl_default_act_type(int wtype) {
     switch (wtype) {
     case TL_F32: case TL_F16: case TL_BF16: return TL_F32;
-    case TL_Q8_0: case TL_Q4_0: return TL_Q8_0;
+    case TL_Q8_0: case TL_Q4_0: case TL_Q5_0: return TL_Q8_0;
     case TL_Q4_1: return TL_Q8_1;
+    case TL_Q4_K: case TL_Q5_K: case TL_Q6_K: return TL_Q8_K;
     default: return -1;
     }
 }
@@ -84,6 +103,7 @@ TL_INLINE int64_t tl_act_row_bytes_default(int wtype, int64_t k) {
     switch (tl_default_act_type(wtype)) {
     case TL_F32: return tl_round_up(4 * k, TL_ACT_ALIGN);
     case TL_Q8_0: case TL_Q8_1: return tl_round_up(k + 8 * (k / TL_QK), TL_ACT_ALIGN);
+    case TL_Q8_K: return tl_round_up(k + 4 * (k / TL_QK_K) + k / 8, TL_ACT_ALIGN);
     default: return 0;
     }
 }
@@ -91,6 +111,11 @@ TL_INLINE int64_t tl_act_row_bytes_default(int wtype, int64_t k) {
 TL_INLINE const int8_t *tl_q8a_qs(const uint8_t *r) { return (const int8_t *)r; }
 TL_INLINE const float *tl_q8a_d(const uint8_t *r, int64_t k) { return (const float *)(r + k); }
 TL_INLINE const float *tl_q8a_s(const uint8_t *r, int64_t k) { return (const float *)(r + k + 4 * (k / TL_QK)); }
+/* ... and for the q8_K act layout. */
+TL_INLINE const float *tl_q8ka_d(const uint8_t *r, int64_t k) { return (const float *)(r + k); }
+TL_INLINE const int16_t *tl_q8ka_bsum(const uint8_t *r, int64_t k) {
+    return (const int16_t *)(r + k + 4 * (k / TL_QK_K));
+}
 
 /* ---- scalar conversions (portable, bit-exact, no ISA instructions) ------------------------ */
 TL_INLINE uint16_t tl_load_u16(const void *p) { uint16_t v; memcpy(&v, p, 2); return v; }

@@ -10,6 +10,7 @@
  *   quantized: exact int32 dot of each 32-block, then acc += (d_w * d_x) * isum in f32 in
  *     block order; q4_1 adds m_w * s_x per block into a second accumulator.
  */
+#include "kquants.h"
 #include "tl_internal.h"
 #include "ukernel.h"
 
@@ -197,6 +198,6 @@ const tl_ukernel *tl_uk_lookup(int wtype) {
     case TL_Q8_0: return &uk_q8_0;
     case TL_Q4_0: return &uk_q4_0;
     case TL_Q4_1: return &uk_q4_1;
-    default: return NULL;
+    default: return tl_kq_portable_lookup(wtype); /* q5_0, q4_K, q5_K, q6_K (kquants.c) */
     }
 }
