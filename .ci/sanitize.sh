@@ -10,7 +10,8 @@
 # Env: TILELLM_SANITIZE_CACHE  where the venv is kept between runs (default ~/.cache/tilellm)
 #      TILELLM_SANITIZE_PATCH  a patch (-p1) applied to the copy before building — for proving
 #                              that an injected bug fails this step (docs/robustness.md)
-#      TILELLM_SANITIZE_MODEL_K  pytest -k for tests/test_model_llama.py ("" skips it)
+#      TILELLM_SANITIZE_MODEL_K  pytest -k of the model-vs-llama.cpp tests (default
+#                              as_close_as_llama_cpp; "" runs everything as strict kernel tests)
 #      CC                      must be gcc-compatible with `-print-file-name` (default gcc)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -149,21 +150,28 @@ run_pytest() {
     (cd "$SRC" && LD_PRELOAD="$PRELOAD" "$VENV/bin/python" -m pytest -q -p no:cacheprovider -o addopts="" \
         --capture=sys -m "not slow" "$@") 2>&1 | tee -a "$LOG"
 }
-TESTS=(tests/test_kernels.py)
-for t in tests/test_kernel_boundary.py tests/test_attention.py; do   # the other C entry points
-    [ -f "$SRC/$t" ] && TESTS+=("$t")
+# Everything that calls into C: the kernel suites (test_kernels*.py), the boundary tests, the
+# attention kernel. Comparisons of whole models with llama.cpp ("as_close_as_llama_cpp") run
+# separately below.
+ACC_K=${TILELLM_SANITIZE_MODEL_K-as_close_as_llama_cpp}
+TESTS=()
+for t in "$SRC"/tests/test_kernels*.py "$SRC"/tests/test_kernel_boundary.py "$SRC"/tests/test_attention.py; do
+    [ -f "$t" ] && TESTS+=("${t#"$SRC"/}")
 done
-MODEL_K=${TILELLM_SANITIZE_MODEL_K-kernel_backends}
+if [ ! -f "$SRC/tests/test_kernels.py" ]; then echo "sanitize: tests/test_kernels.py is missing"; exit 1; fi
+KSEL=()
+[ -n "$ACC_K" ] && KSEL=(-k "not ($ACC_K)")
 rc=0
-run_pytest "${TESTS[@]}" || rc=$?
-if [ "$rc" -eq 0 ] && [ -n "$MODEL_K" ] && [ -f "$SRC/tests/test_model_llama.py" ]; then
-    # Real model shapes on mmap'd weights through every kernel backend: here for memory coverage.
-    # Its accuracy assertions are the main test step's business, so ordinary test failures
-    # (status 1) are reported but do not fail this step; a crash or a sanitizer report does.
+run_pytest "${TESTS[@]}" ${KSEL[@]+"${KSEL[@]}"} || rc=$?
+if [ "$rc" -eq 0 ] && [ -n "$ACC_K" ]; then
+    # Real models on mmap'd weights through every kernel backend: here for memory coverage.
+    # Their accuracy asserts (vs llama.cpp's measured error) are the main test step's business,
+    # so ordinary test failures (status 1) are reported but do not fail this step; a crash or a
+    # sanitizer report does.
     mrc=0
-    run_pytest tests/test_model_llama.py -k "$MODEL_K" || mrc=$?
+    run_pytest tests/test_model_llama.py "${TESTS[@]}" -k "$ACC_K" || mrc=$?
     if [ "$mrc" -eq 1 ]; then
-        echo "sanitize: note: model test failures above are not sanitizer findings (the main test step judges them)"
+        echo "sanitize: note: model accuracy failures above are not sanitizer findings (the main test step judges them)"
     elif [ "$mrc" -ne 0 ] && [ "$mrc" -ne 5 ]; then
         rc=$mrc
     fi
