@@ -1,0 +1,399 @@
+/* kquants_avx512.h — AVX-512 VNNI kernels for q5_0, q4_K, q5_K and q6_K weights (included by
+ * ukernel_avx512.c; self-contained apart from x86_common.h and kquants.h).
+ *
+ * n > 1 (block): weights are decoded per 16-row panel into thread-local scratch, "row in lane":
+ * per 4 consecutive k-values one zmm whose lane r holds row r's 4 unsigned quants (q5_0: q,
+ * 0..31; q4_K 0..15; q5_K 0..31; q6_K 0..63), plus per-row scales. A token's run dot is then
+ * vpdpbusd against 4-byte broadcasts of its int8 activations: 16 rows' exact int32 dots in the 16
+ * lanes. The panel is decoded once per driver block and reused for every token (8 per register
+ * tile).
+ *   q5_0 (x86 q8 act layout): acc starts at -16 * isum_x (exact offset), 8 vpdpbusd per 32-block,
+ *     y += float(acc) * (d_w * d_x).
+ *   K-quants (q8_K act layout, tl_internal.h): per sub-block isum += dot * sc (vpmulld, exact),
+ *     msum = sum of vpmaddwd(min / scale pairs, bsum pairs); q4_K/q5_K: y += float(isum) * d_w d_x
+ *     - float(msum) * dmin_w d_x; q6_K: isum -= 32 * msum, y += float(isum) * d_w d_x.
+ * n == 1 (gemv): row by row straight from the GGUF rows (no packing: every weight is used once),
+ * 64 values per vpdpbusd, per-lane f32 accumulator reduced once per row.
+ * The arithmetic is that of kquants.h (exact integers per super-block / block, then f32 in block
+ * order), so results depend only on k, not on the thread count.
+ */
+#ifndef TL_KQUANTS_AVX512_H
+#define TL_KQUANTS_AVX512_H
+
+#include <immintrin.h>
+
+#include "kquants.h"
+#include "x86_common.h"
+
+#define KQ5_R 16  /* rows per panel */
+#define KQ5_RN 8  /* tokens per register tile */
+#define KQ5_Q50_BLK (512 + 64)                 /* q5_0 panel block: 8 zmm quants + 16 d */
+#define KQ5_KSB (4096 + 1024 + 512 + 64 + 64)  /* K panel super-block: W 64 zmm, SC 16, MP 8, D, DM */
+
+TL_INLINE int kq5_bytes(const int WT) {
+    return WT == TL_Q5_0 ? TL_Q5_0_BYTES : WT == TL_Q4_K ? TL_Q4_K_BYTES : WT == TL_Q5_K ? TL_Q5_K_BYTES
+                                                                                           : TL_Q6_K_BYTES;
+}
+
+/* ---- panel packing (scalar decode, dword scatter into row-in-lane order) -------------------- */
+static void kq5_pack_q5_0(const tl_gemm_args *a, int64_t r0, int nr, uint8_t *buf) {
+    const int64_t nb = a->k / TL_QK;
+    memset(buf, 0, (size_t)(nb * KQ5_Q50_BLK));
+    for (int r = 0; r < nr; r++) {
+        const uint8_t *row = a->w + (r0 + r) * a->ldw;
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = row + b * TL_Q5_0_BYTES;
+            uint8_t *o = buf + b * KQ5_Q50_BLK;
+            uint32_t qh;
+            memcpy(&qh, blk + 2, 4);
+            uint8_t q[32];
+            for (int t = 0; t < 16; t++) {
+                q[t] = (uint8_t)((blk[6 + t] & 15) | (((qh >> t) & 1) << 4));
+                q[t + 16] = (uint8_t)((blk[6 + t] >> 4) | (((qh >> (t + 16)) & 1) << 4));
+            }
+            for (int t = 0; t < 8; t++) memcpy(o + 64 * t + 4 * r, q + 4 * t, 4);
+            ((float *)(o + 512))[r] = tl_f16_to_f32(tl_load_u16(blk));
+        }
+    }
+}
+
+/* K super-block of one row -> natural-order unsigned quants, int32 run scales, MP pairs. */
+static void kq5_pack_k(const int WT, const tl_gemm_args *a, int64_t r0, int nr, uint8_t *buf) {
+    const int64_t nb = a->k / TL_QK_K;
+    const int bytes = kq5_bytes(WT);
+    memset(buf, 0, (size_t)(nb * KQ5_KSB));
+    for (int r = 0; r < nr; r++) {
+        const uint8_t *row = a->w + (r0 + r) * a->ldw;
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = row + b * bytes;
+            uint8_t *o = buf + b * KQ5_KSB;
+            int32_t *SC = (int32_t *)(o + 4096);
+            int16_t *MP = (int16_t *)(o + 5120);
+            float *D = (float *)(o + 5632), *DM = (float *)(o + 5696);
+            uint8_t q[TL_QK_K];
+            if (WT == TL_Q6_K) {
+                const uint8_t *ql = blk, *qh = blk + 128;
+                const int8_t *sc = (const int8_t *)(blk + 192);
+                for (int h = 0; h < 2; h++)
+                    for (int l = 0; l < 32; l++) {
+                        const uint8_t l0 = ql[64 * h + l], l1 = ql[64 * h + l + 32], hh = qh[32 * h + l];
+                        q[128 * h + l] = (uint8_t)((l0 & 15) | ((hh & 3) << 4));
+                        q[128 * h + l + 32] = (uint8_t)((l1 & 15) | (((hh >> 2) & 3) << 4));
+                        q[128 * h + l + 64] = (uint8_t)((l0 >> 4) | (((hh >> 4) & 3) << 4));
+                        q[128 * h + l + 96] = (uint8_t)((l1 >> 4) | (((hh >> 6) & 3) << 4));
+                    }
+                for (int s = 0; s < 16; s++) SC[16 * s + r] = sc[s];
+                for (int p = 0; p < 8; p++) {
+                    MP[32 * p + 2 * r] = sc[2 * p];
+                    MP[32 * p + 2 * r + 1] = sc[2 * p + 1];
+                }
+                D[r] = tl_f16_to_f32(tl_load_u16(blk + 208));
+            } else {
+                uint8_t sc[8], mn[8];
+                tl_kq_scales_mins(blk + 4, sc, mn);
+                const uint8_t *qh = blk + 16, *qs = blk + (WT == TL_Q4_K ? 16 : 48);
+                for (int c = 0; c < 4; c++)
+                    for (int l = 0; l < 32; l++) {
+                        int lo = qs[32 * c + l] & 15, hi = qs[32 * c + l] >> 4;
+                        if (WT == TL_Q5_K) {
+                            lo |= ((qh[l] >> (2 * c)) & 1) << 4;
+                            hi |= ((qh[l] >> (2 * c + 1)) & 1) << 4;
+                        }
+                        q[64 * c + l] = (uint8_t)lo;
+                        q[64 * c + 32 + l] = (uint8_t)hi;
+                    }
+                for (int s = 0; s < 8; s++) {
+                    SC[16 * s + r] = sc[s];
+                    MP[32 * s + 2 * r] = MP[32 * s + 2 * r + 1] = mn[s];
+                }
+                D[r] = tl_f16_to_f32(tl_load_u16(blk));
+                DM[r] = tl_f16_to_f32(tl_load_u16(blk + 2));
+            }
+            for (int t = 0; t < 64; t++) memcpy(o + 64 * t + 4 * r, q + 4 * t, 4);
+        }
+    }
+}
+
+/* ---- panel x tokens --------------------------------------------------------------------------- */
+TL_INLINE void kq5_store(const int RN, const tl_gemm_args *a, const __m512 *y, int64_t i0, int nr, int64_t j0) {
+    const __mmask16 rmask = (__mmask16)((1u << nr) - 1);
+    for (int j = 0; j < RN; j++) {
+        float *yp = a->y + (j0 + j) * a->ldy + i0;
+        if (nr == KQ5_R) _mm512_storeu_ps(yp, y[j]);
+        else _mm512_mask_storeu_ps(yp, rmask, y[j]);
+    }
+}
+
+TL_INLINE void kq5_q5_0_tile(const int RN, const tl_gemm_args *a, const uint8_t *panel, int64_t i0, int nr,
+                             int64_t j0) {
+    const int64_t k = a->k, nb = k / TL_QK;
+    __m512 y[KQ5_RN];
+    const uint8_t *xr[KQ5_RN];
+    for (int j = 0; j < RN; j++) {
+        y[j] = _mm512_setzero_ps();
+        xr[j] = a->act + (j0 + j) * a->ldact;
+    }
+    const uint8_t *P = panel;
+    for (int64_t b = 0; b < nb; b++, P += KQ5_Q50_BLK) {
+        __m512i w[8];
+        for (int t = 0; t < 8; t++) w[t] = _mm512_load_si512((const void *)(P + 64 * t));
+        const __m512 d = _mm512_load_ps((const float *)(P + 512));
+        for (int j = 0; j < RN; j++) {
+            const int32_t *xq = (const int32_t *)(xr[j] + 32 * b);
+            const float *dx = (const float *)(xr[j] + k);
+            __m512i acc = _mm512_set1_epi32(-16 * ((const int32_t *)(dx + 2 * nb))[b]);
+            for (int t = 0; t < 8; t++) acc = _mm512_dpbusd_epi32(acc, w[t], _mm512_set1_epi32(xq[t]));
+            y[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(d, _mm512_set1_ps(dx[b])), y[j]);
+        }
+    }
+    kq5_store(RN, a, y, i0, nr, j0);
+}
+
+TL_INLINE void kq5_k_tile(const int WT, const int RN, const tl_gemm_args *a, const uint8_t *panel, int64_t i0,
+                          int nr, int64_t j0) {
+    const int64_t k = a->k, nb = k / TL_QK_K;
+    const int NS = WT == TL_Q6_K ? 16 : 8; /* sub-blocks (runs with their own scale) */
+    const int TS = 64 / NS;                /* zmm steps per sub-block */
+    __m512 y[KQ5_RN];
+    const uint8_t *xr[KQ5_RN];
+    for (int j = 0; j < RN; j++) {
+        y[j] = _mm512_setzero_ps();
+        xr[j] = a->act + (j0 + j) * a->ldact;
+    }
+    const uint8_t *P = panel;
+    for (int64_t b = 0; b < nb; b++, P += KQ5_KSB) {
+        __m512i isum[KQ5_RN];
+        for (int j = 0; j < RN; j++) isum[j] = _mm512_setzero_si512();
+        for (int s = 0; s < NS; s++) {
+            __m512i w[8];
+            for (int t = 0; t < TS; t++) w[t] = _mm512_load_si512((const void *)(P + 64 * (TS * s + t)));
+            const __m512i sc = _mm512_load_si512((const void *)(P + 4096 + 64 * s));
+            for (int j = 0; j < RN; j++) {
+                const int32_t *xq = (const int32_t *)(xr[j] + TL_QK_K * b) + TS * s;
+                __m512i dot = _mm512_setzero_si512();
+                for (int t = 0; t < TS; t++) dot = _mm512_dpbusd_epi32(dot, w[t], _mm512_set1_epi32(xq[t]));
+                isum[j] = _mm512_add_epi32(isum[j], _mm512_mullo_epi32(dot, sc));
+            }
+        }
+        const __m512 d = _mm512_load_ps((const float *)(P + 5632));
+        const __m512 dm = _mm512_load_ps((const float *)(P + 5696));
+        for (int j = 0; j < RN; j++) {
+            const int32_t *bs = (const int32_t *)(tl_q8ka_bsum(xr[j], k) + 16 * b); /* int16 pairs */
+            const float dx = tl_q8ka_d(xr[j], k)[b];
+            __m512i msum = _mm512_setzero_si512();
+            for (int p = 0; p < 8; p++)
+                msum = _mm512_add_epi32(msum, _mm512_madd_epi16(_mm512_load_si512((const void *)(P + 5120 + 64 * p)),
+                                                                _mm512_set1_epi32(bs[p])));
+            const __m512 vdx = _mm512_set1_ps(dx);
+            if (WT == TL_Q6_K) {
+                __m512i t = _mm512_sub_epi32(isum[j], _mm512_slli_epi32(msum, 5));
+                y[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_mul_ps(d, vdx), y[j]);
+            } else {
+                y[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[j]), _mm512_mul_ps(d, vdx), y[j]);
+                y[j] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(msum), _mm512_mul_ps(dm, vdx), y[j]);
+            }
+        }
+    }
+    kq5_store(RN, a, y, i0, nr, j0);
+}
+
+#define KQ5_TOKENS(CALL)                                                                             \
+    do {                                                                                             \
+        int64_t j = j0;                                                                              \
+        for (; j + KQ5_RN <= j1; j += KQ5_RN) CALL(KQ5_RN);                                          \
+        switch ((int)(j1 - j)) {                                                                     \
+        case 1: CALL(1); break; case 2: CALL(2); break; case 3: CALL(3); break;                      \
+        case 4: CALL(4); break; case 5: CALL(5); break; case 6: CALL(6); break;                      \
+        case 7: CALL(7); break; default: break;                                                      \
+        }                                                                                            \
+    } while (0)
+
+TL_INLINE void kq5_block_impl(const int WT, const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+    const size_t need = WT == TL_Q5_0 ? (size_t)(a->k / TL_QK) * KQ5_Q50_BLK : (size_t)(a->k / TL_QK_K) * KQ5_KSB;
+    uint8_t *buf = x86_scratch(need);
+    if (!buf) { /* no scratch: the plain-C kernels (same arithmetic; q5_0 reads only qs and d) */
+        const tl_ukernel *uk = tl_kq_portable_lookup(WT);
+        for (int64_t i = i0; i < i1; i += uk->rm)
+            for (int64_t j = j0; j < j1; j += uk->rn)
+                uk->tile(a, i, j, (int)TL_MIN((int64_t)uk->rm, i1 - i), (int)TL_MIN((int64_t)uk->rn, j1 - j));
+        return;
+    }
+    for (int64_t i = i0; i < i1; i += KQ5_R) {
+        const int nr = (int)TL_MIN((int64_t)KQ5_R, i1 - i);
+        if (WT == TL_Q5_0) {
+            kq5_pack_q5_0(a, i, nr, buf);
+#define C_(N) kq5_q5_0_tile(N, a, buf, i, nr, j)
+            KQ5_TOKENS(C_);
+#undef C_
+        } else {
+            kq5_pack_k(WT, a, i, nr, buf);
+#define C_(N) kq5_k_tile(WT, N, a, buf, i, nr, j)
+            KQ5_TOKENS(C_);
+#undef C_
+        }
+    }
+}
+
+/* ---- n == 1: row by row --------------------------------------------------------------------- */
+/* 32 q5_0 quants of one block (unsigned 0..31) in natural order. */
+TL_INLINE __m256i kq5_q5_0_w(const uint8_t *blk) {
+    uint32_t qh;
+    memcpy(&qh, blk + 2, 4);
+    const __m128i qs = _mm_loadu_si128((const __m128i *)(blk + 6));
+    const __m128i m4 = _mm_set1_epi8(0x0f);
+    __m256i w = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(qs, 4), m4), _mm_and_si128(qs, m4));
+    return _mm256_or_si256(w, _mm256_maskz_mov_epi8((__mmask32)qh, _mm256_set1_epi8(0x10)));
+}
+
+static void kq5_gemv_q5_0(const tl_gemm_args *a, int64_t i0, int64_t i1) {
+    const int64_t k = a->k, nb = k / TL_QK;
+    const uint8_t *xr = a->act;
+    const float *dx = (const float *)(xr + k);
+    const int32_t *is = (const int32_t *)(dx + 2 * nb);
+    for (int64_t i = i0; i < i1; i++) {
+        const uint8_t *row = a->w + i * a->ldw;
+        __m512 facc = _mm512_setzero_ps();
+        int64_t b = 0;
+        for (; b + 2 <= nb; b += 2) {
+            const uint8_t *b0 = row + b * TL_Q5_0_BYTES, *b1 = b0 + TL_Q5_0_BYTES;
+            __m512i w = _mm512_inserti64x4(_mm512_castsi256_si512(kq5_q5_0_w(b0)), kq5_q5_0_w(b1), 1);
+            __m512i acc = _mm512_mask_set1_epi32(_mm512_maskz_set1_epi32(0x0001, -16 * is[b]), 0x0100, -16 * is[b + 1]);
+            acc = _mm512_dpbusd_epi32(acc, w, _mm512_loadu_si512((const void *)(xr + 32 * b)));
+            __m512 s = _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(tl_f16_to_f32(tl_load_u16(b0)) * dx[b]),
+                                            _mm512_set1_ps(tl_f16_to_f32(tl_load_u16(b1)) * dx[b + 1]));
+            facc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), s, facc);
+        }
+        if (b < nb) { /* odd block count: upper half zero */
+            const uint8_t *b0 = row + b * TL_Q5_0_BYTES;
+            __m512i w = _mm512_zextsi256_si512(kq5_q5_0_w(b0));
+            __m512i acc = _mm512_maskz_set1_epi32(0x0001, -16 * is[b]);
+            acc = _mm512_dpbusd_epi32(acc, w, _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(xr + 32 * b))));
+            __m512 s = _mm512_maskz_mov_ps(0x00ff, _mm512_set1_ps(tl_f16_to_f32(tl_load_u16(b0)) * dx[b]));
+            facc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), s, facc);
+        }
+        a->y[i] = _mm512_reduce_add_ps(facc);
+    }
+}
+
+static void kq5_gemv_q45k(const int WT, const tl_gemm_args *a, int64_t i0, int64_t i1) {
+    const int64_t k = a->k, nb = k / TL_QK_K;
+    const int bytes = kq5_bytes(WT);
+    const int8_t *xq = (const int8_t *)a->act;
+    const float *dx = tl_q8ka_d(a->act, k);
+    const int16_t *bsum = tl_q8ka_bsum(a->act, k);
+    const __m256i m4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1);
+    for (int64_t i = i0; i < i1; i++) {
+        const uint8_t *row = a->w + i * a->ldw;
+        __m512 facc = _mm512_setzero_ps();
+        float macc = 0.0f;
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = row + b * bytes;
+            uint8_t sc[8], mn[8];
+            tl_kq_scales_mins(blk + 4, sc, mn);
+            const uint8_t *qs = blk + (WT == TL_Q4_K ? 16 : 48);
+            __m256i qh = _mm256_setzero_si256();
+            if (WT == TL_Q5_K) qh = _mm256_loadu_si256((const __m256i *)(blk + 16));
+            __m512i isum = _mm512_setzero_si512();
+            for (int c = 0; c < 4; c++) {
+                __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
+                __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+                if (WT == TL_Q5_K) {
+                    lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * c), one), 4));
+                    hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * c + 1), one), 4));
+                }
+                __m512i w = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+                __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w,
+                                                  _mm512_loadu_si512((const void *)(xq + TL_QK_K * b + 64 * c)));
+                __m512i s = _mm512_mask_blend_epi32(0xff00, _mm512_set1_epi32(sc[2 * c]), _mm512_set1_epi32(sc[2 * c + 1]));
+                isum = _mm512_add_epi32(isum, _mm512_mullo_epi32(dot, s));
+            }
+            const int16_t *bs = bsum + 16 * b;
+            int32_t msum = 0;
+            for (int j = 0; j < 8; j++) msum += (int32_t)mn[j] * (bs[2 * j] + bs[2 * j + 1]);
+            const float d = tl_f16_to_f32(tl_load_u16(blk)), dmin = tl_f16_to_f32(tl_load_u16(blk + 2));
+            facc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(d * dx[b]), facc);
+            macc += (dmin * dx[b]) * (float)msum;
+        }
+        a->y[i] = _mm512_reduce_add_ps(facc) - macc;
+    }
+}
+
+static void kq5_gemv_q6k(const tl_gemm_args *a, int64_t i0, int64_t i1) {
+    const int64_t k = a->k, nb = k / TL_QK_K;
+    const int8_t *xq = (const int8_t *)a->act;
+    const float *dx = tl_q8ka_d(a->act, k);
+    const int16_t *bsum = tl_q8ka_bsum(a->act, k);
+    const __m512i m4 = _mm512_set1_epi8(0x0f), m2 = _mm512_set1_epi8(0x03);
+    const __m128i g0 = _mm_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    const __m128i g1 = _mm_add_epi8(g0, _mm_set1_epi8(4)), g2 = _mm_add_epi8(g0, _mm_set1_epi8(8)),
+                  g3 = _mm_add_epi8(g0, _mm_set1_epi8(12));
+    for (int64_t i = i0; i < i1; i++) {
+        const uint8_t *row = a->w + i * a->ldw;
+        __m512 facc = _mm512_setzero_ps();
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = row + b * TL_Q6_K_BYTES;
+            const __m128i sc = _mm_loadu_si128((const __m128i *)(blk + 192));
+            const __m512i sg[4] = {_mm512_cvtepi8_epi32(_mm_shuffle_epi8(sc, g0)), _mm512_cvtepi8_epi32(_mm_shuffle_epi8(sc, g1)),
+                                   _mm512_cvtepi8_epi32(_mm_shuffle_epi8(sc, g2)), _mm512_cvtepi8_epi32(_mm_shuffle_epi8(sc, g3))};
+            const int8_t *x = xq + TL_QK_K * b;
+            __m512i isum = _mm512_setzero_si512();
+            for (int h = 0; h < 2; h++) {
+                __m512i ql = _mm512_loadu_si512((const void *)(blk + 64 * h));
+                __m256i qh = _mm256_loadu_si256((const __m256i *)(blk + 128 + 32 * h));
+                __m512i qh2 = _mm512_inserti64x4(_mm512_castsi256_si512(qh), _mm256_srli_epi16(qh, 2), 1);
+                __m512i A = _mm512_or_si512(_mm512_and_si512(ql, m4), _mm512_slli_epi16(_mm512_and_si512(qh2, m2), 4));
+                __m512i B = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4),
+                                            _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(qh2, 4), m2), 4));
+                __m512i dA = _mm512_dpbusd_epi32(_mm512_setzero_si512(), A, _mm512_loadu_si512((const void *)(x + 128 * h)));
+                __m512i dB = _mm512_dpbusd_epi32(_mm512_setzero_si512(), B, _mm512_loadu_si512((const void *)(x + 128 * h + 64)));
+                isum = _mm512_add_epi32(isum, _mm512_mullo_epi32(dA, sg[2 * h]));
+                isum = _mm512_add_epi32(isum, _mm512_mullo_epi32(dB, sg[2 * h + 1]));
+            }
+            /* -32 * sum_r sc_r * bsum_r, in lanes 0..7 */
+            __m256i ms = _mm256_madd_epi16(_mm256_cvtepi8_epi16(sc), _mm256_loadu_si256((const __m256i *)(bsum + 16 * b)));
+            isum = _mm512_sub_epi32(isum, _mm512_zextsi256_si512(_mm256_slli_epi32(ms, 5)));
+            facc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(tl_f16_to_f32(tl_load_u16(blk + 208)) * dx[b]), facc);
+        }
+        a->y[i] = _mm512_reduce_add_ps(facc);
+    }
+}
+
+/* ---- table entries ------------------------------------------------------------------------- */
+static void kq5_q5_0_block(const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+    kq5_block_impl(TL_Q5_0, a, i0, i1, j0, j1);
+}
+static void kq5_q5_0_tilefn(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {
+    kq5_block_impl(TL_Q5_0, a, i0, i0 + rm, j0, j0 + rn);
+}
+#define KQ5_FUNCS(NAME, WT)                                                                           \
+    static void kq5_##NAME##_block(const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1) { \
+        kq5_block_impl(WT, a, i0, i1, j0, j1);                                                        \
+    }                                                                                                 \
+    static void kq5_##NAME##_tilefn(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {  \
+        kq5_block_impl(WT, a, i0, i0 + rm, j0, j0 + rn);                                              \
+    }
+KQ5_FUNCS(q4_k, TL_Q4_K)
+KQ5_FUNCS(q5_k, TL_Q5_K)
+KQ5_FUNCS(q6_k, TL_Q6_K)
+static void kq5_gemv_q4_k(const tl_gemm_args *a, int64_t i0, int64_t i1) { kq5_gemv_q45k(TL_Q4_K, a, i0, i1); }
+static void kq5_gemv_q5_k(const tl_gemm_args *a, int64_t i0, int64_t i1) { kq5_gemv_q45k(TL_Q5_K, a, i0, i1); }
+
+/* q5_0 shares the x86 q8 activation layout (and so a Prepared) with q8_0 / q4_0 / q4_1. */
+static const tl_ukernel kq5_uk_q5_0 = {KQ5_R, KQ5_RN, kq5_q5_0_tilefn, 1, kq5_gemv_q5_0, kq5_q5_0_block,
+                                      x86_qa_row_bytes, x86_qa_prepare};
+static const tl_ukernel kq5_uk_q4_k = {KQ5_R, KQ5_RN, kq5_q4_k_tilefn, 1, kq5_gemv_q4_k, kq5_q4_k_block, NULL, NULL};
+static const tl_ukernel kq5_uk_q5_k = {KQ5_R, KQ5_RN, kq5_q5_k_tilefn, 1, kq5_gemv_q5_k, kq5_q5_k_block, NULL, NULL};
+static const tl_ukernel kq5_uk_q6_k = {KQ5_R, KQ5_RN, kq5_q6_k_tilefn, 1, kq5_gemv_q6k, kq5_q6_k_block, NULL, NULL};
+
+/* Kernel for q5_0 / q4_K / q5_K / q6_K, NULL for every other type. */
+static inline const tl_ukernel *tl_kq_avx512_lookup(int wtype) {
+    switch (wtype) {
+    case TL_Q5_0: return &kq5_uk_q5_0;
+    case TL_Q4_K: return &kq5_uk_q4_k;
+    case TL_Q5_K: return &kq5_uk_q5_k;
+    case TL_Q6_K: return &kq5_uk_q6_k;
+    default: return NULL;
+    }
+}
+
+#endif
