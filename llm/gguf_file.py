@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from tilellm.errors import GGUFError, UnsupportedError
+from tilellm.errors import GGUFError, GGUFFileNotFoundError, UnsupportedError
 from tilellm.quant import TYPE_INFO, GGMLType, TensorView
 
 __all__ = [
@@ -40,10 +40,6 @@ GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)  # v1 used u32 counts and lengths; v2 and v3 share the layout we read
 DEFAULT_ALIGNMENT = 32
 HEADER_SIZE = 24  # magic, version, n_tensors, n_kv
-
-
-class GGUFFileNotFoundError(FileNotFoundError, GGUFError):
-    """The path does not exist: both a `FileNotFoundError` (errno ENOENT) and a `GGUFError`."""
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tilellm.errors import ContextOverflowError, GGUFError, UnsupportedError
+from tilellm.errors import ContextOverflowError, NumericalError, GGUFError, UnsupportedError
 from tilellm.quant import GGMLType, TensorView
 
 from .hparams import HParams
@@ -118,7 +118,11 @@ class DecoderModel:
                 outs.append(self._head(h))
             elif last:
                 outs.append(self._head(h[-1:])[0])
-        return np.concatenate(outs, axis=0) if logits_all else outs[0]
+        out = np.concatenate(outs, axis=0) if logits_all else outs[0]
+        if not np.isfinite(out).all():  # never hand NaN/inf on as if it were an answer
+            raise NumericalError(f"the forward pass produced non-finite logits (weights in {getattr(self.file, 'path', 'the model file')} "
+                                 "may be corrupt); call reset() before evaluating again")
+        return out
 
     def _attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, n_past: int, scale: float) -> np.ndarray:
         """Causal GQA attention: the backend's C kernel when it has one, else numpy."""

@@ -106,3 +106,23 @@ def test_kernel_backends_as_close_as_llama_cpp(t, be, llama2_refs):
         return
     assert mean <= lmean, f"{be}/{t}: mean |Δ| {mean:.4g} > llama.cpp's {lmean:.4g}"
     assert mx <= 2 * lmx, f"{be}/{t}: max |Δ| {mx:.3g} > 2 x llama.cpp's {lmx:.3g}"
+
+
+def test_corrupt_weights_raise_instead_of_answering(tmp_path):
+    """A NaN planted in a weight of a copy of the file: eval refuses, it does not return garbage."""
+    from tilellm.errors import NumericalError
+
+    src = fixture_path("llama2-micro-f32.gguf")
+    raw = bytearray(src.read_bytes())
+    # find the norm vector's bytes in the file by content, then poison its first value
+    g = open_gguf(src)
+    needle = g.tensors["output_norm.weight"].data.tobytes()
+    g.close()
+    pos = raw.find(needle)
+    assert pos > 0
+    raw[pos:pos + 4] = np.array([np.nan], np.float32).tobytes()
+    bad = tmp_path / "nan.gguf"
+    bad.write_bytes(bytes(raw))
+    m = LlamaModel(open_gguf(bad), backends.get("reference"), n_ctx=64)
+    with pytest.raises(NumericalError, match="non-finite logits"):
+        m.eval([1, 2, 3])

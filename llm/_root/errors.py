@@ -14,6 +14,14 @@ class GGUFError(TileLLMError, ValueError):
     """The file is not a valid GGUF (bad magic, truncated, inconsistent sizes or offsets)."""
 
 
+class GGUFFileNotFoundError(FileNotFoundError, GGUFError):
+    """The model path does not exist: both a `FileNotFoundError` (errno ENOENT) and a `GGUFError`."""
+
+
+class NumericalError(TileLLMError, ArithmeticError):
+    """The forward pass produced NaN or infinite logits (e.g. corrupted weights in the file)."""
+
+
 class UnsupportedError(TileLLMError, ValueError):
     """Valid input that tilellm does not handle: a tensor type, an architecture, a tokenizer."""
 
