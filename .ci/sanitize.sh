@@ -99,10 +99,10 @@ if [ -n "${TILELLM_SANITIZE_PATCH:-}" ]; then
 fi
 
 echo "== sanitize: building the kernels with $SAN_FLAGS"
-# build_ext first for its -j (one extension per job); pip then finds them up to date and installs.
+# Serial on purpose: every variant compiles the shared sources to the same object paths
+# (build/temp*/kernels/src/*.o), so `build_ext -j` races and links one variant's objects into another.
 export TILELLM_CFLAGS="$SAN_FLAGS"
-if ! { (cd "$SRC" && "$VENV/bin/python" setup.py build_ext -j "$(nproc 2>/dev/null || echo 2)") &&
-       "$VENV/bin/python" -m pip install -v --no-deps --no-build-isolation --force-reinstall "$SRC"; } \
+if ! "$VENV/bin/python" -m pip install -v --no-deps --no-build-isolation --force-reinstall "$SRC" \
         >"$WORK/build.log" 2>&1; then
     tail -60 "$WORK/build.log"; echo "sanitize: the sanitized build failed"; exit 1
 fi
