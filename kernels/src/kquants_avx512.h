@@ -35,33 +35,74 @@ TL_INLINE int kq5_bytes(const int WT) {
                                                                                            : TL_Q6_K_BYTES;
 }
 
-/* ---- panel packing (scalar decode, dword scatter into row-in-lane order) -------------------- */
-static void kq5_pack_q5_0(const tl_gemm_args *a, int64_t r0, int nr, uint8_t *buf) {
-    const int64_t nb = a->k / TL_QK;
-    memset(buf, 0, (size_t)(nb * KQ5_Q50_BLK));
-    for (int r = 0; r < nr; r++) {
-        const uint8_t *row = a->w + (r0 + r) * a->ldw;
-        for (int64_t b = 0; b < nb; b++) {
-            const uint8_t *blk = row + b * TL_Q5_0_BYTES;
-            uint8_t *o = buf + b * KQ5_Q50_BLK;
-            uint32_t qh;
-            memcpy(&qh, blk + 2, 4);
-            uint8_t q[32];
-            for (int t = 0; t < 16; t++) {
-                q[t] = (uint8_t)((blk[6 + t] & 15) | (((qh >> t) & 1) << 4));
-                q[t + 16] = (uint8_t)((blk[6 + t] >> 4) | (((qh >> (t + 16)) & 1) << 4));
-            }
-            for (int t = 0; t < 8; t++) memcpy(o + 64 * t + 4 * r, q + 4 * t, 4);
-            ((float *)(o + 512))[r] = tl_f16_to_f32(tl_load_u16(blk));
-        }
+/* ---- 16-row register loads (row in lane) -------------------------------------------------------- */
+/* 16 rows' 16-byte chunks at rp[r] + off -> out[t] lane r = dword t of that chunk of row r. V[q]
+ * holds rows q, q+4, q+8, q+12 in its 128-bit lanes, so after the 32- and 64-bit unpacks lane
+ * 4L + q is row 4L + q. */
+TL_INLINE void kq5_t16(const uint8_t *const *rp, int64_t off, __m512i out[4]) {
+    __m512i V[4];
+    for (int q = 0; q < 4; q++) {
+        __m512i v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(rp[q] + off)));
+        v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(rp[q + 4] + off)), 1);
+        v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(rp[q + 8] + off)), 2);
+        V[q] = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(rp[q + 12] + off)), 3);
     }
+    const __m512i a = _mm512_unpacklo_epi32(V[0], V[1]), b = _mm512_unpackhi_epi32(V[0], V[1]);
+    const __m512i c = _mm512_unpacklo_epi32(V[2], V[3]), d = _mm512_unpackhi_epi32(V[2], V[3]);
+    out[0] = _mm512_unpacklo_epi64(a, c);
+    out[1] = _mm512_unpackhi_epi64(a, c);
+    out[2] = _mm512_unpacklo_epi64(b, d);
+    out[3] = _mm512_unpackhi_epi64(b, d);
 }
 
-/* K super-block of one row -> natural-order unsigned quants, int32 run scales, MP pairs. */
-static void kq5_pack_k(const int WT, const tl_gemm_args *a, int64_t r0, int nr, uint8_t *buf) {
+/* Row pointers of rows [r0, r0 + nr); dead rows repeat row r0 so every load stays in bounds. */
+TL_INLINE void kq5_rows(const tl_gemm_args *a, int64_t r0, int nr, const uint8_t *rp[16]) {
+    for (int r = 0; r < 16; r++) rp[r] = a->w + (r0 + (r < nr ? r : 0)) * a->ldw;
+}
+
+/* q5_0 block b of 16 rows: w[t] lane r = row r's quants 4t..4t+3 (unsigned 0..31), d per lane
+ * (0 in dead lanes). The block head (d, qh) comes from a transpose of each row's first 16 bytes;
+ * the high bits 4t..4t+3 of qh become bit 4 of 4 bytes through a 16-entry vpermd table (vpermd
+ * reads only the low 4 bits of each index lane, so qh >> 4t needs no mask). */
+TL_INLINE void kq5_q5_0_load16(const uint8_t *const *rp, __mmask16 live, int64_t b, __m512i w[8], __m512 *d) {
+    const int64_t o = b * TL_Q5_0_BYTES;
+    __m512i hd[4], u[4];
+    kq5_t16(rp, o, hd);     /* dword 0 = d | qh[0..1] << 16, dword 1 = qh[2..3] | qs[0..1] << 16 */
+    kq5_t16(rp, o + 6, u);  /* the 16 quant bytes */
+    *d = _mm512_maskz_mov_ps(live, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(hd[0])));
+    const __m512i qh = _mm512_or_si512(_mm512_srli_epi32(hd[0], 16), _mm512_slli_epi32(hd[1], 16));
+    const __m512i lut = _mm512_setr_epi32(0x00000000, 0x00000010, 0x00001000, 0x00001010, 0x00100000, 0x00100010,
+                                          0x00101000, 0x00101010, 0x10000000, 0x10000010, 0x10001000, 0x10001010,
+                                          0x10100000, 0x10100010, 0x10101000, 0x10101010);
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    for (int t = 0; t < 4; t++) {
+        w[t] = _mm512_and_si512(u[t], m4);
+        w[t + 4] = _mm512_and_si512(_mm512_srli_epi16(u[t], 4), m4);
+    }
+    for (int t = 0; t < 8; t++)
+        w[t] = _mm512_or_si512(w[t], _mm512_permutexvar_epi32(_mm512_srli_epi32(qh, 4 * t), lut));
+}
+
+/* ---- panel packing ------------------------------------------------------------------------------ */
+static void kq5_pack_q5_0(const tl_gemm_args *a, int64_t r0, int nr, uint8_t *buf) {
+    const int64_t nb = a->k / TL_QK;
+    const uint8_t *rp[16];
+    kq5_rows(a, r0, nr, rp);
+    const __mmask16 live = (__mmask16)((1u << nr) - 1);
+    for (int64_t b = 0; b < nb; b++) {
+        uint8_t *o = buf + b * KQ5_Q50_BLK;
+        __m512i w[8];
+        __m512 d;
+        kq5_q5_0_load16(rp, live, b, w, &d);
+        for (int t = 0; t < 8; t++) _mm512_store_si512((void *)(o + 64 * t), w[t]);
+        _mm512_store_ps((float *)(o + 512), d);
+    }
+}
+/* K super-block scales of one panel: int32 run scales SC, int16 pairs MP, f32 d and dmin (dead rows: 0). */
+static void kq5_pack_k_scales(const int WT, const tl_gemm_args *a, int64_t r0, int nr, uint8_t *buf) {
     const int64_t nb = a->k / TL_QK_K;
     const int bytes = kq5_bytes(WT);
-    memset(buf, 0, (size_t)(nb * KQ5_KSB));
+    for (int64_t b = 0; b < nb; b++) memset(buf + b * KQ5_KSB + 4096, 0, KQ5_KSB - 4096);
     for (int r = 0; r < nr; r++) {
         const uint8_t *row = a->w + (r0 + r) * a->ldw;
         for (int64_t b = 0; b < nb; b++) {
@@ -70,18 +111,8 @@ static void kq5_pack_k(const int WT, const tl_gemm_args *a, int64_t r0, int nr, 
             int32_t *SC = (int32_t *)(o + 4096);
             int16_t *MP = (int16_t *)(o + 5120);
             float *D = (float *)(o + 5632), *DM = (float *)(o + 5696);
-            uint8_t q[TL_QK_K];
             if (WT == TL_Q6_K) {
-                const uint8_t *ql = blk, *qh = blk + 128;
                 const int8_t *sc = (const int8_t *)(blk + 192);
-                for (int h = 0; h < 2; h++)
-                    for (int l = 0; l < 32; l++) {
-                        const uint8_t l0 = ql[64 * h + l], l1 = ql[64 * h + l + 32], hh = qh[32 * h + l];
-                        q[128 * h + l] = (uint8_t)((l0 & 15) | ((hh & 3) << 4));
-                        q[128 * h + l + 32] = (uint8_t)((l1 & 15) | (((hh >> 2) & 3) << 4));
-                        q[128 * h + l + 64] = (uint8_t)((l0 >> 4) | (((hh >> 4) & 3) << 4));
-                        q[128 * h + l + 96] = (uint8_t)((l1 >> 4) | (((hh >> 6) & 3) << 4));
-                    }
                 for (int s = 0; s < 16; s++) SC[16 * s + r] = sc[s];
                 for (int p = 0; p < 8; p++) {
                     MP[32 * p + 2 * r] = sc[2 * p];
@@ -91,17 +122,6 @@ static void kq5_pack_k(const int WT, const tl_gemm_args *a, int64_t r0, int nr, 
             } else {
                 uint8_t sc[8], mn[8];
                 tl_kq_scales_mins(blk + 4, sc, mn);
-                const uint8_t *qh = blk + 16, *qs = blk + (WT == TL_Q4_K ? 16 : 48);
-                for (int c = 0; c < 4; c++)
-                    for (int l = 0; l < 32; l++) {
-                        int lo = qs[32 * c + l] & 15, hi = qs[32 * c + l] >> 4;
-                        if (WT == TL_Q5_K) {
-                            lo |= ((qh[l] >> (2 * c)) & 1) << 4;
-                            hi |= ((qh[l] >> (2 * c + 1)) & 1) << 4;
-                        }
-                        q[64 * c + l] = (uint8_t)lo;
-                        q[64 * c + 32 + l] = (uint8_t)hi;
-                    }
                 for (int s = 0; s < 8; s++) {
                     SC[16 * s + r] = sc[s];
                     MP[32 * s + 2 * r] = MP[32 * s + 2 * r + 1] = mn[s];
@@ -109,7 +129,60 @@ static void kq5_pack_k(const int WT, const tl_gemm_args *a, int64_t r0, int nr, 
                 D[r] = tl_f16_to_f32(tl_load_u16(blk));
                 DM[r] = tl_f16_to_f32(tl_load_u16(blk + 2));
             }
-            for (int t = 0; t < 64; t++) memcpy(o + 64 * t + 4 * r, q + 4 * t, 4);
+        }
+    }
+}
+
+/* K panel: scales / mins decoded per row above, quants with 16-row register transposes (dead rows
+ * repeat a live row: their scales are 0). */
+static void kq5_pack_k(const int WT, const tl_gemm_args *a, int64_t r0, int nr, uint8_t *buf) {
+    kq5_pack_k_scales(WT, a, r0, nr, buf);
+    const int64_t nb = a->k / TL_QK_K;
+    const int bytes = kq5_bytes(WT);
+    const uint8_t *rp[16];
+    kq5_rows(a, r0, nr, rp);
+    const __m512i m4 = _mm512_set1_epi8(0x0f), m2 = _mm512_set1_epi8(0x03), m1 = _mm512_set1_epi8(0x01);
+    for (int64_t b = 0; b < nb; b++) {
+        __m512i *W = (__m512i *)(buf + b * KQ5_KSB);
+        const int64_t o = b * bytes;
+        if (WT == TL_Q6_K) {
+            for (int h = 0; h < 2; h++) {
+                __m512i L[16], H[8];
+                for (int c = 0; c < 4; c++) kq5_t16(rp, o + 64 * h + 16 * c, L + 4 * c);
+                for (int c = 0; c < 2; c++) kq5_t16(rp, o + 128 + 32 * h + 16 * c, H + 4 * c);
+                for (int t = 0; t < 8; t++) {
+                    const __m512i h0 = _mm512_and_si512(H[t], m2), h1 = _mm512_and_si512(_mm512_srli_epi16(H[t], 2), m2);
+                    const __m512i h2 = _mm512_and_si512(_mm512_srli_epi16(H[t], 4), m2);
+                    const __m512i h3 = _mm512_and_si512(_mm512_srli_epi16(H[t], 6), m2);
+                    W[32 * h + t] = _mm512_or_si512(_mm512_and_si512(L[t], m4), _mm512_slli_epi16(h0, 4));
+                    W[32 * h + 8 + t] = _mm512_or_si512(_mm512_and_si512(L[8 + t], m4), _mm512_slli_epi16(h1, 4));
+                    W[32 * h + 16 + t] =
+                        _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(L[t], 4), m4), _mm512_slli_epi16(h2, 4));
+                    W[32 * h + 24 + t] =
+                        _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(L[8 + t], 4), m4), _mm512_slli_epi16(h3, 4));
+                }
+            }
+        } else {
+            const int64_t qo = o + (WT == TL_Q4_K ? 16 : 48);
+            __m512i H[8];
+            if (WT == TL_Q5_K) {
+                kq5_t16(rp, o + 16, H);
+                kq5_t16(rp, o + 32, H + 4);
+            }
+            for (int c = 0; c < 4; c++) {
+                __m512i U[8];
+                kq5_t16(rp, qo + 32 * c, U);
+                kq5_t16(rp, qo + 32 * c + 16, U + 4);
+                for (int u = 0; u < 8; u++) {
+                    __m512i lo = _mm512_and_si512(U[u], m4), hi = _mm512_and_si512(_mm512_srli_epi16(U[u], 4), m4);
+                    if (WT == TL_Q5_K) {
+                        lo = _mm512_or_si512(lo, _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(H[u], 2 * c), m1), 4));
+                        hi = _mm512_or_si512(hi, _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(H[u], 2 * c + 1), m1), 4));
+                    }
+                    W[16 * c + u] = lo;
+                    W[16 * c + 8 + u] = hi;
+                }
+            }
         }
     }
 }
@@ -245,33 +318,28 @@ TL_INLINE __m256i kq5_q5_0_w(const uint8_t *blk) {
     return _mm256_or_si256(w, _mm256_maskz_mov_epi8((__mmask32)qh, _mm256_set1_epi8(0x10)));
 }
 
+/* 16 rows at a time, straight from the GGUF rows into registers (same arithmetic as the panel). */
 static void kq5_gemv_q5_0(const tl_gemm_args *a, int64_t i0, int64_t i1) {
     const int64_t k = a->k, nb = k / TL_QK;
-    const uint8_t *xr = a->act;
-    const float *dx = (const float *)(xr + k);
+    const int32_t *xq = (const int32_t *)a->act;
+    const float *dx = (const float *)(a->act + k);
     const int32_t *is = (const int32_t *)(dx + 2 * nb);
-    for (int64_t i = i0; i < i1; i++) {
-        const uint8_t *row = a->w + i * a->ldw;
-        __m512 facc = _mm512_setzero_ps();
-        int64_t b = 0;
-        for (; b + 2 <= nb; b += 2) {
-            const uint8_t *b0 = row + b * TL_Q5_0_BYTES, *b1 = b0 + TL_Q5_0_BYTES;
-            __m512i w = _mm512_inserti64x4(_mm512_castsi256_si512(kq5_q5_0_w(b0)), kq5_q5_0_w(b1), 1);
-            __m512i acc = _mm512_mask_set1_epi32(_mm512_maskz_set1_epi32(0x0001, -16 * is[b]), 0x0100, -16 * is[b + 1]);
-            acc = _mm512_dpbusd_epi32(acc, w, _mm512_loadu_si512((const void *)(xr + 32 * b)));
-            __m512 s = _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(tl_f16_to_f32(tl_load_u16(b0)) * dx[b]),
-                                            _mm512_set1_ps(tl_f16_to_f32(tl_load_u16(b1)) * dx[b + 1]));
-            facc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), s, facc);
+    for (int64_t i = i0; i < i1; i += KQ5_R) {
+        const int nr = (int)TL_MIN((int64_t)KQ5_R, i1 - i);
+        const uint8_t *rp[16];
+        kq5_rows(a, i, nr, rp);
+        const __mmask16 live = (__mmask16)((1u << nr) - 1);
+        __m512 y = _mm512_setzero_ps();
+        for (int64_t b = 0; b < nb; b++) {
+            __m512i w[8];
+            __m512 d;
+            kq5_q5_0_load16(rp, live, b, w, &d);
+            __m512i acc = _mm512_set1_epi32(-16 * is[b]);
+            for (int t = 0; t < 8; t++) acc = _mm512_dpbusd_epi32(acc, w[t], _mm512_set1_epi32(xq[8 * b + t]));
+            y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(d, _mm512_set1_ps(dx[b])), y);
         }
-        if (b < nb) { /* odd block count: upper half zero */
-            const uint8_t *b0 = row + b * TL_Q5_0_BYTES;
-            __m512i w = _mm512_zextsi256_si512(kq5_q5_0_w(b0));
-            __m512i acc = _mm512_maskz_set1_epi32(0x0001, -16 * is[b]);
-            acc = _mm512_dpbusd_epi32(acc, w, _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(xr + 32 * b))));
-            __m512 s = _mm512_maskz_mov_ps(0x00ff, _mm512_set1_ps(tl_f16_to_f32(tl_load_u16(b0)) * dx[b]));
-            facc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), s, facc);
-        }
-        a->y[i] = _mm512_reduce_add_ps(facc);
+        if (nr == KQ5_R) _mm512_storeu_ps(a->y + i, y);
+        else _mm512_mask_storeu_ps(a->y + i, live, y);
     }
 }
 
@@ -379,7 +447,7 @@ static void kq5_gemv_q4_k(const tl_gemm_args *a, int64_t i0, int64_t i1) { kq5_g
 static void kq5_gemv_q5_k(const tl_gemm_args *a, int64_t i0, int64_t i1) { kq5_gemv_q45k(TL_Q5_K, a, i0, i1); }
 
 /* q5_0 shares the x86 q8 activation layout (and so a Prepared) with q8_0 / q4_0 / q4_1. */
-static const tl_ukernel kq5_uk_q5_0 = {KQ5_R, KQ5_RN, kq5_q5_0_tilefn, 1, kq5_gemv_q5_0, kq5_q5_0_block,
+static const tl_ukernel kq5_uk_q5_0 = {KQ5_R, KQ5_RN, kq5_q5_0_tilefn, KQ5_R, kq5_gemv_q5_0, kq5_q5_0_block,
                                       x86_qa_row_bytes, x86_qa_prepare};
 static const tl_ukernel kq5_uk_q4_k = {KQ5_R, KQ5_RN, kq5_q4_k_tilefn, 1, kq5_gemv_q4_k, kq5_q4_k_block, NULL, NULL};
 static const tl_ukernel kq5_uk_q5_k = {KQ5_R, KQ5_RN, kq5_q5_k_tilefn, 1, kq5_gemv_q5_k, kq5_q5_k_block, NULL, NULL};
