@@ -57,7 +57,8 @@ int tl_act_type(int wtype);
 size_t tl_act_bytes(int wtype, int64_t n, int64_t k);
 
 /* Convert n rows of k floats (rows ldx floats apart) into the activation type for wtype,
- * written densely to act (tl_act_bytes bytes). Done once, reusable for every weight of the
+ * written densely to act (tl_act_bytes bytes; act must be 64-byte aligned, kernels use aligned
+ * vector loads on it). Done once, reusable for every weight of the
  * same type and k (q/k/v, gate/up). */
 int tl_act_prepare(int wtype, const float *x, int64_t ldx, int64_t n, int64_t k,
                    void *act, int nthreads);

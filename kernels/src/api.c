@@ -39,7 +39,8 @@ size_t tl_act_bytes(int wtype, int64_t n, int64_t k) {
 int tl_act_prepare(int wtype, const float *x, int64_t ldx, int64_t n, int64_t k, void *act, int nthreads) {
     const tl_ukernel *uk = lookup(wtype);
     if (!uk || !atomic_load(&initialized)) return TL_UNSUPPORTED;
-    if (!x || !act || n < 1 || k < 1 || k % tl_block_size(wtype) != 0 || (n > 1 && ldx < k) || nthreads < 1)
+    if (!x || !act || n < 1 || k < 1 || k % tl_block_size(wtype) != 0 || (n > 1 && ldx < k) || nthreads < 1 ||
+        ((uintptr_t)act & (TL_ACT_ALIGN - 1)) != 0)
         return TL_EINVAL;
     tl_act_run(uk, wtype, x, ldx, n, k, act, nthreads);
     return TL_OK;
@@ -50,6 +51,7 @@ int tl_gemm(int wtype, const void *w, int64_t ldw, int64_t m, int64_t k, const v
     const tl_ukernel *uk = lookup(wtype);
     if (!uk || !atomic_load(&initialized)) return TL_UNSUPPORTED;
     if (!w || !act || !y || m < 1 || n < 1 || k < 1 || k % tl_block_size(wtype) != 0 || nthreads < 1 ||
+        ((uintptr_t)act & (TL_ACT_ALIGN - 1)) != 0 ||
         (m > 1 && ldw < tl_row_bytes(wtype, k)) || (n > 1 && ldy < m))
         return TL_EINVAL;
     /* f32 weights are read as floats: rows must be 4-byte aligned (GGUF aligns tensor data) */

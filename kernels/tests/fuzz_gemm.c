@@ -133,7 +133,7 @@ static void *run(void *arg) {
             act_ref(t, x + j * ldx, k, xr + j * k);
         }
         size_t abytes = tl_act_bytes(t, n, k);
-        void *act = malloc(abytes);
+        void *act = aligned_alloc(64, (abytes + 63) / 64 * 64); /* the ABI wants 64-byte aligned act */
         float *y = malloc(sizeof(float) * (size_t)((n - 1) * ldy + m));
         for (int64_t q = 0; q < (n - 1) * ldy + m; q++) y[q] = -12345.0f;
         int rc1 = tl_act_prepare(t, x, ldx, n, k, act, rnd(&s, 1, 3));
