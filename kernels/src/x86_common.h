@@ -13,6 +13,7 @@
 
 #include <stdlib.h>
 
+#include "threadpool.h"
 #include "tl_internal.h"
 #include "ukernel.h"
 
@@ -60,19 +61,9 @@ __attribute__((unused)) static void x86_qa_prepare(const float *x, int64_t ldx, 
 
 /* Thread-local scratch (packed weight panels); NULL if the allocation fails. Never freed
  * before thread exit: one buffer per worker, grown to the largest panel seen. */
-static _Thread_local uint8_t *x86_scratch_buf;
-static _Thread_local size_t x86_scratch_cap;
-
-static uint8_t *x86_scratch(size_t need) {
-    if (need > x86_scratch_cap) {
-        free(x86_scratch_buf);
-        x86_scratch_cap = 0;
-        x86_scratch_buf = (uint8_t *)aligned_alloc(64, (size_t)tl_round_up((int64_t)need, 64));
-        if (!x86_scratch_buf) return NULL;
-        x86_scratch_cap = need;
-    }
-    return x86_scratch_buf;
-}
+/* Per-thread panel scratch: the shared tl_scratch (freed at thread exit; a plain
+ * _Thread_local malloc leaked once per Python thread that called in — LSan in the fuzz test). */
+static uint8_t *x86_scratch(size_t need) { return (uint8_t *)tl_scratch(need); }
 
 TL_INLINE int x86_q_bytes(const int WT) {
     return WT == TL_Q8_0 ? TL_Q8_0_BYTES : WT == TL_Q4_0 ? TL_Q4_0_BYTES : TL_Q4_1_BYTES;
