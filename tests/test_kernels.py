@@ -2,8 +2,9 @@
 
 Every compiled variant this CPU can run is tested (new variants are picked up automatically).
 Quantized references are exact re-computations: weights dequantized by tilellm.quant,
-activations quantized the way ggml's reference quantizer does (d = amax/127, q = roundf(x/d)
-via x * (1/d)) but with the f32 block scale the kernels keep, everything summed in float64.
+activations quantized with ggml's reference rounding (d = amax/127, q = roundf(x/d) via
+x * (1/d)) but one f32 scale per 16 values as the kernels keep (tl_internal.h), everything
+summed in float64.
 """
 from __future__ import annotations
 
@@ -37,17 +38,27 @@ def test_portable_is_built_and_runs():
 
 # ---- references ------------------------------------------------------------------------------
 
-def q8_act_ref(x: np.ndarray) -> np.ndarray:
-    """float64 values of the q8 activations the kernels build (f32 scale, ggml rounding)."""
+def q8_act_groups(x: np.ndarray):
+    """(q int8 [n, k], d float32 [n, k/16]) of the q8 act layout the kernels build for every
+    quantized weight type: one f32 scale per 16 values, ggml's rounding."""
     n, k = x.shape
-    b = x.reshape(n, k // 32, 32)
-    amax = np.abs(b).max(axis=-1, keepdims=True)
+    b = x.reshape(n, k // 16, 16)
+    a = np.abs(b)
+    amax = np.where(np.isnan(a), np.float32(0), a).max(axis=-1, keepdims=True)  # nan skipped, as in C
     d = (amax / np.float32(127)).astype(np.float32)
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):
         inv = np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
-    v = (b * inv).astype(np.float32).astype(np.float64)
+        v = (b * inv).astype(np.float32).astype(np.float64)
+    v = np.nan_to_num(v, nan=0.0)
     q = np.clip(np.sign(v) * np.floor(np.abs(v) + 0.5), -127, 127)  # roundf: half away from zero
-    return (q * d.astype(np.float64)).reshape(n, k)
+    return q.astype(np.int8).reshape(n, k), d.reshape(n, k // 16)
+
+
+def q8_act_ref(x: np.ndarray) -> np.ndarray:
+    """float64 values of the q8 activations the kernels build (f32 scale per 16, ggml rounding)."""
+    n, k = x.shape
+    q, d = q8_act_groups(x)
+    return (q.reshape(n, k // 16, 16).astype(np.float64) * d[..., None].astype(np.float64)).reshape(n, k)
 
 
 def reference(t: GGMLType, raw: np.ndarray, k: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -116,15 +127,20 @@ def test_wrong_nibble_order_would_be_caught(lib):
 
 def test_activation_rounding_is_half_away_from_zero(lib):
     """q8_0 weights that pick single activations (d = 1, one-hot q = 1) read back the
-    quantized activation values: with amax = 127 the scale is exactly 1, so x = 2.5 -> 3."""
-    k = 32
-    vals = np.array([127, 2.5, -2.5, 0.5, -0.5, 1.5, -1.5, 3.49, -3.51, 0, 126.5, -126.5] + [0.25] * 20, np.float32)
+    quantized activation values: with amax = 127 in each group of 16 the scale is exactly 1,
+    so x = 2.5 -> 3; a group whose amax is 0.25 keeps its own scale (q = 127 each)."""
+    k = 64
+    vals = np.array([127, 2.5, -2.5, 0.5, -0.5, 1.5, -1.5, 3.49, -3.51, 0, 126.5, -126.5, 0.25, 0.25, 0.25, 0.25]
+                    + [-4.5, 4.5, -127, 5.5, -0.49, 0.51, 7.5, -7.5] + [0.125] * 8
+                    + [0.0] * 16 + [0.25] * 16, np.float32)
     x = vals[None, :]
-    expect = np.array([127, 3, -3, 1, -1, 2, -2, 3, -4, 0, 127, -127] + [0] * 20, np.float64)
-    blocks = np.zeros((k, 34), np.uint8)
-    blocks[:, 0:2] = np.frombuffer(np.float16(1.0).tobytes(), np.uint8)
-    blocks[np.arange(k), 2 + np.arange(k)] = 1
-    y = lib.gemm(T.Q8_0, blocks, k, lib.prepare(T.Q8_0, x))
+    expect = np.array([127, 3, -3, 1, -1, 2, -2, 3, -4, 0, 127, -127, 0, 0, 0, 0]
+                      + [-5, 5, -127, 6, 0, 1, 8, -8] + [0] * 8
+                      + [0] * 16 + [np.float32(0.25) / np.float32(127) * np.float32(127)] * 16, np.float64)
+    blocks = np.zeros((k, k // 32, 34), np.uint8)
+    blocks[:, :, 0:2] = np.frombuffer(np.float16(1.0).tobytes(), np.uint8)
+    blocks[np.arange(k), np.arange(k) // 32, 2 + np.arange(k) % 32] = 1
+    y = lib.gemm(T.Q8_0, blocks.reshape(k, -1), k, lib.prepare(T.Q8_0, x))
     np.testing.assert_array_equal(y[0], expect)
 
 

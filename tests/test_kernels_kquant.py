@@ -1,9 +1,10 @@
 """q5_0 and K-quant (q4_K, q5_K, q6_K) kernels against exact numpy references, on every compiled
-variant this CPU runs, plus the q8_K activation layout and a model-level check.
+variant this CPU runs, plus the shared q8 activation layout and a model-level check.
 
 Reference = weights dequantized by tilellm.quant (float64) x activations quantized exactly as the
-kernel's partner type (q5_0: the q8 blocks of test_kernels.q8_act_ref; K-quants: q8_K, i.e.
-tilellm.quant.quantize(x, Q8_K), itself pinned to ggml's rule in test_quant.py), summed in float64.
+kernels do for every quantized weight type (test_kernels.q8_act_ref: int8 with one f32 scale per
+16 values, ggml's rounding; not ggml's q8_K, whose single scale per 256 is coarser), summed in
+float64.
 K-quant weights are random bytes (every scale / min / nibble / high-bit pattern) with finite f16
 super-block scales, so a wrong bit order or scale decoding cannot pass.
 """
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import fixture_path, kernel_backends
-from test_kernels import RUNNABLE, check_close, q8_act_ref
+from test_kernels import RUNNABLE, check_close, q8_act_groups, q8_act_ref
 from tilellm import backend as backends
 from tilellm import kernels
 from tilellm.quant import TYPE_INFO, GGMLType, dequantize, quantize, row_bytes
@@ -62,18 +63,9 @@ def make(t: GGMLType, m: int, k: int, n: int, seed: int):
     return raw, x
 
 
-def q8k_act_ref(x: np.ndarray) -> np.ndarray:
-    """float64 values of the q8_K activations (ggml's quantize_row_q8_K_ref)."""
-    n, k = x.shape
-    blk = quantize(x, T.Q8_K).reshape(-1, 292)
-    d = np.ascontiguousarray(blk[:, :4]).view(np.float32).astype(np.float64)
-    q = blk[:, 4:260].view(np.int8).astype(np.float64)
-    return (d * q).reshape(n, k)
-
-
 def reference(t: GGMLType, raw: np.ndarray, k: int, x: np.ndarray):
     wd = dequantize(raw, t, k).astype(np.float64).reshape(-1, k)
-    xd = q8_act_ref(x) if t == T.Q5_0 else q8k_act_ref(x)
+    xd = q8_act_ref(x)
     return xd @ wd.T, np.abs(xd) @ np.abs(wd).T
 
 
@@ -120,31 +112,39 @@ def test_act_types(lib, t):
     assert lib.act_type(t) == (T.Q8_0 if t == T.Q5_0 else T.Q8_K)
 
 
-def test_q8k_act_layout_is_ggml_q8k(lib):
-    """Prepared rows = int8 qs[k] | f32 d[k/256] | int16 bsum[k/16] | zero pad to 64 (tl_internal.h),
-    byte for byte what quantize(x, Q8_K) holds; incl. an all-zero super-block, halves (ties to even)
-    and a row whose largest |x| is negative."""
-    t = next((t for t in KTYPES if lib.supports(t)), None)
-    if t is None:
-        pytest.skip("no K-quant kernel in this variant")
+QTYPES_ALL = [T.Q8_0, T.Q4_0, T.Q4_1, *NEW_TYPES]
+
+
+def test_q8_act_layout(lib):
+    """Prepared rows = int8 qs[k] | f32 d[k/16] | f32 s[k/16] | int16 isum[k/16] | zero pad to 64
+    (tl_internal.h), byte for byte, identical for every quantized weight type; incl. an all-zero
+    group, halves (round half away from zero), a group whose largest |x| is negative, nan."""
+    ts = [t for t in QTYPES_ALL if lib.supports(t)]
     rng = np.random.default_rng(5)
     n, k = 5, 768
     x = (rng.standard_normal((n, k)) * 3).astype(np.float32)
     x[1, 256:512] = 0.0
-    x[2, :5] = [-127.0, 2.5, 3.5, -2.5, 0.5]
-    x[2, 5:256] = np.clip(x[2, 5:256], -100, 100)
-    p = lib.prepare(t, x)
-    nb = k // 256
-    used = k + 4 * nb + k // 8
+    x[1, 528:544] = 0.0
+    x[2, :16] = [-127.0, 2.5, 3.5, -2.5, 0.5, -0.5, 126.5, -126.5, 1.5, 0, 0, 0, 0, 0, 0, 0]
+    x[3, 40] = np.nan
+    ng = k // 16
+    used = k + 10 * ng
     ld = (used + 63) // 64 * 64
-    assert p.buf.nbytes == n * ld
-    rows = p.buf.reshape(n, ld)
-    want = quantize(x, T.Q8_K).reshape(n, nb, 292)
-    np.testing.assert_array_equal(rows[:, :k].reshape(n, nb, 256), want[:, :, 4:260])
-    np.testing.assert_array_equal(rows[:, k:k + 4 * nb].reshape(n, nb, 4), want[:, :, 0:4])
-    np.testing.assert_array_equal(rows[:, k + 4 * nb:used].reshape(n, nb, 32), want[:, :, 260:292])
-    assert not rows[:, used:].any()
-    np.testing.assert_array_equal(rows[2, 0:5].view(np.int8), [-127, 2, 4, -2, 0])
+    q, d = q8_act_groups(x)
+    isum = q.reshape(n, ng, 16).astype(np.int32).sum(-1)
+    s = (d * isum.astype(np.float32)).astype(np.float32)
+    for t in ts:
+        p = lib.prepare(t, x)
+        assert p.buf.nbytes == n * ld, t
+        rows = p.buf.reshape(n, ld)
+        np.testing.assert_array_equal(rows[:, :k].view(np.int8), q, err_msg=t.name)
+        np.testing.assert_array_equal(rows[:, k:k + 4 * ng].copy().view(np.float32), d, err_msg=t.name)
+        np.testing.assert_array_equal(rows[:, k + 4 * ng:k + 8 * ng].copy().view(np.float32), s, err_msg=t.name)
+        np.testing.assert_array_equal(rows[:, k + 8 * ng:used].copy().view(np.int16), isum, err_msg=t.name)
+        assert not rows[:, used:].any(), t
+        np.testing.assert_array_equal(rows[2, 0:9].view(np.int8), [-127, 3, 4, -3, 1, -1, 127, -127, 2])
+        assert not rows[1, 256:512].any() and not rows[1, k + 4 * 16:k + 4 * 32].any()  # zero groups: q = 0, d = 0
+        assert rows[3, 40] == 0
 
 
 @pytest.mark.parametrize("t", NEW_TYPES, ids=lambda t: t.name)

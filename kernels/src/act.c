@@ -1,34 +1,35 @@
 /* act.c — activation preparation in the shared layouts of tl_internal.h.
  *
  * Activations are converted once per matmul input and reused for every weight of the same
- * type family and k (q/k/v, gate/up): f32 copy for float weights, q8 blocks with f32 scales
- * for q8_0 / q4_0 / q4_1 weights. Parallel over token rows.
+ * type family and k (q/k/v, gate/up): f32 copy for float weights, int8 with one f32 scale per
+ * 16 values for every quantized weight type. Parallel over token rows.
  */
 #include <math.h>
 
-#include "kquants.h"
 #include "threadpool.h"
 #include "tl_internal.h"
 #include "ukernel.h"
 
-/* One row of k floats -> q8 layout (int8 qs[k] | f32 d[nb] | f32 s[nb] | zero pad). */
-static void quant_row_q8(const float *TL_RESTRICT x, int64_t k, uint8_t *TL_RESTRICT row, int64_t ldact) {
-    const int64_t nb = k / TL_QK;
+/* One row of k floats -> the q8 act layout (tl_internal.h): int8 qs[k] | f32 d[ng] | f32 s[ng] |
+ * int16 isum[ng] | zero pad, ng = k/16. */
+void tl_q8a_quant_row(const float *TL_RESTRICT x, int64_t k, uint8_t *TL_RESTRICT row, int64_t ldact) {
+    const int64_t ng = k / TL_QG;
     int8_t *qs = (int8_t *)row;
     float *dd = (float *)(row + k);
-    float *ss = dd + nb;
-    for (int64_t b = 0; b < nb; b++) {
-        const float *xb = x + b * TL_QK;
+    float *ss = dd + ng;
+    int16_t *is = (int16_t *)(ss + ng);
+    for (int64_t g = 0; g < ng; g++) {
+        const float *xg = x + g * TL_QG;
         float amax = 0.0f;
-        for (int t = 0; t < TL_QK; t++) {
-            float a = fabsf(xb[t]);
+        for (int t = 0; t < TL_QG; t++) {
+            float a = fabsf(xg[t]);
             amax = a > amax ? a : amax;
         }
         const float d = amax / 127.0f;
         const float id = d != 0.0f ? 1.0f / d : 0.0f;
         int sum = 0;
-        for (int t = 0; t < TL_QK; t++) {
-            float v = xb[t] * id;
+        for (int t = 0; t < TL_QG; t++) {
+            float v = xg[t] * id;
             v = v != v ? 0.0f : v; /* nan/inf inputs: keep the conversion defined */
             v = v > 127.0f ? 127.0f : v;
             v = v < -127.0f ? -127.0f : v;
@@ -37,13 +38,14 @@ static void quant_row_q8(const float *TL_RESTRICT x, int64_t k, uint8_t *TL_REST
             int ti = (int)v;
             float fr = v - (float)ti;
             int q = ti + (fr >= 0.5f) - (fr <= -0.5f);
-            qs[b * TL_QK + t] = (int8_t)q;
+            qs[g * TL_QG + t] = (int8_t)q;
             sum += q;
         }
-        dd[b] = d;
-        ss[b] = d * (float)sum;
+        dd[g] = d;
+        ss[g] = d * (float)sum;
+        is[g] = (int16_t)sum;
     }
-    int64_t used = k + 8 * nb;
+    int64_t used = k + 10 * ng;
     if (ldact > used) memset(row + used, 0, (size_t)(ldact - used));
 }
 
@@ -71,8 +73,7 @@ static void act_rows(const act_ctx *c, int64_t j0, int64_t j1) {
         const float *xr = c->x + j * c->ldx;
         uint8_t *row = c->act + j * c->ldact;
         if (at == TL_F32) copy_row_f32(xr, c->k, row, c->ldact);
-        else if (at == TL_Q8_K) tl_q8k_quant_row(xr, c->k, row, c->ldact);
-        else quant_row_q8(xr, c->k, row, c->ldact);
+        else tl_q8a_quant_row(xr, c->k, row, c->ldact); /* every quantized weight type */
     }
 }
 

@@ -1,60 +1,10 @@
-/* kquants.c — q8_K activation quantisation and plain-C micro-kernels for q5_0, q4_K, q5_K and
- * q6_K weights (see kquants.h for the numerics). No intrinsics: weights are decoded per block
+/* kquants.c — plain-C micro-kernels for q5_0, q4_K, q5_K and q6_K weights (see kquants.h for
+ * the numerics; activations in the shared q8 act layout of tl_internal.h, one scale per 16). No intrinsics: weights are decoded per block
  * into small int8 arrays, then fixed-width integer dots the compiler vectorises. Compiled into
  * every variant (shared source); the portable variant's tl_uk_lookup hands these types here,
  * SIMD variants have their own kernels (kquants_<isa>.h) or let Python fall back to portable.
  */
 #include "kquants.h"
-
-/* ---- q8_K activations ------------------------------------------------------------------------ */
-/* nearest_int for |v| <= 2^22: adding 1.5 * 2^23 rounds to an integer in the current
- * (round-to-nearest-even) mode; the integer sits in the low mantissa bits. Bit operations
- * only, so no float->int conversion of out-of-range values (UB) is possible. */
-TL_INLINE int32_t kq_nearest_int(float v) {
-    float t = v + 12582912.0f;
-    return (int32_t)(tl_f32_bits(t) & 0x007fffffu) - 0x00400000;
-}
-
-void tl_q8k_quant_row(const float *TL_RESTRICT x, int64_t k, uint8_t *TL_RESTRICT row, int64_t ldact) {
-    const int64_t nb = k / TL_QK_K;
-    int8_t *qs = (int8_t *)row;
-    float *dd = (float *)(row + k);
-    int16_t *bs = (int16_t *)(row + k + 4 * nb);
-    for (int64_t b = 0; b < nb; b++) {
-        const float *xb = x + b * TL_QK_K;
-        int8_t *q = qs + b * TL_QK_K;
-        float amax = 0.0f, vmax = 0.0f;
-        for (int t = 0; t < TL_QK_K; t++) { /* first strict maximum: nan never wins */
-            float a = xb[t] < 0 ? -xb[t] : xb[t];
-            if (a > amax) {
-                amax = a;
-                vmax = xb[t];
-            }
-        }
-        if (amax == 0.0f) {
-            memset(q, 0, TL_QK_K);
-            memset(bs + 16 * b, 0, 32);
-            dd[b] = 0.0f;
-            continue;
-        }
-        const float iscale = -127.0f / vmax;
-        for (int t = 0; t < TL_QK_K; t++) {
-            float v = iscale * xb[t];
-            v = v != v ? 0.0f : v; /* nan / inf inputs: keep the conversion defined */
-            v = v > 127.0f ? 127.0f : v;
-            v = v < -127.0f ? -127.0f : v; /* ggml: MIN(127, v); nearest_int(>= -127.x) is -127 */
-            q[t] = (int8_t)kq_nearest_int(v);
-        }
-        for (int r = 0; r < 16; r++) {
-            int s = 0;
-            for (int t = 0; t < 16; t++) s += q[16 * r + t];
-            bs[16 * b + r] = (int16_t)s;
-        }
-        dd[b] = 1.0f / iscale;
-    }
-    int64_t used = k + 4 * nb + k / 8;
-    if (ldact > used) memset(row + used, 0, (size_t)(ldact - used));
-}
 
 /* ---- weight decoding --------------------------------------------------------------------------- */
 /* q5_0 block -> 32 signed values q - 16 and d. */
@@ -143,9 +93,9 @@ TL_INLINE void q5_0_tile_impl(const tl_gemm_args *a, int64_t i0, int64_t j0, con
         for (int i = 0; i < RM; i++) kq_unpack_q5_0(w[i] + b * TL_Q5_0_BYTES, wq[i], &dw[i]);
         for (int j = 0; j < RN; j++) {
             const int8_t *xq = tl_q8a_qs(xr[j]) + b * TL_QK;
-            const float dx = tl_q8a_d(xr[j], k)[b];
+            const float dx0 = tl_q8a_d(xr[j], k)[2 * b], dx1 = tl_q8a_d(xr[j], k)[2 * b + 1];
             for (int i = 0; i < RM; i++)
-                acc[i][j] += (dw[i] * dx) * (float)(kq_dot16(wq[i], xq) + kq_dot16(wq[i] + 16, xq + 16));
+                acc[i][j] += dw[i] * (dx0 * (float)kq_dot16(wq[i], xq) + dx1 * (float)kq_dot16(wq[i] + 16, xq + 16));
         }
     }
     for (int j = 0; j < RN; j++)
@@ -168,17 +118,17 @@ TL_INLINE void kq_tile_impl(const tl_gemm_args *a, int64_t i0, int64_t j0, const
             else kq_unpack_q45k(WT, blk, &sb[i]);
         }
         for (int j = 0; j < RN; j++) {
-            const int8_t *xq = (const int8_t *)xr[j] + b * TL_QK_K;
-            const float dx = tl_q8ka_d(xr[j], k)[b];
-            const int16_t *bs = tl_q8ka_bsum(xr[j], k) + 16 * b;
+            const int8_t *xq = tl_q8a_qs(xr[j]) + b * TL_QK_K;
+            const float *dx = tl_q8a_d(xr[j], k) + 16 * b, *sx = tl_q8a_s(xr[j], k) + 16 * b;
             for (int i = 0; i < RM; i++) {
-                int32_t isum = 0, msum = 0;
-                for (int r = 0; r < 16; r++) isum += sb[i].sc[r] * kq_dot16(sb[i].q + 16 * r, xq + 16 * r);
+                float fsum = 0.0f, msum = 0.0f;
+                for (int r = 0; r < 16; r++)
+                    fsum += dx[r] * (float)(sb[i].sc[r] * kq_dot16(sb[i].q + 16 * r, xq + 16 * r));
                 if (WT != TL_Q6_K) {
-                    for (int r = 0; r < 16; r++) msum += sb[i].mn[r] * bs[r];
-                    acc[i][j] += (sb[i].d * dx) * (float)isum - (sb[i].dmin * dx) * (float)msum;
+                    for (int r = 0; r < 16; r++) msum += (float)sb[i].mn[r] * sx[r];
+                    acc[i][j] += sb[i].d * fsum - sb[i].dmin * msum;
                 } else {
-                    acc[i][j] += (sb[i].d * dx) * (float)isum;
+                    acc[i][j] += sb[i].d * fsum;
                 }
             }
         }

@@ -71,24 +71,26 @@ TL_INLINE int64_t tl_row_bytes(int t, int64_t k) {
  *
  * TL_F32 act (for f32 / f16 / bf16 weights): row j = k floats, then zero padding;
  *     ldact = round_up(4k, 64).
- * TL_Q8_0 / TL_Q8_1 act (for q8_0 / q4_0 resp. q4_1 weights) — one layout for both, NOT
- * ggml's block_q8_0/q8_1: per row, structure-of-arrays with f32 scales (more accurate than
- * ggml's f16 scales, and contiguous int8 quants are friendlier to vector loads):
- *     bytes [0, k)            int8 qs[k]      block b = qs[32b .. 32b+31]
- *     bytes [k, k+4nb)        float d[nb]     block scale, d = amax/127 (x ~ d*q)
- *     bytes [k+4nb, k+8nb)    float s[nb]     d * (sum of the block's 32 quants)
- *     then zero padding;      ldact = round_up(k + 8nb, 64), nb = k/32.
- * Quantisation as ggml's reference: id = 1/d (0 if d == 0), q = roundf(x*id) (half away).
- * TL_Q8_K act (for q4_K / q5_K / q6_K weights; kquants.c) — per row, structure-of-arrays:
- *     bytes [0, k)              int8 qs[k]      super-block b = qs[256b .. 256b+255]
- *     bytes [k, k+4nb)          float d[nb]     super-block scale (x ~ d*q; d may be negative)
- *     bytes [k+4nb, k+4nb+k/8)  int16 bsum[k/16] sum of each run of 16 quants
- *     then zero padding;        ldact = round_up(k + 4nb + k/8, 64), nb = k/256.
- * Quantisation exactly as ggml's quantize_row_q8_K_ref (and tilellm.quant.quantize(x, Q8_K)):
- * vmax = the first x of largest |x|, iscale = -127/vmax, q = min(127, nearest_int(iscale*x))
- * (round half to even), d = 1/iscale; an all-zero block has d = 0, q = 0.
+ * Quantized weights (q8_0, q4_0, q4_1, q5_0, q4_K, q5_K, q6_K) all take ONE activation layout,
+ * "q8 act, scales per 16" (not ggml's block_q8_0 / q8_1 / q8_K): per row, structure-of-arrays,
+ * ng = k/16 groups of 16 values each with its own f32 scale:
+ *     bytes [0, k)              int8  qs[k]     group g = qs[16g .. 16g+15]
+ *     bytes [k, k+4ng)          float d[ng]     group scale, d = amax/127 (x ~ d*q)
+ *     bytes [k+4ng, k+8ng)      float s[ng]     d * (sum of the group's 16 quants)
+ *     bytes [k+8ng, k+10ng)     int16 isum[ng]  sum of the group's 16 quants (|isum| <= 2032)
+ *     then zero padding;        ldact = round_up(k + 10ng, 64).
+ * Quantisation (ggml's reference rounding, f32 scale): amax = max |x| of the group (nan skipped),
+ * d = amax/127, id = 1/d (0 if d == 0), q = roundf(x*id) (half away from zero; nan -> 0, clamped
+ * to +-127); an all-zero group has d = 0, q = 0. One scale per 16 (llama.cpp: per 32, per 256
+ * for K-quants) lowers the activation rounding error (measured: docs/kernels.md). The act type ids (Q8_0 for q8_0/q4_0/q5_0, Q8_1 for q4_1, Q8_K for the
+ * K-quants) name which weight families may share a prepared buffer; the bytes are this layout.
+ * Block math (exact int32 dot inside each 16-group, then f32): a 32-value weight block b with
+ * scale d_w adds d_w * (d[2b] * dot(0..15) + d[2b+1] * dot(16..31)) (+ m_w * (s[2b] + s[2b+1])
+ * for q4_1); K-quant sub-blocks fold the group scale into their sub-block sums and take their
+ * min / -32 offset terms from s (or isum, exactly in int32).
  */
 #define TL_ACT_ALIGN 64
+#define TL_QG 16 /* values per activation scale group */
 TL_INLINE int64_t tl_round_up(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
 TL_INLINE int tl_default_act_type(int wtype) {
     switch (wtype) {
@@ -102,20 +104,20 @@ TL_INLINE int tl_default_act_type(int wtype) {
 TL_INLINE int64_t tl_act_row_bytes_default(int wtype, int64_t k) {
     switch (tl_default_act_type(wtype)) {
     case TL_F32: return tl_round_up(4 * k, TL_ACT_ALIGN);
-    case TL_Q8_0: case TL_Q8_1: return tl_round_up(k + 8 * (k / TL_QK), TL_ACT_ALIGN);
-    case TL_Q8_K: return tl_round_up(k + 4 * (k / TL_QK_K) + k / 8, TL_ACT_ALIGN);
+    case TL_Q8_0: case TL_Q8_1: case TL_Q8_K: return tl_round_up(k + 10 * (k / TL_QG), TL_ACT_ALIGN);
     default: return 0;
     }
 }
 /* Accessors for the q8 act layout: row pointer r, row length k. */
 TL_INLINE const int8_t *tl_q8a_qs(const uint8_t *r) { return (const int8_t *)r; }
 TL_INLINE const float *tl_q8a_d(const uint8_t *r, int64_t k) { return (const float *)(r + k); }
-TL_INLINE const float *tl_q8a_s(const uint8_t *r, int64_t k) { return (const float *)(r + k + 4 * (k / TL_QK)); }
-/* ... and for the q8_K act layout. */
-TL_INLINE const float *tl_q8ka_d(const uint8_t *r, int64_t k) { return (const float *)(r + k); }
-TL_INLINE const int16_t *tl_q8ka_bsum(const uint8_t *r, int64_t k) {
-    return (const int16_t *)(r + k + 4 * (k / TL_QK_K));
+TL_INLINE const float *tl_q8a_s(const uint8_t *r, int64_t k) { return (const float *)(r + k + 4 * (k / TL_QG)); }
+TL_INLINE const int16_t *tl_q8a_isum(const uint8_t *r, int64_t k) {
+    return (const int16_t *)(r + k + 8 * (k / TL_QG));
 }
+/* One row of k floats (k a multiple of 16) -> the q8 act layout (ldact bytes, zero padded). The
+ * plain-C reference of the layout (act.c); SIMD variants may vectorise it (same bytes). */
+void tl_q8a_quant_row(const float *x, int64_t k, uint8_t *row, int64_t ldact);
 
 /* ---- scalar conversions (portable, bit-exact, no ISA instructions) ------------------------ */
 TL_INLINE uint16_t tl_load_u16(const void *p) { uint16_t v; memcpy(&v, p, 2); return v; }

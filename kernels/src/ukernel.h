@@ -35,8 +35,8 @@
  *       it for every token tile (AMX, SME). Must compute exactly those outputs.
  *   act_row_bytes / act_prepare  OPTIONAL pair: a variant that wants its own activation layout
  *       (e.g. VNNI-interleaved for AMX) provides both; otherwise the shared layouts of
- *       tl_internal.h are used (q8 rows: int8 qs[k] | f32 d[k/32] | f32 s[k/32], 64-B aligned
- *       rows). act_prepare converts tokens [j0, j1) and is called from several threads with
+ *       tl_internal.h are used (q8 rows: int8 qs[k] | f32 d[k/16] | f32 s[k/16] | int16
+ *       isum[k/16], 64-B aligned rows). act_prepare converts tokens [j0, j1) and is called from several threads with
  *       disjoint ranges.
  *
  * Rules:
@@ -45,8 +45,8 @@
  *     given output, so if a kernel's summation order depends only on k (not on rm, rn, or the
  *     position), results are bit-identical for any thread count — please keep it that way.
  *   - Numerics: accumulate in f32 or wider (never f16/bf16); quantized types: exact integer
- *     dot inside each 32-block, then scale and accumulate in f32. q4_1: d_w*d_x*sum(qw*qx)
- *     + m_w*s_x per block.
+ *     dot inside each 16-value activation group (one f32 scale per 16), then scale and
+ *     accumulate in f32. q4_1 block: d_w*(d_x0*dot0 + d_x1*dot1) + m_w*(s_x0 + s_x1).
  *   - Arguments are validated by Python and api.c (k a multiple of the block size, m, n, k
  *     >= 1, strides in range); kernels need no checks.
  *   - No malloc in tile/gemv: use the stack or tl_scratch(bytes) (threadpool.h: per-thread,

@@ -7,8 +7,9 @@
  *   float types: element p of k goes to accumulator lane p % LANES; lanes are summed in a
  *     fixed tree at the end. f16/bf16 weights are widened to f32 in chunks of KC values and
  *     multiplied against f32 activations (never 16-bit accumulation).
- *   quantized: exact int32 dot of each 32-block, then acc += (d_w * d_x) * isum in f32 in
- *     block order; q4_1 adds m_w * s_x per block into a second accumulator.
+ *   quantized: exact int32 dot of each 16-value half of a 32-block (one activation scale per
+ *     16, tl_internal.h), then acc += d_w * (d_x0 * dot0 + d_x1 * dot1) in f32 in block order;
+ *     q4_1 adds m_w * (s_x0 + s_x1) per block into a second accumulator.
  */
 #include "kquants.h"
 #include "tl_internal.h"
@@ -106,9 +107,9 @@ HALF_TILE_IMPL(f16_tile_impl, widen_f16)
 HALF_TILE_IMPL(bf16_tile_impl, widen_bf16)
 
 /* ---- quantized weights ---------------------------------------------------------------------- */
-TL_INLINE int32_t dot32(const int8_t *TL_RESTRICT a, const int8_t *TL_RESTRICT b) {
+TL_INLINE int32_t dot16(const int8_t *TL_RESTRICT a, const int8_t *TL_RESTRICT b) {
     int32_t s = 0;
-    for (int t = 0; t < TL_QK; t++) s += (int32_t)a[t] * (int32_t)b[t];
+    for (int t = 0; t < TL_QG; t++) s += (int32_t)a[t] * (int32_t)b[t];
     return s;
 }
 
@@ -154,10 +155,11 @@ TL_INLINE void q_tile_impl(const tl_gemm_args *a, int64_t i0, int64_t j0, const 
         }
         for (int j = 0; j < RN; j++) {
             const int8_t *xq = tl_q8a_qs(xr[j]) + b * TL_QK;
-            const float dx = tl_q8a_d(xr[j], k)[b];
-            for (int i = 0; i < RM; i++) acc[i][j] += (dw[i] * dx) * (float)dot32(wq[i], xq);
+            const float dx0 = tl_q8a_d(xr[j], k)[2 * b], dx1 = tl_q8a_d(xr[j], k)[2 * b + 1];
+            for (int i = 0; i < RM; i++)
+                acc[i][j] += dw[i] * (dx0 * (float)dot16(wq[i], xq) + dx1 * (float)dot16(wq[i] + 16, xq + 16));
             if (WT == 2) {
-                const float sx = tl_q8a_s(xr[j], k)[b];
+                const float sx = tl_q8a_s(xr[j], k)[2 * b] + tl_q8a_s(xr[j], k)[2 * b + 1];
                 for (int i = 0; i < RM; i++) macc[i][j] += mw[i] * sx;
             }
         }
@@ -182,7 +184,7 @@ DEF_TILE(q4_0)
 DEF_TILE(q4_1)
 
 /* Tile shapes: float 4x3 = 12 vector accumulators (fits 16 SSE registers with the loads);
- * quantized 4x4: scalar accumulators, the 32-wide integer dots are what gets vectorised. */
+ * quantized 4x4: scalar accumulators, the 16-wide integer dots are what gets vectorised. */
 static const tl_ukernel uk_f32 = {4, 3, f32_tile, 0, NULL, NULL, NULL, NULL};
 static const tl_ukernel uk_f16 = {4, 3, f16_tile, 0, NULL, NULL, NULL, NULL};
 static const tl_ukernel uk_bf16 = {4, 3, bf16_tile, 0, NULL, NULL, NULL, NULL};
