@@ -7,16 +7,18 @@
  * vpdpbusd against 4-byte broadcasts of its int8 activations: 16 rows' exact int32 dots in the 16
  * lanes. The panel is decoded once per driver block and reused for every token (8 per register
  * tile).
- *   q5_0 (x86 q8 act layout): acc starts at -16 * isum_x (exact offset), 8 vpdpbusd per 32-block,
- *     y += float(acc) * (d_w * d_x).
- *   K-quants (q8_K act layout, tl_internal.h): per sub-block isum += dot * sc (vpmulld, exact),
- *     msum = sum of vpmaddwd(min / scale pairs, bsum pairs); q4_K/q5_K: y += float(isum) * d_w d_x
- *     - float(msum) * dmin_w d_x; q6_K: isum -= 32 * msum, y += float(isum) * d_w d_x.
- * n == 1 (gemv): q5_0 decodes 16 rows per block straight into registers (register transposes of the
- * GGUF rows) and runs the same lane arithmetic; K-quants decode each 16-row panel into scratch
- * (same vector decoder) and run the panel kernel with one token; q6_K goes row by row.
- * The arithmetic is that of kquants.h (exact integers per super-block / block, then f32 in block
- * order), so results depend only on k, not on the thread count.
+ * Activations: the shared q8 act layout (one f32 scale d_x and sum s_x per 16 values, int16 isum).
+ *   q5_0: per 32-block two int32 accumulators (one per 16-value group) starting at -16 * isum_g
+ *     (exact offset), 4 vpdpbusd each; y += d_w * (d_x0 * float(acc0) + d_x1 * float(acc1)).
+ *   K-quants: per 16-value group an exact int32 dot (4 vpdpbusd), then f32:
+ *     f += sc * (d_x,g * dot_g) (q4_K/q5_K: the sub-block's two groups share sc), q6_K:
+ *     f += sc * (d_x,g * dot_g - 32 * s_x,g); per super-block y += d_w * f (- dmin_w * sum_j
+ *     m_j * (s_x,2j + s_x,2j+1) for q4_K/q5_K). sc, m are exact small integers held as f32.
+ * n == 1 (gemv): q5_0 decodes 16 rows per block straight into registers (register transposes of
+ * the GGUF rows) and runs the same lane arithmetic; K-quants decode each 16-row panel into
+ * scratch (same vector decoder) and run the panel kernel with one token.
+ * Exact integers per group, then f32 in group / super-block order: results depend only on k, not
+ * on the thread count.
  */
 #ifndef TL_KQUANTS_AVX512_H
 #define TL_KQUANTS_AVX512_H
@@ -29,12 +31,20 @@
 #define KQ5_R 16  /* rows per panel */
 #define KQ5_RN 8  /* tokens per register tile */
 #define KQ5_Q50_BLK (512 + 64)                 /* q5_0 panel block: 8 zmm quants + 16 d */
-#define KQ5_KSB (4096 + 1024 + 512 + 64 + 64)  /* K panel super-block: W 64 zmm, SC 16, MP 8, D, DM */
+#define KQ5_KSB (4096 + 1024 + 512 + 64 + 64)  /* K panel super-block: W 64 zmm, SC 16, MN 8 (f32), D, DM */
 
 TL_INLINE int kq5_bytes(const int WT) {
     return WT == TL_Q5_0 ? TL_Q5_0_BYTES : WT == TL_Q4_K ? TL_Q4_K_BYTES : WT == TL_Q5_K ? TL_Q5_K_BYTES
                                                                                            : TL_Q6_K_BYTES;
 }
+
+/* ---- activations ------------------------------------------------------------------------------ */
+/* Every quantized type takes the shared q8 act layout (tl_internal.h: int8 qs | f32 d per 16 |
+ * f32 s per 16 | int16 isum per 16; x86_common.h's x86_qa_* is the same bytes), converted by the
+ * avx512 owner's vectorised qa_prepare_avx512 (defined later in ukernel_avx512.c), so one
+ * Prepared serves q8_0 / q4_0 / q5_0 and the K-quants alike. */
+static void qa_prepare_avx512(const float *x, int64_t ldx, int64_t j0, int64_t j1, int64_t k, uint8_t *act,
+                              int64_t ldact);
 
 /* ---- 16-row register loads (row in lane) -------------------------------------------------------- */
 /* 16 rows' 16-byte chunks at rp[r] + off -> out[t] lane r = dword t of that chunk of row r. V[q]
@@ -108,11 +118,11 @@ static void kq5_pack_k(const int WT, const tl_gemm_args *a, int64_t r0, int nr, 
     kq5_rows(a, r0, nr, rp);
     const __m512i m4 = _mm512_set1_epi8(0x0f), m2 = _mm512_set1_epi8(0x03), m1 = _mm512_set1_epi8(0x01);
     const __mmask16 live = (__mmask16)((1u << nr) - 1);
-    const __m512i lo16 = _mm512_set1_epi32(0xffff), b6 = _mm512_set1_epi32(63), b4 = _mm512_set1_epi32(15),
+    const __m512i b6 = _mm512_set1_epi32(63), b4 = _mm512_set1_epi32(15),
                   b2 = _mm512_set1_epi32(3);
     for (int64_t b = 0; b < nb; b++) {
         __m512i *W = (__m512i *)(buf + b * KQ5_KSB);
-        __m512i *SC = W + 64, *MP = W + 80;
+        __m512 *SC = (__m512 *)(W + 64), *MN = (__m512 *)(W + 80);
         float *D = (float *)(W + 88), *DM = (float *)(W + 89);
         const int64_t o = b * bytes;
         __m512i S[4];
@@ -121,9 +131,7 @@ static void kq5_pack_k(const int WT, const tl_gemm_args *a, int64_t r0, int nr, 
             kq5_t16(rp, o + 192, S);  /* int8 scales: dword t = sc[4t..4t+3] */
             kq5_t16(rp, o + 194, E);  /* dword 3 = sc[14], sc[15], d */
             for (int s = 0; s < 16; s++)
-                SC[s] = _mm512_srai_epi32(_mm512_slli_epi32(S[s / 4], 24 - 8 * (s % 4)), 24);
-            for (int p = 0; p < 8; p++)
-                MP[p] = _mm512_or_si512(_mm512_and_si512(SC[2 * p], lo16), _mm512_slli_epi32(SC[2 * p + 1], 16));
+                SC[s] = _mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(S[s / 4], 24 - 8 * (s % 4)), 24));
             _mm512_store_ps(D, _mm512_maskz_mov_ps(live, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(E[3], 16)))));
         } else {
             kq5_t16(rp, o, S);  /* dword 0 = d | dmin << 16; 1, 2, 3 = the 12 scale bytes */
@@ -137,10 +145,10 @@ static void kq5_pack_k(const int WT, const tl_gemm_args *a, int64_t r0, int nr, 
                                                       _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(s0, 6), b2), 4));
                 const __m512i mn_hi = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(s2, 4), b4),
                                                       _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(s1, 6), b2), 4));
-                SC[j] = sc_lo;
-                SC[j + 4] = sc_hi;
-                MP[j] = _mm512_or_si512(mn_lo, _mm512_slli_epi32(mn_lo, 16));
-                MP[j + 4] = _mm512_or_si512(mn_hi, _mm512_slli_epi32(mn_hi, 16));
+                SC[j] = _mm512_cvtepi32_ps(sc_lo);
+                SC[j + 4] = _mm512_cvtepi32_ps(sc_hi);
+                MN[j] = _mm512_cvtepi32_ps(mn_lo);
+                MN[j + 4] = _mm512_cvtepi32_ps(mn_hi);
             }
         }
         if (WT == TL_Q6_K) {
@@ -211,10 +219,16 @@ TL_INLINE void kq5_q5_0_tile(const int RN, const tl_gemm_args *a, const uint8_t 
         const __m512 d = _mm512_load_ps((const float *)(P + 512));
         for (int j = 0; j < RN; j++) {
             const int32_t *xq = (const int32_t *)(xr[j] + 32 * b);
-            const float *dx = (const float *)(xr[j] + k);
-            __m512i acc = _mm512_set1_epi32(-16 * ((const int32_t *)(dx + 2 * nb))[b]);
-            for (int t = 0; t < 8; t++) acc = _mm512_dpbusd_epi32(acc, w[t], _mm512_set1_epi32(xq[t]));
-            y[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(d, _mm512_set1_ps(dx[b])), y[j]);
+            const float *dx = tl_q8a_d(xr[j], k) + 2 * b;
+            const int16_t *is = tl_q8a_isum(xr[j], k) + 2 * b;
+            __m512i a0 = _mm512_set1_epi32(-16 * is[0]), a1 = _mm512_set1_epi32(-16 * is[1]);
+            for (int t = 0; t < 4; t++) {
+                a0 = _mm512_dpbusd_epi32(a0, w[t], _mm512_set1_epi32(xq[t]));
+                a1 = _mm512_dpbusd_epi32(a1, w[t + 4], _mm512_set1_epi32(xq[t + 4]));
+            }
+            __m512 f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a1), _mm512_set1_ps(dx[1]),
+                                       _mm512_mul_ps(_mm512_cvtepi32_ps(a0), _mm512_set1_ps(dx[0])));
+            y[j] = _mm512_fmadd_ps(f, d, y[j]);
         }
     }
     kq5_store(RN, a, y, i0, nr, j0);
@@ -224,7 +238,7 @@ TL_INLINE void kq5_k_tile(const int WT, const int RN, const tl_gemm_args *a, con
                           int nr, int64_t j0) {
     const int64_t k = a->k, nb = k / TL_QK_K;
     const int NS = WT == TL_Q6_K ? 16 : 8; /* sub-blocks (runs with their own scale) */
-    const int TS = 64 / NS;                /* zmm steps per sub-block */
+    const int TS = 64 / NS;                /* zmm steps per sub-block: 4 per activation group */
     __m512 y[KQ5_RN];
     const uint8_t *xr[KQ5_RN];
     for (int j = 0; j < RN; j++) {
@@ -233,35 +247,42 @@ TL_INLINE void kq5_k_tile(const int WT, const int RN, const tl_gemm_args *a, con
     }
     const uint8_t *P = panel;
     for (int64_t b = 0; b < nb; b++, P += KQ5_KSB) {
-        __m512i isum[KQ5_RN];
-        for (int j = 0; j < RN; j++) isum[j] = _mm512_setzero_si512();
+        __m512 f[KQ5_RN];
+        for (int j = 0; j < RN; j++) f[j] = _mm512_setzero_ps();
         for (int s = 0; s < NS; s++) {
             __m512i w[8];
             for (int t = 0; t < TS; t++) w[t] = _mm512_load_si512((const void *)(P + 64 * (TS * s + t)));
-            const __m512i sc = _mm512_load_si512((const void *)(P + 4096 + 64 * s));
+            const __m512 sc = _mm512_load_ps((const float *)(P + 4096 + 64 * s));
             for (int j = 0; j < RN; j++) {
                 const int32_t *xq = (const int32_t *)(xr[j] + TL_QK_K * b) + TS * s;
-                __m512i dot = _mm512_setzero_si512();
-                for (int t = 0; t < TS; t++) dot = _mm512_dpbusd_epi32(dot, w[t], _mm512_set1_epi32(xq[t]));
-                isum[j] = _mm512_add_epi32(isum[j], _mm512_mullo_epi32(dot, sc));
+                const float *dx = tl_q8a_d(xr[j], k) + 16 * b + (TS / 4) * s;
+                __m512i d0 = _mm512_setzero_si512();
+                for (int t = 0; t < 4; t++) d0 = _mm512_dpbusd_epi32(d0, w[t], _mm512_set1_epi32(xq[t]));
+                __m512 g;
+                if (WT == TL_Q6_K) { /* one group: dx * (dot - 32 * isum) = dx * dot - 32 * s */
+                    const float sx = tl_q8a_s(xr[j], k)[16 * b + s];
+                    g = _mm512_fmsub_ps(_mm512_cvtepi32_ps(d0), _mm512_set1_ps(dx[0]), _mm512_set1_ps(32.0f * sx));
+                } else {                /* two groups share sc */
+                    __m512i d1 = _mm512_setzero_si512();
+                    for (int t = 4; t < 8; t++) d1 = _mm512_dpbusd_epi32(d1, w[t], _mm512_set1_epi32(xq[t]));
+                    g = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d1), _mm512_set1_ps(dx[1]),
+                                        _mm512_mul_ps(_mm512_cvtepi32_ps(d0), _mm512_set1_ps(dx[0])));
+                }
+                f[j] = _mm512_fmadd_ps(g, sc, f[j]);
             }
         }
         const __m512 d = _mm512_load_ps((const float *)(P + 5632));
-        const __m512 dm = _mm512_load_ps((const float *)(P + 5696));
-        for (int j = 0; j < RN; j++) {
-            const int32_t *bs = (const int32_t *)(tl_q8ka_bsum(xr[j], k) + 16 * b); /* int16 pairs */
-            const float dx = tl_q8ka_d(xr[j], k)[b];
-            __m512i msum = _mm512_setzero_si512();
-            for (int p = 0; p < 8; p++)
-                msum = _mm512_add_epi32(msum, _mm512_madd_epi16(_mm512_load_si512((const void *)(P + 5120 + 64 * p)),
-                                                                _mm512_set1_epi32(bs[p])));
-            const __m512 vdx = _mm512_set1_ps(dx);
-            if (WT == TL_Q6_K) {
-                __m512i t = _mm512_sub_epi32(isum[j], _mm512_slli_epi32(msum, 5));
-                y[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_mul_ps(d, vdx), y[j]);
-            } else {
-                y[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[j]), _mm512_mul_ps(d, vdx), y[j]);
-                y[j] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(msum), _mm512_mul_ps(dm, vdx), y[j]);
+        if (WT == TL_Q6_K) {
+            for (int j = 0; j < RN; j++) y[j] = _mm512_fmadd_ps(f[j], d, y[j]);
+        } else {
+            const __m512 dm = _mm512_load_ps((const float *)(P + 5696));
+            for (int j = 0; j < RN; j++) {
+                const float *sx = tl_q8a_s(xr[j], k) + 16 * b;
+                __m512 mn = _mm512_setzero_ps();
+                for (int s = 0; s < 8; s++)
+                    mn = _mm512_fmadd_ps(_mm512_load_ps((const float *)(P + 5120 + 64 * s)),
+                                         _mm512_set1_ps(sx[2 * s] + sx[2 * s + 1]), mn);
+                y[j] = _mm512_fnmadd_ps(mn, dm, _mm512_fmadd_ps(f[j], d, y[j]));
             }
         }
     }
@@ -320,8 +341,8 @@ TL_INLINE __m256i kq5_q5_0_w(const uint8_t *blk) {
 static void kq5_gemv_q5_0(const tl_gemm_args *a, int64_t i0, int64_t i1) {
     const int64_t k = a->k, nb = k / TL_QK;
     const int32_t *xq = (const int32_t *)a->act;
-    const float *dx = (const float *)(a->act + k);
-    const int32_t *is = (const int32_t *)(dx + 2 * nb);
+    const float *dx = tl_q8a_d(a->act, k);
+    const int16_t *is = tl_q8a_isum(a->act, k);
     for (int64_t i = i0; i < i1; i += KQ5_R) {
         const int nr = (int)TL_MIN((int64_t)KQ5_R, i1 - i);
         const uint8_t *rp[16];
@@ -332,9 +353,14 @@ static void kq5_gemv_q5_0(const tl_gemm_args *a, int64_t i0, int64_t i1) {
             __m512i w[8];
             __m512 d;
             kq5_q5_0_load16(rp, live, b, w, &d);
-            __m512i acc = _mm512_set1_epi32(-16 * is[b]);
-            for (int t = 0; t < 8; t++) acc = _mm512_dpbusd_epi32(acc, w[t], _mm512_set1_epi32(xq[8 * b + t]));
-            y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(d, _mm512_set1_ps(dx[b])), y);
+            __m512i a0 = _mm512_set1_epi32(-16 * is[2 * b]), a1 = _mm512_set1_epi32(-16 * is[2 * b + 1]);
+            for (int t = 0; t < 4; t++) {
+                a0 = _mm512_dpbusd_epi32(a0, w[t], _mm512_set1_epi32(xq[8 * b + t]));
+                a1 = _mm512_dpbusd_epi32(a1, w[t + 4], _mm512_set1_epi32(xq[8 * b + t + 4]));
+            }
+            __m512 f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a1), _mm512_set1_ps(dx[2 * b + 1]),
+                                       _mm512_mul_ps(_mm512_cvtepi32_ps(a0), _mm512_set1_ps(dx[2 * b])));
+            y = _mm512_fmadd_ps(f, d, y);
         }
         if (nr == KQ5_R) _mm512_storeu_ps(a->y + i, y);
         else _mm512_mask_storeu_ps(a->y + i, live, y);
@@ -345,48 +371,6 @@ static void kq5_gemv_q5_0(const tl_gemm_args *a, int64_t i0, int64_t i1) {
  * through the panel kernel with one token: the same arithmetic as n > 1. */
 TL_INLINE void kq5_gemv_k(const int WT, const tl_gemm_args *a, int64_t i0, int64_t i1) {
     kq5_block_impl(WT, a, i0, i1, 0, 1);
-}
-
-/* q6_K, n == 1: row by row (measured faster than the panel path for q6_K: 94 vs 54 GFLOP/s per
- * CPU at 640x2048), 64 values per vpdpbusd, per-lane f32 accumulator reduced once per row. */
-static void kq5_gemv_q6k(const tl_gemm_args *a, int64_t i0, int64_t i1) {
-    const int64_t k = a->k, nb = k / TL_QK_K;
-    const int8_t *xq = (const int8_t *)a->act;
-    const float *dx = tl_q8ka_d(a->act, k);
-    const int16_t *bsum = tl_q8ka_bsum(a->act, k);
-    const __m512i m4 = _mm512_set1_epi8(0x0f), m2 = _mm512_set1_epi8(0x03);
-    const __m128i g0 = _mm_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-    const __m128i g1 = _mm_add_epi8(g0, _mm_set1_epi8(4)), g2 = _mm_add_epi8(g0, _mm_set1_epi8(8)),
-                  g3 = _mm_add_epi8(g0, _mm_set1_epi8(12));
-    for (int64_t i = i0; i < i1; i++) {
-        const uint8_t *row = a->w + i * a->ldw;
-        __m512 facc = _mm512_setzero_ps();
-        for (int64_t b = 0; b < nb; b++) {
-            const uint8_t *blk = row + b * TL_Q6_K_BYTES;
-            const __m128i sc = _mm_loadu_si128((const __m128i *)(blk + 192));
-            const __m512i sg[4] = {_mm512_cvtepi8_epi32(_mm_shuffle_epi8(sc, g0)), _mm512_cvtepi8_epi32(_mm_shuffle_epi8(sc, g1)),
-                                   _mm512_cvtepi8_epi32(_mm_shuffle_epi8(sc, g2)), _mm512_cvtepi8_epi32(_mm_shuffle_epi8(sc, g3))};
-            const int8_t *x = xq + TL_QK_K * b;
-            __m512i isum = _mm512_setzero_si512();
-            for (int h = 0; h < 2; h++) {
-                __m512i ql = _mm512_loadu_si512((const void *)(blk + 64 * h));
-                __m256i qh = _mm256_loadu_si256((const __m256i *)(blk + 128 + 32 * h));
-                __m512i qh2 = _mm512_inserti64x4(_mm512_castsi256_si512(qh), _mm256_srli_epi16(qh, 2), 1);
-                __m512i A = _mm512_or_si512(_mm512_and_si512(ql, m4), _mm512_slli_epi16(_mm512_and_si512(qh2, m2), 4));
-                __m512i B = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4),
-                                            _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(qh2, 4), m2), 4));
-                __m512i dA = _mm512_dpbusd_epi32(_mm512_setzero_si512(), A, _mm512_loadu_si512((const void *)(x + 128 * h)));
-                __m512i dB = _mm512_dpbusd_epi32(_mm512_setzero_si512(), B, _mm512_loadu_si512((const void *)(x + 128 * h + 64)));
-                isum = _mm512_add_epi32(isum, _mm512_mullo_epi32(dA, sg[2 * h]));
-                isum = _mm512_add_epi32(isum, _mm512_mullo_epi32(dB, sg[2 * h + 1]));
-            }
-            /* -32 * sum_r sc_r * bsum_r, in lanes 0..7 */
-            __m256i ms = _mm256_madd_epi16(_mm256_cvtepi8_epi16(sc), _mm256_loadu_si256((const __m256i *)(bsum + 16 * b)));
-            isum = _mm512_sub_epi32(isum, _mm512_zextsi256_si512(_mm256_slli_epi32(ms, 5)));
-            facc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(tl_f16_to_f32(tl_load_u16(blk + 208)) * dx[b]), facc);
-        }
-        a->y[i] = _mm512_reduce_add_ps(facc);
-    }
 }
 
 /* ---- table entries ------------------------------------------------------------------------- */
@@ -408,13 +392,16 @@ KQ5_FUNCS(q5_k, TL_Q5_K)
 KQ5_FUNCS(q6_k, TL_Q6_K)
 static void kq5_gemv_q4_k(const tl_gemm_args *a, int64_t i0, int64_t i1) { kq5_gemv_k(TL_Q4_K, a, i0, i1); }
 static void kq5_gemv_q5_k(const tl_gemm_args *a, int64_t i0, int64_t i1) { kq5_gemv_k(TL_Q5_K, a, i0, i1); }
+static void kq5_gemv_q6_k(const tl_gemm_args *a, int64_t i0, int64_t i1) { kq5_gemv_k(TL_Q6_K, a, i0, i1); }
 
-/* q5_0 shares the x86 q8 activation layout (and so a Prepared) with q8_0 / q4_0 / q4_1. */
 static const tl_ukernel kq5_uk_q5_0 = {KQ5_R, KQ5_RN, kq5_q5_0_tilefn, KQ5_R, kq5_gemv_q5_0, kq5_q5_0_block,
-                                      x86_qa_row_bytes, x86_qa_prepare};
-static const tl_ukernel kq5_uk_q4_k = {KQ5_R, KQ5_RN, kq5_q4_k_tilefn, KQ5_R, kq5_gemv_q4_k, kq5_q4_k_block, NULL, NULL};
-static const tl_ukernel kq5_uk_q5_k = {KQ5_R, KQ5_RN, kq5_q5_k_tilefn, KQ5_R, kq5_gemv_q5_k, kq5_q5_k_block, NULL, NULL};
-static const tl_ukernel kq5_uk_q6_k = {KQ5_R, KQ5_RN, kq5_q6_k_tilefn, 1, kq5_gemv_q6k, kq5_q6_k_block, NULL, NULL};
+                                      x86_qa_row_bytes, qa_prepare_avx512};
+static const tl_ukernel kq5_uk_q4_k = {KQ5_R, KQ5_RN, kq5_q4_k_tilefn, KQ5_R, kq5_gemv_q4_k, kq5_q4_k_block,
+                                      x86_qa_row_bytes, qa_prepare_avx512};
+static const tl_ukernel kq5_uk_q5_k = {KQ5_R, KQ5_RN, kq5_q5_k_tilefn, KQ5_R, kq5_gemv_q5_k, kq5_q5_k_block,
+                                      x86_qa_row_bytes, qa_prepare_avx512};
+static const tl_ukernel kq5_uk_q6_k = {KQ5_R, KQ5_RN, kq5_q6_k_tilefn, KQ5_R, kq5_gemv_q6_k, kq5_q6_k_block,
+                                      x86_qa_row_bytes, qa_prepare_avx512};
 
 /* Kernel for q5_0 / q4_K / q5_K / q6_K, NULL for every other type. */
 static inline const tl_ukernel *tl_kq_avx512_lookup(int wtype) {
