@@ -9,12 +9,14 @@
  * 8 ymm of 8 rows x 4 bytes. A token's block dot is 8 vpmaddubsw against 4-byte broadcasts of
  * its int8 activations, then vpmaddwd with ones -> 8 rows' int32 dots in 8 lanes.
  *   q4_0 / q4_1: weights as the raw nibble (unsigned 0..15): every 16-bit pair sum is at most
- *     2*15*127 and the 8 steps of a block at most 30480 < 32767, so the int16 sums are
- *     accumulated over the block and widened once; q4_0's -8 offset is removed exactly as
- *     8 * isum_x in int32.
+ *     2*15*127 and the 4 steps of a 16-value activation group at most 15240 < 32767, so the
+ *     int16 sums are accumulated over the group and widened once; q4_0's -8 offset is removed
+ *     exactly as 8 * isum_x in int32.
  *   q8_0: sign trick (|w| unsigned, x with w's sign; pair sums <= 2*128*127 = 32512, no
  *     saturation), widened every step.
- * Then y += float(dot) * (d_w * d_x) (+ m_w * s_x for q4_1) in f32, blocks in order.
+ * Activations carry one scale per 16 values (x86_common.h), so a 32-block contributes
+ * d_w * (d_x0 * dot(0..15) + d_x1 * dot(16..31)) (+ m_w * (s_x0 + s_x1) for q4_1) in f32,
+ * blocks in order.
  */
 #include <immintrin.h>
 
@@ -40,20 +42,19 @@ TL_INLINE __m256i round_half_away(__m256 v) {
 
 static void qa_prepare_avx2(const float *x, int64_t ldx, int64_t j0, int64_t j1, int64_t k, uint8_t *act,
                             int64_t ldact) {
-    const int64_t nb = k / TL_QK;
+    const int64_t ng = k / X86_QG;
     const __m256 lim = _mm256_set1_ps(127.0f), nlim = _mm256_set1_ps(-127.0f);
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     for (int64_t j = j0; j < j1; j++) {
         const float *xr = x + j * ldx;
         uint8_t *row = act + j * ldact;
         float *dd = (float *)(row + k);
-        float *ss = dd + nb;
-        int32_t *is = (int32_t *)(ss + nb);
-        for (int64_t b = 0; b < nb; b++) {
-            __m256 xv[4], am = _mm256_setzero_ps();
-            for (int u = 0; u < 4; u++) {
-                xv[u] = _mm256_loadu_ps(xr + 32 * b + 8 * u);
+        float *ss = dd + ng;
+        int16_t *is = (int16_t *)(ss + ng);
+        for (int64_t g = 0; g < ng; g++) {
+            __m256 xv[2], am = _mm256_setzero_ps();
+            for (int u = 0; u < 2; u++) {
+                xv[u] = _mm256_loadu_ps(xr + 16 * g + 8 * u);
                 am = _mm256_max_ps(_mm256_and_ps(xv[u], absmask), am); /* nan skipped, as scalar */
             }
             __m128 h = _mm_max_ps(_mm256_castps256_ps128(am), _mm256_extractf128_ps(am, 1));
@@ -63,27 +64,27 @@ static void qa_prepare_avx2(const float *x, int64_t ldx, int64_t j0, int64_t j1,
             const float d = amax / 127.0f;
             const float id = d != 0.0f ? 1.0f / d : 0.0f;
             const __m256 vid = _mm256_set1_ps(id);
-            __m256i q[4], sum = _mm256_setzero_si256();
-            for (int u = 0; u < 4; u++) {
+            __m256i q[2];
+            for (int u = 0; u < 2; u++) {
                 __m256 v = _mm256_mul_ps(xv[u], vid);
                 v = _mm256_and_ps(v, _mm256_cmp_ps(v, v, _CMP_ORD_Q)); /* nan -> 0 */
                 v = _mm256_max_ps(_mm256_min_ps(v, lim), nlim);
                 q[u] = round_half_away(v);
-                sum = _mm256_add_epi32(sum, q[u]);
             }
-            /* int32 -> int8 in order: packs interleave 128-bit lanes, the permute undoes it */
-            __m256i p16a = _mm256_packs_epi32(q[0], q[1]), p16b = _mm256_packs_epi32(q[2], q[3]);
-            __m256i p8 = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(p16a, p16b), perm);
-            _mm256_storeu_si256((__m256i *)(row + 32 * b), p8);
+            __m256i sum = _mm256_add_epi32(q[0], q[1]);
+            /* 16 int32 -> 16 int8 in order */
+            __m256i p16 = _mm256_permute4x64_epi64(_mm256_packs_epi32(q[0], q[1]), 0xD8);
+            __m128i p8 = _mm_packs_epi16(_mm256_castsi256_si128(p16), _mm256_extracti128_si256(p16, 1));
+            _mm_storeu_si128((__m128i *)(row + 16 * g), p8);
             __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
             s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
             s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
             const int isum = _mm_cvtsi128_si32(s4);
-            dd[b] = d;
-            ss[b] = d * (float)isum;
-            is[b] = isum;
+            dd[g] = d;
+            ss[g] = d * (float)isum;
+            is[g] = (int16_t)isum;
         }
-        int64_t used = k + 12 * nb;
+        int64_t used = k + 10 * ng;
         if (ldact > used) memset(row + used, 0, (size_t)(ldact - used));
     }
 }
@@ -242,42 +243,52 @@ TL_INLINE void q_panel_tile(const int WT, const int RN, const tl_gemm_args *a, c
     }
     const uint8_t *P = panel;
     for (int64_t b = 0; b < nb; b++, P += Q_BLK_BYTES) {
-        __m256i acc[Q_RN];
+        /* two 16-value activation groups per 32-block: acc[0] = elements 0..15 (steps 0..3),
+         * acc[1] = 16..31 (steps 4..7) */
+        __m256i acc[2][Q_RN];
         if (WT == TL_Q8_0) {
-            for (int j = 0; j < RN; j++) acc[j] = _mm256_setzero_si256();
+            for (int h = 0; h < 2; h++)
+                for (int j = 0; j < RN; j++) acc[h][j] = _mm256_setzero_si256();
             for (int t = 0; t < 8; t++) {
                 const __m256i wa = _mm256_load_si256((const __m256i *)(P + 32 * t));
                 const __m256i ws = _mm256_load_si256((const __m256i *)(P + 256 + 32 * t));
                 for (int j = 0; j < RN; j++) {
                     __m256i xb = _mm256_set1_epi32(((const int32_t *)(xr[j] + 32 * b))[t]);
                     __m256i p16 = _mm256_maddubs_epi16(wa, _mm256_sign_epi8(xb, ws));
-                    acc[j] = _mm256_add_epi32(acc[j], _mm256_madd_epi16(p16, ones));
+                    acc[t >> 2][j] = _mm256_add_epi32(acc[t >> 2][j], _mm256_madd_epi16(p16, ones));
                 }
             }
         } else {
-            __m256i a16[Q_RN];
-            for (int j = 0; j < RN; j++) a16[j] = _mm256_setzero_si256();
+            __m256i a16[2][Q_RN];
+            for (int h = 0; h < 2; h++)
+                for (int j = 0; j < RN; j++) a16[h][j] = _mm256_setzero_si256();
             for (int t = 0; t < 8; t++) {
                 const __m256i wv = _mm256_load_si256((const __m256i *)(P + 32 * t));
                 for (int j = 0; j < RN; j++) {
                     __m256i xb = _mm256_set1_epi32(((const int32_t *)(xr[j] + 32 * b))[t]);
-                    a16[j] = _mm256_add_epi16(a16[j], _mm256_maddubs_epi16(wv, xb));
+                    a16[t >> 2][j] = _mm256_add_epi16(a16[t >> 2][j], _mm256_maddubs_epi16(wv, xb));
                 }
             }
-            for (int j = 0; j < RN; j++) {
-                acc[j] = _mm256_madd_epi16(a16[j], ones);
-                if (WT == TL_Q4_0) {
-                    const int32_t *is = (const int32_t *)(xr[j] + k + 8 * nb);
-                    acc[j] = _mm256_sub_epi32(acc[j], _mm256_set1_epi32(is[b] * 8));
+            for (int h = 0; h < 2; h++)
+                for (int j = 0; j < RN; j++) {
+                    acc[h][j] = _mm256_madd_epi16(a16[h][j], ones);
+                    if (WT == TL_Q4_0) {
+                        const int16_t *is = x86_qa_isum(xr[j], k);
+                        acc[h][j] = _mm256_sub_epi32(acc[h][j], _mm256_set1_epi32((int32_t)is[2 * b + h] * 8));
+                    }
                 }
-            }
         }
         const __m256 d = _mm256_load_ps((const float *)(P + 512));
         for (int j = 0; j < RN; j++) {
-            const float *dx = (const float *)(xr[j] + k);
-            y[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[j]), _mm256_mul_ps(d, _mm256_set1_ps(dx[b])), y[j]);
-            if (WT == TL_Q4_1)
-                y[j] = _mm256_fmadd_ps(_mm256_load_ps((const float *)(P + 544)), _mm256_set1_ps(dx[nb + b]), y[j]);
+            const float *dx = x86_qa_d(xr[j], k);
+            __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(acc[0][j]), _mm256_set1_ps(dx[2 * b]));
+            f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[1][j]), _mm256_set1_ps(dx[2 * b + 1]), f);
+            y[j] = _mm256_fmadd_ps(f, d, y[j]);
+            if (WT == TL_Q4_1) {
+                const float *sx = x86_qa_s(xr[j], k);
+                y[j] = _mm256_fmadd_ps(_mm256_load_ps((const float *)(P + 544)), _mm256_set1_ps(sx[2 * b] + sx[2 * b + 1]),
+                                       y[j]);
+            }
         }
     }
     for (int j = 0; j < RN; j++) {

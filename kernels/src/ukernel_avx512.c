@@ -15,8 +15,9 @@
  * (unsigned: q8_0 as q + 128, q4 as the raw nibble 0..15), then 16 f32 scales d and (q4_1)
  * 16 f32 mins m. One token's block is then 8 vpdpbusd against 4-byte broadcasts of its int8
  * activations, giving the 16 rows' exact int32 block dots in the 16 lanes; the offset is
- * removed exactly in int32 (the accumulator starts at -offset * sum(q_x)), then
- * y += float(dot) * (d_w * d_x) (+ m_w * s_x for q4_1) in f32, blocks in order. No
+ * removed exactly in int32 (the accumulator starts at -offset * sum(q_x)); activations carry one
+ * scale per 16 values (x86_common.h), so each block is two int32 dots (4 vpdpbusd each) and
+ * y += d_w * (d_x0 * dot0 + d_x1 * dot1) (+ m_w * (s_x0 + s_x1) for q4_1) in f32, blocks in order. No
  * saturation is possible (vpdpbusd accumulates u8*s8 products in int32). A panel is packed
  * once and reused for every token of the driver's block (and for n == 1, gemv).
  */
@@ -82,39 +83,33 @@ TL_INLINE __m512i round_half_away(__m512 v) {
 
 static void qa_prepare_avx512(const float *x, int64_t ldx, int64_t j0, int64_t j1, int64_t k, uint8_t *act,
                               int64_t ldact) {
-    const int64_t nb = k / TL_QK;
+    const int64_t ng = k / X86_QG;
     const __m512 lim = _mm512_set1_ps(127.0f), nlim = _mm512_set1_ps(-127.0f);
     const __m512i absmask = _mm512_set1_epi32(0x7fffffff);
     for (int64_t j = j0; j < j1; j++) {
         const float *xr = x + j * ldx;
         uint8_t *row = act + j * ldact;
         float *dd = (float *)(row + k);
-        float *ss = dd + nb;
-        int32_t *is = (int32_t *)(ss + nb);
-        for (int64_t b = 0; b < nb; b++) {
-            __m512 x0 = _mm512_loadu_ps(xr + 32 * b), x1 = _mm512_loadu_ps(xr + 32 * b + 16);
+        float *ss = dd + ng;
+        int16_t *is = (int16_t *)(ss + ng);
+        for (int64_t g = 0; g < ng; g++) {
+            __m512 x0 = _mm512_loadu_ps(xr + 16 * g);
             /* max_ps(a, b) returns b when a is nan: nan inputs are skipped, as in the scalar code */
             __m512 a0 = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(x0), absmask));
-            __m512 a1 = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(x1), absmask));
-            __m512 am = _mm512_max_ps(a1, _mm512_max_ps(a0, _mm512_setzero_ps()));
-            const float amax = _mm512_reduce_max_ps(am);
+            const float amax = _mm512_reduce_max_ps(_mm512_max_ps(a0, _mm512_setzero_ps()));
             const float d = amax / 127.0f;
             const float id = d != 0.0f ? 1.0f / d : 0.0f;
-            const __m512 vid = _mm512_set1_ps(id);
-            __m512 v0 = _mm512_mul_ps(x0, vid), v1 = _mm512_mul_ps(x1, vid);
+            __m512 v0 = _mm512_mul_ps(x0, _mm512_set1_ps(id));
             v0 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v0, v0, _CMP_ORD_Q), v0); /* nan -> 0 */
-            v1 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v1, v1, _CMP_ORD_Q), v1);
             v0 = _mm512_max_ps(_mm512_min_ps(v0, lim), nlim);
-            v1 = _mm512_max_ps(_mm512_min_ps(v1, lim), nlim);
-            __m512i q0 = round_half_away(v0), q1 = round_half_away(v1);
-            _mm_storeu_si128((__m128i *)(row + 32 * b), _mm512_cvtepi32_epi8(q0));
-            _mm_storeu_si128((__m128i *)(row + 32 * b + 16), _mm512_cvtepi32_epi8(q1));
-            const int sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
-            dd[b] = d;
-            ss[b] = d * (float)sum;
-            is[b] = sum;
+            __m512i q0 = round_half_away(v0);
+            _mm_storeu_si128((__m128i *)(row + 16 * g), _mm512_cvtepi32_epi8(q0));
+            const int sum = _mm512_reduce_add_epi32(q0);
+            dd[g] = d;
+            ss[g] = d * (float)sum;
+            is[g] = (int16_t)sum;
         }
-        int64_t used = k + 12 * nb;
+        int64_t used = k + 10 * ng;
         if (ldact > used) memset(row + used, 0, (size_t)(ldact - used));
     }
 }
@@ -337,11 +332,11 @@ TL_INLINE void q_pack(const int WT, const tl_gemm_args *a, int64_t r0, int nr, u
  * registers (no store / reload of the panel). */
 TL_INLINE void q_gemv_impl(const int WT, const tl_gemm_args *a, int64_t i0, int64_t i1) {
     const int64_t k = a->k, nb = k / TL_QK;
-    const int shift = WT == TL_Q8_0 ? 7 : 3;
+    const int32_t off = WT == TL_Q8_0 ? 128 : 8;
     const uint8_t *xr = a->act;
     const int32_t *xq = (const int32_t *)xr;
-    const float *dx = (const float *)(xr + k);
-    const int32_t *is = (const int32_t *)(dx + 2 * nb);
+    const float *dx = x86_qa_d(xr, k), *sx = x86_qa_s(xr, k);
+    const int16_t *is = x86_qa_isum(xr, k);
     if (a->ldw > INT32_MAX / Q_R) { /* gather offsets are int32 */
         x86_q_block_scalar(WT, a, i0, i1, 0, 1);
         return;
@@ -356,10 +351,17 @@ TL_INLINE void q_gemv_impl(const int WT, const tl_gemm_args *a, int64_t i0, int6
             __m512i w[8];
             __m512 d, m = _mm512_setzero_ps();
             q_load_block(WT, rp, b, live, idx, w, &d, &m);
-            __m512i acc = WT == TL_Q4_1 ? _mm512_setzero_si512() : _mm512_set1_epi32(-is[b] * (1 << shift));
-            for (int t = 0; t < 8; t++) acc = _mm512_dpbusd_epi32(acc, w[t], _mm512_set1_epi32(xq[8 * b + t]));
-            y0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(d, _mm512_set1_ps(dx[b])), y0);
-            if (WT == TL_Q4_1) y0 = _mm512_fmadd_ps(m, _mm512_set1_ps(dx[nb + b]), y0);
+            __m512i acc0 = _mm512_setzero_si512(), acc1 = _mm512_setzero_si512();
+            if (WT != TL_Q4_1) {
+                acc0 = _mm512_set1_epi32(-(int32_t)is[2 * b] * off);
+                acc1 = _mm512_set1_epi32(-(int32_t)is[2 * b + 1] * off);
+            }
+            for (int t = 0; t < 4; t++) acc0 = _mm512_dpbusd_epi32(acc0, w[t], _mm512_set1_epi32(xq[8 * b + t]));
+            for (int t = 4; t < 8; t++) acc1 = _mm512_dpbusd_epi32(acc1, w[t], _mm512_set1_epi32(xq[8 * b + t]));
+            __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(acc0), _mm512_set1_ps(dx[2 * b]));
+            f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc1), _mm512_set1_ps(dx[2 * b + 1]), f);
+            y0 = _mm512_fmadd_ps(f, d, y0);
+            if (WT == TL_Q4_1) y0 = _mm512_fmadd_ps(m, _mm512_set1_ps(sx[2 * b] + sx[2 * b + 1]), y0);
         }
         if (nr == Q_R) _mm512_storeu_ps(a->y + i, y0);
         else _mm512_mask_storeu_ps(a->y + i, live, y0);
@@ -370,7 +372,7 @@ TL_INLINE void q_gemv_impl(const int WT, const tl_gemm_args *a, int64_t i0, int6
 TL_INLINE void q_panel_tile(const int WT, const int RN, const tl_gemm_args *a, const uint8_t *panel, int64_t i0,
                             int nr, int64_t j0) {
     const int64_t k = a->k, nb = k / TL_QK;
-    const int shift = WT == TL_Q8_0 ? 7 : 3; /* offset 128 resp. 8 */
+    const int32_t off = WT == TL_Q8_0 ? 128 : 8;
     __m512 y[Q_RN];
     const uint8_t *xr[Q_RN];
     for (int j = 0; j < RN; j++) {
@@ -386,14 +388,22 @@ TL_INLINE void q_panel_tile(const int WT, const int RN, const tl_gemm_args *a, c
         if (WT == TL_Q4_1) m = _mm512_load_ps((const float *)(P + 576));
         for (int j = 0; j < RN; j++) {
             const int32_t *xq = (const int32_t *)(xr[j] + 32 * b);
-            const float *dx = (const float *)(xr[j] + k);
-            __m512i acc;
-            if (WT == TL_Q4_1) acc = _mm512_setzero_si512();
-            else acc = _mm512_set1_epi32(-((const int32_t *)(dx + 2 * nb))[b] * (1 << shift));
-            for (int t = 0; t < 8; t++) acc = _mm512_dpbusd_epi32(acc, w[t], _mm512_set1_epi32(xq[t]));
-            __m512 s = _mm512_mul_ps(d, _mm512_set1_ps(dx[b]));
-            y[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), s, y[j]);
-            if (WT == TL_Q4_1) y[j] = _mm512_fmadd_ps(m, _mm512_set1_ps(dx[nb + b]), y[j]);
+            const float *dx = x86_qa_d(xr[j], k);
+            __m512i acc0 = _mm512_setzero_si512(), acc1 = _mm512_setzero_si512();
+            if (WT != TL_Q4_1) {
+                const int16_t *is = x86_qa_isum(xr[j], k);
+                acc0 = _mm512_set1_epi32(-(int32_t)is[2 * b] * off);
+                acc1 = _mm512_set1_epi32(-(int32_t)is[2 * b + 1] * off);
+            }
+            for (int t = 0; t < 4; t++) acc0 = _mm512_dpbusd_epi32(acc0, w[t], _mm512_set1_epi32(xq[t]));
+            for (int t = 4; t < 8; t++) acc1 = _mm512_dpbusd_epi32(acc1, w[t], _mm512_set1_epi32(xq[t]));
+            __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(acc0), _mm512_set1_ps(dx[2 * b]));
+            f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc1), _mm512_set1_ps(dx[2 * b + 1]), f);
+            y[j] = _mm512_fmadd_ps(f, d, y[j]);
+            if (WT == TL_Q4_1) {
+                const float *sx = x86_qa_s(xr[j], k);
+                y[j] = _mm512_fmadd_ps(m, _mm512_set1_ps(sx[2 * b] + sx[2 * b + 1]), y[j]);
+            }
         }
     }
     const __mmask16 rmask = (__mmask16)((1u << nr) - 1);
