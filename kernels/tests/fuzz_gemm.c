@@ -89,17 +89,19 @@ static void make_row(int t, int64_t k, uint8_t *row, double *ref, uint64_t *s) {
     }
 }
 
-/* The activation values the kernels use: x itself, or its q8 quantisation (f32 scale). */
+/* The activation values the kernels use: x itself, or its q8 quantisation (one f32 scale per
+ * TL_QG values, tl_internal.h). */
 static void act_ref(int t, const float *x, int64_t k, double *out) {
     if (t == TL_F32 || t == TL_F16 || t == TL_BF16) {
         for (int64_t p = 0; p < k; p++) out[p] = x[p];
         return;
     }
-    for (int64_t b = 0; b < k / 32; b++) {
+    for (int64_t g = 0; g < k / TL_QG; g++) {
+        const float *xg = x + g * TL_QG;
         float amax = 0;
-        for (int q = 0; q < 32; q++) amax = fmaxf(amax, fabsf(x[b * 32 + q]));
+        for (int q = 0; q < TL_QG; q++) amax = fmaxf(amax, fabsf(xg[q]));
         float d = amax / 127.0f, id = d != 0 ? 1.0f / d : 0.0f;
-        for (int q = 0; q < 32; q++) out[b * 32 + q] = (double)d * roundf(x[b * 32 + q] * id);
+        for (int q = 0; q < TL_QG; q++) out[g * TL_QG + q] = (double)d * roundf(xg[q] * id);
     }
 }
 
