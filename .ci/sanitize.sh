@@ -99,20 +99,43 @@ if [ -n "${TILELLM_SANITIZE_PATCH:-}" ]; then
 fi
 
 echo "== sanitize: building the kernels with $SAN_FLAGS"
-# Serial on purpose: every variant compiles the shared sources to the same object paths
-# (build/temp*/kernels/src/*.o), so `build_ext -j` races and links one variant's objects into another.
+# One `pip install --target` per variant, in parallel, each from its own copy of the tree: the
+# variants compile the shared sources to the same object paths (build/temp*/kernels/src/*.o), so
+# one build dir for all of them could only be serial (`build_ext -j` races and links one variant's
+# objects into another). The package from the first and the other variants' modules are then merged
+# into one site dir that the tests import through PYTHONPATH (the venv itself holds only the deps).
 export TILELLM_CFLAGS="$SAN_FLAGS"
-if ! "$VENV/bin/python" -m pip install -v --no-deps --no-build-isolation --force-reinstall "$SRC" \
-        >"$WORK/build.log" 2>&1; then
-    tail -60 "$WORK/build.log"; echo "sanitize: the sanitized build failed"; exit 1
-fi
-grep "tilellm: skipping" "$WORK/build.log" | sort -u || true
+VARIANTS=$(cd "$SRC" && "$VENV/bin/python" -c \
+    'import sys; sys.path.insert(0, "kernels"); import build_variants as bv; print(" ".join(bv.select_variants()))')
+[ -n "$VARIANTS" ] || { echo "sanitize: no kernel variant builds with these flags"; exit 1; }
+"$VENV/bin/python" -m pip uninstall -q -y tilellm >/dev/null 2>&1 || true   # left by older versions of this script
+pids=()
+for v in $VARIANTS; do
+    cp -a "$SRC" "$WORK/src-$v"
+    TILELLM_VARIANTS=$v "$VENV/bin/python" -m pip install -v --no-deps --no-build-isolation \
+        --target "$WORK/site-$v" "$WORK/src-$v" >"$WORK/build-$v.log" 2>&1 &
+    pids+=($!)
+done
+i=0
+for v in $VARIANTS; do
+    if ! wait "${pids[$i]}"; then
+        tail -60 "$WORK/build-$v.log"; echo "sanitize: the sanitized build of $v failed"; exit 1
+    fi
+    i=$((i + 1))
+done
+SITE=$WORK/site
+first=${VARIANTS%% *}
+cp -a "$WORK/site-$first" "$SITE"
+for v in $VARIANTS; do
+    [ "$v" = "$first" ] || cp "$WORK/site-$v"/tilellm/kernels/_tl_"$v".* "$SITE/tilellm/kernels/"
+done
 unset TILELLM_CFLAGS
 echo "== sanitize: built in $((SECONDS - T0)) s"
 
 # ---- 3. what must be exercised: every variant the normal build makes that this CPU runs ------
 PRELOAD="$LIBASAN $LIBUBSAN${LD_PRELOAD:+ $LD_PRELOAD}"
-cd "$WORK"   # not the checkout: `import tilellm` must find the venv's install, nothing else
+export PYTHONPATH=$SITE   # (replaces any outer PYTHONPATH: only the sanitized build may be imported)
+cd "$WORK"   # not the checkout: `import tilellm` must find the sanitized build, nothing else
 ASAN_OPTIONS=detect_leaks=0 LD_PRELOAD="$PRELOAD" "$VENV/bin/python" - "$SRC" <<'EOF'
 import os, subprocess, sys
 sys.path.insert(0, os.path.join(sys.argv[1], "kernels"))
@@ -121,8 +144,8 @@ sys.path.pop(0)
 os.environ.pop("TILELLM_CFLAGS", None)
 os.environ.pop("TILELLM_VARIANTS", None)
 from tilellm import kernels  # noqa: E402
-site = os.path.dirname(os.path.dirname(kernels.__file__))
-assert site.startswith(sys.prefix), f"tilellm imported from {site}, not the sanitizer venv {sys.prefix}"
+site = os.path.dirname(os.path.dirname(os.path.dirname(kernels.__file__)))
+assert site == os.environ["PYTHONPATH"], f"tilellm imported from {site}, not the sanitized build"
 feats = kernels.cpu_features()
 want = [v for v in bv.select_variants(verbose=False) if kernels.REQUIRES[v] <= feats]
 got = [v for v in kernels.compiled() if kernels.REQUIRES[v] <= feats]

@@ -24,7 +24,9 @@ from tilellm import kernels
 from tilellm.errors import BackendUnavailableError, ShapeError, TileLLMError, UnsupportedError
 from tilellm.kernels.attention import attention
 from tilellm.llm.layers import causal_attention
-from tilellm.quant import TYPE_INFO, GGMLType, dequantize, quantize
+from tilellm.quant import TYPE_INFO, GGMLType, quantize
+
+from test_kernels import reference  # the exact reference, kept in step with the activation layout
 
 T = GGMLType
 TYPES = [T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1]
@@ -465,17 +467,6 @@ def test_attention_strided_operands_match_numpy(lib):
 
 # ---- C stays inside its buffers for edge shapes ------------------------------------------------------
 
-def q8_act_ref(x: np.ndarray) -> np.ndarray:
-    """float64 values of the kernels' q8 activations (f32 block scale, round half away from zero)."""
-    n, k = x.shape
-    b = x.reshape(n, k // 32, 32)
-    d = (np.abs(b).max(axis=-1, keepdims=True) / np.float32(127)).astype(np.float32)
-    with np.errstate(divide="ignore"):
-        inv = np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
-    v = (b * inv).astype(np.float32).astype(np.float64)
-    return (np.clip(np.sign(v) * np.floor(np.abs(v) + 0.5), -127, 127) * d).reshape(n, k)
-
-
 EDGE_M = [1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 33]
 EDGE_N = [1, 2, 3, 4, 5, 6, 7, 8, 9, 13]
 
@@ -489,14 +480,11 @@ def test_edge_shapes_exact_buffers(lib, t):
     for k in ((bs, 3 * bs) if bs > 1 else (1, 7, 17)):
         wmax = weights(t, max(EDGE_M), k, seed=k)
         xmax = acts(max(EDGE_N), k, seed=k + 1)
-        wd = dequantize(wmax, t, k).astype(np.float64).reshape(-1, k)
-        xd = q8_act_ref(xmax) if t in QTYPES else xmax.astype(np.float64)
         for m in EDGE_M:
             for n in EDGE_N:
-                w = wmax[:m].copy()
-                y = lib.gemm(t, w, k, lib.prepare(t, xmax[:n].copy()))
-                ref = xd[:n] @ wd[:m].T
-                scale = np.abs(xd[:n]) @ np.abs(wd[:m]).T
+                w, x = wmax[:m].copy(), xmax[:n].copy()
+                y = lib.gemm(t, w, k, lib.prepare(t, x))
+                ref, scale = reference(t, w, k, x)
                 assert (np.abs(y - ref) <= 1e-5 * scale + 1e-30).all(), (t.name, m, n, k)
 
 
