@@ -13,10 +13,11 @@
  * Tile 4 rows x 6 tokens: 24 accumulators + 4 weight vectors + 1 activation vector = 29 of
  * the 32 vector registers.
  *
- * Quantized weights (q8_0, q4_0, q4_1) x q8 activations (tl_internal.h layout): per 32-block,
- * two `sdot` (vdotq_s32) give an int32x4 of partial sums per (row, token); vpaddq_s32 twice
- * folds four rows into one int32x4 of exact block dot products (one lane per row), converted
- * to f32 and accumulated with the per-row scale vector d_w * d_x; q4_1 adds m_w * s_x. The
+ * Quantized weights (q8_0, q4_0, q4_1) x q8 activations (tl_internal.h layout, one f32 scale
+ * per 16 values): per 32-block, one `sdot` (vdotq_s32) per 16-value half gives an int32x4 of
+ * partial sums per (row, token, half); vpaddq_s32 twice folds four rows into one int32x4 of
+ * exact half-block dots (one lane per row), converted to f32: f = dot0 * d_x0 + dot1 * d_x1,
+ * then acc += f * d_w (per-row scale vector); q4_1 adds m_w * (s_x0 + s_x1). The
  * accumulators run over rows, so each token's 4 outputs leave with one vst1q. Tile 4 rows x 4
  * tokens; the matrix-vector path (n == 1) uses the same code with 8 rows x 1 token.
  *
@@ -124,27 +125,33 @@ TL_INLINE void tl_neon_qtile(const tl_gemm_args *a, int64_t i0, int64_t j0, cons
             xl[c] = vld1q_s8((const int8_t *)xr[c] + b * TL_QK);
             xh[c] = vld1q_s8((const int8_t *)xr[c] + b * TL_QK + 16);
         }
-        int32x4_t dot[8][4];
-        uint16_t dh[8] = {0}, mh[8] = {0};
-        for (int r = 0; r < 8; r++)
-            for (int c = 0; c < RN; c++) dot[r][c] = vdupq_n_s32(0);
-        for (int r = 0; r < RM; r++) {
-            const uint8_t *wb = wr[r] + b * bb;
-            int8x16_t wl, wh;
-            tl_neon_wblock(wt, wb, &wl, &wh);
-            dh[r] = tl_load_u16(wb);
-            if (wt == TL_Q4_1) mh[r] = tl_load_u16(wb + 2);
-            for (int c = 0; c < RN; c++) dot[r][c] = vdotq_s32(vdotq_s32(dot[r][c], wl, xl[c]), wh, xh[c]);
-        }
         for (int g = 0; g < NG; g++) {
-            const float32x4_t dw = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(dh + 4 * g)));
-            const float32x4_t mw = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(mh + 4 * g)));
+            /* rows 4g..4g+3 (dead rows of a short tile: zero dots, never stored) */
+            int32x4_t d0[4][4], d1[4][4];
+            uint16_t dh[4] = {0}, mh[4] = {0};
+            for (int r = 0; r < 4; r++)
+                for (int c = 0; c < RN; c++) d0[r][c] = d1[r][c] = vdupq_n_s32(0);
+            for (int r = 0; r < 4 && 4 * g + r < RM; r++) {
+                const uint8_t *wb = wr[4 * g + r] + b * bb;
+                int8x16_t wl, wh;
+                tl_neon_wblock(wt, wb, &wl, &wh);
+                dh[r] = tl_load_u16(wb);
+                if (wt == TL_Q4_1) mh[r] = tl_load_u16(wb + 2);
+                for (int c = 0; c < RN; c++) {
+                    d0[r][c] = vdotq_s32(d0[r][c], wl, xl[c]);
+                    d1[r][c] = vdotq_s32(d1[r][c], wh, xh[c]);
+                }
+            }
+            const float32x4_t dw = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(dh)));
+            const float32x4_t mw = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(mh)));
             for (int c = 0; c < RN; c++) {
-                /* lane i = exact block dot of row 4g+i */
-                int32x4_t s = vpaddq_s32(vpaddq_s32(dot[4 * g][c], dot[4 * g + 1][c]),
-                                         vpaddq_s32(dot[4 * g + 2][c], dot[4 * g + 3][c]));
-                acc[g][c] = vfmaq_f32(acc[g][c], vcvtq_f32_s32(s), vmulq_n_f32(dw, xd[c][b]));
-                if (wt == TL_Q4_1) acc[g][c] = vfmaq_n_f32(acc[g][c], mw, xs[c][b]);
+                /* lane i = exact dot of row 4g+i with each 16-value half of the block */
+                int32x4_t s0 = vpaddq_s32(vpaddq_s32(d0[0][c], d0[1][c]), vpaddq_s32(d0[2][c], d0[3][c]));
+                int32x4_t s1 = vpaddq_s32(vpaddq_s32(d1[0][c], d1[1][c]), vpaddq_s32(d1[2][c], d1[3][c]));
+                float32x4_t f = vmulq_n_f32(vcvtq_f32_s32(s0), xd[c][2 * b]);
+                f = vfmaq_n_f32(f, vcvtq_f32_s32(s1), xd[c][2 * b + 1]);
+                acc[g][c] = vfmaq_f32(acc[g][c], f, dw);
+                if (wt == TL_Q4_1) acc[g][c] = vfmaq_n_f32(acc[g][c], mw, xs[c][2 * b] + xs[c][2 * b + 1]);
             }
         }
     }

@@ -11,7 +11,8 @@
  * Both operands are k-contiguous in memory, so both are transposed into per-k vectors:
  *   - activation strips (L tokens x KC) once per K-chunk of the block, through ZA tile 0
  *     (rows written as horizontal slices, read back as vertical slices), q8 activations
- *     dequantized (d * q, exact products of the prepared values) on the way;
+ *     dequantized (d * q with the scale of each 16-value group, exact products of the
+ *     prepared values) on the way;
  *   - weight panels (4L features x KC) on their first use inside the block, through all four
  *     tiles, dequantized on the way to f32: f16 widened, bf16 shifted, q8_0 d*q, q4_0 d*(q-8),
  *     q4_1 d*q + m (block scale and min folded in; no re-quantization). The packed panel is
@@ -66,11 +67,12 @@ TL_SME_INLINE svfloat32_t tl_sme_act_vec(const tl_sme_job *J, int64_t tok, int64
     const svbool_t pk = svwhilelt_b32(k0, kend);
     const uint8_t *row = J->a->act + tok * J->a->ldact;
     if (J->act_f32) return svld1_f32(pk, (const float *)(const void *)row + k0);
-    const float *d = (const float *)(const void *)(row + J->a->k); /* the q8 layout's scales */
+    const float *d = (const float *)(const void *)(row + J->a->k); /* the q8 layout's scales, one per 16 */
     svfloat32_t v = svcvt_f32_s32_z(pk, svld1sb_s32(pk, (const int8_t *)row + k0));
-    svfloat32_t sc = svdup_n_f32(d[k0 / TL_QK]);
-    if (svcntw() > TL_QK && k0 + TL_QK < kend) /* L = 64: two blocks per vector */
-        sc = svsel_f32(svwhilelt_b32((int64_t)0, (int64_t)TL_QK), sc, svdup_n_f32(d[k0 / TL_QK + 1]));
+    svfloat32_t sc = svdup_n_f32(d[k0 / TL_QG]);
+    /* L = 32 / 64: two / four groups per vector (k0 is a multiple of L, so groups start at lane 16g) */
+    for (int64_t g = 1; g < (int64_t)svcntw() / TL_QG && k0 + TL_QG * g < kend; g++)
+        sc = svsel_f32(svwhilelt_b32((int64_t)0, TL_QG * g), sc, svdup_n_f32(d[k0 / TL_QG + g]));
     return svmul_f32_z(pk, v, sc);
 }
 
