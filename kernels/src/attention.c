@@ -16,8 +16,6 @@
 #include "threadpool.h"
 #include "tilellm.h"
 
-#define KB 64   /* keys per block: the vector-friendly inner dimension of the score rows */
-#define QB 16   /* query tokens per task */
 
 /* exp(x) for x <= 0 (scores minus their row max), relative error ~2e-7, vectorisable. */
 static inline float exp_neg(float x) {
@@ -36,6 +34,23 @@ static inline float exp_neg(float x) {
     return p * s.f;
 }
 
+/* Vector type of the variant's native width (GCC/clang vector extensions, so one source serves
+ * every ISA): the register tiles below are 4 rows x 4 vectors = 16 accumulators. */
+#if defined(__AVX512F__)
+#define VW 16
+#elif defined(__AVX__) || defined(__AVX2__)
+#define VW 8
+#else
+#define VW 4
+#endif
+typedef float vf __attribute__((vector_size(VW * 4), aligned(4)));
+#define KB (4 * VW)   /* keys per block = 4 vectors */
+#define QB 16         /* query tokens per task */
+
+static inline vf vload(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
+static inline void vstore(float *p, vf v) { memcpy(p, &v, sizeof v); }
+static inline vf vsplat(float x) { vf v; for (int i = 0; i < VW; i++) v[i] = x; return v; }
+
 typedef struct {
     const float *q, *k, *v;
     float *out;
@@ -46,6 +61,43 @@ typedef struct {
     float *scratch; /* scratch_floats() per worker */
 } attn_args;
 
+/* scores of rows r0..r0+rn-1 (rn <= 4) against the KB keys of kt ([D][KB]) into s[i*KB + j] */
+static void qk_tile(const float *qs, int64_t D, const float *kt, int rn, float *s) {
+    vf acc[4][4];
+    for (int i = 0; i < 4; i++)
+        for (int c = 0; c < 4; c++) acc[i][c] = vsplat(0.0f);
+    for (int64_t d = 0; d < D; d++) {
+        const float *kr = kt + d * KB;
+        const vf k0 = vload(kr), k1 = vload(kr + VW), k2 = vload(kr + 2 * VW), k3 = vload(kr + 3 * VW);
+        for (int i = 0; i < 4; i++) {
+            if (i >= rn) break;
+            const vf b = vsplat(qs[i * D + d]);
+            acc[i][0] += b * k0; acc[i][1] += b * k1; acc[i][2] += b * k2; acc[i][3] += b * k3;
+        }
+    }
+    for (int i = 0; i < rn; i++)
+        for (int c = 0; c < 4; c++) vstore(s + i * KB + c * VW, acc[i][c]);
+}
+
+/* o[i][d0..d0+4VW) += sum_j p[i*KB + j] * v_j[d0..], rows i < rn, keys j < nk */
+static void pv_tile(const float *p, const float *v, int64_t ldv, int nk, int rn, float *o, int64_t D, int64_t d0) {
+    vf acc[4][4];
+    const int nc = (int)((D - d0) / VW) < 4 ? (int)((D - d0) / VW) : 4;
+    for (int i = 0; i < rn; i++)
+        for (int c = 0; c < nc; c++) acc[i][c] = vload(o + i * D + d0 + c * VW);
+    for (int j = 0; j < nk; j++) {
+        const float *vr = v + j * ldv + d0;
+        vf vv[4];
+        for (int c = 0; c < nc; c++) vv[c] = vload(vr + c * VW);
+        for (int i = 0; i < rn; i++) {
+            const vf b = vsplat(p[i * KB + j]);
+            for (int c = 0; c < nc; c++) acc[i][c] += b * vv[c];
+        }
+    }
+    for (int i = 0; i < rn; i++)
+        for (int c = 0; c < nc; c++) vstore(o + i * D + d0 + c * VW, acc[i][c]);
+}
+
 /* One task: kv head c, query tokens [t0, t1), all H/Hkv query heads of that kv head. */
 static void attn_task(const attn_args *a, int64_t c, int64_t t0, int64_t t1, float *scratch) {
     const int64_t D = a->D, g = a->H / a->Hkv, nt = t1 - t0, M = g * nt;
@@ -53,7 +105,7 @@ static void attn_task(const attn_args *a, int64_t c, int64_t t0, int64_t t1, flo
     float *o = kt + D * KB;              /* [M][D] output accumulators */
     float *mx = o + M * D;               /* [M] running max */
     float *sum = mx + M;                 /* [M] running sum of exp */
-    float *s = sum + M;                  /* [4][KB] scores of a row group */
+    float *s = sum + M;                  /* [4][KB] scores, then probabilities, of a row group */
     float *qs = s + 4 * KB;              /* [M][D] scaled queries */
     memset(o, 0, sizeof(float) * (size_t)(M * D));
     for (int64_t r = 0; r < M; r++) {
@@ -65,33 +117,30 @@ static void attn_task(const attn_args *a, int64_t c, int64_t t0, int64_t t1, flo
     }
     const int64_t s_end = a->n_past + t1; /* keys visible to the last query of the block */
     for (int64_t s0 = 0; s0 < s_end; s0 += KB) {
-        const int64_t nk = s_end - s0 < KB ? s_end - s0 : KB;
-        for (int64_t j = 0; j < KB; j++)
-            for (int64_t d = 0; d < D; d++)
+        const int nk = (int)(s_end - s0 < KB ? s_end - s0 : KB);
+        for (int64_t d = 0; d < D; d++)
+            for (int j = 0; j < KB; j++)
                 kt[d * KB + j] = j < nk ? a->k[(s0 + j) * a->ldk + c * D + d] : 0.0f;
         for (int64_t r0 = 0; r0 < M; r0 += 4) {
-            const int64_t rn = M - r0 < 4 ? M - r0 : 4;
-            float acc[4][KB];
-            memset(acc, 0, sizeof acc);
-            for (int64_t d = 0; d < D; d++) {
-                const float *kr = kt + d * KB;
-                for (int64_t i = 0; i < rn; i++) {
-                    const float b = qs[(r0 + i) * D + d];
-                    for (int j = 0; j < KB; j++) acc[i][j] += b * kr[j];
-                }
-            }
-            for (int64_t i = 0; i < rn; i++) {
+            const int rn = (int)(M - r0 < 4 ? M - r0 : 4);
+            /* rows of a group are consecutive tokens of one head (r % nt), so their limits differ */
+            int any = 0;
+            for (int i = 0; i < rn; i++) any |= a->n_past + t0 + (r0 + i) % nt - s0 >= 0;
+            if (!any) continue; /* the whole block lies in these queries' future */
+            qk_tile(qs + r0 * D, D, kt, rn, s);
+            for (int i = 0; i < rn; i++) {
                 const int64_t r = r0 + i, t = t0 + r % nt;
                 const int64_t lim = a->n_past + t - s0 + 1; /* keys s0 .. s0+lim-1 are visible */
-                const int64_t nv = lim < nk ? lim : nk;
-                if (nv <= 0) { for (int j = 0; j < KB; j++) s[i * KB + j] = 0.0f; continue; }
+                const int nv = (int)(lim < nk ? (lim > 0 ? lim : 0) : nk);
+                float *si = s + i * KB;
+                if (nv == 0) { for (int j = 0; j < KB; j++) si[j] = 0.0f; continue; }
                 float m = mx[r];
-                for (int64_t j = 0; j < nv; j++) m = acc[i][j] > m ? acc[i][j] : m;
+                for (int j = 0; j < nv; j++) m = si[j] > m ? si[j] : m;
                 const float corr = exp_neg(mx[r] - m); /* rescale what was accumulated so far */
                 float tot = 0.0f;
                 for (int j = 0; j < KB; j++) {
-                    const float e = j < nv ? exp_neg(acc[i][j] - m) : 0.0f;
-                    s[i * KB + j] = e;
+                    const float e = j < nv ? exp_neg(si[j] - m) : 0.0f;
+                    si[j] = e;
                     tot += e;
                 }
                 sum[r] = sum[r] * corr + tot;
@@ -99,15 +148,15 @@ static void attn_task(const attn_args *a, int64_t c, int64_t t0, int64_t t1, flo
                 if (corr != 1.0f)
                     for (int64_t d = 0; d < D; d++) o[r * D + d] *= corr;
             }
-            for (int64_t j = 0; j < nk; j++) {
-                const float *vr = a->v + (s0 + j) * a->ldv + c * D;
-                for (int64_t i = 0; i < rn; i++) {
-                    const float p = s[i * KB + j];
-                    if (p == 0.0f) continue;
-                    float *orow = o + (r0 + i) * D;
-                    for (int64_t d = 0; d < D; d++) orow[d] += p * vr[d];
+            const float *vb = a->v + s0 * a->ldv + c * D;
+            int64_t d0 = 0;
+            for (; d0 + VW <= D; d0 += 4 * VW) pv_tile(s, vb, a->ldv, nk, rn, o + r0 * D, D, d0);
+            for (int64_t d = d0; d < D; d++) /* a head size that is not a multiple of VW */
+                for (int i = 0; i < rn; i++) {
+                    float acc = o[(r0 + i) * D + d];
+                    for (int j = 0; j < nk; j++) acc += s[i * KB + j] * vb[j * a->ldv + d];
+                    o[(r0 + i) * D + d] = acc;
                 }
-            }
         }
     }
     for (int64_t r = 0; r < M; r++) {
