@@ -24,7 +24,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Mapping, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -340,6 +340,40 @@ class Model:
         return max(by_type, key=by_type.get) if by_type else "?"
 
     # -- tokens --------------------------------------------------------------------------
+    def chat_prompt(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True,
+                    template_name: str | None = None, **template_vars: Any) -> list[int]:
+        """Token ids of `messages` rendered with the model's chat template (sandboxed jinja2).
+
+        The template is the GGUF's `tokenizer.chat_template` (or `tokenizer.chat_template.<template_name>`;
+        LLaMA-2 format if the file has none). Control tokens in the rendered text become their ids; BOS
+        is added only if the model adds one and the template did not already write it.
+        """
+        from .chat import get_chat_template, render_chat
+
+        source = get_chat_template(self.metadata, template_name)
+        bos_id, eos_id = getattr(self._tok, "bos_id", None), getattr(self._tok, "eos_id", None)
+        piece = (lambda i: self._tok.token_to_piece(i, special=True).decode("utf-8", "replace")
+                 if i is not None and i >= 0 else "")
+        bos_text, eos_text = piece(bos_id), piece(eos_id)
+        text = render_chat(source, messages, add_generation_prompt=add_generation_prompt,
+                           bos_token=bos_text, eos_token=eos_text, **template_vars)
+        has_bos = bool(bos_text) and text.startswith(bos_text)
+        ids = list(self._tok.encode(text, add_bos=not has_bos and getattr(self._tok, "add_bos", False), special=True))
+        if not ids:
+            raise ValueError("the chat template rendered an empty prompt")
+        return ids
+
+    def chat(self, messages: Sequence[Mapping[str, Any]], *, template_name: str | None = None,
+             **generate_kwargs: Any) -> GenerationResult | Iterator[GenerationChunk]:
+        """Reply to a conversation: `messages` = [{"role": "system"|"user"|"assistant", "content": str}, ...].
+
+        Renders the model's chat template with the generation prompt appended, then `generate()`s
+        (same arguments; llama-cpp-python's chat default temperature 0.2 unless given). Generation
+        stops at the end-of-turn tokens the tokenizer knows (eos, eot, ...).
+        """
+        generate_kwargs.setdefault("temperature", 0.2)
+        return self.generate(self.chat_prompt(messages, template_name=template_name), **generate_kwargs)
+
     def tokenize(self, text: str | bytes, add_bos: bool = True, special: bool = False) -> list[int]:
         """Token ids of ``text`` (UTF-8 bytes accepted); ``special`` parses control-token text."""
         if isinstance(text, (bytes, bytearray)):

@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-s", "--seed", type=_int_arg(-1), default=-1, help="sampling seed, -1 = random (default -1)")
     p.add_argument("-r", "--reverse-prompt", action="append", default=[], metavar="TEXT",
                    help="stop when TEXT is generated (repeatable; the text is not printed)")
+    p.add_argument("--chat", action="store_true",
+                   help="treat the prompt as a user message and apply the model's chat template")
+    p.add_argument("-sys", "--system-prompt", default=None, metavar="TEXT",
+                   help="system message for --chat (implies --chat)")
     p.add_argument("--ignore-eos", action="store_true", help="never stop at end-of-generation tokens")
     p.add_argument("--backend", default="auto", help="matmul backend: auto, reference, portable, avx2, avx512, ...")
     p.add_argument("--no-display-prompt", dest="display_prompt", action="store_false",
@@ -233,13 +237,20 @@ def _run(argv: Sequence[str] | None, out: TextIO, err: TextIO, inp: TextIO) -> i
             return 0
         # generate() checks the arguments and the prompt length before returning the stream,
         # so such errors are reported before anything is printed
+        if args.chat or args.system_prompt is not None:
+            messages = ([{"role": "system", "content": args.system_prompt}] if args.system_prompt else []) + [
+                {"role": "user", "content": prompt}]
+            prompt_ids = model.chat_prompt(messages)
+            display = ""  # the rendered template is not echoed; the reply follows directly
+        else:
+            prompt_ids, display = prompt, prompt
         stream = model.generate(
-            prompt, max_tokens=None if args.n_predict < 0 else args.n_predict, temperature=args.temp,
+            prompt_ids, max_tokens=None if args.n_predict < 0 else args.n_predict, temperature=args.temp,
             top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, repeat_penalty=args.repeat_penalty,
             repeat_last_n=args.repeat_last_n, stop=args.reverse_prompt or None, stream=True,
             ignore_eos=args.ignore_eos)
-        if args.display_prompt:
-            out.write(prompt)
+        if args.display_prompt and display:
+            out.write(display)
             out.flush()
         last = None
         for chunk in stream:
