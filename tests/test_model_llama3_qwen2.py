@@ -1,0 +1,86 @@
+"""LLaMA-3 (llama3 rope scaling via rope_freqs, tied embeddings, byte-level BPE) and Qwen2 (q/k/v biases,
+NEOX rope, padded vocabulary) against transformers (`hfdq`) and llama.cpp, from the shared fixtures."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import fixture_path, full_logit_checks, kernel_backends
+from tilellm import backend as backends
+from tilellm.llm.architectures import model_class
+from tilellm.llm.gguf_file import open_gguf
+
+FILES = ["llama3-micro-q8_0", "llama3-micro-q4_0", "qwen2-micro-q8_0"]
+# llama.cpp vs hfdq over the whole vocabulary, every prompt position (compare.json): max, token-weighted mean
+LLAMA_CPP_DELTA = {"llama3-micro-q8_0": (3.118e-01, 4.105e-02), "llama3-micro-q4_0": (3.465e-01, 3.989e-02),
+                   "qwen2-micro-q8_0": (1.593e-01, 2.176e-02)}
+_cache: dict = {}
+
+
+def _model(name: str, be: str, n_batch: int = 512):
+    key = (name, be, n_batch)
+    if key not in _cache:
+        f = open_gguf(fixture_path(f"{name}.gguf"))
+        _cache[key] = model_class(f.arch)(f, backends.get(be, n_threads=2), n_ctx=256, n_batch=n_batch)
+    m = _cache[key]
+    m.reset()
+    return m
+
+
+def _ref(name: str):
+    return np.load(fixture_path(f"{name}.npz"))
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_reference_backend_matches_transformers(name):
+    ref = _ref(name)
+    m = _model(name, "reference", n_batch=64)  # P3 needs two batches
+    for i in range(4):
+        m.reset()
+        logits = m.eval(ref[f"token_ids_p{i}"], logits_all=True)
+        full_logit_checks(logits, ref, "hfdq", i, atol=1e-4)
+        assert np.array_equal(logits.argmax(-1), ref[f"hfdq_top32_ids_p{i}"][:, 0])
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_greedy_continuation_matches_transformers(name):
+    ref = _ref(name)
+    m = _model(name, "reference")
+    for i in range(4):
+        m.reset()
+        logits = m.eval(ref[f"token_ids_p{i}"])
+        want, gaps = ref[f"hfdq_gen_ids_p{i}"], ref[f"hfdq_gen_top2_gap_p{i}"]
+        for step in range(len(want)):
+            if gaps[step] < 1e-3:  # a near-tie: either token is right, and the rest diverges
+                break
+            got = int(np.argmax(logits))
+            assert got == want[step], f"{name} p{i} step {step}: {got} != {want[step]}"
+            logits = m.eval([got])
+
+
+@pytest.mark.parametrize("be", kernel_backends())
+@pytest.mark.parametrize("name", FILES)
+def test_kernel_backends_as_close_as_llama_cpp(name, be):
+    """Whole-vocabulary mean |Δ| against hfdq (full rows from the reference backend, pinned to hfdq above)."""
+    ref = _ref(name)
+    mref, m = _model(name, "reference"), _model(name, be)
+    mx, tot, cnt = 0.0, 0.0, 0
+    for i in range(4):
+        mref.reset()
+        m.reset()
+        d = np.abs(m.eval(ref[f"token_ids_p{i}"], logits_all=True) - mref.eval(ref[f"token_ids_p{i}"], logits_all=True))
+        mx, tot, cnt = max(mx, float(d.max())), tot + float(d.sum(dtype=np.float64)), cnt + d.size
+    lmx, lmean = LLAMA_CPP_DELTA[name]
+    assert tot / cnt <= lmean, f"{be}/{name}: mean |Δ| {tot / cnt:.4g} > llama.cpp's {lmean:.4g}"
+    assert mx <= 2 * lmx, f"{be}/{name}: max |Δ| {mx:.3g} > 2 x llama.cpp's {lmx:.3g}"
+
+
+def test_qwen2_biases_and_llama3_rope_freqs_are_used():
+    """Dropping the qwen2 biases or llama3's rope_freqs must change the logits (they are not decorative)."""
+    for name, drop in (("qwen2-micro-q8_0", "blk.0.attn_q.bias"), ("llama3-micro-q8_0", "rope_freqs.weight")):
+        ref = _ref(name)
+        f = open_gguf(fixture_path(f"{name}.gguf"))
+        ok = model_class(f.arch)(f, backends.get("reference"), n_ctx=256).eval(ref["token_ids_p0"])
+        del f.tensors[drop]
+        altered = model_class(f.arch)(f, backends.get("reference"), n_ctx=256).eval(ref["token_ids_p0"])
+        assert np.abs(ok - altered).max() > 1e-2, drop
