@@ -132,7 +132,6 @@ def test_seed_reproduces() -> None:
 
 
 @pytest.mark.parametrize("argv, fragment, code", [
-    (["-p", "hi"], "no model", 2),
     (["{model}"], "no prompt", 2),
     (["{model}", "-p", "x", "--bogus"], "unrecognized", 2),
     (["{model}", "-p", "x", "-f", "y"], "not allowed", 2),
@@ -163,6 +162,22 @@ def test_errors_are_one_line(tmp_path: Path, argv, fragment, code) -> None:
     assert fragment in lines[0]
     assert "Traceback" not in err
     assert out == ""  # nothing printed before the error
+
+
+def test_no_model_and_no_demo_extra_is_one_line(monkeypatch) -> None:
+    """Without a model path the CLI uses the demo model; without the demo extra it says how to get it.
+
+    (With the extra installed, the real Gemma model would load here, so its absence is simulated.)
+    """
+    import sys
+
+    from tilellm.llm.default_model import PACKAGE
+
+    monkeypatch.setitem(sys.modules, PACKAGE, None)  # makes `import PACKAGE` fail
+    rc, out, err = run(["-p", "hi"])
+    assert rc != 0 and out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "tilellm[demo]" in lines[0], err
 
 
 def _write_arch_gguf(path: Path, arch: str) -> None:
