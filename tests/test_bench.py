@@ -196,8 +196,18 @@ def test_default_shapes_and_quick() -> None:
 
 # ----------------------------------------------------------------------------- errors
 
+def test_no_model_and_no_demo_extra(monkeypatch) -> None:
+    """No -m: the demo model is used; without the demo extra (simulated) one line says how to get it."""
+    import sys
+
+    from tilellm.llm.default_model import PACKAGE
+
+    monkeypatch.setitem(sys.modules, PACKAGE, None)
+    rc, out, err = run([])
+    assert rc != 0 and len(err.splitlines()) == 1 and err.startswith("error: ") and "tilellm[demo]" in err
+
+
 @pytest.mark.parametrize("argv, frag, code", [
-    ([], "no model", 2),
     (["-m", "{model}", "-p", "x"], "invalid integer", 2),
     (["-m", "{model}", "-t", "0"], ">= 1", 2),
     (["-m", "{model}", "-r", "1,2"], "-r", 2),
