@@ -43,11 +43,13 @@ class KernelBackend:
             return other.prepare(x, t)
         return Prepared(x, t, self.name, self.lib.prepare(t, x, n_threads=self.n_threads))
 
-    def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, n_past: int, scale: float) -> np.ndarray:
-        """Causal grouped-query attention in C (f32, online softmax): q [T, H, D], k/v [n_past+T, Hkv, D]."""
+    def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, n_past: int, scale: float,
+                  window: int | None = None) -> np.ndarray:
+        """Causal grouped-query attention in C (f32, online softmax): q [T, H, D], k/v [n_past+T, Hkv, D];
+        `window`: sliding-window attention (the query at position p sees keys p-window+1..p)."""
         from tilellm.kernels.attention import attention
 
-        return attention(self.lib, q, k, v, n_past, scale, self.n_threads)
+        return attention(self.lib, q, k, v, n_past, scale, self.n_threads, window=window)
 
     def matmul(self, weight: TensorView, x, out: np.ndarray | None = None) -> np.ndarray:
         t = weight.type

@@ -73,9 +73,10 @@ def get(name: str | None = "auto", n_threads: int | None = None) -> Backend:
     if name is None or name == "auto":
         name = os.environ.get(ENV_VAR, "").strip() or "auto"
     name = name.lower()
-    n_threads = int(n_threads) if n_threads else default_threads()
-    if n_threads < 1:
-        raise BackendUnavailableError(f"n_threads must be >= 1, got {n_threads}")
+    if n_threads is None:
+        n_threads = default_threads()
+    elif isinstance(n_threads, bool) or not isinstance(n_threads, int) or not 1 <= n_threads <= 1024:
+        raise ValueError(f"n_threads must be an integer in 1..1024 (or None for all cores), got {n_threads!r}")
     if name == "auto":
         name = available()[0]
     if name not in known():

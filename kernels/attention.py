@@ -20,8 +20,11 @@ def _rows(a: np.ndarray, name: str, heads: int, d: int) -> int:
 
 
 def attention(kl, q: np.ndarray, k: np.ndarray, v: np.ndarray, n_past: int, scale: float,
-              n_threads: int = 1, out: np.ndarray | None = None) -> np.ndarray:
-    """Causal GQA attention with the C kernel of KernelLib `kl`; q [T, H, D], k/v [n_past+T, Hkv, D]."""
+              n_threads: int = 1, out: np.ndarray | None = None, window: int | None = None) -> np.ndarray:
+    """Causal GQA attention with the C kernel of KernelLib `kl`; q [T, H, D], k/v [n_past+T, Hkv, D].
+
+    `window` (sliding-window attention): the query at position p sees only keys p-window+1..p.
+    """
     if not isinstance(q, np.ndarray) or q.ndim != 3:
         raise ShapeError("q must be a float32 [T, H, D] array")
     T, H, D = q.shape
@@ -61,8 +64,11 @@ def attention(kl, q: np.ndarray, k: np.ndarray, v: np.ndarray, n_past: int, scal
         # a strided array, and C would then read the copy with the original stride: past its end)
         return ffi.cast("float *", ffi.from_buffer(_byte_span(a), require_writable=writable))
 
+    if window is not None and (isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1):
+        raise ShapeError(f"window must be None or an integer >= 1, got {window!r}")
+    win = 0 if window is None else int(window)
     rc = lib.tl_attention(fp(q), ldq, fp(k), ldk, fp(v), ldv, fp(out, True), H * D, T, S, H, Hkv, D,
-                          n_past, float(scale), nth)
+                          n_past, win, float(scale), nth)
     if rc != 0:
         raise MemoryError("tl_attention could not allocate its scratch") if rc == 3 else ShapeError(
             f"tl_attention rejected its arguments (status {rc})")

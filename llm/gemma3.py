@@ -37,7 +37,7 @@ from tilellm.errors import GGUFError
 from tilellm.quant import TensorView
 
 from .architectures import register
-from .layers import Rope, causal_attention, gelu_tanh, rms_norm
+from .layers import Rope, gelu_tanh, rms_norm
 from .model import LlamaModel, _vector
 
 # Gemma 3's published defaults for what older GGUF files do not state.
@@ -188,10 +188,11 @@ class Gemma3Model(LlamaModel):
             self.v_cache[li, p0:p0 + T] = v.reshape(T, Hkv, D)
             if L.local and g.sliding_window is not None:
                 k0 = max(0, p0 - g.sliding_window + 1)  # older keys are outside every query's window
-                att = causal_attention(q, self.k_cache[li, k0:p0 + T], self.v_cache[li, k0:p0 + T], p0,
-                                       g.attn_scale, window=g.sliding_window, k_start=k0)
+                # positions relative to k0: only differences matter to causality and the window
+                att = self._attention(q, self.k_cache[li, k0:p0 + T], self.v_cache[li, k0:p0 + T], p0 - k0,
+                                      g.attn_scale, window=g.sliding_window)
             else:
-                att = causal_attention(q, self.k_cache[li, :p0 + T], self.v_cache[li, :p0 + T], p0, g.attn_scale)
+                att = self._attention(q, self.k_cache[li, :p0 + T], self.v_cache[li, :p0 + T], p0, g.attn_scale)
             o = be.matmul(L.wo, att.reshape(T, H * D))
             h = h + rms_norm(o, L.post_attn_norm, eps)
             x = rms_norm(h, L.ffn_norm, eps)

@@ -124,12 +124,14 @@ class DecoderModel:
                                  "may be corrupt); call reset() before evaluating again")
         return out
 
-    def _attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, n_past: int, scale: float) -> np.ndarray:
-        """Causal GQA attention: the backend's C kernel when it has one, else numpy."""
+    def _attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, n_past: int, scale: float,
+                   window: int | None = None) -> np.ndarray:
+        """Causal GQA attention (optionally sliding-window): the backend's C kernel when it has one, else
+        numpy. k/v hold positions 0..n_past+T-1 relative to their first row."""
         fast = getattr(self.backend, "attention", None)
         if fast is not None:
-            return fast(q, k, v, n_past, scale)
-        return causal_attention(q, k, v, n_past, scale)
+            return fast(q, k, v, n_past, scale, window=window)
+        return causal_attention(q, k, v, n_past, scale, window=window)
 
     def _head(self, h: np.ndarray) -> np.ndarray:
         x = rms_norm(h, self.out_norm, self.hparams.rms_eps)

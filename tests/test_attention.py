@@ -50,3 +50,17 @@ def test_c_attention_rejects_bad_shapes():
         attention(kl, q[:, :, ::2].copy()[:, :, :8][:, :, ::1].repeat(2, axis=2)[:, :, ::2], kv, kv, 2, 1.0)
     with pytest.raises(ShapeError, match="n_threads"):
         attention(kl, q, kv, kv, 2, 1.0, n_threads=0)
+
+
+@pytest.mark.parametrize("variant", kernel_backends())
+@pytest.mark.parametrize("T, n_past, window", [(40, 0, 7), (130, 50, 64), (1, 300, 100), (70, 10, 1), (20, 5, 1000)])
+def test_c_sliding_window_matches_numpy(variant, T, n_past, window):
+    rng = np.random.default_rng(T + n_past + window)
+    H, Hkv, D = 4, 1, 48
+    S = n_past + T
+    q = rng.standard_normal((T, H, D)).astype(np.float32)
+    k = rng.standard_normal((S, Hkv, D)).astype(np.float32)
+    v = rng.standard_normal((S, Hkv, D)).astype(np.float32)
+    got = attention(kernels.load(variant), q, k, v, n_past, 0.2, n_threads=2, window=window)
+    want = causal_attention(q, k, v, n_past, 0.2, window=window)
+    np.testing.assert_allclose(got, want, atol=5e-6, rtol=1e-5)

@@ -74,9 +74,10 @@ double tl_fma_peak(int nthreads);
 /* Causal grouped-query attention in f32 (online softmax, no [T x S] score matrix):
  * q [T, H, D] (token rows ldq floats apart), k and v [S, Hkv, D] (rows ldk / ldv apart),
  * out [T, H, D] (rows ldo apart). Query t is at position n_past + t and sees keys
- * 0..n_past+t; S must equal n_past + T; H a multiple of Hkv. */
+ * 0..n_past+t (window > 0: only the last `window` of those, a sliding window); S must equal
+ * n_past + T; H a multiple of Hkv. */
 int tl_attention(const float *q, int64_t ldq, const float *k, int64_t ldk, const float *v, int64_t ldv,
                  float *out, int64_t ldo, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t D,
-                 int64_t n_past, float scale, int nthreads);
+                 int64_t n_past, int64_t window, float scale, int nthreads);
 
 #endif

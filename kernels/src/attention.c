@@ -55,7 +55,7 @@ typedef struct {
     const float *q, *k, *v;
     float *out;
     int64_t ldq, ldk, ldv, ldo;
-    int64_t T, S, H, Hkv, D, n_past;
+    int64_t T, S, H, Hkv, D, n_past, window; /* window 0 = unlimited */
     float scale;
     int64_t n_tasks;
     float *scratch; /* scratch_floats() per worker */
@@ -116,7 +116,9 @@ static void attn_task(const attn_args *a, int64_t c, int64_t t0, int64_t t1, flo
         for (int64_t d = 0; d < D; d++) qs[r * D + d] = src[d] * a->scale;
     }
     const int64_t s_end = a->n_past + t1; /* keys visible to the last query of the block */
-    for (int64_t s0 = 0; s0 < s_end; s0 += KB) {
+    /* oldest key any query of the block sees (sliding window), rounded down to a key block */
+    const int64_t s_beg = a->window > 0 && a->n_past + t0 - a->window + 1 > 0 ? a->n_past + t0 - a->window + 1 : 0;
+    for (int64_t s0 = s_beg / KB * KB; s0 < s_end; s0 += KB) {
         const int nk = (int)(s_end - s0 < KB ? s_end - s0 : KB);
         for (int64_t d = 0; d < D; d++)
             for (int j = 0; j < KB; j++)
@@ -125,21 +127,27 @@ static void attn_task(const attn_args *a, int64_t c, int64_t t0, int64_t t1, flo
             const int rn = (int)(M - r0 < 4 ? M - r0 : 4);
             /* rows of a group are consecutive tokens of one head (r % nt), so their limits differ */
             int any = 0;
-            for (int i = 0; i < rn; i++) any |= a->n_past + t0 + (r0 + i) % nt - s0 >= 0;
+            for (int i = 0; i < rn; i++) {
+                const int64_t pos = a->n_past + t0 + (r0 + i) % nt;
+                any |= pos - s0 >= 0 && (a->window <= 0 || pos - a->window + 1 < s0 + nk);
+            }
             if (!any) continue; /* the whole block lies in these queries' future */
             qk_tile(qs + r0 * D, D, kt, rn, s);
             for (int i = 0; i < rn; i++) {
                 const int64_t r = r0 + i, t = t0 + r % nt;
-                const int64_t lim = a->n_past + t - s0 + 1; /* keys s0 .. s0+lim-1 are visible */
+                const int64_t pos = a->n_past + t;
+                const int64_t lim = pos - s0 + 1; /* keys s0 .. s0+lim-1 are not in the future */
                 const int nv = (int)(lim < nk ? (lim > 0 ? lim : 0) : nk);
+                int64_t lo = a->window > 0 ? pos - a->window + 1 - s0 : 0; /* older keys left the window */
+                const int j0 = (int)(lo > 0 ? (lo < nv ? lo : nv) : 0);
                 float *si = s + i * KB;
-                if (nv == 0) { for (int j = 0; j < KB; j++) si[j] = 0.0f; continue; }
+                if (nv - j0 <= 0) { for (int j = 0; j < KB; j++) si[j] = 0.0f; continue; }
                 float m = mx[r];
-                for (int j = 0; j < nv; j++) m = si[j] > m ? si[j] : m;
+                for (int j = j0; j < nv; j++) m = si[j] > m ? si[j] : m;
                 const float corr = exp_neg(mx[r] - m); /* rescale what was accumulated so far */
                 float tot = 0.0f;
                 for (int j = 0; j < KB; j++) {
-                    const float e = j < nv ? exp_neg(si[j] - m) : 0.0f;
+                    const float e = j >= j0 && j < nv ? exp_neg(si[j] - m) : 0.0f;
                     si[j] = e;
                     tot += e;
                 }
@@ -184,9 +192,10 @@ static void attn_worker(void *ctx, int ith, int nth) {
 
 int tl_attention(const float *q, int64_t ldq, const float *k, int64_t ldk, const float *v, int64_t ldv,
                  float *out, int64_t ldo, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t D,
-                 int64_t n_past, float scale, int nthreads) {
-    if (T < 1 || H < 1 || Hkv < 1 || D < 1 || H % Hkv || n_past < 0 || S != n_past + T) return TL_EINVAL;
-    attn_args a = {q, k, v, out, ldq, ldk, ldv, ldo, T, S, H, Hkv, D, n_past, scale, 0, NULL};
+                 int64_t n_past, int64_t window, float scale, int nthreads) {
+    if (T < 1 || H < 1 || Hkv < 1 || D < 1 || H % Hkv || n_past < 0 || S != n_past + T || window < 0)
+        return TL_EINVAL;
+    attn_args a = {q, k, v, out, ldq, ldk, ldv, ldo, T, S, H, Hkv, D, n_past, window, scale, 0, NULL};
     a.n_tasks = ((T + QB - 1) / QB) * Hkv;
     int nth = nthreads < 1 ? 1 : nthreads;
     if (nth > a.n_tasks) nth = (int)a.n_tasks;
