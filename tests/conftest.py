@@ -38,15 +38,3 @@ def full_logit_checks(logits: np.ndarray, ref, src: str, i: int, atol: float) ->
     lse = np.log(np.exp(logits - mx[:, None]).sum(-1)) + mx
     np.testing.assert_allclose(lse, ref[f"{src}_logsumexp_p{i}"], atol=atol, rtol=0)
     np.testing.assert_allclose(logits[-1], ref[f"{src}_last_logits_p{i}"], atol=atol, rtol=0)
-
-
-def logit_deltas(logits: np.ndarray, ref, src: str, i: int) -> tuple[float, float, int]:
-    """(max |Δ| over top-32 + sampled ids + last row, sum and count of |Δ| over the unbiased columns).
-
-    The unbiased columns (random sampled ids, the full last row) stand in for a whole-vocabulary mean.
-    """
-    cols = np.concatenate([ref[f"{src}_top32_ids_p{i}"], np.broadcast_to(ref["sample_ids"], (len(logits), 64))], 1)
-    want = np.concatenate([ref[f"{src}_top32_logits_p{i}"], ref[f"{src}_sample_logits_p{i}"]], axis=1)
-    d = np.abs(np.take_along_axis(logits, cols, -1) - want)
-    dl = np.abs(logits[-1] - ref[f"{src}_last_logits_p{i}"])
-    return max(float(d.max()), float(dl.max())), float(d[:, 32:].sum()) + float(dl.sum()), d[:, 32:].size + dl.size

@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pytest
 
-from conftest import fixture_path, full_logit_checks, kernel_backends, logit_deltas
+from conftest import fixture_path, full_logit_checks, kernel_backends
 from tilellm import backend as backends
 from tilellm.errors import GGUFError, UnsupportedError
 from tilellm.llm.architectures import model_class
@@ -233,25 +233,29 @@ def test_bad_metadata_is_rejected(edit, err):
 
 
 # ---------------------------------------------------------------- kernel backends
-# llama.cpp vs hfdq on these files (fixtures README, "Measured agreement"): max, mean |Δ|, lowest argmax agreement
-LLAMA_CPP_DELTA = {"deepseek2-micro-q8_0": (4.2, 1.2e-1, 0.82), "deepseek2-lite-micro-q8_0": (1.8, 1.1e-1, 0.76)}
+# llama.cpp vs hfdq over the whole vocabulary at every prompt position (fixtures' compare.json, rows
+# "lcpp_vs_hfdq"): max |Δ|, token-weighted mean |Δ|, lowest per-prompt argmax agreement
+LLAMA_CPP_DELTA = {"deepseek2-micro-q8_0": (4.194, 0.11808, 0.82), "deepseek2-lite-micro-q8_0": (1.783, 0.11666, 0.76)}
 
 
 @pytest.mark.parametrize("be", kernel_backends())
 @pytest.mark.parametrize("name", FIXTURES)
 def test_kernel_backends_as_close_as_llama_cpp(name, be):
-    """MoE advice of the README: a perturbed router flips experts, so max and mean within 2x llama.cpp's and the
-    argmax agreement at least llama.cpp's minus a few percent."""
+    """Mean |Δ| over the whole vocabulary no larger than llama.cpp's (the issue's criterion). The max and the
+    argmax agreement follow the README's MoE advice (a perturbed router flips experts at a few positions):
+    max within 2x llama.cpp's, agreement at least llama.cpp's minus 0.05. Full rows of hfdq come from the
+    reference backend, which test_reference_backend_matches_transformers pins to hfdq within 1e-4."""
     ref = _ref(name)
-    m = _model(name, be)
+    m, mref = _model(name, be), _model(name, "reference")
     mx, tot, cnt, agree = 0.0, 0.0, 0, 1.0
     for i in PROMPTS:
         m.reset()
+        mref.reset()
         logits = m.eval(ref[f"token_ids_p{i}"], logits_all=True)
-        a, s, c = logit_deltas(logits, ref, "hfdq", i)
-        mx, tot, cnt = max(mx, a), tot + s, cnt + c
+        d = np.abs(logits - mref.eval(ref[f"token_ids_p{i}"], logits_all=True))
+        mx, tot, cnt = max(mx, float(d.max())), tot + float(d.sum(dtype=np.float64)), cnt + d.size
         agree = min(agree, float(np.mean(logits.argmax(-1) == ref[f"hfdq_top32_ids_p{i}"][:, 0])))
     lmx, lmean, lagree = LLAMA_CPP_DELTA[name]
-    assert tot / cnt <= 2 * lmean, f"{be}/{name}: mean |Δ| {tot / cnt:.3g} > 2 x llama.cpp's {lmean:.3g}"
+    assert tot / cnt <= lmean, f"{be}/{name}: mean |Δ| {tot / cnt:.4g} > llama.cpp's {lmean:.4g}"
     assert mx <= 2 * lmx, f"{be}/{name}: max |Δ| {mx:.3g} > 2 x llama.cpp's {lmx:.3g}"
     assert agree >= lagree - 0.05, f"{be}/{name}: argmax agreement {agree:.2f} < llama.cpp's {lagree:.2f} - 0.05"
