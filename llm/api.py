@@ -615,6 +615,18 @@ def _check_int_arg(name: str, v: Any, lo: int) -> int:
     return int(v)
 
 
+class _NoTokenizer:
+    """Stands in for the tokenizer of a file that has none (``load(tokenizer=None)``)."""
+
+    bos_id = eos_id = None
+    add_bos = False
+    eog_ids: frozenset = frozenset()
+
+    def __getattr__(self, name: str) -> Any:
+        raise UnsupportedError(f"this model file has no tokenizer (tokenizer.{name} is unavailable); "
+                               "only eval() with token ids works")
+
+
 def load(
     path: str | os.PathLike[str],
     n_ctx: int | None = None,
@@ -622,8 +634,13 @@ def load(
     n_batch: int = 512,
     backend: str = "auto",
     seed: int | None = None,
+    *,
+    tokenizer: bool | None = True,
 ) -> Model:
     """Open a GGUF model for inference.
+
+    ``tokenizer``: True (default) requires the file's tokenizer; None uses it if the file has one (for
+    benchmarks of synthetic files without a vocabulary: ``eval`` works, text methods raise UnsupportedError).
 
     ``n_ctx``: None → min(the model's context_length, 4096); 0 → the model's context_length.
     ``n_threads``: None → physical cores. ``n_batch``: prompt tokens per forward pass.
@@ -660,7 +677,10 @@ def load(
                 ctx_train = 4096  # files without the key: a conservative window
             n_ctx = int(ctx_train) if n_ctx == 0 else min(int(ctx_train), 4096)
         be = backends.get(backend, n_threads)
-        tok = Tokenizer.from_metadata(file.metadata)
+        if tokenizer is None and "tokenizer.ggml.model" not in file.metadata:
+            tok = _NoTokenizer()
+        else:
+            tok = Tokenizer.from_metadata(file.metadata)
         impl = factory(file, be, n_ctx, n_batch)
     except BaseException:
         file.close()

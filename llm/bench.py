@@ -197,7 +197,7 @@ def run_model_bench(
     for be in _backend_names(backends):
         for t in threads:
             for nb in n_batch:
-                with load(model_path, n_ctx=n_ctx, n_threads=t, n_batch=nb, backend=be) as model:
+                with load(model_path, n_ctx=n_ctx, n_threads=t, n_batch=nb, backend=be, tokenizer=None) as model:
                     bos = getattr(model.tokenizer, "bos_id", None)
 
                     def random_tokens(n: int) -> list[int]:
