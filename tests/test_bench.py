@@ -119,7 +119,7 @@ def test_pp_is_one_eval_after_reset_tg_is_single_tokens(monkeypatch) -> None:
     monkeypatch.setattr("tilellm.llm.api.load", fake_load)
     res = bench.run_model_bench("x.gguf", n_prompt=[5], n_gen=[3], reps=2, threads=[1], backends=["reference"],
                                 n_batch=[4])
-    assert loads == [dict(n_ctx=5, n_threads=1, n_batch=4, backend="reference")]
+    assert loads == [dict(n_ctx=5, n_threads=1, n_batch=4, backend="reference", tokenizer=None)]
     # warm-up pp, 2 timed pp; warm-up tg of one token, 2 timed tg of 3 single tokens
     assert log == ["reset", 5, "reset", 5, "reset", 5,
                    "reset", 1, "reset", 1, 1, 1, "reset", 1, 1, 1]
