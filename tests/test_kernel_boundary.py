@@ -484,7 +484,7 @@ def test_edge_shapes_exact_buffers(lib, t):
             for n in EDGE_N:
                 w, x = wmax[:m].copy(), xmax[:n].copy()
                 y = lib.gemm(t, w, k, lib.prepare(t, x))
-                ref, scale = reference(t, w, k, x)
+                ref, scale = reference(lib, t, w, k, x)
                 assert (np.abs(y - ref) <= 1e-5 * scale + 1e-30).all(), (t.name, m, n, k)
 
 

@@ -61,10 +61,44 @@ def q8_act_ref(x: np.ndarray) -> np.ndarray:
     return (q.reshape(n, k // 16, 16).astype(np.float64) * d[..., None].astype(np.float64)).reshape(n, k)
 
 
-def reference(t: GGMLType, raw: np.ndarray, k: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(exact result, scale) with scale = sum |w||x| per output, for relative tolerances."""
+def f16_act_ref(x: np.ndarray) -> np.ndarray:
+    """float64 values of TL_F16 activations (sme/sme2, for f16 weights): per row s = 2^e with
+    max finite |x| in [2^(e+14), 2^(e+15)) (e >= -126; s = 1 for an all-zero row), h = f16(x/s)
+    round to nearest even; value s * h. Nothing overflows fp16's 65504."""
+    a = np.abs(x)
+    amax = np.where(np.isfinite(a), a, 0).max(axis=1, keepdims=True)
+    _, e = np.frexp(amax)  # amax = f * 2^e, f in [0.5, 1)
+    e = np.where(amax > 0, np.maximum(e.astype(np.int64) - 15, -126), 0)
+    h = (x * np.ldexp(np.float32(1), -e).astype(np.float32)).astype(np.float32).astype(np.float16)
+    return h.astype(np.float64) * np.ldexp(1.0, e)
+
+
+def bf16_act_ref(x: np.ndarray) -> np.ndarray:
+    """float64 values of TL_BF16 activations (sme/sme2, for bf16 weights): round to nearest even."""
+    u = x.astype(np.float32).view(np.uint32).astype(np.uint64)
+    b = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint32)
+    return (b << 16).astype(np.uint32).view(np.float32).astype(np.float64)
+
+
+def act_ref(lib, t: GGMLType, x: np.ndarray) -> np.ndarray:
+    """The activations exactly as variant `lib` rounds them for weights of type t, keyed off
+    lib.act_type(t): f32 copy, q8 blocks, or (SME widening MOPAs) f16 with a row scale / bf16."""
+    at = lib.act_type(t)
+    if at == T.F32:
+        return x.astype(np.float64)
+    if at == T.F16:
+        return f16_act_ref(x)
+    if at == T.BF16:
+        return bf16_act_ref(x)
+    assert at in (T.Q8_0, T.Q8_1), f"no reference for {at.name} activations"
+    return q8_act_ref(x)
+
+
+def reference(lib, t: GGMLType, raw: np.ndarray, k: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(exact result, scale) with scale = sum |w||x| per output, for relative tolerances; the
+    activations rounded as `lib` rounds them (act_ref)."""
     wd = dequantize(raw, t, k).astype(np.float64).reshape(-1, k)
-    xd = q8_act_ref(x) if t in QTYPES else x.astype(np.float64)
+    xd = act_ref(lib, t, x)
     return xd @ wd.T, np.abs(xd) @ np.abs(wd).T
 
 
@@ -98,7 +132,7 @@ def test_gemm_matches_reference(lib, t, shape):
     m, k, n = shape
     raw, x = make(t, m, k, n, seed=m * 1000 + k + n)
     y = lib.gemm(t, raw, k, lib.prepare(t, x))
-    ref, scale = reference(t, raw, k, x)
+    ref, scale = reference(lib, t, raw, k, x)
     check_close(y, ref, scale)
 
 
@@ -108,8 +142,79 @@ def test_float_types_any_k(lib, t, k):
     for m, n in [(1, 1), (6, 5), (11, 2)]:
         raw, x = make(t, m, k, n, seed=k * 7 + m)
         y = lib.gemm(t, raw, k, lib.prepare(t, x))
-        ref, scale = reference(t, raw, k, x)
+        ref, scale = reference(lib, t, raw, k, x)
         check_close(y, ref, scale)
+
+
+# ---- 16-bit activations (sme / sme2: widening FMOPA for f16, BFMOPA for bf16) and the SME tile shapes
+
+def test_act_types_of_the_16bit_mopa_variants(lib):
+    """sme/sme2: f16 weights always take f16 activations (widening FMOPA); bf16 weights take
+    bf16 ones (BFMOPA) only with TILELLM_SME_BF16=bfmopa at load time, else f32."""
+    import os
+
+    sme = lib.variant in ("sme", "sme2")
+    bfmopa = sme and os.environ.get("TILELLM_SME_BF16") == "bfmopa"
+    want = {T.F16: T.F16 if sme else T.F32, T.BF16: T.BF16 if bfmopa else T.F32}
+    assert {t: lib.act_type(t) for t in want} == want
+
+
+@pytest.mark.parametrize("t", [T.F16, T.BF16], ids=lambda t: t.name)
+def test_16bit_activation_rounding_is_not_skipped(lib, t):
+    """Where act_type(t) is 16-bit, the result must match the ROUNDED activations and, at this
+    tolerance, must NOT match the unrounded ones (so the rounding hook is really needed)."""
+    if lib.act_type(t) == T.F32:
+        pytest.skip(f"{lib.variant} keeps f32 activations for {t.name}")
+    m, k, n = 24, 32, 16  # n >= 8: the SME path
+    raw, x = make(t, m, k, n, seed=77)
+    y = lib.gemm(t, raw, k, lib.prepare(t, x))
+    check_close(y, *reference(lib, t, raw, k, x))
+    wd = dequantize(raw, t, k).astype(np.float64).reshape(-1, k)
+    with pytest.raises(AssertionError):
+        check_close(y, x.astype(np.float64) @ wd.T, np.abs(x.astype(np.float64)) @ np.abs(wd).T)
+
+
+@pytest.mark.parametrize("n", [1, 5, 40])  # gemv, NEON small batch, SME
+def test_f16_activations_beyond_fp16_range(lib, n):
+    """Activations far outside fp16 (|x| up to 3e9 and down to 1e-9 in one row, plus an all-zero
+    row) must neither overflow nor flush: the per-row scale keeps them in range."""
+    m, k = 19, 64
+    raw, x = make(T.F16, m, k, n, seed=5)
+    rng = np.random.default_rng(6)
+    x = (x * np.float32(10.0) ** rng.integers(-9, 9, size=x.shape)).astype(np.float32)
+    x[0, :8] = [3e9, -2.5e9, 1e5, 65520, -70000, 1e-9, -3e-8, 0]
+    if n > 1:
+        x[1] = 0
+    y = lib.gemm(T.F16, raw, k, lib.prepare(T.F16, x))
+    assert np.isfinite(y).all()
+    check_close(y, *reference(lib, T.F16, raw, k, x))
+
+
+# ragged against every L (4 … 64), 4L and the tall/wide tiles; k > 2 x 1024 takes the
+# multi-chunk (y reload) path for 16-bit pairs too; odd k for the float types
+SME_SHAPES = [(5, 64, 9), (17, 96, 33), (70, 160, 130), (3, 32, 200), (131, 64, 8), (37, 2080, 19), (9, 129, 11)]
+
+
+@pytest.mark.parametrize("tile", ["16x64", "64x16", None])
+def test_sme_tile_shapes(lib, tile, monkeypatch):
+    """Both SME micro-kernel shapes (forced through TILELLM_SME_TILE, read per call) against the
+    reference on ragged sizes, every type; f32 accumulation order is the same in both shapes, so
+    the forced results must also equal the automatic choice bit for bit."""
+    if lib.variant not in ("sme", "sme2"):
+        pytest.skip("SME only")
+    for m, k, n in SME_SHAPES:
+        for t in TYPES:
+            if k % TYPE_INFO[t].block_size:
+                continue
+            raw, x = make(t, m, k, n, seed=m * 31 + k + n)
+            p = lib.prepare(t, x)
+            monkeypatch.delenv("TILELLM_SME_TILE", raising=False)
+            auto = lib.gemm(t, raw, k, p)
+            if tile:
+                monkeypatch.setenv("TILELLM_SME_TILE", tile)
+            y = lib.gemm(t, raw, k, p)
+            check_close(y, *reference(lib, t, raw, k, x))
+            assert np.array_equal(y, auto), f"{t.name} {m}x{k}x{n}: {tile} differs from the automatic shape"
 
 
 def test_wrong_nibble_order_would_be_caught(lib):
@@ -120,7 +225,7 @@ def test_wrong_nibble_order_would_be_caught(lib):
     qs = swapped[..., 2:]
     swapped[..., 2:] = (qs >> 4) | (qs << 4)
     y = lib.gemm(T.Q4_0, raw, k, lib.prepare(T.Q4_0, x))
-    ref_bad, scale = reference(T.Q4_0, swapped.reshape(m, -1), k, x)
+    ref_bad, scale = reference(lib, T.Q4_0, swapped.reshape(m, -1), k, x)
     with pytest.raises(AssertionError):
         check_close(y, ref_bad, scale)
 
@@ -156,7 +261,16 @@ def test_f16_bf16_conversion_every_bit_pattern(lib):
         finite = np.isfinite(as_f32)
         wbits = np.where(finite, bits, 0).astype(np.uint16).reshape(-1, k)
         y = lib.gemm(t, wbits.view(np.uint8), k, lib.prepare(t, eye))
-        np.testing.assert_array_equal(y.T, np.where(finite, as_f32, 0).reshape(-1, k))
+        want = np.where(finite, as_f32, 0).reshape(-1, k)
+        if lib.act_type(t) == T.BF16:
+            # BFMOPA (sme/sme2) follows the Arm ARM's BFDotAdd: without FEAT_EBF16 + FPCR.EBF it
+            # flushes subnormal inputs and outputs to zero. Exactly the 254 subnormal bf16
+            # patterns (|w| < 2^-126) may read back as 0; every other value stays exact.
+            sub = (want != 0) & (np.abs(want) < np.finfo(np.float32).tiny)
+            assert sub.sum() == 254
+            flushed = sub & (y.T == 0)
+            want = np.where(flushed, 0, want)
+        np.testing.assert_array_equal(y.T, want)
         # specials: row i holds special value i at position i
         spec = bits[~finite][:k]
         w = np.zeros((len(spec), k), np.uint16)
@@ -190,16 +304,22 @@ def test_out_and_prepared_reuse(lib):
     out = np.full((n, m), np.nan, np.float32)
     res = lib.gemm(T.Q8_0, raw8, k, p, out=out)
     assert res is out
-    check_close(out, *reference(T.Q8_0, raw8, k, x))
+    check_close(out, *reference(lib, T.Q8_0, raw8, k, x))
     y4 = lib.gemm(T.Q4_0, raw4, k, p)
-    check_close(y4, *reference(T.Q4_0, raw4, k, x))
+    check_close(y4, *reference(lib, T.Q4_0, raw4, k, x))
     again = lib.gemm(T.Q8_0, raw8, k, p)
     assert np.array_equal(again, out)
-    # prepared float activations serve f32, f16 and bf16 weights alike
+    # prepared f32 activations serve every float weight type whose act type is F32 (all of
+    # them, except f16 / bf16 on sme/sme2, which want their own rounded 16-bit rows)
     pf = lib.prepare(T.F32, x)
     for t in (T.F16, T.BF16, T.F32):
         rw, _ = make(t, m, k, n, seed=3)
-        check_close(lib.gemm(t, rw, k, pf), *reference(t, rw, k, x))
+        if lib.act_type(t) == T.F32:
+            check_close(lib.gemm(t, rw, k, pf), *reference(lib, t, rw, k, x))
+        else:
+            with pytest.raises(ShapeError, match="activations"):
+                lib.gemm(t, rw, k, pf)
+            check_close(lib.gemm(t, rw, k, lib.prepare(t, x)), *reference(lib, t, rw, k, x))
 
 
 def test_prepared_is_a_copy(lib):
@@ -225,7 +345,7 @@ def test_strided_readonly_weights_and_activations(lib):
         xbig = np.zeros((n, k + 8), np.float32)
         xbig[:, 3:3 + k] = x
         y = lib.gemm(t, view, k, lib.prepare(t, xbig[:, 3:3 + k]))
-        check_close(y, *reference(t, raw, k, x))
+        check_close(y, *reference(lib, t, raw, k, x))
 
 
 def test_concurrent_python_threads(lib):

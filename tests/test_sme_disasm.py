@@ -1,10 +1,11 @@
 """Static checks on the built arm64 SME modules (disassembled with llvm-objdump; run by .ci/arm.sh
 after the cross build, skipped where no arm64 module or no llvm-objdump is around).
 
-The SME2 f32 micro-kernel's inner loop must issue, per k step, four FMOPAs (za0..za3, one per
-tile, all with the same A vector) for ONE single-register A load and ONE four-register B load
-(MpGEMM's 16x64 kernel, docs/mpgemm.md); the SME1 one the same with four single-register B
-loads. The streaming function must not contain any Advanced SIMD (NEON) instruction (an Apple
+The SME2 micro-kernels' inner loops must issue, per k step, four MOPAs (za0..za3, one per
+tile): the 16x64 one all with the same A vector, for ONE single-register A load and ONE
+four-register B load (MpGEMM's 16x64 kernel, docs/mpgemm.md); the 64x16 one all with the same
+B vector, for ONE four-register A load and ONE B load. Both exist for f32 FMOPA, widening f16
+FMOPA and BFMOPA. The SME1 ones the same with single-register loads only. The streaming function must not contain any Advanced SIMD (NEON) instruction (an Apple
 M4 has no FEAT_SME_FA64, so NEON traps in streaming mode) and must save d8-d15.
 """
 from __future__ import annotations
@@ -64,14 +65,36 @@ def loops(insns):
     return sorted(found, key=len)
 
 
-def fmopa_loop(variant: str):
-    body = next((b for b in loops(disassemble(variant)) if any(mn == "fmopa" for _, mn, _ in b)), None)
-    assert body is not None, f"no loop with FMOPA in {variant}'s {FUNC}"
-    return body
+MOPA = ("fmopa", "bfmopa")
+
+
+def mopa_loops(variant: str) -> dict[tuple[str, str, str], list]:
+    """The innermost loops with a MOPA, keyed by (mnemonic, source element type, shape):
+    shape "16x64" when the four MOPAs share the A (first source) register, "64x16" when they
+    share the B (second source) register."""
+    found = {}
+    bodies = loops(disassemble(variant))
+    for body in bodies:
+        mops = [(mn, ops) for _, mn, ops in body if mn in MOPA]
+        addrs = {a for a, _, _ in body}
+        if not mops or any(len(o) < len(body) and {a for a, _, _ in o} <= addrs for o in bodies):
+            continue  # no MOPA, or an outer loop
+        srcs = [[o.strip() for o in ops.split(",")[3:5]] for _, ops in mops]
+        kinds = {(mn, src[0].split(".")[1]) for (mn, _), src in zip(mops, srcs)}
+        assert len(kinds) == 1, f"one MOPA flavour per micro-kernel loop: {mops}"
+        shape = "16x64" if len({a for a, _ in srcs}) == 1 else "64x16" if len({b for _, b in srcs}) == 1 else "?"
+        key = (*kinds.pop(), shape)
+        if key not in found or len(body) < len(found[key]):  # innermost
+            found[key] = body
+    return found
+
+
+# f32 (and dequantized q-types): FMOPA .s; f16 weights: widening FMOPA .h; bf16: BFMOPA .h
+KERNELS = [(mn, el, shape) for mn, el in [("fmopa", "s"), ("fmopa", "h"), ("bfmopa", "h")] for shape in ("16x64", "64x16")]
 
 
 def classify(body):
-    fmopa = [ops for _, mn, ops in body if mn == "fmopa"]
+    fmopa = [ops for _, mn, ops in body if mn in MOPA]
     loads = [ops for _, mn, ops in body if mn.startswith("ld")]
     multi = [o for o in loads if re.match(r"\{\s*z\d+\.s\s*[,-]", o)]       # {z16.s, z20.s, ...} / {z0.s-z3.s}
     single = [o for o in loads if re.match(r"\{\s*z\d+\.[bhsd]\s*\}", o)]  # one vector (any element size)
@@ -79,33 +102,44 @@ def classify(body):
     return fmopa, multi, single, other
 
 
-def check_four_tiles(fmopa, unroll):
+def check_four_tiles(fmopa, unroll, shared):
+    """Groups of four MOPAs on za0..za3; `shared` = 3 (A) or 4 (B): the operand all four use."""
     assert len(fmopa) == 4 * unroll
     for g in range(unroll):
         grp = fmopa[4 * g:4 * g + 4]
         tiles = sorted(re.match(r"(za\d)\.s", o).group(1) for o in grp)
         assert tiles == ["za0", "za1", "za2", "za3"], grp
-        a_regs = {o.split(",")[3].strip() for o in grp}
-        assert len(a_regs) == 1, f"the four FMOPAs must share one A vector: {grp}"
+        regs = {o.split(",")[shared].strip() for o in grp}
+        assert len(regs) == 1, f"the four MOPAs must share one {'A' if shared == 3 else 'B'} vector: {grp}"
+        other = {o.split(",")[7 - shared].strip() for o in grp}
+        assert len(other) == 4, f"four different {'B' if shared == 3 else 'A'} vectors: {grp}"
 
 
-def test_sme2_inner_loop_four_fmopa_per_a_load_and_one_x4_b_load():
-    fmopa, multi, single, other = classify(fmopa_loop("sme2"))
+@pytest.mark.parametrize("key", KERNELS, ids=lambda k: "-".join(k))
+def test_sme2_inner_loop_four_mopa_per_one_load_and_one_x4_load(key):
+    """16x64: one A load + one x4 B load per four MOPAs sharing A; 64x16: one x4 A load + one
+    B load per four MOPAs sharing B. Every MOPA flavour has both micro-kernels."""
+    found = mopa_loops("sme2")
+    assert key in found, f"no {key} micro-kernel loop in sme2's {FUNC}; found {sorted(found)}"
+    fmopa, multi, single, other = classify(found[key])
     u = len(multi)
-    assert u >= 1, "no four-register B load in the SME2 inner loop"
+    assert u >= 1, "no four-register load in the SME2 inner loop"
     assert all(len(re.findall(r"z\d+", o.split("}")[0])) == 4 for o in multi), multi
-    assert len(single) == u, f"expected {u} A-vector load(s), got {single}"
+    assert len(single) == u, f"expected {u} single-vector load(s), got {single}"
     assert not other, other
-    check_four_tiles(fmopa, u)
+    check_four_tiles(fmopa, u, 3 if key[2] == "16x64" else 4)
 
 
-def test_sme1_inner_loop_four_fmopa_per_a_load():
-    fmopa, multi, single, other = classify(fmopa_loop("sme"))
+@pytest.mark.parametrize("key", KERNELS, ids=lambda k: "-".join(k))
+def test_sme1_inner_loop_four_mopa_per_five_loads(key):
+    found = mopa_loops("sme")
+    assert key in found, f"no {key} micro-kernel loop in sme's {FUNC}; found {sorted(found)}"
+    fmopa, multi, single, other = classify(found[key])
     assert not multi, "SME1 has no multi-register loads"
     u = len(fmopa) // 4
-    assert u >= 1 and len(single) == 5 * u, single   # 1 A + 4 B vectors per k step
+    assert u >= 1 and len(single) == 5 * u, single   # 1 + 4 vectors per k step
     assert not other, other
-    check_four_tiles(fmopa, u)
+    check_four_tiles(fmopa, u, 3 if key[2] == "16x64" else 4)
 
 
 @pytest.mark.parametrize("variant", ["sme", "sme2"])

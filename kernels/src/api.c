@@ -28,7 +28,11 @@ static const tl_ukernel *lookup(int wtype) {
 
 int tl_supports(int wtype) { return lookup(wtype) != NULL; }
 
-int tl_act_type(int wtype) { return lookup(wtype) ? tl_default_act_type(wtype) : -1; }
+int tl_act_type(int wtype) {
+    const tl_ukernel *uk = lookup(wtype);
+    if (!uk) return -1;
+    return uk->act_type ? uk->act_type : tl_default_act_type(wtype);
+}
 
 size_t tl_act_bytes(int wtype, int64_t n, int64_t k) {
     const tl_ukernel *uk = lookup(wtype);

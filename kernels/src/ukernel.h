@@ -38,6 +38,9 @@
  *       tl_internal.h are used (q8 rows: int8 qs[k] | f32 d[k/16] | f32 s[k/16] | int16
  *       isum[k/16], 64-B aligned rows). act_prepare converts tokens [j0, j1) and is called from several threads with
  *       disjoint ranges.
+ *       act_type names the prepared type when it is not the default (e.g. TL_F16 / TL_BF16
+ *       for SME's widening MOPAs): prepared buffers are shared only between weight types whose
+ *       act type is equal.
  *
  * Rules:
  *   - Thread safety: every function may run concurrently on disjoint outputs; no globals
@@ -81,6 +84,8 @@ typedef struct tl_ukernel {
     int64_t (*act_row_bytes)(int64_t k);
     void (*act_prepare)(const float *x, int64_t ldx, int64_t j0, int64_t j1, int64_t k,
                         uint8_t *act, int64_t ldact);
+    int act_type;           /* 0: the shared default (tl_default_act_type); else the enum
+                             * tl_type that tl_act_type reports for act_prepare's rows */
 } tl_ukernel;
 
 /* Defined by the variant's ukernel_<variant>.c. */
