@@ -29,22 +29,11 @@ from tilellm.errors import GGUFError, UnsupportedError
 from tilellm.quant import TensorView
 
 from .architectures import register
-from .hparams import _get, _pos_int
+from .hparams import _get, _nonneg_int, _pos_int
 from .layers import Rope, causal_attention, rms_norm, softmax
 from .model import DecoderModel, _vector
 from .moe import GATING_SIGMOID, GATING_SOFTMAX, RouterConfig, moe_ffn, route, swiglu
 from .yarn import YarnParams, yarn_inv_freq, yarn_mscale
-
-
-def _nonneg_int(md: Mapping[str, Any], key: str, default: int) -> int:
-    v = md.get(key, default)
-    try:
-        iv = int(v)
-    except (TypeError, ValueError):
-        raise GGUFError(f"metadata {key!r} must be an integer, got {v!r}") from None
-    if iv < 0 or iv != v:
-        raise GGUFError(f"metadata {key!r} must be a non-negative integer, got {v!r}")
-    return iv
 
 
 @dataclass(frozen=True)

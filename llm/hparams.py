@@ -15,15 +15,25 @@ def _get(md: Mapping[str, Any], key: str, default: Any = ...) -> Any:
     return default
 
 
-def _pos_int(md: Mapping[str, Any], key: str, default: Any = ...) -> int:
+def _int_at_least(md: Mapping[str, Any], key: str, low: int, default: Any = ...) -> int:
+    """Metadata integer `key` >= `low` (GGUFError naming the key otherwise)."""
     v = _get(md, key, default)
     try:
         iv = int(v)
     except (TypeError, ValueError):
         raise GGUFError(f"metadata {key!r} must be an integer, got {v!r}") from None
-    if iv < 1 or iv != v:
-        raise GGUFError(f"metadata {key!r} must be a positive integer, got {v!r}")
+    if iv < low or iv != v:
+        kind = "positive" if low == 1 else "non-negative" if low == 0 else f">= {low}"
+        raise GGUFError(f"metadata {key!r} must be a {kind} integer, got {v!r}")
     return iv
+
+
+def _pos_int(md: Mapping[str, Any], key: str, default: Any = ...) -> int:
+    return _int_at_least(md, key, 1, default)
+
+
+def _nonneg_int(md: Mapping[str, Any], key: str, default: Any = ...) -> int:
+    return _int_at_least(md, key, 0, default)
 
 
 @dataclass(frozen=True)
