@@ -5,6 +5,8 @@ Every linear layer (q, k, v, o, gate, up, down, output) goes through `backend.ma
 """
 from __future__ import annotations
 
+import math
+
 from typing import Any, Sequence
 
 import numpy as np
@@ -156,10 +158,37 @@ class LlamaModel(DecoderModel):
         self._load_tensors()
         freqs = file.tensors.get("rope_freqs.weight")
         self.rope = Rope(hp.n_rot, hp.rope_base, self.rope_mode, _vector(freqs) if freqs is not None else None)
+        self.kq_mult = self._rope_scaling(file.metadata)
         kv_shape = (hp.n_layer, self.n_ctx, hp.n_head_kv, hp.head_dim)
         self.k_cache = np.zeros(kv_shape, np.float32)
         self.v_cache = np.zeros(kv_shape, np.float32)
         self.n_past = 0
+
+    def _rope_scaling(self, md: Any) -> float:
+        """Apply `{arch}.rope.scaling.*` (linear or yarn) to the rope; returns the factor on the softmax scale."""
+        hp = self.hparams
+        p = f"{hp.arch}.rope.scaling."
+        kind = str(md.get(p + "type", "none") or "none")
+        try:
+            factor = float(md.get(p + "factor", 0.0) or 0.0)
+        except (TypeError, ValueError):
+            raise GGUFError(f"metadata {p}factor must be a number, got {md.get(p + 'factor')!r}") from None
+        if kind == "none" or (kind == "linear" and factor in (0.0, 1.0)):
+            return 1.0
+        if kind == "linear":  # positions divided by the factor
+            if not factor > 0:
+                raise GGUFError(f"metadata {p}factor must be > 0, got {factor}")
+            self.rope.inv_freq = self.rope.inv_freq / factor
+            return 1.0
+        if kind == "yarn":
+            from .yarn import YarnParams, yarn_inv_freq
+
+            y = YarnParams.from_metadata(md, hp.arch)
+            self.rope.inv_freq = yarn_inv_freq(hp.n_rot, hp.rope_base, y)
+            # ggml's rope scales cos/sin by attn_factor * (1 + 0.1 ln factor): q.k grows by its square
+            ms = y.attn_factor * ((1.0 + 0.1 * math.log(y.factor)) if y.ext_factor != 0 else 1.0)
+            return ms * ms
+        raise UnsupportedError(f"rope scaling type {kind!r} is not supported for {hp.arch!r} (linear, yarn)")
 
     def _load_tensors(self) -> None:
         hp = self.hparams
@@ -192,7 +221,7 @@ class LlamaModel(DecoderModel):
         T, p0 = ids.size, self.n_past
         h = self.tok_embd.rows(ids)  # [T, n_embd]
         cos, sin = self.rope.tables(np.arange(p0, p0 + T))
-        scale = 1.0 / np.sqrt(hp.head_dim)
+        scale = self.kq_mult / np.sqrt(hp.head_dim)
         for li, L in enumerate(self.layers):
             x = rms_norm(h, L.attn_norm, hp.rms_eps)
             xp = be.prepare(x, L.wq.type)  # quantized once, shared by q, k, v

@@ -84,3 +84,32 @@ def test_qwen2_biases_and_llama3_rope_freqs_are_used():
         del f.tensors[drop]
         altered = model_class(f.arch)(f, backends.get("reference"), n_ctx=256).eval(ref["token_ids_p0"])
         assert np.abs(ok - altered).max() > 1e-2, drop
+
+
+def _with_scaling(name: str, **keys):
+    f = open_gguf(fixture_path(f"{name}.gguf"))
+    for k, v in keys.items():
+        f.metadata[f"{f.arch}.rope.scaling.{k}"] = v
+    return model_class(f.arch)(f, backends.get("reference"), n_ctx=256)
+
+
+def test_rope_scaling_keys():
+    """`{arch}.rope.scaling.*`: linear divides every frequency; yarn ramps them and scales q.k; others refused."""
+    from tilellm.errors import GGUFError, UnsupportedError
+    from tilellm.llm.yarn import YarnParams, yarn_inv_freq
+
+    plain = _model("qwen2-micro-q8_0", "reference")
+    ids = _ref("qwen2-micro-q8_0")["token_ids_p0"]
+    base_logits = plain.eval(ids)
+    lin = _with_scaling("qwen2-micro-q8_0", type="linear", factor=4.0)
+    np.testing.assert_allclose(lin.rope.inv_freq, plain.rope.inv_freq / 4.0, rtol=1e-12)
+    assert lin.kq_mult == 1.0 and np.abs(lin.eval(ids) - base_logits).max() > 1e-2
+    y = _with_scaling("qwen2-micro-q8_0", type="yarn", factor=8.0, original_context_length=32)
+    want = yarn_inv_freq(plain.hparams.n_rot, plain.hparams.rope_base, YarnParams(factor=8.0, n_ctx_orig=32))
+    np.testing.assert_allclose(y.rope.inv_freq, want, rtol=1e-12)
+    assert y.kq_mult == pytest.approx((1 + 0.1 * np.log(8.0)) ** 2)
+    assert np.isfinite(y.eval(ids)).all()
+    with pytest.raises(UnsupportedError, match="longrope"):
+        _with_scaling("qwen2-micro-q8_0", type="longrope", factor=2.0)
+    with pytest.raises(GGUFError, match="factor"):
+        _with_scaling("qwen2-micro-q8_0", type="linear", factor=-2.0)
