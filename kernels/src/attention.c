@@ -43,7 +43,7 @@ static inline float exp_neg(float x) {
 #else
 #define VW 4
 #endif
-typedef float vf __attribute__((vector_size(VW * 4), aligned(4)));
+typedef float vf __attribute__((vector_size(VW * 4)));  /* natural alignment: locals only; memory goes through memcpy */
 #define KB (4 * VW)   /* keys per block = 4 vectors */
 #define QB 16         /* query tokens per task */
 
