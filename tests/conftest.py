@@ -38,3 +38,21 @@ def full_logit_checks(logits: np.ndarray, ref, src: str, i: int, atol: float) ->
     lse = np.log(np.exp(logits - mx[:, None]).sum(-1)) + mx
     np.testing.assert_allclose(lse, ref[f"{src}_logsumexp_p{i}"], atol=atol, rtol=0)
     np.testing.assert_allclose(logits[-1], ref[f"{src}_last_logits_p{i}"], atol=atol, rtol=0)
+
+
+_MODELS: dict = {}
+
+
+def fixture_model(name: str, be: str = "reference", n_batch: int = 512):
+    """The model of fixture `name`.gguf on backend `be` (n_ctx 256), cached per session and reset."""
+    from tilellm import backend as backends
+    from tilellm.llm.architectures import model_class
+    from tilellm.llm.gguf_file import open_gguf
+
+    key = (name, be, n_batch)
+    if key not in _MODELS:
+        f = open_gguf(fixture_path(f"{name}.gguf"))
+        _MODELS[key] = model_class(f.arch)(f, backends.get(be, n_threads=2), n_ctx=256, n_batch=n_batch)
+    m = _MODELS[key]
+    m.reset()
+    return m

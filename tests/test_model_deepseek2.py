@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pytest
 
-from conftest import fixture_path, full_logit_checks, kernel_backends
+from conftest import fixture_model, fixture_path, full_logit_checks, kernel_backends
 from tilellm import backend as backends
 from tilellm.errors import GGUFError, UnsupportedError
 from tilellm.llm.architectures import model_class
@@ -24,7 +24,6 @@ from tilellm.llm.yarn import YarnParams, corr_dims, yarn_inv_freq, yarn_mscale
 
 FIXTURES = ["deepseek2-micro-q8_0", "deepseek2-lite-micro-q8_0"]
 PROMPTS = range(4)
-_models: dict = {}
 _refs: dict = {}
 
 
@@ -34,14 +33,8 @@ def _ref(name: str):
     return _refs[name]
 
 
-def _model(name: str, be: str = "reference", n_batch: int = 512) -> DeepSeek2Model:
-    key = (name, be, n_batch)
-    if key not in _models:
-        f = open_gguf(fixture_path(f"{name}.gguf"))
-        _models[key] = DeepSeek2Model(f, backends.get(be, n_threads=2), n_ctx=256, n_batch=n_batch)
-    m = _models[key]
-    m.reset()
-    return m
+def _model(name: str, be: str = "reference", n_batch: int = 512):
+    return fixture_model(name, be, n_batch)
 
 
 def test_registered():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import fixture_path, full_logit_checks, kernel_backends
+from conftest import fixture_model, fixture_path, full_logit_checks, kernel_backends
 from tilellm import backend as backends
 from tilellm.llm.architectures import model_class
 from tilellm.llm.gguf_file import open_gguf
@@ -14,17 +14,10 @@ FILES = ["llama3-micro-q8_0", "llama3-micro-q4_0", "qwen2-micro-q8_0"]
 # llama.cpp vs hfdq over the whole vocabulary, every prompt position (compare.json): max, token-weighted mean
 LLAMA_CPP_DELTA = {"llama3-micro-q8_0": (3.118e-01, 4.105e-02), "llama3-micro-q4_0": (3.465e-01, 3.989e-02),
                    "qwen2-micro-q8_0": (1.593e-01, 2.176e-02)}
-_cache: dict = {}
 
 
-def _model(name: str, be: str, n_batch: int = 512):
-    key = (name, be, n_batch)
-    if key not in _cache:
-        f = open_gguf(fixture_path(f"{name}.gguf"))
-        _cache[key] = model_class(f.arch)(f, backends.get(be, n_threads=2), n_ctx=256, n_batch=n_batch)
-    m = _cache[key]
-    m.reset()
-    return m
+def _model(name: str, be: str = "reference", n_batch: int = 512):
+    return fixture_model(name, be, n_batch)
 
 
 def _ref(name: str):
