@@ -556,11 +556,12 @@ class GGUFModelFile:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __del__(self) -> None:
+    def __del__(self, _close=os.close) -> None:
+        # os.close bound at definition: at interpreter shutdown the module global may already be None
         fd = getattr(self, "_fd", None)
         if fd is not None:
             try:
-                os.close(fd)
+                _close(fd)
             except OSError:
                 pass
 
