@@ -1,14 +1,7 @@
 /* ukernel_avx512.c — AVX-512 (F/BW/VL/DQ + VNNI + BF16) micro-kernels for f32, f16, bf16,
  * q8_0, q4_0 and q4_1 weights.
  *
- * Float weights (f32, f16, bf16-exact): tinyBLAS-style register tile of 4 weight rows x 6
- * tokens = 24 zmm accumulators; per 16 k-values 4 weight loads (f16 -> vcvtph2ps, bf16 ->
- * zero-extend + shift) and 6 activation loads feed 24 FMAs. Element p of k goes to lane p % 16,
- * lanes are summed in a fixed tree at the end, so results depend only on k.
- *
- * bf16 weights: vdpbf16ps on activations rounded to bf16 (what llama.cpp does; 2x the FMA
- * rate). The float activation layout carries both the f32 row and its bf16 rounding so one
- * prepared buffer serves f32, f16 and bf16 weights (tl_act_type is F32 for all three).
+ * Float weights (f32, f16, bf16): float_avx512.h.
  *
  * Quantized weights (q8_0, q4_0, q4_1): weights are repacked per 16-row panel into a
  * thread-local buffer, "row in lane" layout: for each 32-block, 8 zmm of 16 rows x 4 bytes
@@ -28,46 +21,18 @@
 #include "ukernel.h"
 #include "x86_common.h"
 #include "kquants_avx512.h" /* q5_0, q4_K, q5_K, q6_K */
+#include "float_avx512.h"   /* f32, f16, bf16 */
 
 const char tl_uk_name[] = "avx512";
 const uint64_t tl_uk_required = TL_CPU_AVX2 | TL_CPU_FMA | TL_CPU_F16C | TL_CPU_AVX512F | TL_CPU_AVX512BW |
                                 TL_CPU_AVX512VL | TL_CPU_AVX512DQ | TL_CPU_AVX512VNNI | TL_CPU_AVX512BF16;
-/* bf16 weights: exact (f32 activations) by default; TILELLM_BF16_ROUND=1 in the environment at
- * first use switches to vdpbf16ps on bf16-rounded activations (llama.cpp's numerics, 2x the
- * FMA rate, but ~2^-9 relative rounding of every activation: opt-in only). */
-static int bf16_round;
+static int has_vbmi; /* the row-wise gemv needs AVX512-VBMI byte permutes (Ice Lake, Zen 4 and later) */
 int tl_uk_init(void) {
-    const char *e = getenv("TILELLM_BF16_ROUND");
-    bf16_round = e && e[0] == '1';
+    fa_init();
+    has_vbmi = (tl_cpu_features() & TL_CPU_AVX512VBMI) != 0;
+    const char *e = getenv("TILELLM_NO_VBMI"); /* tests: exercise the transposed gemv too */
+    if (e && e[0] == '1') has_vbmi = 0;
     return TL_OK;
-}
-
-/* ---- float activation layout: [f32 x k | pad to 64], and with TILELLM_BF16_ROUND also
- * [bf16(x) x k | pad to 64] (one prepared buffer serves f32, f16 and bf16 weights) ------------- */
-static int64_t fa_off_bf16(int64_t k) { return tl_round_up(4 * k, 64); }
-static int64_t fa_row_bytes(int64_t k) { return fa_off_bf16(k) + (bf16_round ? tl_round_up(2 * k, 64) : 0); }
-
-static void fa_prepare(const float *x, int64_t ldx, int64_t j0, int64_t j1, int64_t k, uint8_t *act, int64_t ldact) {
-    const int64_t ob = fa_off_bf16(k);
-    for (int64_t j = j0; j < j1; j++) {
-        const float *xr = x + j * ldx;
-        uint8_t *row = act + j * ldact;
-        memset(row, 0, (size_t)ldact);
-        memcpy(row, xr, (size_t)k * 4);
-        if (!bf16_round) continue;
-        uint16_t *hb = (uint16_t *)(row + ob);
-        int64_t p = 0;
-        for (; p + 32 <= k; p += 32) {
-            __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(xr + p + 16), _mm512_loadu_ps(xr + p));
-            _mm512_storeu_si512((void *)(hb + p), (__m512i)v);
-        }
-        for (; p < k; p += 16) {
-            int64_t r = TL_MIN(k - p, 16);
-            __mmask16 mk = (__mmask16)((1u << r) - 1);
-            __m256bh v = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mk, xr + p));
-            _mm256_mask_storeu_epi16((void *)(hb + p), mk, (__m256i)v);
-        }
-    }
 }
 
 /* ---- quantized activations (x86_common.h layout), vectorised: one 32-block = 2 zmm ------------- */
@@ -112,140 +77,6 @@ static void qa_prepare_avx512(const float *x, int64_t ldx, int64_t j0, int64_t j
         int64_t used = k + 10 * ng;
         if (ldact > used) memset(row + used, 0, (size_t)(ldact - used));
     }
-}
-
-/* ---- float weights: 4 x 6 register tile ----------------------------------------------------- */
-#define F_RM 4
-#define F_RN 6
-
-TL_INLINE __m512 f_load(const int WT, const uint8_t *w, int64_t p) {
-    if (WT == TL_F32) return _mm512_loadu_ps((const float *)w + p);
-    if (WT == TL_F16) return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)w + p)));
-    return _mm512_castsi512_ps(
-        _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)w + p))), 16));
-}
-TL_INLINE __m512 f_load_mask(const int WT, const uint8_t *w, int64_t p, __mmask16 mk) {
-    if (WT == TL_F32) return _mm512_maskz_loadu_ps(mk, (const float *)w + p);
-    __m256i h = _mm256_maskz_loadu_epi16(mk, (const uint16_t *)w + p);
-    if (WT == TL_F16) return _mm512_cvtph_ps(h);
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-
-/* Sums of the 16 lanes of a, b, c, d as one __m128 (a, b, c, d), fixed tree. */
-TL_INLINE __m128 hsum4(__m512 a, __m512 b, __m512 c, __m512 d) {
-    __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
-    __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
-    __m512 abcd = _mm512_add_ps(_mm512_shuffle_ps(ab, cd, 0x44), _mm512_shuffle_ps(ab, cd, 0xEE));
-    __m256 h = _mm256_add_ps(_mm512_castps512_ps256(abcd), _mm512_extractf32x8_ps(abcd, 1));
-    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-}
-
-TL_INLINE void f_store(const int RM, const int RN, const tl_gemm_args *a, int64_t i0, int64_t j0,
-                       __m512 acc[F_RM][F_RN]) {
-    const __m512 z = _mm512_setzero_ps();
-    for (int j = 0; j < RN; j++) {
-        __m128 s = hsum4(acc[0][j], RM > 1 ? acc[1][j] : z, RM > 2 ? acc[2][j] : z, RM > 3 ? acc[3][j] : z);
-        float *yp = a->y + (j0 + j) * a->ldy + i0;
-        if (RM == 4) _mm_storeu_ps(yp, s);
-        else _mm_mask_storeu_ps(yp, (__mmask8)((1u << RM) - 1), s);
-    }
-}
-
-TL_INLINE void f_tile_impl(const int WT, const int RM, const int RN, const tl_gemm_args *a, int64_t i0, int64_t j0) {
-    __m512 acc[F_RM][F_RN];
-    const uint8_t *w[F_RM];
-    const float *x[F_RN];
-    for (int i = 0; i < RM; i++) w[i] = a->w + (i0 + i) * a->ldw;
-    for (int j = 0; j < RN; j++) x[j] = (const float *)(a->act + (j0 + j) * a->ldact);
-    for (int i = 0; i < RM; i++)
-        for (int j = 0; j < RN; j++) acc[i][j] = _mm512_setzero_ps();
-    const int64_t k = a->k;
-    int64_t p = 0;
-    for (; p + 16 <= k; p += 16) {
-        __m512 wv[F_RM];
-        for (int i = 0; i < RM; i++) wv[i] = f_load(WT, w[i], p);
-        for (int j = 0; j < RN; j++) {
-            __m512 xv = _mm512_load_ps(x[j] + p);
-            for (int i = 0; i < RM; i++) acc[i][j] = _mm512_fmadd_ps(wv[i], xv, acc[i][j]);
-        }
-    }
-    if (p < k) {
-        __mmask16 mk = (__mmask16)((1u << (k - p)) - 1);
-        __m512 wv[F_RM];
-        for (int i = 0; i < RM; i++) wv[i] = f_load_mask(WT, w[i], p, mk);
-        for (int j = 0; j < RN; j++) {
-            __m512 xv = _mm512_load_ps(x[j] + p); /* zero-padded row */
-            for (int i = 0; i < RM; i++) acc[i][j] = _mm512_fmadd_ps(wv[i], xv, acc[i][j]);
-        }
-    }
-    f_store(RM, RN, a, i0, j0, acc);
-}
-
-/* bf16 weights x bf16-rounded activations, vdpbf16ps: lane l accumulates elements 32s + 2l, 2l+1. */
-TL_INLINE void bf_tile_impl(const int RM, const int RN, const tl_gemm_args *a, int64_t i0, int64_t j0) {
-    __m512 acc[F_RM][F_RN];
-    const uint16_t *w[F_RM];
-    const uint16_t *x[F_RN];
-    const int64_t ob = fa_off_bf16(a->k);
-    for (int i = 0; i < RM; i++) w[i] = (const uint16_t *)(a->w + (i0 + i) * a->ldw);
-    for (int j = 0; j < RN; j++) x[j] = (const uint16_t *)(a->act + (j0 + j) * a->ldact + ob);
-    for (int i = 0; i < RM; i++)
-        for (int j = 0; j < RN; j++) acc[i][j] = _mm512_setzero_ps();
-    const int64_t k = a->k;
-    int64_t p = 0;
-    for (; p + 32 <= k; p += 32) {
-        __m512i wv[F_RM];
-        for (int i = 0; i < RM; i++) wv[i] = _mm512_loadu_si512((const void *)(w[i] + p));
-        for (int j = 0; j < RN; j++) {
-            __m512i xv = _mm512_load_si512((const void *)(x[j] + p));
-            for (int i = 0; i < RM; i++) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], (__m512bh)wv[i], (__m512bh)xv);
-        }
-    }
-    if (p < k) {
-        __mmask32 mk = (__mmask32)((1ull << (k - p)) - 1);
-        __m512i wv[F_RM];
-        for (int i = 0; i < RM; i++) wv[i] = _mm512_maskz_loadu_epi16(mk, (const void *)(w[i] + p));
-        for (int j = 0; j < RN; j++) {
-            __m512i xv = _mm512_maskz_loadu_epi16(mk, (const void *)(x[j] + p));
-            for (int i = 0; i < RM; i++) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], (__m512bh)wv[i], (__m512bh)xv);
-        }
-    }
-    f_store(RM, RN, a, i0, j0, acc);
-}
-
-#define F_DISPATCH(CALL, rm, rn)                                                                   \
-    switch ((rm) * 8 + (rn)) {                                                                     \
-    case 011: CALL(1, 1); break; case 012: CALL(1, 2); break; case 013: CALL(1, 3); break;         \
-    case 014: CALL(1, 4); break; case 015: CALL(1, 5); break; case 016: CALL(1, 6); break;         \
-    case 021: CALL(2, 1); break; case 022: CALL(2, 2); break; case 023: CALL(2, 3); break;         \
-    case 024: CALL(2, 4); break; case 025: CALL(2, 5); break; case 026: CALL(2, 6); break;         \
-    case 031: CALL(3, 1); break; case 032: CALL(3, 2); break; case 033: CALL(3, 3); break;         \
-    case 034: CALL(3, 4); break; case 035: CALL(3, 5); break; case 036: CALL(3, 6); break;         \
-    case 041: CALL(4, 1); break; case 042: CALL(4, 2); break; case 043: CALL(4, 3); break;         \
-    case 044: CALL(4, 4); break; case 045: CALL(4, 5); break; case 046: CALL(4, 6); break;         \
-    default: break;                                                                                \
-    }
-
-static void f32_tile(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {
-#define C_(M, N) f_tile_impl(TL_F32, M, N, a, i0, j0)
-    F_DISPATCH(C_, rm, rn)
-#undef C_
-}
-static void f16_tile(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {
-#define C_(M, N) f_tile_impl(TL_F16, M, N, a, i0, j0)
-    F_DISPATCH(C_, rm, rn)
-#undef C_
-}
-static void bf16_tile(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {
-#define C_(M, N) f_tile_impl(TL_BF16, M, N, a, i0, j0)
-    F_DISPATCH(C_, rm, rn)
-#undef C_
-}
-/* bf16 weights x bf16-rounded activations (vdpbf16ps): opt-in, see tl_uk_init. */
-static void bf16dp_tile(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {
-#define C_(M, N) bf_tile_impl(M, N, a, i0, j0)
-    F_DISPATCH(C_, rm, rn)
-#undef C_
 }
 
 /* ---- quantized weights: 16-row panels, row in lane --------------------------------------------- */
@@ -375,6 +206,116 @@ TL_INLINE void q_gemv_impl(const int WT, const tl_gemm_args *a, int64_t i0, int6
     }
 }
 
+/* ---- n == 1, row-wise (AVX512-VBMI): no register transposes ---------------------------------------
+ * Decode is memory-bound, but the 16-row transposed gemv above costs ~20 shuffles per block and
+ * tops out near the DRAM rate of one core. Here each weight row is read straight, two blocks
+ * (64 values = 4 activation groups) per step: one byte permute puts the pair's quants in the
+ * order of the 64 activation bytes (for q4: [qs_b, qs_b, qs_b1, qs_b1], then a per-qword shift
+ * by 0 / 4 and a mask give [lo_b, hi_b, lo_b1, hi_b1] = elements 0..63), one vpdpbusd gives
+ * the four groups' int32 dots in lanes 4g..4g+3 (partial sums), and the lanes accumulate
+ * float(dot) * (d_w * d_x,g) in f32. The offset of the unsigned weights (q4_0: 8, q8_0: 128) is
+ * removed exactly in int32 by starting lane 4g at -off * isum_g; q4_1 adds m_w * s_x,g in lane
+ * 4g. R rows share the activation vectors. Fixed lane assignment and reduction tree: the result
+ * depends only on k (not on the thread split). */
+#define QV_R 4
+
+QV_TARGET TL_INLINE float qv_hsum(__m512 v) {
+    __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+    __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    q = _mm_add_ss(q, _mm_movehdup_ps(q));
+    return _mm_cvtss_f32(q);
+}
+
+#define QV_TARGET __attribute__((target("avx512vbmi")))
+
+QV_TARGET TL_INLINE void qv_rows(const int WT, const int R, const tl_gemm_args *a, int64_t i) {
+    const int64_t k = a->k, nb = k / TL_QK;
+    const int bs = x86_q_bytes(WT);
+    const uint8_t *xr = a->act;
+    const float *dx = x86_qa_d(xr, k), *sx = x86_qa_s(xr, k);
+    const int16_t *is = x86_qa_isum(xr, k);
+    const int32_t off = WT == TL_Q8_0 ? 128 : 8;
+    /* byte / word permutes for a pair of blocks loaded from the first block's start */
+    __m512i pq, pd;
+    if (WT == TL_Q8_0) {
+        /* [qs_b = bytes 2..33 | qs_b1 = bytes 36..67]: bytes >= 64 come from the second register */
+        uint8_t t[64];
+        for (int e = 0; e < 32; e++) t[e] = (uint8_t)(2 + e);
+        for (int e = 0; e < 32; e++) t[32 + e] = (uint8_t)(36 + e); /* 64..67 select reg 2 bytes 0..3 */
+        pq = _mm512_loadu_si512((const void *)t);
+    } else {
+        const int q0 = WT == TL_Q4_0 ? 2 : 4;
+        uint8_t t[64];
+        for (int e = 0; e < 16; e++) {
+            t[e] = t[16 + e] = (uint8_t)(q0 + e);
+            t[32 + e] = t[48 + e] = (uint8_t)(bs + q0 + e);
+        }
+        pq = _mm512_loadu_si512((const void *)t);
+    }
+    {
+        uint16_t t[32];
+        for (int e = 0; e < 32; e++) t[e] = (uint16_t)(e < 8 ? 0 : e < 16 ? bs / 2 : e < 24 ? 1 : bs / 2 + 1);
+        pd = _mm512_loadu_si512((const void *)t); /* words 0..15: d_b x8, d_b1 x8; 16..31: m_b x8, m_b1 x8 */
+    }
+    const __m512i sh = _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0);
+    const __m512i lo4 = _mm512_set1_epi8(0x0f), flip = _mm512_set1_epi8((char)0x80);
+    const __m512i g4 = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    const uint8_t *wr[QV_R];
+    __m512 acc[QV_R];
+    for (int r = 0; r < R; r++) {
+        wr[r] = a->w + (i + r) * a->ldw;
+        acc[r] = _mm512_setzero_ps();
+    }
+    const __mmask64 ld_pair = WT == TL_Q8_0 ? ~0ull : (1ull << (2 * bs)) - 1;
+    for (int64_t b = 0; b < nb; b += 2) {
+        const int two = b + 1 < nb;
+        const __mmask16 live = two ? 0xffff : 0x00ff;
+        /* activation side, shared by the R rows */
+        const __m512i xv = _mm512_maskz_loadu_epi8(two ? ~0ull : 0xffffffffull, xr + 32 * b);
+        const __m512 xd = _mm512_maskz_permutexvar_ps(live, g4, _mm512_castps128_ps512(_mm_loadu_ps(dx + 2 * b)));
+        __m512i x0 = _mm512_setzero_si512();
+        __m512 xs = _mm512_setzero_ps();
+        if (WT != TL_Q4_1) {
+            __m128i s16 = _mm_loadl_epi64((const __m128i *)(is + 2 * b)); /* 4 x int16 (pad-safe) */
+            __m512i s32 = _mm512_castsi128_si512(_mm_mullo_epi32(_mm_cvtepi16_epi32(s16), _mm_set1_epi32(-off)));
+            x0 = _mm512_maskz_permutexvar_epi32((__mmask16)(live & 0x1111), g4, s32);
+        } else {
+            xs = _mm512_maskz_permutexvar_ps((__mmask16)(live & 0x1111), g4, _mm512_castps128_ps512(_mm_loadu_ps(sx + 2 * b)));
+        }
+        for (int r = 0; r < R; r++) {
+            const uint8_t *blk = wr[r] + b * bs;
+            __m512i raw, q;
+            if (WT == TL_Q8_0) {
+                raw = _mm512_maskz_loadu_epi8(two ? ~0ull : (1ull << bs) - 1, blk);
+                __m512i hi = _mm512_maskz_loadu_epi8(two ? 0xfull : 0, blk + 64);
+                q = _mm512_xor_si512(_mm512_permutex2var_epi8(raw, pq, hi), flip);
+            } else {
+                raw = _mm512_maskz_loadu_epi8(two ? ld_pair : (1ull << bs) - 1, blk);
+                q = _mm512_and_si512(_mm512_srlv_epi64(_mm512_permutexvar_epi8(pq, raw), sh), lo4);
+            }
+            __m512i dot = _mm512_dpbusd_epi32(x0, q, xv);
+            __m512i dw16 = _mm512_permutexvar_epi16(pd, raw);
+            __m512 sc = _mm512_mul_ps(_mm512_cvtph_ps(_mm512_castsi512_si256(dw16)), xd);
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sc, acc[r]);
+            if (WT == TL_Q4_1)
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm512_extracti64x4_epi64(dw16, 1)), xs, acc[r]);
+        }
+    }
+    for (int r = 0; r < R; r++) a->y[i + r] = qv_hsum(acc[r]);
+}
+
+QV_TARGET TL_INLINE void qv_gemv_impl(const int WT, const tl_gemm_args *a, int64_t i0, int64_t i1) {
+    int64_t i = i0;
+    for (; i + QV_R <= i1; i += QV_R) qv_rows(WT, QV_R, a, i);
+    switch ((int)(i1 - i)) {
+    case 1: qv_rows(WT, 1, a, i); break;
+    case 2: qv_rows(WT, 2, a, i); break;
+    case 3: qv_rows(WT, 3, a, i); break;
+    default: break;
+    }
+}
+
 /* Rows of the packed panel (nr valid, starting at i0) x tokens [j0, j0 + RN). */
 TL_INLINE void q_panel_tile(const int WT, const int RN, const tl_gemm_args *a, const uint8_t *panel, int64_t i0,
                             int nr, int64_t j0) {
@@ -457,25 +398,26 @@ TL_INLINE void q_block_impl(const int WT, const tl_gemm_args *a, int64_t i0, int
     static void NAME##_tile(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {                \
         q_block_impl(WT, a, i0, i0 + rm, j0, j0 + rn);                                                      \
     }                                                                                                       \
-    static void NAME##_gemv(const tl_gemm_args *a, int64_t i0, int64_t i1) { q_gemv_impl(WT, a, i0, i1); }
+    QV_TARGET __attribute__((noinline)) static void NAME##_gemv_vbmi(const tl_gemm_args *a, int64_t i0, int64_t i1) { \
+        qv_gemv_impl(WT, a, i0, i1);                                                                        \
+    }                                                                                                       \
+    static void NAME##_gemv(const tl_gemm_args *a, int64_t i0, int64_t i1) {                                \
+        if (has_vbmi) NAME##_gemv_vbmi(a, i0, i1);                                                          \
+        else q_gemv_impl(WT, a, i0, i1);                                                                    \
+    }
 Q_FUNCS(q8_0, TL_Q8_0)
 Q_FUNCS(q4_0, TL_Q4_0)
 Q_FUNCS(q4_1, TL_Q4_1)
 
 /* ---- table -------------------------------------------------------------------------------------- */
-static const tl_ukernel uk_f32 = {F_RM, F_RN, f32_tile, 0, NULL, NULL, fa_row_bytes, fa_prepare};
-static const tl_ukernel uk_f16 = {F_RM, F_RN, f16_tile, 0, NULL, NULL, fa_row_bytes, fa_prepare};
-static const tl_ukernel uk_bf16 = {F_RM, F_RN, bf16_tile, 0, NULL, NULL, fa_row_bytes, fa_prepare};
-static const tl_ukernel uk_bf16dp = {F_RM, F_RN, bf16dp_tile, 0, NULL, NULL, fa_row_bytes, fa_prepare};
-static const tl_ukernel uk_q8_0 = {Q_R, Q_RN, q8_0_tile, Q_R, q8_0_gemv, q8_0_block, x86_qa_row_bytes, qa_prepare_avx512};
-static const tl_ukernel uk_q4_0 = {Q_R, Q_RN, q4_0_tile, Q_R, q4_0_gemv, q4_0_block, x86_qa_row_bytes, qa_prepare_avx512};
-static const tl_ukernel uk_q4_1 = {Q_R, Q_RN, q4_1_tile, Q_R, q4_1_gemv, q4_1_block, x86_qa_row_bytes, qa_prepare_avx512};
+static const tl_ukernel uk_q8_0 = {Q_R, Q_RN, q8_0_tile, QV_R, q8_0_gemv, q8_0_block, x86_qa_row_bytes, qa_prepare_avx512};
+static const tl_ukernel uk_q4_0 = {Q_R, Q_RN, q4_0_tile, QV_R, q4_0_gemv, q4_0_block, x86_qa_row_bytes, qa_prepare_avx512};
+static const tl_ukernel uk_q4_1 = {Q_R, Q_RN, q4_1_tile, QV_R, q4_1_gemv, q4_1_block, x86_qa_row_bytes, qa_prepare_avx512};
 
 const tl_ukernel *tl_uk_lookup(int wtype) {
+    const tl_ukernel *f = fa_lookup(wtype); /* f32 / f16 / bf16 (float_avx512.h) */
+    if (f) return f;
     switch (wtype) {
-    case TL_F32: return &uk_f32;
-    case TL_F16: return &uk_f16;
-    case TL_BF16: return bf16_round ? &uk_bf16dp : &uk_bf16;
     case TL_Q8_0: return &uk_q8_0;
     case TL_Q4_0: return &uk_q4_0;
     case TL_Q4_1: return &uk_q4_1;

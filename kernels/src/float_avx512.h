@@ -1,0 +1,212 @@
+/* float_avx512.h — AVX-512 micro-kernels for float weights (f32, f16, bf16), included once by
+ * ukernel_avx512.c (which owns the quantized kernels and the tl_uk_* symbols).
+ *
+ * Float weights (f32, f16, bf16-exact): tinyBLAS-style register tile of 4 weight rows x 6
+ * tokens = 24 zmm accumulators; per 16 k-values 4 weight loads (f16 -> vcvtph2ps, bf16 ->
+ * zero-extend + shift) and 6 activation loads feed 24 FMAs. Element p of k goes to lane p % 16,
+ * lanes are summed in a fixed tree at the end, so results depend only on k.
+ *
+ * bf16 weights: vdpbf16ps on activations rounded to bf16 (what llama.cpp does; 2x the FMA
+ * rate). The float activation layout carries both the f32 row and its bf16 rounding so one
+ * prepared buffer serves f32, f16 and bf16 weights (tl_act_type is F32 for all three).
+ *
+ * Entry points for ukernel_avx512.c: fa_init() from tl_uk_init, fa_lookup(wtype) (NULL for
+ * non-float types) from tl_uk_lookup.
+ */
+#ifndef TL_FLOAT_AVX512_H
+#define TL_FLOAT_AVX512_H
+
+#include <immintrin.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tl_internal.h"
+#include "ukernel.h"
+
+/* bf16 weights: exact (f32 activations) by default; TILELLM_BF16_ROUND=1 in the environment at
+ * first use switches to vdpbf16ps on bf16-rounded activations (llama.cpp's numerics, 2x the
+ * FMA rate, but ~2^-9 relative rounding of every activation: opt-in only). */
+static int bf16_round;
+static void fa_init(void) {
+    const char *e = getenv("TILELLM_BF16_ROUND");
+    bf16_round = e && e[0] == '1';
+}
+
+/* ---- float activation layout: [f32 x k | pad to 64], and with TILELLM_BF16_ROUND also
+ * [bf16(x) x k | pad to 64] (one prepared buffer serves f32, f16 and bf16 weights) ------------- */
+static int64_t fa_off_bf16(int64_t k) { return tl_round_up(4 * k, 64); }
+static int64_t fa_row_bytes(int64_t k) { return fa_off_bf16(k) + (bf16_round ? tl_round_up(2 * k, 64) : 0); }
+
+static void fa_prepare(const float *x, int64_t ldx, int64_t j0, int64_t j1, int64_t k, uint8_t *act, int64_t ldact) {
+    const int64_t ob = fa_off_bf16(k);
+    for (int64_t j = j0; j < j1; j++) {
+        const float *xr = x + j * ldx;
+        uint8_t *row = act + j * ldact;
+        memset(row, 0, (size_t)ldact);
+        memcpy(row, xr, (size_t)k * 4);
+        if (!bf16_round) continue;
+        uint16_t *hb = (uint16_t *)(row + ob);
+        int64_t p = 0;
+        for (; p + 32 <= k; p += 32) {
+            __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(xr + p + 16), _mm512_loadu_ps(xr + p));
+            _mm512_storeu_si512((void *)(hb + p), (__m512i)v);
+        }
+        for (; p < k; p += 16) {
+            int64_t r = TL_MIN(k - p, 16);
+            __mmask16 mk = (__mmask16)((1u << r) - 1);
+            __m256bh v = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mk, xr + p));
+            _mm256_mask_storeu_epi16((void *)(hb + p), mk, (__m256i)v);
+        }
+    }
+}
+
+/* ---- float weights: 4 x 6 register tile ----------------------------------------------------- */
+#define F_RM 4
+#define F_RN 6
+
+TL_INLINE __m512 f_load(const int WT, const uint8_t *w, int64_t p) {
+    if (WT == TL_F32) return _mm512_loadu_ps((const float *)w + p);
+    if (WT == TL_F16) return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)w + p)));
+    return _mm512_castsi512_ps(
+        _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)w + p))), 16));
+}
+TL_INLINE __m512 f_load_mask(const int WT, const uint8_t *w, int64_t p, __mmask16 mk) {
+    if (WT == TL_F32) return _mm512_maskz_loadu_ps(mk, (const float *)w + p);
+    __m256i h = _mm256_maskz_loadu_epi16(mk, (const uint16_t *)w + p);
+    if (WT == TL_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+/* Sums of the 16 lanes of a, b, c, d as one __m128 (a, b, c, d), fixed tree. */
+TL_INLINE __m128 hsum4(__m512 a, __m512 b, __m512 c, __m512 d) {
+    __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+    __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+    __m512 abcd = _mm512_add_ps(_mm512_shuffle_ps(ab, cd, 0x44), _mm512_shuffle_ps(ab, cd, 0xEE));
+    __m256 h = _mm256_add_ps(_mm512_castps512_ps256(abcd), _mm512_extractf32x8_ps(abcd, 1));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+TL_INLINE void f_store(const int RM, const int RN, const tl_gemm_args *a, int64_t i0, int64_t j0,
+                       __m512 acc[F_RM][F_RN]) {
+    const __m512 z = _mm512_setzero_ps();
+    for (int j = 0; j < RN; j++) {
+        __m128 s = hsum4(acc[0][j], RM > 1 ? acc[1][j] : z, RM > 2 ? acc[2][j] : z, RM > 3 ? acc[3][j] : z);
+        float *yp = a->y + (j0 + j) * a->ldy + i0;
+        if (RM == 4) _mm_storeu_ps(yp, s);
+        else _mm_mask_storeu_ps(yp, (__mmask8)((1u << RM) - 1), s);
+    }
+}
+
+TL_INLINE void f_tile_impl(const int WT, const int RM, const int RN, const tl_gemm_args *a, int64_t i0, int64_t j0) {
+    __m512 acc[F_RM][F_RN];
+    const uint8_t *w[F_RM];
+    const float *x[F_RN];
+    for (int i = 0; i < RM; i++) w[i] = a->w + (i0 + i) * a->ldw;
+    for (int j = 0; j < RN; j++) x[j] = (const float *)(a->act + (j0 + j) * a->ldact);
+    for (int i = 0; i < RM; i++)
+        for (int j = 0; j < RN; j++) acc[i][j] = _mm512_setzero_ps();
+    const int64_t k = a->k;
+    int64_t p = 0;
+    for (; p + 16 <= k; p += 16) {
+        __m512 wv[F_RM];
+        for (int i = 0; i < RM; i++) wv[i] = f_load(WT, w[i], p);
+        for (int j = 0; j < RN; j++) {
+            __m512 xv = _mm512_load_ps(x[j] + p);
+            for (int i = 0; i < RM; i++) acc[i][j] = _mm512_fmadd_ps(wv[i], xv, acc[i][j]);
+        }
+    }
+    if (p < k) {
+        __mmask16 mk = (__mmask16)((1u << (k - p)) - 1);
+        __m512 wv[F_RM];
+        for (int i = 0; i < RM; i++) wv[i] = f_load_mask(WT, w[i], p, mk);
+        for (int j = 0; j < RN; j++) {
+            __m512 xv = _mm512_load_ps(x[j] + p); /* zero-padded row */
+            for (int i = 0; i < RM; i++) acc[i][j] = _mm512_fmadd_ps(wv[i], xv, acc[i][j]);
+        }
+    }
+    f_store(RM, RN, a, i0, j0, acc);
+}
+
+/* bf16 weights x bf16-rounded activations, vdpbf16ps: lane l accumulates elements 32s + 2l, 2l+1. */
+TL_INLINE void bf_tile_impl(const int RM, const int RN, const tl_gemm_args *a, int64_t i0, int64_t j0) {
+    __m512 acc[F_RM][F_RN];
+    const uint16_t *w[F_RM];
+    const uint16_t *x[F_RN];
+    const int64_t ob = fa_off_bf16(a->k);
+    for (int i = 0; i < RM; i++) w[i] = (const uint16_t *)(a->w + (i0 + i) * a->ldw);
+    for (int j = 0; j < RN; j++) x[j] = (const uint16_t *)(a->act + (j0 + j) * a->ldact + ob);
+    for (int i = 0; i < RM; i++)
+        for (int j = 0; j < RN; j++) acc[i][j] = _mm512_setzero_ps();
+    const int64_t k = a->k;
+    int64_t p = 0;
+    for (; p + 32 <= k; p += 32) {
+        __m512i wv[F_RM];
+        for (int i = 0; i < RM; i++) wv[i] = _mm512_loadu_si512((const void *)(w[i] + p));
+        for (int j = 0; j < RN; j++) {
+            __m512i xv = _mm512_load_si512((const void *)(x[j] + p));
+            for (int i = 0; i < RM; i++) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], (__m512bh)wv[i], (__m512bh)xv);
+        }
+    }
+    if (p < k) {
+        __mmask32 mk = (__mmask32)((1ull << (k - p)) - 1);
+        __m512i wv[F_RM];
+        for (int i = 0; i < RM; i++) wv[i] = _mm512_maskz_loadu_epi16(mk, (const void *)(w[i] + p));
+        for (int j = 0; j < RN; j++) {
+            __m512i xv = _mm512_maskz_loadu_epi16(mk, (const void *)(x[j] + p));
+            for (int i = 0; i < RM; i++) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], (__m512bh)wv[i], (__m512bh)xv);
+        }
+    }
+    f_store(RM, RN, a, i0, j0, acc);
+}
+
+#define F_DISPATCH(CALL, rm, rn)                                                                   \
+    switch ((rm) * 8 + (rn)) {                                                                     \
+    case 011: CALL(1, 1); break; case 012: CALL(1, 2); break; case 013: CALL(1, 3); break;         \
+    case 014: CALL(1, 4); break; case 015: CALL(1, 5); break; case 016: CALL(1, 6); break;         \
+    case 021: CALL(2, 1); break; case 022: CALL(2, 2); break; case 023: CALL(2, 3); break;         \
+    case 024: CALL(2, 4); break; case 025: CALL(2, 5); break; case 026: CALL(2, 6); break;         \
+    case 031: CALL(3, 1); break; case 032: CALL(3, 2); break; case 033: CALL(3, 3); break;         \
+    case 034: CALL(3, 4); break; case 035: CALL(3, 5); break; case 036: CALL(3, 6); break;         \
+    case 041: CALL(4, 1); break; case 042: CALL(4, 2); break; case 043: CALL(4, 3); break;         \
+    case 044: CALL(4, 4); break; case 045: CALL(4, 5); break; case 046: CALL(4, 6); break;         \
+    default: break;                                                                                \
+    }
+
+static void f32_tile(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {
+#define C_(M, N) f_tile_impl(TL_F32, M, N, a, i0, j0)
+    F_DISPATCH(C_, rm, rn)
+#undef C_
+}
+static void f16_tile(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {
+#define C_(M, N) f_tile_impl(TL_F16, M, N, a, i0, j0)
+    F_DISPATCH(C_, rm, rn)
+#undef C_
+}
+static void bf16_tile(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {
+#define C_(M, N) f_tile_impl(TL_BF16, M, N, a, i0, j0)
+    F_DISPATCH(C_, rm, rn)
+#undef C_
+}
+/* bf16 weights x bf16-rounded activations (vdpbf16ps): opt-in, see tl_uk_init. */
+static void bf16dp_tile(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {
+#define C_(M, N) bf_tile_impl(M, N, a, i0, j0)
+    F_DISPATCH(C_, rm, rn)
+#undef C_
+}
+
+/* ---- table -------------------------------------------------------------------------------------- */
+static const tl_ukernel uk_f32 = {F_RM, F_RN, f32_tile, 0, NULL, NULL, fa_row_bytes, fa_prepare};
+static const tl_ukernel uk_f16 = {F_RM, F_RN, f16_tile, 0, NULL, NULL, fa_row_bytes, fa_prepare};
+static const tl_ukernel uk_bf16 = {F_RM, F_RN, bf16_tile, 0, NULL, NULL, fa_row_bytes, fa_prepare};
+static const tl_ukernel uk_bf16dp = {F_RM, F_RN, bf16dp_tile, 0, NULL, NULL, fa_row_bytes, fa_prepare};
+
+static const tl_ukernel *fa_lookup(int wtype) {
+    switch (wtype) {
+    case TL_F32: return &uk_f32;
+    case TL_F16: return &uk_f16;
+    case TL_BF16: return bf16_round ? &uk_bf16dp : &uk_bf16;
+    default: return NULL;
+    }
+}
+
+#endif
