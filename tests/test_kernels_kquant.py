@@ -238,3 +238,49 @@ def test_q4_k_m_model_as_close_as_llama_cpp(be, q4km):
     assert mean > 0  # activations really are quantized: not silently the float reference
     assert mean <= lmean, f"{be}: mean |Δ| {mean:.4g} > llama.cpp's {lmean:.4g}"
     assert mx <= 2 * lmx, f"{be}: max |Δ| {mx:.3g} > 2 x llama.cpp's {lmx:.3g}"
+
+
+def _extreme_weights(t: GGMLType, m: int, k: int, rng) -> np.ndarray:
+    """Every quant at its largest unsigned value (q5_0 31, q4_K 15, q5_K 31, q6_K 63) with the largest
+    scales, in rows alternating with random bytes: the widest integer sums a kernel can meet (a SIMD
+    kernel that sums too many vpmaddubsw steps in int16 saturates here and fails the comparison)."""
+    raw = make_weights(t, m, k, rng).copy()
+    ts = TYPE_INFO[t].type_size
+    blocks = raw.reshape(m, -1, ts)
+    ext = blocks[::2]
+    if t == T.Q5_0:
+        ext[..., 2:] = 0xFF  # qh all set, every nibble 15: q = 31
+    elif t == T.Q6_K:
+        ext[..., :192] = 0xFF  # ql, qh: q = 63
+        ext[..., 192:208] = 0x7F  # scales 127
+    else:
+        ext[..., 4:] = 0xFF  # scales/mins 63, (q5_K qh), nibbles 15
+    return raw
+
+
+@pytest.mark.parametrize("t", NEW_TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("n", [1, 5])
+def test_extreme_quants_no_int16_saturation(lib, t, n):
+    _need(lib, t)
+    rng = np.random.default_rng(11 + n)
+    m, k = 19, 512
+    raw = _extreme_weights(t, m, k, rng)
+    # |x| constant within a row: every activation quant is +-127; row 0 all positive
+    x = (rng.choice([-1.0, 1.0], size=(n, k)) * rng.uniform(0.5, 2.0, size=(n, 1))).astype(np.float32)
+    x[0] = abs(x[0])
+    y = lib.gemm(t, raw, k, lib.prepare(t, x))
+    ref, scale = reference(t, raw, k, x)
+    check_close(y, ref, scale)
+
+
+@pytest.mark.parametrize("t", NEW_TYPES, ids=lambda t: t.name)
+def test_avx2_bit_identical_to_avx512(t):
+    """kquants_avx2.h does the avx512 kernels' arithmetic (exact int32 per group, the same f32 ops in
+    the same order), so the two variants agree bit for bit, for the gemv and the panel path."""
+    if not {"avx2", "avx512"} <= set(RUNNABLE):
+        pytest.skip("needs both avx2 and avx512")
+    a2, a5 = kernels.load("avx2"), kernels.load("avx512")
+    k = 256 if t == T.Q5_0 else 1024
+    for m, n in [(37, 1), (37, 9), (300, 1), (20, 70)]:
+        raw, x = make(t, m, k, n, seed=m + n)
+        assert np.array_equal(a2.gemm(t, raw, k, a2.prepare(t, x)), a5.gemm(t, raw, k, a5.prepare(t, x))), (m, n)

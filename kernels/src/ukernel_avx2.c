@@ -23,6 +23,7 @@
 #include "tl_internal.h"
 #include "ukernel.h"
 #include "x86_common.h"
+#include "kquants_avx2.h" /* q5_0, q4_K, q5_K, q6_K */
 
 const char tl_uk_name[] = "avx2";
 const uint64_t tl_uk_required = TL_CPU_AVX2 | TL_CPU_FMA | TL_CPU_F16C;
@@ -350,6 +351,6 @@ const tl_ukernel *tl_uk_lookup(int wtype) {
     case TL_Q8_0: return &uk_q8_0;
     case TL_Q4_0: return &uk_q4_0;
     case TL_Q4_1: return &uk_q4_1;
-    default: return NULL;
+    default: return tl_kq_avx2_lookup(wtype); /* q5_0 / K-quants (kquants_avx2.h) */
     }
 }

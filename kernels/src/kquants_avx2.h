@@ -1,0 +1,465 @@
+/* kquants_avx2.h — AVX2 (+FMA +F16C) kernels for q5_0, q4_K, q5_K and q6_K weights (included by
+ * ukernel_avx2.c; self-contained apart from x86_common.h and kquants.h).
+ *
+ * Same scheme as kquants_avx512.h with 8-row panels in ymm lanes and vpmaddubsw instead of VNNI:
+ * per 4 consecutive k-values one ymm whose lane r holds row r's 4 unsigned quants (q5_0: q, 0..31;
+ * q4_K 0..15; q5_K 0..31; q6_K 0..63). A token's 16-value group dot is 4 vpmaddubsw against
+ * 4-byte broadcasts of its int8 activations, summed in int16, then vpmaddwd with ones -> 8 rows'
+ * exact int32 dots in the 8 lanes. int16 bounds (|x| <= 127): a pair is at most 2*63*127 = 16002
+ * (no saturation in vpmaddubsw); the sum of a group's 4 steps is at most 4*2*31*127 = 31496 for
+ * q5_0 / q5_K (15240 for q4_K), < 32767, so it stays in int16; q6_K (4*16002 would not) is widened
+ * after every 2 steps (32004).
+ *
+ * Numerics, identical to kquants_avx512.h (so the two variants agree bit for bit):
+ *   q5_0: per 32-block, int32 dot_g - 16 * isum_g per 16-group (exact offset),
+ *     y += d_w * (d_x0 * float(acc0) + d_x1 * float(acc1)).
+ *   K-quants: per 16-group an exact int32 dot, then f32: f += sc * (d_x,g * dot_g) (q4_K/q5_K: the
+ *     sub-block's two groups share sc: g = d_x1*dot1 + d_x0*dot0), q6_K: f += sc * (d_x,g * dot_g
+ *     - 32 * s_x,g); per super-block y += d_w * f (- dmin_w * sum_j m_j * (s_x,2j + s_x,2j+1) for
+ *     q4_K/q5_K). Groups and super-blocks in order: results depend only on k.
+ *
+ * n > 1 (block hook): the panel's rows are decoded once per driver block into thread-local
+ * scratch and reused for every token tile (4 tokens per register tile).
+ * n == 1 (gemv): streams the weights. q5_0 decodes 8 rows per block straight into registers; the
+ * K-quants decode one super-block of 8 rows at a time into a 2.9 KB stack buffer (L1) and run the
+ * same super-block kernel with one token. Both prefetch the next 8-row panel linearly (8 row
+ * streams ldw apart are not followed by the hardware prefetchers from DRAM).
+ */
+#ifndef TL_KQUANTS_AVX2_H
+#define TL_KQUANTS_AVX2_H
+
+#include <immintrin.h>
+
+#include "kquants.h"
+#include "x86_common.h"
+
+#define KQ2_R 8   /* rows per panel (ymm lanes) */
+#define KQ2_RN 4  /* tokens per register tile */
+#define KQ2_Q50_BLK (256 + 32)                /* q5_0 panel block: 8 ymm quants + 8 d */
+#define KQ2_SC 2048                           /* K super-block: W 64 ymm, */
+#define KQ2_MN (KQ2_SC + 512)                 /*   SC 16 x 8 f32, */
+#define KQ2_D (KQ2_MN + 256)                  /*   MN 8 x 8 f32, */
+#define KQ2_DM (KQ2_D + 32)                   /*   D, DM 8 f32 each */
+#define KQ2_KSB (KQ2_DM + 32)
+
+/* Defined in ukernel_avx2.c (the avx2 variant's vectorised shared q8 act layout). */
+static void qa_prepare_avx2(const float *x, int64_t ldx, int64_t j0, int64_t j1, int64_t k, uint8_t *act,
+                            int64_t ldact);
+
+TL_INLINE int kq2_bytes(const int WT) {
+    return WT == TL_Q5_0 ? TL_Q5_0_BYTES : WT == TL_Q4_K ? TL_Q4_K_BYTES : WT == TL_Q5_K ? TL_Q5_K_BYTES
+                                                                                           : TL_Q6_K_BYTES;
+}
+
+/* ---- 8-row register loads (row in lane) -------------------------------------------------------- */
+/* 8 rows' 16-byte chunks at rp[r] + off -> out[t] lane r = dword t of that chunk of row r. A[q]
+ * holds rows q and q+4 in its 128-bit lanes, so after the 32- and 64-bit unpacks lane 4l + q is
+ * row 4l + q. */
+TL_INLINE void kq2_t8(const uint8_t *const *rp, int64_t off, __m256i out[4]) {
+    __m256i A[4];
+    for (int q = 0; q < 4; q++)
+        A[q] = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(rp[q] + off))),
+                                       _mm_loadu_si128((const __m128i *)(rp[q + 4] + off)), 1);
+    const __m256i a = _mm256_unpacklo_epi32(A[0], A[1]), b = _mm256_unpackhi_epi32(A[0], A[1]);
+    const __m256i c = _mm256_unpacklo_epi32(A[2], A[3]), d = _mm256_unpackhi_epi32(A[2], A[3]);
+    out[0] = _mm256_unpacklo_epi64(a, c);
+    out[1] = _mm256_unpackhi_epi64(a, c);
+    out[2] = _mm256_unpacklo_epi64(b, d);
+    out[3] = _mm256_unpackhi_epi64(b, d);
+}
+
+/* The f16 in the low half of each dword -> 8 f32. */
+TL_INLINE __m256 kq2_f16lo(__m256i v) {
+    const __m256i p = _mm256_packus_epi32(_mm256_and_si256(v, _mm256_set1_epi32(0xffff)), _mm256_setzero_si256());
+    return _mm256_cvtph_ps(_mm256_castsi256_si128(_mm256_permute4x64_epi64(p, 0x08)));
+}
+
+/* Row pointers of rows [r0, r0 + nr); dead rows repeat row r0 so every load stays in bounds. */
+TL_INLINE void kq2_rows(const tl_gemm_args *a, int64_t r0, int nr, const uint8_t *rp[KQ2_R]) {
+    for (int r = 0; r < KQ2_R; r++) rp[r] = a->w + (r0 + (r < nr ? r : 0)) * a->ldw;
+}
+/* All-ones in lanes r < nr (scales of dead lanes are zeroed with it). */
+TL_INLINE __m256 kq2_live(int nr) {
+    return _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(nr), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
+}
+
+/* q5_0 block b of 8 rows: w[t] lane r = row r's quants 4t..4t+3 (unsigned 0..31), d per lane (0 in
+ * dead lanes). The head (d, qh) comes from a transpose of each row's first 16 bytes. Bit 4 of quant
+ * v is qh bit v: vpshufb copies qh byte v/8 into the 4 bytes of step t = v/4 (t and t+1 share a byte),
+ * vpcmpeqb against the byte's bit masks turns the bits into 0xff, masked to 0x10. */
+TL_INLINE void kq2_q5_0_load8(const uint8_t *const *rp, __m256 live, int64_t b, __m256i w[8], __m256 *d) {
+    const int64_t o = b * TL_Q5_0_BYTES;
+    __m256i hd[4], u[4];
+    kq2_t8(rp, o, hd);     /* dword 0 = d | qh[0..1] << 16, dword 1 = qh[2..3] | qs[0..1] << 16 */
+    kq2_t8(rp, o + 6, u);  /* the 16 quant bytes */
+    *d = _mm256_and_ps(live, kq2_f16lo(hd[0]));
+    const __m256i qh = _mm256_or_si256(_mm256_srli_epi32(hd[0], 16), _mm256_slli_epi32(hd[1], 16));
+    const __m256i m4 = _mm256_set1_epi8(0x0f), b4 = _mm256_set1_epi8(0x10);
+    const __m256i bm[2] = {_mm256_set1_epi32(0x08040201), _mm256_set1_epi32((int)0x80402010)};
+    for (int t = 0; t < 4; t++) {
+        w[t] = _mm256_and_si256(u[t], m4);
+        w[t + 4] = _mm256_and_si256(_mm256_srli_epi16(u[t], 4), m4);
+    }
+    const __m256i dw = _mm256_setr_epi32(0, 0x04040404, 0x08080808, 0x0c0c0c0c, 0, 0x04040404, 0x08080808, 0x0c0c0c0c);
+    for (int q = 0; q < 4; q++) {
+        const __m256i sel = _mm256_shuffle_epi8(qh, _mm256_add_epi8(dw, _mm256_set1_epi8((char)q)));
+        for (int h = 0; h < 2; h++) {
+            const __m256i hb = _mm256_cmpeq_epi8(_mm256_and_si256(sel, bm[h]), bm[h]);
+            w[2 * q + h] = _mm256_or_si256(w[2 * q + h], _mm256_and_si256(hb, b4));
+        }
+    }
+}
+
+/* ---- panel packing ------------------------------------------------------------------------------ */
+static void kq2_pack_q5_0(const tl_gemm_args *a, int64_t r0, int nr, uint8_t *buf) {
+    const int64_t nb = a->k / TL_QK;
+    const uint8_t *rp[KQ2_R];
+    kq2_rows(a, r0, nr, rp);
+    const __m256 live = kq2_live(nr);
+    for (int64_t b = 0; b < nb; b++) {
+        uint8_t *o = buf + b * KQ2_Q50_BLK;
+        __m256i w[8];
+        __m256 d;
+        kq2_q5_0_load8(rp, live, b, w, &d);
+        for (int t = 0; t < 8; t++) _mm256_store_si256((__m256i *)(o + 32 * t), w[t]);
+        _mm256_store_ps((float *)(o + 256), d);
+    }
+}
+
+/* One K super-block (at byte o of every row) of 8 rows -> out (KQ2_KSB bytes, 32-B aligned):
+ * register transposes of the quants and of the block heads (d, dmin, scale fields), decoded in
+ * lanes; dead lanes get d = dmin = 0. */
+TL_INLINE void kq2_pack_sb(const int WT, const uint8_t *const *rp, __m256 live, int64_t o, uint8_t *out) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m2 = _mm256_set1_epi8(0x03), m1 = _mm256_set1_epi8(0x01);
+    __m256i *W = (__m256i *)out;
+    float *SC = (float *)(out + KQ2_SC), *MN = (float *)(out + KQ2_MN);
+    __m256i S[4];
+    if (WT == TL_Q6_K) {
+        __m256i E[4];
+        kq2_t8(rp, o + 192, S); /* int8 scales: dword t = sc[4t..4t+3] */
+        kq2_t8(rp, o + 194, E); /* dword 3 = sc[14], sc[15], d */
+        for (int s = 0; s < 16; s++)
+            _mm256_store_ps(SC + 8 * s,
+                            _mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(S[s / 4], 24 - 8 * (s % 4)), 24)));
+        _mm256_store_ps((float *)(out + KQ2_D), _mm256_and_ps(live, kq2_f16lo(_mm256_srli_epi32(E[3], 16))));
+    } else {
+        const __m256i b6 = _mm256_set1_epi32(63), b4 = _mm256_set1_epi32(15), b2 = _mm256_set1_epi32(3);
+        kq2_t8(rp, o, S); /* dword 0 = d | dmin << 16; 1, 2, 3 = the 12 scale bytes */
+        _mm256_store_ps((float *)(out + KQ2_D), _mm256_and_ps(live, kq2_f16lo(S[0])));
+        _mm256_store_ps((float *)(out + KQ2_DM), _mm256_and_ps(live, kq2_f16lo(_mm256_srli_epi32(S[0], 16))));
+        for (int j = 0; j < 4; j++) {
+            const __m256i s0 = _mm256_srli_epi32(S[1], 8 * j), s1 = _mm256_srli_epi32(S[2], 8 * j),
+                          s2 = _mm256_srli_epi32(S[3], 8 * j);
+            const __m256i sc_lo = _mm256_and_si256(s0, b6), mn_lo = _mm256_and_si256(s1, b6);
+            const __m256i sc_hi = _mm256_or_si256(_mm256_and_si256(s2, b4),
+                                                  _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(s0, 6), b2), 4));
+            const __m256i mn_hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(s2, 4), b4),
+                                                  _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(s1, 6), b2), 4));
+            _mm256_store_ps(SC + 8 * j, _mm256_cvtepi32_ps(sc_lo));
+            _mm256_store_ps(SC + 8 * (j + 4), _mm256_cvtepi32_ps(sc_hi));
+            _mm256_store_ps(MN + 8 * j, _mm256_cvtepi32_ps(mn_lo));
+            _mm256_store_ps(MN + 8 * (j + 4), _mm256_cvtepi32_ps(mn_hi));
+        }
+    }
+    if (WT == TL_Q6_K) {
+        for (int h = 0; h < 2; h++) {
+            __m256i L[16], H[8];
+            for (int c = 0; c < 4; c++) kq2_t8(rp, o + 64 * h + 16 * c, L + 4 * c);
+            for (int c = 0; c < 2; c++) kq2_t8(rp, o + 128 + 32 * h + 16 * c, H + 4 * c);
+            for (int t = 0; t < 8; t++) {
+                const __m256i h0 = _mm256_and_si256(H[t], m2), h1 = _mm256_and_si256(_mm256_srli_epi16(H[t], 2), m2);
+                const __m256i h2 = _mm256_and_si256(_mm256_srli_epi16(H[t], 4), m2);
+                const __m256i h3 = _mm256_and_si256(_mm256_srli_epi16(H[t], 6), m2);
+                _mm256_store_si256(W + 32 * h + t, _mm256_or_si256(_mm256_and_si256(L[t], m4), _mm256_slli_epi16(h0, 4)));
+                _mm256_store_si256(W + 32 * h + 8 + t,
+                                   _mm256_or_si256(_mm256_and_si256(L[8 + t], m4), _mm256_slli_epi16(h1, 4)));
+                _mm256_store_si256(W + 32 * h + 16 + t, _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(L[t], 4), m4),
+                                                                        _mm256_slli_epi16(h2, 4)));
+                _mm256_store_si256(W + 32 * h + 24 + t,
+                                   _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(L[8 + t], 4), m4),
+                                                   _mm256_slli_epi16(h3, 4)));
+            }
+        }
+    } else {
+        const int64_t qo = o + (WT == TL_Q4_K ? 16 : 48);
+        __m256i H[8];
+        if (WT == TL_Q5_K) {
+            kq2_t8(rp, o + 16, H);
+            kq2_t8(rp, o + 32, H + 4);
+        }
+        for (int c = 0; c < 4; c++) {
+            __m256i U[8];
+            kq2_t8(rp, qo + 32 * c, U);
+            kq2_t8(rp, qo + 32 * c + 16, U + 4);
+            for (int u = 0; u < 8; u++) {
+                __m256i lo = _mm256_and_si256(U[u], m4), hi = _mm256_and_si256(_mm256_srli_epi16(U[u], 4), m4);
+                if (WT == TL_Q5_K) {
+                    lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(H[u], 2 * c), m1), 4));
+                    hi = _mm256_or_si256(hi,
+                                         _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(H[u], 2 * c + 1), m1), 4));
+                }
+                _mm256_store_si256(W + 16 * c + u, lo);
+                _mm256_store_si256(W + 16 * c + 8 + u, hi);
+            }
+        }
+    }
+}
+
+static void kq2_pack_k(const int WT, const tl_gemm_args *a, int64_t r0, int nr, uint8_t *buf) {
+    const int64_t nb = a->k / TL_QK_K;
+    const uint8_t *rp[KQ2_R];
+    kq2_rows(a, r0, nr, rp);
+    const __m256 live = kq2_live(nr);
+    for (int64_t b = 0; b < nb; b++) kq2_pack_sb(WT, rp, live, b * kq2_bytes(WT), buf + b * KQ2_KSB);
+}
+
+/* ---- panel x tokens --------------------------------------------------------------------------- */
+TL_INLINE void kq2_store(const int RN, const tl_gemm_args *a, const __m256 *y, int64_t i0, int nr, int64_t j0) {
+    for (int j = 0; j < RN; j++) {
+        float *yp = a->y + (j0 + j) * a->ldy + i0;
+        if (nr == KQ2_R) {
+            _mm256_storeu_ps(yp, y[j]);
+        } else {
+            float s[KQ2_R];
+            _mm256_storeu_ps(s, y[j]);
+            for (int i = 0; i < nr; i++) yp[i] = s[i];
+        }
+    }
+}
+
+/* Sum of 4 vpmaddubsw steps (w[0..3] x the 4 dwords at xq) as 8 int32 lanes; NW = 2 widens after
+ * every 2 steps (q6_K's 0..63 quants), NW = 4 once (quants <= 31). */
+TL_INLINE __m256i kq2_dot16(const int NW, const __m256i *w, const int32_t *xq) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i p0 = _mm256_add_epi16(_mm256_maddubs_epi16(w[0], _mm256_set1_epi32(xq[0])),
+                                  _mm256_maddubs_epi16(w[1], _mm256_set1_epi32(xq[1])));
+    __m256i p1 = _mm256_add_epi16(_mm256_maddubs_epi16(w[2], _mm256_set1_epi32(xq[2])),
+                                  _mm256_maddubs_epi16(w[3], _mm256_set1_epi32(xq[3])));
+    if (NW == 4) return _mm256_madd_epi16(_mm256_add_epi16(p0, p1), ones);
+    return _mm256_add_epi32(_mm256_madd_epi16(p0, ones), _mm256_madd_epi16(p1, ones));
+}
+
+/* q5_0 block (8 decoded quant vectors w, scales d) x one token: y += d * (dx0 * acc0 + dx1 * acc1). */
+TL_INLINE __m256 kq2_q5_0_blockdot(const __m256i *w, __m256 d, const int32_t *xq, const float *dx,
+                                   const int16_t *is, __m256 y) {
+    const __m256i a0 = _mm256_sub_epi32(kq2_dot16(4, w, xq), _mm256_set1_epi32(16 * (int32_t)is[0]));
+    const __m256i a1 = _mm256_sub_epi32(kq2_dot16(4, w + 4, xq + 4), _mm256_set1_epi32(16 * (int32_t)is[1]));
+    const __m256 f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a1), _mm256_set1_ps(dx[1]),
+                                     _mm256_mul_ps(_mm256_cvtepi32_ps(a0), _mm256_set1_ps(dx[0])));
+    return _mm256_fmadd_ps(f, d, y);
+}
+
+TL_INLINE void kq2_q5_0_tile(const int RN, const tl_gemm_args *a, const uint8_t *panel, int64_t i0, int nr,
+                             int64_t j0) {
+    const int64_t k = a->k, nb = k / TL_QK;
+    __m256 y[KQ2_RN];
+    const uint8_t *xr[KQ2_RN];
+    for (int j = 0; j < RN; j++) {
+        y[j] = _mm256_setzero_ps();
+        xr[j] = a->act + (j0 + j) * a->ldact;
+    }
+    const uint8_t *P = panel;
+    for (int64_t b = 0; b < nb; b++, P += KQ2_Q50_BLK) {
+        __m256i w[8];
+        for (int t = 0; t < 8; t++) w[t] = _mm256_load_si256((const __m256i *)(P + 32 * t));
+        const __m256 d = _mm256_load_ps((const float *)(P + 256));
+        for (int j = 0; j < RN; j++)
+            y[j] = kq2_q5_0_blockdot(w, d, (const int32_t *)(xr[j] + 32 * b), tl_q8a_d(xr[j], k) + 2 * b,
+                                     tl_q8a_isum(xr[j], k) + 2 * b, y[j]);
+    }
+    kq2_store(RN, a, y, i0, nr, j0);
+}
+
+/* One decoded K super-block P (index b of k) x RN tokens, accumulated into y. */
+TL_INLINE void kq2_k_sb(const int WT, const int RN, const uint8_t *P, const uint8_t *const *xr, int64_t k, int64_t b,
+                        __m256 *y) {
+    const int NS = WT == TL_Q6_K ? 16 : 8; /* sub-blocks (runs with their own scale) */
+    const int TS = 64 / NS;                /* ymm steps per sub-block: 4 per activation group */
+    const __m256i *W = (const __m256i *)P;
+    __m256 f[KQ2_RN];
+    for (int j = 0; j < RN; j++) f[j] = _mm256_setzero_ps();
+    for (int s = 0; s < NS; s++) {
+        const __m256 sc = _mm256_load_ps((const float *)(P + KQ2_SC) + 8 * s);
+        for (int j = 0; j < RN; j++) {
+            const int32_t *xq = (const int32_t *)(xr[j] + TL_QK_K * b) + TS * s;
+            const float *dx = tl_q8a_d(xr[j], k) + 16 * b + (TS / 4) * s;
+            __m256 g;
+            if (WT == TL_Q6_K) { /* one group: dx * (dot - 32 * isum) = dx * dot - 32 * s */
+                const __m256i d0 = kq2_dot16(2, W + TS * s, xq);
+                const float sx = tl_q8a_s(xr[j], k)[16 * b + s];
+                g = _mm256_fmsub_ps(_mm256_cvtepi32_ps(d0), _mm256_set1_ps(dx[0]), _mm256_set1_ps(32.0f * sx));
+            } else { /* two groups share sc */
+                const __m256i d0 = kq2_dot16(4, W + TS * s, xq), d1 = kq2_dot16(4, W + TS * s + 4, xq + 4);
+                g = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d1), _mm256_set1_ps(dx[1]),
+                                    _mm256_mul_ps(_mm256_cvtepi32_ps(d0), _mm256_set1_ps(dx[0])));
+            }
+            f[j] = _mm256_fmadd_ps(g, sc, f[j]);
+        }
+    }
+    const __m256 d = _mm256_load_ps((const float *)(P + KQ2_D));
+    if (WT == TL_Q6_K) {
+        for (int j = 0; j < RN; j++) y[j] = _mm256_fmadd_ps(f[j], d, y[j]);
+    } else {
+        const __m256 dm = _mm256_load_ps((const float *)(P + KQ2_DM));
+        for (int j = 0; j < RN; j++) {
+            const float *sx = tl_q8a_s(xr[j], k) + 16 * b;
+            __m256 mn = _mm256_setzero_ps();
+            for (int s = 0; s < 8; s++)
+                mn = _mm256_fmadd_ps(_mm256_load_ps((const float *)(P + KQ2_MN) + 8 * s),
+                                     _mm256_set1_ps(sx[2 * s] + sx[2 * s + 1]), mn);
+            y[j] = _mm256_fnmadd_ps(mn, dm, _mm256_fmadd_ps(f[j], d, y[j]));
+        }
+    }
+}
+
+TL_INLINE void kq2_k_tile(const int WT, const int RN, const tl_gemm_args *a, const uint8_t *panel, int64_t i0,
+                          int nr, int64_t j0) {
+    const int64_t k = a->k, nb = k / TL_QK_K;
+    __m256 y[KQ2_RN];
+    const uint8_t *xr[KQ2_RN];
+    for (int j = 0; j < RN; j++) {
+        y[j] = _mm256_setzero_ps();
+        xr[j] = a->act + (j0 + j) * a->ldact;
+    }
+    for (int64_t b = 0; b < nb; b++) kq2_k_sb(WT, RN, panel + b * KQ2_KSB, xr, k, b, y);
+    kq2_store(RN, a, y, i0, nr, j0);
+}
+
+#define KQ2_TOKENS(CALL)                                                                             \
+    do {                                                                                             \
+        int64_t j = j0;                                                                              \
+        for (; j + KQ2_RN <= j1; j += KQ2_RN) CALL(KQ2_RN);                                          \
+        switch ((int)(j1 - j)) {                                                                     \
+        case 1: CALL(1); break; case 2: CALL(2); break; case 3: CALL(3); break;                      \
+        default: break;                                                                              \
+        }                                                                                            \
+    } while (0)
+
+TL_INLINE void kq2_block_impl(const int WT, const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+    const size_t need = WT == TL_Q5_0 ? (size_t)(a->k / TL_QK) * KQ2_Q50_BLK : (size_t)(a->k / TL_QK_K) * KQ2_KSB;
+    uint8_t *buf = x86_scratch(need);
+    if (!buf) { /* no scratch: the plain-C kernels (same integers, f32 order of kquants.c) */
+        const tl_ukernel *uk = tl_kq_portable_lookup(WT);
+        for (int64_t i = i0; i < i1; i += uk->rm)
+            for (int64_t j = j0; j < j1; j += uk->rn)
+                uk->tile(a, i, j, (int)TL_MIN((int64_t)uk->rm, i1 - i), (int)TL_MIN((int64_t)uk->rn, j1 - j));
+        return;
+    }
+    for (int64_t i = i0; i < i1; i += KQ2_R) {
+        const int nr = (int)TL_MIN((int64_t)KQ2_R, i1 - i);
+        if (WT == TL_Q5_0) {
+            kq2_pack_q5_0(a, i, nr, buf);
+#define C_(N) kq2_q5_0_tile(N, a, buf, i, nr, j)
+            KQ2_TOKENS(C_);
+#undef C_
+        } else {
+            kq2_pack_k(WT, a, i, nr, buf);
+#define C_(N) kq2_k_tile(WT, N, a, buf, i, nr, j)
+            KQ2_TOKENS(C_);
+#undef C_
+        }
+    }
+}
+
+/* ---- n == 1: stream the rows ------------------------------------------------------------------- */
+/* Prefetch of the next panel (rows [i + 8, min(i + 16, i1 + 8, m)), contiguous when the rows are),
+ * spread over the nb blocks of this one: call with block index b. */
+typedef struct {
+    const char *p;
+    int64_t end, step;
+} kq2_pf;
+TL_INLINE kq2_pf kq2_pf_init(const tl_gemm_args *a, int64_t i, int64_t i1, int64_t nb) {
+    kq2_pf f;
+    const int64_t r1 = TL_MIN(TL_MIN(i + 2 * KQ2_R, i1 + KQ2_R), a->m);
+    f.p = (const char *)(a->w + (i + KQ2_R) * a->ldw);
+    f.end = r1 > i + KQ2_R ? (r1 - (i + KQ2_R)) * a->ldw : 0;
+    f.step = (f.end + nb - 1) / nb;
+    return f;
+}
+TL_INLINE void kq2_pf_run(const kq2_pf *f, int64_t b) {
+    for (int64_t q = b * f->step; q < TL_MIN((b + 1) * f->step, f->end); q += 64) _mm_prefetch(f->p + q, _MM_HINT_T0);
+}
+
+/* 8 rows at a time, decoded straight into registers (same arithmetic as the panel). */
+static void kq2_gemv_q5_0(const tl_gemm_args *a, int64_t i0, int64_t i1) {
+    const int64_t k = a->k, nb = k / TL_QK;
+    const int32_t *xq = (const int32_t *)a->act;
+    const float *dx = tl_q8a_d(a->act, k);
+    const int16_t *is = tl_q8a_isum(a->act, k);
+    for (int64_t i = i0; i < i1; i += KQ2_R) {
+        const int nr = (int)TL_MIN((int64_t)KQ2_R, i1 - i);
+        const uint8_t *rp[KQ2_R];
+        kq2_rows(a, i, nr, rp);
+        const __m256 live = kq2_live(nr);
+        const kq2_pf pf = kq2_pf_init(a, i, i1, nb);
+        __m256 y = _mm256_setzero_ps();
+        for (int64_t b = 0; b < nb; b++) {
+            kq2_pf_run(&pf, b);
+            __m256i w[8];
+            __m256 d;
+            kq2_q5_0_load8(rp, live, b, w, &d);
+            y = kq2_q5_0_blockdot(w, d, xq + 8 * b, dx + 2 * b, is + 2 * b, y);
+        }
+        kq2_store(1, a, &y, i, nr, 0);
+    }
+}
+
+/* K-quants: one super-block of 8 rows at a time through an L1 buffer, then the panel kernel. */
+TL_INLINE void kq2_gemv_k(const int WT, const tl_gemm_args *a, int64_t i0, int64_t i1) {
+    const int64_t k = a->k, nb = k / TL_QK_K;
+    const int bytes = kq2_bytes(WT);
+    _Alignas(32) uint8_t sb[KQ2_KSB];
+    const uint8_t *xr[1] = {a->act};
+    for (int64_t i = i0; i < i1; i += KQ2_R) {
+        const int nr = (int)TL_MIN((int64_t)KQ2_R, i1 - i);
+        const uint8_t *rp[KQ2_R];
+        kq2_rows(a, i, nr, rp);
+        const __m256 live = kq2_live(nr);
+        const kq2_pf pf = kq2_pf_init(a, i, i1, nb);
+        __m256 y = _mm256_setzero_ps();
+        for (int64_t b = 0; b < nb; b++) {
+            kq2_pf_run(&pf, b);
+            kq2_pack_sb(WT, rp, live, b * bytes, sb);
+            kq2_k_sb(WT, 1, sb, xr, k, b, &y);
+        }
+        kq2_store(1, a, &y, i, nr, 0);
+    }
+}
+
+/* ---- table entries ------------------------------------------------------------------------- */
+#define KQ2_FUNCS(NAME, WT)                                                                           \
+    static void kq2_##NAME##_block(const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1) { \
+        kq2_block_impl(WT, a, i0, i1, j0, j1);                                                        \
+    }                                                                                                 \
+    static void kq2_##NAME##_tilefn(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {  \
+        kq2_block_impl(WT, a, i0, i0 + rm, j0, j0 + rn);                                              \
+    }
+KQ2_FUNCS(q5_0, TL_Q5_0)
+KQ2_FUNCS(q4_k, TL_Q4_K)
+KQ2_FUNCS(q5_k, TL_Q5_K)
+KQ2_FUNCS(q6_k, TL_Q6_K)
+static void kq2_gemv_q4_k(const tl_gemm_args *a, int64_t i0, int64_t i1) { kq2_gemv_k(TL_Q4_K, a, i0, i1); }
+static void kq2_gemv_q5_k(const tl_gemm_args *a, int64_t i0, int64_t i1) { kq2_gemv_k(TL_Q5_K, a, i0, i1); }
+static void kq2_gemv_q6_k(const tl_gemm_args *a, int64_t i0, int64_t i1) { kq2_gemv_k(TL_Q6_K, a, i0, i1); }
+
+static const tl_ukernel kq2_uk_q5_0 = {KQ2_R, KQ2_RN, kq2_q5_0_tilefn, KQ2_R, kq2_gemv_q5_0, kq2_q5_0_block,
+                                      x86_qa_row_bytes, qa_prepare_avx2};
+static const tl_ukernel kq2_uk_q4_k = {KQ2_R, KQ2_RN, kq2_q4_k_tilefn, KQ2_R, kq2_gemv_q4_k, kq2_q4_k_block,
+                                      x86_qa_row_bytes, qa_prepare_avx2};
+static const tl_ukernel kq2_uk_q5_k = {KQ2_R, KQ2_RN, kq2_q5_k_tilefn, KQ2_R, kq2_gemv_q5_k, kq2_q5_k_block,
+                                      x86_qa_row_bytes, qa_prepare_avx2};
+static const tl_ukernel kq2_uk_q6_k = {KQ2_R, KQ2_RN, kq2_q6_k_tilefn, KQ2_R, kq2_gemv_q6_k, kq2_q6_k_block,
+                                      x86_qa_row_bytes, qa_prepare_avx2};
+
+/* Kernel for q5_0 / q4_K / q5_K / q6_K, NULL for every other type. */
+static inline const tl_ukernel *tl_kq_avx2_lookup(int wtype) {
+    switch (wtype) {
+    case TL_Q5_0: return &kq2_uk_q5_0;
+    case TL_Q4_K: return &kq2_uk_q4_k;
+    case TL_Q5_K: return &kq2_uk_q5_k;
+    case TL_Q6_K: return &kq2_uk_q6_k;
+    default: return NULL;
+    }
+}
+
+#endif
