@@ -26,12 +26,8 @@
 const char tl_uk_name[] = "avx512";
 const uint64_t tl_uk_required = TL_CPU_AVX2 | TL_CPU_FMA | TL_CPU_F16C | TL_CPU_AVX512F | TL_CPU_AVX512BW |
                                 TL_CPU_AVX512VL | TL_CPU_AVX512DQ | TL_CPU_AVX512VNNI | TL_CPU_AVX512BF16;
-static int has_vbmi; /* the row-wise gemv needs AVX512-VBMI byte permutes (Ice Lake, Zen 4 and later) */
 int tl_uk_init(void) {
     fa_init();
-    has_vbmi = (tl_cpu_features() & TL_CPU_AVX512VBMI) != 0;
-    const char *e = getenv("TILELLM_NO_VBMI"); /* tests: exercise the transposed gemv too */
-    if (e && e[0] == '1') has_vbmi = 0;
     return TL_OK;
 }
 
@@ -206,116 +202,6 @@ TL_INLINE void q_gemv_impl(const int WT, const tl_gemm_args *a, int64_t i0, int6
     }
 }
 
-/* ---- n == 1, row-wise (AVX512-VBMI): no register transposes ---------------------------------------
- * Decode is memory-bound, but the 16-row transposed gemv above costs ~20 shuffles per block and
- * tops out near the DRAM rate of one core. Here each weight row is read straight, two blocks
- * (64 values = 4 activation groups) per step: one byte permute puts the pair's quants in the
- * order of the 64 activation bytes (for q4: [qs_b, qs_b, qs_b1, qs_b1], then a per-qword shift
- * by 0 / 4 and a mask give [lo_b, hi_b, lo_b1, hi_b1] = elements 0..63), one vpdpbusd gives
- * the four groups' int32 dots in lanes 4g..4g+3 (partial sums), and the lanes accumulate
- * float(dot) * (d_w * d_x,g) in f32. The offset of the unsigned weights (q4_0: 8, q8_0: 128) is
- * removed exactly in int32 by starting lane 4g at -off * isum_g; q4_1 adds m_w * s_x,g in lane
- * 4g. R rows share the activation vectors. Fixed lane assignment and reduction tree: the result
- * depends only on k (not on the thread split). */
-#define QV_R 4
-
-QV_TARGET TL_INLINE float qv_hsum(__m512 v) {
-    __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
-    __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-    q = _mm_add_ps(q, _mm_movehl_ps(q, q));
-    q = _mm_add_ss(q, _mm_movehdup_ps(q));
-    return _mm_cvtss_f32(q);
-}
-
-#define QV_TARGET __attribute__((target("avx512vbmi")))
-
-QV_TARGET TL_INLINE void qv_rows(const int WT, const int R, const tl_gemm_args *a, int64_t i) {
-    const int64_t k = a->k, nb = k / TL_QK;
-    const int bs = x86_q_bytes(WT);
-    const uint8_t *xr = a->act;
-    const float *dx = x86_qa_d(xr, k), *sx = x86_qa_s(xr, k);
-    const int16_t *is = x86_qa_isum(xr, k);
-    const int32_t off = WT == TL_Q8_0 ? 128 : 8;
-    /* byte / word permutes for a pair of blocks loaded from the first block's start */
-    __m512i pq, pd;
-    if (WT == TL_Q8_0) {
-        /* [qs_b = bytes 2..33 | qs_b1 = bytes 36..67]: bytes >= 64 come from the second register */
-        uint8_t t[64];
-        for (int e = 0; e < 32; e++) t[e] = (uint8_t)(2 + e);
-        for (int e = 0; e < 32; e++) t[32 + e] = (uint8_t)(36 + e); /* 64..67 select reg 2 bytes 0..3 */
-        pq = _mm512_loadu_si512((const void *)t);
-    } else {
-        const int q0 = WT == TL_Q4_0 ? 2 : 4;
-        uint8_t t[64];
-        for (int e = 0; e < 16; e++) {
-            t[e] = t[16 + e] = (uint8_t)(q0 + e);
-            t[32 + e] = t[48 + e] = (uint8_t)(bs + q0 + e);
-        }
-        pq = _mm512_loadu_si512((const void *)t);
-    }
-    {
-        uint16_t t[32];
-        for (int e = 0; e < 32; e++) t[e] = (uint16_t)(e < 8 ? 0 : e < 16 ? bs / 2 : e < 24 ? 1 : bs / 2 + 1);
-        pd = _mm512_loadu_si512((const void *)t); /* words 0..15: d_b x8, d_b1 x8; 16..31: m_b x8, m_b1 x8 */
-    }
-    const __m512i sh = _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0);
-    const __m512i lo4 = _mm512_set1_epi8(0x0f), flip = _mm512_set1_epi8((char)0x80);
-    const __m512i g4 = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
-    const uint8_t *wr[QV_R];
-    __m512 acc[QV_R];
-    for (int r = 0; r < R; r++) {
-        wr[r] = a->w + (i + r) * a->ldw;
-        acc[r] = _mm512_setzero_ps();
-    }
-    const __mmask64 ld_pair = WT == TL_Q8_0 ? ~0ull : (1ull << (2 * bs)) - 1;
-    for (int64_t b = 0; b < nb; b += 2) {
-        const int two = b + 1 < nb;
-        const __mmask16 live = two ? 0xffff : 0x00ff;
-        /* activation side, shared by the R rows */
-        const __m512i xv = _mm512_maskz_loadu_epi8(two ? ~0ull : 0xffffffffull, xr + 32 * b);
-        const __m512 xd = _mm512_maskz_permutexvar_ps(live, g4, _mm512_castps128_ps512(_mm_loadu_ps(dx + 2 * b)));
-        __m512i x0 = _mm512_setzero_si512();
-        __m512 xs = _mm512_setzero_ps();
-        if (WT != TL_Q4_1) {
-            __m128i s16 = _mm_loadl_epi64((const __m128i *)(is + 2 * b)); /* 4 x int16 (pad-safe) */
-            __m512i s32 = _mm512_castsi128_si512(_mm_mullo_epi32(_mm_cvtepi16_epi32(s16), _mm_set1_epi32(-off)));
-            x0 = _mm512_maskz_permutexvar_epi32((__mmask16)(live & 0x1111), g4, s32);
-        } else {
-            xs = _mm512_maskz_permutexvar_ps((__mmask16)(live & 0x1111), g4, _mm512_castps128_ps512(_mm_loadu_ps(sx + 2 * b)));
-        }
-        for (int r = 0; r < R; r++) {
-            const uint8_t *blk = wr[r] + b * bs;
-            __m512i raw, q;
-            if (WT == TL_Q8_0) {
-                raw = _mm512_maskz_loadu_epi8(two ? ~0ull : (1ull << bs) - 1, blk);
-                __m512i hi = _mm512_maskz_loadu_epi8(two ? 0xfull : 0, blk + 64);
-                q = _mm512_xor_si512(_mm512_permutex2var_epi8(raw, pq, hi), flip);
-            } else {
-                raw = _mm512_maskz_loadu_epi8(two ? ld_pair : (1ull << bs) - 1, blk);
-                q = _mm512_and_si512(_mm512_srlv_epi64(_mm512_permutexvar_epi8(pq, raw), sh), lo4);
-            }
-            __m512i dot = _mm512_dpbusd_epi32(x0, q, xv);
-            __m512i dw16 = _mm512_permutexvar_epi16(pd, raw);
-            __m512 sc = _mm512_mul_ps(_mm512_cvtph_ps(_mm512_castsi512_si256(dw16)), xd);
-            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sc, acc[r]);
-            if (WT == TL_Q4_1)
-                acc[r] = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm512_extracti64x4_epi64(dw16, 1)), xs, acc[r]);
-        }
-    }
-    for (int r = 0; r < R; r++) a->y[i + r] = qv_hsum(acc[r]);
-}
-
-QV_TARGET TL_INLINE void qv_gemv_impl(const int WT, const tl_gemm_args *a, int64_t i0, int64_t i1) {
-    int64_t i = i0;
-    for (; i + QV_R <= i1; i += QV_R) qv_rows(WT, QV_R, a, i);
-    switch ((int)(i1 - i)) {
-    case 1: qv_rows(WT, 1, a, i); break;
-    case 2: qv_rows(WT, 2, a, i); break;
-    case 3: qv_rows(WT, 3, a, i); break;
-    default: break;
-    }
-}
-
 /* Rows of the packed panel (nr valid, starting at i0) x tokens [j0, j0 + RN). */
 TL_INLINE void q_panel_tile(const int WT, const int RN, const tl_gemm_args *a, const uint8_t *panel, int64_t i0,
                             int nr, int64_t j0) {
@@ -398,21 +284,15 @@ TL_INLINE void q_block_impl(const int WT, const tl_gemm_args *a, int64_t i0, int
     static void NAME##_tile(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {                \
         q_block_impl(WT, a, i0, i0 + rm, j0, j0 + rn);                                                      \
     }                                                                                                       \
-    QV_TARGET __attribute__((noinline)) static void NAME##_gemv_vbmi(const tl_gemm_args *a, int64_t i0, int64_t i1) { \
-        qv_gemv_impl(WT, a, i0, i1);                                                                        \
-    }                                                                                                       \
-    static void NAME##_gemv(const tl_gemm_args *a, int64_t i0, int64_t i1) {                                \
-        if (has_vbmi) NAME##_gemv_vbmi(a, i0, i1);                                                          \
-        else q_gemv_impl(WT, a, i0, i1);                                                                    \
-    }
+    static void NAME##_gemv(const tl_gemm_args *a, int64_t i0, int64_t i1) { q_gemv_impl(WT, a, i0, i1); }
 Q_FUNCS(q8_0, TL_Q8_0)
 Q_FUNCS(q4_0, TL_Q4_0)
 Q_FUNCS(q4_1, TL_Q4_1)
 
 /* ---- table -------------------------------------------------------------------------------------- */
-static const tl_ukernel uk_q8_0 = {Q_R, Q_RN, q8_0_tile, QV_R, q8_0_gemv, q8_0_block, x86_qa_row_bytes, qa_prepare_avx512};
-static const tl_ukernel uk_q4_0 = {Q_R, Q_RN, q4_0_tile, QV_R, q4_0_gemv, q4_0_block, x86_qa_row_bytes, qa_prepare_avx512};
-static const tl_ukernel uk_q4_1 = {Q_R, Q_RN, q4_1_tile, QV_R, q4_1_gemv, q4_1_block, x86_qa_row_bytes, qa_prepare_avx512};
+static const tl_ukernel uk_q8_0 = {Q_R, Q_RN, q8_0_tile, Q_R, q8_0_gemv, q8_0_block, x86_qa_row_bytes, qa_prepare_avx512};
+static const tl_ukernel uk_q4_0 = {Q_R, Q_RN, q4_0_tile, Q_R, q4_0_gemv, q4_0_block, x86_qa_row_bytes, qa_prepare_avx512};
+static const tl_ukernel uk_q4_1 = {Q_R, Q_RN, q4_1_tile, Q_R, q4_1_gemv, q4_1_block, x86_qa_row_bytes, qa_prepare_avx512};
 
 const tl_ukernel *tl_uk_lookup(int wtype) {
     const tl_ukernel *f = fa_lookup(wtype); /* f32 / f16 / bf16 (float_avx512.h) */
