@@ -102,7 +102,49 @@ class Gemma3Params:
 
 class _GemmaLayer:
     __slots__ = ("attn_norm", "wq", "wk", "wv", "wo", "q_norm", "k_norm", "post_attn_norm",
-                 "ffn_norm", "w_gate", "w_up", "w_down", "post_ffn_norm", "local")
+                 "ffn_norm", "w_gate", "w_up", "w_down", "post_ffn_norm", "local", "wqkv", "qk_norm")
+
+
+def _concat_rows(name: str, ts: list[TensorView]) -> TensorView:
+    """The weights `ts` (one type, one k) stacked row-wise into one tensor (a copy): one matmul instead of
+    several. Every output row is the same dot product as before (kernels depend only on k), so the
+    results are bit-identical; it saves the per-call costs (Python checks, thread dispatch) of a
+    decode step."""
+    data = np.concatenate([t.data for t in ts], axis=0)
+    return TensorView(name, (ts[0].k, data.shape[0]), ts[0].type, data)
+
+
+def _rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    """layers.rms_norm, bit for bit (the same float32 operations and rounding: np.mean divides its float32
+    sum by an intp count in float64), with fewer temporaries: decode runs six per layer on tiny rows,
+    where numpy's per-call cost dominates."""
+    ms = np.add.reduce(np.square(x), axis=-1, keepdims=True, dtype=np.float32)
+    np.true_divide(ms, np.intp(x.shape[-1]), out=ms, casting="unsafe")
+    ms += np.float32(eps)
+    np.sqrt(ms, out=ms)
+    np.true_divide(1.0, ms, out=ms)
+    y = x * ms
+    y *= w
+    return y
+
+
+_GELU_C = np.float32(np.sqrt(2.0 / np.pi))
+
+
+def _gelu_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """gelu_tanh(gate) * up bit for bit (layers.gelu_tanh's operations in its order), in place in gate's
+    storage plus one temporary instead of ten full-size arrays."""
+    t = gate * gate
+    t *= gate
+    t *= np.float32(0.044715)
+    t += gate
+    t *= _GELU_C
+    np.tanh(t, out=t)
+    t += np.float32(1)
+    gate *= np.float32(0.5)
+    t *= gate
+    t *= up
+    return t
 
 
 class Gemma3Model(LlamaModel):
@@ -146,6 +188,11 @@ class Gemma3Model(LlamaModel):
             L.w_down = self._linear(p + "ffn_down.weight", hp.n_ff, d)
             L.post_ffn_norm = _vector(self._tensor(p + "post_ffw_norm.weight", (d,)))
             L.local = self.gparams.local_layers[i]
+            # q and k (and v when its type matches) as one matmul; q/k norms as one [H + Hkv, D] weight
+            qkv = [L.wq, L.wk] + ([L.wv] if L.wv.type == L.wq.type else [])
+            L.wqkv = _concat_rows(p + "attn_qkv", qkv) if L.wk.type == L.wq.type else None
+            L.qk_norm = np.concatenate([np.broadcast_to(L.q_norm, (hp.n_head, hd)),
+                                        np.broadcast_to(L.k_norm, (hp.n_head_kv, hd))])
             self.layers.append(L)
         self._head_views = _row_blocks(self.output, HEAD_BLOCK_ROWS)
 
@@ -175,16 +222,23 @@ class Gemma3Model(LlamaModel):
         pos = np.arange(p0, p0 + T)
         tables = {False: self.rope_global.tables(pos), True: self.rope_local.tables(pos)}
         for li, L in enumerate(self.layers):
-            x = rms_norm(h, L.attn_norm, eps)
+            x = _rms_norm(h, L.attn_norm, eps)
             xp = be.prepare(x, L.wq.type)  # shared by q, k (and v when its type quantizes activations alike)
-            q = rms_norm(be.matmul(L.wq, xp).reshape(T, H, D), L.q_norm, eps)
-            k = rms_norm(be.matmul(L.wk, xp).reshape(T, Hkv, D), L.k_norm, eps)
-            v = be.matmul(L.wv, xp)
+            if L.wqkv is not None:
+                qkv = be.matmul(L.wqkv, xp)
+                n_qk = (H + Hkv) * D
+                v = qkv[:, n_qk:] if qkv.shape[1] > n_qk else be.matmul(L.wv, xp)
+                qk = qkv.reshape(T, -1, D)[:, :H + Hkv]
+            else:
+                qk = np.concatenate([be.matmul(L.wq, xp).reshape(T, H, D), be.matmul(L.wk, xp).reshape(T, Hkv, D)], 1)
+                v = be.matmul(L.wv, xp)
+            # per-head q/k norms and rope on q and k together (rows are independent)
+            qk = _rms_norm(qk, L.qk_norm, eps)
             rope = self.rope_local if L.local else self.rope_global
             cos, sin = tables[L.local]
-            q = rope.apply(q, cos, sin)
-            k = rope.apply(k, cos, sin)
-            self.k_cache[li, p0:p0 + T] = k
+            rope.apply(qk, cos, sin)
+            q = qk[:, :H]
+            self.k_cache[li, p0:p0 + T] = qk[:, H:]
             self.v_cache[li, p0:p0 + T] = v.reshape(T, Hkv, D)
             if L.local and g.sliding_window is not None:
                 k0 = max(0, p0 - g.sliding_window + 1)  # older keys are outside every query's window
@@ -194,13 +248,13 @@ class Gemma3Model(LlamaModel):
             else:
                 att = self._attention(q, self.k_cache[li, :p0 + T], self.v_cache[li, :p0 + T], p0, g.attn_scale)
             o = be.matmul(L.wo, att.reshape(T, H * D))
-            h = h + rms_norm(o, L.post_attn_norm, eps)
-            x = rms_norm(h, L.ffn_norm, eps)
+            h += _rms_norm(o, L.post_attn_norm, eps)
+            x = _rms_norm(h, L.ffn_norm, eps)
             xp = be.prepare(x, L.w_gate.type)  # shared by gate and up
             gate = be.matmul(L.w_gate, xp)
             up = be.matmul(L.w_up, xp)
-            y = be.matmul(L.w_down, gelu_tanh(gate) * up)
-            h = h + rms_norm(y, L.post_ffn_norm, eps)
+            y = be.matmul(L.w_down, _gelu_mul(gate, up))
+            h += _rms_norm(y, L.post_ffn_norm, eps)
         self.n_past = p0 + T
         return h
 
