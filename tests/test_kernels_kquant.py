@@ -159,6 +159,23 @@ def test_threads_bit_identical(lib, t):
             assert np.array_equal(y1, lib.gemm(t, raw, k, p, n_threads=nth)), (m, n, nth)
 
 
+@pytest.mark.parametrize("t", NEW_TYPES, ids=lambda t: t.name)
+def test_token_result_independent_of_batch(lib, t):
+    """A token's outputs are the same bits alone (gemv), in a batch of at most one register tile and in a
+    large batch: kernels take different paths there (neon: decode on the fly vs a panel decoded once into
+    scratch), which must not change the arithmetic (kquants.h: results depend only on k)."""
+    _need(lib, t)
+    k = 160 if t == T.Q5_0 else 768
+    m, n = 23, 19
+    raw, x = make(t, m, k, n, seed=77 + int(t))
+    big = lib.gemm(t, raw, k, lib.prepare(t, x))
+    ref, scale = reference(t, raw, k, x)
+    check_close(big, ref, scale)
+    for j0, j1 in [(0, 1), (5, 6), (18, 19), (3, 7), (8, 14), (1, 18)]:
+        y = lib.gemm(t, raw, k, lib.prepare(t, x[j0:j1]))
+        assert np.array_equal(y, big[j0:j1]), (j0, j1)
+
+
 def test_q5_0_shares_prepared_with_q4_0_and_q8_0(lib):
     """q5_0 takes the q8_0 activations: one Prepared serves q4_0, q8_0 and q5_0 weights."""
     _need(lib, T.Q5_0)

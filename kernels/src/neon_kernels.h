@@ -225,6 +225,8 @@ TL_NEON_QUANT_KERNEL(q8_0, TL_Q8_0)
 TL_NEON_QUANT_KERNEL(q4_0, TL_Q4_0)
 TL_NEON_QUANT_KERNEL(q4_1, TL_Q4_1)
 
+#include "kquants_neon.h" /* q5_0, q4_K, q5_K, q6_K */
+
 /* The NEON kernel for a weight type, NULL if none. */
 static inline const tl_ukernel *tl_neon_lookup(int wtype) {
     switch (wtype) {
@@ -234,7 +236,7 @@ static inline const tl_ukernel *tl_neon_lookup(int wtype) {
     case TL_Q8_0: return &tl_neon_uk_q8_0;
     case TL_Q4_0: return &tl_neon_uk_q4_0;
     case TL_Q4_1: return &tl_neon_uk_q4_1;
-    default: return NULL;
+    default: return tl_kq_neon_lookup(wtype);
     }
 }
 
