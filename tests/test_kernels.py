@@ -150,13 +150,34 @@ def test_float_types_any_k(lib, t, k):
 
 def test_act_types_of_the_16bit_mopa_variants(lib):
     """sme/sme2: f16 weights always take f16 activations (widening FMOPA); bf16 weights take
-    bf16 ones (BFMOPA) only with TILELLM_SME_BF16=bfmopa at load time, else f32."""
+    bf16 ones (BFMOPA) only with TILELLM_SME_BF16=bfmopa at load time, else f32.
+    avx512: bf16 weights take bf16 activations (vdpbf16ps) unless TILELLM_BF16_EXACT=1."""
     import os
 
     sme = lib.variant in ("sme", "sme2")
-    bfmopa = sme and os.environ.get("TILELLM_SME_BF16") == "bfmopa"
-    want = {T.F16: T.F16 if sme else T.F32, T.BF16: T.BF16 if bfmopa else T.F32}
+    bf16_acts = ((sme and os.environ.get("TILELLM_SME_BF16") == "bfmopa")
+                 or (lib.variant == "avx512" and os.environ.get("TILELLM_BF16_EXACT") != "1"))
+    want = {T.F16: T.F16 if sme else T.F32, T.BF16: T.BF16 if bf16_acts else T.F32}
     assert {t: lib.act_type(t) for t in want} == want
+
+
+def test_avx512_bf16_exact_path(lib):
+    """avx512 bf16 weights under TILELLM_BF16_EXACT=1 (read at load time, so in a child process):
+    f32 activations, and the bf16 kernel tests of this file pass against the exact reference
+    (act_ref follows act_type) at the same rtol 1e-5."""
+    import os
+    import subprocess
+    import sys
+
+    if lib.variant != "avx512":
+        pytest.skip("avx512 only")
+    if os.environ.get("TILELLM_BF16_EXACT") == "1":
+        pytest.skip("this process already runs the exact path")
+    sel = "avx512 and (BF16 or bit_pattern or act_types or threads or strided) and not exact_path"
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", sel],
+                       env={**os.environ, "TILELLM_BF16_EXACT": "1"}, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert " passed" in r.stdout and " failed" not in r.stdout
 
 
 @pytest.mark.parametrize("t", [T.F16, T.BF16], ids=lambda t: t.name)

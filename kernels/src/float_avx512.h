@@ -6,9 +6,10 @@
  * zero-extend + shift) and 6 activation loads feed 24 FMAs. Element p of k goes to lane p % 16,
  * lanes are summed in a fixed tree at the end, so results depend only on k.
  *
- * bf16 weights: vdpbf16ps on activations rounded to bf16 (what llama.cpp does; 2x the FMA
- * rate). The float activation layout carries both the f32 row and its bf16 rounding so one
- * prepared buffer serves f32, f16 and bf16 weights (tl_act_type is F32 for all three).
+ * bf16 weights (default): vdpbf16ps on activations rounded to bf16 (act type TL_BF16; what
+ * llama.cpp does; 2x the FMA rate, products exact, f32 accumulation). Same 4 x 6 tile, per 32
+ * k-values; lane l accumulates the pairs (32s + 2l, 32s + 2l + 1). TILELLM_BF16_EXACT=1: the
+ * exact path above (f32 activations).
  *
  * Entry points for ukernel_avx512.c: fa_init() from tl_uk_init, fa_lookup(wtype) (NULL for
  * non-float types) from tl_uk_lookup.
@@ -23,29 +24,37 @@
 #include "tl_internal.h"
 #include "ukernel.h"
 
-/* bf16 weights: exact (f32 activations) by default; TILELLM_BF16_ROUND=1 in the environment at
- * first use switches to vdpbf16ps on bf16-rounded activations (llama.cpp's numerics, 2x the
- * FMA rate, but ~2^-9 relative rounding of every activation: opt-in only). */
-static int bf16_round;
+/* bf16 weights: by default vdpbf16ps on activations rounded to bf16 (act type TL_BF16, what
+ * llama.cpp does: 2x the FMA rate); TILELLM_BF16_EXACT=1 in the environment at load time keeps
+ * f32 activations and widens the weights instead (exact products, f32 speed). */
+static int bf16_exact;
 static void fa_init(void) {
-    const char *e = getenv("TILELLM_BF16_ROUND");
-    bf16_round = e && e[0] == '1';
+    const char *e = getenv("TILELLM_BF16_EXACT");
+    bf16_exact = e && e[0] == '1';
 }
 
-/* ---- float activation layout: [f32 x k | pad to 64], and with TILELLM_BF16_ROUND also
- * [bf16(x) x k | pad to 64] (one prepared buffer serves f32, f16 and bf16 weights) ------------- */
-static int64_t fa_off_bf16(int64_t k) { return tl_round_up(4 * k, 64); }
-static int64_t fa_row_bytes(int64_t k) { return fa_off_bf16(k) + (bf16_round ? tl_round_up(2 * k, 64) : 0); }
+/* ---- activation layouts -------------------------------------------------------------------------
+ * TL_F32 (f32, f16 and exact-bf16 weights): f32 x[k], zero pad to 64 bytes (the tiles' last
+ *   16-block reads the padding as zeros).
+ * TL_BF16 (bf16 weights, vdpbf16ps): bf16(x)[k] round to nearest even (vcvtne2ps2bf16: nan stays
+ *   nan; like vdpbf16ps it treats f32 denormal inputs as zero), zero pad to 64 bytes. */
+static int64_t fa_row_bytes(int64_t k) { return tl_round_up(4 * k, 64); }
 
 static void fa_prepare(const float *x, int64_t ldx, int64_t j0, int64_t j1, int64_t k, uint8_t *act, int64_t ldact) {
-    const int64_t ob = fa_off_bf16(k);
+    for (int64_t j = j0; j < j1; j++) {
+        uint8_t *row = act + j * ldact;
+        memcpy(row, x + j * ldx, (size_t)k * 4);
+        memset(row + 4 * k, 0, (size_t)(ldact - 4 * k));
+    }
+}
+
+static int64_t ba_row_bytes(int64_t k) { return tl_round_up(2 * k, 64); }
+
+static void ba_prepare(const float *x, int64_t ldx, int64_t j0, int64_t j1, int64_t k, uint8_t *act, int64_t ldact) {
     for (int64_t j = j0; j < j1; j++) {
         const float *xr = x + j * ldx;
         uint8_t *row = act + j * ldact;
-        memset(row, 0, (size_t)ldact);
-        memcpy(row, xr, (size_t)k * 4);
-        if (!bf16_round) continue;
-        uint16_t *hb = (uint16_t *)(row + ob);
+        uint16_t *hb = (uint16_t *)row;
         int64_t p = 0;
         for (; p + 32 <= k; p += 32) {
             __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(xr + p + 16), _mm512_loadu_ps(xr + p));
@@ -57,6 +66,7 @@ static void fa_prepare(const float *x, int64_t ldx, int64_t j0, int64_t j1, int6
             __m256bh v = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mk, xr + p));
             _mm256_mask_storeu_epi16((void *)(hb + p), mk, (__m256i)v);
         }
+        memset(row + 2 * k, 0, (size_t)(ldact - 2 * k));
     }
 }
 
@@ -132,9 +142,8 @@ TL_INLINE void bf_tile_impl(const int RM, const int RN, const tl_gemm_args *a, i
     __m512 acc[F_RM][F_RN];
     const uint16_t *w[F_RM];
     const uint16_t *x[F_RN];
-    const int64_t ob = fa_off_bf16(a->k);
     for (int i = 0; i < RM; i++) w[i] = (const uint16_t *)(a->w + (i0 + i) * a->ldw);
-    for (int j = 0; j < RN; j++) x[j] = (const uint16_t *)(a->act + (j0 + j) * a->ldact + ob);
+    for (int j = 0; j < RN; j++) x[j] = (const uint16_t *)(a->act + (j0 + j) * a->ldact);
     for (int i = 0; i < RM; i++)
         for (int j = 0; j < RN; j++) acc[i][j] = _mm512_setzero_ps();
     const int64_t k = a->k;
@@ -187,7 +196,7 @@ static void bf16_tile(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int
     F_DISPATCH(C_, rm, rn)
 #undef C_
 }
-/* bf16 weights x bf16-rounded activations (vdpbf16ps): opt-in, see tl_uk_init. */
+/* bf16 weights x bf16-rounded activations (vdpbf16ps): the default, see fa_init. */
 static void bf16dp_tile(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {
 #define C_(M, N) bf_tile_impl(M, N, a, i0, j0)
     F_DISPATCH(C_, rm, rn)
@@ -198,13 +207,13 @@ static void bf16dp_tile(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, i
 static const tl_ukernel uk_f32 = {F_RM, F_RN, f32_tile, 0, NULL, NULL, fa_row_bytes, fa_prepare};
 static const tl_ukernel uk_f16 = {F_RM, F_RN, f16_tile, 0, NULL, NULL, fa_row_bytes, fa_prepare};
 static const tl_ukernel uk_bf16 = {F_RM, F_RN, bf16_tile, 0, NULL, NULL, fa_row_bytes, fa_prepare};
-static const tl_ukernel uk_bf16dp = {F_RM, F_RN, bf16dp_tile, 0, NULL, NULL, fa_row_bytes, fa_prepare};
+static const tl_ukernel uk_bf16dp = {F_RM, F_RN, bf16dp_tile, 0, NULL, NULL, ba_row_bytes, ba_prepare, TL_BF16};
 
 static const tl_ukernel *fa_lookup(int wtype) {
     switch (wtype) {
     case TL_F32: return &uk_f32;
     case TL_F16: return &uk_f16;
-    case TL_BF16: return bf16_round ? &uk_bf16dp : &uk_bf16;
+    case TL_BF16: return bf16_exact ? &uk_bf16 : &uk_bf16dp;
     default: return NULL;
     }
 }
