@@ -16,7 +16,8 @@
  *     m_j * (s_x,2j + s_x,2j+1) for q4_K/q5_K). sc, m are exact small integers held as f32.
  * n == 1 (gemv): q5_0 decodes 16 rows per block straight into registers (register transposes of
  * the GGUF rows) and runs the same lane arithmetic; K-quants decode each 16-row panel into
- * scratch (same vector decoder) and run the panel kernel with one token.
+ * scratch (same vector decoder) and run the panel kernel with one token. Both prefetch the next
+ * panel from DRAM (the 16 row streams defeat the hardware prefetchers).
  * Exact integers per group, then f32 in group / super-block order: results depend only on k, not
  * on the thread count.
  */
@@ -94,14 +95,45 @@ TL_INLINE void kq5_q5_0_load16(const uint8_t *const *rp, __mmask16 live, int64_t
         w[t] = _mm512_or_si512(w[t], _mm512_permutexvar_epi32(_mm512_srli_epi32(qh, 4 * t), lut));
 }
 
+/* ---- DRAM prefetch ------------------------------------------------------------------------------ */
+/* A panel reads 16 rows at once (16 streams ldw apart), which the hardware prefetchers do not
+ * follow from DRAM; decode (n == 1) streams every weight once, so it would run at a fraction of
+ * the DRAM rate. The panel code prefetches the rows of the panel KQ5_PF_AHEAD panels ahead as
+ * one linear range (contiguous when the rows are), spread over its own nb blocks. */
+#define KQ5_PF_AHEAD 1
+
+typedef struct {
+    const char *p;
+    int64_t step, len; /* bytes per block, total */
+} kq5_pf;
+
+/* The range to prefetch while working on the panel at row i of the chunk [i0, i1): rows of the
+ * panel KQ5_PF_AHEAD ahead, if they are in this chunk or the first panel after it. */
+TL_INLINE kq5_pf kq5_pf_next(const tl_gemm_args *a, int64_t i, int64_t i1, int64_t nb) {
+    const int64_t r0 = i + KQ5_PF_AHEAD * KQ5_R, r1 = TL_MIN(TL_MIN(r0 + KQ5_R, i1 + KQ5_R), a->m);
+    kq5_pf f = {(const char *)a->w, 0, 0};
+    if (r1 > r0) {
+        f.p = (const char *)(a->w + r0 * a->ldw);
+        f.len = (r1 - r0) * a->ldw;
+        f.step = ((f.len + nb - 1) / nb + 63) & ~(int64_t)63;
+    }
+    return f;
+}
+
+TL_INLINE void kq5_pf_block(const kq5_pf *f, int64_t b) {
+    const int64_t e = TL_MIN((b + 1) * f->step, f->len);
+    for (int64_t q = b * f->step; q < e; q += 64) _mm_prefetch(f->p + q, _MM_HINT_T0);
+}
+
 /* ---- panel packing ------------------------------------------------------------------------------ */
-static void kq5_pack_q5_0(const tl_gemm_args *a, int64_t r0, int nr, uint8_t *buf) {
+static void kq5_pack_q5_0(const tl_gemm_args *a, int64_t r0, int nr, uint8_t *buf, const kq5_pf *pf) {
     const int64_t nb = a->k / TL_QK;
     const uint8_t *rp[16];
     kq5_rows(a, r0, nr, rp);
     const __mmask16 live = (__mmask16)((1u << nr) - 1);
     for (int64_t b = 0; b < nb; b++) {
         uint8_t *o = buf + b * KQ5_Q50_BLK;
+        kq5_pf_block(pf, b);
         __m512i w[8];
         __m512 d;
         kq5_q5_0_load16(rp, live, b, w, &d);
@@ -111,7 +143,7 @@ static void kq5_pack_q5_0(const tl_gemm_args *a, int64_t r0, int nr, uint8_t *bu
 }
 /* K panel: 16-row register transposes of the quants and of the block heads (d, dmin, scale
  * fields), decoded in lanes; dead rows repeat a live row and get d = dmin = 0. */
-static void kq5_pack_k(const int WT, const tl_gemm_args *a, int64_t r0, int nr, uint8_t *buf) {
+static void kq5_pack_k(const int WT, const tl_gemm_args *a, int64_t r0, int nr, uint8_t *buf, const kq5_pf *pf) {
     const int64_t nb = a->k / TL_QK_K;
     const int bytes = kq5_bytes(WT);
     const uint8_t *rp[16];
@@ -125,6 +157,7 @@ static void kq5_pack_k(const int WT, const tl_gemm_args *a, int64_t r0, int nr, 
         __m512 *SC = (__m512 *)(W + 64), *MN = (__m512 *)(W + 80);
         float *D = (float *)(W + 88), *DM = (float *)(W + 89);
         const int64_t o = b * bytes;
+        kq5_pf_block(pf, b);
         __m512i S[4];
         if (WT == TL_Q6_K) {
             __m512i E[4];
@@ -312,13 +345,14 @@ TL_INLINE void kq5_block_impl(const int WT, const tl_gemm_args *a, int64_t i0, i
     }
     for (int64_t i = i0; i < i1; i += KQ5_R) {
         const int nr = (int)TL_MIN((int64_t)KQ5_R, i1 - i);
+        const kq5_pf pf = kq5_pf_next(a, i, i1, WT == TL_Q5_0 ? a->k / TL_QK : a->k / TL_QK_K);
         if (WT == TL_Q5_0) {
-            kq5_pack_q5_0(a, i, nr, buf);
+            kq5_pack_q5_0(a, i, nr, buf, &pf);
 #define C_(N) kq5_q5_0_tile(N, a, buf, i, nr, j)
             KQ5_TOKENS(C_);
 #undef C_
         } else {
-            kq5_pack_k(WT, a, i, nr, buf);
+            kq5_pack_k(WT, a, i, nr, buf, &pf);
 #define C_(N) kq5_k_tile(WT, N, a, buf, i, nr, j)
             KQ5_TOKENS(C_);
 #undef C_
@@ -348,8 +382,10 @@ static void kq5_gemv_q5_0(const tl_gemm_args *a, int64_t i0, int64_t i1) {
         const uint8_t *rp[16];
         kq5_rows(a, i, nr, rp);
         const __mmask16 live = (__mmask16)((1u << nr) - 1);
+        const kq5_pf pf = kq5_pf_next(a, i, i1, nb);
         __m512 y = _mm512_setzero_ps();
         for (int64_t b = 0; b < nb; b++) {
+            kq5_pf_block(&pf, b);
             __m512i w[8];
             __m512 d;
             kq5_q5_0_load16(rp, live, b, w, &d);
