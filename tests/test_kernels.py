@@ -146,6 +146,21 @@ def test_float_types_any_k(lib, t, k):
         check_close(y, ref, scale)
 
 
+@pytest.mark.parametrize("t", [T.F32, T.F16, T.BF16], ids=lambda t: t.name)
+def test_float_token_result_independent_of_batch(lib, t):
+    """A token's outputs are the same bits alone (n = 1: the variant's gemv if it has one, e.g.
+    avx512's prefetching f16 / exact-bf16 gemv) and in batches (register tiles): the arithmetic per
+    output depends only on k. Ragged m (not a multiple of any row granularity) and k tails."""
+    for m, k in [(23, 97), (9, 2048 + 48), (70, 32)]:
+        n = 13
+        raw, x = make(t, m, k, n, seed=m + k)
+        big = lib.gemm(t, raw, k, lib.prepare(t, x))
+        check_close(big, *reference(lib, t, raw, k, x))
+        for j0, j1 in [(0, 1), (6, 7), (12, 13), (3, 7), (1, 12)]:
+            y = lib.gemm(t, raw, k, lib.prepare(t, x[j0:j1]))
+            assert np.array_equal(y, big[j0:j1]), (m, k, j0, j1)
+
+
 # ---- 16-bit activations (sme / sme2: widening FMOPA for f16, BFMOPA for bf16) and the SME tile shapes
 
 def test_act_types_of_the_16bit_mopa_variants(lib):
