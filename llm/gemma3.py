@@ -102,7 +102,7 @@ class Gemma3Params:
 
 class _GemmaLayer:
     __slots__ = ("attn_norm", "wq", "wk", "wv", "wo", "q_norm", "k_norm", "post_attn_norm",
-                 "ffn_norm", "w_gate", "w_up", "w_down", "post_ffn_norm", "local", "wqkv", "qk_norm")
+                 "ffn_norm", "w_gate", "w_up", "w_down", "post_ffn_norm", "local", "wqkv", "qk_norm", "w_gate_up")
 
 
 def _concat_rows(name: str, ts: list[TensorView]) -> TensorView:
@@ -193,6 +193,8 @@ class Gemma3Model(LlamaModel):
             L.wqkv = _concat_rows(p + "attn_qkv", qkv) if L.wk.type == L.wq.type else None
             L.qk_norm = np.concatenate([np.broadcast_to(L.q_norm, (hp.n_head, hd)),
                                         np.broadcast_to(L.k_norm, (hp.n_head_kv, hd))])
+            # gate and up likewise (+1.8 MB per layer here)
+            L.w_gate_up = _concat_rows(p + "ffn_gate_up", [L.w_gate, L.w_up]) if L.w_up.type == L.w_gate.type else None
             self.layers.append(L)
         self._head_views = _row_blocks(self.output, HEAD_BLOCK_ROWS)
 
@@ -201,7 +203,9 @@ class Gemma3Model(LlamaModel):
         x = rms_norm(h, self.out_norm, self.hparams.rms_eps)
         be = self.backend
         out = np.empty((x.shape[0], self.n_vocab), np.float32)
-        if len(self._head_views) == 1:
+        # one call when the backend runs the type natively (nothing is dequantized whole): the blocks
+        # would cost a matmul call and a copy each (262144 rows: 8 blocks per token)
+        if len(self._head_views) == 1 or self.output.type in getattr(be, "native_types", ()):
             be.matmul(self.output, x, out=out)
         else:
             xp = be.prepare(x, self.output.type)
@@ -250,9 +254,12 @@ class Gemma3Model(LlamaModel):
             o = be.matmul(L.wo, att.reshape(T, H * D))
             h += _rms_norm(o, L.post_attn_norm, eps)
             x = _rms_norm(h, L.ffn_norm, eps)
-            xp = be.prepare(x, L.w_gate.type)  # shared by gate and up
-            gate = be.matmul(L.w_gate, xp)
-            up = be.matmul(L.w_up, xp)
+            if L.w_gate_up is not None:
+                gu = be.matmul(L.w_gate_up, x)
+                gate, up = gu[:, :hp.n_ff], gu[:, hp.n_ff:]
+            else:
+                xp = be.prepare(x, L.w_gate.type)  # shared by gate and up
+                gate, up = be.matmul(L.w_gate, xp), be.matmul(L.w_up, xp)
             y = be.matmul(L.w_down, _gelu_mul(gate, up))
             h += _rms_norm(y, L.post_ffn_norm, eps)
         self.n_past = p0 + T
