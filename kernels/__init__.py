@@ -12,7 +12,7 @@ See docs/kernels.md for the variant table and how the driver / micro-kernel spli
 from __future__ import annotations
 
 from ._lib import (FEATURE_BITS, REQUIRES, VARIANTS, KernelLib, Prepared, compiled, cpu_features,
-                   default_threads, load)
+                   default_threads, load, set_act_rounding)
 
 __all__ = ["compiled", "cpu_features", "load", "KernelLib", "Prepared", "VARIANTS", "REQUIRES", "FEATURE_BITS",
-           "default_threads"]
+           "default_threads", "set_act_rounding"]

@@ -105,6 +105,28 @@ def default_threads() -> int:
 
 _cache: dict[str, "KernelLib"] = {}
 
+# Activation rounding of the quantized weight types (tl_set_act_rounding), process-wide.
+_ACT_ROUNDING = {"fine": 0, "ggml": 1}
+_act_rounding = "fine"
+
+
+def set_act_rounding(mode: str) -> str:
+    """Choose how activations are rounded for quantized weights, in every variant (loaded or not).
+
+    ``"fine"`` (default): one scale per 16 values, measured closer to the float model than ggml's.
+    ``"ggml"``: one scale per 32 values (per 256 for K-quants), ggml's granularity, to reproduce
+    llama.cpp's rounding noise (e.g. to compare perplexities with it). Returns the previous mode.
+    """
+    global _act_rounding
+    if mode not in _ACT_ROUNDING:
+        raise ValueError(f"act rounding must be one of {sorted(_ACT_ROUNDING)}, got {mode!r}")
+    with _lock:
+        prev, _act_rounding = _act_rounding, mode
+        for v, rc in _inited.items():
+            if rc == TL_OK:
+                _modules[v].lib.tl_set_act_rounding(_ACT_ROUNDING[mode])
+    return prev
+
 
 def load(variant: str, n_threads: int | None = None) -> "KernelLib":
     """The kernels of `variant`, initialised (tl_init) and ready.
@@ -127,6 +149,8 @@ def load(variant: str, n_threads: int | None = None) -> "KernelLib":
     with _lock:
         if variant not in _inited:
             _inited[variant] = int(mod.lib.tl_init())
+            if _inited[variant] == TL_OK:
+                mod.lib.tl_set_act_rounding(_ACT_ROUNDING[_act_rounding])
         rc = _inited[variant]
     if rc != TL_OK:
         raise BackendUnavailableError(f"kernel variant {variant!r} cannot run on this machine (tl_init returned {rc})")

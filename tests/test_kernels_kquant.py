@@ -301,3 +301,53 @@ def test_avx2_bit_identical_to_avx512(t):
     for m, n in [(37, 1), (37, 9), (300, 1), (20, 70)]:
         raw, x = make(t, m, k, n, seed=m + n)
         assert np.array_equal(a2.gemm(t, raw, k, a2.prepare(t, x)), a5.gemm(t, raw, k, a5.prepare(t, x))), (m, n)
+
+
+# ---- ggml activation rounding (kernels.set_act_rounding("ggml")) ------------------------------
+
+def ggml_act_ref(x: np.ndarray, span: int) -> np.ndarray:
+    """float64 values of the activations in ggml mode: d = amax/127 over `span` values (32, or 256
+    for the K-quants), q = roundf(x/d) via x * (1/d), clamped to +-127."""
+    n, k = x.shape
+    b = x.reshape(n, k // span, span)
+    amax = np.abs(b).max(axis=-1, keepdims=True)
+    d = (amax / np.float32(127)).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
+    v = (b * inv).astype(np.float32).astype(np.float64)
+    q = np.clip(np.sign(v) * np.floor(np.abs(v) + 0.5), -127, 127)
+    return (q * d.astype(np.float64)).reshape(n, k)
+
+
+@pytest.fixture
+def ggml_rounding():
+    prev = kernels.set_act_rounding("ggml")
+    yield
+    kernels.set_act_rounding(prev)
+
+
+@pytest.mark.parametrize("t", [T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, *KTYPES], ids=lambda t: t.name)
+def test_ggml_act_rounding(lib, t, ggml_rounding):
+    """In ggml mode every variant quantizes activations with one scale per 32 values (per 256 for the
+    K-quants) — and the result must NOT also match the default per-16 rounding at this tolerance."""
+    _need(lib, t)
+    span = 256 if t in KTYPES else 32
+    for m, k, n in [(5, 256, 1), (17, 512, 3), (33, 768, 9), (3, 256, 40)]:
+        rng = np.random.default_rng(m + k + n)
+        raw = make_weights(t, m, k, rng) if t not in (T.Q8_0, T.Q4_0, T.Q4_1) else quantize(
+            rng.standard_normal((m, k)).astype(np.float32), t)
+        x = (rng.standard_normal((n, k)) * rng.uniform(0.5, 2.0, size=(n, 1))).astype(np.float32)
+        x[:, 5] *= 20  # an outlier: per-16 and per-32/256 scales then differ clearly
+        y = lib.gemm(t, raw, k, lib.prepare(t, x))
+        wd = dequantize(raw, t, k).astype(np.float64).reshape(-1, k)
+        xd = ggml_act_ref(x, span)
+        check_close(y, xd @ wd.T, np.abs(xd) @ np.abs(wd).T)
+        fine = q8_act_ref(x)
+        with pytest.raises(AssertionError):
+            check_close(y, fine @ wd.T, np.abs(fine) @ np.abs(wd).T)
+
+
+def test_act_rounding_mode_is_validated_and_restored():
+    assert kernels.set_act_rounding("fine") == "fine"
+    with pytest.raises(ValueError, match="act rounding"):
+        kernels.set_act_rounding("bf16")

@@ -63,6 +63,13 @@ size_t tl_act_bytes(int wtype, int64_t n, int64_t k);
 int tl_act_prepare(int wtype, const float *x, int64_t ldx, int64_t n, int64_t k,
                    void *act, int nthreads);
 
+/* Activation rounding of the quantized weight types, process-wide, for later tl_act_prepare calls:
+ * TL_ACT_ROUND_FINE (default) one f32 scale per 16 values; TL_ACT_ROUND_GGML one per 32 (q8_0 /
+ * q8_1 activations) or per 256 (q8_K, for the K-quants), ggml's granularity. Returns the previous
+ * mode, -1 for an unknown one. */
+enum { TL_ACT_ROUND_FINE = 0, TL_ACT_ROUND_GGML = 1 };
+int tl_set_act_rounding(int mode);
+
 /* Y = X * W^T using activations from tl_act_prepare. */
 int tl_gemm(int wtype, const void *w, int64_t ldw, int64_t m, int64_t k,
             const void *act, int64_t n, float *y, int64_t ldy, int nthreads);

@@ -5,48 +5,68 @@
  * 16 values for every quantized weight type. Parallel over token rows.
  */
 #include <math.h>
+#include <stdatomic.h>
 
 #include "threadpool.h"
 #include "tl_internal.h"
 #include "ukernel.h"
 
 /* One row of k floats -> the q8 act layout (tl_internal.h): int8 qs[k] | f32 d[ng] | f32 s[ng] |
- * int16 isum[ng] | zero pad, ng = k/16. */
-void tl_q8a_quant_row(const float *TL_RESTRICT x, int64_t k, uint8_t *TL_RESTRICT row, int64_t ldact) {
+ * int16 isum[ng] | zero pad, ng = k/16. The scale d = amax/127 is taken over `span` values (16 by
+ * default; 32 or 256 in the ggml rounding mode, see tl_set_act_rounding) and repeated for each
+ * 16-value group of the span, so the kernels read every mode the same way. */
+static void q8a_quant_row_span(const float *TL_RESTRICT x, int64_t k, uint8_t *TL_RESTRICT row, int64_t ldact,
+                               int span) {
     const int64_t ng = k / TL_QG;
     int8_t *qs = (int8_t *)row;
     float *dd = (float *)(row + k);
     float *ss = dd + ng;
     int16_t *is = (int16_t *)(ss + ng);
-    for (int64_t g = 0; g < ng; g++) {
-        const float *xg = x + g * TL_QG;
+    for (int64_t s0 = 0; s0 < k; s0 += span) {
         float amax = 0.0f;
-        for (int t = 0; t < TL_QG; t++) {
-            float a = fabsf(xg[t]);
+        for (int t = 0; t < span; t++) {
+            float a = fabsf(x[s0 + t]);
             amax = a > amax ? a : amax;
         }
         const float d = amax / 127.0f;
         const float id = d != 0.0f ? 1.0f / d : 0.0f;
-        int sum = 0;
-        for (int t = 0; t < TL_QG; t++) {
-            float v = xg[t] * id;
-            v = v != v ? 0.0f : v; /* nan/inf inputs: keep the conversion defined */
-            v = v > 127.0f ? 127.0f : v;
-            v = v < -127.0f ? -127.0f : v;
-            /* roundf (half away from zero) without libm so the loop vectorises: v - trunc(v)
-             * is exact for |v| < 2^23. */
-            int ti = (int)v;
-            float fr = v - (float)ti;
-            int q = ti + (fr >= 0.5f) - (fr <= -0.5f);
-            qs[g * TL_QG + t] = (int8_t)q;
-            sum += q;
+        for (int64_t g = s0 / TL_QG; g < (s0 + span) / TL_QG; g++) {
+            const float *xg = x + g * TL_QG;
+            int sum = 0;
+            for (int t = 0; t < TL_QG; t++) {
+                float v = xg[t] * id;
+                v = v != v ? 0.0f : v; /* nan/inf inputs: keep the conversion defined */
+                v = v > 127.0f ? 127.0f : v;
+                v = v < -127.0f ? -127.0f : v;
+                /* roundf (half away from zero) without libm so the loop vectorises: v - trunc(v)
+                 * is exact for |v| < 2^23. */
+                int ti = (int)v;
+                float fr = v - (float)ti;
+                int q = ti + (fr >= 0.5f) - (fr <= -0.5f);
+                qs[g * TL_QG + t] = (int8_t)q;
+                sum += q;
+            }
+            dd[g] = d;
+            ss[g] = d * (float)sum;
+            is[g] = (int16_t)sum;
         }
-        dd[g] = d;
-        ss[g] = d * (float)sum;
-        is[g] = (int16_t)sum;
     }
     int64_t used = k + 10 * ng;
     if (ldact > used) memset(row + used, 0, (size_t)(ldact - used));
+}
+
+void tl_q8a_quant_row(const float *TL_RESTRICT x, int64_t k, uint8_t *TL_RESTRICT row, int64_t ldact) {
+    q8a_quant_row_span(x, k, row, ldact, TL_QG);
+}
+
+/* 0: one activation scale per 16 values (the default: measured more accurate than ggml's);
+ * 1: ggml's granularity (per 32 for q8_0 / q8_1 activations, per 256 for q8_K), to reproduce
+ * llama.cpp's rounding noise, e.g. when comparing perplexities. Process-wide. */
+static _Atomic int act_rounding;
+
+int tl_set_act_rounding(int mode) {
+    if (mode != TL_ACT_ROUND_FINE && mode != TL_ACT_ROUND_GGML) return -1;
+    return atomic_exchange(&act_rounding, mode);
 }
 
 static void copy_row_f32(const float *x, int64_t k, uint8_t *row, int64_t ldact) {
@@ -64,6 +84,14 @@ typedef struct {
 } act_ctx;
 
 static void act_rows(const act_ctx *c, int64_t j0, int64_t j1) {
+    const int at0 = tl_default_act_type(c->wtype);
+    if (atomic_load_explicit(&act_rounding, memory_order_relaxed) == TL_ACT_ROUND_GGML && c->uk->act_type == 0 &&
+        (at0 == TL_Q8_0 || at0 == TL_Q8_1 || at0 == TL_Q8_K)) {
+        /* the variant's own quantizer (if any) writes this same layout with span 16 */
+        const int span = at0 == TL_Q8_K ? TL_QK_K : TL_QK;
+        for (int64_t j = j0; j < j1; j++) q8a_quant_row_span(c->x + j * c->ldx, c->k, c->act + j * c->ldact, c->ldact, span);
+        return;
+    }
     if (c->uk->act_prepare) {
         c->uk->act_prepare(c->x, c->ldx, j0, j1, c->k, c->act, c->ldact);
         return;
