@@ -89,9 +89,17 @@ static void make_row(int t, int64_t k, uint8_t *row, double *ref, uint64_t *s) {
     }
 }
 
-/* The activation values the kernels use: x itself, or its q8 quantisation (one f32 scale per
- * TL_QG values, tl_internal.h). */
+/* The activation values the kernels use: x itself, its bf16 rounding (act type TL_BF16: round
+ * to nearest even, e.g. avx512's vdpbf16ps path for bf16 weights), or its q8 quantisation (one
+ * f32 scale per TL_QG values, tl_internal.h). */
 static void act_ref(int t, const float *x, int64_t k, double *out) {
+    if (tl_act_type(t) == TL_BF16) {
+        for (int64_t p = 0; p < k; p++) {
+            uint32_t u = tl_f32_bits(x[p]);
+            out[p] = tl_bits_f32((u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u);
+        }
+        return;
+    }
     if (t == TL_F32 || t == TL_F16 || t == TL_BF16) {
         for (int64_t p = 0; p < k; p++) out[p] = x[p];
         return;
