@@ -305,12 +305,15 @@ TL_INLINE void kq2_k_sb(const int WT, const int RN, const uint8_t *P, const uint
         for (int j = 0; j < RN; j++) y[j] = _mm256_fmadd_ps(f[j], d, y[j]);
     } else {
         const __m256 dm = _mm256_load_ps((const float *)(P + KQ2_DM));
+        /* the 8 sums s_x,2j + s_x,2j+1 by one vhaddps (lanes j = 0 1 4 5 | 2 3 6 7), then broadcast by vpermps */
+        static const int lane[8] = {0, 1, 4, 5, 2, 3, 6, 7};
         for (int j = 0; j < RN; j++) {
             const float *sx = tl_q8a_s(xr[j], k) + 16 * b;
+            const __m256 ps = _mm256_hadd_ps(_mm256_loadu_ps(sx), _mm256_loadu_ps(sx + 8));
             __m256 mn = _mm256_setzero_ps();
             for (int s = 0; s < 8; s++)
                 mn = _mm256_fmadd_ps(_mm256_load_ps((const float *)(P + KQ2_MN) + 8 * s),
-                                     _mm256_set1_ps(sx[2 * s] + sx[2 * s + 1]), mn);
+                                     _mm256_permutevar8x32_ps(ps, _mm256_set1_epi32(lane[s])), mn);
             y[j] = _mm256_fnmadd_ps(mn, dm, _mm256_fmadd_ps(f[j], d, y[j]));
         }
     }
