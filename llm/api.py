@@ -636,6 +636,7 @@ def load(
     seed: int | None = None,
     *,
     tokenizer: bool | None = True,
+    numerics: str = "default",
 ) -> Model:
     """Open a GGUF model for inference.
 
@@ -646,6 +647,10 @@ def load(
     ``n_threads``: None → physical cores. ``n_batch``: prompt tokens per forward pass.
     ``backend``: "auto" (best this CPU runs, or ``$TILELLM_BACKEND``) or a name from
     ``tilellm.backend.available()``. ``seed``: seeds the model's sampling generator (None = random).
+    ``numerics``: "default" (the most accurate arithmetic we have) or "ggml" — llama.cpp's rounding
+    choices where they differ from ours, to compare with it: activations of quantized matmuls with one
+    scale per 32 values (per 256 for K-quants; process-wide, ``tilellm.kernels.set_act_rounding``) and
+    GELU looked up in an fp16 table. Kernel backends only (the reference backend stays exact).
 
     Raises FileNotFoundError (naming the path; also a ``GGUFError``), ``GGUFError`` for a malformed file,
     ``UnsupportedError`` naming an architecture/tensor type/tokenizer we do not handle,
@@ -662,6 +667,8 @@ def load(
     n_batch = _check_int_arg("n_batch", n_batch, 1)
     if seed is not None:
         seed = _check_int_arg("seed", seed, 0)
+    if numerics not in ("default", "ggml"):
+        raise ValueError(f"numerics must be 'default' or 'ggml', got {numerics!r}")
     p = os.fspath(path)
     if not os.path.exists(p):
         raise GGUFFileNotFoundError(2, "Model path does not exist", p)  # also a TileLLMError
@@ -682,6 +689,10 @@ def load(
         else:
             tok = Tokenizer.from_metadata(file.metadata)
         impl = factory(file, be, n_ctx, n_batch)
+        impl.numerics = numerics
+        from tilellm import kernels
+
+        kernels.set_act_rounding("ggml" if numerics == "ggml" else "fine")
     except BaseException:
         file.close()
         raise

@@ -37,7 +37,7 @@ from tilellm.errors import GGUFError
 from tilellm.quant import TensorView
 
 from .architectures import register
-from .layers import Rope, gelu_tanh, rms_norm
+from .layers import Rope, gelu_tanh, gelu_tanh_ggml, rms_norm
 from .model import LlamaModel, _vector
 
 # Gemma 3's published defaults for what older GGUF files do not state.
@@ -242,8 +242,9 @@ class Gemma3Model(LlamaModel):
             cos, sin = tables[L.local]
             rope.apply(qk, cos, sin)
             q = qk[:, :H]
-            self.k_cache[li, p0:p0 + T] = qk[:, H:]
-            self.v_cache[li, p0:p0 + T] = v.reshape(T, Hkv, D)
+            self.k_cache[li, p0:p0 + T] = self._f16_if_ggml(qk[:, H:])
+            self.v_cache[li, p0:p0 + T] = self._f16_if_ggml(v.reshape(T, Hkv, D))
+            q = self._f16_if_ggml(q)
             if L.local and g.sliding_window is not None:
                 k0 = max(0, p0 - g.sliding_window + 1)  # older keys are outside every query's window
                 # positions relative to k0: only differences matter to causality and the window
@@ -260,7 +261,8 @@ class Gemma3Model(LlamaModel):
             else:
                 xp = be.prepare(x, L.w_gate.type)  # shared by gate and up
                 gate, up = be.matmul(L.w_gate, xp), be.matmul(L.w_up, xp)
-            y = be.matmul(L.w_down, _gelu_mul(gate, up))
+            act = _gelu_mul(gate, up) if self.numerics != "ggml" else gelu_tanh_ggml(gate) * up
+            y = be.matmul(L.w_down, act)
             h += _rms_norm(y, L.post_ffn_norm, eps)
         self.n_past = p0 + T
         return h

@@ -22,6 +22,24 @@ def gelu_tanh(x: np.ndarray) -> np.ndarray:
     return np.float32(0.5) * x * (np.float32(1) + np.tanh(inner))
 
 
+_GELU_F16_TABLE: np.ndarray | None = None
+
+
+def gelu_tanh_ggml(x: np.ndarray) -> np.ndarray:
+    """GELU as ggml evaluates it (its default GGML_GELU_FP16 build): 0 for x <= -10, x for x >= 10,
+    otherwise x rounded to fp16 and looked up in a table of gelu_tanh of every fp16 value, itself
+    rounded to fp16. Used only for numerics="ggml" (coarser than gelu_tanh, by design)."""
+    global _GELU_F16_TABLE
+    if _GELU_F16_TABLE is None:
+        h = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+        with np.errstate(all="ignore"):
+            _GELU_F16_TABLE = gelu_tanh(h).astype(np.float16).astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        y = _GELU_F16_TABLE[x.astype(np.float16).view(np.uint16)]
+    y = np.where(x >= np.float32(10), x, y)
+    return np.where(x <= np.float32(-10), np.float32(0), y).astype(np.float32)
+
+
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     m = np.max(x, axis=axis, keepdims=True)
     e = np.exp(x - m)

@@ -37,6 +37,8 @@ class DecoderModel:
     must advance `n_past`.
     """
 
+    numerics = "default"  # "ggml": llama.cpp's rounding where it differs (set by tilellm.load)
+
     file: Any
     backend: Any
     hparams: Any
@@ -134,6 +136,11 @@ class DecoderModel:
         if fast is not None:
             return fast(q, k, v, n_past, scale, window=window)
         return causal_attention(q, k, v, n_past, scale, window=window)
+
+    def _f16_if_ggml(self, x: np.ndarray) -> np.ndarray:
+        """numerics="ggml": values rounded to fp16 where llama.cpp's default f16 KV cache rounds them (k and v
+        as stored, q as converted for the f16 K product); otherwise x unchanged."""
+        return x.astype(np.float16).astype(np.float32) if self.numerics == "ggml" else x
 
     def _head(self, h: np.ndarray) -> np.ndarray:
         x = rms_norm(h, self.out_norm, self.hparams.rms_eps)
@@ -236,9 +243,9 @@ class LlamaModel(DecoderModel):
                 v += L.bv
             q = self.rope.apply(q.reshape(T, hp.n_head, hp.head_dim), cos, sin)
             k = self.rope.apply(k.reshape(T, hp.n_head_kv, hp.head_dim), cos, sin)
-            self.k_cache[li, p0:p0 + T] = k
-            self.v_cache[li, p0:p0 + T] = v.reshape(T, hp.n_head_kv, hp.head_dim)
-            att = self._attention(q, self.k_cache[li, :p0 + T], self.v_cache[li, :p0 + T], p0, scale)
+            self.k_cache[li, p0:p0 + T] = self._f16_if_ggml(k)
+            self.v_cache[li, p0:p0 + T] = self._f16_if_ggml(v.reshape(T, hp.n_head_kv, hp.head_dim))
+            att = self._attention(self._f16_if_ggml(q), self.k_cache[li, :p0 + T], self.v_cache[li, :p0 + T], p0, scale)
             h = h + be.matmul(L.wo, att.reshape(T, -1))
             x = rms_norm(h, L.ffn_norm, hp.rms_eps)
             xp = be.prepare(x, L.w_gate.type)  # shared by gate and up

@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-b", "--batch-size", type=int, default=512, help="n_batch (default 512)")
     p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: physical cores)")
     p.add_argument("--backend", default="auto", help="matmul backend: auto, reference, portable, avx2, ...")
+    p.add_argument("--numerics", choices=("default", "ggml"), default="default",
+                   help="'ggml': llama.cpp's rounding (activations per 32/256 values, fp16-table GELU) to compare with it")
     return p
 
 
@@ -123,7 +125,8 @@ def _run(argv: Sequence[str] | None, out: TextIO, err: TextIO) -> int:
         text = f.read()
     from .api import load
 
-    model = load(path, n_ctx=args.ctx_size, n_threads=args.threads, n_batch=args.batch_size, backend=args.backend)
+    model = load(path, n_ctx=args.ctx_size, n_threads=args.threads, n_batch=args.batch_size, backend=args.backend,
+                 numerics=args.numerics)
     with model:
         add_bos = bool(getattr(model.tokenizer, "add_bos", True))
         tokens = model.tokenize(text, add_bos=add_bos, special=False)
