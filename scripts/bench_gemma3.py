@@ -10,6 +10,7 @@ llama-cpp-python with n_batch = n_ubatch = 512). Prints best (median) t/s and th
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -31,6 +32,9 @@ def main() -> None:
     from tilellm.llm.default_model import default_model_path
 
     path = Path(default_model_path())
+    # the machine is shared: a run under load says little about 2-thread decode (a preempted pool
+    # worker stalls every matmul), so say how loaded it was
+    load0 = os.getloadavg()[0]
     engines = [] if args.no_peer else [Peer(path)]
     engines += [Ours(path, b) for b in args.backends.split(",")]
     rng = np.random.default_rng(0)
@@ -49,6 +53,7 @@ def main() -> None:
         for e in engines:
             tg[e.name].append(args.tg / time_tg(e, prompt, ids))
     peer = "llama.cpp"
+    print(f"load average (1 min) at start {load0:.2f}, at end {os.getloadavg()[0]:.2f}")
     print(f"| engine | pp{args.pp} t/s best (median) | ratio | tg{args.tg} t/s best (median) | ratio |")
     print("|---|---:|---:|---:|---:|")
     for e in engines:
