@@ -34,7 +34,9 @@ _AVX512 = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni"
 
 # variant -> (machine architectures, compiler flags)
 VARIANTS: dict[str, tuple[tuple[str, ...], list[str]]] = {
-    "portable": ((), []),  # () = every architecture
+    # () = every architecture; no FMA contraction, so a result does not depend on which code path
+    # (gemv or tile) the compiler happened to fuse (clang contracts by default on arm64)
+    "portable": ((), ["-ffp-contract=off"]),
     "avx2": (_X86, ["-mavx2", "-mfma", "-mf16c"]),
     "avx512": (_X86, _AVX512),
     "amx": (_X86, _AVX512 + ["-mamx-tile", "-mamx-int8", "-mamx-bf16"]),

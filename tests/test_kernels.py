@@ -150,7 +150,10 @@ def test_float_types_any_k(lib, t, k):
 def test_float_token_result_independent_of_batch(lib, t):
     """A token's outputs are the same bits alone (n = 1: the variant's gemv if it has one, e.g.
     avx512's prefetching f16 / exact-bf16 gemv) and in batches (register tiles): the arithmetic per
-    output depends only on k. Ragged m (not a multiple of any row granularity) and k tails."""
+    output depends only on k. Ragged m (not a multiple of any row granularity) and k tails.
+    Not sme / sme2: by design batches of 8 or more run the SME outer products and smaller ones NEON."""
+    if lib.variant in ("sme", "sme2"):
+        pytest.skip("sme batches >= 8 and smaller ones take different kernels (different summation orders)")
     for m, k in [(23, 97), (9, 2048 + 48), (70, 32)]:
         n = 13
         raw, x = make(t, m, k, n, seed=m + k)
