@@ -107,16 +107,16 @@ class _GemmaLayer:
 
 def _concat_rows(name: str, ts: list[TensorView]) -> TensorView:
     """The weights `ts` (one type, one k) stacked row-wise into one tensor (a copy): one matmul instead of
-    several. Every output row is the same dot product as before (kernels depend only on k), so the
-    results are bit-identical; it saves the per-call costs (Python checks, thread dispatch) of a
-    decode step."""
+    several. Every output row is the same dot product as before (the C kernels' results depend only on
+    k), so the results are bit-identical; it saves the per-call costs (Python checks, thread dispatch)
+    of a decode step."""
     data = np.concatenate([t.data for t in ts], axis=0)
     return TensorView(name, (ts[0].k, data.shape[0]), ts[0].type, data)
 
 
 def _rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     """layers.rms_norm, bit for bit (the same float32 operations and rounding: np.mean divides its float32
-    sum by an intp count in float64), with fewer temporaries: decode runs six per layer on tiny rows,
+    sum by an intp count in float64), with fewer temporaries: decode runs five per layer on tiny rows,
     where numpy's per-call cost dominates."""
     ms = np.add.reduce(np.square(x), axis=-1, keepdims=True, dtype=np.float32)
     np.true_divide(ms, np.intp(x.shape[-1]), out=ms, casting="unsafe")
@@ -132,8 +132,8 @@ _GELU_C = np.float32(np.sqrt(2.0 / np.pi))
 
 
 def _gelu_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
-    """gelu_tanh(gate) * up bit for bit (layers.gelu_tanh's operations in its order), in place in gate's
-    storage plus one temporary instead of ten full-size arrays."""
+    """gelu_tanh(gate) * up bit for bit (layers.gelu_tanh's operations in its order) with one temporary
+    instead of ten full-size arrays; overwrites gate (with gate / 2)."""
     t = gate * gate
     t *= gate
     t *= np.float32(0.044715)
