@@ -114,11 +114,24 @@ def _concat_rows(name: str, ts: list[TensorView]) -> TensorView:
     return TensorView(name, (ts[0].k, data.shape[0]), ts[0].type, data)
 
 
+def _f32(v: float) -> float:
+    return float(np.float32(v))
+
+
 def _rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     """layers.rms_norm, bit for bit (the same float32 operations and rounding: np.mean divides its float32
     sum by an intp count in float64), with fewer temporaries: decode runs five per layer on tiny rows,
     where numpy's per-call cost dominates."""
     ms = np.add.reduce(np.square(x), axis=-1, keepdims=True, dtype=np.float32)
+    if ms.size == 1:  # one row (decode): the same roundings on a Python float, without four ufunc calls
+        # (+, /, sqrt in float64 rounded to float32 equal the float32 operations: 53 >= 2 * 24 + 2 bits)
+        m = _f32(float(ms.flat[0]) / x.shape[-1])  # np.mean: float32 sum / intp count in float64
+        v = _f32(m + _f32(eps))
+        c = _f32(math.sqrt(v)) if v >= 0 else math.nan  # numpy's nan / inf instead of Python's exceptions
+        r = _f32(1.0 / c) if c != 0 else math.inf
+        y = x * np.float32(r)
+        y *= w
+        return y
     np.true_divide(ms, np.intp(x.shape[-1]), out=ms, casting="unsafe")
     ms += np.float32(eps)
     np.sqrt(ms, out=ms)
