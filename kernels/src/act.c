@@ -81,6 +81,7 @@ typedef struct {
     int64_t ldx, n, k;
     uint8_t *act;
     int64_t ldact;
+    _Atomic int64_t next; /* next row to hand out */
 } act_ctx;
 
 static void act_rows(const act_ctx *c, int64_t j0, int64_t j1) {
@@ -105,9 +106,16 @@ static void act_rows(const act_ctx *c, int64_t j0, int64_t j1) {
     }
 }
 
+/* Rows handed out dynamically in chunks (a pool worker may not take part: threadpool.c). */
 static void act_task(void *vctx, int ith, int nth) {
-    const act_ctx *c = (const act_ctx *)vctx;
-    act_rows(c, c->n * ith / nth, c->n * (ith + 1) / nth);
+    (void)ith;
+    act_ctx *c = (act_ctx *)vctx;
+    const int64_t chunk = TL_MAX(c->n / (4 * (int64_t)nth), 1);
+    for (;;) {
+        const int64_t j0 = atomic_fetch_add_explicit(&c->next, chunk, memory_order_relaxed);
+        if (j0 >= c->n) break;
+        act_rows(c, j0, TL_MIN(j0 + chunk, c->n));
+    }
 }
 
 int64_t tl_act_ldact(const tl_ukernel *uk, int wtype, int64_t k) {
@@ -116,7 +124,7 @@ int64_t tl_act_ldact(const tl_ukernel *uk, int wtype, int64_t k) {
 
 void tl_act_run(const tl_ukernel *uk, int wtype, const float *x, int64_t ldx, int64_t n, int64_t k,
                 void *act, int nthreads) {
-    act_ctx c = {wtype, uk, x, ldx, n, k, (uint8_t *)act, tl_act_ldact(uk, wtype, k)};
+    act_ctx c = {wtype, uk, x, ldx, n, k, (uint8_t *)act, tl_act_ldact(uk, wtype, k), 0};
     /* ~16k values per thread at least: below that the wake-up costs more than it saves */
     int64_t useful = (n * k) / 16384;
     int nth = (int)TL_MIN((int64_t)nthreads, TL_MIN(n, TL_MAX(useful, 1)));

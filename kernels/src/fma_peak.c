@@ -109,7 +109,7 @@ double tl_fma_peak(int nthreads) {
     if (nthreads < 1) nthreads = 1;
     if (nthreads > TL_PEAK_MAX_THREADS) nthreads = TL_PEAK_MAX_THREADS;
     for (int i = 0; i < TL_PEAK_MAX_THREADS; i++) c.flops[i] = c.secs[i] = 0.0;
-    tl_parallel_for(nthreads, peak_task, &c);
+    tl_parallel_for_all(nthreads, peak_task, &c); /* every thread measures */
     double rate = 0.0; /* threads the pool could not create report 0 flops */
     for (int i = 0; i < nthreads; i++)
         if (c.secs[i] > 0.0) rate += c.flops[i] / c.secs[i];

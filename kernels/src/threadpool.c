@@ -1,7 +1,13 @@
 /* threadpool.c — persistent worker pool: workers spin briefly after a job (back-to-back
  * matmuls of one forward pass arrive microseconds apart), then sleep on a condvar, so an idle
  * process costs no CPU. One dispatch at a time (dispatch_mu): cffi drops the GIL, so two Python
- * threads may call in concurrently. */
+ * threads may call in concurrently.
+ *
+ * Joining is optional: a worker takes part in a job only if it arrives while the job is open.
+ * The caller runs its share, then closes the job and waits only for the workers that joined, so
+ * a worker the OS has descheduled (a busy machine) costs nothing instead of a time slice per
+ * matmul. Tasks must therefore hand out their work dynamically (every task in tilellm does);
+ * tl_parallel_for_all keeps "every thread runs fn" for the FMA peak measurement. */
 #include "threadpool.h"
 
 #include <pthread.h>
@@ -31,15 +37,16 @@ static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;          /* guards sleepi
 static pthread_cond_t cv_work = PTHREAD_COND_INITIALIZER;
 static pthread_cond_t cv_done = PTHREAD_COND_INITIALIZER;
 
-static int n_workers;                 /* threads created so far (under dispatch_mu) */
-static _Atomic uint64_t generation;   /* bumped once per dispatch */
-static _Atomic int remaining;         /* workers that have not finished the current job */
-/* The current job; written before generation is bumped (release), read after (acquire). */
+static int n_workers; /* threads created so far (under dispatch_mu) */
+/* The job slot: generation << 16 | number of workers that joined it; the count CLOSED means no
+ * more may join. Job fields are written before a new generation is published (release) and are
+ * not rewritten before every joined worker has finished. */
+#define CLOSED 0xFFFFu
+static _Atomic uint64_t slot;
+static _Atomic int finished; /* joined workers done with the current job */
 static tl_task_fn job_fn;
 static void *job_ctx;
 static int job_nth;
-
-static uint64_t start_gen[TL_MAX_THREADS];
 
 static _Thread_local int in_pool_task; /* nested call guard */
 
@@ -50,32 +57,37 @@ static int64_t now_ns(void) {
 }
 
 static void *worker_main(void *arg) {
-    int idx = (int)(intptr_t)arg; /* this worker runs ith = idx + 1 */
-    /* The generation at creation, not at start-up: the dispatch that created us may already
-     * have bumped it, and we must still take part in that job. */
-    uint64_t seen = start_gen[idx];
+    uint64_t seen = (uint64_t)(uintptr_t)arg; /* the generation at creation: join the next one */
     in_pool_task = 1;
     for (;;) {
-        uint64_t g;
+        uint64_t s;
         const int64_t t0 = now_ns();
-        for (int spins = 1; (g = atomic_load_explicit(&generation, memory_order_acquire)) == seen; spins++) {
+        for (int spins = 1; ((s = atomic_load_explicit(&slot, memory_order_acquire)) >> 16) == seen; spins++) {
             TL_CPU_RELAX();
             if (spins % TL_SPIN_CHECK == 0 && now_ns() - t0 > TL_SPIN_NS) break;
         }
-        if (g == seen) {
+        if ((s >> 16) == seen) {
             pthread_mutex_lock(&mu);
-            while ((g = atomic_load_explicit(&generation, memory_order_acquire)) == seen)
+            while (((s = atomic_load_explicit(&slot, memory_order_acquire)) >> 16) == seen)
                 pthread_cond_wait(&cv_work, &mu);
             pthread_mutex_unlock(&mu);
         }
-        seen = g;
-        /* Every worker acknowledges every generation (even when not needed for it), so the
-         * dispatcher cannot start the next job while one of us still reads this one. */
-        if (idx + 1 < job_nth) job_fn(job_ctx, idx + 1, job_nth);
-        if (atomic_fetch_sub_explicit(&remaining, 1, memory_order_acq_rel) == 1) {
-            pthread_mutex_lock(&mu); /* lock so the dispatcher cannot miss the signal */
-            pthread_cond_signal(&cv_done);
-            pthread_mutex_unlock(&mu);
+        seen = s >> 16;
+        /* join if the job is still open: a successful CAS proves it was, and the dispatcher does
+         * not touch the job fields again before every joined worker has finished, so they are
+         * read only after joining (a joiner beyond nth - 1 just reports back) */
+        for (;;) {
+            const uint64_t c = s & 0xFFFF;
+            if (c == CLOSED || c + 1 >= CLOSED) break;
+            if (atomic_compare_exchange_weak_explicit(&slot, &s, s + 1, memory_order_acq_rel, memory_order_acquire)) {
+                if ((int)c + 1 < job_nth) job_fn(job_ctx, (int)c + 1, job_nth);
+                pthread_mutex_lock(&mu); /* lock so the dispatcher cannot miss the signal */
+                atomic_fetch_add_explicit(&finished, 1, memory_order_release);
+                pthread_cond_signal(&cv_done);
+                pthread_mutex_unlock(&mu);
+                break;
+            }
+            if ((s >> 16) != seen) break; /* a newer job: handled by the next round of the loop */
         }
     }
     return NULL;
@@ -94,7 +106,14 @@ static void atfork_child(void) {
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 static void register_atfork(void) { pthread_atfork(NULL, NULL, atfork_child); }
 
-void tl_parallel_for(int nthreads, tl_task_fn fn, void *ctx) {
+/* Wait (spin, then sleep) until cond(): the finished count, or all workers joined. */
+static int all_finished(int joined) { return atomic_load_explicit(&finished, memory_order_acquire) >= joined; }
+static int all_joined(int want) {
+    const uint64_t c = atomic_load_explicit(&slot, memory_order_acquire) & 0xFFFF;
+    return (int)c >= want;
+}
+
+static void run(int nthreads, tl_task_fn fn, void *ctx, int everyone) {
     if (nthreads > TL_MAX_THREADS) nthreads = TL_MAX_THREADS;
     if (nthreads <= 1 || in_pool_task) {
         fn(ctx, 0, 1);
@@ -102,13 +121,13 @@ void tl_parallel_for(int nthreads, tl_task_fn fn, void *ctx) {
     }
     pthread_once(&atfork_once, register_atfork);
     pthread_mutex_lock(&dispatch_mu);
+    const uint64_t gen = (atomic_load_explicit(&slot, memory_order_relaxed) >> 16) + 1;
     while (n_workers < nthreads - 1) {
         pthread_t t;
         pthread_attr_t attr;
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        start_gen[n_workers] = atomic_load_explicit(&generation, memory_order_relaxed);
-        int rc = pthread_create(&t, &attr, worker_main, (void *)(intptr_t)n_workers);
+        int rc = pthread_create(&t, &attr, worker_main, (void *)(uintptr_t)(gen - 1));
         pthread_attr_destroy(&attr);
         if (rc != 0) break;
         n_workers++;
@@ -122,9 +141,9 @@ void tl_parallel_for(int nthreads, tl_task_fn fn, void *ctx) {
     job_fn = fn;
     job_ctx = ctx;
     job_nth = nth;
-    atomic_store_explicit(&remaining, n_workers, memory_order_relaxed);
+    atomic_store_explicit(&finished, 0, memory_order_relaxed);
     pthread_mutex_lock(&mu);
-    atomic_fetch_add_explicit(&generation, 1, memory_order_release);
+    atomic_store_explicit(&slot, gen << 16, memory_order_release); /* publish: open, nobody joined */
     pthread_cond_broadcast(&cv_work);
     pthread_mutex_unlock(&mu);
 
@@ -132,20 +151,33 @@ void tl_parallel_for(int nthreads, tl_task_fn fn, void *ctx) {
     fn(ctx, 0, nth);
     in_pool_task = 0;
 
+    if (everyone) { /* wait until nth - 1 workers have joined before closing */
+        const int64_t t0 = now_ns();
+        for (int spins = 1; !all_joined(nth - 1); spins++) {
+            TL_CPU_RELAX();
+            if (spins % TL_SPIN_CHECK == 0 && now_ns() - t0 > TL_SPIN_NS) {
+                struct timespec ts = {0, 100000}; /* workers join by themselves; poll gently */
+                nanosleep(&ts, NULL);
+            }
+        }
+    }
+    /* close: no worker joins from now on; wait for the ones that did */
+    const int joined = (int)(atomic_exchange_explicit(&slot, (gen << 16) | CLOSED, memory_order_acq_rel) & 0xFFFF);
     const int64_t t0 = now_ns();
-    for (int spins = 1; atomic_load_explicit(&remaining, memory_order_acquire) > 0; spins++) {
+    for (int spins = 1; !all_finished(joined); spins++) {
         TL_CPU_RELAX();
         if (spins % TL_SPIN_CHECK == 0 && now_ns() - t0 > TL_SPIN_NS) break;
     }
-    if (atomic_load_explicit(&remaining, memory_order_acquire) > 0) {
+    if (!all_finished(joined)) {
         pthread_mutex_lock(&mu);
-        while (atomic_load_explicit(&remaining, memory_order_acquire) > 0)
-            pthread_cond_wait(&cv_done, &mu);
+        while (!all_finished(joined)) pthread_cond_wait(&cv_done, &mu);
         pthread_mutex_unlock(&mu);
     }
     pthread_mutex_unlock(&dispatch_mu);
 }
 
+void tl_parallel_for(int nthreads, tl_task_fn fn, void *ctx) { run(nthreads, fn, ctx, 0); }
+void tl_parallel_for_all(int nthreads, tl_task_fn fn, void *ctx) { run(nthreads, fn, ctx, 1); }
 /* ---- per-thread scratch ---------------------------------------------------------------------
  * A pthread key (not only _Thread_local) so the buffer is freed when a thread exits: Python
  * threads that call in come and go. */
