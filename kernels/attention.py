@@ -60,6 +60,8 @@ def attention(kl, q: np.ndarray, k: np.ndarray, v: np.ndarray, n_past: int, scal
     ffi, lib = kl.ffi, kl.lib
 
     def fp(a, writable=False):
+        if a.flags.c_contiguous:  # the common case (cache slices, fresh arrays): no view needed
+            return ffi.cast("float *", ffi.from_buffer(a, require_writable=writable))
         # the bytes the strided rows cover, from the array's own first byte (reshape(-1) would copy
         # a strided array, and C would then read the copy with the original stride: past its end)
         return ffi.cast("float *", ffi.from_buffer(_byte_span(a), require_writable=writable))
