@@ -307,7 +307,7 @@ def test_avx2_bit_identical_to_avx512(t):
 
 def ggml_act_ref(x: np.ndarray, span: int) -> np.ndarray:
     """float64 values of the activations in ggml mode: d = amax/127 over `span` values (32, or 256
-    for the K-quants), q = roundf(x/d) via x * (1/d), clamped to +-127."""
+    for the K-quants), q = roundf(x/d) via x * (1/d), clamped to +-127; span 32 keeps d in fp16."""
     n, k = x.shape
     b = x.reshape(n, k // span, span)
     amax = np.abs(b).max(axis=-1, keepdims=True)
@@ -316,6 +316,8 @@ def ggml_act_ref(x: np.ndarray, span: int) -> np.ndarray:
         inv = np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
     v = (b * inv).astype(np.float32).astype(np.float64)
     q = np.clip(np.sign(v) * np.floor(np.abs(v) + 0.5), -127, 127)
+    if span == 32:  # ggml's q8_0 / q8_1 blocks store d as fp16 (the quants use the f32 d)
+        d = d.astype(np.float16).astype(np.float32)
     return (q * d.astype(np.float64)).reshape(n, k)
 
 

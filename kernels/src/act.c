@@ -14,7 +14,21 @@
 /* One row of k floats -> the q8 act layout (tl_internal.h): int8 qs[k] | f32 d[ng] | f32 s[ng] |
  * int16 isum[ng] | zero pad, ng = k/16. The scale d = amax/127 is taken over `span` values (16 by
  * default; 32 or 256 in the ggml rounding mode, see tl_set_act_rounding) and repeated for each
- * 16-value group of the span, so the kernels read every mode the same way. */
+ * 16-value group of the span, so the kernels read every mode the same way. Span 32 stores the
+ * scale rounded to fp16 as ggml's q8_0 / q8_1 blocks do. */
+/* fp16 rounding of a finite non-negative float (round to nearest even), for ggml's q8_0 / q8_1
+ * scales, which it stores as fp16 (the quants are computed with the f32 scale, as ggml does). */
+static float round_to_f16(float f) {
+    if (!(f > 0.0f) || f > 65504.0f) return f;
+    if (f < 6.103515625e-05f) { /* subnormal fp16: a multiple of 2^-24 */
+        const float q = 5.9604644775390625e-08f;
+        return nearbyintf(f / q) * q;
+    }
+    int e;
+    const float m = frexpf(f, &e);              /* f = m 2^e, m in [0.5, 1) */
+    return ldexpf(nearbyintf(ldexpf(m, 11)), e - 11); /* 11 significant bits */
+}
+
 static void q8a_quant_row_span(const float *TL_RESTRICT x, int64_t k, uint8_t *TL_RESTRICT row, int64_t ldact,
                                int span) {
     const int64_t ng = k / TL_QG;
@@ -46,8 +60,9 @@ static void q8a_quant_row_span(const float *TL_RESTRICT x, int64_t k, uint8_t *T
                 qs[g * TL_QG + t] = (int8_t)q;
                 sum += q;
             }
-            dd[g] = d;
-            ss[g] = d * (float)sum;
+            const float ds = span == TL_QK ? round_to_f16(d) : d; /* ggml: q8_0/q8_1 d in fp16, q8_K in f32 */
+            dd[g] = ds;
+            ss[g] = ds * (float)sum;
             is[g] = (int16_t)sum;
         }
     }
