@@ -37,7 +37,7 @@ from tilellm.errors import GGUFError
 from tilellm.quant import TensorView
 
 from .architectures import register
-from .layers import Rope, gelu_tanh, gelu_tanh_ggml, rms_norm
+from .layers import Rope, gelu_tanh_ggml, gelu_tanh_mul, rms_norm
 from .model import LlamaModel, _vector
 
 # Gemma 3's published defaults for what older GGUF files do not state.
@@ -103,52 +103,6 @@ class Gemma3Params:
 class _GemmaLayer:
     __slots__ = ("attn_norm", "wq", "wk", "wv", "wo", "q_norm", "k_norm", "post_attn_norm",
                  "ffn_norm", "w_gate", "w_up", "w_down", "post_ffn_norm", "local", "qk_norm")
-
-
-def _f32(v: float) -> float:
-    return float(np.float32(v))
-
-
-def _rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
-    """layers.rms_norm, bit for bit (the same float32 operations and rounding: np.mean divides its float32
-    sum by an intp count in float64), with fewer temporaries: decode runs five per layer on tiny rows,
-    where numpy's per-call cost dominates."""
-    ms = np.add.reduce(np.square(x), axis=-1, keepdims=True, dtype=np.float32)
-    if ms.size == 1:  # one row (decode): the same roundings on a Python float, without four ufunc calls
-        # (+, /, sqrt in float64 rounded to float32 equal the float32 operations: 53 >= 2 * 24 + 2 bits)
-        m = _f32(float(ms.flat[0]) / x.shape[-1])  # np.mean: float32 sum / intp count in float64
-        v = _f32(m + _f32(eps))
-        c = _f32(math.sqrt(v)) if v >= 0 else math.nan  # numpy's nan / inf instead of Python's exceptions
-        r = _f32(1.0 / c) if c != 0 else math.inf
-        y = x * np.float32(r)
-        y *= w
-        return y
-    np.true_divide(ms, np.intp(x.shape[-1]), out=ms, casting="unsafe")
-    ms += np.float32(eps)
-    np.sqrt(ms, out=ms)
-    np.true_divide(1.0, ms, out=ms)
-    y = x * ms
-    y *= w
-    return y
-
-
-_GELU_C = np.float32(np.sqrt(2.0 / np.pi))
-
-
-def _gelu_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
-    """gelu_tanh(gate) * up bit for bit (layers.gelu_tanh's operations in its order) with one temporary
-    instead of ten full-size arrays; overwrites gate (with gate / 2)."""
-    t = gate * gate
-    t *= gate
-    t *= np.float32(0.044715)
-    t += gate
-    t *= _GELU_C
-    np.tanh(t, out=t)
-    t += np.float32(1)
-    gate *= np.float32(0.5)
-    t *= gate
-    t *= up
-    return t
 
 
 class Gemma3Model(LlamaModel):
@@ -228,12 +182,12 @@ class Gemma3Model(LlamaModel):
         pos = np.arange(p0, p0 + T)
         tables = {False: self.rope_global.tables(pos), True: self.rope_local.tables(pos)}
         for li, L in enumerate(self.layers):
-            x = _rms_norm(h, L.attn_norm, eps)
+            x = rms_norm(h, L.attn_norm, eps)
             xp = be.prepare(x, L.wq.type)  # shared by q, k (and v when its type quantizes activations alike)
             qk = np.concatenate([be.matmul(L.wq, xp).reshape(T, H, D), be.matmul(L.wk, xp).reshape(T, Hkv, D)], 1)
             v = be.matmul(L.wv, xp)
             # per-head q/k norms and rope on q and k together (rows are independent)
-            qk = _rms_norm(qk, L.qk_norm, eps)
+            qk = rms_norm(qk, L.qk_norm, eps)
             rope = self.rope_local if L.local else self.rope_global
             cos, sin = tables[L.local]
             rope.apply(qk, cos, sin)
@@ -249,13 +203,13 @@ class Gemma3Model(LlamaModel):
             else:
                 att = self._attention(q, self.k_cache[li, :p0 + T], self.v_cache[li, :p0 + T], p0, g.attn_scale)
             o = be.matmul(L.wo, att.reshape(T, H * D))
-            h += _rms_norm(o, L.post_attn_norm, eps)
-            x = _rms_norm(h, L.ffn_norm, eps)
+            h += rms_norm(o, L.post_attn_norm, eps)
+            x = rms_norm(h, L.ffn_norm, eps)
             xp = be.prepare(x, L.w_gate.type)  # shared by gate and up
             gate, up = be.matmul(L.w_gate, xp), be.matmul(L.w_up, xp)
-            act = _gelu_mul(gate, up) if self.numerics != "ggml" else gelu_tanh_ggml(gate) * up
+            act = gelu_tanh_mul(gate, up) if self.numerics != "ggml" else gelu_tanh_ggml(gate) * up
             y = be.matmul(L.w_down, act)
-            h += _rms_norm(y, L.post_ffn_norm, eps)
+            h += rms_norm(y, L.post_ffn_norm, eps)
         self.n_past = p0 + T
         return h
 
