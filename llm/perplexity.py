@@ -110,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: physical cores)")
     p.add_argument("--backend", default="auto", help="matmul backend: auto, reference, portable, avx2, ...")
     p.add_argument("--numerics", choices=("default", "ggml"), default="default",
-                   help="'ggml': llama.cpp's rounding (activations per 32/256 values, fp16-table GELU) to compare with it")
+                   help="'ggml': llama.cpp's rounding (activation scales per 32/256 values, fp16-table GELU, "
+                        "fp16 K/V) to compare with it")
     return p
 
 
