@@ -374,23 +374,6 @@ TL_INLINE void kq2_block_impl(const int WT, const tl_gemm_args *a, int64_t i0, i
 }
 
 /* ---- n == 1: stream the rows ------------------------------------------------------------------- */
-/* Prefetch of the next panel (rows [i + 8, min(i + 16, i1 + 8, m)), contiguous when the rows are),
- * spread over the nb blocks of this one: call with block index b. */
-typedef struct {
-    const char *p;
-    int64_t end, step;
-} kq2_pf;
-TL_INLINE kq2_pf kq2_pf_init(const tl_gemm_args *a, int64_t i, int64_t i1, int64_t nb) {
-    kq2_pf f;
-    const int64_t r1 = TL_MIN(TL_MIN(i + 2 * KQ2_R, i1 + KQ2_R), a->m);
-    f.p = (const char *)(a->w + (i + KQ2_R) * a->ldw);
-    f.end = r1 > i + KQ2_R ? (r1 - (i + KQ2_R)) * a->ldw : 0;
-    f.step = (f.end + nb - 1) / nb;
-    return f;
-}
-TL_INLINE void kq2_pf_run(const kq2_pf *f, int64_t b) {
-    for (int64_t q = b * f->step; q < TL_MIN((b + 1) * f->step, f->end); q += 64) _mm_prefetch(f->p + q, _MM_HINT_T0);
-}
 
 /* 8 rows at a time, decoded straight into registers (same arithmetic as the panel). */
 static void kq2_gemv_q5_0(const tl_gemm_args *a, int64_t i0, int64_t i1) {
@@ -411,10 +394,10 @@ static void kq2_gemv_q5_0(const tl_gemm_args *a, int64_t i0, int64_t i1) {
         const uint8_t *rp[KQ2_R];
         kq2_rows(a, i, nr, rp);
         const __m256 live = kq2_live(nr);
-        const kq2_pf pf = kq2_pf_init(a, i, i1, nb);
+        const x86_pf pf = x86_pf_next(a, i, i1, KQ2_R, nb); /* the next panel, from DRAM */
         __m256 y = _mm256_setzero_ps();
         for (int64_t b = 0; b < nb; b++) {
-            kq2_pf_run(&pf, b);
+            x86_pf_block(&pf, b);
             __m256i w[8];
             __m256 d;
             kq2_q5_0_load8(rp, live, b, w, &d);
@@ -436,10 +419,10 @@ TL_INLINE void kq2_gemv_k(const int WT, const tl_gemm_args *a, int64_t i0, int64
         const uint8_t *rp[KQ2_R];
         kq2_rows(a, i, nr, rp);
         const __m256 live = kq2_live(nr);
-        const kq2_pf pf = kq2_pf_init(a, i, i1, nb);
+        const x86_pf pf = x86_pf_next(a, i, i1, KQ2_R, nb); /* the next panel, from DRAM */
         __m256 y = _mm256_setzero_ps();
         for (int64_t b = 0; b < nb; b++) {
-            kq2_pf_run(&pf, b);
+            x86_pf_block(&pf, b);
             kq2_pack_sb(WT, rp, live, b * bytes, sb);
             kq2_k_sb(WT, 1, sb, xr, k, b, &y);
         }

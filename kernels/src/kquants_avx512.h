@@ -95,53 +95,17 @@ TL_INLINE void kq5_q5_0_load16(const uint8_t *const *rp, __mmask16 live, int64_t
         w[t] = _mm512_or_si512(w[t], _mm512_permutexvar_epi32(_mm512_srli_epi32(qh, 4 * t), lut));
 }
 
-/* ---- DRAM prefetch ------------------------------------------------------------------------------ */
-/* A panel reads 16 rows at once (16 streams ldw apart), which the hardware prefetchers do not
- * follow from DRAM; decode (n == 1) streams every weight once, so it would run at a fraction of
- * the DRAM rate. The panel code prefetches the rows of the panel KQ5_PF_AHEAD panels ahead as
- * one linear range (contiguous when the rows are), spread over its own nb blocks. */
-#define KQ5_PF_AHEAD 1
-
-typedef struct {
-    const char *p;
-    int64_t step, len; /* bytes per block, total */
-} kq5_pf;
-
-/* The range to prefetch while working on the panel at row i of the chunk [i0, i1): rows of the
- * panel KQ5_PF_AHEAD ahead, if they are in this chunk or the first panel after it. */
-TL_INLINE kq5_pf kq5_pf_next(const tl_gemm_args *a, int64_t i, int64_t i1, int64_t nb) {
-    const int64_t r0 = i + KQ5_PF_AHEAD * KQ5_R, r1 = TL_MIN(TL_MIN(r0 + KQ5_R, i1 + KQ5_R), a->m);
-    kq5_pf f = {(const char *)a->w, 0, 0};
-    if (r1 > r0) {
-        f.p = (const char *)(a->w + r0 * a->ldw);
-        f.len = (r1 - r0) * a->ldw;
-        f.step = ((f.len + nb - 1) / nb + 63) & ~(int64_t)63;
-    }
-    return f;
-}
-
-/* The first panel of a chunk was prefetched by nobody: ask for all its lines at once (more misses in
- * flight than the 16 row streams' demand loads make; measured for the K-quant gemv, where it pays). */
-TL_INLINE void kq5_pf_first(const tl_gemm_args *a, int64_t i0, int64_t i1) {
-    const char *p = (const char *)(a->w + i0 * a->ldw);
-    const int64_t len = (TL_MIN(i0 + KQ5_R, i1) - i0) * a->ldw;
-    for (int64_t q = 0; q < len; q += 64) _mm_prefetch(p + q, _MM_HINT_T0);
-}
-
-TL_INLINE void kq5_pf_block(const kq5_pf *f, int64_t b) {
-    const int64_t e = TL_MIN((b + 1) * f->step, f->len);
-    for (int64_t q = b * f->step; q < e; q += 64) _mm_prefetch(f->p + q, _MM_HINT_T0);
-}
+/* DRAM prefetch of the next panel: x86_common.h (x86_pf_*), KQ5_R rows ahead. */
 
 /* ---- panel packing ------------------------------------------------------------------------------ */
-static void kq5_pack_q5_0(const tl_gemm_args *a, int64_t r0, int nr, uint8_t *buf, const kq5_pf *pf) {
+static void kq5_pack_q5_0(const tl_gemm_args *a, int64_t r0, int nr, uint8_t *buf, const x86_pf *pf) {
     const int64_t nb = a->k / TL_QK;
     const uint8_t *rp[16];
     kq5_rows(a, r0, nr, rp);
     const __mmask16 live = (__mmask16)((1u << nr) - 1);
     for (int64_t b = 0; b < nb; b++) {
         uint8_t *o = buf + b * KQ5_Q50_BLK;
-        kq5_pf_block(pf, b);
+        x86_pf_block(pf, b);
         __m512i w[8];
         __m512 d;
         kq5_q5_0_load16(rp, live, b, w, &d);
@@ -151,7 +115,7 @@ static void kq5_pack_q5_0(const tl_gemm_args *a, int64_t r0, int nr, uint8_t *bu
 }
 /* K panel: 16-row register transposes of the quants and of the block heads (d, dmin, scale
  * fields), decoded in lanes; dead rows repeat a live row and get d = dmin = 0. */
-static void kq5_pack_k(const int WT, const tl_gemm_args *a, int64_t r0, int nr, uint8_t *buf, const kq5_pf *pf) {
+static void kq5_pack_k(const int WT, const tl_gemm_args *a, int64_t r0, int nr, uint8_t *buf, const x86_pf *pf) {
     const int64_t nb = a->k / TL_QK_K;
     const int bytes = kq5_bytes(WT);
     const uint8_t *rp[16];
@@ -165,7 +129,7 @@ static void kq5_pack_k(const int WT, const tl_gemm_args *a, int64_t r0, int nr, 
         __m512 *SC = (__m512 *)(W + 64), *MN = (__m512 *)(W + 80);
         float *D = (float *)(W + 88), *DM = (float *)(W + 89);
         const int64_t o = b * bytes;
-        kq5_pf_block(pf, b);
+        x86_pf_block(pf, b);
         __m512i S[4];
         if (WT == TL_Q6_K) {
             __m512i E[4];
@@ -353,7 +317,7 @@ TL_INLINE void kq5_block_impl(const int WT, const tl_gemm_args *a, int64_t i0, i
     }
     for (int64_t i = i0; i < i1; i += KQ5_R) {
         const int nr = (int)TL_MIN((int64_t)KQ5_R, i1 - i);
-        const kq5_pf pf = kq5_pf_next(a, i, i1, WT == TL_Q5_0 ? a->k / TL_QK : a->k / TL_QK_K);
+        const x86_pf pf = x86_pf_next(a, i, i1, KQ5_R, WT == TL_Q5_0 ? a->k / TL_QK : a->k / TL_QK_K);
         if (WT == TL_Q5_0) {
             kq5_pack_q5_0(a, i, nr, buf, &pf);
 #define C_(N) kq5_q5_0_tile(N, a, buf, i, nr, j)
@@ -390,10 +354,10 @@ static void kq5_gemv_q5_0(const tl_gemm_args *a, int64_t i0, int64_t i1) {
         const uint8_t *rp[16];
         kq5_rows(a, i, nr, rp);
         const __mmask16 live = (__mmask16)((1u << nr) - 1);
-        const kq5_pf pf = kq5_pf_next(a, i, i1, nb);
+        const x86_pf pf = x86_pf_next(a, i, i1, KQ5_R, nb);
         __m512 y = _mm512_setzero_ps();
         for (int64_t b = 0; b < nb; b++) {
-            kq5_pf_block(&pf, b);
+            x86_pf_block(&pf, b);
             __m512i w[8];
             __m512 d;
             kq5_q5_0_load16(rp, live, b, w, &d);
@@ -414,7 +378,9 @@ static void kq5_gemv_q5_0(const tl_gemm_args *a, int64_t i0, int64_t i1) {
 /* K-quants, n == 1: each 16-row panel is decoded into scratch (vector code above) and run
  * through the panel kernel with one token: the same arithmetic as n > 1. */
 TL_INLINE void kq5_gemv_k(const int WT, const tl_gemm_args *a, int64_t i0, int64_t i1) {
-    kq5_pf_first(a, i0, i1);
+    /* the chunk's first panel was prefetched by nobody: all its lines at once (more misses in flight
+     * than the 16 row streams' demand loads make; measured to pay for the K-quant gemv) */
+    x86_pf_rows(a, i0, TL_MIN(i0 + KQ5_R, i1));
     kq5_block_impl(WT, a, i0, i1, 0, 1);
 }
 

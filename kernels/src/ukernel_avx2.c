@@ -312,13 +312,8 @@ TL_INLINE void q_block_impl(const int WT, const tl_gemm_args *a, int64_t i0, int
     }
     for (int64_t i = i0; i < i1; i += Q_R) {
         int nr = (int)TL_MIN((int64_t)Q_R, i1 - i);
-        if (j1 - j0 == 1 && i + Q_R < a->m) {
-            /* gemv streams the weights once: the panel reads 8 rows at once, which the hardware
-             * prefetchers do not follow from DRAM, so fetch the next panel while this one runs */
-            const char *pf = (const char *)(a->w + (i + Q_R) * a->ldw);
-            const int64_t pf_bytes = (TL_MIN(i + 2 * Q_R, a->m) - (i + Q_R)) * a->ldw;
-            for (int64_t q = 0; q < pf_bytes; q += 64) _mm_prefetch(pf + q, _MM_HINT_T0);
-        }
+        if (j1 - j0 == 1 && i + Q_R < a->m) /* gemv: the next panel from DRAM (x86_common.h) */
+            x86_pf_rows(a, i + Q_R, TL_MIN(i + 2 * Q_R, a->m));
         q_pack(WT, a, i, nr, buf);
         int64_t j = j0;
         for (; j + Q_RN <= j1; j += Q_RN) q_panel_tile(WT, Q_RN, a, buf, i, nr, j);

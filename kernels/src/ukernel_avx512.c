@@ -174,14 +174,9 @@ TL_INLINE void q_gemv_impl(const int WT, const tl_gemm_args *a, int64_t i0, int6
         const __m512i idx = q_rows(a, i, nr, rp);
         const __mmask16 live = (__mmask16)((1u << nr) - 1);
         __m512 y0 = _mm512_setzero_ps();
-        /* The panel reads 16 rows at once (16 streams 'ldw' apart), which the hardware
-         * prefetchers do not follow from DRAM: prefetch the next panel (contiguous when the rows
-         * are) linearly, spread over this panel's blocks. */
-        const char *pf = (const char *)(a->w + (i + Q_R) * a->ldw);
-        const int64_t pf_end = TL_MIN(i1 + Q_R, a->m) > i + Q_R ? (TL_MIN(i + 2 * Q_R, a->m) - (i + Q_R)) * a->ldw : 0;
-        const int64_t pf_step = (pf_end + nb - 1) / nb;
+        const x86_pf pf = x86_pf_next(a, i, i1, Q_R, nb); /* the next panel, from DRAM */
         for (int64_t b = 0; b < nb; b++) {
-            for (int64_t q = b * pf_step; q < TL_MIN((b + 1) * pf_step, pf_end); q += 64) _mm_prefetch(pf + q, _MM_HINT_T0);
+            x86_pf_block(&pf, b);
             __m512i w[8];
             __m512 d, m = _mm512_setzero_ps();
             q_load_block(WT, rp, b, live, idx, w, &d, &m);

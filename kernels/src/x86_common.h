@@ -67,6 +67,38 @@ __attribute__((unused)) static void x86_qa_prepare(const float *x, int64_t ldx, 
     }
 }
 
+/* ---- DRAM prefetch of row panels ----------------------------------------------------------------
+ * The panel kernels read R rows at once (R streams ldw apart), which the hardware prefetchers do not
+ * follow from DRAM; a gemv streams every weight once, so it would run at a fraction of the DRAM rate.
+ * While the panel at row i of the chunk [i0, i1) runs, prefetch the next panel (rows in this chunk
+ * or the first panel after it) as one linear range, contiguous when the rows are, spread over the
+ * current panel's nb blocks (x86_pf_block per block). x86_pf_rows asks for whole rows at once. */
+typedef struct {
+    const char *p;
+    int64_t step, len; /* bytes per block (whole cache lines), total */
+} x86_pf;
+
+TL_INLINE x86_pf x86_pf_next(const tl_gemm_args *a, int64_t i, int64_t i1, int rows, int64_t nb) {
+    const int64_t r0 = i + rows, r1 = TL_MIN(TL_MIN(r0 + rows, i1 + rows), a->m);
+    x86_pf f = {(const char *)a->w, 0, 0};
+    if (r1 > r0) {
+        f.p = (const char *)(a->w + r0 * a->ldw);
+        f.len = (r1 - r0) * a->ldw;
+        f.step = ((f.len + nb - 1) / nb + 63) & ~(int64_t)63;
+    }
+    return f;
+}
+
+TL_INLINE void x86_pf_block(const x86_pf *f, int64_t b) {
+    const int64_t e = TL_MIN((b + 1) * f->step, f->len);
+    for (int64_t q = b * f->step; q < e; q += 64) __builtin_prefetch(f->p + q, 0, 3);
+}
+
+TL_INLINE void x86_pf_rows(const tl_gemm_args *a, int64_t r0, int64_t r1) {
+    const char *p = (const char *)(a->w + r0 * a->ldw);
+    for (int64_t q = 0; q < (r1 - r0) * a->ldw; q += 64) __builtin_prefetch(p + q, 0, 3);
+}
+
 /* Per-thread panel scratch: the shared tl_scratch (freed at thread exit; a plain
  * _Thread_local malloc leaked once per Python thread that called in — LSan in the fuzz test). */
 static uint8_t *x86_scratch(size_t need) { return (uint8_t *)tl_scratch(need); }
