@@ -121,6 +121,7 @@ void tl_q8a_quant_row(const float *x, int64_t k, uint8_t *row, int64_t ldact);
 
 /* ---- scalar conversions (portable, bit-exact, no ISA instructions) ------------------------ */
 TL_INLINE uint16_t tl_load_u16(const void *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+TL_INLINE uint32_t tl_load_u32(const void *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 TL_INLINE float tl_bits_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
 TL_INLINE uint32_t tl_f32_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 

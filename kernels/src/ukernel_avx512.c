@@ -106,9 +106,31 @@ TL_INLINE void q_load_block(const int WT, const uint8_t *const *rp, int64_t b, _
                             __m512i w[8], __m512 *d, __m512 *m) {
     const int bs = x86_q_bytes(WT);
     const int64_t o = b * bs;
-    __m512i sc = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, idx, (const void *)(rp[0] + o), 1);
-    *d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(sc));
-    if (WT == TL_Q4_1) *m = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(sc, 16)));
+    /* scales: for q4 the 16 scalar loads beat vpgatherdd (1 thread from DRAM: q4_0 +15 %, q4_1
+     * +12 %); for q8_0 the gather measured equal or 5 % faster */
+    if (WT == TL_Q4_1) {
+        __m128i s4[4];
+        for (int q = 0; q < 4; q++) {
+            __m128i v = _mm_cvtsi32_si128((int)tl_load_u32(rp[4 * q] + o));
+            v = _mm_insert_epi32(v, (int)tl_load_u32(rp[4 * q + 1] + o), 1);
+            v = _mm_insert_epi32(v, (int)tl_load_u32(rp[4 * q + 2] + o), 2);
+            s4[q] = _mm_insert_epi32(v, (int)tl_load_u32(rp[4 * q + 3] + o), 3);
+        }
+        __m512i sc = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set_m128i(s4[1], s4[0])), _mm256_set_m128i(s4[3], s4[2]), 1);
+        sc = _mm512_maskz_mov_epi32(live, sc);
+        *d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(sc));
+        *m = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(sc, 16)));
+    } else if (WT == TL_Q4_0) {
+        __m128i h0 = _mm_cvtsi32_si128(tl_load_u16(rp[0] + o)), h1 = _mm_cvtsi32_si128(tl_load_u16(rp[8] + o));
+        for (int r = 1; r < 8; r++) {
+            h0 = _mm_insert_epi16(h0, tl_load_u16(rp[r] + o), r);
+            h1 = _mm_insert_epi16(h1, tl_load_u16(rp[8 + r] + o), r);
+        }
+        *d = _mm512_maskz_mov_ps(live, _mm512_cvtph_ps(_mm256_set_m128i(h1, h0)));
+    } else {
+        __m512i sc = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, idx, (const void *)(rp[0] + o), 1);
+        *d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(sc));
+    }
     const uint8_t *const *r = rp;
     __m512i u[4];
     if (WT == TL_Q8_0) {
