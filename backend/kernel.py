@@ -51,6 +51,25 @@ class KernelBackend:
 
         return attention(self.lib, q, k, v, n_past, scale, self.n_threads, window=window)
 
+    def matmul_many(self, weights: "list[TensorView]", x) -> list[np.ndarray]:
+        """[self.matmul(w, x) for w in weights] with one C call when every weight is native here and
+        takes the same activations (tl_gemm_many); otherwise one matmul each. Bit-identical either way."""
+        lib = self.lib
+        if (len(weights) < 2 or len(weights) > lib.lib.TL_GEMM_MANY_MAX
+                or any(w.type not in self.native_types for w in weights)
+                or len({lib.act_type(w.type) for w in weights}) != 1 or len({w.k for w in weights}) != 1):
+            return [self.matmul(w, x) for w in weights]
+        t0 = weights[0].type
+        if isinstance(x, Prepared) and x.owner == self.name and lib.act_type(x.weight_type) == lib.act_type(t0):
+            if x.k != weights[0].k:
+                from tilellm.errors import ShapeError
+
+                raise ShapeError(f"prepared activations have k = {x.k} but {weights[0].name!r} has k = {weights[0].k}")
+            prep = x
+        else:
+            prep = self.prepare(x.x if isinstance(x, Prepared) else x, t0)
+        return lib.gemm_many([(w.type, w.data) for w in weights], weights[0].k, prep.payload, n_threads=self.n_threads)
+
     def matmul(self, weight: TensorView, x, out: np.ndarray | None = None) -> np.ndarray:
         t = weight.type
         other = self._route(t)

@@ -47,6 +47,16 @@ class Backend(Protocol):
     def matmul(self, weight: TensorView, x: "np.ndarray | Prepared", out: np.ndarray | None = None) -> np.ndarray: ...
 
 
+def matmul_many(backend: Backend, weights: "list[TensorView]", x: "np.ndarray | Prepared") -> list[np.ndarray]:
+    """[backend.matmul(w, x) for w in weights]: the matmuls that share one input (q/k/v, gate/up). Uses
+    the backend's own `matmul_many` when it has one (a kernel backend runs them as one C call, one thread
+    dispatch for a decode step), else one matmul each. Same results either way."""
+    many = getattr(backend, "matmul_many", None)
+    if many is not None:
+        return many(weights, x)
+    return [backend.matmul(w, x) for w in weights]
+
+
 def check_activations(x: Any, k: int | None = None) -> np.ndarray:
     """Validate x as float32 [n_tokens, k] (C-contiguous copy made only if needed)."""
     if not isinstance(x, np.ndarray):

@@ -10,7 +10,7 @@ import importlib.util
 import mmap
 import os
 import threading
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -371,8 +371,52 @@ class KernelLib:
              n_threads: int | None = None) -> np.ndarray:
         """out[n, m] = X * W^T for weights w2d (uint8 [m, row_bytes], rows may be strided) of
         weight_type with k values per row, and activations from prepare()."""
-        t, bs, ts, at = self._info(weight_type)
         nth = self.n_threads if n_threads is None else _threads(n_threads, self.n_threads)
+        t, k, m, ldw, wp = self._weight_arg(weight_type, w2d, k)
+        n, bufp = self._act_arg(t, k, prepared)
+        out = self._out_arg(out, n, m, w2d, prepared)
+        rc = self.lib.tl_gemm(int(t), wp, ldw, m, k, bufp, n, self.ffi.from_buffer("float[]", out), m, nth)
+        if rc:
+            self._check_rc(rc, "tl_gemm")
+        return out
+
+    def gemm_many(self, weights: Sequence[tuple[Any, np.ndarray]], k: Any, prepared: Prepared,
+                  outs: Sequence[np.ndarray | None] | None = None, n_threads: int | None = None) -> list[np.ndarray]:
+        """[gemm(t, w2d, k, prepared) for (t, w2d) in weights] as one C call (tl_gemm_many): for one token
+        the rows of all weights are shared out to the threads as one job. Every weight type must take
+        the activation type `prepared` holds; at most TL_GEMM_MANY_MAX weights; bit-identical results."""
+        nth = self.n_threads if n_threads is None else _threads(n_threads, self.n_threads)
+        count = len(weights)
+        if not 1 <= count <= self.lib.TL_GEMM_MANY_MAX:
+            raise ShapeError(f"gemm_many takes 1..{self.lib.TL_GEMM_MANY_MAX} weights, got {count}")
+        if outs is None:
+            outs = [None] * count
+        elif len(outs) != count:
+            raise ShapeError(f"gemm_many got {count} weights but {len(outs)} outputs")
+        ffi = self.ffi
+        c_t, c_w = ffi.new("int[]", count), ffi.new("void *[]", count)
+        c_ldw, c_m = ffi.new("int64_t[]", count), ffi.new("int64_t[]", count)
+        c_y, c_ldy = ffi.new("float *[]", count), ffi.new("int64_t[]", count)
+        keep, res = [], []
+        for i, (wt, w2d) in enumerate(weights):
+            t, kk, m, ldw, wp = self._weight_arg(wt, w2d, k)
+            n, bufp = self._act_arg(t, kk, prepared)
+            out = self._out_arg(outs[i], n, m, w2d, prepared)
+            for o in res:
+                if np.may_share_memory(out, o):
+                    raise ShapeError("gemm_many outputs overlap each other")
+            yp = ffi.from_buffer("float[]", out)
+            keep += [wp, yp]
+            c_t[i], c_w[i], c_ldw[i], c_m[i], c_y[i], c_ldy[i] = int(t), wp, ldw, m, yp, m
+            res.append(out)
+        rc = self.lib.tl_gemm_many(count, c_t, c_w, c_ldw, c_m, kk, bufp, n, c_y, c_ldy, nth)
+        if rc:
+            self._check_rc(rc, "tl_gemm_many")
+        return res
+
+    def _weight_arg(self, weight_type: Any, w2d: np.ndarray, k: Any) -> tuple[GGMLType, int, int, int, Any]:
+        """Checks weights w2d for tl_gemm: (type, k, m, row stride in bytes, C pointer)."""
+        t, bs, ts, at = self._info(weight_type)
         k = self._check_k(t, k)
         rb = k // bs * ts
         if not isinstance(w2d, np.ndarray):
@@ -395,6 +439,12 @@ class KernelLib:
         if t == GGMLType.F32 and (_addr(w2d) % 4 or ldw % 4):
             raise ShapeError("f32 weight rows must be 4-byte aligned (address and row stride)")
         _check_inside(w2d, "weights")
+        wspan = w2d if w2d.flags.c_contiguous else _byte_span(w2d)
+        return t, k, m, ldw, self.ffi.from_buffer(wspan, require_writable=False)
+
+    def _act_arg(self, t: GGMLType, k: int, prepared: Prepared) -> tuple[int, Any]:
+        """Checks prepared activations for weights of type t and k: (n, C pointer)."""
+        at = self._info(t)[3]
         if not isinstance(prepared, Prepared):
             raise ShapeError(f"prepared must come from KernelLib.prepare, got {type(prepared).__name__}")
         if prepared.variant != self.variant:
@@ -413,32 +463,30 @@ class KernelLib:
                 or buf.nbytes != self.lib.tl_act_bytes(int(t), n, k)):
             raise ShapeError("prepared activation buffer was altered (type or size)")
         _check_inside(buf, "prepared activation buffer")
-        ffi = self.ffi
-        bufp = ffi.from_buffer(buf)
-        if int(ffi.cast("uintptr_t", bufp)) % _ALIGN:
+        bufp = self.ffi.from_buffer(buf)
+        if int(self.ffi.cast("uintptr_t", bufp)) % _ALIGN:
             raise ShapeError("prepared activation buffer was altered (not 64-byte aligned)")
+        return n, bufp
+
+    @staticmethod
+    def _out_arg(out: np.ndarray | None, n: int, m: int, w2d: np.ndarray, prepared: Prepared) -> np.ndarray:
+        """A new [n, m] float32 result, or `out` checked to be a writable one that overlaps no input."""
         if out is None:
-            out = np.empty((n, m), dtype=np.float32)
-        else:
-            if not isinstance(out, np.ndarray):
-                raise ShapeError(f"out must be a numpy array, got {type(out).__name__}")
-            if out.dtype != np.float32:
-                raise ShapeError(f"out must be float32, got {out.dtype}")
-            if out.shape != (n, m):
-                raise ShapeError(f"out must have shape {(n, m)} [n_tokens, m], got {out.shape}")
-            flags = out.flags
-            if not flags.c_contiguous or not flags.aligned:
-                raise ShapeError("out must be C-contiguous and aligned")
-            if not flags.writeable:
-                raise ShapeError("out is read-only")
-            _check_inside(out, "out")
-            if np.may_share_memory(out, w2d) or np.may_share_memory(out, prepared.buf):
-                raise ShapeError("out overlaps the weights or the activations")
-        wspan = w2d if w2d.flags.c_contiguous else _byte_span(w2d)
-        rc = self.lib.tl_gemm(int(t), ffi.from_buffer(wspan, require_writable=False), ldw, m, k,
-                              bufp, n, ffi.from_buffer("float[]", out), m, nth)
-        if rc:
-            self._check_rc(rc, "tl_gemm")
+            return np.empty((n, m), dtype=np.float32)
+        if not isinstance(out, np.ndarray):
+            raise ShapeError(f"out must be a numpy array, got {type(out).__name__}")
+        if out.dtype != np.float32:
+            raise ShapeError(f"out must be float32, got {out.dtype}")
+        if out.shape != (n, m):
+            raise ShapeError(f"out must have shape {(n, m)} [n_tokens, m], got {out.shape}")
+        flags = out.flags
+        if not flags.c_contiguous or not flags.aligned:
+            raise ShapeError("out must be C-contiguous and aligned")
+        if not flags.writeable:
+            raise ShapeError("out is read-only")
+        _check_inside(out, "out")
+        if np.may_share_memory(out, w2d) or np.may_share_memory(out, prepared.buf):
+            raise ShapeError("out overlaps the weights or the activations")
         return out
 
     def fma_peak(self, n_threads: int | None = None) -> float:

@@ -34,6 +34,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from tilellm.errors import GGUFError
+from tilellm.backend.protocol import matmul_many
 from tilellm.quant import TensorView
 
 from .architectures import register
@@ -184,8 +185,8 @@ class Gemma3Model(LlamaModel):
         for li, L in enumerate(self.layers):
             x = rms_norm(h, L.attn_norm, eps)
             xp = be.prepare(x, L.wq.type)  # shared by q, k (and v when its type quantizes activations alike)
-            qk = np.concatenate([be.matmul(L.wq, xp).reshape(T, H, D), be.matmul(L.wk, xp).reshape(T, Hkv, D)], 1)
-            v = be.matmul(L.wv, xp)
+            q, k, v = matmul_many(be, [L.wq, L.wk, L.wv], xp)
+            qk = np.concatenate([q.reshape(T, H, D), k.reshape(T, Hkv, D)], 1)
             # per-head q/k norms and rope on q and k together (rows are independent)
             qk = rms_norm(qk, L.qk_norm, eps)
             rope = self.rope_local if L.local else self.rope_global
@@ -206,7 +207,7 @@ class Gemma3Model(LlamaModel):
             h += rms_norm(o, L.post_attn_norm, eps)
             x = rms_norm(h, L.ffn_norm, eps)
             xp = be.prepare(x, L.w_gate.type)  # shared by gate and up
-            gate, up = be.matmul(L.w_gate, xp), be.matmul(L.w_up, xp)
+            gate, up = matmul_many(be, [L.w_gate, L.w_up], xp)
             act = gelu_tanh_mul(gate, up) if self.numerics != "ggml" else gelu_tanh_ggml(gate) * up
             y = be.matmul(L.w_down, act)
             h += rms_norm(y, L.post_ffn_norm, eps)

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tilellm.errors import ContextOverflowError, NumericalError, GGUFError, UnsupportedError
+from tilellm.backend.protocol import matmul_many
 from tilellm.quant import GGMLType, TensorView
 
 from .hparams import HParams
@@ -232,9 +233,7 @@ class LlamaModel(DecoderModel):
         for li, L in enumerate(self.layers):
             x = rms_norm(h, L.attn_norm, hp.rms_eps)
             xp = be.prepare(x, L.wq.type)  # quantized once, shared by q, k, v
-            q = be.matmul(L.wq, xp)
-            k = be.matmul(L.wk, xp)
-            v = be.matmul(L.wv, xp)
+            q, k, v = matmul_many(be, [L.wq, L.wk, L.wv], xp)
             if L.bq is not None:
                 q += L.bq
             if L.bk is not None:
@@ -249,8 +248,7 @@ class LlamaModel(DecoderModel):
             h = h + be.matmul(L.wo, att.reshape(T, -1))
             x = rms_norm(h, L.ffn_norm, hp.rms_eps)
             xp = be.prepare(x, L.w_gate.type)  # shared by gate and up
-            g = be.matmul(L.w_gate, xp)
-            u = be.matmul(L.w_up, xp)
+            g, u = matmul_many(be, [L.w_gate, L.w_up], xp)
             h = h + be.matmul(L.w_down, silu(g) * u)
         self.n_past = p0 + T
         return h

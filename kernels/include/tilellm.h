@@ -74,6 +74,15 @@ int tl_set_act_rounding(int mode);
 int tl_gemm(int wtype, const void *w, int64_t ldw, int64_t m, int64_t k,
             const void *act, int64_t n, float *y, int64_t ldy, int nthreads);
 
+/* Several products sharing one prepared activation (q/k/v, gate/up): Y_i = X * W_i^T for
+ * i < count (count <= TL_GEMM_MANY_MAX), every weight with the same activation type as wtype[0]
+ * and the same k. Arguments per i as tl_gemm's. For one token (n == 1) the rows of all weights
+ * are handed out to the threads as one job: one dispatch instead of count, and no thread idles
+ * at the ragged end of a small matrix. Results equal count separate tl_gemm calls bit for bit. */
+enum { TL_GEMM_MANY_MAX = 8 };
+int tl_gemm_many(int count, const int *wtype, const void *const *w, const int64_t *ldw, const int64_t *m,
+                 int64_t k, const void *act, int64_t n, float *const *y, const int64_t *ldy, int nthreads);
+
 /* Measured FP32 FMA throughput (GFLOP/s) of this variant's widest vector unit on nthreads pool
  * threads: independent FMA chains for ~0.2 s (the "peak" that GEMM efficiency is quoted against). */
 double tl_fma_peak(int nthreads);

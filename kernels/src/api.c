@@ -50,8 +50,9 @@ int tl_act_prepare(int wtype, const float *x, int64_t ldx, int64_t n, int64_t k,
     return TL_OK;
 }
 
-int tl_gemm(int wtype, const void *w, int64_t ldw, int64_t m, int64_t k, const void *act, int64_t n, float *y,
-            int64_t ldy, int nthreads) {
+/* Checks one product's arguments and fills its kernel and driver arguments. */
+static int gemm_setup(int wtype, const void *w, int64_t ldw, int64_t m, int64_t k, const void *act, int64_t n,
+                      float *y, int64_t ldy, int nthreads, const tl_ukernel **ukp, tl_gemm_args *a) {
     const tl_ukernel *uk = lookup(wtype);
     if (!uk || !atomic_load(&initialized)) return TL_UNSUPPORTED;
     if (!w || !act || !y || m < 1 || n < 1 || k < 1 || k % tl_block_size(wtype) != 0 || nthreads < 1 ||
@@ -60,17 +61,40 @@ int tl_gemm(int wtype, const void *w, int64_t ldw, int64_t m, int64_t k, const v
         return TL_EINVAL;
     /* f32 weights are read as floats: rows must be 4-byte aligned (GGUF aligns tensor data) */
     if (wtype == TL_F32 && (((uintptr_t)w & 3) != 0 || (m > 1 && (ldw & 3) != 0))) return TL_EINVAL;
+    a->wtype = wtype;
+    a->w = (const uint8_t *)w;
+    a->ldw = m > 1 ? ldw : tl_row_bytes(wtype, k);
+    a->act = (const uint8_t *)act;
+    a->ldact = tl_act_ldact(uk, wtype, k);
+    a->y = y;
+    a->ldy = n > 1 ? ldy : m;
+    a->m = m;
+    a->n = n;
+    a->k = k;
+    *ukp = uk;
+    return TL_OK;
+}
+
+int tl_gemm(int wtype, const void *w, int64_t ldw, int64_t m, int64_t k, const void *act, int64_t n, float *y,
+            int64_t ldy, int nthreads) {
+    const tl_ukernel *uk;
     tl_gemm_args a;
-    a.wtype = wtype;
-    a.w = (const uint8_t *)w;
-    a.ldw = m > 1 ? ldw : tl_row_bytes(wtype, k);
-    a.act = (const uint8_t *)act;
-    a.ldact = tl_act_ldact(uk, wtype, k);
-    a.y = y;
-    a.ldy = n > 1 ? ldy : m;
-    a.m = m;
-    a.n = n;
-    a.k = k;
+    int rc = gemm_setup(wtype, w, ldw, m, k, act, n, y, ldy, nthreads, &uk, &a);
+    if (rc != TL_OK) return rc;
     tl_gemm_drive(uk, &a, nthreads);
+    return TL_OK;
+}
+
+int tl_gemm_many(int count, const int *wtype, const void *const *w, const int64_t *ldw, const int64_t *m,
+                 int64_t k, const void *act, int64_t n, float *const *y, const int64_t *ldy, int nthreads) {
+    if (count < 1 || count > TL_GEMM_MANY_MAX || !wtype || !w || !ldw || !m || !y || !ldy) return TL_EINVAL;
+    const tl_ukernel *uk[TL_GEMM_MANY_MAX];
+    tl_gemm_args a[TL_GEMM_MANY_MAX];
+    for (int i = 0; i < count; i++) {
+        int rc = gemm_setup(wtype[i], w[i], ldw[i], m[i], k, act, n, y[i], ldy[i], nthreads, &uk[i], &a[i]);
+        if (rc != TL_OK) return rc;
+        if (tl_act_type(wtype[i]) != tl_act_type(wtype[0])) return TL_EINVAL; /* one prepared activation */
+    }
+    tl_gemm_drive_many(count, uk, a, nthreads);
     return TL_OK;
 }

@@ -9,6 +9,8 @@
  *                neighbouring jobs share weight rows; handed out dynamically (atomic counter).
  *   n == 1       matrix-vector: memory bound, so only m is split, in chunks handed out
  *                dynamically; the kernel's gemv if it has one, else tiles of rn = 1.
+ *   several    tl_gemm_many: products sharing one activation; for n == 1 their row chunks form one
+ *                list, so q/k/v (gate/up) cost one dispatch and share the ragged end.
  */
 #include <stdatomic.h>
 
@@ -65,11 +67,20 @@ static void gemm_task(void *vctx, int ith, int nth) {
     }
 }
 
+static int threads_for(int nthreads, int64_t macs, int64_t max_parallel) {
+    if (macs < TL_SERIAL_MACS) return 1;
+    int64_t t = TL_MIN((int64_t)nthreads, max_parallel);
+    return (int)TL_MAX(t, 1);
+}
+
+/* n == 1 over one or more products (tl_gemm_many): product p's rows are cut into chunks of
+ * unit[p] rows; the chunks of all products form one list, first[p] the index of p's first. */
 typedef struct {
-    const tl_ukernel *uk;
+    int count;
+    const tl_ukernel *const *uk;
     const tl_gemm_args *a;
-    int64_t unit;   /* rows per chunk, a multiple of the kernel's granularity */
-    int64_t nchunks;
+    int64_t unit[TL_GEMM_MANY_MAX];  /* rows per chunk, a multiple of the kernel's granularity */
+    int64_t first[TL_GEMM_MANY_MAX + 1];
     _Atomic int64_t next;
 } gemv_ctx;
 
@@ -77,12 +88,14 @@ static void gemv_task(void *vctx, int ith, int nth) {
     (void)ith;
     (void)nth;
     gemv_ctx *g = (gemv_ctx *)vctx;
-    const tl_ukernel *uk = g->uk;
-    const tl_gemm_args *a = g->a;
+    int p = 0;
     for (;;) {
         int64_t ch = atomic_fetch_add_explicit(&g->next, 1, memory_order_relaxed);
-        if (ch >= g->nchunks) break;
-        int64_t i0 = ch * g->unit, i1 = TL_MIN(i0 + g->unit, a->m);
+        if (ch >= g->first[g->count]) break;
+        while (ch >= g->first[p + 1]) p++; /* chunks are handed out in increasing order */
+        const tl_ukernel *uk = g->uk[p];
+        const tl_gemm_args *a = &g->a[p];
+        int64_t i0 = (ch - g->first[p]) * g->unit[p], i1 = TL_MIN(i0 + g->unit[p], a->m);
         if (uk->gemv) {
             uk->gemv(a, i0, i1);
         } else {
@@ -91,23 +104,46 @@ static void gemv_task(void *vctx, int ith, int nth) {
     }
 }
 
-static int threads_for(int nthreads, int64_t macs, int64_t max_parallel) {
-    if (macs < TL_SERIAL_MACS) return 1;
-    int64_t t = TL_MIN((int64_t)nthreads, max_parallel);
-    return (int)TL_MAX(t, 1);
+/* Chunking of n == 1 products: each gets ~8 chunks per thread (small enough to rebalance around
+ * a preempted thread), in whole kernel granules; returns the thread count for all of them. */
+static int gemv_plan(int count, const tl_ukernel *const *uk, const tl_gemm_args *a, int nthreads, gemv_ctx *g) {
+    int64_t macs = 0, units = 0;
+    for (int p = 0; p < count; p++) {
+        int64_t gran = uk[p]->gemv ? TL_MAX(uk[p]->gemv_rows, 1) : uk[p]->rm;
+        macs += a[p].m * a[p].k;
+        units += (a[p].m + gran - 1) / gran;
+    }
+    int nth = threads_for(nthreads, macs, units);
+    g->count = count;
+    g->uk = uk;
+    g->a = a;
+    g->first[0] = 0;
+    for (int p = 0; p < count; p++) {
+        int64_t gran = uk[p]->gemv ? TL_MAX(uk[p]->gemv_rows, 1) : uk[p]->rm;
+        int64_t units = (a[p].m + gran - 1) / gran;
+        int64_t chunks = TL_MIN(units, (int64_t)nth * 8);
+        g->unit[p] = (units + chunks - 1) / chunks * gran;
+        g->first[p + 1] = g->first[p] + (a[p].m + g->unit[p] - 1) / g->unit[p];
+    }
+    atomic_init(&g->next, 0);
+    return nth;
+}
+
+void tl_gemm_drive_many(int count, const tl_ukernel *const *uk, const tl_gemm_args *a, int nthreads) {
+    if (a[0].n != 1) { /* prompts: each product is big enough to fill the threads on its own */
+        for (int p = 0; p < count; p++) tl_gemm_drive(uk[p], &a[p], nthreads);
+        return;
+    }
+    gemv_ctx g;
+    int nth = gemv_plan(count, uk, a, nthreads, &g);
+    tl_parallel_for(nth, gemv_task, &g);
 }
 
 void tl_gemm_drive(const tl_ukernel *uk, const tl_gemm_args *a, int nthreads) {
     const int64_t macs = a->m * a->n * a->k;
     if (a->n == 1) {
-        /* granularity: the gemv's, else whole register tiles */
-        int64_t gran = uk->gemv ? TL_MAX(uk->gemv_rows, 1) : uk->rm;
-        int64_t units = (a->m + gran - 1) / gran;
-        int nth = threads_for(nthreads, macs, units);
-        int64_t chunks = TL_MIN(units, (int64_t)nth * 8); /* small enough to rebalance around a preempted thread */
-        gemv_ctx g = {uk, a, 0, 0, 0};
-        g.unit = (units + chunks - 1) / chunks * gran;
-        g.nchunks = (a->m + g.unit - 1) / g.unit;
+        gemv_ctx g;
+        int nth = gemv_plan(1, &uk, a, nthreads, &g);
         tl_parallel_for(nth, gemv_task, &g);
         return;
     }

@@ -150,5 +150,7 @@ struct tl_ukernel;
 struct tl_gemm_args;
 /* gemm.c: run one whole matmul through a micro-kernel on nthreads threads. */
 void tl_gemm_drive(const struct tl_ukernel *uk, const struct tl_gemm_args *a, int nthreads);
+/* count products sharing one activation; n == 1: one parallel job over all their rows. */
+void tl_gemm_drive_many(int count, const struct tl_ukernel *const *uk, const struct tl_gemm_args *a, int nthreads);
 
 #endif

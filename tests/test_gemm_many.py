@@ -1,0 +1,99 @@
+"""tl_gemm_many (KernelLib.gemm_many, KernelBackend.matmul_many): several products sharing one prepared
+activation must equal separate gemm calls bit for bit, on every runnable variant, for ragged row counts,
+n = 1 (the one-dispatch path) and n > 1; bad arguments are refused with a clear error."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tilellm import backend, kernels
+from tilellm.backend.protocol import matmul_many
+from tilellm.errors import ShapeError
+from tilellm.quant import GGMLType, TensorView, dequantize, quantize
+
+T = GGMLType
+RUNNABLE = [v for v in kernels.compiled() if kernels.REQUIRES[v] <= kernels.cpu_features()]
+TYPES = [T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0]  # the types tilellm.quant can quantize
+
+
+@pytest.fixture(scope="module", params=RUNNABLE)
+def lib(request):
+    return kernels.load(request.param, n_threads=2)
+
+
+def _weights(t: GGMLType, ms, k: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [quantize(rng.standard_normal((m, k)).astype(np.float32), t) for m in ms]
+
+
+@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("n", [1, 2, 9])
+def test_gemm_many_equals_separate_gemms(lib, t, n):
+    if not lib.supports(t):
+        pytest.skip(f"{lib.variant} has no {t.name} kernel")
+    k = 512
+    ms = [300, 17, 33, 1]  # ragged against every panel / tile height, and a single row
+    ws = _weights(t, ms, k, seed=n)
+    x = np.random.default_rng(n + 100).standard_normal((n, k)).astype(np.float32)
+    p = lib.prepare(t, x)
+    many = lib.gemm_many([(t, w) for w in ws], k, p)
+    for w, y in zip(ws, many):
+        assert y.shape == (n, w.shape[0])
+        assert np.array_equal(y, lib.gemm(t, w, k, p))
+    # and the values are right (not merely consistent): against float64 on the dequantized weights
+    y0 = many[0].astype(np.float64)
+    ref = x.astype(np.float64) @ dequantize(ws[0], t, k).astype(np.float64).T
+    scale = np.abs(x).astype(np.float64) @ np.abs(dequantize(ws[0], t, k)).astype(np.float64).T
+    assert np.all(np.abs(y0 - ref) <= 0.02 * scale + 1e-6)
+
+
+def test_gemm_many_mixed_types_with_one_activation(lib):
+    """q4_0 and q8_0 (and q5_0, the K-quants) take the same activation layout: one call serves them all."""
+    k = 256
+    types = [t for t in (T.Q4_0, T.Q8_0, T.Q4_1, T.Q5_0) if lib.supports(t)]
+    acts = {lib.act_type(t) for t in types}
+    types = [t for t in types if lib.act_type(t) == lib.act_type(types[0])]
+    if len(types) < 2:
+        pytest.skip(f"{lib.variant}: fewer than two types share an activation type ({acts})")
+    ws = [_weights(t, [40 + i], k, seed=i)[0] for i, t in enumerate(types)]
+    x = np.random.default_rng(7).standard_normal((1, k)).astype(np.float32)
+    p = lib.prepare(types[0], x)
+    for t, w, y in zip(types, ws, lib.gemm_many(list(zip(types, ws)), k, p)):
+        assert np.array_equal(y, lib.gemm(t, w, k, p))
+
+
+def test_gemm_many_refuses_bad_arguments(lib):
+    k = 64
+    w32 = _weights(T.F32, [8], k, 0)[0]
+    x = np.ones((1, k), np.float32)
+    p = lib.prepare(T.F32, x)
+    with pytest.raises(ShapeError, match="1..8 weights"):
+        lib.gemm_many([], k, p)
+    with pytest.raises(ShapeError, match="1..8 weights"):
+        lib.gemm_many([(T.F32, w32)] * 9, k, p)
+    if lib.supports(T.Q8_0) and lib.act_type(T.Q8_0) != lib.act_type(T.F32):
+        wq = _weights(T.Q8_0, [8], k, 1)[0]
+        with pytest.raises(ShapeError, match="activations"):
+            lib.gemm_many([(T.F32, w32), (T.Q8_0, wq)], k, p)
+    with pytest.raises(ShapeError, match="bytes but"):  # a weight of another k
+        lib.gemm_many([(T.F32, w32), (T.F32, _weights(T.F32, [8], 2 * k, 2)[0])], k, p)
+    out = np.empty((1, 8), np.float32)
+    with pytest.raises(ShapeError, match="overlap each other"):
+        lib.gemm_many([(T.F32, w32), (T.F32, w32)], k, p, outs=[out, out])
+    with pytest.raises(ShapeError, match="2 weights but 1 outputs"):
+        lib.gemm_many([(T.F32, w32), (T.F32, w32)], k, p, outs=[out])
+
+
+@pytest.mark.parametrize("name", ["reference"] + RUNNABLE)
+def test_matmul_many_through_every_backend(name):
+    """The model's entry point: same results as one matmul per weight, for any backend (the reference
+    backend has no matmul_many and loops), with raw and prepared activations."""
+    be = backend.get(name, n_threads=2)
+    k = 128
+    views = [TensorView.from_bytes(f"w{i}", (k, m), T.Q4_0, w.reshape(-1))
+             for i, (m, w) in enumerate(zip([70, 16, 16], _weights(T.Q4_0, [70, 16, 16], k, 3)))]
+    x = np.random.default_rng(5).standard_normal((1, k)).astype(np.float32)
+    for arg in (x, be.prepare(x, T.Q4_0)):
+        got = matmul_many(be, views, arg)
+        for v, y in zip(views, got):
+            assert np.array_equal(y, be.matmul(v, arg))
