@@ -109,10 +109,27 @@ class Rope:
         ang = np.asarray(pos, dtype=np.float64)[:, None] * self.inv_freq[None, :]
         return np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
 
+    def _cis(self, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+        """cos + i sin as complex64, cached for the last (cos, sin) pair (q and k of every layer share it)."""
+        last = getattr(self, "_cis_last", None)
+        if last is not None and last[0] is cos and last[1] is sin:
+            return last[2]
+        cs = np.empty(cos.shape, np.complex64)
+        cs.real, cs.imag = cos, sin
+        self._cis_last = (cos, sin, cs)
+        return cs
+
     def apply(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
         """x [T, H, D] rotated in place on its first n_rot dims; cos/sin [T, n_rot/2]."""
-        c, s = cos[:, None, :], sin[:, None, :]
         r = self.n_rot
+        if (self.mode == "norm" and r == x.shape[-1] and x.dtype == np.float32 and x.flags.c_contiguous
+                and x.flags.writeable and cos.dtype == np.float32):
+            # adjacent pairs (a, b) as complex a + ib times cos + i sin: one in-place ufunc instead of ten
+            # (decode calls this twice per layer); numpy may fuse it into FMAs, so results can differ from
+            # the four-product form below in the last bit
+            x.view(np.complex64).__imul__(self._cis(cos, sin)[:, None, :])
+            return x
+        c, s = cos[:, None, :], sin[:, None, :]
         if self.mode == "norm":
             a, b = x[..., 0:r:2].copy(), x[..., 1:r:2].copy()
             x[..., 0:r:2] = a * c - b * s
