@@ -51,6 +51,28 @@ class KernelBackend:
 
         return attention(self.lib, q, k, v, n_past, scale, self.n_threads, window=window)
 
+    def _plan(self, weight: TensorView):
+        """The weight checked once for this library (KernelLib.plan), cached on the (immutable) TensorView:
+        decode multiplies every matrix once per token, and the checks cost more than a small gemv."""
+        plans = weight.__dict__.get("_kernel_plans")
+        if plans is None:
+            plans = {}
+            object.__setattr__(weight, "_kernel_plans", plans)  # TensorView is a frozen dataclass
+        p = plans.get(self.name)
+        if p is None or p.lib is not self.lib:
+            p = plans[self.name] = self.lib.plan(weight.type, weight.data, weight.k)
+        return p
+
+    def _prepared_for(self, weight: TensorView, x) -> Prepared:
+        """x as activations this library's kernels take for `weight`: reused when already prepared alike."""
+        if isinstance(x, Prepared) and x.owner == self.name and self.lib.act_type(x.weight_type) == self.lib.act_type(weight.type):
+            if x.k != weight.k:
+                from tilellm.errors import ShapeError
+
+                raise ShapeError(f"prepared activations have k = {x.k} but {weight.name!r} has k = {weight.k}")
+            return x
+        return self.prepare(x.x if isinstance(x, Prepared) else x, weight.type)
+
     def matmul_many(self, weights: "list[TensorView]", x) -> list[np.ndarray]:
         """[self.matmul(w, x) for w in weights] with one C call when every weight is native here and
         takes the same activations (tl_gemm_many); otherwise one matmul each. Bit-identical either way."""
@@ -59,30 +81,17 @@ class KernelBackend:
                 or any(w.type not in self.native_types for w in weights)
                 or len({lib.act_type(w.type) for w in weights}) != 1 or len({w.k for w in weights}) != 1):
             return [self.matmul(w, x) for w in weights]
-        t0 = weights[0].type
-        if isinstance(x, Prepared) and x.owner == self.name and lib.act_type(x.weight_type) == lib.act_type(t0):
-            if x.k != weights[0].k:
-                from tilellm.errors import ShapeError
-
-                raise ShapeError(f"prepared activations have k = {x.k} but {weights[0].name!r} has k = {weights[0].k}")
-            prep = x
-        else:
-            prep = self.prepare(x.x if isinstance(x, Prepared) else x, t0)
-        return lib.gemm_many([(w.type, w.data) for w in weights], weights[0].k, prep.payload, n_threads=self.n_threads)
+        prep = self._prepared_for(weights[0], x)
+        return lib.run([self._plan(w) for w in weights], prep.payload, n_threads=self.n_threads)
 
     def matmul(self, weight: TensorView, x, out: np.ndarray | None = None) -> np.ndarray:
         t = weight.type
         other = self._route(t)
         if other is not None:
             return other.matmul(weight, x.x if isinstance(x, Prepared) else x, out)
-        if isinstance(x, Prepared) and x.owner == self.name and self.lib.act_type(x.weight_type) == self.lib.act_type(t):
-            if x.k != weight.k:
-                from tilellm.errors import ShapeError
-
-                raise ShapeError(f"prepared activations have k = {x.k} but {weight.name!r} has k = {weight.k}")
-            prep = x
-        else:
-            prep = self.prepare(x.x if isinstance(x, Prepared) else x, t)
+        prep = self._prepared_for(weight, x)
+        if out is None:
+            return self.lib.run([self._plan(weight)], prep.payload, n_threads=self.n_threads)[0]
         res = check_out(out, prep.n, weight.n_rows)
         self.lib.gemm(t, weight.data, weight.k, prep.payload, out=res, n_threads=self.n_threads)
         return res

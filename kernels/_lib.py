@@ -260,9 +260,10 @@ class Prepared:
     the same k (q/k/v, gate/up). Holds its own buffer: later changes to x do not affect it.
     """
 
-    __slots__ = ("variant", "weight_type", "act_type", "n", "k", "buf", "_owner")
+    __slots__ = ("variant", "weight_type", "act_type", "n", "k", "buf", "_owner", "_c")
 
-    def __init__(self, owner: "KernelLib", weight_type: GGMLType, act_type: GGMLType, n: int, k: int, buf: np.ndarray):
+    def __init__(self, owner: "KernelLib", weight_type: GGMLType, act_type: GGMLType, n: int, k: int, buf: np.ndarray,
+                 ptr: Any = None):
         self._owner = owner
         self.variant = owner.variant
         self.weight_type = weight_type
@@ -270,9 +271,26 @@ class Prepared:
         self.n = n
         self.k = k
         self.buf = buf
+        # what prepare() checked and handed to C, kept privately: (buffer, its C pointer, act type, n, k).
+        # The pointer holds a buffer export, so the memory can be neither freed nor resized under it; a
+        # Prepared whose public fields were changed afterwards is checked in full again (KernelLib._act_arg).
+        self._c = (buf, ptr, act_type, n, k) if ptr is not None else None
 
     def __repr__(self) -> str:
         return f"Prepared({self.variant}, {self.act_type.name} for {self.weight_type.name}, n={self.n}, k={self.k})"
+
+
+class GemmPlan:
+    """One weight matrix checked by KernelLib.plan: run it with KernelLib.run. Keeps the weights alive (and their
+    buffer exported, so a mapping under them cannot be closed while the plan exists)."""
+
+    __slots__ = ("lib", "t", "at", "w2d", "k", "m", "ldw", "wp")
+
+    def __init__(self, lib: "KernelLib", t: GGMLType, at: GGMLType, w2d: np.ndarray, k: int, m: int, ldw: int, wp: Any):
+        self.lib, self.t, self.at, self.w2d, self.k, self.m, self.ldw, self.wp = lib, t, at, w2d, k, m, ldw, wp
+
+    def __repr__(self) -> str:
+        return f"GemmPlan({self.lib.variant}, {self.t.name}, m={self.m}, k={self.k})"
 
 
 class KernelLib:
@@ -361,11 +379,12 @@ class KernelLib:
         off = -int(ffi.cast("uintptr_t", ffi.from_buffer(raw))) % _ALIGN  # rows 64-byte aligned
         buf = raw[off:off + nbytes]
         xs = x if x.flags.c_contiguous else _byte_span(x)
+        bufp = ffi.from_buffer(buf)
         rc = self.lib.tl_act_prepare(int(t), ffi.from_buffer("float[]", xs, require_writable=False), ldx_b // 4, n, k,
-                                     ffi.from_buffer(buf), nth)
+                                     bufp, nth)
         if rc:
             self._check_rc(rc, "tl_act_prepare")
-        return Prepared(self, t, at, n, k, buf)
+        return Prepared(self, t, at, n, k, buf, bufp)
 
     def gemm(self, weight_type: Any, w2d: np.ndarray, k: Any, prepared: Prepared, out: np.ndarray | None = None,
              n_threads: int | None = None) -> np.ndarray:
@@ -414,6 +433,45 @@ class KernelLib:
             self._check_rc(rc, "tl_gemm_many")
         return res
 
+    def plan(self, weight_type: Any, w2d: np.ndarray, k: Any) -> "GemmPlan":
+        """Weights checked once (type, shape, strides, memory) for any number of `run` calls: what decode
+        does with every matrix of a model, once per token."""
+        t, k, m, ldw, wp = self._weight_arg(weight_type, w2d, k)
+        return GemmPlan(self, t, self._info(t)[3], w2d, k, m, ldw, wp)
+
+    def run(self, plans: Sequence["GemmPlan"], prepared: Prepared, n_threads: int | None = None) -> list[np.ndarray]:
+        """[gemm of each plan's weights with `prepared`]: one tl_gemm, or one tl_gemm_many for several (they must
+        share the activation type and k). New [n, m] results."""
+        nth = self.n_threads if n_threads is None else _threads(n_threads, self.n_threads)
+        count = len(plans)
+        if not 1 <= count <= self.lib.TL_GEMM_MANY_MAX:
+            raise ShapeError(f"run takes 1..{self.lib.TL_GEMM_MANY_MAX} plans, got {count}")
+        p0 = plans[0]
+        for p in plans:
+            if type(p) is not GemmPlan or p.lib is not self:
+                raise ShapeError("plans must come from this library's plan()")
+        n, bufp = self._act_arg(p0.t, p0.k, prepared)
+        ffi = self.ffi
+        if count == 1:
+            out = np.empty((n, p0.m), np.float32)
+            rc = self.lib.tl_gemm(int(p0.t), p0.wp, p0.ldw, p0.m, p0.k, bufp, n, ffi.from_buffer("float[]", out),
+                                  p0.m, nth)
+            if rc:
+                self._check_rc(rc, "tl_gemm")
+            return [out]
+        for p in plans:
+            if p.at is not p0.at or p.k != p0.k:
+                raise ShapeError(f"plans run together must share the activation type and k ({p.t.name} k = {p.k} "
+                                 f"vs {p0.t.name} k = {p0.k})")
+        outs = [np.empty((n, p.m), np.float32) for p in plans]
+        ys = [ffi.from_buffer("float[]", o) for o in outs]
+        ms = [p.m for p in plans]
+        rc = self.lib.tl_gemm_many(count, [int(p.t) for p in plans], [p.wp for p in plans], [p.ldw for p in plans],
+                                   ms, p0.k, bufp, n, ys, ms, nth)
+        if rc:
+            self._check_rc(rc, "tl_gemm_many")
+        return outs
+
     def _weight_arg(self, weight_type: Any, w2d: np.ndarray, k: Any) -> tuple[GGMLType, int, int, int, Any]:
         """Checks weights w2d for tl_gemm: (type, k, m, row stride in bytes, C pointer)."""
         t, bs, ts, at = self._info(weight_type)
@@ -445,6 +503,17 @@ class KernelLib:
     def _act_arg(self, t: GGMLType, k: int, prepared: Prepared) -> tuple[int, Any]:
         """Checks prepared activations for weights of type t and k: (n, C pointer)."""
         at = self._info(t)[3]
+        c = getattr(prepared, "_c", None)
+        if (type(prepared) is Prepared and prepared._owner is self and c is not None and c[0] is prepared.buf
+                and c[2] is prepared.act_type and c[3] is prepared.n and c[4] is prepared.k
+                and prepared.variant == self.variant):
+            # made by this library's prepare() and unchanged since: only the match with the weights is left
+            if at is not c[2] or k != c[4]:
+                if at is not c[2]:
+                    raise ShapeError(f"{t.name} weights need {at.name} activations, prepared ones are {c[2].name} "
+                                     f"(prepared for {prepared.weight_type.name})")
+                raise ShapeError(f"prepared activations have k = {c[4]}, weights have k = {k}")
+            return c[3], c[1]
         if not isinstance(prepared, Prepared):
             raise ShapeError(f"prepared must come from KernelLib.prepare, got {type(prepared).__name__}")
         if prepared.variant != self.variant:

@@ -97,3 +97,55 @@ def test_matmul_many_through_every_backend(name):
         got = matmul_many(be, views, arg)
         for v, y in zip(views, got):
             assert np.array_equal(y, be.matmul(v, arg))
+
+
+# ---- plans: weights checked once (what decode does with every matrix, once per token) ----------------
+
+def test_plans_run_like_gemm(lib):
+    k = 256
+    ws = _weights(T.Q4_0, [48, 16, 5], k, 11)
+    x = np.random.default_rng(12).standard_normal((3, k)).astype(np.float32)
+    p = lib.prepare(T.Q4_0, x)
+    plans = [lib.plan(T.Q4_0, w, k) for w in ws]
+    assert [y.shape for y in lib.run(plans, p)] == [(3, 48), (3, 16), (3, 5)]
+    for w, y in zip(ws, lib.run(plans, p)):
+        assert np.array_equal(y, lib.gemm(T.Q4_0, w, k, p))
+    (one,) = lib.run(plans[:1], p)
+    assert np.array_equal(one, lib.gemm(T.Q4_0, ws[0], k, p))
+
+
+def test_plans_refuse_what_gemm_refuses(lib):
+    k = 64
+    w = _weights(T.Q8_0, [8], k, 13)[0]
+    with pytest.raises(ShapeError, match="bytes but"):
+        lib.plan(T.Q8_0, w, 2 * k)
+    with pytest.raises(ShapeError, match="uint8"):
+        lib.plan(T.Q8_0, w.view(np.int8), k)
+    plan = lib.plan(T.Q8_0, w, k)
+    other = kernels.load("portable") if lib.variant != "portable" else None
+    if other is not None:
+        with pytest.raises(ShapeError, match="this library"):
+            other.run([plan], other.prepare(T.Q8_0, np.ones((1, k), np.float32)))
+    with pytest.raises(ShapeError, match="k = 128"):  # activations of another k
+        lib.run([plan], lib.prepare(T.Q8_0, np.ones((1, 2 * k), np.float32)))
+    if lib.act_type(T.F32) != lib.act_type(T.Q8_0):
+        with pytest.raises(ShapeError, match="activations"):
+            lib.run([plan], lib.prepare(T.F32, np.ones((1, k), np.float32)))
+        with pytest.raises(ShapeError, match="share the activation type"):
+            lib.run([plan, lib.plan(T.F32, _weights(T.F32, [8], k, 14)[0], k)], lib.prepare(T.Q8_0, np.ones((1, k), np.float32)))
+
+
+def test_prepared_changed_after_the_fact_is_checked_in_full(lib):
+    """The fast path trusts only a Prepared that is as prepare() made it; a swapped buffer is checked again."""
+    k = 64
+    w = _weights(T.Q8_0, [4], k, 15)[0]
+    p = lib.prepare(T.Q8_0, np.ones((2, k), np.float32))
+    want = lib.gemm(T.Q8_0, w, k, p)
+    p.buf = p.buf[:-64]  # too short now: C must never see it
+    with pytest.raises(ShapeError, match="altered"):
+        lib.gemm(T.Q8_0, w, k, p)
+    p2 = lib.prepare(T.Q8_0, np.ones((2, k), np.float32))
+    p2.n = 1  # claims fewer rows than it holds
+    with pytest.raises(ShapeError, match="altered"):
+        lib.run([lib.plan(T.Q8_0, w, k)], p2)
+    assert want.shape == (2, 4)
