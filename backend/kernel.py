@@ -43,6 +43,19 @@ class KernelBackend:
             return other.prepare(x, t)
         return Prepared(x, t, self.name, self.lib.prepare(t, x, n_threads=self.n_threads))
 
+    def prepare_rms_norm(self, h: np.ndarray, w: np.ndarray, eps: float, weight_type: GGMLType) -> Prepared:
+        """prepare(rms_norm(h, w, eps), weight_type) in one C call (decode runs this before q/k/v and gate/up);
+        the result's .x holds the normalised rows. Types this library lacks take the two steps."""
+        t = GGMLType(weight_type)
+        if (self._route(t) is not None or not isinstance(w, np.ndarray) or w.dtype != np.float32 or w.ndim != 1
+                or not w.flags.c_contiguous):
+            from tilellm.llm.layers import rms_norm
+
+            return self.prepare(rms_norm(h, w, eps), t)
+        h = check_activations(h)
+        payload, xn = self.lib.prepare_rms(t, h, w, eps, n_threads=self.n_threads)
+        return Prepared(xn, t, self.name, payload)
+
     def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, n_past: int, scale: float,
                   window: int | None = None) -> np.ndarray:
         """Causal grouped-query attention in C (f32, online softmax): q [T, H, D], k/v [n_past+T, Hkv, D];

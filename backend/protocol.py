@@ -57,6 +57,18 @@ def matmul_many(backend: Backend, weights: "list[TensorView]", x: "np.ndarray | 
     return [backend.matmul(w, x) for w in weights]
 
 
+def prepare_normed(backend: Backend, h: np.ndarray, w: np.ndarray, eps: float, weight_type: GGMLType) -> Prepared:
+    """backend.prepare(rms_norm(h, w, eps), weight_type), fused when the backend offers `prepare_rms_norm`
+    (one C call per decode step instead of a numpy norm and a prepare). The fused norm sums the squares
+    in double, so its last bits can differ from numpy's float32 sum."""
+    fused = getattr(backend, "prepare_rms_norm", None)
+    if fused is not None:
+        return fused(h, w, eps, weight_type)
+    from tilellm.llm.layers import rms_norm
+
+    return backend.prepare(rms_norm(h, w, eps), weight_type)
+
+
 def check_activations(x: Any, k: int | None = None) -> np.ndarray:
     """Validate x as float32 [n_tokens, k] (C-contiguous copy made only if needed)."""
     if not isinstance(x, np.ndarray):

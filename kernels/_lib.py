@@ -386,6 +386,42 @@ class KernelLib:
             self._check_rc(rc, "tl_act_prepare")
         return Prepared(self, t, at, n, k, buf, bufp)
 
+    def prepare_rms(self, weight_type: Any, x: np.ndarray, w: np.ndarray, eps: float,
+                    n_threads: int | None = None) -> tuple[Prepared, np.ndarray]:
+        """(prepare(weight_type, xn), xn) for xn = x / sqrt(mean(x^2) + eps) * w row by row, in one C call
+        (tl_act_prepare_rms); x float32 [n, k] with contiguous rows, w float32 [k]."""
+        t, _, _, at = self._info(weight_type)
+        nth = self.n_threads if n_threads is None else _threads(n_threads, self.n_threads)
+        if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 2:
+            raise ShapeError("activations must be a float32 [n, k] array")
+        n, k = x.shape
+        if n < 1:
+            raise ShapeError(f"activations have n = {n} rows; need at least 1")
+        k = self._check_k(t, k)
+        if x.strides[1] != 4 or not x.flags.aligned or (n > 1 and (x.strides[0] < 4 * k or x.strides[0] % 4)):
+            raise ShapeError(f"activation rows must be contiguous aligned float32 (strides {x.strides})")
+        if (not isinstance(w, np.ndarray) or w.dtype != np.float32 or w.shape != (k,) or not w.flags.c_contiguous
+                or not w.flags.aligned):
+            raise ShapeError(f"norm weights must be a contiguous float32 [{k}] array")
+        _check_inside(x, "activations")
+        _check_inside(w, "norm weights")
+        nbytes = self.lib.tl_act_bytes(int(t), n, k)
+        if nbytes <= 0:
+            raise ShapeError(f"cannot size activations for {t.name}, n={n}, k={k}")
+        ffi = self.ffi
+        raw = np.empty(nbytes + _ALIGN, dtype=np.uint8)
+        off = -int(ffi.cast("uintptr_t", ffi.from_buffer(raw))) % _ALIGN
+        buf = raw[off:off + nbytes]
+        xn = np.empty((n, k), np.float32)
+        xs = x if x.flags.c_contiguous else _byte_span(x)
+        bufp = ffi.from_buffer(buf)
+        rc = self.lib.tl_act_prepare_rms(int(t), ffi.from_buffer("float[]", xs, require_writable=False),
+                                         x.strides[0] // 4 if n > 1 else k, ffi.from_buffer("float[]", w), float(eps),
+                                         n, k, ffi.from_buffer("float[]", xn), bufp, nth)
+        if rc:
+            self._check_rc(rc, "tl_act_prepare_rms")
+        return Prepared(self, t, at, n, k, buf, bufp), xn
+
     def gemm(self, weight_type: Any, w2d: np.ndarray, k: Any, prepared: Prepared, out: np.ndarray | None = None,
              n_threads: int | None = None) -> np.ndarray:
         """out[n, m] = X * W^T for weights w2d (uint8 [m, row_bytes], rows may be strided) of

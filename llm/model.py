@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tilellm.errors import ContextOverflowError, NumericalError, GGUFError, UnsupportedError
-from tilellm.backend.protocol import matmul_many
+from tilellm.backend.protocol import matmul_many, prepare_normed
 from tilellm.quant import GGMLType, TensorView
 
 from .hparams import HParams
@@ -144,8 +144,8 @@ class DecoderModel:
         return x.astype(np.float16).astype(np.float32) if self.numerics == "ggml" else x
 
     def _head(self, h: np.ndarray) -> np.ndarray:
-        x = rms_norm(h, self.out_norm, self.hparams.rms_eps)
-        return self.backend.matmul(self.output, x)
+        return self.backend.matmul(self.output, prepare_normed(self.backend, h, self.out_norm, self.hparams.rms_eps,
+                                                               self.output.type))
 
     def _forward(self, ids: np.ndarray) -> np.ndarray:
         """Run the new tokens `ids` through the blocks; hidden states [T, n_embd]; advances n_past."""
@@ -231,8 +231,7 @@ class LlamaModel(DecoderModel):
         cos, sin = self.rope.tables(np.arange(p0, p0 + T))
         scale = self.kq_mult / np.sqrt(hp.head_dim)
         for li, L in enumerate(self.layers):
-            x = rms_norm(h, L.attn_norm, hp.rms_eps)
-            xp = be.prepare(x, L.wq.type)  # quantized once, shared by q, k, v
+            xp = prepare_normed(be, h, L.attn_norm, hp.rms_eps, L.wq.type)  # normed and quantized once, for q, k, v
             q, k, v = matmul_many(be, [L.wq, L.wk, L.wv], xp)
             if L.bq is not None:
                 q += L.bq
@@ -246,8 +245,7 @@ class LlamaModel(DecoderModel):
             self.v_cache[li, p0:p0 + T] = self._f16_if_ggml(v.reshape(T, hp.n_head_kv, hp.head_dim))
             att = self._attention(self._f16_if_ggml(q), self.k_cache[li, :p0 + T], self.v_cache[li, :p0 + T], p0, scale)
             h = h + be.matmul(L.wo, att.reshape(T, -1))
-            x = rms_norm(h, L.ffn_norm, hp.rms_eps)
-            xp = be.prepare(x, L.w_gate.type)  # shared by gate and up
+            xp = prepare_normed(be, h, L.ffn_norm, hp.rms_eps, L.w_gate.type)  # shared by gate and up
             g, u = matmul_many(be, [L.w_gate, L.w_up], xp)
             h = h + be.matmul(L.w_down, silu(g) * u)
         self.n_past = p0 + T

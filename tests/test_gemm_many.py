@@ -149,3 +149,53 @@ def test_prepared_changed_after_the_fact_is_checked_in_full(lib):
     with pytest.raises(ShapeError, match="altered"):
         lib.run([lib.plan(T.Q8_0, w, k)], p2)
     assert want.shape == (2, 4)
+
+
+# ---- fused RMS norm + activation preparation (tl_act_prepare_rms) -----------------------------------
+
+@pytest.mark.parametrize("t", [T.F32, T.BF16, T.Q8_0, T.Q4_K], ids=lambda t: t.name)
+@pytest.mark.parametrize("n", [1, 5])
+def test_prepare_rms_equals_norm_then_prepare(lib, t, n):
+    """The fused call normalises like layers.rms_norm (to float32 rounding of the mean: it sums squares in
+    double) and then prepares exactly what prepare() makes of its own normalised rows."""
+    from tilellm.llm.layers import rms_norm
+
+    if not lib.supports(t):
+        pytest.skip(f"{lib.variant} has no {t.name} kernel")
+    k = 512
+    rng = np.random.default_rng(n)
+    big = (rng.standard_normal((n, k + 8)) * 3).astype(np.float32)
+    x = big[:, 4:4 + k]  # strided rows
+    w = rng.uniform(0.5, 1.5, k).astype(np.float32)
+    p, xn = lib.prepare_rms(t, x, w, 1e-5)
+    want = rms_norm(np.ascontiguousarray(x), w, 1e-5)
+    np.testing.assert_allclose(xn, want, rtol=4e-7, atol=0)
+    assert np.array_equal(p.buf, lib.prepare(t, xn).buf)
+    raw = (_weights(t, [9], k, 3)[0] if t != T.Q4_K else None)
+    if raw is not None:
+        assert np.array_equal(lib.gemm(t, raw, k, p), lib.gemm(t, raw, k, lib.prepare(t, xn)))
+
+
+def test_prepare_rms_refuses_bad_arguments(lib):
+    k = 64
+    x = np.ones((2, k), np.float32)
+    for bad in (np.ones(k, np.float64), np.ones(k + 1, np.float32), np.ones((1, k), np.float32), [1.0] * k):
+        with pytest.raises(ShapeError, match="norm weights"):
+            lib.prepare_rms(T.F32, x, bad, 1e-6)
+    with pytest.raises(ShapeError, match="float32"):
+        lib.prepare_rms(T.F32, x.astype(np.float64), np.ones(k, np.float32), 1e-6)
+
+
+@pytest.mark.parametrize("name", ["reference"] + RUNNABLE)
+def test_prepare_normed_through_every_backend(name):
+    from tilellm.backend.protocol import prepare_normed
+    from tilellm.llm.layers import rms_norm
+
+    be = backend.get(name, n_threads=2)
+    k = 256
+    h = np.random.default_rng(9).standard_normal((3, k)).astype(np.float32)
+    w = np.linspace(0.5, 2.0, k, dtype=np.float32)
+    p = prepare_normed(be, h, w, 1e-6, T.Q8_0)
+    np.testing.assert_allclose(p.x, rms_norm(h, w, 1e-6), rtol=4e-7, atol=0)
+    wv = TensorView.from_bytes("w", (k, 7), T.Q8_0, _weights(T.Q8_0, [7], k, 4)[0].reshape(-1))
+    assert np.array_equal(be.matmul(wv, p), be.matmul(wv, p.x))

@@ -63,6 +63,14 @@ size_t tl_act_bytes(int wtype, int64_t n, int64_t k);
 int tl_act_prepare(int wtype, const float *x, int64_t ldx, int64_t n, int64_t k,
                    void *act, int nthreads);
 
+/* tl_act_prepare of the RMS-normalised rows: xn[j] = x[j] / sqrt(mean(x[j]^2) + eps) * w (f32 rows of k,
+ * written densely to xn, which the caller keeps for any weight type it later needs them as floats),
+ * then xn prepared into act for wtype. The mean is the sum of squares accumulated in double, divided
+ * by k; the rest in f32 in the order of the formula. One call for what decode does before q/k/v and
+ * gate/up. */
+int tl_act_prepare_rms(int wtype, const float *x, int64_t ldx, const float *w, float eps, int64_t n, int64_t k,
+                       float *xn, void *act, int nthreads);
+
 /* Activation rounding of the quantized weight types, process-wide, for later tl_act_prepare calls:
  * TL_ACT_ROUND_FINE (default) one f32 scale per 16 values; TL_ACT_ROUND_GGML one per 32 (q8_0 /
  * q8_1 activations) or per 256 (q8_K, for the K-quants), ggml's granularity. Returns the previous

@@ -97,9 +97,33 @@ typedef struct {
     uint8_t *act;
     int64_t ldact;
     _Atomic int64_t next; /* next row to hand out */
+    /* tl_act_prepare_rms: rows normalised from src (rows ldsrc apart) into x (= xn, dense) first */
+    const float *src, *w;
+    int64_t ldsrc;
+    float eps;
 } act_ctx;
 
+/* y = x / sqrt(mean(x^2) + eps) * w for one row: the sum of squares in double (exact enough that the
+ * order does not matter), mean rounded to f32, then f32 operations as written (layers.rms_norm's). */
+static void rms_row(const float *TL_RESTRICT x, const float *TL_RESTRICT w, float eps, int64_t k, float *TL_RESTRICT y) {
+    double ss0 = 0.0, ss1 = 0.0, ss2 = 0.0, ss3 = 0.0;
+    int64_t p = 0;
+    for (; p + 4 <= k; p += 4) {
+        ss0 += (double)x[p] * x[p];
+        ss1 += (double)x[p + 1] * x[p + 1];
+        ss2 += (double)x[p + 2] * x[p + 2];
+        ss3 += (double)x[p + 3] * x[p + 3];
+    }
+    for (; p < k; p++) ss0 += (double)x[p] * x[p];
+    const float m = (float)((ss0 + ss1 + ss2 + ss3) / (double)k);
+    const float v = m + eps;
+    const float r = 1.0f / sqrtf(v);
+    for (p = 0; p < k; p++) y[p] = (x[p] * r) * w[p];
+}
+
 static void act_rows(const act_ctx *c, int64_t j0, int64_t j1) {
+    if (c->src)
+        for (int64_t j = j0; j < j1; j++) rms_row(c->src + j * c->ldsrc, c->w, c->eps, c->k, (float *)c->x + j * c->k);
     const int at0 = tl_default_act_type(c->wtype);
     if (atomic_load_explicit(&act_rounding, memory_order_relaxed) == TL_ACT_ROUND_GGML && c->uk->act_type == 0 &&
         (at0 == TL_Q8_0 || at0 == TL_Q8_1 || at0 == TL_Q8_K)) {
@@ -137,11 +161,21 @@ int64_t tl_act_ldact(const tl_ukernel *uk, int wtype, int64_t k) {
     return uk->act_row_bytes ? uk->act_row_bytes(k) : tl_act_row_bytes_default(wtype, k);
 }
 
+static void act_go(act_ctx *c, int nthreads) {
+    /* ~16k values per thread at least: below that the wake-up costs more than it saves */
+    int64_t useful = (c->n * c->k) / 16384;
+    int nth = (int)TL_MIN((int64_t)nthreads, TL_MIN(c->n, TL_MAX(useful, 1)));
+    tl_parallel_for(nth, act_task, c);
+}
+
+void tl_act_run_rms(const tl_ukernel *uk, int wtype, const float *x, int64_t ldx, const float *w, float eps,
+                    int64_t n, int64_t k, float *xn, void *act, int nthreads) {
+    act_ctx c = {wtype, uk, xn, k, n, k, (uint8_t *)act, tl_act_ldact(uk, wtype, k), 0, x, w, n > 1 ? ldx : k, eps};
+    act_go(&c, nthreads);
+}
+
 void tl_act_run(const tl_ukernel *uk, int wtype, const float *x, int64_t ldx, int64_t n, int64_t k,
                 void *act, int nthreads) {
-    act_ctx c = {wtype, uk, x, ldx, n, k, (uint8_t *)act, tl_act_ldact(uk, wtype, k), 0};
-    /* ~16k values per thread at least: below that the wake-up costs more than it saves */
-    int64_t useful = (n * k) / 16384;
-    int nth = (int)TL_MIN((int64_t)nthreads, TL_MIN(n, TL_MAX(useful, 1)));
-    tl_parallel_for(nth, act_task, &c);
+    act_ctx c = {wtype, uk, x, ldx, n, k, (uint8_t *)act, tl_act_ldact(uk, wtype, k), 0, NULL, NULL, 0, 0.0f};
+    act_go(&c, nthreads);
 }
