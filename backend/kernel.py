@@ -56,6 +56,17 @@ class KernelBackend:
         payload, xn = self.lib.prepare_rms(t, h, w, eps, n_threads=self.n_threads)
         return Prepared(xn, t, self.name, payload)
 
+    def prepare_swiglu(self, g: np.ndarray, u: np.ndarray, weight_type: GGMLType) -> Prepared:
+        """prepare(silu(g) * u, weight_type) in one C call (before the down projection); .x holds silu(g) * u.
+        The portable variant has no vector exp and does better with numpy's, as do types this library lacks."""
+        t = GGMLType(weight_type)
+        if self._route(t) is not None or self.name == "portable" or g.shape != u.shape:
+            from tilellm.llm.layers import silu
+
+            return self.prepare(silu(g) * u, t)
+        payload, xn = self.lib.prepare_swiglu(t, np.ascontiguousarray(g), np.ascontiguousarray(u), n_threads=self.n_threads)
+        return Prepared(xn, t, self.name, payload)
+
     def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, n_past: int, scale: float,
                   window: int | None = None) -> np.ndarray:
         """Causal grouped-query attention in C (f32, online softmax): q [T, H, D], k/v [n_past+T, Hkv, D];

@@ -69,6 +69,17 @@ def prepare_normed(backend: Backend, h: np.ndarray, w: np.ndarray, eps: float, w
     return backend.prepare(rms_norm(h, w, eps), weight_type)
 
 
+def prepare_swiglu(backend: Backend, g: np.ndarray, u: np.ndarray, weight_type: GGMLType) -> Prepared:
+    """backend.prepare(silu(g) * u, weight_type), fused when the backend offers `prepare_swiglu` (its exp is a
+    polynomial good to a few ulp, not numpy's)."""
+    fused = getattr(backend, "prepare_swiglu", None)
+    if fused is not None:
+        return fused(g, u, weight_type)
+    from tilellm.llm.layers import silu
+
+    return backend.prepare(silu(g) * u, weight_type)
+
+
 def check_activations(x: Any, k: int | None = None) -> np.ndarray:
     """Validate x as float32 [n_tokens, k] (C-contiguous copy made only if needed)."""
     if not isinstance(x, np.ndarray):

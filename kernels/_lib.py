@@ -422,6 +422,39 @@ class KernelLib:
             self._check_rc(rc, "tl_act_prepare_rms")
         return Prepared(self, t, at, n, k, buf, bufp), xn
 
+    def prepare_swiglu(self, weight_type: Any, g: np.ndarray, u: np.ndarray,
+                       n_threads: int | None = None) -> tuple[Prepared, np.ndarray]:
+        """(prepare(weight_type, xn), xn) for xn = silu(g) * u (tl_act_prepare_swiglu); g and u C-contiguous
+        float32 [n, k] of the same shape."""
+        t, _, _, at = self._info(weight_type)
+        nth = self.n_threads if n_threads is None else _threads(n_threads, self.n_threads)
+        for name, a in (("gate", g), ("up", u)):
+            if (not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.ndim != 2 or not a.flags.c_contiguous
+                    or not a.flags.aligned):
+                raise ShapeError(f"{name} activations must be a C-contiguous float32 [n, k] array")
+            _check_inside(a, f"{name} activations")
+        if g.shape != u.shape:
+            raise ShapeError(f"gate and up activations differ in shape: {g.shape} vs {u.shape}")
+        n, k = g.shape
+        if n < 1:
+            raise ShapeError(f"activations have n = {n} rows; need at least 1")
+        k = self._check_k(t, k)
+        nbytes = self.lib.tl_act_bytes(int(t), n, k)
+        if nbytes <= 0:
+            raise ShapeError(f"cannot size activations for {t.name}, n={n}, k={k}")
+        ffi = self.ffi
+        raw = np.empty(nbytes + _ALIGN, dtype=np.uint8)
+        off = -int(ffi.cast("uintptr_t", ffi.from_buffer(raw))) % _ALIGN
+        buf = raw[off:off + nbytes]
+        xn = np.empty((n, k), np.float32)
+        bufp = ffi.from_buffer(buf)
+        rc = self.lib.tl_act_prepare_swiglu(int(t), ffi.from_buffer("float[]", g, require_writable=False),
+                                            ffi.from_buffer("float[]", u, require_writable=False), n, k,
+                                            ffi.from_buffer("float[]", xn), bufp, nth)
+        if rc:
+            self._check_rc(rc, "tl_act_prepare_swiglu")
+        return Prepared(self, t, at, n, k, buf, bufp), xn
+
     def gemm(self, weight_type: Any, w2d: np.ndarray, k: Any, prepared: Prepared, out: np.ndarray | None = None,
              n_threads: int | None = None) -> np.ndarray:
         """out[n, m] = X * W^T for weights w2d (uint8 [m, row_bytes], rows may be strided) of

@@ -12,11 +12,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from tilellm.errors import ContextOverflowError, NumericalError, GGUFError, UnsupportedError
-from tilellm.backend.protocol import matmul_many, prepare_normed
+from tilellm.backend.protocol import matmul_many, prepare_normed, prepare_swiglu
 from tilellm.quant import GGMLType, TensorView
 
 from .hparams import HParams
-from .layers import Rope, causal_attention, rms_norm, silu
+from .layers import Rope, causal_attention
 
 
 def _vector(t: TensorView) -> np.ndarray:
@@ -247,7 +247,7 @@ class LlamaModel(DecoderModel):
             h = h + be.matmul(L.wo, att.reshape(T, -1))
             xp = prepare_normed(be, h, L.ffn_norm, hp.rms_eps, L.w_gate.type)  # shared by gate and up
             g, u = matmul_many(be, [L.w_gate, L.w_up], xp)
-            h = h + be.matmul(L.w_down, silu(g) * u)
+            h = h + be.matmul(L.w_down, prepare_swiglu(be, g, u, L.w_down.type))
         self.n_past = p0 + T
         return h
 

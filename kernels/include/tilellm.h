@@ -71,6 +71,12 @@ int tl_act_prepare(int wtype, const float *x, int64_t ldx, int64_t n, int64_t k,
 int tl_act_prepare_rms(int wtype, const float *x, int64_t ldx, const float *w, float eps, int64_t n, int64_t k,
                        float *xn, void *act, int nthreads);
 
+/* tl_act_prepare of SwiGLU rows: xn = silu(g) * u = g / (1 + exp(-g)) * u elementwise ([n, k] dense
+ * rows of g and u; exp by a polynomial good to ~2 ulp), written to xn, then prepared into act for
+ * wtype: what decode does before the down projection, in one call. */
+int tl_act_prepare_swiglu(int wtype, const float *g, const float *u, int64_t n, int64_t k, float *xn, void *act,
+                          int nthreads);
+
 /* Activation rounding of the quantized weight types, process-wide, for later tl_act_prepare calls:
  * TL_ACT_ROUND_FINE (default) one f32 scale per 16 values; TL_ACT_ROUND_GGML one per 32 (q8_0 /
  * q8_1 activations) or per 256 (q8_K, for the K-quants), ggml's granularity. Returns the previous

@@ -97,8 +97,9 @@ typedef struct {
     uint8_t *act;
     int64_t ldact;
     _Atomic int64_t next; /* next row to hand out */
-    /* tl_act_prepare_rms: rows normalised from src (rows ldsrc apart) into x (= xn, dense) first */
-    const float *src, *w;
+    /* tl_act_prepare_rms: rows normalised from src (rows ldsrc apart) into x (= xn, dense) first;
+     * tl_act_prepare_swiglu (src2 set): x = silu(src) * src2, dense rows */
+    const float *src, *w, *src2;
     int64_t ldsrc;
     float eps;
 } act_ctx;
@@ -121,8 +122,43 @@ static void rms_row(const float *TL_RESTRICT x, const float *TL_RESTRICT w, floa
     for (p = 0; p < k; p++) y[p] = (x[p] * r) * w[p];
 }
 
+/* exp(x) for x in [-87.3, 88.7] (callers clamp), no libm so loops vectorise: x = n ln2 + r with |r| <=
+ * ln2/2 (ln2 in two parts, exact n ln2_hi), e^r by its degree-6 Taylor polynomial (error < 1 ulp on that
+ * range), 2^n put into the exponent field. */
+static inline float exp_poly(float x) {
+    /* round to nearest by the 1.5 * 2^23 trick (|x log2 e| < 2^22 here): vectorises, unlike roundf */
+    const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    const float r = (x - n * 0.693145751953125f) - n * 1.42860682030941723212e-6f;
+    float p = 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    union { float f; int32_t i; } s;
+    s.i = ((int32_t)n + 127) << 23;
+    return p * s.f;
+}
+
+/* silu(g) * u = g / (1 + exp(-g)) * u. exp's argument is clamped to [-88, 88] (finite, and e^-88 is 0
+ * next to 1 in f32): for g < -88 silu is below 1e-36 in magnitude and comes out as g / 1.6e38 instead of
+ * numpy's -0 or denormal; nan stays nan (it is kept out of the float-to-int conversion). */
+static void swiglu_row(const float *TL_RESTRICT g, const float *TL_RESTRICT u, int64_t k, float *TL_RESTRICT y) {
+    for (int64_t p = 0; p < k; p++) {
+        const float x = g[p];
+        float t = -x;
+        t = t > 88.0f ? 88.0f : t;
+        t = t < -88.0f ? -88.0f : t;
+        t = t == t ? t : 0.0f;
+        y[p] = x / (1.0f + exp_poly(t)) * u[p];
+    }
+}
+
 static void act_rows(const act_ctx *c, int64_t j0, int64_t j1) {
-    if (c->src)
+    if (c->src2)
+        for (int64_t j = j0; j < j1; j++) swiglu_row(c->src + j * c->k, c->src2 + j * c->k, c->k, (float *)c->x + j * c->k);
+    else if (c->src)
         for (int64_t j = j0; j < j1; j++) rms_row(c->src + j * c->ldsrc, c->w, c->eps, c->k, (float *)c->x + j * c->k);
     const int at0 = tl_default_act_type(c->wtype);
     if (atomic_load_explicit(&act_rounding, memory_order_relaxed) == TL_ACT_ROUND_GGML && c->uk->act_type == 0 &&
@@ -170,12 +206,19 @@ static void act_go(act_ctx *c, int nthreads) {
 
 void tl_act_run_rms(const tl_ukernel *uk, int wtype, const float *x, int64_t ldx, const float *w, float eps,
                     int64_t n, int64_t k, float *xn, void *act, int nthreads) {
-    act_ctx c = {wtype, uk, xn, k, n, k, (uint8_t *)act, tl_act_ldact(uk, wtype, k), 0, x, w, n > 1 ? ldx : k, eps};
+    act_ctx c = {wtype, uk, xn, k, n, k, (uint8_t *)act, tl_act_ldact(uk, wtype, k), 0, x, w, NULL, n > 1 ? ldx : k,
+                 eps};
+    act_go(&c, nthreads);
+}
+
+void tl_act_run_swiglu(const tl_ukernel *uk, int wtype, const float *g, const float *u, int64_t n, int64_t k,
+                       float *xn, void *act, int nthreads) {
+    act_ctx c = {wtype, uk, xn, k, n, k, (uint8_t *)act, tl_act_ldact(uk, wtype, k), 0, g, NULL, u, k, 0.0f};
     act_go(&c, nthreads);
 }
 
 void tl_act_run(const tl_ukernel *uk, int wtype, const float *x, int64_t ldx, int64_t n, int64_t k,
                 void *act, int nthreads) {
-    act_ctx c = {wtype, uk, x, ldx, n, k, (uint8_t *)act, tl_act_ldact(uk, wtype, k), 0, NULL, NULL, 0, 0.0f};
+    act_ctx c = {wtype, uk, x, ldx, n, k, (uint8_t *)act, tl_act_ldact(uk, wtype, k), 0, NULL, NULL, NULL, 0, 0.0f};
     act_go(&c, nthreads);
 }

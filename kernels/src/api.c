@@ -8,6 +8,8 @@
 int64_t tl_act_ldact(const tl_ukernel *uk, int wtype, int64_t k);
 void tl_act_run(const tl_ukernel *uk, int wtype, const float *x, int64_t ldx, int64_t n, int64_t k,
                 void *act, int nthreads);
+void tl_act_run_swiglu(const tl_ukernel *uk, int wtype, const float *g, const float *u, int64_t n, int64_t k,
+                       float *xn, void *act, int nthreads);
 void tl_act_run_rms(const tl_ukernel *uk, int wtype, const float *x, int64_t ldx, const float *w, float eps,
                     int64_t n, int64_t k, float *xn, void *act, int nthreads);
 
@@ -85,6 +87,17 @@ int tl_act_prepare_rms(int wtype, const float *x, int64_t ldx, const float *w, f
         nthreads < 1 || ((uintptr_t)act & (TL_ACT_ALIGN - 1)) != 0)
         return TL_EINVAL;
     tl_act_run_rms(uk, wtype, x, ldx, w, eps, n, k, xn, act, nthreads);
+    return TL_OK;
+}
+
+int tl_act_prepare_swiglu(int wtype, const float *g, const float *u, int64_t n, int64_t k, float *xn, void *act,
+                          int nthreads) {
+    const tl_ukernel *uk = lookup(wtype);
+    if (!uk || !atomic_load(&initialized)) return TL_UNSUPPORTED;
+    if (!g || !u || !xn || !act || n < 1 || k < 1 || k % tl_block_size(wtype) != 0 || nthreads < 1 ||
+        ((uintptr_t)act & (TL_ACT_ALIGN - 1)) != 0)
+        return TL_EINVAL;
+    tl_act_run_swiglu(uk, wtype, g, u, n, k, xn, act, nthreads);
     return TL_OK;
 }
 

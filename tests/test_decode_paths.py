@@ -1,6 +1,8 @@
-"""tl_gemm_many (KernelLib.gemm_many, KernelBackend.matmul_many): several products sharing one prepared
-activation must equal separate gemm calls bit for bit, on every runnable variant, for ragged row counts,
-n = 1 (the one-dispatch path) and n > 1; bad arguments are refused with a clear error."""
+"""The decode fast paths, on every runnable variant: tl_gemm_many (several products sharing one prepared
+activation) equals separate gemm calls bit for bit for ragged row counts, n = 1 (one dispatch) and n > 1;
+plans (weights checked once) run like gemm; the fused preparations (RMS norm, SwiGLU) equal their numpy
+definitions to a few ulp and then prepare exactly what prepare() makes of their output; bad arguments are
+refused with a clear error."""
 from __future__ import annotations
 
 import numpy as np
@@ -198,4 +200,53 @@ def test_prepare_normed_through_every_backend(name):
     p = prepare_normed(be, h, w, 1e-6, T.Q8_0)
     np.testing.assert_allclose(p.x, rms_norm(h, w, 1e-6), rtol=4e-7, atol=0)
     wv = TensorView.from_bytes("w", (k, 7), T.Q8_0, _weights(T.Q8_0, [7], k, 4)[0].reshape(-1))
+    assert np.array_equal(be.matmul(wv, p), be.matmul(wv, p.x))
+
+
+# ---- fused SwiGLU + activation preparation (tl_act_prepare_swiglu) ----------------------------------
+
+def test_prepare_swiglu_matches_float64(lib):
+    k = 1024
+    rng = np.random.default_rng(21)
+    g = (rng.standard_normal((3, k)) * np.array([[1.0], [10.0], [60.0]])).astype(np.float32)
+    u = rng.standard_normal((3, k)).astype(np.float32)
+    g[0, :8] = [0.0, -0.0, 87.9, -87.9, 1e-30, -1e-30, 200.0, -200.0]
+    p, xn = lib.prepare_swiglu(T.Q8_0, g, u)
+    gd, ud = g.astype(np.float64), u.astype(np.float64)
+    with np.errstate(over="ignore"):
+        ref = gd / (1.0 + np.exp(-gd)) * ud
+    big = np.abs(ref) > 1e-30
+    ulp = np.abs(xn[big] - ref[big]) / np.spacing(np.abs(ref[big]).astype(np.float32))
+    assert ulp.max() <= 4.0, ulp.max()
+    assert np.all(np.abs(xn[~big]) <= 1e-30)
+    assert xn[0, 6] == np.float32(200.0) * u[0, 6]
+    assert np.array_equal(p.buf, lib.prepare(T.Q8_0, xn).buf)
+
+
+def test_prepare_swiglu_nan_and_bad_arguments(lib):
+    k = 64
+    g = np.zeros((1, k), np.float32)
+    g[0, 3] = np.nan
+    _, xn = lib.prepare_swiglu(T.F32, g, np.ones((1, k), np.float32))
+    assert np.isnan(xn[0, 3]) and not np.isnan(np.delete(xn[0], 3)).any()
+    with pytest.raises(ShapeError, match="differ in shape"):
+        lib.prepare_swiglu(T.F32, g, np.ones((2, k), np.float32))
+    with pytest.raises(ShapeError, match="C-contiguous float32"):
+        lib.prepare_swiglu(T.F32, g, np.ones((2, 2 * k), np.float32)[:1, ::2])
+    with pytest.raises(ShapeError, match="multiple"):
+        lib.prepare_swiglu(T.Q8_0, np.ones((1, 48), np.float32), np.ones((1, 48), np.float32))
+
+
+@pytest.mark.parametrize("name", ["reference"] + RUNNABLE)
+def test_prepare_swiglu_through_every_backend(name):
+    from tilellm.backend.protocol import prepare_swiglu
+    from tilellm.llm.layers import silu
+
+    be = backend.get(name, n_threads=2)
+    k = 256
+    rng = np.random.default_rng(22)
+    g, u = (rng.standard_normal((2, k)) * 4).astype(np.float32), rng.standard_normal((2, k)).astype(np.float32)
+    p = prepare_swiglu(be, g, u, T.Q4_0)
+    np.testing.assert_allclose(p.x, silu(g) * u, rtol=5e-7, atol=1e-30)
+    wv = TensorView.from_bytes("w", (k, 5), T.Q4_0, _weights(T.Q4_0, [5], k, 6)[0].reshape(-1))
     assert np.array_equal(be.matmul(wv, p), be.matmul(wv, p.x))
