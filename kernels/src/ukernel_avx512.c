@@ -121,12 +121,14 @@ TL_INLINE void q_load_block(const int WT, const uint8_t *const *rp, int64_t b, _
         *d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(sc));
         *m = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(sc, 16)));
     } else if (WT == TL_Q4_0) {
-        __m128i h0 = _mm_cvtsi32_si128(tl_load_u16(rp[0] + o)), h1 = _mm_cvtsi32_si128(tl_load_u16(rp[8] + o));
-        for (int r = 1; r < 8; r++) {
-            h0 = _mm_insert_epi16(h0, tl_load_u16(rp[r] + o), r);
-            h1 = _mm_insert_epi16(h1, tl_load_u16(rp[8 + r] + o), r);
-        }
-        *d = _mm512_maskz_mov_ps(live, _mm512_cvtph_ps(_mm256_set_m128i(h1, h0)));
+        /* lane numbers must be constants (unoptimised builds do not unroll a loop) */
+#define Q_H8(B)                                                                                             \
+    _mm_set_epi16((short)tl_load_u16(rp[B + 7] + o), (short)tl_load_u16(rp[B + 6] + o),                  \
+                  (short)tl_load_u16(rp[B + 5] + o), (short)tl_load_u16(rp[B + 4] + o),                  \
+                  (short)tl_load_u16(rp[B + 3] + o), (short)tl_load_u16(rp[B + 2] + o),                  \
+                  (short)tl_load_u16(rp[B + 1] + o), (short)tl_load_u16(rp[B] + o))
+        *d = _mm512_maskz_mov_ps(live, _mm512_cvtph_ps(_mm256_set_m128i(Q_H8(8), Q_H8(0))));
+#undef Q_H8
     } else {
         __m512i sc = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, idx, (const void *)(rp[0] + o), 1);
         *d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(sc));
