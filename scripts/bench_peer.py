@@ -128,7 +128,25 @@ def time_tg(e, prompt, toks) -> float:
     return time.perf_counter() - t0
 
 
-def model_bench(types, backends, reps, tg_reps, n_pp, n_tg, d: Path, peer_ok: bool) -> list[dict]:
+def time_tg_sliced(engines, prompt, toks, slice_len: int) -> list[float]:
+    """tg of every engine on the same tokens, interleaved: each generates `slice_len` tokens of its own
+    context in turn until all have done len(toks). The VM's memory bandwidth drifts between regimes over
+    seconds (measured: 45 vs 75 GB/s for the same gemv), so engines timed in alternating slices see the
+    same mix of them; returns each engine's seconds for all of toks (slices summed)."""
+    for e in engines:
+        e.reset()
+        e.eval(prompt)
+    spent = [0.0] * len(engines)
+    for s0 in range(0, len(toks), slice_len):
+        for i, e in enumerate(engines):
+            t0 = time.perf_counter()
+            for t in toks[s0:s0 + slice_len]:
+                e.eval([t])
+            spent[i] += time.perf_counter() - t0
+    return spent
+
+
+def model_bench(types, backends, reps, tg_reps, n_pp, n_tg, d: Path, peer_ok: bool, tg_slice: int = 16) -> list[dict]:
     rows = []
     rng = np.random.default_rng(0)
     for t in types:
@@ -158,8 +176,8 @@ def model_bench(types, backends, reps, tg_reps, n_pp, n_tg, d: Path, peer_ok: bo
                 pp[e.name].append(n_pp / time_pp(e, ids))
         for r in range(tg_reps):
             prompt, ids = [1] + toks(7), toks(n_tg)
-            for e in engines:
-                tg[e.name].append(n_tg / time_tg(e, prompt, ids))
+            for e, sec in zip(engines, time_tg_sliced(engines, prompt, ids, tg_slice)):
+                tg[e.name].append(n_tg / sec)
         for e in engines:
             # best = the sample least disturbed by other processes (rounds are interleaved, so the
             # best samples of peer and ours come from comparable moments); median kept too
@@ -350,6 +368,9 @@ def main(argv=None) -> int:
     ap.add_argument("--tg-reps", type=int, default=3, help="timed tg rounds (default 3)")
     ap.add_argument("--pp", type=int, default=512)
     ap.add_argument("--tg", type=int, default=128)
+    ap.add_argument("--tg-slice", type=int, default=16,
+                    help="tg: engines take turns generating this many tokens each (default 16; --tg-slice 128 = one "
+                         "whole tg run per engine in turn, as runs 1-7 did)")
     ap.add_argument("--gemm", action="store_true", help="GEMM mode instead of the model bench")
     ap.add_argument("--quick", action="store_true", help="GEMM: 3 shapes, n = 1 and 512")
     ap.add_argument("--no-peer", action="store_true", help="skip llama.cpp")
@@ -382,7 +403,7 @@ def main(argv=None) -> int:
         print(gemm_table(gemm_rows, peak))
         res.update(gemm=gemm_rows, fma_peak=peak)
     else:
-        model_rows = model_bench(types, backends, a.reps, a.tg_reps, a.pp, a.tg, d, peer_ok)
+        model_rows = model_bench(types, backends, a.reps, a.tg_reps, a.pp, a.tg, d, peer_ok, max(1, a.tg_slice))
         print(model_table(model_rows, a.pp, a.tg))
         res.update(model=model_rows)
     if a.json:
