@@ -112,8 +112,19 @@ class Ours:
         self.m.close()
 
 
+# llama.cpp's ggml workers keep spinning ~200 ms after each eval (measured: process CPU = wall for 100 ms
+# of sleep after an eval, 197 ms of 500 ms); tilellm's pool spins ~2-5 ms. An engine timed within that
+# window shares the 2 CPUs with the other's spinning thread, so every timed segment starts after a pause.
+SETTLE_S = 0.3
+
+
+def settle() -> None:
+    time.sleep(SETTLE_S)
+
+
 def time_pp(e, toks) -> float:
     e.reset()
+    settle()
     t0 = time.perf_counter()
     e.eval(toks)
     return time.perf_counter() - t0
@@ -122,6 +133,7 @@ def time_pp(e, toks) -> float:
 def time_tg(e, prompt, toks) -> float:
     e.reset()
     e.eval(prompt)
+    settle()
     t0 = time.perf_counter()
     for t in toks:
         e.eval([t])
@@ -139,6 +151,7 @@ def time_tg_sliced(engines, prompt, toks, slice_len: int) -> list[float]:
     spent = [0.0] * len(engines)
     for s0 in range(0, len(toks), slice_len):
         for i, e in enumerate(engines):
+            settle()
             t0 = time.perf_counter()
             for t in toks[s0:s0 + slice_len]:
                 e.eval([t])
@@ -217,6 +230,7 @@ def model_table(rows, n_pp, n_tg) -> str:
 
 def time_fn(fn, min_s=0.25, max_reps=200):
     """(best wall seconds, process-CPU seconds of that best batch) per call."""
+    settle()  # OpenBLAS's threads (numpy's matmul) also spin for a while after a call
     fn()
     t0 = time.perf_counter()
     fn()
