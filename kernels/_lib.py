@@ -371,20 +371,26 @@ class KernelLib:
         if ldx_b < 4 * k or ldx_b % 4:
             raise ShapeError(f"activation row stride {sx0} bytes is not a positive multiple of 4 >= 4*k")
         _check_inside(x, "activations")
-        nbytes = self.lib.tl_act_bytes(int(t), n, k)
-        if nbytes <= 0:
-            raise ShapeError(f"cannot size activations for {t.name}, n={n}, k={k}")
         ffi = self.ffi
-        raw = np.empty(nbytes + _ALIGN, dtype=np.uint8)
-        off = -int(ffi.cast("uintptr_t", ffi.from_buffer(raw))) % _ALIGN  # rows 64-byte aligned
-        buf = raw[off:off + nbytes]
+        buf, bufp = self._act_buffer(t, n, k)
         xs = x if x.flags.c_contiguous else _byte_span(x)
-        bufp = ffi.from_buffer(buf)
         rc = self.lib.tl_act_prepare(int(t), ffi.from_buffer("float[]", xs, require_writable=False), ldx_b // 4, n, k,
                                      bufp, nth)
         if rc:
             self._check_rc(rc, "tl_act_prepare")
         return Prepared(self, t, at, n, k, buf, bufp)
+
+    def _act_buffer(self, t: GGMLType, n: int, k: int) -> tuple[np.ndarray, Any]:
+        """A fresh activation buffer for n rows of k for weights of type t, 64-byte aligned (the kernels use aligned
+        loads on it), and its C pointer."""
+        nbytes = self.lib.tl_act_bytes(int(t), n, k)
+        if nbytes <= 0:
+            raise ShapeError(f"cannot size activations for {t.name}, n={n}, k={k}")
+        ffi = self.ffi
+        raw = np.empty(nbytes + _ALIGN, dtype=np.uint8)
+        off = -int(ffi.cast("uintptr_t", ffi.from_buffer(raw))) % _ALIGN
+        buf = raw[off:off + nbytes]
+        return buf, ffi.from_buffer(buf)
 
     def prepare_rms(self, weight_type: Any, x: np.ndarray, w: np.ndarray, eps: float,
                     n_threads: int | None = None) -> tuple[Prepared, np.ndarray]:
@@ -405,16 +411,10 @@ class KernelLib:
             raise ShapeError(f"norm weights must be a contiguous float32 [{k}] array")
         _check_inside(x, "activations")
         _check_inside(w, "norm weights")
-        nbytes = self.lib.tl_act_bytes(int(t), n, k)
-        if nbytes <= 0:
-            raise ShapeError(f"cannot size activations for {t.name}, n={n}, k={k}")
         ffi = self.ffi
-        raw = np.empty(nbytes + _ALIGN, dtype=np.uint8)
-        off = -int(ffi.cast("uintptr_t", ffi.from_buffer(raw))) % _ALIGN
-        buf = raw[off:off + nbytes]
+        buf, bufp = self._act_buffer(t, n, k)
         xn = np.empty((n, k), np.float32)
         xs = x if x.flags.c_contiguous else _byte_span(x)
-        bufp = ffi.from_buffer(buf)
         rc = self.lib.tl_act_prepare_rms(int(t), ffi.from_buffer("float[]", xs, require_writable=False),
                                          x.strides[0] // 4 if n > 1 else k, ffi.from_buffer("float[]", w), float(eps),
                                          n, k, ffi.from_buffer("float[]", xn), bufp, nth)
@@ -439,15 +439,9 @@ class KernelLib:
         if n < 1:
             raise ShapeError(f"activations have n = {n} rows; need at least 1")
         k = self._check_k(t, k)
-        nbytes = self.lib.tl_act_bytes(int(t), n, k)
-        if nbytes <= 0:
-            raise ShapeError(f"cannot size activations for {t.name}, n={n}, k={k}")
         ffi = self.ffi
-        raw = np.empty(nbytes + _ALIGN, dtype=np.uint8)
-        off = -int(ffi.cast("uintptr_t", ffi.from_buffer(raw))) % _ALIGN
-        buf = raw[off:off + nbytes]
+        buf, bufp = self._act_buffer(t, n, k)
         xn = np.empty((n, k), np.float32)
-        bufp = ffi.from_buffer(buf)
         rc = self.lib.tl_act_prepare_swiglu(int(t), ffi.from_buffer("float[]", g, require_writable=False),
                                             ffi.from_buffer("float[]", u, require_writable=False), n, k,
                                             ffi.from_buffer("float[]", xn), bufp, nth)

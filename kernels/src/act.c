@@ -10,6 +10,7 @@
 #include "threadpool.h"
 #include "tl_internal.h"
 #include "ukernel.h"
+#include "vmath.h"
 
 /* One row of k floats -> the q8 act layout (tl_internal.h): int8 qs[k] | f32 d[ng] | f32 s[ng] |
  * int16 isum[ng] | zero pad, ng = k/16. The scale d = amax/127 is taken over `span` values (16 by
@@ -122,36 +123,20 @@ static void rms_row(const float *TL_RESTRICT x, const float *TL_RESTRICT w, floa
     for (p = 0; p < k; p++) y[p] = (x[p] * r) * w[p];
 }
 
-/* exp(x) for x in [-87.3, 88.7] (callers clamp), no libm so loops vectorise: x = n ln2 + r with |r| <=
- * ln2/2 (ln2 in two parts, exact n ln2_hi), e^r by its degree-6 Taylor polynomial (error < 1 ulp on that
- * range), 2^n put into the exponent field. */
-static inline float exp_poly(float x) {
-    /* round to nearest by the 1.5 * 2^23 trick (|x log2 e| < 2^22 here): vectorises, unlike roundf */
-    const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    const float r = (x - n * 0.693145751953125f) - n * 1.42860682030941723212e-6f;
-    float p = 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    union { float f; int32_t i; } s;
-    s.i = ((int32_t)n + 127) << 23;
-    return p * s.f;
-}
+/* silu(g) * u = g / (1 + exp(-g)) * u, VW lanes at a time (vmath.h; the last k % VW through a zero-padded
+ * vector). exp's argument is clamped to [-87, 88]: for g < -88 silu is below 1e-36 in magnitude and comes out
+ * as g / 1.6e38 instead of numpy's -0 or denormal; nan stays nan (it is kept out of the conversions). */
+static inline vf swiglu_v(vf g, vf u) { return g / (vsplat(1.0f) + vexp(vclamp(-g, -87.0f, 88.0f))) * u; }
 
-/* silu(g) * u = g / (1 + exp(-g)) * u. exp's argument is clamped to [-88, 88] (finite, and e^-88 is 0
- * next to 1 in f32): for g < -88 silu is below 1e-36 in magnitude and comes out as g / 1.6e38 instead of
- * numpy's -0 or denormal; nan stays nan (it is kept out of the float-to-int conversion). */
 static void swiglu_row(const float *TL_RESTRICT g, const float *TL_RESTRICT u, int64_t k, float *TL_RESTRICT y) {
-    for (int64_t p = 0; p < k; p++) {
-        const float x = g[p];
-        float t = -x;
-        t = t > 88.0f ? 88.0f : t;
-        t = t < -88.0f ? -88.0f : t;
-        t = t == t ? t : 0.0f;
-        y[p] = x / (1.0f + exp_poly(t)) * u[p];
+    int64_t p = 0;
+    for (; p + VW <= k; p += VW) vstore(y + p, swiglu_v(vload(g + p), vload(u + p)));
+    if (p < k) {
+        float gt[VW] = {0}, ut[VW] = {0}, yt[VW];
+        memcpy(gt, g + p, (size_t)(k - p) * 4);
+        memcpy(ut, u + p, (size_t)(k - p) * 4);
+        vstore(yt, swiglu_v(vload(gt), vload(ut)));
+        memcpy(y + p, yt, (size_t)(k - p) * 4);
     }
 }
 

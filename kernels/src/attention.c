@@ -16,19 +16,11 @@
 
 #include "threadpool.h"
 #include "tilellm.h"
+#include "vmath.h"
 
 
-/* Vector type of the variant's native width (GCC/clang vector extensions, so one source serves
- * every ISA): the register tiles below are RT rows x NV vectors of accumulators. */
-#if defined(__AVX512F__)
-#define VW 16
-#elif defined(__AVX__) || defined(__AVX2__)
-#define VW 8
-#else
-#define VW 4
-#endif
-typedef float vf __attribute__((vector_size(VW * 4)));   /* natural alignment: locals only; memory goes through memcpy */
-typedef int32_t vi __attribute__((vector_size(VW * 4)));
+/* vf / vi (the variant's native width), vload, vsplat, vexp: vmath.h. The register tiles below are RT
+ * rows x NV vectors of accumulators. */
 /* vectors per key block: RT x NV accumulators + NV key vectors + a broadcast must fit the
  * register file (32 vector registers on AVX-512 and AArch64, 16 on AVX2 and SSE) */
 #if defined(__AVX512F__) || defined(__aarch64__)
@@ -40,30 +32,10 @@ typedef int32_t vi __attribute__((vector_size(VW * 4)));
 #define RT 4          /* query rows per register tile (row groups are padded to RT) */
 #define QB 16         /* query tokens per task */
 
-static inline vf vload(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
-static inline void vstore(float *p, vf v) { memcpy(p, &v, sizeof v); }
-static inline vf vsplat(float x) { return (vf){0} + x; }
-static inline vi visplat(int32_t x) { return (vi){0} + x; }
-
-/* exp(x) for x <= 0 (scores minus their row max; -inf and very negative give 0), relative error
- * ~2e-7, on a whole vector: n = round(x log2 e) by the 1.5 * 2^23 trick, a degree-6 polynomial on
- * the remainder, 2^n through the exponent bits. */
+/* exp(x) for x <= 0 (scores minus their row max; -inf and very negative give 0). */
 static inline vf vexp_neg(vf x) {
-    const vf lo = vsplat(-87.0f);
-    const vi below = x < lo;                     /* -1 where x < -87 (and for -inf) */
-    x = (vf)(((vi)x & ~below) | ((vi)lo & below)); /* clamp */
-    const vf magic = vsplat(12582912.0f);        /* 1.5 * 2^23 */
-    const vf n = (x * 1.44269504089f + magic) - magic;
-    const vf r = (x - n * 0.693145751953125f) - n * 1.428606765330187e-06f;
-    vf p = vsplat(1.0f / 720.0f);
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    const vi e = (__builtin_convertvector(n, vi) + 127) << 23;
-    return p * (vf)e;
+    const vi below = x < vsplat(-87.0f); /* -1 where x < -87 (and for -inf) */
+    return vexp((vf)(((vi)x & ~below) | ((vi)vsplat(-87.0f) & below)));
 }
 
 static inline float hmax(vf v) {
