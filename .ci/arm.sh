@@ -36,7 +36,7 @@ PROFILES=(
   "sme2-svl256|$Q|max,sme_fa64=off|sme2,sme,neon,portable,reference|256|-|$KT -k sme2 and ($GEMM)"
   "sme2-svl2048|$Q|max,sme2048=on,sme_fa64=off|sme2,sme,neon,portable,reference|2048|-|$KT -k sme2 and ($GEMM)"
   "sme1-only|$Q7|max,sme512=on|sme,neon,portable,reference|512|-|$KT -k sme and not sme2 and ($GEMM)"
-  "armv8.2-no-sme|$Q|neoverse-n1|neon,portable,reference|0|-|$KT tests/test_kernels_kquant.py tests/test_decode_paths.py -k neon or portable or reference"
+  "armv8.2-no-sme|$Q|neoverse-n1|neon,portable,reference|0|-|$KT tests/test_kernels_kquant.py tests/test_decode_paths.py tests/test_decode_layer.py -k neon or portable or reference"
 )
 
 profile() {  # one profile, output to its log; non-zero exit on any failure

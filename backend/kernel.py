@@ -1,9 +1,13 @@
 """KernelBackend: a Backend over one compiled C kernel variant (portable, avx2, avx512, ...)."""
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from tilellm.quant import GGMLType, TensorView
+
+from tilellm.errors import ShapeError
 
 from .protocol import Backend, Prepared, check_activations, check_out
 
@@ -67,6 +71,77 @@ class KernelBackend:
         payload, xn = self.lib.prepare_swiglu(t, np.ascontiguousarray(g), np.ascontiguousarray(u), n_threads=self.n_threads)
         return Prepared(xn, t, self.name, payload)
 
+    def plan_layer(self, layer: Any, n_embd: int, n_head: int, n_head_kv: int, head_dim: int, n_rot: int, n_ff: int,
+                   rope_neox: bool, eps: float, k_cache: np.ndarray, v_cache: np.ndarray) -> "LayerPlan | None":
+        """A checked tl_layer for one LLaMA-shaped layer (weights wq wk wv wo w_gate w_up w_down, attn_norm,
+        ffn_norm, optional bq bk bv; caches float32 [n_ctx, n_head_kv, head_dim]) for decode_layer, or None
+        when this library cannot run it in one call (a weight type it lacks, q/k/v or gate/up needing
+        different activations): the caller then takes the step-by-step path."""
+        lib, ffi = self.lib, self.lib.ffi
+        ws = [layer.wq, layer.wk, layer.wv, layer.wo, layer.w_gate, layer.w_up, layer.w_down]
+        if any(w is None or w.type not in self.native_types for w in ws):
+            return None
+        at = lib.act_type
+        if len({at(w.type) for w in ws[:3]}) != 1 or at(layer.w_gate.type) != at(layer.w_up.type):
+            return None
+        if n_rot % 2 or not 0 <= n_rot <= head_dim:
+            return None
+        keep: list[Any] = []
+
+        def vec(a: Any, n: int, name: str, writable: bool = False) -> Any:
+            if a is None:
+                return ffi.NULL
+            if (not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.size != n or not a.flags.c_contiguous
+                    or (writable and not a.flags.writeable)):
+                raise ShapeError(f"{name} must be a C-contiguous float32 array of {n} values")
+            p = ffi.from_buffer("float[]", a, require_writable=writable)
+            keep.append(p)
+            return p
+
+        n_ctx = k_cache.shape[0] if isinstance(k_cache, np.ndarray) and k_cache.ndim == 3 else -1
+        if n_ctx < 1 or k_cache.shape != (n_ctx, n_head_kv, head_dim) or getattr(v_cache, "shape", None) != k_cache.shape:
+            raise ShapeError(f"k/v caches must be float32 [n_ctx, {n_head_kv}, {head_dim}]")
+        L = ffi.new("tl_layer *")
+        L.n_embd, L.n_head, L.n_head_kv, L.head_dim, L.n_rot, L.n_ff = n_embd, n_head, n_head_kv, head_dim, n_rot, n_ff
+        L.rope_neox, L.eps = int(bool(rope_neox)), float(eps)
+        L.attn_norm, L.ffn_norm = vec(layer.attn_norm, n_embd, "attn_norm"), vec(layer.ffn_norm, n_embd, "ffn_norm")
+        qd, kvd = n_head * head_dim, n_head_kv * head_dim
+        L.bq = vec(getattr(layer, "bq", None), qd, "bq")
+        L.bk = vec(getattr(layer, "bk", None), kvd, "bk")
+        L.bv = vec(getattr(layer, "bv", None), kvd, "bv")
+        shapes = [(n_embd, qd), (n_embd, kvd), (n_embd, kvd), (qd, n_embd), (n_embd, n_ff), (n_embd, n_ff), (n_ff, n_embd)]
+        for field, w, (k, m) in zip(("wq", "wk", "wv", "wo", "gate", "up", "down"), ws, shapes):
+            if w.k != k or w.n_rows != m:
+                raise ShapeError(f"{w.name!r} is [{w.n_rows}, {w.k}], a layer of this shape needs [{m}, {k}]")
+            pl = self._plan(w)
+            keep.append(pl)
+            tw = getattr(L, field)
+            tw.wtype, tw.w, tw.ldw, tw.m = int(pl.t), pl.wp, pl.ldw, pl.m
+        L.kv_stride = kvd
+        kc, vc = vec(k_cache, k_cache.size, "k cache", True), vec(v_cache, v_cache.size, "v cache", True)
+        return LayerPlan(self, L, kc, vc, n_ctx, n_embd, n_rot // 2, keep)
+
+    def decode_layer(self, plan: "LayerPlan", h: np.ndarray, cos: np.ndarray, sin: np.ndarray, n_past: int,
+                     scale: float) -> None:
+        """One token through a planned layer: h (float32, n_embd values, C-contiguous) updated in place; the
+        token's k and v written to the plan's caches at position n_past."""
+        if type(plan) is not LayerPlan or plan.backend is not self:
+            raise ShapeError("plan must come from this backend's plan_layer")
+        n_past = int(n_past)
+        if not 0 <= n_past < plan.n_ctx:
+            raise ShapeError(f"position {n_past} is outside the cache of {plan.n_ctx} positions")
+        ffi = self.lib.ffi
+        for name, a, n in (("h", h, plan.n_embd), ("cos", cos, plan.half), ("sin", sin, plan.half)):
+            if (not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.size != n or not a.flags.c_contiguous):
+                raise ShapeError(f"{name} must be a C-contiguous float32 array of {n} values")
+        if not h.flags.writeable:
+            raise ShapeError("h is read-only")
+        rc = self.lib.lib.tl_decode_layer(plan.c, ffi.from_buffer("float[]", h), ffi.from_buffer("float[]", cos),
+                                          ffi.from_buffer("float[]", sin), plan.kc, plan.vc, n_past, float(scale),
+                                          self.n_threads)
+        if rc:
+            self.lib._check_rc(rc, "tl_decode_layer")
+
     def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, n_past: int, scale: float,
                   window: int | None = None) -> np.ndarray:
         """Causal grouped-query attention in C (f32, online softmax): q [T, H, D], k/v [n_past+T, Hkv, D];
@@ -119,3 +194,14 @@ class KernelBackend:
         res = check_out(out, prep.n, weight.n_rows)
         self.lib.gemm(t, weight.data, weight.k, prep.payload, out=res, n_threads=self.n_threads)
         return res
+
+
+class LayerPlan:
+    """A layer checked once by KernelBackend.plan_layer: the C tl_layer and everything it points into."""
+
+    __slots__ = ("backend", "c", "kc", "vc", "n_ctx", "n_embd", "half", "_keep")
+
+    def __init__(self, backend: KernelBackend, c: Any, kc: Any, vc: Any, n_ctx: int, n_embd: int, half: int,
+                 keep: list) -> None:
+        self.backend, self.c, self.kc, self.vc = backend, c, kc, vc
+        self.n_ctx, self.n_embd, self.half, self._keep = n_ctx, n_embd, half, keep

@@ -26,7 +26,8 @@ INCLUDE = os.path.join(HERE, "include")
 SRC = os.path.join(HERE, "src")
 HEADER = os.path.join(INCLUDE, "tilellm.h")
 
-SHARED_SOURCES = ["api.c", "gemm.c", "act.c", "threadpool.c", "cpu_detect.c", "fma_peak.c", "attention.c", "kquants.c"]
+SHARED_SOURCES = ["api.c", "gemm.c", "act.c", "threadpool.c", "cpu_detect.c", "fma_peak.c", "attention.c", "kquants.c",
+                  "decode.c"]
 
 _X86 = ("x86_64", "amd64", "i386", "i686", "x86")
 _ARM = ("aarch64", "arm64", "armv8l", "armv8b")

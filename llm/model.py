@@ -224,12 +224,40 @@ class LlamaModel(DecoderModel):
             L.w_down = self._linear(p + "ffn_down.weight", hp.n_ff, d)
             self.layers.append(L)
 
+    def _layer_plans(self) -> list | None:
+        """Per-layer plans for the backend's one-call decode step (KernelBackend.plan_layer), made once; None when
+        the backend has none, a layer cannot take it, or numerics="ggml" (whose fp16 K/V rounding it lacks)."""
+        hp, be = self.hparams, self.backend
+        cached = getattr(self, "_plans_cache", None)
+        if cached is not None and cached[0] is be and cached[1] == self.numerics:
+            return cached[2]
+        make = getattr(be, "plan_layer", None)
+        out = None
+        if make is not None and self.numerics == "default":
+            out = []
+            for li, L in enumerate(self.layers):
+                p = make(L, hp.n_embd, hp.n_head, hp.n_head_kv, hp.head_dim, self.rope.n_rot, hp.n_ff,
+                         self.rope.mode == "neox", hp.rms_eps, self.k_cache[li], self.v_cache[li])
+                if p is None:
+                    out = None
+                    break
+                out.append(p)
+        self._plans_cache = (be, self.numerics, out)
+        return out
+
     def _forward(self, ids: np.ndarray) -> np.ndarray:
         hp, be = self.hparams, self.backend
         T, p0 = ids.size, self.n_past
         h = self.tok_embd.rows(ids)  # [T, n_embd]
         cos, sin = self.rope.tables(np.arange(p0, p0 + T))
         scale = self.kq_mult / np.sqrt(hp.head_dim)
+        plans = self._layer_plans() if T == 1 else None
+        if plans is not None:  # one token: each layer in one C call (the same steps as below)
+            h = np.ascontiguousarray(h, dtype=np.float32)
+            for P in plans:
+                be.decode_layer(P, h, cos, sin, p0, scale)
+            self.n_past = p0 + 1
+            return h
         for li, L in enumerate(self.layers):
             xp = prepare_normed(be, h, L.attn_norm, hp.rms_eps, L.wq.type)  # normed and quantized once, for q, k, v
             q, k, v = matmul_many(be, [L.wq, L.wk, L.wv], xp)

@@ -97,6 +97,33 @@ enum { TL_GEMM_MANY_MAX = 8 };
 int tl_gemm_many(int count, const int *wtype, const void *const *w, const int64_t *ldw, const int64_t *m,
                  int64_t k, const void *act, int64_t n, float *const *y, const int64_t *ldy, int nthreads);
 
+/* One weight matrix for tl_decode_layer: m rows of its k values, rows ldw bytes apart. */
+typedef struct {
+    int wtype;
+    const void *w;
+    int64_t ldw, m;
+} tl_weight;
+
+/* A LLaMA-shaped decoder layer (qwen2: with q/k/v biases and NEOX rope). */
+typedef struct {
+    int64_t n_embd, n_head, n_head_kv, head_dim, n_rot, n_ff;
+    int rope_neox; /* 0: rotate adjacent pairs (llama GGUF), 1: the two halves (neox) */
+    float eps;     /* RMS norm epsilon */
+    const float *attn_norm, *ffn_norm; /* [n_embd] */
+    const float *bq, *bk, *bv;         /* [n_head * head_dim], [n_head_kv * head_dim] x 2, or NULL */
+    tl_weight wq, wk, wv, wo, gate, up, down;
+    int64_t kv_stride; /* floats between positions of the k and v caches (>= n_head_kv * head_dim) */
+} tl_layer;
+
+/* One token through layer L: h [n_embd] (the residual stream, updated in place), rope angles cos / sin
+ * [n_rot / 2] of its position n_past, k and v caches [n_past + 1 positions, kv_stride] (the token's k and
+ * v are written at position n_past). Exactly the library's separate steps: RMS norm + activations,
+ * q/k/v, biases, rope, attention, o, residual, RMS norm + activations, gate/up, SwiGLU + activations,
+ * down, residual. q/k/v must share an activation type, gate/up too. TL_ENOMEM if its scratch (one
+ * allocation per call) cannot be had. */
+int tl_decode_layer(const tl_layer *L, float *h, const float *cosv, const float *sinv, float *kc, float *vc,
+                    int64_t n_past, float scale, int nthreads);
+
 /* Measured FP32 FMA throughput (GFLOP/s) of this variant's widest vector unit on nthreads pool
  * threads: independent FMA chains for ~0.2 s (the "peak" that GEMM efficiency is quoted against). */
 double tl_fma_peak(int nthreads);

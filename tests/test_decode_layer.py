@@ -1,0 +1,78 @@
+"""The one-call decode step (KernelBackend.plan_layer / decode_layer, C tl_decode_layer): on every kernel backend
+and on LLaMA-2, LLaMA-3 (rope_freqs) and Qwen2 (q/k/v biases, NEOX rope) fixtures, token-by-token logits must equal
+the step-by-step path's; it is used only where it applies, and bad arguments are refused."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import fixture_model, kernel_backends
+from tilellm.errors import ShapeError
+
+FILES = ["llama2-micro-q8_0", "llama2-micro-f32", "llama3-micro-q4_0", "qwen2-micro-q8_0"]
+
+
+def _decode(m, ids, fused: bool) -> np.ndarray:
+    plans = m._layer_plans()
+    m._plans_cache = (m.backend, m.numerics, plans if fused else None)
+    try:
+        m.reset()
+        m.eval(ids[:3])
+        return np.stack([m.eval([t]) for t in ids[3:]])
+    finally:
+        m._plans_cache = None  # the model is shared by the session (conftest): leave it as found
+
+
+@pytest.mark.parametrize("be", kernel_backends())
+@pytest.mark.parametrize("name", FILES)
+def test_one_call_layers_equal_the_steps(name, be):
+    m = fixture_model(name, be, 512)
+    assert m._layer_plans() is not None, f"{be} should run {name}'s layers in one call"
+    ids = [1, 450, 4996, 17354, 1701, 432, 17204, 975, 278, 17366, 11203, 29889]
+    ids = [i % m.n_vocab for i in ids]
+    fused, steps = _decode(m, ids, True), _decode(m, ids, False)
+    # the same C steps in the same order; only the rope's products may be fused differently than numpy's
+    np.testing.assert_allclose(fused, steps, rtol=0, atol=1e-5 * np.abs(steps).max())
+    # and the cache it wrote is the cache the steps write
+    assert np.isfinite(fused).all()
+
+
+def test_where_it_does_not_apply():
+    ref = fixture_model("llama2-micro-q8_0", "reference", 512)
+    assert ref._layer_plans() is None  # the numpy backend has no fused step
+    bes = kernel_backends()
+    if not bes:
+        pytest.skip("no kernel backend here")
+    m = fixture_model("llama2-micro-q8_0", bes[0], 512)
+    m.numerics = "ggml"  # fp16 K/V rounding: the step path only
+    assert m._layer_plans() is None
+    m.numerics = "default"
+    assert m._layer_plans() is not None
+
+
+def test_decode_layer_refuses_bad_arguments():
+    bes = kernel_backends()
+    if not bes:
+        pytest.skip("no kernel backend here")
+    m = fixture_model("llama2-micro-q8_0", bes[0], 512)
+    be, (P, *_) = m.backend, m._layer_plans()
+    hp = m.hparams
+    h = np.zeros(hp.n_embd, np.float32)
+    cos, sin = m.rope.tables(np.arange(0, 1))
+    with pytest.raises(ShapeError, match="outside the cache"):
+        be.decode_layer(P, h, cos, sin, m.n_ctx, 0.1)
+    with pytest.raises(ShapeError, match="h must be"):
+        be.decode_layer(P, np.zeros(hp.n_embd + 1, np.float32), cos, sin, 0, 0.1)
+    with pytest.raises(ShapeError, match="cos must be"):
+        be.decode_layer(P, h, cos.astype(np.float64), sin, 0, 0.1)
+    h.setflags(write=False)
+    with pytest.raises(ShapeError, match="read-only"):
+        be.decode_layer(P, h, cos, sin, 0, 0.1)
+    other = fixture_model("llama2-micro-q8_0", bes[-1], 512)
+    if other.backend is not be:
+        with pytest.raises(ShapeError, match="this backend"):
+            other.backend.decode_layer(P, np.zeros(hp.n_embd, np.float32), cos, sin, 0, 0.1)
+    L = m.layers[0]
+    with pytest.raises(ShapeError, match="caches"):
+        be.plan_layer(L, hp.n_embd, hp.n_head, hp.n_head_kv, hp.head_dim, m.rope.n_rot, hp.n_ff, False, hp.rms_eps,
+                      m.k_cache[0][:, :1], m.v_cache[0])
