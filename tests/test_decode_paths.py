@@ -250,3 +250,44 @@ def test_prepare_swiglu_through_every_backend(name):
     np.testing.assert_allclose(p.x, silu(g) * u, rtol=5e-7, atol=1e-30)
     wv = TensorView.from_bytes("w", (k, 5), T.Q4_0, _weights(T.Q4_0, [5], k, 6)[0].reshape(-1))
     assert np.array_equal(be.matmul(wv, p), be.matmul(wv, p.x))
+
+
+# ---- avx512 q8_0 decode: panel and row-by-row gemv chosen by measured speed, bit-identical -----------
+
+_Q8_SCRIPT = r"""
+import sys, numpy as np
+from tilellm import kernels
+from tilellm.quant import GGMLType, quantize
+lib = kernels.load("avx512", n_threads=2)
+rng = np.random.default_rng(0)
+out = {}
+for m, k in [(300, 256), (37, 416), (16, 32), (1, 64), (203, 2048), (5, 96), (70, 288)]:
+    w = quantize(rng.standard_normal((m, k)).astype(np.float32), GGMLType.Q8_0)
+    x = (rng.standard_normal((5, k)) * 3).astype(np.float32)
+    for _ in range(20):  # enough chunks for auto to try both paths
+        out[f"{m}x{k}"] = lib.gemm(GGMLType.Q8_0, w, k, lib.prepare(GGMLType.Q8_0, x[:1]))
+    out[f"{m}x{k}batch"] = lib.gemm(GGMLType.Q8_0, w, k, lib.prepare(GGMLType.Q8_0, x))[:1]
+np.savez(sys.argv[1], **out)
+"""
+
+
+@pytest.mark.skipif("avx512" not in RUNNABLE, reason="the avx512 variant does not run here")
+def test_q8_0_decode_paths_are_bit_identical(tmp_path):
+    """TILELLM_Q8_GEMV=panel / rows force one q8_0 gemv, the default picks per chunk by speed: a token's outputs
+    must be the same bits every way, and equal to its row of a batch (the panels' arithmetic)."""
+    import os
+    import subprocess
+    import sys
+
+    got = {}
+    for mode in ("panel", "rows", "auto"):
+        out = tmp_path / f"{mode}.npz"
+        subprocess.run([sys.executable, "-c", _Q8_SCRIPT, str(out)], check=True, timeout=120,
+                       env={**os.environ, "TILELLM_Q8_GEMV": mode})
+        got[mode] = np.load(out)
+    for key in got["panel"].files:
+        if key.endswith("batch"):
+            continue
+        for mode in ("rows", "auto"):
+            assert np.array_equal(got[mode][key], got["panel"][key]), (mode, key)
+        assert np.array_equal(got["panel"][key], got["panel"][key + "batch"]), key

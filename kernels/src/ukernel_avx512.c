@@ -15,7 +15,10 @@
  * once and reused for every token of the driver's block (and for n == 1, gemv).
  */
 #include <immintrin.h>
+#include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
+#include <time.h>
 
 #include "tl_internal.h"
 #include "ukernel.h"
@@ -221,6 +224,134 @@ TL_INLINE void q_gemv_impl(const int WT, const tl_gemm_args *a, int64_t i0, int6
     }
 }
 
+/* ---- q8_0, n == 1: row by row, the panels' arithmetic, chosen by measured speed ---------------------
+ * How fast DRAM serves decode depends on the access pattern, and on this VM the best pattern changes
+ * with the host's memory load: one stream per thread (each row front to back) beat the 16-row panel by
+ * 5-18 % in slow-memory periods and lost by 5-15 % in fast ones (2 threads, q8_0 5632x2048, measured).
+ * q8r_rows computes exactly what the panel computes for a row -- per block the exact int32 group dots
+ * (two levels of pairwise lane sums after one vpdpbusd per 2 blocks), f = dot0 dx0 then fma(dot1, dx1, f),
+ * and y = fma(f, d, y) block after block as a scalar chain, Q8R rows' chains interleaved -- so the two
+ * are bit-identical and q8_0_gemv_auto may pick either per chunk: the one with the lower recent ns per
+ * byte, trying the other every 16th chunk. Results never depend on the choice. */
+#define Q8R 4
+
+TL_INLINE __m512i q8r_hadd(__m512i a, __m512i b) { /* pairwise lane sums: a's in lanes 0..7, b's in 8..15 */
+    const __m512i ev = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i od = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    return _mm512_add_epi32(_mm512_permutex2var_epi32(a, ev, b), _mm512_permutex2var_epi32(a, od, b));
+}
+
+TL_INLINE __m512i q8r_step(const uint8_t *w, int64_t b, const uint8_t *xq) { /* blocks b, b+1: lane dots */
+    __m512i v = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(w + b * TL_Q8_0_BYTES + 2)));
+    v = _mm512_inserti64x4(v, _mm256_loadu_si256((const __m256i *)(w + (b + 1) * TL_Q8_0_BYTES + 2)), 1);
+    v = _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80));
+    return _mm512_dpbusd_epi32(_mm512_setzero_si512(), v, _mm512_load_si512((const void *)(xq + 32 * b)));
+}
+
+/* The panel's per-block f and the block scales d of row w into fb[nb], db[nb]. */
+static void q8r_row(const uint8_t *w, const uint8_t *xr, int64_t k, float *fb, float *db) {
+    const int64_t nb = k / TL_QK, ng8 = nb / 8;
+    const float *dx = x86_qa_d(xr, k);
+    const int16_t *is = x86_qa_isum(xr, k);
+    for (int64_t g = 0; g < ng8; g++) {
+        const int64_t b = 8 * g;
+        const __m512i c0 = q8r_hadd(q8r_step(w, b, xr), q8r_step(w, b + 2, xr));
+        const __m512i c1 = q8r_hadd(q8r_step(w, b + 4, xr), q8r_step(w, b + 6, xr));
+        __m512i dot = q8r_hadd(c0, c1); /* lane 2i + h: group h of block b + i; then the offset removed */
+        dot = _mm512_sub_epi32(dot, _mm512_slli_epi32(_mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i *)(is + 2 * b))), 7));
+        const __m512 cf = _mm512_cvtepi32_ps(dot), dd = _mm512_loadu_ps(dx + 2 * b);
+        const __m512 f = _mm512_fmadd_ps(_mm512_movehdup_ps(cf), _mm512_movehdup_ps(dd), _mm512_mul_ps(cf, dd));
+        _mm256_storeu_ps(fb + b, _mm512_castps512_ps256(_mm512_maskz_compress_ps(0x5555, f)));
+        /* the 8 fp16 scales sit 17 words apart in the group's first 256 bytes: two word permutes */
+        const uint8_t *wg = w + b * TL_Q8_0_BYTES;
+        const __m512i v0 = _mm512_loadu_si512((const void *)wg), v1 = _mm512_loadu_si512((const void *)(wg + 64));
+        const __m512i v2 = _mm512_loadu_si512((const void *)(wg + 128)), v3 = _mm512_loadu_si512((const void *)(wg + 192));
+        const __m512i lo = _mm512_permutex2var_epi16(v0, _mm512_set_epi64(0, 0, 0, 0, 0, 0, 0, 0x0033002200110000), v1);
+        const __m512i hi = _mm512_permutex2var_epi16(v2, _mm512_set_epi64(0, 0, 0, 0, 0, 0, 0, 0x0037002600150004), v3);
+        _mm256_storeu_ps(db + b, _mm256_cvtph_ps(_mm_unpacklo_epi64(_mm512_castsi512_si128(lo), _mm512_castsi512_si128(hi))));
+    }
+    for (int64_t b = 8 * ng8; b < nb; b++) { /* the last nb % 8 blocks, scalar, the same operations */
+        const int8_t *q = (const int8_t *)(w + b * TL_Q8_0_BYTES + 2), *x = (const int8_t *)xr + 32 * b;
+        int32_t d0 = 0, d1 = 0;
+        for (int t = 0; t < 16; t++) {
+            d0 += (int32_t)q[t] * x[t];
+            d1 += (int32_t)q[16 + t] * x[16 + t];
+        }
+        const float f0 = (float)d0 * dx[2 * b];
+        fb[b] = fmaf((float)d1, dx[2 * b + 1], f0);
+        db[b] = tl_f16_to_f32(tl_load_u16(w + b * TL_Q8_0_BYTES));
+    }
+}
+
+/* Rows [i0, i1), or 0 if the scratch cannot be had. */
+static int q8r_rows(const tl_gemm_args *a, int64_t i0, int64_t i1) {
+    const int64_t k = a->k, nb = k / TL_QK;
+    float *buf = (float *)x86_scratch((size_t)(2 * Q8R * nb) * sizeof(float));
+    if (!buf) return 0;
+    for (int64_t i = i0; i < i1; i += Q8R) {
+        const int nr = (int)TL_MIN((int64_t)Q8R, i1 - i);
+        for (int r = 0; r < nr; r++) q8r_row(a->w + (i + r) * a->ldw, a->act, k, buf + 2 * r * nb, buf + (2 * r + 1) * nb);
+        float y[Q8R] = {0.0f, 0.0f, 0.0f, 0.0f};
+        if (nr == Q8R) {
+            const float *f0 = buf, *d0 = buf + nb, *f1 = buf + 2 * nb, *d1 = buf + 3 * nb;
+            const float *f2 = buf + 4 * nb, *d2 = buf + 5 * nb, *f3 = buf + 6 * nb, *d3 = buf + 7 * nb;
+            for (int64_t b = 0; b < nb; b++) { /* four independent chains */
+                y[0] = fmaf(f0[b], d0[b], y[0]);
+                y[1] = fmaf(f1[b], d1[b], y[1]);
+                y[2] = fmaf(f2[b], d2[b], y[2]);
+                y[3] = fmaf(f3[b], d3[b], y[3]);
+            }
+        } else {
+            for (int r = 0; r < nr; r++)
+                for (int64_t b = 0; b < nb; b++) y[r] = fmaf(buf[2 * r * nb + b], buf[(2 * r + 1) * nb + b], y[r]);
+        }
+        for (int r = 0; r < nr; r++) a->y[i + r] = y[r];
+    }
+    return 1;
+}
+
+/* TILELLM_Q8_GEMV=panel|rows forces one (tests compare them); default: by measured speed. */
+static int q8_force = -2; /* -2 unread, -1 auto, 0 panel, 1 rows */
+static _Atomic uint32_t q8_rate[2]; /* recent ns per 16 KiB of weights, 0 = not measured yet */
+static _Atomic uint32_t q8_tick;
+
+static int q8_mode(void) {
+    int f = __atomic_load_n(&q8_force, __ATOMIC_RELAXED);
+    if (f == -2) {
+        const char *e = getenv("TILELLM_Q8_GEMV");
+        f = e && !strcmp(e, "panel") ? 0 : e && !strcmp(e, "rows") ? 1 : -1;
+        __atomic_store_n(&q8_force, f, __ATOMIC_RELAXED);
+    }
+    return f;
+}
+
+static uint64_t q8_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void q8_0_gemv_auto(const tl_gemm_args *a, int64_t i0, int64_t i1) {
+    int v = q8_mode();
+    if (v < 0) {
+        const uint32_t t = atomic_fetch_add_explicit(&q8_tick, 1, memory_order_relaxed) % 16;
+        const uint32_t r0 = atomic_load_explicit(&q8_rate[0], memory_order_relaxed);
+        const uint32_t r1 = atomic_load_explicit(&q8_rate[1], memory_order_relaxed);
+        v = t == 0 ? 0 : t == 8 ? 1 : (r1 != 0 && r1 < r0) ? 1 : 0;
+    }
+    const uint64_t t0 = q8_now_ns();
+    if (!(v == 1 && q8r_rows(a, i0, i1))) {
+        v = 0;
+        q_gemv_impl(TL_Q8_0, a, i0, i1);
+    }
+    const uint64_t ns = q8_now_ns() - t0, bytes = (uint64_t)(i1 - i0) * (uint64_t)a->ldw;
+    if (bytes >= 16384) {
+        const uint64_t x = TL_MIN(ns * 16384 / bytes, (uint64_t)UINT32_MAX);
+        const uint32_t old = atomic_load_explicit(&q8_rate[v], memory_order_relaxed);
+        atomic_store_explicit(&q8_rate[v], old ? (uint32_t)((7 * (uint64_t)old + x) / 8) : (uint32_t)x, memory_order_relaxed);
+    }
+}
+
 /* Rows of the packed panel (nr valid, starting at i0) x tokens [j0, j0 + RN). */
 TL_INLINE void q_panel_tile(const int WT, const int RN, const tl_gemm_args *a, const uint8_t *panel, int64_t i0,
                             int nr, int64_t j0) {
@@ -303,13 +434,15 @@ TL_INLINE void q_block_impl(const int WT, const tl_gemm_args *a, int64_t i0, int
     static void NAME##_tile(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {                \
         q_block_impl(WT, a, i0, i0 + rm, j0, j0 + rn);                                                      \
     }                                                                                                       \
-    static void NAME##_gemv(const tl_gemm_args *a, int64_t i0, int64_t i1) { q_gemv_impl(WT, a, i0, i1); }
+    __attribute__((unused)) static void NAME##_gemv(const tl_gemm_args *a, int64_t i0, int64_t i1) {        \
+        q_gemv_impl(WT, a, i0, i1);                                                                         \
+    }
 Q_FUNCS(q8_0, TL_Q8_0)
 Q_FUNCS(q4_0, TL_Q4_0)
 Q_FUNCS(q4_1, TL_Q4_1)
 
 /* ---- table -------------------------------------------------------------------------------------- */
-static const tl_ukernel uk_q8_0 = {Q_R, Q_RN, q8_0_tile, Q_R, q8_0_gemv, q8_0_block, x86_qa_row_bytes, qa_prepare_avx512};
+static const tl_ukernel uk_q8_0 = {Q_R, Q_RN, q8_0_tile, Q_R, q8_0_gemv_auto, q8_0_block, x86_qa_row_bytes, qa_prepare_avx512};
 static const tl_ukernel uk_q4_0 = {Q_R, Q_RN, q4_0_tile, Q_R, q4_0_gemv, q4_0_block, x86_qa_row_bytes, qa_prepare_avx512};
 static const tl_ukernel uk_q4_1 = {Q_R, Q_RN, q4_1_tile, Q_R, q4_1_gemv, q4_1_block, x86_qa_row_bytes, qa_prepare_avx512};
 
