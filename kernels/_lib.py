@@ -354,6 +354,16 @@ class KernelLib:
         """Convert float32 activations x [n, k] for weights of weight_type (f32 copy or q8 blocks)."""
         t, _, _, at = self._info(weight_type)
         nth = self.n_threads if n_threads is None else _threads(n_threads, self.n_threads)
+        n, k, ldx, xp = self._act_input(t, x)
+        buf, bufp = self._act_buffer(t, n, k)
+        rc = self.lib.tl_act_prepare(int(t), xp, ldx, n, k, bufp, nth)
+        if rc:
+            self._check_rc(rc, "tl_act_prepare")
+        return Prepared(self, t, at, n, k, buf, bufp)
+
+    def _act_input(self, t: GGMLType, x: np.ndarray) -> tuple[int, int, int, Any]:
+        """Checks float32 activations x [n, k] (rows contiguous, any row stride) for weights of type t:
+        (n, k, row stride in floats, C pointer)."""
         if not isinstance(x, np.ndarray):
             raise ShapeError(f"activations must be a numpy array, got {type(x).__name__}")
         if x.dtype != np.float32:
@@ -371,14 +381,8 @@ class KernelLib:
         if ldx_b < 4 * k or ldx_b % 4:
             raise ShapeError(f"activation row stride {sx0} bytes is not a positive multiple of 4 >= 4*k")
         _check_inside(x, "activations")
-        ffi = self.ffi
-        buf, bufp = self._act_buffer(t, n, k)
         xs = x if x.flags.c_contiguous else _byte_span(x)
-        rc = self.lib.tl_act_prepare(int(t), ffi.from_buffer("float[]", xs, require_writable=False), ldx_b // 4, n, k,
-                                     bufp, nth)
-        if rc:
-            self._check_rc(rc, "tl_act_prepare")
-        return Prepared(self, t, at, n, k, buf, bufp)
+        return n, k, ldx_b // 4, self.ffi.from_buffer("float[]", xs, require_writable=False)
 
     def _act_buffer(self, t: GGMLType, n: int, k: int) -> tuple[np.ndarray, Any]:
         """A fresh activation buffer for n rows of k for weights of type t, 64-byte aligned (the kernels use aligned
@@ -398,26 +402,16 @@ class KernelLib:
         (tl_act_prepare_rms); x float32 [n, k] with contiguous rows, w float32 [k]."""
         t, _, _, at = self._info(weight_type)
         nth = self.n_threads if n_threads is None else _threads(n_threads, self.n_threads)
-        if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 2:
-            raise ShapeError("activations must be a float32 [n, k] array")
-        n, k = x.shape
-        if n < 1:
-            raise ShapeError(f"activations have n = {n} rows; need at least 1")
-        k = self._check_k(t, k)
-        if x.strides[1] != 4 or not x.flags.aligned or (n > 1 and (x.strides[0] < 4 * k or x.strides[0] % 4)):
-            raise ShapeError(f"activation rows must be contiguous aligned float32 (strides {x.strides})")
+        n, k, ldx, xp = self._act_input(t, x)
         if (not isinstance(w, np.ndarray) or w.dtype != np.float32 or w.shape != (k,) or not w.flags.c_contiguous
                 or not w.flags.aligned):
             raise ShapeError(f"norm weights must be a contiguous float32 [{k}] array")
-        _check_inside(x, "activations")
         _check_inside(w, "norm weights")
         ffi = self.ffi
         buf, bufp = self._act_buffer(t, n, k)
         xn = np.empty((n, k), np.float32)
-        xs = x if x.flags.c_contiguous else _byte_span(x)
-        rc = self.lib.tl_act_prepare_rms(int(t), ffi.from_buffer("float[]", xs, require_writable=False),
-                                         x.strides[0] // 4 if n > 1 else k, ffi.from_buffer("float[]", w), float(eps),
-                                         n, k, ffi.from_buffer("float[]", xn), bufp, nth)
+        rc = self.lib.tl_act_prepare_rms(int(t), xp, ldx, ffi.from_buffer("float[]", w), float(eps), n, k,
+                                         ffi.from_buffer("float[]", xn), bufp, nth)
         if rc:
             self._check_rc(rc, "tl_act_prepare_rms")
         return Prepared(self, t, at, n, k, buf, bufp), xn
@@ -453,48 +447,18 @@ class KernelLib:
              n_threads: int | None = None) -> np.ndarray:
         """out[n, m] = X * W^T for weights w2d (uint8 [m, row_bytes], rows may be strided) of
         weight_type with k values per row, and activations from prepare()."""
-        nth = self.n_threads if n_threads is None else _threads(n_threads, self.n_threads)
-        t, k, m, ldw, wp = self._weight_arg(weight_type, w2d, k)
-        n, bufp = self._act_arg(t, k, prepared)
-        out = self._out_arg(out, n, m, w2d, prepared)
-        rc = self.lib.tl_gemm(int(t), wp, ldw, m, k, bufp, n, self.ffi.from_buffer("float[]", out), m, nth)
-        if rc:
-            self._check_rc(rc, "tl_gemm")
-        return out
+        return self._run([self.plan(weight_type, w2d, k)], prepared, [out], n_threads)[0]
 
     def gemm_many(self, weights: Sequence[tuple[Any, np.ndarray]], k: Any, prepared: Prepared,
                   outs: Sequence[np.ndarray | None] | None = None, n_threads: int | None = None) -> list[np.ndarray]:
         """[gemm(t, w2d, k, prepared) for (t, w2d) in weights] as one C call (tl_gemm_many): for one token
         the rows of all weights are shared out to the threads as one job. Every weight type must take
         the activation type `prepared` holds; at most TL_GEMM_MANY_MAX weights; bit-identical results."""
-        nth = self.n_threads if n_threads is None else _threads(n_threads, self.n_threads)
-        count = len(weights)
-        if not 1 <= count <= self.lib.TL_GEMM_MANY_MAX:
-            raise ShapeError(f"gemm_many takes 1..{self.lib.TL_GEMM_MANY_MAX} weights, got {count}")
-        if outs is None:
-            outs = [None] * count
-        elif len(outs) != count:
-            raise ShapeError(f"gemm_many got {count} weights but {len(outs)} outputs")
-        ffi = self.ffi
-        c_t, c_w = ffi.new("int[]", count), ffi.new("void *[]", count)
-        c_ldw, c_m = ffi.new("int64_t[]", count), ffi.new("int64_t[]", count)
-        c_y, c_ldy = ffi.new("float *[]", count), ffi.new("int64_t[]", count)
-        keep, res = [], []
-        for i, (wt, w2d) in enumerate(weights):
-            t, kk, m, ldw, wp = self._weight_arg(wt, w2d, k)
-            n, bufp = self._act_arg(t, kk, prepared)
-            out = self._out_arg(outs[i], n, m, w2d, prepared)
-            for o in res:
-                if np.may_share_memory(out, o):
-                    raise ShapeError("gemm_many outputs overlap each other")
-            yp = ffi.from_buffer("float[]", out)
-            keep += [wp, yp]
-            c_t[i], c_w[i], c_ldw[i], c_m[i], c_y[i], c_ldy[i] = int(t), wp, ldw, m, yp, m
-            res.append(out)
-        rc = self.lib.tl_gemm_many(count, c_t, c_w, c_ldw, c_m, kk, bufp, n, c_y, c_ldy, nth)
-        if rc:
-            self._check_rc(rc, "tl_gemm_many")
-        return res
+        if not 1 <= len(weights) <= self.lib.TL_GEMM_MANY_MAX:
+            raise ShapeError(f"gemm_many takes 1..{self.lib.TL_GEMM_MANY_MAX} weights, got {len(weights)}")
+        if outs is not None and len(outs) != len(weights):
+            raise ShapeError(f"gemm_many got {len(weights)} weights but {len(outs)} outputs")
+        return self._run([self.plan(t, w2d, k) for t, w2d in weights], prepared, outs, n_threads)
 
     def plan(self, weight_type: Any, w2d: np.ndarray, k: Any) -> "GemmPlan":
         """Weights checked once (type, shape, strides, memory) for any number of `run` calls: what decode
@@ -505,35 +469,41 @@ class KernelLib:
     def run(self, plans: Sequence["GemmPlan"], prepared: Prepared, n_threads: int | None = None) -> list[np.ndarray]:
         """[gemm of each plan's weights with `prepared`]: one tl_gemm, or one tl_gemm_many for several (they must
         share the activation type and k). New [n, m] results."""
+        if not 1 <= len(plans) <= self.lib.TL_GEMM_MANY_MAX:
+            raise ShapeError(f"run takes 1..{self.lib.TL_GEMM_MANY_MAX} plans, got {len(plans)}")
+        return self._run(plans, prepared, None, n_threads)
+
+    def _run(self, plans: Sequence["GemmPlan"], prepared: Prepared, outs: Sequence[np.ndarray | None] | None,
+             n_threads: int | None) -> list[np.ndarray]:
+        """gemm / gemm_many / run: 1..TL_GEMM_MANY_MAX plans against `prepared`, into `outs` (each checked) or new
+        arrays; one plan is a tl_gemm, several one tl_gemm_many."""
         nth = self.n_threads if n_threads is None else _threads(n_threads, self.n_threads)
-        count = len(plans)
-        if not 1 <= count <= self.lib.TL_GEMM_MANY_MAX:
-            raise ShapeError(f"run takes 1..{self.lib.TL_GEMM_MANY_MAX} plans, got {count}")
         p0 = plans[0]
         for p in plans:
             if type(p) is not GemmPlan or p.lib is not self:
                 raise ShapeError("plans must come from this library's plan()")
         n, bufp = self._act_arg(p0.t, p0.k, prepared)
-        ffi = self.ffi
-        if count == 1:
-            out = np.empty((n, p0.m), np.float32)
-            rc = self.lib.tl_gemm(int(p0.t), p0.wp, p0.ldw, p0.m, p0.k, bufp, n, ffi.from_buffer("float[]", out),
-                                  p0.m, nth)
-            if rc:
-                self._check_rc(rc, "tl_gemm")
-            return [out]
-        for p in plans:
+        for p in plans[1:]:
             if p.at is not p0.at or p.k != p0.k:
-                raise ShapeError(f"plans run together must share the activation type and k ({p.t.name} k = {p.k} "
-                                 f"vs {p0.t.name} k = {p0.k})")
-        outs = [np.empty((n, p.m), np.float32) for p in plans]
-        ys = [ffi.from_buffer("float[]", o) for o in outs]
-        ms = [p.m for p in plans]
-        rc = self.lib.tl_gemm_many(count, [int(p.t) for p in plans], [p.wp for p in plans], [p.ldw for p in plans],
-                                   ms, p0.k, bufp, n, ys, ms, nth)
+                raise ShapeError(f"plans run together must share the activation type and k: {p.t.name} weights need "
+                                 f"{p.at.name} activations and k = {p.k}, {p0.t.name} ones {p0.at.name} and k = {p0.k}")
+        res: list[np.ndarray] = []
+        for i, p in enumerate(plans):
+            out = self._out_arg(outs[i] if outs is not None else None, n, p.m, p.w2d, prepared)
+            if outs is not None and any(np.may_share_memory(out, o) for o in res):
+                raise ShapeError("gemm_many outputs overlap each other")
+            res.append(out)
+        ffi = self.ffi
+        ys = [ffi.from_buffer("float[]", o) for o in res]
+        if len(plans) == 1:
+            rc = self.lib.tl_gemm(int(p0.t), p0.wp, p0.ldw, p0.m, p0.k, bufp, n, ys[0], p0.m, nth)
+        else:
+            ms = [p.m for p in plans]
+            rc = self.lib.tl_gemm_many(len(plans), [int(p.t) for p in plans], [p.wp for p in plans],
+                                       [p.ldw for p in plans], ms, p0.k, bufp, n, ys, ms, nth)
         if rc:
-            self._check_rc(rc, "tl_gemm_many")
-        return outs
+            self._check_rc(rc, "tl_gemm_many" if len(plans) > 1 else "tl_gemm")
+        return res
 
     def _weight_arg(self, weight_type: Any, w2d: np.ndarray, k: Any) -> tuple[GGMLType, int, int, int, Any]:
         """Checks weights w2d for tl_gemm: (type, k, m, row stride in bytes, C pointer)."""

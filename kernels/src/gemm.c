@@ -105,24 +105,24 @@ static void gemv_task(void *vctx, int ith, int nth) {
 }
 
 /* Chunking of n == 1 products: each gets ~8 chunks per thread (small enough to rebalance around
- * a preempted thread), in whole kernel granules; returns the thread count for all of them. */
+ * a preempted thread), in whole kernel granules (the gemv's, else register tiles); returns the
+ * thread count for all of them. */
 static int gemv_plan(int count, const tl_ukernel *const *uk, const tl_gemm_args *a, int nthreads, gemv_ctx *g) {
-    int64_t macs = 0, units = 0;
+    int64_t gran[TL_GEMM_MANY_MAX], units[TL_GEMM_MANY_MAX], macs = 0, all = 0;
     for (int p = 0; p < count; p++) {
-        int64_t gran = uk[p]->gemv ? TL_MAX(uk[p]->gemv_rows, 1) : uk[p]->rm;
+        gran[p] = uk[p]->gemv ? TL_MAX(uk[p]->gemv_rows, 1) : uk[p]->rm;
+        units[p] = (a[p].m + gran[p] - 1) / gran[p];
         macs += a[p].m * a[p].k;
-        units += (a[p].m + gran - 1) / gran;
+        all += units[p];
     }
-    int nth = threads_for(nthreads, macs, units);
+    int nth = threads_for(nthreads, macs, all);
     g->count = count;
     g->uk = uk;
     g->a = a;
     g->first[0] = 0;
     for (int p = 0; p < count; p++) {
-        int64_t gran = uk[p]->gemv ? TL_MAX(uk[p]->gemv_rows, 1) : uk[p]->rm;
-        int64_t units = (a[p].m + gran - 1) / gran;
-        int64_t chunks = TL_MIN(units, (int64_t)nth * 8);
-        g->unit[p] = (units + chunks - 1) / chunks * gran;
+        int64_t chunks = TL_MIN(units[p], (int64_t)nth * 8);
+        g->unit[p] = (units[p] + chunks - 1) / chunks * gran[p];
         g->first[p + 1] = g->first[p] + (a[p].m + g->unit[p] - 1) / g->unit[p];
     }
     atomic_init(&g->next, 0);
