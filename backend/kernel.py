@@ -5,9 +5,8 @@ from typing import Any
 
 import numpy as np
 
-from tilellm.quant import GGMLType, TensorView
-
 from tilellm.errors import ShapeError
+from tilellm.quant import GGMLType, TensorView
 
 from .protocol import Backend, Prepared, check_activations, check_out
 
@@ -62,9 +61,12 @@ class KernelBackend:
 
     def prepare_swiglu(self, g: np.ndarray, u: np.ndarray, weight_type: GGMLType) -> Prepared:
         """prepare(silu(g) * u, weight_type) in one C call (before the down projection); .x holds silu(g) * u.
-        The portable variant has no vector exp and does better with numpy's, as do types this library lacks."""
+        Types this library lacks take numpy's SwiGLU and the other backend's prepare."""
         t = GGMLType(weight_type)
-        if self._route(t) is not None or self.name == "portable" or g.shape != u.shape:
+        if getattr(g, "shape", None) != getattr(u, "shape", None):
+            raise ShapeError(f"gate and up activations differ in shape: {getattr(g, 'shape', g)} vs "
+                             f"{getattr(u, 'shape', u)}")
+        if self._route(t) is not None:
             from tilellm.llm.layers import silu
 
             return self.prepare(silu(g) * u, t)
@@ -166,8 +168,6 @@ class KernelBackend:
         """x as activations this library's kernels take for `weight`: reused when already prepared alike."""
         if isinstance(x, Prepared) and x.owner == self.name and self.lib.act_type(x.weight_type) == self.lib.act_type(weight.type):
             if x.k != weight.k:
-                from tilellm.errors import ShapeError
-
                 raise ShapeError(f"prepared activations have k = {x.k} but {weight.name!r} has k = {weight.k}")
             return x
         return self.prepare(x.x if isinstance(x, Prepared) else x, weight.type)

@@ -72,6 +72,8 @@ def prepare_normed(backend: Backend, h: np.ndarray, w: np.ndarray, eps: float, w
 def prepare_swiglu(backend: Backend, g: np.ndarray, u: np.ndarray, weight_type: GGMLType) -> Prepared:
     """backend.prepare(silu(g) * u, weight_type), fused when the backend offers `prepare_swiglu` (its exp is a
     polynomial good to a few ulp, not numpy's)."""
+    if getattr(g, "shape", None) != getattr(u, "shape", None):  # numpy would broadcast some mismatches silently
+        raise ShapeError(f"gate and up activations differ in shape: {getattr(g, 'shape', g)} vs {getattr(u, 'shape', u)}")
     fused = getattr(backend, "prepare_swiglu", None)
     if fused is not None:
         return fused(g, u, weight_type)
