@@ -248,6 +248,8 @@ def test_prepare_swiglu_through_every_backend(name):
     g, u = (rng.standard_normal((2, k)) * 4).astype(np.float32), rng.standard_normal((2, k)).astype(np.float32)
     p = prepare_swiglu(be, g, u, T.Q4_0)
     np.testing.assert_allclose(p.x, silu(g) * u, rtol=5e-7, atol=1e-30)
+    with pytest.raises(ShapeError, match="differ in shape"):  # not numpy's silent broadcasting
+        prepare_swiglu(be, g[:1], u[0], T.Q4_0)
     wv = TensorView.from_bytes("w", (k, 5), T.Q4_0, _weights(T.Q4_0, [5], k, 6)[0].reshape(-1))
     assert np.array_equal(be.matmul(wv, p), be.matmul(wv, p.x))
 
