@@ -151,7 +151,9 @@ def test_float_token_result_independent_of_batch(lib, t):
     """A token's outputs are the same bits alone (n = 1: the variant's gemv if it has one, e.g.
     avx512's prefetching f16 / exact-bf16 gemv) and in batches (register tiles): the arithmetic per
     output depends only on k. Ragged m (not a multiple of any row granularity) and k tails.
-    Not sme / sme2: by design batches of 8 or more run the SME outer products and smaller ones NEON."""
+    Not sme / sme2: by design batches of 8 or more run the SME outer products and smaller ones NEON.
+    Batches of 96 tokens or more take avx512's packed prompt kernel, another summation order:
+    test_float_packed_prompt_path."""
     if lib.variant in ("sme", "sme2"):
         pytest.skip("sme batches >= 8 and smaller ones take different kernels (different summation orders)")
     for m, k in [(23, 97), (9, 2048 + 48), (70, 32)]:
@@ -179,6 +181,24 @@ def test_act_types_of_the_16bit_mopa_variants(lib):
     assert {t: lib.act_type(t) for t in want} == want
 
 
+@pytest.mark.parametrize("t", [T.F32, T.F16, T.BF16], ids=lambda t: t.name)
+def test_float_packed_prompt_path(lib, t):
+    """Prompt-sized batches (>= 96 tokens: avx512 packs f32 / f16 / exact-bf16 weights into 32-row
+    panels, k in chunks of 256) against the reference on ragged shapes: a last panel of 6 rows (one
+    half empty), of 18 rows (the second half 2 rows), k tails inside a chunk and a one-block k; the
+    result does not depend on the thread count, nor on a token's place or its batch's size."""
+    for m, k, n in [(70, 300, 100), (50, 513, 131), (33, 16, 96), (129, 1000, 97), (18, 2100, 120)]:
+        raw, x = make(t, m, k, n, seed=m * 3 + k + n)
+        p = lib.prepare(t, x)
+        y = lib.gemm(t, raw, k, p, n_threads=1)
+        check_close(y, *reference(lib, t, raw, k, x))
+        for nth in (2, 3):
+            assert np.array_equal(y, lib.gemm(t, raw, k, p, n_threads=nth)), (m, k, n, nth)
+        if lib.variant not in ("sme", "sme2"):
+            sub = lib.gemm(t, raw, k, lib.prepare(t, x[n - 96:]))
+            assert np.array_equal(sub, y[n - 96:]), (m, k, n)
+
+
 def test_avx512_bf16_exact_path(lib):
     """avx512 bf16 weights under TILELLM_BF16_EXACT=1 (read at load time, so in a child process):
     f32 activations, and the bf16 kernel tests of this file pass against the exact reference
@@ -191,7 +211,7 @@ def test_avx512_bf16_exact_path(lib):
         pytest.skip("avx512 only")
     if os.environ.get("TILELLM_BF16_EXACT") == "1":
         pytest.skip("this process already runs the exact path")
-    sel = "avx512 and (BF16 or bit_pattern or act_types or threads or strided) and not exact_path"
+    sel = "avx512 and (BF16 or bit_pattern or act_types or threads or strided or packed) and not exact_path"
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", sel],
                        env={**os.environ, "TILELLM_BF16_EXACT": "1"}, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]

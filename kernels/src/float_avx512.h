@@ -261,10 +261,24 @@ TL_INLINE void fg_impl(const int WT, const tl_gemm_args *a, int64_t i0, int64_t 
 static void f16_gemv(const tl_gemm_args *a, int64_t i0, int64_t i1) { fg_impl(TL_F16, a, i0, i1); }
 static void bf16_gemv(const tl_gemm_args *a, int64_t i0, int64_t i1) { fg_impl(TL_BF16, a, i0, i1); }
 
+#include "float_block_avx512.h"
+
 /* ---- table -------------------------------------------------------------------------------------- */
-static const tl_ukernel uk_f32 = {F_RM, F_RN, f32_tile, 0, NULL, NULL, fa_row_bytes, fa_prepare};
-static const tl_ukernel uk_f16 = {F_RM, F_RN, f16_tile, FG_R, f16_gemv, NULL, fa_row_bytes, fa_prepare};
-static const tl_ukernel uk_bf16 = {F_RM, F_RN, bf16_tile, FG_R, bf16_gemv, NULL, fa_row_bytes, fa_prepare};
+/* f32 / f16 / exact bf16: packed 32 x 12 blocks for prompts (float_block_avx512.h), the 4-row
+ * dot-product path for one token; tile() covers any rm <= 32, rn <= 12 with 4 x 6 tiles. */
+static void f32_tile_any(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {
+    fb_tiles(f32_tile, a, i0, i0 + rm, j0, j0 + rn);
+}
+static void f16_tile_any(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {
+    fb_tiles(f16_tile, a, i0, i0 + rm, j0, j0 + rn);
+}
+static void bf16_tile_any(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {
+    fb_tiles(bf16_tile, a, i0, i0 + rm, j0, j0 + rn);
+}
+static const tl_ukernel uk_f32 = {FB_MR, FB_NR, f32_tile_any, F_RM, f32_gemv, f32_block, fa_row_bytes, fa_prepare, 0, FB_KC};
+static const tl_ukernel uk_f16 = {FB_MR, FB_NR, f16_tile_any, FG_R, f16_gemv, f16_block, fa_row_bytes, fa_prepare, 0, FB_KC};
+static const tl_ukernel uk_bf16 = {FB_MR, FB_NR, bf16_tile_any, FG_R, bf16_gemv, bf16_block, fa_row_bytes, fa_prepare, 0,
+                                   FB_KC};
 static const tl_ukernel uk_bf16dp = {F_RM, F_RN, bf16dp_tile, 0, NULL, NULL, ba_row_bytes, ba_prepare, TL_BF16};
 
 static const tl_ukernel *fa_lookup(int wtype) {

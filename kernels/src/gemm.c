@@ -27,7 +27,7 @@ typedef struct {
     const tl_ukernel *uk;
     const tl_gemm_args *a;
     int64_t mt, nt;       /* row tiles, token tiles */
-    int64_t mb, nb;       /* row tiles per job, token tiles per job */
+    int64_t nrb, nb;      /* row blocks (balanced: row tiles mt*b/nrb ..), token tiles per job */
     int64_t jobs_n;       /* token blocks */
     int64_t njobs;
     _Atomic int64_t next; /* next job to hand out */
@@ -40,7 +40,7 @@ static void run_job(const gemm_ctx *g, int64_t job) {
     const tl_ukernel *uk = g->uk;
     const tl_gemm_args *a = g->a;
     int64_t rb = job / g->jobs_n, cb = job % g->jobs_n;
-    int64_t r0 = rb * g->mb, r1 = TL_MIN(r0 + g->mb, g->mt);
+    int64_t r0 = g->mt * rb / g->nrb, r1 = g->mt * (rb + 1) / g->nrb;
     int64_t c0 = cb * g->nb, c1 = TL_MIN(c0 + g->nb, g->nt);
     if (uk->block) {
         uk->block(a, r0 * uk->rm, TL_MIN(r1 * uk->rm, a->m), tok_start(g, c0), tok_start(g, c1));
@@ -150,19 +150,23 @@ void tl_gemm_drive(const tl_ukernel *uk, const tl_gemm_args *a, int nthreads) {
     gemm_ctx g = {uk, a, 0, 0, 0, 0, 0, 0, 0};
     g.mt = (a->m + uk->rm - 1) / uk->rm;
     g.nt = (a->n + uk->rn - 1) / uk->rn;
+    /* a block kernel that walks k in chunks keeps one chunk of its blocks in cache, not whole rows */
+    const int64_t kc = uk->block && uk->kc > 0 ? TL_MIN((int64_t)uk->kc, a->k) : a->k;
     /* token block: as many token tiles as fit the activation budget (at least one) */
-    int64_t tile_bytes = (int64_t)uk->rn * a->ldact;
+    int64_t tile_bytes = (int64_t)uk->rn * a->ldact * kc / a->k;
     int64_t nb = TL_MAX(TL_ACT_BLOCK_BYTES / TL_MAX(tile_bytes, 1), 1);
     g.jobs_n = (g.nt + nb - 1) / nb;
     g.nb = (g.nt + g.jobs_n - 1) / g.jobs_n; /* rebalance the blocks */
     g.jobs_n = (g.nt + g.nb - 1) / g.nb;
     int nth = threads_for(nthreads, macs, g.mt * g.jobs_n);
-    /* row block: aim for TL_JOBS_PER_THREAD jobs per thread, capped so a block's weight rows
-     * stay in L2 while the job order (row-block-major) walks them past every token block */
+    /* row blocks: at least TL_JOBS_PER_THREAD jobs per thread, small enough that a block's weight
+     * rows stay in L2 while the job order (row-block-major) walks them past every token block, and
+     * a job count that divides among the threads; blocks balanced to within one row tile */
     int64_t want = (int64_t)nth * TL_JOBS_PER_THREAD;
-    int64_t mb = g.mt * g.jobs_n / want;
-    int64_t mb_cap = TL_W_BLOCK_BYTES / TL_MAX((int64_t)uk->rm * tl_row_bytes(a->wtype, a->k), 1);
-    g.mb = TL_MAX(TL_MIN(mb, mb_cap), 1);
-    g.njobs = ((g.mt + g.mb - 1) / g.mb) * g.jobs_n;
+    int64_t mb_cap = TL_MAX(TL_W_BLOCK_BYTES / TL_MAX((int64_t)uk->rm * tl_row_bytes(a->wtype, a->k) * kc / a->k, 1), 1);
+    int64_t nrb = TL_MAX((g.mt + mb_cap - 1) / mb_cap, (want + g.jobs_n - 1) / g.jobs_n);
+    while ((nrb * g.jobs_n) % nth != 0 && nrb < g.mt) nrb++;
+    g.nrb = TL_MIN(nrb, g.mt);
+    g.njobs = g.nrb * g.jobs_n;
     tl_parallel_for(nth, gemm_task, &g);
 }

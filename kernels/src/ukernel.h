@@ -86,6 +86,8 @@ typedef struct tl_ukernel {
                         uint8_t *act, int64_t ldact);
     int act_type;           /* 0: the shared default (tl_default_act_type); else the enum
                              * tl_type that tl_act_type reports for act_prepare's rows */
+    int kc;                 /* 0, or: block walks k in chunks of kc values (packing per chunk),
+                             * so the driver sizes its token and row blocks for one chunk */
 } tl_ukernel;
 
 /* Defined by the variant's ukernel_<variant>.c. */
