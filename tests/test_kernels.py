@@ -183,11 +183,12 @@ def test_act_types_of_the_16bit_mopa_variants(lib):
 
 @pytest.mark.parametrize("t", [T.F32, T.F16, T.BF16], ids=lambda t: t.name)
 def test_float_packed_prompt_path(lib, t):
-    """Prompt-sized batches (>= 96 tokens: avx512 packs f32 / f16 / exact-bf16 weights into 32-row
-    panels, k in chunks of 256) against the reference on ragged shapes: a last panel of 6 rows (one
-    half empty), of 18 rows (the second half 2 rows), k tails inside a chunk and a one-block k; the
-    result does not depend on the thread count, nor on a token's place or its batch's size."""
-    for m, k, n in [(70, 300, 100), (50, 513, 131), (33, 16, 96), (129, 1000, 97), (18, 2100, 120)]:
+    """Prompt-sized batches (avx512 packs the weights into 32-row panels, k in chunks of 256 words,
+    from 96 tokens on, f16 from 256) against the reference on ragged shapes: a last panel of 6 rows
+    (one half empty), of 18 rows (the second half 2 rows), k tails inside a chunk, odd k (bf16 pairs)
+    and a one-block k; the result does not depend on the thread count, nor on a token's place or its
+    batch's size (the last n - 4 tokens alone: on the same side of both thresholds)."""
+    for m, k, n in [(70, 300, 100), (50, 513, 131), (33, 16, 100), (129, 1000, 101), (18, 2100, 120), (37, 201, 260)]:
         raw, x = make(t, m, k, n, seed=m * 3 + k + n)
         p = lib.prepare(t, x)
         y = lib.gemm(t, raw, k, p, n_threads=1)
@@ -195,8 +196,8 @@ def test_float_packed_prompt_path(lib, t):
         for nth in (2, 3):
             assert np.array_equal(y, lib.gemm(t, raw, k, p, n_threads=nth)), (m, k, n, nth)
         if lib.variant not in ("sme", "sme2"):
-            sub = lib.gemm(t, raw, k, lib.prepare(t, x[n - 96:]))
-            assert np.array_equal(sub, y[n - 96:]), (m, k, n)
+            sub = lib.gemm(t, raw, k, lib.prepare(t, x[4:]))
+            assert np.array_equal(sub, y[4:]), (m, k, n)
 
 
 def test_avx512_bf16_exact_path(lib):

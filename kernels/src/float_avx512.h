@@ -279,7 +279,11 @@ static const tl_ukernel uk_f32 = {FB_MR, FB_NR, f32_tile_any, F_RM, f32_gemv, f3
 static const tl_ukernel uk_f16 = {FB_MR, FB_NR, f16_tile_any, FG_R, f16_gemv, f16_block, fa_row_bytes, fa_prepare, 0, FB_KC};
 static const tl_ukernel uk_bf16 = {FB_MR, FB_NR, bf16_tile_any, FG_R, bf16_gemv, bf16_block, fa_row_bytes, fa_prepare, 0,
                                    FB_KC};
-static const tl_ukernel uk_bf16dp = {F_RM, F_RN, bf16dp_tile, 0, NULL, NULL, ba_row_bytes, ba_prepare, TL_BF16};
+static void bf16dp_tile_any(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {
+    fb_tiles(bf16dp_tile, a, i0, i0 + rm, j0, j0 + rn);
+}
+static const tl_ukernel uk_bf16dp = {FB_MR, FB_NR, bf16dp_tile_any, 0, NULL, bf16dp_block, ba_row_bytes, ba_prepare,
+                                     TL_BF16, 2 * FB_KC};
 
 static const tl_ukernel *fa_lookup(int wtype) {
     switch (wtype) {

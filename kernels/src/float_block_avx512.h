@@ -16,15 +16,21 @@
  * different order from the n = 1 path (lanes p % 16, then a tree), so a prompt row and a decoded
  * token differ in the last bits, as they do in llama.cpp.
  * Small token blocks (fewer than FB_MIN_N tokens) don't repay the packing: they take the 4 x 6
- * tiles.
+ * (vdpbf16ps: 4 x 6 x 32) tiles. bf16 weights x bf16 activations (the default for bf16) run the
+ * same kernel on 32-bit words holding k pairs: vdpbf16ps adds both products in one lane.
  */
 #ifndef TL_FLOAT_BLOCK_AVX512_H
 #define TL_FLOAT_BLOCK_AVX512_H
 
 #define FB_MR 32    /* rows per packed panel: two zmm */
 #define FB_NR 12    /* tokens per micro-kernel */
-#define FB_KC 256   /* k values per chunk: 12 tokens x 256 x 4 B = 12 KB of L1 (128: -8 %, 512: -3 %) */
-#define FB_MIN_N 96 /* fewer tokens in a block: the 4 x 6 tiles (n = 24, 32: -28 %, 64: even, 128: +5 %) */
+#define FB_KC 256   /* words (f32 values, bf16 pairs) per chunk: 12 tokens x 256 x 4 B = 12 KB of L1
+                     * (f32 128: -8 %, 512: -3 %) */
+/* Fewer tokens in a block than this: the 4 x 6 tiles. f32 n = 24 / 32: -28 %, 64: even, 128: +5..15 %;
+ * bf16 (vdpbf16ps) n = 128: +2..12 %; f16, whose tiles read half the bytes: n = 128: -2..-5 %,
+ * 256: -1..+4 %, 512: +8..10 % (2048 x 2048, 2 threads, A/B in one process). */
+#define FB_MIN_N 96
+#define FB_MIN_N_F16 256
 
 /* 16 x 16 transpose of r[0..15] in place (r[i] lane j -> r[j] lane i). */
 TL_INLINE void fb_transpose16(__m512 r[16]) {
@@ -54,22 +60,30 @@ TL_INLINE void fb_transpose16(__m512 r[16]) {
     }
 }
 
-/* Pack rows [i0, i0 + rows) (rows <= 32) x k values [p0, p0 + kc) as f32 into dst[p][32]
- * (p < round_up(kc, 16)); rows past `rows` and values past k are zero. */
-TL_INLINE void fb_pack(const int WT, const tl_gemm_args *a, int64_t i0, int rows, int64_t p0, int64_t kc, float *dst) {
+/* The packing and the micro-kernel work on 32-bit words of k: one f32 value, or for DP (bf16
+ * weights x bf16 activations, vdpbf16ps) a pair of bf16 values (k = 2q, 2q + 1), which vdpbf16ps
+ * multiplies and adds in one lane. WT is the weight type; DP implies bf16 weights. */
+#define FB_VALS(DP) ((DP) ? 2 : 1) /* k values per word */
+
+/* Pack rows [i0, i0 + rows) (rows <= 32) x words [q0, q0 + kw) into dst[q][32] (q < round_up(kw,
+ * 16)) as f32 (or bf16 pairs); rows past `rows` and values past the chunk's nv values are zero. */
+TL_INLINE void fb_pack(const int WT, const int DP, const tl_gemm_args *a, int64_t i0, int rows, int64_t q0, int64_t nv,
+                       float *dst) {
     const __m512 z = _mm512_setzero_ps();
+    const int64_t kw = (nv + FB_VALS(DP) - 1) / FB_VALS(DP);
     for (int h = 0; h < 2; h++) {
         const int r0 = 16 * h;
-        for (int64_t q = 0; q < kc; q += 16) {
-            const int64_t left = kc - q;
-            const __mmask16 mk = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
+        for (int64_t q = 0; q < kw; q += 16) {
+            const int64_t left = nv - q * FB_VALS(DP); /* values left in the chunk */
             __m512 r[16];
             for (int i = 0; i < 16; i++) {
+                const uint8_t *w = a->w + (i0 + r0 + i) * a->ldw;
                 if (r0 + i >= rows) r[i] = z;
-                else {
-                    const uint8_t *w = a->w + (i0 + r0 + i) * a->ldw;
-                    r[i] = left >= 16 ? f_load(WT, w, p0 + q) : f_load_mask(WT, w, p0 + q, mk);
-                }
+                else if (DP) {
+                    const __mmask32 mk = left >= 32 ? (__mmask32)0xffffffffu : (__mmask32)((1ull << left) - 1);
+                    r[i] = _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(mk, (const uint16_t *)w + 2 * (q0 + q)));
+                } else if (left >= 16) r[i] = f_load(WT, w, q0 + q);
+                else r[i] = f_load_mask(WT, w, q0 + q, (__mmask16)((1u << left) - 1));
             }
             fb_transpose16(r);
             for (int t = 0; t < 16; t++) _mm512_store_ps(dst + (q + t) * FB_MR + r0, r[t]);
@@ -77,9 +91,9 @@ TL_INLINE void fb_pack(const int WT, const tl_gemm_args *a, int64_t i0, int rows
     }
 }
 
-/* y[j][i0 .. i0+32) (+)= panel . x[j] over kc values, for NR tokens; m0/m1 mask the valid rows. */
-TL_INLINE void fb_micro(const int NR, int64_t kc, const float *pw, const float *x, int64_t ldx, float *y, int64_t ldy,
-                        int first, __mmask16 m0, __mmask16 m1) {
+/* y[j][i0 .. i0+32) (+)= panel . x[j] over kw words, for NR tokens; m0/m1 mask the valid rows. */
+TL_INLINE void fb_micro(const int DP, const int NR, int64_t kw, const float *pw, const float *x, int64_t ldx, float *y,
+                        int64_t ldy, int first, __mmask16 m0, __mmask16 m1) {
     __m512 c0[FB_NR], c1[FB_NR];
     const float *xj[FB_NR];
     for (int j = 0; j < NR; j++) {
@@ -92,12 +106,17 @@ TL_INLINE void fb_micro(const int NR, int64_t kc, const float *pw, const float *
             c1[j] = _mm512_maskz_loadu_ps(m1, y + j * ldy + 16);
         }
     }
-    for (int64_t p = 0; p < kc; p++) {
+    for (int64_t p = 0; p < kw; p++) {
         const __m512 w0 = _mm512_load_ps(pw + p * FB_MR), w1 = _mm512_load_ps(pw + p * FB_MR + 16);
         for (int j = 0; j < NR; j++) {
-            const __m512 b = _mm512_set1_ps(xj[j][p]);
-            c0[j] = _mm512_fmadd_ps(w0, b, c0[j]);
-            c1[j] = _mm512_fmadd_ps(w1, b, c1[j]);
+            const __m512 b = _mm512_set1_ps(xj[j][p]); /* a bit copy: for DP two bf16 values */
+            if (DP) {
+                c0[j] = _mm512_dpbf16_ps(c0[j], (__m512bh)w0, (__m512bh)b);
+                c1[j] = _mm512_dpbf16_ps(c1[j], (__m512bh)w1, (__m512bh)b);
+            } else {
+                c0[j] = _mm512_fmadd_ps(w0, b, c0[j]);
+                c1[j] = _mm512_fmadd_ps(w1, b, c1[j]);
+            }
         }
     }
     for (int j = 0; j < NR; j++) {
@@ -106,10 +125,10 @@ TL_INLINE void fb_micro(const int NR, int64_t kc, const float *pw, const float *
     }
 }
 
-static void fb_micro_n(int nr, int64_t kc, const float *pw, const float *x, int64_t ldx, float *y, int64_t ldy,
-                       int first, __mmask16 m0, __mmask16 m1) {
+TL_INLINE void fb_micro_n(const int DP, int nr, int64_t kw, const float *pw, const float *x, int64_t ldx, float *y,
+                          int64_t ldy, int first, __mmask16 m0, __mmask16 m1) {
     switch (nr) {
-#define C_(N) case N: fb_micro(N, kc, pw, x, ldx, y, ldy, first, m0, m1); break;
+#define C_(N) case N: fb_micro(DP, N, kw, pw, x, ldx, y, ldy, first, m0, m1); break;
     C_(1) C_(2) C_(3) C_(4) C_(5) C_(6) C_(7) C_(8) C_(9) C_(10) C_(11) C_(12)
 #undef C_
     default: break;
@@ -125,29 +144,66 @@ static void fb_tiles(void (*tile)(const tl_gemm_args *, int64_t, int64_t, int, i
             tile(a, i, j0 + n * c / nt, (int)TL_MIN((int64_t)F_RM, i1 - i), (int)(n * (c + 1) / nt - n * c / nt));
 }
 
-TL_INLINE void fb_block_impl(const int WT, void (*tile)(const tl_gemm_args *, int64_t, int64_t, int, int),
+/* Software prefetch of a rows x bytes region (row stride ld), a slice per step over `steps` steps;
+ * the cursor is (row, line), no division per line. */
+typedef struct {
+    const uint8_t *row;
+    int64_t ld, lpr, rows_left, line, per;
+} fb_prefetch;
+
+static fb_prefetch fb_prefetch_plan(const uint8_t *base, int64_t ld, int64_t rows, int64_t bytes, int64_t steps) {
+    fb_prefetch f = {base, ld, 0, 0, 0, 0};
+    if (rows <= 0 || bytes <= 0) return f;
+    f.lpr = (bytes + 63) / 64 + 1; /* + 1: the rows need not start on a line */
+    f.rows_left = rows;
+    f.per = (rows * f.lpr + steps - 1) / steps;
+    return f;
+}
+
+TL_INLINE void fb_prefetch_some(fb_prefetch *f) {
+    for (int64_t c = 0; c < f->per && f->rows_left > 0; c++) {
+        _mm_prefetch((const char *)(f->row + f->line * 64), _MM_HINT_T0);
+        if (++f->line == f->lpr) {
+            f->line = 0;
+            f->row += f->ld;
+            f->rows_left--;
+        }
+    }
+}
+
+TL_INLINE void fb_block_impl(const int WT, const int DP, void (*tile)(const tl_gemm_args *, int64_t, int64_t, int, int),
                              const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
     const int64_t k = a->k, rows = i1 - i0, panels = (rows + FB_MR - 1) / FB_MR;
-    float *pk = j1 - j0 >= FB_MIN_N ? (float *)tl_scratch((size_t)(panels * FB_MR * FB_KC * 4)) : NULL;
+    float *pk = j1 - j0 >= (WT == TL_F16 ? FB_MIN_N_F16 : FB_MIN_N) ? (float *)tl_scratch((size_t)(panels * FB_MR * FB_KC * 4)) : NULL;
     if (!pk) {
         fb_tiles(tile, a, i0, i1, j0, j1);
         return;
     }
-    const int64_t ldx = a->ldact / 4;
-    for (int64_t p0 = 0; p0 < k; p0 += FB_KC) {
-        const int64_t kc = TL_MIN((int64_t)FB_KC, k - p0);
-        const int64_t kcp = (kc + 15) / 16 * 16;
+    const int64_t ldx = a->ldact / 4; /* words */
+    for (int64_t q0 = 0; q0 * FB_VALS(DP) < k; q0 += FB_KC) {
+        const int64_t nv = TL_MIN((int64_t)FB_KC * FB_VALS(DP), k - q0 * FB_VALS(DP)); /* values in the chunk */
+        const int64_t kw = (nv + FB_VALS(DP) - 1) / FB_VALS(DP), kwp = (kw + 15) / 16 * 16;
         for (int64_t r = 0; r < panels; r++)
-            fb_pack(WT, a, i0 + r * FB_MR, (int)TL_MIN((int64_t)FB_MR, rows - r * FB_MR), p0, kc, pk + r * FB_MR * kcp);
+            fb_pack(WT, DP, a, i0 + r * FB_MR, (int)TL_MIN((int64_t)FB_MR, rows - r * FB_MR), q0, nv, pk + r * FB_MR * kwp);
+        /* the next chunk's weights and the next token tile's chunk of activations are prefetched a
+         * slice per micro-kernel call, so packing and the first panel read cache, not DRAM / L3 */
+        const int vb = WT == TL_F32 ? 4 : 2, v1 = q0 * FB_VALS(DP) + nv;
+        fb_prefetch pw = fb_prefetch_plan(a->w + i0 * a->ldw + v1 * vb, a->ldw, rows,
+                                          TL_MIN((int64_t)FB_KC * FB_VALS(DP), k - v1) * vb,
+                                          ((j1 - j0 + FB_NR - 1) / FB_NR) * panels);
         /* tokens outer: the 12 tokens' chunk stays in L1, panels come from L2 (rows outer: -4 to -8 %) */
         for (int64_t j = j0; j < j1; j += FB_NR) {
+            fb_prefetch px = fb_prefetch_plan(a->act + (j + FB_NR) * a->ldact + q0 * 4, a->ldact,
+                                              TL_MIN((int64_t)FB_NR, j1 - j - FB_NR), kw * 4, panels);
             for (int64_t r = 0; r < panels; r++) {
+                fb_prefetch_some(&pw);
+                fb_prefetch_some(&px);
                 const int nr = (int)TL_MIN((int64_t)FB_NR, j1 - j);
-                const float *x = (const float *)(a->act + j * a->ldact) + p0;
+                const float *x = (const float *)(a->act + j * a->ldact) + q0;
                 const int64_t left = rows - r * FB_MR;
                 const __mmask16 m0 = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
                 const __mmask16 m1 = left >= 32 ? (__mmask16)0xffff : left <= 16 ? 0 : (__mmask16)((1u << (left - 16)) - 1);
-                fb_micro_n(nr, kc, pk + r * FB_MR * kcp, x, ldx, a->y + j * a->ldy + i0 + r * FB_MR, a->ldy, p0 == 0,
+                fb_micro_n(DP, nr, kw, pk + r * FB_MR * kwp, x, ldx, a->y + j * a->ldy + i0 + r * FB_MR, a->ldy, q0 == 0,
                            m0, m1);
             }
         }
@@ -155,13 +211,17 @@ TL_INLINE void fb_block_impl(const int WT, void (*tile)(const tl_gemm_args *, in
 }
 
 static void f32_block(const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
-    fb_block_impl(TL_F32, f32_tile, a, i0, i1, j0, j1);
+    fb_block_impl(TL_F32, 0, f32_tile, a, i0, i1, j0, j1);
 }
 static void f16_block(const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
-    fb_block_impl(TL_F16, f16_tile, a, i0, i1, j0, j1);
+    fb_block_impl(TL_F16, 0, f16_tile, a, i0, i1, j0, j1);
 }
 static void bf16_block(const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
-    fb_block_impl(TL_BF16, bf16_tile, a, i0, i1, j0, j1);
+    fb_block_impl(TL_BF16, 0, bf16_tile, a, i0, i1, j0, j1);
+}
+
+static void bf16dp_block(const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+    fb_block_impl(TL_BF16, 1, bf16dp_tile, a, i0, i1, j0, j1);
 }
 
 /* n == 1 for f32 (which has no streaming gemv of its own): the 4-row tiles with rn = 1, exactly
