@@ -11,10 +11,11 @@
  *   - micro-kernel: 32 rows (2 zmm) x FB_NR = 12 tokens = 24 accumulators; per k 2 panel loads
  *     and 12 broadcasts of x[j][p] straight from the prepared rows feed 24 FMAs;
  *   - the 12 tokens' K chunk (12 KB) stays in L1 while the panels stream from L2.
- * Output (i, j) is one FMA chain over p = 0 .. k-1 in order (chunks continue from y), so it
- * depends only on k: bit-identical for any thread count, tile or chunk position. It is a
- * different order from the n = 1 path (lanes p % 16, then a tree), so a prompt row and a decoded
- * token differ in the last bits, as they do in llama.cpp.
+ * Output (i, j) is, per chunk, one FMA chain over its words in order, and the chunk sums are
+ * added in order (blocked summation: chains of at most 256 terms, not k), so it depends only on
+ * k: bit-identical for any thread count, tile or chunk position. It is a different order from
+ * the n = 1 path (lanes p % 16, then a tree), so a prompt row and a decoded token differ in the
+ * last bits, as they do in llama.cpp.
  * Small token blocks (fewer than FB_MIN_N tokens) don't repay the packing: they take the 4 x 6
  * (vdpbf16ps: 4 x 6 x 32) tiles. bf16 weights x bf16 activations (the default for bf16) run the
  * same kernel on 32-bit words holding k pairs: vdpbf16ps adds both products in one lane.
@@ -98,13 +99,8 @@ TL_INLINE void fb_micro(const int DP, const int NR, int64_t kw, const float *pw,
     const float *xj[FB_NR];
     for (int j = 0; j < NR; j++) {
         xj[j] = x + j * ldx;
-        if (first) {
-            c0[j] = _mm512_setzero_ps();
-            c1[j] = _mm512_setzero_ps();
-        } else {
-            c0[j] = _mm512_maskz_loadu_ps(m0, y + j * ldy);
-            c1[j] = _mm512_maskz_loadu_ps(m1, y + j * ldy + 16);
-        }
+        c0[j] = _mm512_setzero_ps();
+        c1[j] = _mm512_setzero_ps();
     }
     for (int64_t p = 0; p < kw; p++) {
         const __m512 w0 = _mm512_load_ps(pw + p * FB_MR), w1 = _mm512_load_ps(pw + p * FB_MR + 16);
@@ -120,6 +116,10 @@ TL_INLINE void fb_micro(const int DP, const int NR, int64_t kw, const float *pw,
         }
     }
     for (int j = 0; j < NR; j++) {
+        if (!first) { /* the chunk's sum is added to the earlier chunks' (blocked summation) */
+            c0[j] = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, y + j * ldy), c0[j]);
+            c1[j] = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, y + j * ldy + 16), c1[j]);
+        }
         _mm512_mask_storeu_ps(y + j * ldy, m0, c0[j]);
         _mm512_mask_storeu_ps(y + j * ldy + 16, m1, c1[j]);
     }
