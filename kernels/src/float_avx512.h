@@ -264,26 +264,33 @@ static void bf16_gemv(const tl_gemm_args *a, int64_t i0, int64_t i1) { fg_impl(T
 #include "float_block_avx512.h"
 
 /* ---- table -------------------------------------------------------------------------------------- */
-/* f32 / f16 / exact bf16: packed 32 x 12 blocks for prompts (float_block_avx512.h), the 4-row
- * dot-product path for one token; tile() covers any rm <= 32, rn <= 12 with 4 x 6 tiles. */
-static void f32_tile_any(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {
-    fb_tiles(f32_tile, a, i0, i0 + rm, j0, j0 + rn);
-}
-static void f16_tile_any(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {
-    fb_tiles(f16_tile, a, i0, i0 + rm, j0, j0 + rn);
-}
-static void bf16_tile_any(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {
-    fb_tiles(bf16_tile, a, i0, i0 + rm, j0, j0 + rn);
-}
-static const tl_ukernel uk_f32 = {FB_MR, FB_NR, f32_tile_any, F_RM, f32_gemv, f32_block, fa_row_bytes, fa_prepare, 0, FB_KC};
-static const tl_ukernel uk_f16 = {FB_MR, FB_NR, f16_tile_any, FG_R, f16_gemv, f16_block, fa_row_bytes, fa_prepare, 0, FB_KC};
-static const tl_ukernel uk_bf16 = {FB_MR, FB_NR, bf16_tile_any, FG_R, bf16_gemv, bf16_block, fa_row_bytes, fa_prepare, 0,
-                                   FB_KC};
-static void bf16dp_tile_any(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {
-    fb_tiles(bf16dp_tile, a, i0, i0 + rm, j0, j0 + rn);
-}
-static const tl_ukernel uk_bf16dp = {FB_MR, FB_NR, bf16dp_tile_any, 0, NULL, bf16dp_block, ba_row_bytes, ba_prepare,
-                                     TL_BF16, 2 * FB_KC};
+/* f32 / f16 / bf16: the 4 x 6 dot-product tiles (and f16 / exact-bf16 gemv), and for prompts the
+ * packed 32 x 12 kernel of float_block_avx512.h as their `big` (tile() there covers any rm <= 32,
+ * rn <= 12 with 4 x 6 tiles, for the contract; the driver only calls its block()). */
+#define FB_TILE_ANY(NAME, TILE)                                                                       \
+    static void NAME(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {                 \
+        fb_tiles(TILE, a, i0, i0 + rm, j0, j0 + rn);                                                  \
+    }
+FB_TILE_ANY(f32_tile_any, f32_tile)
+FB_TILE_ANY(f16_tile_any, f16_tile)
+FB_TILE_ANY(bf16_tile_any, bf16_tile)
+FB_TILE_ANY(bf16dp_tile_any, bf16dp_tile)
+#define FB_PACKED(TILE_ANY, BLOCK, ROW_BYTES, PREPARE, ACT, KC)                                       \
+    {FB_MR, FB_NR, TILE_ANY, 0, NULL, BLOCK, ROW_BYTES, PREPARE, ACT, KC, NULL, 0}
+static const tl_ukernel uk_f32_packed = FB_PACKED(f32_tile_any, f32_block, fa_row_bytes, fa_prepare, 0, FB_KC);
+static const tl_ukernel uk_f16_packed = FB_PACKED(f16_tile_any, f16_block, fa_row_bytes, fa_prepare, 0, FB_KC);
+static const tl_ukernel uk_bf16_packed = FB_PACKED(bf16_tile_any, bf16_block, fa_row_bytes, fa_prepare, 0, FB_KC);
+static const tl_ukernel uk_bf16dp_packed =
+    FB_PACKED(bf16dp_tile_any, bf16dp_block, ba_row_bytes, ba_prepare, TL_BF16, 2 * FB_KC);
+
+static const tl_ukernel uk_f32 = {F_RM, F_RN, f32_tile, 0, NULL, NULL, fa_row_bytes, fa_prepare, 0, 0,
+                                  &uk_f32_packed, FB_MIN_N};
+static const tl_ukernel uk_f16 = {F_RM, F_RN, f16_tile, FG_R, f16_gemv, NULL, fa_row_bytes, fa_prepare, 0, 0,
+                                  &uk_f16_packed, FB_MIN_N_F16};
+static const tl_ukernel uk_bf16 = {F_RM, F_RN, bf16_tile, FG_R, bf16_gemv, NULL, fa_row_bytes, fa_prepare, 0, 0,
+                                   &uk_bf16_packed, FB_MIN_N};
+static const tl_ukernel uk_bf16dp = {F_RM, F_RN, bf16dp_tile, 0, NULL, NULL, ba_row_bytes, ba_prepare, TL_BF16, 0,
+                                     &uk_bf16dp_packed, FB_MIN_N};
 
 static const tl_ukernel *fa_lookup(int wtype) {
     switch (wtype) {

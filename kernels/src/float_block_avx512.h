@@ -16,8 +16,8 @@
  * k: bit-identical for any thread count, tile or chunk position. It is a different order from
  * the n = 1 path (lanes p % 16, then a tree), so a prompt row and a decoded token differ in the
  * last bits, as they do in llama.cpp.
- * Small token blocks (fewer than FB_MIN_N tokens) don't repay the packing: they take the 4 x 6
- * (vdpbf16ps: 4 x 6 x 32) tiles. bf16 weights x bf16 activations (the default for bf16) run the
+ * Small batches (fewer than FB_MIN_N tokens) don't repay the packing: the driver keeps them on
+ * the 4 x 6 (vdpbf16ps: 4 x 6 x 32) tiles' kernel, whose `big` this one is. bf16 weights x bf16 activations (the default for bf16) run the
  * same kernel on 32-bit words holding k pairs: vdpbf16ps adds both products in one lane.
  */
 #ifndef TL_FLOAT_BLOCK_AVX512_H
@@ -27,7 +27,7 @@
 #define FB_NR 12    /* tokens per micro-kernel */
 #define FB_KC 256   /* words (f32 values, bf16 pairs) per chunk: 12 tokens x 256 x 4 B = 12 KB of L1
                      * (f32 128: -8 %, 512: -3 %) */
-/* Fewer tokens in a block than this: the 4 x 6 tiles. f32 n = 24 / 32: -28 %, 64: even, 128: +5..15 %;
+/* Fewer tokens than this (the driver's big_n): the 4 x 6 tiles. f32 n = 24 / 32: -28 %, 64: even, 128: +5..15 %;
  * bf16 (vdpbf16ps) n = 128: +2..12 %; f16, whose tiles read half the bytes: n = 128: -2..-5 %,
  * 256: -1..+4 %, 512: +8..10 % (2048 x 2048, 2 threads, A/B in one process). */
 #define FB_MIN_N 96
@@ -174,8 +174,8 @@ TL_INLINE void fb_prefetch_some(fb_prefetch *f) {
 TL_INLINE void fb_block_impl(const int WT, const int DP, void (*tile)(const tl_gemm_args *, int64_t, int64_t, int, int),
                              const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
     const int64_t k = a->k, rows = i1 - i0, panels = (rows + FB_MR - 1) / FB_MR;
-    float *pk = j1 - j0 >= (WT == TL_F16 ? FB_MIN_N_F16 : FB_MIN_N) ? (float *)tl_scratch((size_t)(panels * FB_MR * FB_KC * 4)) : NULL;
-    if (!pk) {
+    float *pk = (float *)tl_scratch((size_t)(panels * FB_MR * FB_KC * 4));
+    if (!pk) { /* no memory for the panels: the dot-product tiles need none */
         fb_tiles(tile, a, i0, i1, j0, j1);
         return;
     }
@@ -222,12 +222,6 @@ static void bf16_block(const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0
 
 static void bf16dp_block(const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
     fb_block_impl(TL_BF16, 1, bf16dp_tile, a, i0, i1, j0, j1);
-}
-
-/* n == 1 for f32 (which has no streaming gemv of its own): the 4-row tiles with rn = 1, exactly
- * what the driver did before this kernel's 32-row granularity. */
-static void f32_gemv(const tl_gemm_args *a, int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; i += F_RM) f32_tile(a, i, 0, (int)TL_MIN((int64_t)F_RM, i1 - i), 1);
 }
 
 #endif

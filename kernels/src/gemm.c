@@ -141,6 +141,7 @@ void tl_gemm_drive_many(int count, const tl_ukernel *const *uk, const tl_gemm_ar
 
 void tl_gemm_drive(const tl_ukernel *uk, const tl_gemm_args *a, int nthreads) {
     const int64_t macs = a->m * a->n * a->k;
+    if (uk->big && a->n >= uk->big_n) uk = uk->big;
     if (a->n == 1) {
         gemv_ctx g;
         int nth = gemv_plan(1, &uk, a, nthreads, &g);

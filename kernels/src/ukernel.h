@@ -42,6 +42,11 @@
  *       for SME's widening MOPAs): prepared buffers are shared only between weight types whose
  *       act type is equal.
  *
+ *   kc                         OPTIONAL: block walks k in chunks of kc values, so the driver
+ *       sizes token and row blocks for one chunk rather than whole rows.
+ *   big, big_n                 OPTIONAL: for n >= big_n the driver runs `big` instead (same weight
+ *       type and activation layout; e.g. avx512's packed float panels, float_block_avx512.h).
+ *
  * Rules:
  *   - Thread safety: every function may run concurrently on disjoint outputs; no globals
  *     except thread-local scratch. The driver's split never changes which tile computes a
@@ -88,6 +93,8 @@ typedef struct tl_ukernel {
                              * tl_type that tl_act_type reports for act_prepare's rows */
     int kc;                 /* 0, or: block walks k in chunks of kc values (packing per chunk),
                              * so the driver sizes its token and row blocks for one chunk */
+    const struct tl_ukernel *big; /* NULL, or a kernel the driver runs instead when n >= big_n */
+    int big_n;              /* (e.g. packed panels that only pay for themselves on prompts) */
 } tl_ukernel;
 
 /* Defined by the variant's ukernel_<variant>.c. */
