@@ -210,8 +210,10 @@ static void bf16dp_tile(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, i
  * the same tile). Each step eats one 64-byte line of every row and prefetches the same line of
  * the next FG_R rows, which software prefetches keep in flight past the window. The arithmetic
  * per output is the tiles' with rn = 1 (lane p % 16, one accumulator per row, hsum4), so a
- * row's result is bit-identical to the n > 1 path's. f32 and vdpbf16ps bf16 stream as fast
- * through the tile (measured), so they have no gemv.
+ * row's result is bit-identical to the n > 1 tiles' (not the packed prompt kernel's). f32 takes it
+ * too (2 threads from DRAM vs the 4-row tiles, two rounds: 2048x2048 +3 / +14 %, 5632x2048 +2 /
+ * +12 %, 32000x2048 +8 / +7 %, 2048x5632 -1 / -5 %; model tg ratio to llama.cpp 0.958 -> 0.990,
+ * 0.993); vdpbf16ps bf16 streams as fast through its tile (measured), so it has no gemv.
  * One row at a time (FG_R = 1): each thread then reads one sequential stream, which the memory here
  * serves best; 2 threads from DRAM, f16, FG_R = 1 vs 4: +4 % to +22 % in all eight shape x round
  * comparisons (2048x2048 .. 32000x2048), 1 thread +10 to +20 %. The code still takes FG_R up to 4. */
@@ -232,7 +234,12 @@ TL_INLINE void fg_rows(const int WT, const int R, const tl_gemm_args *a, int64_t
     for (int64_t p = 0; p < kb; p += 32) {
         const __m512 x0 = _mm512_load_ps(x + p), x1 = _mm512_load_ps(x + p + 16);
         for (int r = 0; r < R; r++) {
-            _mm_prefetch(pf[r] + 2 * p, _MM_HINT_T0);
+            if (WT == TL_F32) { /* 128 bytes per step */
+                _mm_prefetch(pf[r] + 4 * p, _MM_HINT_T0);
+                _mm_prefetch(pf[r] + 4 * p + 64, _MM_HINT_T0);
+            } else {
+                _mm_prefetch(pf[r] + 2 * p, _MM_HINT_T0);
+            }
             acc[r] = _mm512_fmadd_ps(f_load(WT, w[r], p), x0, acc[r]);
             acc[r] = _mm512_fmadd_ps(f_load(WT, w[r], p + 16), x1, acc[r]);
         }
@@ -258,6 +265,7 @@ TL_INLINE void fg_impl(const int WT, const tl_gemm_args *a, int64_t i0, int64_t 
     default: break;
     }
 }
+static void f32_gemv(const tl_gemm_args *a, int64_t i0, int64_t i1) { fg_impl(TL_F32, a, i0, i1); }
 static void f16_gemv(const tl_gemm_args *a, int64_t i0, int64_t i1) { fg_impl(TL_F16, a, i0, i1); }
 static void bf16_gemv(const tl_gemm_args *a, int64_t i0, int64_t i1) { fg_impl(TL_BF16, a, i0, i1); }
 
@@ -283,7 +291,7 @@ static const tl_ukernel uk_bf16_packed = FB_PACKED(bf16_tile_any, bf16_block, fa
 static const tl_ukernel uk_bf16dp_packed =
     FB_PACKED(bf16dp_tile_any, bf16dp_block, ba_row_bytes, ba_prepare, TL_BF16, 2 * FB_KC);
 
-static const tl_ukernel uk_f32 = {F_RM, F_RN, f32_tile, 0, NULL, NULL, fa_row_bytes, fa_prepare, 0, 0,
+static const tl_ukernel uk_f32 = {F_RM, F_RN, f32_tile, FG_R, f32_gemv, NULL, fa_row_bytes, fa_prepare, 0, 0,
                                   &uk_f32_packed, FB_MIN_N};
 static const tl_ukernel uk_f16 = {F_RM, F_RN, f16_tile, FG_R, f16_gemv, NULL, fa_row_bytes, fa_prepare, 0, 0,
                                   &uk_f16_packed, FB_MIN_N_F16};
