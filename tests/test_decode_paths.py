@@ -101,6 +101,22 @@ def test_matmul_many_through_every_backend(name):
             assert np.array_equal(y, be.matmul(v, arg))
 
 
+@pytest.mark.parametrize("t", [T.Q8_0, T.Q4_0, T.Q4_1], ids=lambda t: t.name)
+def test_quantized_token_result_independent_of_batch(lib, t):
+    """A token decoded alone (n = 1: the gemv, e.g. avx512's q4_0 gemv over block pairs) gets the same bits
+    as its row of a batch: full and ragged 16-row panels, an even and an odd number of blocks (a pair
+    path's lone last block), one block. Not sme / sme2, whose small batches take NEON by design."""
+    if lib.variant in ("sme", "sme2"):
+        pytest.skip("sme batches >= 8 and smaller ones take different kernels")
+    rng = np.random.default_rng(7)
+    for m, k in [(48, 64), (37, 96), (16, 32), (203, 2048), (70, 288), (33, 5632)]:
+        (w,) = _weights(t, [m], k, seed=m + k)
+        x = (rng.standard_normal((4, k)) * 2).astype(np.float32)
+        batch = lib.gemm(t, w, k, lib.prepare(t, x))
+        for j in range(4):
+            assert np.array_equal(lib.gemm(t, w, k, lib.prepare(t, x[j:j + 1])), batch[j:j + 1]), (m, k, j)
+
+
 # ---- plans: weights checked once (what decode does with every matrix, once per token) ----------------
 
 def test_plans_run_like_gemm(lib):

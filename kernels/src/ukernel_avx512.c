@@ -224,6 +224,144 @@ TL_INLINE void q_gemv_impl(const int WT, const tl_gemm_args *a, int64_t i0, int6
     }
 }
 
+/* ---- q4_0, n == 1: full panels, blocks in pairs, scales taken from the transposed bytes -----------
+ * Two q4_0 blocks are 36 bytes, a whole number of dwords: dword 0 = (d0, qa0, qa1), 1..3 = qa2..13,
+ * 4 = (qa14, qa15, d1), 5..8 = qb0..15. Transposing the pair's dwords (16-byte chunks at 0, 20 and
+ * the dword at 16) hands over both scales in place of the 16 scalar loads per block of q_load_block:
+ * d0 = low halves of dword 0, d1 = high halves of dword 4. Block a's quants then sit 2 bytes off the
+ * activation's dword grid, so its activations are shifted to match (sa: 2 zero bytes, the 16 int8
+ * values, 2 zero bytes, for the low and the high nibbles); the scale bytes meet those zeros. Every
+ * int32 group dot, and every float operation after it, is the panel's: bit-identical to q_gemv_impl. */
+#define Q4P_SA_BYTES 40 /* per pair: 5 dwords for the low nibbles, 5 for the high */
+
+/* A full panel's rows as 4 bases (rows 0..3, advanced along the row) and 2 strides: row q + 4j is
+ * B[q] + j * L4 (L12 = 3 L4), so the 16 row addresses need 6 registers, not a table of 16. */
+typedef struct {
+    const uint8_t *B[4];
+    int64_t L4, L12;
+} q_rows4;
+
+TL_INLINE __m128i q_ld16(const q_rows4 *R, int q, int j, int off) {
+    const uint8_t *p = R->B[q] + (j == 0 ? 0 : j == 1 ? R->L4 : j == 2 ? 2 * R->L4 : R->L12) + off;
+    return _mm_loadu_si128((const __m128i *)p);
+}
+TL_INLINE __m128i q_ld4(const q_rows4 *R, int q, int j, int off) {
+    const uint8_t *p = R->B[q] + (j == 0 ? 0 : j == 1 ? R->L4 : j == 2 ? 2 * R->L4 : R->L12) + off;
+    return _mm_cvtsi32_si128((int)tl_load_u32(p));
+}
+
+/* q_transpose16 with the rows of R; DW: only dword 0 (from 4-byte loads) into out[0]. */
+TL_INLINE void q_transpose16_r(const q_rows4 *R, int off, const int DW, __m512i out[4]) {
+    __m512i A[4];
+    for (int q = 0; q < 4; q++) {
+        __m512i v = _mm512_castsi128_si512(DW ? q_ld4(R, q, 0, off) : q_ld16(R, q, 0, off));
+        v = _mm512_inserti32x4(v, DW ? q_ld4(R, q, 1, off) : q_ld16(R, q, 1, off), 1);
+        v = _mm512_inserti32x4(v, DW ? q_ld4(R, q, 2, off) : q_ld16(R, q, 2, off), 2);
+        A[q] = _mm512_inserti32x4(v, DW ? q_ld4(R, q, 3, off) : q_ld16(R, q, 3, off), 3);
+    }
+    __m512i T0 = _mm512_unpacklo_epi32(A[0], A[1]), T2 = _mm512_unpacklo_epi32(A[2], A[3]);
+    out[0] = _mm512_unpacklo_epi64(T0, T2);
+    if (DW) return;
+    __m512i T1 = _mm512_unpackhi_epi32(A[0], A[1]), T3 = _mm512_unpackhi_epi32(A[2], A[3]);
+    out[1] = _mm512_unpackhi_epi64(T0, T2);
+    out[2] = _mm512_unpacklo_epi64(T1, T3);
+    out[3] = _mm512_unpackhi_epi64(T1, T3);
+}
+
+/* The shifted activations of every even block: sa[40 p ..] for blocks 2p. */
+static void q4p_shift_acts(const uint8_t *xr, int64_t pairs, uint8_t *sa) {
+    for (int64_t p = 0; p < pairs; p++) {
+        const uint8_t *x = xr + 64 * p;
+        uint8_t *o = sa + Q4P_SA_BYTES * p;
+        memset(o, 0, Q4P_SA_BYTES);
+        memcpy(o + 2, x, 16);
+        memcpy(o + 22, x + 16, 16);
+    }
+}
+
+/* One block's two int32 group dots (offset removed) scaled: f = dot0 dx0, then fma(dot1, dx1, f). */
+TL_INLINE __m512 q4p_block(const __m512i *w, int nw, const int32_t *xlo, const int32_t *xhi, int32_t is0,
+                           int32_t is1, float dx0, float dx1) {
+    const __m512i lo4 = _mm512_set1_epi8(0x0f);
+    __m512i acc0 = _mm512_set1_epi32(-is0 * 8), acc1 = _mm512_set1_epi32(-is1 * 8);
+    for (int t = 0; t < nw; t++) {
+        acc0 = _mm512_dpbusd_epi32(acc0, _mm512_and_si512(w[t], lo4), _mm512_set1_epi32(xlo[t]));
+        acc1 = _mm512_dpbusd_epi32(acc1, _mm512_and_si512(_mm512_srli_epi16(w[t], 4), lo4), _mm512_set1_epi32(xhi[t]));
+    }
+    const __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(acc0), _mm512_set1_ps(dx0));
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc1), _mm512_set1_ps(dx1), f);
+}
+
+/* Rows [i, i + 16) over blocks [0, 2 pairs): y0 += ... exactly as q_gemv_impl's loop. */
+TL_INLINE __m512 q4p_panel(const tl_gemm_args *a, int64_t i, int64_t pairs, const uint8_t *sa, const x86_pf *pf,
+                           __m512 y0) {
+    const int64_t k = a->k;
+    const uint8_t *xr = a->act;
+    const int32_t *xq = (const int32_t *)xr;
+    const float *dx = x86_qa_d(xr, k);
+    const int16_t *is = x86_qa_isum(xr, k);
+    q_rows4 R;
+    for (int q = 0; q < 4; q++) R.B[q] = a->w + (i + q) * a->ldw;
+    R.L4 = 4 * a->ldw;
+    R.L12 = 12 * a->ldw;
+    for (int64_t p = 0; p < pairs; p++) {
+        x86_pf_block(pf, 2 * p);
+        x86_pf_block(pf, 2 * p + 1);
+        __m512i w[5], u[4];
+        q_transpose16_r(&R, 0, 0, w);      /* dwords 0..3 */
+        __m512i t4[4];
+        q_transpose16_r(&R, 16, 1, t4); /* dword 4 */
+        w[4] = t4[0];
+        q_transpose16_r(&R, 20, 0, u);     /* dwords 5..8 */
+        for (int q = 0; q < 4; q++) R.B[q] += 36;
+        const __m512 d0 = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(w[0]));
+        const __m512 d1 = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(w[4], 16)));
+        const int32_t *s = (const int32_t *)(sa + Q4P_SA_BYTES * p);
+        const int64_t b = 2 * p;
+        y0 = _mm512_fmadd_ps(q4p_block(w, 5, s, s + 5, is[2 * b], is[2 * b + 1], dx[2 * b], dx[2 * b + 1]), d0, y0);
+        y0 = _mm512_fmadd_ps(q4p_block(u, 4, xq + 8 * (b + 1), xq + 8 * (b + 1) + 4, is[2 * b + 2], is[2 * b + 3],
+                                       dx[2 * b + 2], dx[2 * b + 3]),
+                             d1, y0);
+    }
+    return y0;
+}
+
+static void q4_0_gemv_pairs(const tl_gemm_args *a, int64_t i0, int64_t i1) {
+    const int64_t nb = a->k / TL_QK, pairs = nb / 2;
+    uint8_t *sa = pairs > 0 && i1 - i0 >= Q_R ? (uint8_t *)tl_scratch((size_t)(pairs * Q4P_SA_BYTES)) : NULL;
+    if (!sa || a->ldw > INT32_MAX / Q_R) {
+        q_gemv_impl(TL_Q4_0, a, i0, i1);
+        return;
+    }
+    q4p_shift_acts(a->act, pairs, sa);
+    int64_t i = i0;
+    for (; i + Q_R <= i1; i += Q_R) {
+        const uint8_t *rp[16];
+        const __m512i idx = q_rows(a, i, Q_R, rp);
+        const x86_pf pf = x86_pf_next(a, i, i1, Q_R, nb);
+        __m512 y0 = q4p_panel(a, i, pairs, sa, &pf, _mm512_setzero_ps());
+        if (nb % 2) { /* the last block alone, as q_gemv_impl does it */
+            const int64_t b = nb - 1;
+            __m512i w[8];
+            __m512 d, m = _mm512_setzero_ps();
+            x86_pf_block(&pf, b);
+            q_load_block(TL_Q4_0, rp, b, (__mmask16)0xffff, idx, w, &d, &m);
+            const uint8_t *xr = a->act;
+            const int32_t *xq = (const int32_t *)xr;
+            const float *dx = x86_qa_d(xr, a->k);
+            const int16_t *is = x86_qa_isum(xr, a->k);
+            __m512i acc0 = _mm512_set1_epi32(-(int32_t)is[2 * b] * 8), acc1 = _mm512_set1_epi32(-(int32_t)is[2 * b + 1] * 8);
+            for (int t = 0; t < 4; t++) acc0 = _mm512_dpbusd_epi32(acc0, w[t], _mm512_set1_epi32(xq[8 * b + t]));
+            for (int t = 4; t < 8; t++) acc1 = _mm512_dpbusd_epi32(acc1, w[t], _mm512_set1_epi32(xq[8 * b + t]));
+            __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(acc0), _mm512_set1_ps(dx[2 * b]));
+            f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc1), _mm512_set1_ps(dx[2 * b + 1]), f);
+            y0 = _mm512_fmadd_ps(f, d, y0);
+        }
+        _mm512_storeu_ps(a->y + i, y0);
+    }
+    if (i < i1) q_gemv_impl(TL_Q4_0, a, i, i1); /* a ragged last panel */
+}
+
 /* ---- q8_0, n == 1: row by row, the panels' arithmetic, chosen by measured speed ---------------------
  * How fast DRAM serves decode depends on the access pattern, and on this VM the best pattern changes
  * with the host's memory load: one stream per thread (each row front to back) beat the 16-row panel by
@@ -443,7 +581,8 @@ Q_FUNCS(q4_1, TL_Q4_1)
 
 /* ---- table -------------------------------------------------------------------------------------- */
 static const tl_ukernel uk_q8_0 = {Q_R, Q_RN, q8_0_tile, Q_R, q8_0_gemv_auto, q8_0_block, x86_qa_row_bytes, qa_prepare_avx512};
-static const tl_ukernel uk_q4_0 = {Q_R, Q_RN, q4_0_tile, Q_R, q4_0_gemv, q4_0_block, x86_qa_row_bytes, qa_prepare_avx512};
+static const tl_ukernel uk_q4_0 = {Q_R, Q_RN, q4_0_tile, Q_R, q4_0_gemv_pairs, q4_0_block, x86_qa_row_bytes,
+                                   qa_prepare_avx512};
 static const tl_ukernel uk_q4_1 = {Q_R, Q_RN, q4_1_tile, Q_R, q4_1_gemv, q4_1_block, x86_qa_row_bytes, qa_prepare_avx512};
 
 const tl_ukernel *tl_uk_lookup(int wtype) {
