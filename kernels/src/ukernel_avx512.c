@@ -83,20 +83,53 @@ static void qa_prepare_avx512(const float *x, int64_t ldx, int64_t j0, int64_t j
 #define Q_RN 8                     /* tokens per register tile */
 #define Q_BLK_BYTES (512 + 64 + 64) /* per 32-block: 8 x 64 B quants, 16 d, 16 m */
 
-/* 16 rows' 16-byte chunks (row r at rp[r] + off) transposed to 4 zmm: out[t] lane r = dword t of
- * row r. A_q holds rows q, q+4, q+8, q+12 in its 128-bit lanes, so after the 32- and 64-bit
- * unpacks lane 4l + q of out[t] is row 4l + q: natural order, no permute needed. */
-TL_INLINE void q_transpose16(const uint8_t *const *rp, int off, __m512i out[4]) {
+/* Where a panel's 16 rows are: a table of pointers (any rows; dead rows repeat a live one), or, for a
+ * full panel, 4 bases (rows 0..3) and 2 strides: row q + 4j is B[q] + j L4 (L12 = 3 L4), 6 registers
+ * instead of a table of 16 that the compiler spills (24 stack reloads per block, measured in the asm).
+ * S4 (a compile-time constant at every call) says which; callers of the bases advance them along
+ * the row and pass small offsets. */
+typedef struct {
+    const uint8_t *const *rp;
+    const uint8_t *B[4];
+    int64_t L4, L12;
+} q_src;
+
+TL_INLINE const uint8_t *q_ptr(const int S4, const q_src *s, int r, int64_t off) {
+    if (!S4) return s->rp[r] + off;
+    const int j = r >> 2;
+    return s->B[r & 3] + (j == 0 ? 0 : j == 1 ? s->L4 : j == 2 ? 2 * s->L4 : s->L12) + off;
+}
+
+TL_INLINE q_src q_src4(const tl_gemm_args *a, int64_t r0) {
+    q_src s = {NULL, {NULL, NULL, NULL, NULL}, 4 * a->ldw, 12 * a->ldw};
+    for (int q = 0; q < 4; q++) s.B[q] = a->w + (r0 + q) * a->ldw;
+    return s;
+}
+
+TL_INLINE void q_src_advance(q_src *s, int64_t bytes) {
+    for (int q = 0; q < 4; q++) s->B[q] += bytes;
+}
+
+/* 16 rows' 16-byte chunks at off transposed to 4 zmm: out[t] lane r = dword t of row r (DW: only
+ * out[0], from 4-byte loads). A_q holds rows q, q+4, q+8, q+12 in its 128-bit lanes, so after the
+ * 32- and 64-bit unpacks lane 4l + q of out[t] is row 4l + q: natural order, no permute needed. */
+TL_INLINE __m128i q_chunk(const int S4, const int DW, const q_src *s, int r, int64_t off) {
+    const uint8_t *p = q_ptr(S4, s, r, off);
+    return DW ? _mm_cvtsi32_si128((int)tl_load_u32(p)) : _mm_loadu_si128((const __m128i *)p);
+}
+
+TL_INLINE void q_transpose16(const int S4, const int DW, const q_src *s, int64_t off, __m512i out[4]) {
     __m512i A[4];
     for (int q = 0; q < 4; q++) {
-        __m512i v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(rp[q] + off)));
-        v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(rp[q + 4] + off)), 1);
-        v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(rp[q + 8] + off)), 2);
-        A[q] = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(rp[q + 12] + off)), 3);
+        __m512i v = _mm512_castsi128_si512(q_chunk(S4, DW, s, q, off));
+        v = _mm512_inserti32x4(v, q_chunk(S4, DW, s, q + 4, off), 1);
+        v = _mm512_inserti32x4(v, q_chunk(S4, DW, s, q + 8, off), 2);
+        A[q] = _mm512_inserti32x4(v, q_chunk(S4, DW, s, q + 12, off), 3);
     }
-    __m512i T0 = _mm512_unpacklo_epi32(A[0], A[1]), T1 = _mm512_unpackhi_epi32(A[0], A[1]);
-    __m512i T2 = _mm512_unpacklo_epi32(A[2], A[3]), T3 = _mm512_unpackhi_epi32(A[2], A[3]);
+    __m512i T0 = _mm512_unpacklo_epi32(A[0], A[1]), T2 = _mm512_unpacklo_epi32(A[2], A[3]);
     out[0] = _mm512_unpacklo_epi64(T0, T2);
+    if (DW) return;
+    __m512i T1 = _mm512_unpackhi_epi32(A[0], A[1]), T3 = _mm512_unpackhi_epi32(A[2], A[3]);
     out[1] = _mm512_unpackhi_epi64(T0, T2);
     out[2] = _mm512_unpacklo_epi64(T1, T3);
     out[3] = _mm512_unpackhi_epi64(T1, T3);
@@ -105,19 +138,17 @@ TL_INLINE void q_transpose16(const uint8_t *const *rp, int off, __m512i out[4]) 
 /* Block b of a 16-row panel in registers: w[t] lane r = 4 unsigned quants 4t..4t+3 of row r
  * (q8_0: q + 128, q4: nibble), d (and m for q4_1) per lane; dead lanes (r >= nr) get d = m = 0
  * (their row pointers repeat a live row, so every load is in bounds). */
-TL_INLINE void q_load_block(const int WT, const uint8_t *const *rp, int64_t b, __mmask16 live, __m512i idx,
+TL_INLINE void q_load_block(const int WT, const int S4, const q_src *s, int64_t o, __mmask16 live, __m512i idx,
                             __m512i w[8], __m512 *d, __m512 *m) {
-    const int bs = x86_q_bytes(WT);
-    const int64_t o = b * bs;
     /* scales: for q4 the 16 scalar loads beat vpgatherdd (1 thread from DRAM: q4_0 +15 %, q4_1
      * +12 %); for q8_0 the gather measured equal or 5 % faster */
     if (WT == TL_Q4_1) {
         __m128i s4[4];
         for (int q = 0; q < 4; q++) {
-            __m128i v = _mm_cvtsi32_si128((int)tl_load_u32(rp[4 * q] + o));
-            v = _mm_insert_epi32(v, (int)tl_load_u32(rp[4 * q + 1] + o), 1);
-            v = _mm_insert_epi32(v, (int)tl_load_u32(rp[4 * q + 2] + o), 2);
-            s4[q] = _mm_insert_epi32(v, (int)tl_load_u32(rp[4 * q + 3] + o), 3);
+            __m128i v = _mm_cvtsi32_si128((int)tl_load_u32(q_ptr(S4, s, 4 * q, o)));
+            v = _mm_insert_epi32(v, (int)tl_load_u32(q_ptr(S4, s, 4 * q + 1, o)), 1);
+            v = _mm_insert_epi32(v, (int)tl_load_u32(q_ptr(S4, s, 4 * q + 2, o)), 2);
+            s4[q] = _mm_insert_epi32(v, (int)tl_load_u32(q_ptr(S4, s, 4 * q + 3, o)), 3);
         }
         __m512i sc = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set_m128i(s4[1], s4[0])), _mm256_set_m128i(s4[3], s4[2]), 1);
         sc = _mm512_maskz_mov_epi32(live, sc);
@@ -126,27 +157,26 @@ TL_INLINE void q_load_block(const int WT, const uint8_t *const *rp, int64_t b, _
     } else if (WT == TL_Q4_0) {
         /* lane numbers must be constants (unoptimised builds do not unroll a loop) */
 #define Q_H8(B)                                                                                             \
-    _mm_set_epi16((short)tl_load_u16(rp[B + 7] + o), (short)tl_load_u16(rp[B + 6] + o),                  \
-                  (short)tl_load_u16(rp[B + 5] + o), (short)tl_load_u16(rp[B + 4] + o),                  \
-                  (short)tl_load_u16(rp[B + 3] + o), (short)tl_load_u16(rp[B + 2] + o),                  \
-                  (short)tl_load_u16(rp[B + 1] + o), (short)tl_load_u16(rp[B] + o))
+    _mm_set_epi16((short)tl_load_u16(q_ptr(S4, s, B + 7, o)), (short)tl_load_u16(q_ptr(S4, s, B + 6, o)),                  \
+                  (short)tl_load_u16(q_ptr(S4, s, B + 5, o)), (short)tl_load_u16(q_ptr(S4, s, B + 4, o)),                  \
+                  (short)tl_load_u16(q_ptr(S4, s, B + 3, o)), (short)tl_load_u16(q_ptr(S4, s, B + 2, o)),                  \
+                  (short)tl_load_u16(q_ptr(S4, s, B + 1, o)), (short)tl_load_u16(q_ptr(S4, s, B, o)))
         *d = _mm512_maskz_mov_ps(live, _mm512_cvtph_ps(_mm256_set_m128i(Q_H8(8), Q_H8(0))));
 #undef Q_H8
     } else {
-        __m512i sc = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, idx, (const void *)(rp[0] + o), 1);
+        __m512i sc = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, idx, (const void *)q_ptr(S4, s, 0, o), 1);
         *d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(sc));
     }
-    const uint8_t *const *r = rp;
     __m512i u[4];
     if (WT == TL_Q8_0) {
         const __m512i flip = _mm512_set1_epi8((char)0x80);
-        q_transpose16(r, (int)o + 2, u);
+        q_transpose16(S4, 0, s, o + 2, u);
         for (int t = 0; t < 4; t++) w[t] = _mm512_xor_si512(u[t], flip);
-        q_transpose16(r, (int)o + 18, u);
+        q_transpose16(S4, 0, s, o + 18, u);
         for (int t = 0; t < 4; t++) w[t + 4] = _mm512_xor_si512(u[t], flip);
     } else {
         const __m512i lo4 = _mm512_set1_epi8(0x0f);
-        q_transpose16(r, (int)o + (WT == TL_Q4_0 ? 2 : 4), u);
+        q_transpose16(S4, 0, s, o + (WT == TL_Q4_0 ? 2 : 4), u);
         for (int t = 0; t < 4; t++) {
             w[t] = _mm512_and_si512(u[t], lo4);
             w[t + 4] = _mm512_and_si512(_mm512_srli_epi16(u[t], 4), lo4);
@@ -170,12 +200,13 @@ TL_INLINE void q_pack(const int WT, const tl_gemm_args *a, int64_t r0, int nr, u
     const int64_t nb = a->k / TL_QK;
     const uint8_t *rp[16];
     const __m512i idx = q_rows(a, r0, nr, rp);
+    const q_src src = {rp, {NULL, NULL, NULL, NULL}, 0, 0};
     const __mmask16 live = (__mmask16)((1u << nr) - 1);
     for (int64_t b = 0; b < nb; b++) {
         uint8_t *o = buf + b * Q_BLK_BYTES;
         __m512i w[8];
         __m512 d, m = _mm512_setzero_ps();
-        q_load_block(WT, rp, b, live, idx, w, &d, &m);
+        q_load_block(WT, 0, &src, b * x86_q_bytes(WT), live, idx, w, &d, &m);
         for (int t = 0; t < 8; t++) _mm512_store_si512((void *)(o + 64 * t), w[t]);
         _mm512_store_ps((float *)(o + 512), d);
         if (WT == TL_Q4_1) _mm512_store_ps((float *)(o + 576), m);
@@ -184,13 +215,41 @@ TL_INLINE void q_pack(const int WT, const tl_gemm_args *a, int64_t r0, int nr, u
 
 /* n == 1: the same arithmetic as q_panel_tile with RN = 1, straight from the transposed
  * registers (no store / reload of the panel). */
-TL_INLINE void q_gemv_impl(const int WT, const tl_gemm_args *a, int64_t i0, int64_t i1) {
-    const int64_t k = a->k, nb = k / TL_QK;
+/* One panel's y over all blocks; S4: a full panel, rows from bases advanced block by block. */
+TL_INLINE __m512 q_gemv_panel(const int WT, const int S4, const tl_gemm_args *a, q_src src, __mmask16 live,
+                              __m512i idx, const x86_pf *pf) {
+    const int64_t k = a->k, nb = k / TL_QK, bs = x86_q_bytes(WT);
     const int32_t off = WT == TL_Q8_0 ? 128 : 8;
     const uint8_t *xr = a->act;
     const int32_t *xq = (const int32_t *)xr;
     const float *dx = x86_qa_d(xr, k), *sx = x86_qa_s(xr, k);
     const int16_t *is = x86_qa_isum(xr, k);
+    __m512 y0 = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        x86_pf_block(pf, b);
+        __m512i w[8];
+        __m512 d, m = _mm512_setzero_ps();
+        q_load_block(WT, S4, &src, S4 ? 0 : b * bs, live, idx, w, &d, &m);
+        if (S4) q_src_advance(&src, bs);
+        __m512i acc0 = _mm512_setzero_si512(), acc1 = _mm512_setzero_si512();
+        if (WT != TL_Q4_1) {
+            acc0 = _mm512_set1_epi32(-(int32_t)is[2 * b] * off);
+            acc1 = _mm512_set1_epi32(-(int32_t)is[2 * b + 1] * off);
+        }
+        for (int t = 0; t < 4; t++) acc0 = _mm512_dpbusd_epi32(acc0, w[t], _mm512_set1_epi32(xq[8 * b + t]));
+        for (int t = 4; t < 8; t++) acc1 = _mm512_dpbusd_epi32(acc1, w[t], _mm512_set1_epi32(xq[8 * b + t]));
+        __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(acc0), _mm512_set1_ps(dx[2 * b]));
+        f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc1), _mm512_set1_ps(dx[2 * b + 1]), f);
+        y0 = _mm512_fmadd_ps(f, d, y0);
+        if (WT == TL_Q4_1) y0 = _mm512_fmadd_ps(m, _mm512_set1_ps(sx[2 * b] + sx[2 * b + 1]), y0);
+    }
+    return y0;
+}
+
+/* n == 1: the same arithmetic as q_panel_tile with RN = 1, straight from the transposed
+ * registers (no store / reload of the panel). */
+TL_INLINE void q_gemv_impl(const int WT, const tl_gemm_args *a, int64_t i0, int64_t i1) {
+    const int64_t nb = a->k / TL_QK;
     if (a->ldw > INT32_MAX / Q_R) { /* gather offsets are int32 */
         x86_q_block_scalar(WT, a, i0, i1, 0, 1);
         return;
@@ -200,27 +259,13 @@ TL_INLINE void q_gemv_impl(const int WT, const tl_gemm_args *a, int64_t i0, int6
         const uint8_t *rp[16];
         const __m512i idx = q_rows(a, i, nr, rp);
         const __mmask16 live = (__mmask16)((1u << nr) - 1);
-        __m512 y0 = _mm512_setzero_ps();
         const x86_pf pf = x86_pf_next(a, i, i1, Q_R, nb); /* the next panel, from DRAM */
-        for (int64_t b = 0; b < nb; b++) {
-            x86_pf_block(&pf, b);
-            __m512i w[8];
-            __m512 d, m = _mm512_setzero_ps();
-            q_load_block(WT, rp, b, live, idx, w, &d, &m);
-            __m512i acc0 = _mm512_setzero_si512(), acc1 = _mm512_setzero_si512();
-            if (WT != TL_Q4_1) {
-                acc0 = _mm512_set1_epi32(-(int32_t)is[2 * b] * off);
-                acc1 = _mm512_set1_epi32(-(int32_t)is[2 * b + 1] * off);
-            }
-            for (int t = 0; t < 4; t++) acc0 = _mm512_dpbusd_epi32(acc0, w[t], _mm512_set1_epi32(xq[8 * b + t]));
-            for (int t = 4; t < 8; t++) acc1 = _mm512_dpbusd_epi32(acc1, w[t], _mm512_set1_epi32(xq[8 * b + t]));
-            __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(acc0), _mm512_set1_ps(dx[2 * b]));
-            f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc1), _mm512_set1_ps(dx[2 * b + 1]), f);
-            y0 = _mm512_fmadd_ps(f, d, y0);
-            if (WT == TL_Q4_1) y0 = _mm512_fmadd_ps(m, _mm512_set1_ps(sx[2 * b] + sx[2 * b + 1]), y0);
+        if (nr == Q_R) {
+            _mm512_storeu_ps(a->y + i, q_gemv_panel(WT, 1, a, q_src4(a, i), live, idx, &pf));
+        } else {
+            const q_src src = {rp, {NULL, NULL, NULL, NULL}, 0, 0};
+            _mm512_mask_storeu_ps(a->y + i, live, q_gemv_panel(WT, 0, a, src, live, idx, &pf));
         }
-        if (nr == Q_R) _mm512_storeu_ps(a->y + i, y0);
-        else _mm512_mask_storeu_ps(a->y + i, live, y0);
     }
 }
 
@@ -233,40 +278,6 @@ TL_INLINE void q_gemv_impl(const int WT, const tl_gemm_args *a, int64_t i0, int6
  * values, 2 zero bytes, for the low and the high nibbles); the scale bytes meet those zeros. Every
  * int32 group dot, and every float operation after it, is the panel's: bit-identical to q_gemv_impl. */
 #define Q4P_SA_BYTES 40 /* per pair: 5 dwords for the low nibbles, 5 for the high */
-
-/* A full panel's rows as 4 bases (rows 0..3, advanced along the row) and 2 strides: row q + 4j is
- * B[q] + j * L4 (L12 = 3 L4), so the 16 row addresses need 6 registers, not a table of 16. */
-typedef struct {
-    const uint8_t *B[4];
-    int64_t L4, L12;
-} q_rows4;
-
-TL_INLINE __m128i q_ld16(const q_rows4 *R, int q, int j, int off) {
-    const uint8_t *p = R->B[q] + (j == 0 ? 0 : j == 1 ? R->L4 : j == 2 ? 2 * R->L4 : R->L12) + off;
-    return _mm_loadu_si128((const __m128i *)p);
-}
-TL_INLINE __m128i q_ld4(const q_rows4 *R, int q, int j, int off) {
-    const uint8_t *p = R->B[q] + (j == 0 ? 0 : j == 1 ? R->L4 : j == 2 ? 2 * R->L4 : R->L12) + off;
-    return _mm_cvtsi32_si128((int)tl_load_u32(p));
-}
-
-/* q_transpose16 with the rows of R; DW: only dword 0 (from 4-byte loads) into out[0]. */
-TL_INLINE void q_transpose16_r(const q_rows4 *R, int off, const int DW, __m512i out[4]) {
-    __m512i A[4];
-    for (int q = 0; q < 4; q++) {
-        __m512i v = _mm512_castsi128_si512(DW ? q_ld4(R, q, 0, off) : q_ld16(R, q, 0, off));
-        v = _mm512_inserti32x4(v, DW ? q_ld4(R, q, 1, off) : q_ld16(R, q, 1, off), 1);
-        v = _mm512_inserti32x4(v, DW ? q_ld4(R, q, 2, off) : q_ld16(R, q, 2, off), 2);
-        A[q] = _mm512_inserti32x4(v, DW ? q_ld4(R, q, 3, off) : q_ld16(R, q, 3, off), 3);
-    }
-    __m512i T0 = _mm512_unpacklo_epi32(A[0], A[1]), T2 = _mm512_unpacklo_epi32(A[2], A[3]);
-    out[0] = _mm512_unpacklo_epi64(T0, T2);
-    if (DW) return;
-    __m512i T1 = _mm512_unpackhi_epi32(A[0], A[1]), T3 = _mm512_unpackhi_epi32(A[2], A[3]);
-    out[1] = _mm512_unpackhi_epi64(T0, T2);
-    out[2] = _mm512_unpacklo_epi64(T1, T3);
-    out[3] = _mm512_unpackhi_epi64(T1, T3);
-}
 
 /* The shifted activations of every even block: sa[40 p ..] for blocks 2p. */
 static void q4p_shift_acts(const uint8_t *xr, int64_t pairs, uint8_t *sa) {
@@ -300,20 +311,16 @@ TL_INLINE __m512 q4p_panel(const tl_gemm_args *a, int64_t i, int64_t pairs, cons
     const int32_t *xq = (const int32_t *)xr;
     const float *dx = x86_qa_d(xr, k);
     const int16_t *is = x86_qa_isum(xr, k);
-    q_rows4 R;
-    for (int q = 0; q < 4; q++) R.B[q] = a->w + (i + q) * a->ldw;
-    R.L4 = 4 * a->ldw;
-    R.L12 = 12 * a->ldw;
+    q_src R = q_src4(a, i);
     for (int64_t p = 0; p < pairs; p++) {
         x86_pf_block(pf, 2 * p);
         x86_pf_block(pf, 2 * p + 1);
-        __m512i w[5], u[4];
-        q_transpose16_r(&R, 0, 0, w);      /* dwords 0..3 */
-        __m512i t4[4];
-        q_transpose16_r(&R, 16, 1, t4); /* dword 4 */
+        __m512i w[5], u[4], t4[4];
+        q_transpose16(1, 0, &R, 0, w);  /* dwords 0..3 */
+        q_transpose16(1, 1, &R, 16, t4); /* dword 4 */
         w[4] = t4[0];
-        q_transpose16_r(&R, 20, 0, u);     /* dwords 5..8 */
-        for (int q = 0; q < 4; q++) R.B[q] += 36;
+        q_transpose16(1, 0, &R, 20, u); /* dwords 5..8 */
+        q_src_advance(&R, 36);
         const __m512 d0 = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(w[0]));
         const __m512 d1 = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(w[4], 16)));
         const int32_t *s = (const int32_t *)(sa + Q4P_SA_BYTES * p);
@@ -345,7 +352,8 @@ static void q4_0_gemv_pairs(const tl_gemm_args *a, int64_t i0, int64_t i1) {
             __m512i w[8];
             __m512 d, m = _mm512_setzero_ps();
             x86_pf_block(&pf, b);
-            q_load_block(TL_Q4_0, rp, b, (__mmask16)0xffff, idx, w, &d, &m);
+            const q_src src = {rp, {NULL, NULL, NULL, NULL}, 0, 0};
+            q_load_block(TL_Q4_0, 0, &src, b * TL_Q4_0_BYTES, (__mmask16)0xffff, idx, w, &d, &m);
             const uint8_t *xr = a->act;
             const int32_t *xq = (const int32_t *)xr;
             const float *dx = x86_qa_d(xr, a->k);
