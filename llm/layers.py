@@ -109,6 +109,15 @@ class Rope:
         ang = np.asarray(pos, dtype=np.float64)[:, None] * self.inv_freq[None, :]
         return np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
 
+    def span(self, p0: int, p1: int) -> tuple[np.ndarray, np.ndarray]:
+        """tables(arange(p0, p1)) as views of tables computed once for positions 0.. (grown by doubling):
+        a decoded token then costs two slices instead of a cos and a sin (10-16 us per token on a cold cache)."""
+        have = getattr(self, "_span", None)
+        if have is None or have[0].shape[0] < p1 or have[2] is not self.inv_freq:  # grown, or frequencies rescaled
+            n = max(p1, 2 * (have[0].shape[0] if have is not None else 64))
+            have = self._span = (*self.tables(np.arange(n)), self.inv_freq)
+        return have[0][p0:p1], have[1][p0:p1]
+
     def _cis(self, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
         """cos + i sin as complex64, cached for the last (cos, sin) pair (q and k of every layer share it)."""
         last = getattr(self, "_cis_last", None)

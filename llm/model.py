@@ -249,7 +249,7 @@ class LlamaModel(DecoderModel):
         hp, be = self.hparams, self.backend
         T, p0 = ids.size, self.n_past
         h = self.tok_embd.rows(ids)  # [T, n_embd]
-        cos, sin = self.rope.tables(np.arange(p0, p0 + T))
+        cos, sin = self.rope.span(p0, p0 + T)
         scale = self.kq_mult / np.sqrt(hp.head_dim)
         plans = self._layer_plans() if T == 1 else None
         if plans is not None:  # one token: each layer in one C call (the same steps as below)
