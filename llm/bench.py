@@ -330,6 +330,9 @@ class GemmResult:
     rel_err: float = 0.0  # ||Y - X·dequant(W)ᵀ|| / ||X·dequant(W)ᵀ||: a kernel that is fast but wrong shows here
 
 
+BLAS_SETTLE_S = 0.3
+
+
 def _time_call(fn: Callable[[], Any], reps: int, warmup: bool, min_sample_s: float = 0.02) -> list[int]:
     """Per-call ns, one value per rep; calls shorter than ``min_sample_s`` are repeated inside a
     sample (timeit-style) so timer resolution and scheduling jitter do not dominate."""
@@ -390,6 +393,9 @@ def run_gemm_bench(
             flops = 2.0 * m * n * k
             np_s = _time_call(lambda: np.matmul(x, w32.T, out=out), reps, warmup, min_sample_s)
             np_gf = flops / statistics.median(np_s)
+            # numpy's OpenBLAS threads keep spinning for a while after a call and would share the CPUs with
+            # the kernels timed next (the first cell of a run measured 40-46 % of peak instead of ~88 %)
+            time.sleep(BLAS_SETTLE_S)
             for t in threads:
                 peak = peaks[t][0]
                 r = GemmResult("numpy", t, "f32", m, k, n, reps, float(statistics.median(np_s)), np_s, np_gf,
@@ -404,6 +410,7 @@ def run_gemm_bench(
                         continue
                     samples = _time_call(lambda: be.matmul(wv, x, out), reps, warmup, min_sample_s)
                     want = x @ deq[gt].T
+                    time.sleep(BLAS_SETTLE_S)  # that matmul's BLAS threads spin too (f16 after f32: 39 % of peak)
                     err = float(np.linalg.norm(out - want) / max(float(np.linalg.norm(want)), 1e-30))
                     if not err < 3e-2:  # Q8 activations alone cost ~0.5 %
                         print(f"warning: {be.name} {gt.name} {m}x{k} n={n}: relative error {err:.3g} vs numpy",
