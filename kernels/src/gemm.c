@@ -13,6 +13,7 @@
  *                list, so q/k/v (gate/up) cost one dispatch and share the ragged end.
  */
 #include <stdatomic.h>
+#include <string.h>
 
 #include "threadpool.h"
 #include "tl_internal.h"
@@ -135,9 +136,76 @@ static int gemv_plan(int count, const tl_ukernel *const *uk, const tl_gemm_args 
     return nth;
 }
 
+/* Sizing of one product's jobs (n > 1) for nth threads; *nth_out: the threads it can use. */
+static void gemm_plan(const tl_ukernel *uk, const tl_gemm_args *a, int nthreads, gemm_ctx *g, int *nth_out) {
+    const int64_t macs = a->m * a->n * a->k;
+    memset(g, 0, sizeof *g);
+    g->uk = uk;
+    g->a = a;
+    atomic_init(&g->next, 0);
+    g->mt = (a->m + uk->rm - 1) / uk->rm;
+    g->nt = (a->n + uk->rn - 1) / uk->rn;
+    /* a block kernel that walks k in chunks keeps one chunk of its blocks in cache, not whole rows */
+    const int64_t kc = uk->block && uk->kc > 0 ? TL_MIN((int64_t)uk->kc, a->k) : a->k;
+    /* token block: as many token tiles as fit the activation budget (at least one) */
+    int64_t tile_bytes = (int64_t)uk->rn * a->ldact * kc / a->k;
+    int64_t nb = TL_MAX(TL_ACT_BLOCK_BYTES * (uk->kc ? TL_KC_ACT_FACTOR : 1) / TL_MAX(tile_bytes, 1), 1);
+    g->jobs_n = (g->nt + nb - 1) / nb;
+    g->nb = (g->nt + g->jobs_n - 1) / g->jobs_n; /* rebalance the blocks */
+    g->jobs_n = (g->nt + g->nb - 1) / g->nb;
+    int nth = threads_for(nthreads, macs, g->mt * g->jobs_n);
+    /* row blocks: at least TL_JOBS_PER_THREAD jobs per thread, small enough that a block's weight
+     * rows stay in L2 while the job order (row-block-major) walks them past every token block, and
+     * a job count that divides among the threads; blocks balanced to within one row tile */
+    int64_t want = (int64_t)nth * (uk->kc ? TL_KC_JOBS_PER_THREAD : TL_JOBS_PER_THREAD);
+    int64_t mb_cap = TL_MAX(TL_W_BLOCK_BYTES / TL_MAX((int64_t)uk->rm * tl_row_bytes(a->wtype, a->k) * kc / a->k, 1), 1);
+    int64_t nrb = TL_MAX((g->mt + mb_cap - 1) / mb_cap, (want + g->jobs_n - 1) / g->jobs_n);
+    while ((nrb * g->jobs_n) % nth != 0 && nrb < g->mt) nrb++;
+    g->nrb = TL_MIN(nrb, g->mt);
+    g->njobs = g->nrb * g->jobs_n;
+    *nth_out = nth;
+}
+
+/* Several products (n > 1) as one job list: q/k/v or gate/up cost one dispatch and one ragged end. */
+typedef struct {
+    int count;
+    gemm_ctx g[TL_GEMM_MANY_MAX];
+    int64_t first[TL_GEMM_MANY_MAX + 1];
+    _Atomic int64_t next;
+} gemm_many_ctx;
+
+static void gemm_many_task(void *vctx, int ith, int nth) {
+    (void)ith;
+    (void)nth;
+    gemm_many_ctx *c = (gemm_many_ctx *)vctx;
+    int p = 0;
+    for (;;) {
+        int64_t job = atomic_fetch_add_explicit(&c->next, 1, memory_order_relaxed);
+        if (job >= c->first[c->count]) break;
+        while (job >= c->first[p + 1]) p++; /* jobs are handed out in increasing order */
+        run_job(&c->g[p], job - c->first[p]);
+    }
+}
+
 void tl_gemm_drive_many(int count, const tl_ukernel *const *uk, const tl_gemm_args *a, int nthreads) {
-    if (a[0].n != 1) { /* prompts: each product is big enough to fill the threads on its own */
-        for (int p = 0; p < count; p++) tl_gemm_drive(uk[p], &a[p], nthreads);
+    if (a[0].n != 1) {
+        gemm_many_ctx c;
+        int nth = 1;
+        c.count = count;
+        c.first[0] = 0;
+        for (int p = 0; p < count; p++) { /* the threads any of them can use, then every plan for that many */
+            const tl_ukernel *u = uk[p]->big && a[p].n >= uk[p]->big_n ? uk[p]->big : uk[p];
+            int t;
+            gemm_plan(u, &a[p], nthreads, &c.g[p], &t);
+            nth = TL_MAX(nth, t);
+        }
+        for (int p = 0; p < count; p++) {
+            int t;
+            gemm_plan(c.g[p].uk, &a[p], nth, &c.g[p], &t);
+            c.first[p + 1] = c.first[p] + c.g[p].njobs;
+        }
+        atomic_init(&c.next, 0);
+        tl_parallel_for(nth, gemm_many_task, &c);
         return;
     }
     gemv_ctx g;
@@ -146,7 +214,6 @@ void tl_gemm_drive_many(int count, const tl_ukernel *const *uk, const tl_gemm_ar
 }
 
 void tl_gemm_drive(const tl_ukernel *uk, const tl_gemm_args *a, int nthreads) {
-    const int64_t macs = a->m * a->n * a->k;
     if (uk->big && a->n >= uk->big_n) uk = uk->big;
     if (a->n == 1) {
         gemv_ctx g;
@@ -154,26 +221,8 @@ void tl_gemm_drive(const tl_ukernel *uk, const tl_gemm_args *a, int nthreads) {
         tl_parallel_for(nth, gemv_task, &g);
         return;
     }
-    gemm_ctx g = {uk, a, 0, 0, 0, 0, 0, 0, 0};
-    g.mt = (a->m + uk->rm - 1) / uk->rm;
-    g.nt = (a->n + uk->rn - 1) / uk->rn;
-    /* a block kernel that walks k in chunks keeps one chunk of its blocks in cache, not whole rows */
-    const int64_t kc = uk->block && uk->kc > 0 ? TL_MIN((int64_t)uk->kc, a->k) : a->k;
-    /* token block: as many token tiles as fit the activation budget (at least one) */
-    int64_t tile_bytes = (int64_t)uk->rn * a->ldact * kc / a->k;
-    int64_t nb = TL_MAX(TL_ACT_BLOCK_BYTES * (uk->kc ? TL_KC_ACT_FACTOR : 1) / TL_MAX(tile_bytes, 1), 1);
-    g.jobs_n = (g.nt + nb - 1) / nb;
-    g.nb = (g.nt + g.jobs_n - 1) / g.jobs_n; /* rebalance the blocks */
-    g.jobs_n = (g.nt + g.nb - 1) / g.nb;
-    int nth = threads_for(nthreads, macs, g.mt * g.jobs_n);
-    /* row blocks: at least TL_JOBS_PER_THREAD jobs per thread, small enough that a block's weight
-     * rows stay in L2 while the job order (row-block-major) walks them past every token block, and
-     * a job count that divides among the threads; blocks balanced to within one row tile */
-    int64_t want = (int64_t)nth * (uk->kc ? TL_KC_JOBS_PER_THREAD : TL_JOBS_PER_THREAD);
-    int64_t mb_cap = TL_MAX(TL_W_BLOCK_BYTES / TL_MAX((int64_t)uk->rm * tl_row_bytes(a->wtype, a->k) * kc / a->k, 1), 1);
-    int64_t nrb = TL_MAX((g.mt + mb_cap - 1) / mb_cap, (want + g.jobs_n - 1) / g.jobs_n);
-    while ((nrb * g.jobs_n) % nth != 0 && nrb < g.mt) nrb++;
-    g.nrb = TL_MIN(nrb, g.mt);
-    g.njobs = g.nrb * g.jobs_n;
+    gemm_ctx g;
+    int nth;
+    gemm_plan(uk, a, nthreads, &g, &nth);
     tl_parallel_for(nth, gemm_task, &g);
 }
