@@ -326,6 +326,73 @@ TL_INLINE void q_block_impl(const int WT, const tl_gemm_args *a, int64_t i0, int
     }
 }
 
+/* ---- n == 1: straight from the transposed registers ----------------------------------------------
+ * The panel path packs each 8-row panel into scratch (scales converted in software, one row at a
+ * time) and reads it back for one token. For one token the gemv does q_panel_tile's arithmetic with
+ * RN = 1 on the transposed registers directly, scales by F16C (exact, like the software conversion),
+ * so a token's outputs are the same bits alone and in a batch. Full 8-row panels only; a ragged last
+ * panel goes the panel way. */
+TL_INLINE void q_gemv_impl(const int WT, const tl_gemm_args *a, int64_t i0, int64_t i1) {
+    const int64_t k = a->k, nb = k / TL_QK;
+    const int bs = x86_q_bytes(WT);
+    const __m256i ones = _mm256_set1_epi16(1), lo4 = _mm256_set1_epi8(0x0f);
+    const uint8_t *xr = a->act;
+    const int32_t *xq = (const int32_t *)xr;
+    const float *dx = x86_qa_d(xr, k), *sx = x86_qa_s(xr, k);
+    const int16_t *is = x86_qa_isum(xr, k);
+    int64_t i = i0;
+    for (; i + Q_R <= i1; i += Q_R) {
+        const uint8_t *rp[8];
+        for (int r = 0; r < 8; r++) rp[r] = a->w + (i + r) * a->ldw;
+        if (i + Q_R < a->m) x86_pf_rows(a, i + Q_R, TL_MIN(i + 2 * Q_R, a->m)); /* the next panel, from DRAM */
+        __m256 y = _mm256_setzero_ps();
+        for (int64_t b = 0; b < nb; b++) {
+            const int64_t o = b * bs;
+            const __m128i dh = _mm_set_epi16((short)tl_load_u16(rp[7] + o), (short)tl_load_u16(rp[6] + o),
+                                             (short)tl_load_u16(rp[5] + o), (short)tl_load_u16(rp[4] + o),
+                                             (short)tl_load_u16(rp[3] + o), (short)tl_load_u16(rp[2] + o),
+                                             (short)tl_load_u16(rp[1] + o), (short)tl_load_u16(rp[0] + o));
+            const __m256 d = _mm256_cvtph_ps(dh);
+            __m256i acc[2];
+            if (WT == TL_Q8_0) {
+                acc[0] = acc[1] = _mm256_setzero_si256();
+                __m256i u[4];
+                for (int h = 0; h < 2; h++) {
+                    q_transpose8(rp, o + 2 + 16 * h, u);
+                    for (int t = 0; t < 4; t++) {
+                        const __m256i xb = _mm256_set1_epi32(xq[8 * b + 4 * h + t]);
+                        const __m256i p16 = _mm256_maddubs_epi16(_mm256_abs_epi8(u[t]), _mm256_sign_epi8(xb, u[t]));
+                        acc[h] = _mm256_add_epi32(acc[h], _mm256_madd_epi16(p16, ones));
+                    }
+                }
+            } else {
+                __m256i u[4], a16[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+                q_transpose8(rp, o + (WT == TL_Q4_0 ? 2 : 4), u);
+                for (int t = 0; t < 8; t++) { /* t < 4: low nibbles (values 4t..), else high (16 + 4(t-4)..) */
+                    const __m256i wv = t < 4 ? _mm256_and_si256(u[t], lo4) : _mm256_and_si256(_mm256_srli_epi16(u[t - 4], 4), lo4);
+                    a16[t >> 2] = _mm256_add_epi16(a16[t >> 2], _mm256_maddubs_epi16(wv, _mm256_set1_epi32(xq[8 * b + t])));
+                }
+                for (int h = 0; h < 2; h++) {
+                    acc[h] = _mm256_madd_epi16(a16[h], ones);
+                    if (WT == TL_Q4_0) acc[h] = _mm256_sub_epi32(acc[h], _mm256_set1_epi32((int32_t)is[2 * b + h] * 8));
+                }
+            }
+            __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(acc[0]), _mm256_set1_ps(dx[2 * b]));
+            f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[1]), _mm256_set1_ps(dx[2 * b + 1]), f);
+            y = _mm256_fmadd_ps(f, d, y);
+            if (WT == TL_Q4_1) {
+                const __m128i mh = _mm_set_epi16((short)tl_load_u16(rp[7] + o + 2), (short)tl_load_u16(rp[6] + o + 2),
+                                                 (short)tl_load_u16(rp[5] + o + 2), (short)tl_load_u16(rp[4] + o + 2),
+                                                 (short)tl_load_u16(rp[3] + o + 2), (short)tl_load_u16(rp[2] + o + 2),
+                                                 (short)tl_load_u16(rp[1] + o + 2), (short)tl_load_u16(rp[0] + o + 2));
+                y = _mm256_fmadd_ps(_mm256_cvtph_ps(mh), _mm256_set1_ps(sx[2 * b] + sx[2 * b + 1]), y);
+            }
+        }
+        _mm256_storeu_ps(a->y + i, y);
+    }
+    if (i < i1) q_block_impl(WT, a, i, i1, 0, 1); /* a ragged last panel */
+}
+
 #define Q_FUNCS(NAME, WT)                                                                                   \
     static void NAME##_block(const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {       \
         q_block_impl(WT, a, i0, i1, j0, j1);                                                                \
@@ -333,7 +400,7 @@ TL_INLINE void q_block_impl(const int WT, const tl_gemm_args *a, int64_t i0, int
     static void NAME##_tile(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {                \
         q_block_impl(WT, a, i0, i0 + rm, j0, j0 + rn);                                                      \
     }                                                                                                       \
-    static void NAME##_gemv(const tl_gemm_args *a, int64_t i0, int64_t i1) { q_block_impl(WT, a, i0, i1, 0, 1); }
+    static void NAME##_gemv(const tl_gemm_args *a, int64_t i0, int64_t i1) { q_gemv_impl(WT, a, i0, i1); }
 Q_FUNCS(q8_0, TL_Q8_0)
 Q_FUNCS(q4_0, TL_Q4_0)
 Q_FUNCS(q4_1, TL_Q4_1)
