@@ -91,18 +91,25 @@ typedef struct {
     _Atomic int64_t next;
 } gemv_ctx;
 
+/* The next item of a list shared out over several products (first[p]: p's first item): its index within
+ * product *p, or -1 when the list is done. Items go out in increasing order, so a thread's product index
+ * only moves forward. */
+static inline int64_t next_item(_Atomic int64_t *next, const int64_t *first, int count, int *p) {
+    const int64_t i = atomic_fetch_add_explicit(next, 1, memory_order_relaxed);
+    if (i >= first[count]) return -1;
+    while (i >= first[*p + 1]) (*p)++;
+    return i - first[*p];
+}
+
 static void gemv_task(void *vctx, int ith, int nth) {
     (void)ith;
     (void)nth;
     gemv_ctx *g = (gemv_ctx *)vctx;
     int p = 0;
-    for (;;) {
-        int64_t ch = atomic_fetch_add_explicit(&g->next, 1, memory_order_relaxed);
-        if (ch >= g->first[g->count]) break;
-        while (ch >= g->first[p + 1]) p++; /* chunks are handed out in increasing order */
+    for (int64_t ch; (ch = next_item(&g->next, g->first, g->count, &p)) >= 0;) {
         const tl_ukernel *uk = g->uk[p];
         const tl_gemm_args *a = &g->a[p];
-        int64_t i0 = (ch - g->first[p]) * g->unit[p], i1 = TL_MIN(i0 + g->unit[p], a->m);
+        int64_t i0 = ch * g->unit[p], i1 = TL_MIN(i0 + g->unit[p], a->m);
         if (uk->gemv) {
             uk->gemv(a, i0, i1);
         } else {
@@ -179,12 +186,7 @@ static void gemm_many_task(void *vctx, int ith, int nth) {
     (void)nth;
     gemm_many_ctx *c = (gemm_many_ctx *)vctx;
     int p = 0;
-    for (;;) {
-        int64_t job = atomic_fetch_add_explicit(&c->next, 1, memory_order_relaxed);
-        if (job >= c->first[c->count]) break;
-        while (job >= c->first[p + 1]) p++; /* jobs are handed out in increasing order */
-        run_job(&c->g[p], job - c->first[p]);
-    }
+    for (int64_t job; (job = next_item(&c->next, c->first, c->count, &p)) >= 0;) run_job(&c->g[p], job);
 }
 
 void tl_gemm_drive_many(int count, const tl_ukernel *const *uk, const tl_gemm_args *a, int nthreads) {
