@@ -232,6 +232,21 @@ TL_INLINE void q_pack(const int WT, const tl_gemm_args *a, int64_t r0, int nr, u
     }
 }
 
+/* A block's two int32 group dots scaled by the activation's group scales: f = dot0 dx0, then
+ * fma(dot1, dx1, f) -- one order for the panel tiles and the gemv, so their results are the same bits. */
+TL_INLINE __m256 q_scale_dots(__m256i acc0, __m256i acc1, float dx0, float dx1) {
+    const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(acc0), _mm256_set1_ps(dx0));
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc1), _mm256_set1_ps(dx1), f);
+}
+
+/* The 8 rows' f16 values at rp[r] + off as f32 (F16C: exact, like tl_f16_to_f32). */
+TL_INLINE __m256 q_f16x8(const uint8_t *const *rp, int64_t off) {
+    return _mm256_cvtph_ps(_mm_set_epi16((short)tl_load_u16(rp[7] + off), (short)tl_load_u16(rp[6] + off),
+                                         (short)tl_load_u16(rp[5] + off), (short)tl_load_u16(rp[4] + off),
+                                         (short)tl_load_u16(rp[3] + off), (short)tl_load_u16(rp[2] + off),
+                                         (short)tl_load_u16(rp[1] + off), (short)tl_load_u16(rp[0] + off)));
+}
+
 TL_INLINE void q_panel_tile(const int WT, const int RN, const tl_gemm_args *a, const uint8_t *panel, int64_t i0,
                             int nr, int64_t j0) {
     const int64_t k = a->k, nb = k / TL_QK;
@@ -282,9 +297,7 @@ TL_INLINE void q_panel_tile(const int WT, const int RN, const tl_gemm_args *a, c
         const __m256 d = _mm256_load_ps((const float *)(P + 512));
         for (int j = 0; j < RN; j++) {
             const float *dx = x86_qa_d(xr[j], k);
-            __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(acc[0][j]), _mm256_set1_ps(dx[2 * b]));
-            f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[1][j]), _mm256_set1_ps(dx[2 * b + 1]), f);
-            y[j] = _mm256_fmadd_ps(f, d, y[j]);
+            y[j] = _mm256_fmadd_ps(q_scale_dots(acc[0][j], acc[1][j], dx[2 * b], dx[2 * b + 1]), d, y[j]);
             if (WT == TL_Q4_1) {
                 const float *sx = x86_qa_s(xr[j], k);
                 y[j] = _mm256_fmadd_ps(_mm256_load_ps((const float *)(P + 544)), _mm256_set1_ps(sx[2 * b] + sx[2 * b + 1]),
@@ -348,11 +361,7 @@ TL_INLINE void q_gemv_impl(const int WT, const tl_gemm_args *a, int64_t i0, int6
         __m256 y = _mm256_setzero_ps();
         for (int64_t b = 0; b < nb; b++) {
             const int64_t o = b * bs;
-            const __m128i dh = _mm_set_epi16((short)tl_load_u16(rp[7] + o), (short)tl_load_u16(rp[6] + o),
-                                             (short)tl_load_u16(rp[5] + o), (short)tl_load_u16(rp[4] + o),
-                                             (short)tl_load_u16(rp[3] + o), (short)tl_load_u16(rp[2] + o),
-                                             (short)tl_load_u16(rp[1] + o), (short)tl_load_u16(rp[0] + o));
-            const __m256 d = _mm256_cvtph_ps(dh);
+            const __m256 d = q_f16x8(rp, o);
             __m256i acc[2];
             if (WT == TL_Q8_0) {
                 acc[0] = acc[1] = _mm256_setzero_si256();
@@ -377,15 +386,9 @@ TL_INLINE void q_gemv_impl(const int WT, const tl_gemm_args *a, int64_t i0, int6
                     if (WT == TL_Q4_0) acc[h] = _mm256_sub_epi32(acc[h], _mm256_set1_epi32((int32_t)is[2 * b + h] * 8));
                 }
             }
-            __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(acc[0]), _mm256_set1_ps(dx[2 * b]));
-            f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[1]), _mm256_set1_ps(dx[2 * b + 1]), f);
-            y = _mm256_fmadd_ps(f, d, y);
+            y = _mm256_fmadd_ps(q_scale_dots(acc[0], acc[1], dx[2 * b], dx[2 * b + 1]), d, y);
             if (WT == TL_Q4_1) {
-                const __m128i mh = _mm_set_epi16((short)tl_load_u16(rp[7] + o + 2), (short)tl_load_u16(rp[6] + o + 2),
-                                                 (short)tl_load_u16(rp[5] + o + 2), (short)tl_load_u16(rp[4] + o + 2),
-                                                 (short)tl_load_u16(rp[3] + o + 2), (short)tl_load_u16(rp[2] + o + 2),
-                                                 (short)tl_load_u16(rp[1] + o + 2), (short)tl_load_u16(rp[0] + o + 2));
-                y = _mm256_fmadd_ps(_mm256_cvtph_ps(mh), _mm256_set1_ps(sx[2 * b] + sx[2 * b + 1]), y);
+                y = _mm256_fmadd_ps(q_f16x8(rp, o + 2), _mm256_set1_ps(sx[2 * b] + sx[2 * b + 1]), y);
             }
         }
         _mm256_storeu_ps(a->y + i, y);

@@ -213,19 +213,24 @@ TL_INLINE void q_pack(const int WT, const tl_gemm_args *a, int64_t r0, int nr, u
     }
 }
 
-/* n == 1: the same arithmetic as q_panel_tile with RN = 1, straight from the transposed
- * registers (no store / reload of the panel). */
-/* One panel's y over all blocks; S4: a full panel, rows from bases advanced block by block. */
-TL_INLINE __m512 q_gemv_panel(const int WT, const int S4, const tl_gemm_args *a, q_src src, __mmask16 live,
-                              __m512i idx, const x86_pf *pf) {
-    const int64_t k = a->k, nb = k / TL_QK, bs = x86_q_bytes(WT);
+/* A block's two int32 group dots scaled by the activation's group scales: f = dot0 dx0, then
+ * fma(dot1, dx1, f) -- the one order every quantized path here uses, so their results are the same bits. */
+TL_INLINE __m512 q_scale_dots(__m512i acc0, __m512i acc1, float dx0, float dx1) {
+    const __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(acc0), _mm512_set1_ps(dx0));
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc1), _mm512_set1_ps(dx1), f);
+}
+
+/* One panel, one token, blocks [b0, b1): y0 + the blocks' terms in block order. S4: a full panel whose
+ * rows come from bases (at block b0, advanced block by block); else a table (offsets b * bytes). */
+TL_INLINE __m512 q_gemv_blocks(const int WT, const int S4, const tl_gemm_args *a, q_src src, int64_t b0, int64_t b1,
+                               __mmask16 live, __m512i idx, const x86_pf *pf, __m512 y0) {
+    const int64_t k = a->k, bs = x86_q_bytes(WT);
     const int32_t off = WT == TL_Q8_0 ? 128 : 8;
     const uint8_t *xr = a->act;
     const int32_t *xq = (const int32_t *)xr;
     const float *dx = x86_qa_d(xr, k), *sx = x86_qa_s(xr, k);
     const int16_t *is = x86_qa_isum(xr, k);
-    __m512 y0 = _mm512_setzero_ps();
-    for (int64_t b = 0; b < nb; b++) {
+    for (int64_t b = b0; b < b1; b++) {
         x86_pf_block(pf, b);
         __m512i w[8];
         __m512 d, m = _mm512_setzero_ps();
@@ -238,9 +243,7 @@ TL_INLINE __m512 q_gemv_panel(const int WT, const int S4, const tl_gemm_args *a,
         }
         for (int t = 0; t < 4; t++) acc0 = _mm512_dpbusd_epi32(acc0, w[t], _mm512_set1_epi32(xq[8 * b + t]));
         for (int t = 4; t < 8; t++) acc1 = _mm512_dpbusd_epi32(acc1, w[t], _mm512_set1_epi32(xq[8 * b + t]));
-        __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(acc0), _mm512_set1_ps(dx[2 * b]));
-        f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc1), _mm512_set1_ps(dx[2 * b + 1]), f);
-        y0 = _mm512_fmadd_ps(f, d, y0);
+        y0 = _mm512_fmadd_ps(q_scale_dots(acc0, acc1, dx[2 * b], dx[2 * b + 1]), d, y0);
         if (WT == TL_Q4_1) y0 = _mm512_fmadd_ps(m, _mm512_set1_ps(sx[2 * b] + sx[2 * b + 1]), y0);
     }
     return y0;
@@ -260,11 +263,12 @@ TL_INLINE void q_gemv_impl(const int WT, const tl_gemm_args *a, int64_t i0, int6
         const __m512i idx = q_rows(a, i, nr, rp);
         const __mmask16 live = (__mmask16)((1u << nr) - 1);
         const x86_pf pf = x86_pf_next(a, i, i1, Q_R, nb); /* the next panel, from DRAM */
+        const __m512 z = _mm512_setzero_ps();
         if (nr == Q_R) {
-            _mm512_storeu_ps(a->y + i, q_gemv_panel(WT, 1, a, q_src4(a, i), live, idx, &pf));
+            _mm512_storeu_ps(a->y + i, q_gemv_blocks(WT, 1, a, q_src4(a, i), 0, nb, live, idx, &pf, z));
         } else {
             const q_src src = {rp, {NULL, NULL, NULL, NULL}, 0, 0};
-            _mm512_mask_storeu_ps(a->y + i, live, q_gemv_panel(WT, 0, a, src, live, idx, &pf));
+            _mm512_mask_storeu_ps(a->y + i, live, q_gemv_blocks(WT, 0, a, src, 0, nb, live, idx, &pf, z));
         }
     }
 }
@@ -290,7 +294,7 @@ static void q4p_shift_acts(const uint8_t *xr, int64_t pairs, uint8_t *sa) {
     }
 }
 
-/* One block's two int32 group dots (offset removed) scaled: f = dot0 dx0, then fma(dot1, dx1, f). */
+/* One block's two int32 group dots (offset removed), scaled by q_scale_dots. */
 TL_INLINE __m512 q4p_block(const __m512i *w, int nw, const int32_t *xlo, const int32_t *xhi, int32_t is0,
                            int32_t is1, float dx0, float dx1) {
     const __m512i lo4 = _mm512_set1_epi8(0x0f);
@@ -299,8 +303,7 @@ TL_INLINE __m512 q4p_block(const __m512i *w, int nw, const int32_t *xlo, const i
         acc0 = _mm512_dpbusd_epi32(acc0, _mm512_and_si512(w[t], lo4), _mm512_set1_epi32(xlo[t]));
         acc1 = _mm512_dpbusd_epi32(acc1, _mm512_and_si512(_mm512_srli_epi16(w[t], 4), lo4), _mm512_set1_epi32(xhi[t]));
     }
-    const __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(acc0), _mm512_set1_ps(dx0));
-    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc1), _mm512_set1_ps(dx1), f);
+    return q_scale_dots(acc0, acc1, dx0, dx1);
 }
 
 /* Rows [i, i + 16) over blocks [0, 2 pairs): y0 += ... exactly as q_gemv_impl's loop. */
@@ -348,22 +351,8 @@ static void q4_0_gemv_pairs(const tl_gemm_args *a, int64_t i0, int64_t i1) {
         const x86_pf pf = x86_pf_next(a, i, i1, Q_R, nb);
         __m512 y0 = q4p_panel(a, i, pairs, sa, &pf, _mm512_setzero_ps());
         if (nb % 2) { /* the last block alone, as q_gemv_impl does it */
-            const int64_t b = nb - 1;
-            __m512i w[8];
-            __m512 d, m = _mm512_setzero_ps();
-            x86_pf_block(&pf, b);
             const q_src src = {rp, {NULL, NULL, NULL, NULL}, 0, 0};
-            q_load_block(TL_Q4_0, 0, &src, b * TL_Q4_0_BYTES, (__mmask16)0xffff, idx, w, &d, &m);
-            const uint8_t *xr = a->act;
-            const int32_t *xq = (const int32_t *)xr;
-            const float *dx = x86_qa_d(xr, a->k);
-            const int16_t *is = x86_qa_isum(xr, a->k);
-            __m512i acc0 = _mm512_set1_epi32(-(int32_t)is[2 * b] * 8), acc1 = _mm512_set1_epi32(-(int32_t)is[2 * b + 1] * 8);
-            for (int t = 0; t < 4; t++) acc0 = _mm512_dpbusd_epi32(acc0, w[t], _mm512_set1_epi32(xq[8 * b + t]));
-            for (int t = 4; t < 8; t++) acc1 = _mm512_dpbusd_epi32(acc1, w[t], _mm512_set1_epi32(xq[8 * b + t]));
-            __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(acc0), _mm512_set1_ps(dx[2 * b]));
-            f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc1), _mm512_set1_ps(dx[2 * b + 1]), f);
-            y0 = _mm512_fmadd_ps(f, d, y0);
+            y0 = q_gemv_blocks(TL_Q4_0, 0, a, src, nb - 1, nb, (__mmask16)0xffff, idx, &pf, y0);
         }
         _mm512_storeu_ps(a->y + i, y0);
     }
@@ -527,9 +516,7 @@ TL_INLINE void q_panel_tile(const int WT, const int RN, const tl_gemm_args *a, c
             }
             for (int t = 0; t < 4; t++) acc0 = _mm512_dpbusd_epi32(acc0, w[t], _mm512_set1_epi32(xq[t]));
             for (int t = 4; t < 8; t++) acc1 = _mm512_dpbusd_epi32(acc1, w[t], _mm512_set1_epi32(xq[t]));
-            __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(acc0), _mm512_set1_ps(dx[2 * b]));
-            f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc1), _mm512_set1_ps(dx[2 * b + 1]), f);
-            y[j] = _mm512_fmadd_ps(f, d, y[j]);
+            y[j] = _mm512_fmadd_ps(q_scale_dots(acc0, acc1, dx[2 * b], dx[2 * b + 1]), d, y[j]);
             if (WT == TL_Q4_1) {
                 const float *sx = x86_qa_s(xr[j], k);
                 y[j] = _mm512_fmadd_ps(m, _mm512_set1_ps(sx[2 * b] + sx[2 * b + 1]), y[j]);
