@@ -11,8 +11,8 @@ See docs/kernels.md for the variant table and how the driver / micro-kernel spli
 """
 from __future__ import annotations
 
-from ._lib import (FEATURE_BITS, REQUIRES, VARIANTS, KernelLib, Prepared, compiled, cpu_features,
-                   default_threads, load, set_act_rounding)
+from ._lib import (CPU_CAP_ENV, FEATURE_BITS, REQUIRES, VARIANTS, KernelLib, Prepared, compiled, cpu_cap,
+                   cpu_features, default_threads, detected_cpu_features, load, set_act_rounding)
 
-__all__ = ["compiled", "cpu_features", "load", "KernelLib", "Prepared", "VARIANTS", "REQUIRES", "FEATURE_BITS",
-           "default_threads", "set_act_rounding"]
+__all__ = ["compiled", "cpu_features", "detected_cpu_features", "cpu_cap", "CPU_CAP_ENV", "load", "KernelLib",
+           "Prepared", "VARIANTS", "REQUIRES", "FEATURE_BITS", "default_threads", "set_act_rounding"]

@@ -87,13 +87,33 @@ def compiled() -> list[str]:
     return out
 
 
-def cpu_features() -> set[str]:
-    """Features of the running CPU, as detected by the portable module (empty if not built)."""
+# $TILELLM_CPU_CAP=<variant> makes the CPU look as if it had only what that variant needs (e.g. "avx2" on an
+# AVX-512 host), so every host can run the AVX2-only behaviour. Read once, at import.
+CPU_CAP_ENV = "TILELLM_CPU_CAP"
+_CPU_CAP = os.environ.get(CPU_CAP_ENV, "").strip().lower() or None
+
+
+def cpu_cap() -> str | None:
+    """The variant detection is capped at ($TILELLM_CPU_CAP), or None."""
+    if _CPU_CAP is not None and _CPU_CAP not in REQUIRES:
+        raise ValueError(f"${CPU_CAP_ENV}={_CPU_CAP!r} is not a kernel variant; use one of {', '.join(VARIANTS)}")
+    return _CPU_CAP
+
+
+def detected_cpu_features() -> set[str]:
+    """Features of the running CPU, as detected by the portable module (empty if not built), ignoring any cap."""
     mod = _module("portable")
     if mod is None:
         return set()
     bits = int(mod.lib.tl_cpu_features())
     return {name for name, bit in FEATURE_BITS.items() if bits & bit}
+
+
+def cpu_features() -> set[str]:
+    """Features the kernels may use: the detected ones, limited to the cap's if $TILELLM_CPU_CAP is set."""
+    feats = detected_cpu_features()
+    cap = cpu_cap()
+    return feats & REQUIRES[cap] if cap is not None else feats
 
 
 def default_threads() -> int:

@@ -8,7 +8,10 @@ summed in float64.
 """
 from __future__ import annotations
 
+import os
 import platform
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -552,9 +555,26 @@ def test_cpu_features_match_proc_cpuinfo():
     names = {"avx2": "avx2", "fma": "fma", "f16c": "f16c", "avx512f": "avx512f", "avx512bw": "avx512bw",
              "avx512vl": "avx512vl", "avx512dq": "avx512dq", "avx512vnni": "avx512_vnni",
              "avx512bf16": "avx512_bf16", "amx_tile": "amx_tile", "amx_int8": "amx_int8", "amx_bf16": "amx_bf16"}
-    feats = kernels.cpu_features()
+    feats = kernels.detected_cpu_features()
     for ours, linux in names.items():
         assert (ours in feats) == (linux in flags), ours
+
+
+def test_cpu_cap_limits_features_and_backends():
+    """$TILELLM_CPU_CAP=avx2 (read once at start, so in a child) hides everything beyond AVX2 from the registry."""
+    code = ("from tilellm import kernels, backend; "
+            "print(sorted(kernels.cpu_features())); print(backend.available())")
+    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TILELLM_CPU_CAP": "avx2"},
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    feats, avail = r.stdout.splitlines()
+    assert set(eval(feats)) <= {"avx2", "fma", "f16c"}
+    assert not any(v in avail for v in ("avx512", "amx", "neon", "sme"))
+    if {"avx2", "fma", "f16c"} <= kernels.detected_cpu_features() and "avx2" in kernels.compiled():
+        assert "'avx2'" in avail
+    bad = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TILELLM_CPU_CAP": "avx9"},
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "TILELLM_CPU_CAP" in bad.stderr
 
 
 # ---- sanitizers (slow: compiles the C fuzz harness once per variant and sanitizer) ---------------

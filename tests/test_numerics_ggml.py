@@ -62,23 +62,50 @@ try:
 except ImportError:  # pragma: no cover
     is_available = lambda: False  # noqa: E731
 
-# llama.cpp's running perplexity after each 512-token chunk of the text below (llama-cpp-python 0.3.36,
-# the method and script in docs/gemma3.md "Perplexity"), and transformers' float64 value (hf_reference.json)
-LLAMACPP_PPL = [6.0761, 11.6157, 9.3307]
 TEXT = __import__("pathlib").Path(__file__).parent / "data" / "text" / "declaration-of-independence.txt"
 
 
+class _LlamaCppAsModel:
+    """llama-cpp-python's Llama with the two methods perplexity() calls (reset, eval with logits_all)."""
+
+    def __init__(self, llm) -> None:
+        self.llm = llm
+
+    def reset(self) -> None:
+        self.llm.reset()
+
+    def eval(self, tokens, logits_all: bool = False) -> np.ndarray:
+        n0 = self.llm.n_tokens
+        self.llm.eval(tokens)
+        scores = np.asarray(self.llm.scores[n0:self.llm.n_tokens], np.float32)
+        return scores if logits_all else scores[-1]
+
+
+@pytest.mark.peer
 @pytest.mark.skipif(not is_available(), reason="Gemma 3 270M is the 'demo' extra")
 def test_gemma3_perplexity_with_ggml_numerics_is_within_1pct_of_llamacpp():
-    """Issue target: perplexity within 1 % of llama.cpp's on the same file and text. With llama.cpp's rounding
-    choices (numerics="ggml") we are; the default arithmetic is closer to transformers' exact value instead
-    (tests/test_gemma3_hf.py), and 3-4 % below llama.cpp."""
+    """Issue target: perplexity within 1 % of llama.cpp's on the same file and text, llama.cpp measured here, in
+    this process (its builds differ among themselves by 2.4 % between their AVX2 and AVX-512 paths, so a number
+    from another machine is no yardstick). With llama.cpp's rounding choices (numerics="ggml") we are; the
+    default arithmetic is closer to transformers' exact value instead (tests/test_gemma3_hf.py).
+    Needs the peer (`pip install '.[bench]'`, PEERS.md); skipped when the CPU is capped, as llama.cpp's native
+    build would not be."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    if kernels.cpu_cap():
+        pytest.skip("$TILELLM_CPU_CAP is set: llama.cpp's native build uses the whole CPU")
     from tilellm.llm.perplexity import perplexity
 
+    text = TEXT.read_text(encoding="utf-8")
+    llm = llama_cpp.Llama(str(default_model_path()), n_threads=2, n_threads_batch=2, n_ctx=512, n_batch=512,
+                          n_ubatch=512, logits_all=True, verbose=False)
+    peer_toks = llm.tokenize(text.encode(), add_bos=True, special=False)
+    theirs = perplexity(_LlamaCppAsModel(llm), peer_toks, 512, llm.token_bos())
+    del llm
     with tilellm.load(default_model_path(), n_ctx=512, n_threads=2, numerics="ggml") as m:
-        toks = m.tokenize(TEXT.read_text(encoding="utf-8"), add_bos=True, special=False)
+        toks = m.tokenize(text, add_bos=True, special=False)
+        assert toks == list(peer_toks)
         r = perplexity(m._impl, toks, 512, m.tokenizer.bos_id)
-    assert r.n_chunks == 3
-    assert abs(r.ppl / LLAMACPP_PPL[-1] - 1) < 0.01, (r.running, LLAMACPP_PPL)
-    for ours, theirs in zip(r.running, LLAMACPP_PPL):  # every running value within 2 %
-        assert abs(ours / theirs - 1) < 0.02, (r.running, LLAMACPP_PPL)
+    assert r.n_chunks == theirs.n_chunks == 3
+    assert abs(r.ppl / theirs.ppl - 1) < 0.01, (r.running, theirs.running)
+    for ours, peer in zip(r.running, theirs.running):  # every running value within 2 %
+        assert abs(ours / peer - 1) < 0.02, (r.running, theirs.running)
