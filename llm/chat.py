@@ -6,13 +6,16 @@ lists/dicts, or to ``str.format`` escapes), hardened further here:
 
 * every access to an unsafe attribute raises immediately (jinja2's sandbox would otherwise hand back
   an undefined value that renders as an empty string);
-* ``*`` and ``**`` refuse to build huge strings/lists or numbers (memory exhaustion), and ``range``
-  is capped by the sandbox.
+* it runs in a child process with a render budget (``template_worker``): at most ``RENDER_TIMEOUT``
+  seconds, ~96 MB of memory beyond the child's start-up size (Linux), and ``max_chars`` characters of
+  output, so loops, string-building methods, captured blocks and big integers cannot exhaust the
+  parent's CPU or memory.
 
 Errors (all are ``tilellm.errors.UnsupportedError``, hence ``ValueError``):
 
 * ``ChatTemplateSecurityError`` — the template tried something the sandbox forbids (jinja2's
   ``SecurityError`` is chained as ``__cause__``);
+* ``ChatTemplateLimitError`` — the template exceeded its render budget and was stopped;
 * ``ChatTemplateError`` — any other template failure: syntax error, ``raise_exception(...)`` called
   by the template (e.g. "roles must alternate"), a runtime error inside the template.
 
@@ -25,17 +28,19 @@ The template sees what Hugging Face's ``apply_chat_template`` provides: ``messag
 from __future__ import annotations
 
 import json
-import operator
-from datetime import datetime
-from functools import lru_cache
 from typing import Any, Mapping, Sequence
 
 from tilellm.errors import UnsupportedError
 
+from .template_worker import TemplateRefused, TemplateWorker
+
 __all__ = [
-    "ChatTemplateError", "ChatTemplateSecurityError", "DEFAULT_CHAT_TEMPLATE", "get_chat_template",
-    "render_chat",
+    "ChatTemplateError", "ChatTemplateLimitError", "ChatTemplateSecurityError", "DEFAULT_CHAT_TEMPLATE",
+    "RENDER_TIMEOUT", "RENDER_MAX_CHARS", "get_chat_template", "render_chat",
 ]
+
+RENDER_TIMEOUT = 0.5         # seconds one render may take (real templates take about a millisecond)
+RENDER_MAX_CHARS = 1 << 22   # characters a render may produce, unless the caller sets a tighter bound
 
 
 class ChatTemplateError(UnsupportedError):
@@ -64,67 +69,11 @@ DEFAULT_CHAT_TEMPLATE = (
     "{%- endfor -%}"
 )
 
-_MAX_SEQ = 1 << 20        # longest string/list `*` may build
-_MAX_POW_EXP = 1024       # largest exponent `**` accepts
+_worker = TemplateWorker()  # one child process renders every template of this process
 
 
-def _raise_exception(message: str) -> None:
-    raise ChatTemplateError(str(message))
-
-
-def _strftime_now(fmt: str) -> str:
-    return datetime.now().strftime(fmt)
-
-
-def _tojson(value: Any, indent: int | None = None, separators: Any = None, sort_keys: bool = False,
-            ensure_ascii: bool = False) -> str:
-    return json.dumps(value, indent=indent, separators=separators, sort_keys=sort_keys,
-                      ensure_ascii=ensure_ascii)
-
-
-@lru_cache(maxsize=1)
-def _environment():
-    from jinja2.exceptions import SecurityError
-    from jinja2.ext import loopcontrols
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    class _Sandbox(ImmutableSandboxedEnvironment):
-        intercepted_binops = frozenset(["*", "**"])
-
-        def unsafe_undefined(self, obj: Any, attribute: str) -> Any:
-            raise SecurityError(f"access to attribute {attribute!r} of a {type(obj).__name__!r} "
-                                "object is not allowed in a chat template")
-
-        def call_binop(self, context: Any, operator_name: str, left: Any, right: Any) -> Any:
-            if operator_name == "*":
-                for seq, count in ((left, right), (right, left)):
-                    if isinstance(seq, (str, bytes, list, tuple)) and isinstance(count, int):
-                        if len(seq) * max(count, 0) > _MAX_SEQ:
-                            raise SecurityError("a chat template may not build a sequence this long")
-                return operator.mul(left, right)
-            if operator_name == "**":
-                if isinstance(right, (int, float)) and abs(right) > _MAX_POW_EXP:
-                    raise SecurityError("exponent too large in a chat template")
-                return operator.pow(left, right)
-            return super().call_binop(context, operator_name, left, right)
-
-    env = _Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols], autoescape=False)
-    env.globals["raise_exception"] = _raise_exception
-    env.globals["strftime_now"] = _strftime_now
-    env.filters["tojson"] = _tojson
-    return env
-
-
-@lru_cache(maxsize=32)
-def _compile(template: str):
-    from jinja2.exceptions import SecurityError, TemplateError
-
-    try:
-        return _environment().from_string(template)
-    except SecurityError as e:  # pragma: no cover - compile-time security errors are rare
-        raise ChatTemplateSecurityError(str(e)) from e
-    except TemplateError as e:
-        raise ChatTemplateError(f"invalid chat template: {e}") from e
+class ChatTemplateLimitError(ChatTemplateError):
+    """The chat template exceeded its render budget (time, memory or output size); it was stopped."""
 
 
 def get_chat_template(metadata: Mapping[str, Any], name: str | None = None) -> str:
@@ -143,8 +92,9 @@ def get_chat_template(metadata: Mapping[str, Any], name: str | None = None) -> s
 
 
 def render_chat(template: str, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True,
-                bos_token: str = "", eos_token: str = "", **kwargs: Any) -> str:
-    """Render ``messages`` with a Jinja chat ``template`` in a hardened sandbox.
+                bos_token: str = "", eos_token: str = "", *, max_chars: int = RENDER_MAX_CHARS,
+                timeout: float = RENDER_TIMEOUT, **kwargs: Any) -> str:
+    """Render ``messages`` with a Jinja chat ``template`` in a hardened sandbox with a render budget.
 
     Args:
         template: the Jinja source (see ``get_chat_template``).
@@ -152,15 +102,18 @@ def render_chat(template: str, messages: Sequence[Mapping[str, Any]], add_genera
         add_generation_prompt: end with the header that starts the assistant's reply.
         bos_token, eos_token: the token texts the template may insert (e.g. ``"<s>"``). If the result
             starts with the BOS text, tokenize it with ``special=True`` and without adding another BOS.
-        **kwargs: further template variables (``tools``, ``documents``, ``enable_thinking`` ...).
+        max_chars: the longest output accepted (a caller that knows its context passes a bound from it, so a
+            prompt that cannot fit is refused before it is tokenized).
+        timeout: seconds the render may take.
+        **kwargs: further template variables (``tools``, ``documents``, ``enable_thinking`` ...), JSON values.
 
     Raises:
         ChatTemplateSecurityError: the template tried to escape the sandbox (nothing was executed).
+        ChatTemplateLimitError: the render took longer than ``timeout``, needed more than the worker's memory
+            budget, or produced more than ``max_chars`` characters.
         ChatTemplateError: syntax error, ``raise_exception`` from the template, or another render error.
-        TypeError: ``messages`` is not a sequence of mappings.
+        TypeError: ``messages`` is not a sequence of mappings, or a variable is not a JSON value.
     """
-    from jinja2.exceptions import SecurityError, TemplateError
-
     if not isinstance(template, str):
         raise TypeError(f"template must be str, got {type(template).__name__}")
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
@@ -170,17 +123,19 @@ def render_chat(template: str, messages: Sequence[Mapping[str, Any]], add_genera
         if not isinstance(m, Mapping):
             raise TypeError(f"each message must be a mapping, got {type(m).__name__}")
         msgs.append(dict(m))
-    compiled = _compile(template)
-    variables = {"tools": None, "documents": None}
+    variables: dict[str, Any] = {"tools": None, "documents": None}
     variables.update(kwargs)
     variables.update(messages=msgs, add_generation_prompt=bool(add_generation_prompt),
                      bos_token=bos_token, eos_token=eos_token)
     try:
-        return compiled.render(**variables)
-    except ChatTemplateError:
-        raise
-    except SecurityError as e:
-        raise ChatTemplateSecurityError(f"chat template blocked by the sandbox: {e}") from e
-    except (TemplateError, TypeError, ValueError, KeyError, IndexError, AttributeError, ArithmeticError,
-            RecursionError) as e:
-        raise ChatTemplateError(f"chat template failed: {type(e).__name__}: {e}") from e
+        json.dumps(variables)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"chat template variables must be JSON values (str, number, bool, None, list, dict): {e}") from e
+    try:
+        return _worker.render(template, variables, timeout=timeout, max_chars=max_chars)
+    except TemplateRefused as e:
+        if e.kind == "security":  # the child's jinja2 SecurityError, rebuilt here as the documented cause
+            from jinja2.exceptions import SecurityError
+
+            raise ChatTemplateSecurityError(str(e)) from SecurityError(str(e))
+        raise (ChatTemplateLimitError if e.kind == "limit" else ChatTemplateError)(str(e)) from None
