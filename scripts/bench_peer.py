@@ -388,6 +388,10 @@ def main(argv=None) -> int:
     ap.add_argument("--gemm", action="store_true", help="GEMM mode instead of the model bench")
     ap.add_argument("--quick", action="store_true", help="GEMM: 3 shapes, n = 1 and 512")
     ap.add_argument("--no-peer", action="store_true", help="skip llama.cpp")
+    ap.add_argument("--peer-isa", default=None, choices=["native", "avx2"],
+                    help="use the llama.cpp built by scripts/build_peer.sh ISA (.peers/ISA) instead of the installed "
+                         "llama-cpp-python's libraries; avx2 = the AVX2-only build, the fair peer of a run capped "
+                         "with TILELLM_CPU_CAP=avx2")
     ap.add_argument("--dir", default="/tmp/tilellm-bench", help="where the synthetic GGUFs go")
     ap.add_argument("--json", default=None)
     ap.add_argument("--plot", default=None, help="directory for PNGs (e.g. docs/bench)")
@@ -401,6 +405,12 @@ def main(argv=None) -> int:
     d = Path(a.dir)
     d.mkdir(parents=True, exist_ok=True)
     peer_ok = not a.no_peer
+    if peer_ok and a.peer_isa:
+        lib = Path(__file__).resolve().parents[1] / ".peers" / a.peer_isa / "llama_cpp" / "lib"
+        if not lib.is_dir():
+            ap.error(f"no peer build at {lib.parent.parent}: run scripts/build_peer.sh {a.peer_isa}")
+        os.environ["LLAMA_CPP_LIB_PATH"] = str(lib)  # read by llama_cpp at import
+        sys.path.insert(0, str(lib.parent.parent))
     if peer_ok:
         try:
             import llama_cpp  # noqa: F401
@@ -408,7 +418,8 @@ def main(argv=None) -> int:
             log("llama-cpp-python is not installed (see PEERS.md / BENCHMARKS.md): no peer column")
             peer_ok = False
 
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; threads {THREADS}; backends {', '.join(backends)}")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; threads {THREADS}; backends {', '.join(backends)}; "
+          f"peer: {a.peer_isa or 'installed llama-cpp-python'}")
     res = {"threads": THREADS, "backends": backends}
     model_rows, gemm_rows, peak = [], [], float("nan")
     if a.gemm:
