@@ -88,6 +88,9 @@ def test_gemma3_perplexity_with_ggml_numerics_is_within_1pct_of_llamacpp():
     this process (its builds differ among themselves by 2.4 % between their AVX2 and AVX-512 paths, so a number
     from another machine is no yardstick). With llama.cpp's rounding choices (numerics="ggml") we are; the
     default arithmetic is closer to transformers' exact value instead (tests/test_gemma3_hf.py).
+    Only the final value is held to a bar: the running value after the first chunk (255 scored tokens) moves with
+    llama.cpp's build alone (6.0761 with its AVX-512 paths, 5.8227 with its AMX paths on a Xeon; the earlier
+    per-chunk 2 % bar had been set against one build's numbers).
     Needs the peer (`pip install '.[bench]'`, PEERS.md); skipped when the CPU is capped, as llama.cpp's native
     build would not be."""
     llama_cpp = pytest.importorskip("llama_cpp")
@@ -107,5 +110,3 @@ def test_gemma3_perplexity_with_ggml_numerics_is_within_1pct_of_llamacpp():
         r = perplexity(m._impl, toks, 512, m.tokenizer.bos_id)
     assert r.n_chunks == theirs.n_chunks == 3
     assert abs(r.ppl / theirs.ppl - 1) < 0.01, (r.running, theirs.running)
-    for ours, peer in zip(r.running, theirs.running):  # every running value within 2 %
-        assert abs(ours / peer - 1) < 0.02, (r.running, theirs.running)
