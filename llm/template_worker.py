@@ -164,6 +164,9 @@ def _limit_memory() -> None:
 
 def child_main() -> None:
     """The child's loop: one request in, one answer out, until stdin closes."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in a terminal is for the parent, which ends us by EOF
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     import jinja2.sandbox  # noqa: F401 - import before measuring the start-up size
 
