@@ -186,6 +186,7 @@ def child_main() -> None:
         except MemoryError:
             _write_msg(out, {"kind": "limit", "error": "the chat template needed more than "
                                                        f"{MEMORY_BUDGET >> 20} MB of memory"})
+            return  # the heap may stay near the limit: the parent starts a fresh child for the next render
 
 
 # ----------------------------------------------------------------------------- parent side
@@ -255,7 +256,9 @@ class TemplateWorker:
                 if timed_out:
                     raise TemplateRefused("limit", f"the chat template took longer than {timeout:g} s to render")
                 raise TemplateRefused("limit", "the chat template exhausted the renderer's memory budget")
-        reply = json.loads(body.decode("utf-8"))
+            reply = json.loads(body.decode("utf-8"))
+            if reply.get("kind") == "limit":  # a child that hit a budget is not reused (its heap may be near the limit)
+                self._kill()
         if "ok" in reply:
             return str(reply["ok"])
         raise TemplateRefused(reply.get("kind", "template"), reply.get("error", "chat template failed"))
