@@ -210,7 +210,14 @@ def test_bad_requests_are_400(http: Any, served: tuple[_Server, Engine]) -> None
         "messages": [{"role": "user", "content": "hi"}], "max_tokens": -1}), 400)
     _err(http.post("/v1/completions", json={"prompt": "x", "temperature": "hot"}), 400)
     _err(http.post("/v1/completions", json={"prompt": "x", "presence_penalty": 0.5}), 400)
+    _err(http.post("/v1/completions", json={"prompt": "x", "temperature": "0.5"}), 400)  # a number, not a string
     _err(http.post("/v1/chat/completions", json={"messages": []}), 400)
+    _err(http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "logprobs": True}),
+         400)
+    _err(http.post("/v1/completions", json={"prompt": ["a", "b", "c"], "n": 8}), 400)  # 24 sequences > 16
+    # null means the default, as OpenAI's API has it
+    r = http.post("/v1/completions", json={"prompt": "x", "max_tokens": 2, "temperature": None, "stop": None})
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 2
     # the context is checked before anything runs: a long prompt, and a short one with too many tokens
     long_prompt = [1] + [100] * n_ctx
     _err(http.post("/v1/completions", json={"prompt": long_prompt, "max_tokens": 1}), 400, "context_length_exceeded")
@@ -325,6 +332,14 @@ def test_full_queue_is_503() -> None:
             assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 2
             m = _metrics(c)
             assert m['tilellm_http_requests_total{endpoint="/v1/completions",status="503"}'] == 1
+
+
+def test_cli_errors_are_one_line(capsys: Any) -> None:
+    from tilellm.llm.server.cli import main
+
+    assert main(["-m", os.path.join(os.path.dirname(MODEL), "no-such-model.gguf")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "no-such-model.gguf" in err and err.count("\n") == 1
 
 
 def _free_port() -> int:

@@ -26,7 +26,7 @@ from .metrics import Metrics
 from .middleware import Guard
 from .sampling import SamplingParams
 from .schemas import (
-    ChatChoice, ChatCompletionRequest, ChatCompletionResponse, ChatMessageOut, CompletionChoice,
+    MAX_N, ChatChoice, ChatCompletionRequest, ChatCompletionResponse, ChatMessageOut, CompletionChoice,
     CompletionRequest, CompletionResponse, DetokenizeRequest, DetokenizeResponse, ModelCard, ModelList,
     TokenizeRequest, TokenizeResponse, UsageInfo, PromptTokensDetails,
 )
@@ -235,6 +235,8 @@ class _Routes:
 
     def _submit(self, prompts: list[list[int]], limit: int | None, req: Any) -> list[RequestHandle]:
         """One sequence per (prompt, choice), in OpenAI's order: index = prompt_index * n + choice."""
+        if len(prompts) * req.n > MAX_N:
+            raise APIError(400, f"at most {MAX_N} sequences per request (prompts x n)", param="n")
         seqs = []
         for ids in prompts:
             if not ids:

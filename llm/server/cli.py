@@ -72,6 +72,10 @@ def build_server(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     return engine, create_app(engine, settings), model
 
 
+def _has_api_key(args: argparse.Namespace) -> bool:
+    return bool(args.api_key or os.environ.get(API_KEY_ENV))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``llm-server``; returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -85,6 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not _has_api_key(args):
+        print(f"llm-server: warning: listening on {args.host} without an API key (--api-key or ${API_KEY_ENV})",
+              file=sys.stderr)
     print(f"llm-server: {model.desc}, n_ctx {engine.n_ctx}, {engine.n_slots} slot(s), backend {model.backend}, "
           f"{model.n_threads} thread(s); listening on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
     try:

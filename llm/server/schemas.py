@@ -7,9 +7,11 @@ do not implement are allowed only at their neutral value (``presence_penalty: 0`
 """
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator, model_validator
+from pydantic import (
+    BaseModel, ConfigDict, Field, Strict, StrictBool, StrictInt, StrictStr, field_validator, model_validator,
+)
 
 __all__ = [
     "CompletionRequest", "ChatCompletionRequest", "ChatMessage", "TokenizeRequest", "DetokenizeRequest",
@@ -22,9 +24,20 @@ MAX_STOPS = 16
 MAX_STOP_CHARS = 1024
 MAX_N = 16
 
+# a JSON number (int or float), not a numeric string or a boolean
+Number = Annotated[float, Strict()]
+
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_default(cls, data: Any) -> Any:
+        # clients send "temperature": null etc. to mean "the default" (OpenAI accepts it)
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None}
+        return data
 
 
 class StreamOptions(_Request):
@@ -35,18 +48,18 @@ class _Sampling(_Request):
     """Fields shared by /v1/completions and /v1/chat/completions."""
 
     model: StrictStr | None = None   # informational: the server's model is fixed at start
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, ge=0.0, le=1.0)
+    temperature: Number = Field(1.0, ge=0.0, le=2.0)
+    top_p: Number = Field(1.0, ge=0.0, le=1.0)
     top_k: StrictInt = Field(0, ge=0)
-    min_p: float = Field(0.0, ge=0.0, le=1.0)
+    min_p: Number = Field(0.0, ge=0.0, le=1.0)
     n: StrictInt = Field(1, ge=1, le=MAX_N)
     seed: StrictInt | None = None
     stop: StrictStr | list[StrictStr] | None = None
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    logit_bias: dict[str, float] | None = None
+    presence_penalty: Number = 0.0
+    frequency_penalty: Number = 0.0
+    logit_bias: dict[str, Number] | None = None
     user: StrictStr | None = None
 
     @field_validator("stop")
