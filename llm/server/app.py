@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable, Sequence, TypeVar
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ValidationError
 from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -36,6 +36,7 @@ __all__ = ["create_app", "ServerSettings"]
 ENDPOINTS = frozenset({"/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/tokenize",
                        "/detokenize", "/metrics"})
 R = TypeVar("R", bound=BaseModel)
+CLIENT_CLOSED = 499  # nginx's "client closed request": counted in /metrics, never seen by the client
 
 
 @dataclass(frozen=True)
@@ -182,21 +183,25 @@ async def _wait_disconnect(request: Request) -> None:
             return
 
 
-async def _collect_or_cancel(request: Request, handles: list[RequestHandle]) -> list[Completion]:
-    """Every sequence's whole output; if the client disconnects first, cancel them all."""
+async def _collect_or_cancel(request: Request, handles: list[RequestHandle]) -> list[Completion] | None:
+    """Every sequence's whole output, or None if the client disconnected first (they are cancelled)."""
     gather = asyncio.ensure_future(asyncio.gather(*(h.collect() for h in handles)))
     watch = asyncio.ensure_future(_wait_disconnect(request))
     try:
         await asyncio.wait({gather, watch}, return_when=asyncio.FIRST_COMPLETED)
-        if not gather.done():
-            raise asyncio.CancelledError
-        return gather.result()
+        if gather.done():
+            return gather.result()
+        for h in handles:
+            h.cancel()
+        await gather  # their final events come within one engine step
+        return None
     finally:
         watch.cancel()
-        if not gather.done():
-            gather.cancel()
+        if not gather.done():  # this task itself was cancelled (server shutdown)
             for h in handles:
                 h.cancel()
+            gather.cancel()
+            gather.add_done_callback(lambda f: f.cancelled() or f.exception())
 
 
 def _check_failed(results: Sequence[Completion]) -> None:
@@ -281,6 +286,8 @@ class _Routes:
         rid, created, model = f"cmpl-{uuid.uuid4().hex}", int(time.time()), self.settings.model_id
         if not req.stream:
             results = await _collect_or_cancel(request, handles)
+            if results is None:
+                return Response(status_code=CLIENT_CLOSED)  # nobody is listening
             _check_failed(results)
             choices = [CompletionChoice(index=i, text=echoes[i // req.n] + c.text, finish_reason=c.finish_reason)
                        for i, c in enumerate(results)]
@@ -331,6 +338,8 @@ class _Routes:
         rid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), self.settings.model_id
         if not req.stream:
             results = await _collect_or_cancel(request, handles)
+            if results is None:
+                return Response(status_code=CLIENT_CLOSED)  # nobody is listening
             _check_failed(results)
             choices = [ChatChoice(index=i, message=ChatMessageOut(content=c.text), finish_reason=c.finish_reason)
                        for i, c in enumerate(results)]
