@@ -170,12 +170,17 @@ def test_stop_seed_and_n(client: Any, ref: Any) -> None:
     want = ref.generate(PROMPTS[2], max_tokens=24, temperature=0, stop=[stop])
     r = client.completions.create(model="micro", prompt=PROMPTS[2], max_tokens=24, temperature=0, stop=stop)
     assert (r.choices[0].text, r.choices[0].finish_reason) == (want.text, "stop")
-    # seeded sampling draws generate's tokens (top_k / min_p are extensions, off by default)
-    want = ref.generate(PROMPTS[3], max_tokens=12, temperature=0.9, top_p=0.8, top_k=0, min_p=0.0, seed=42)
+    # seeded sampling draws generate's tokens; unset fields (top_k, min_p) take generate's defaults
+    want = ref.generate(PROMPTS[3], max_tokens=12, temperature=0.9, top_p=0.8, seed=42)
     r = client.completions.create(model="micro", prompt=PROMPTS[3], max_tokens=12, temperature=0.9, top_p=0.8,
                                   seed=42, n=2)
     assert r.choices[0].text == want.text and [c.index for c in r.choices] == [0, 1]
     assert r.usage.completion_tokens == 24 and r.usage.prompt_tokens == want.prompt_tokens
+    # the extensions, and the whole vocabulary (top_k 0)
+    want = ref.generate(PROMPTS[3], max_tokens=12, temperature=1.0, top_p=1.0, top_k=0, min_p=0.0, seed=7)
+    r = client.completions.create(model="micro", prompt=PROMPTS[3], max_tokens=12, temperature=1.0, top_p=1.0,
+                                  seed=7, extra_body={"top_k": 0, "min_p": 0.0})
+    assert r.choices[0].text == want.text
 
 
 def test_tokenize_detokenize(http: Any, ref: Any) -> None:

@@ -19,16 +19,16 @@ __all__ = ["SamplingParams", "SequenceSampler"]
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """Sampling settings of one request (already validated by the HTTP layer).
+    """Sampling settings of one request (already validated by the HTTP layer); ``generate``'s defaults.
 
     ``top_k = 0``, ``top_p = 1`` and ``min_p = 0`` switch the filter off; ``seed = None`` draws from
     fresh OS entropy.
     """
 
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
     seed: int | None = None
 
     @property
