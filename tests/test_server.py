@@ -6,7 +6,6 @@ LLaMA fixture; greedy answers are compared with ``tilellm.load(...).generate(...
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import signal

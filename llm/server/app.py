@@ -12,7 +12,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable, Sequence, TypeVar
+from typing import Any, AsyncIterator, Callable, Literal, Sequence, TypeVar, cast
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -185,10 +185,10 @@ async def _wait_disconnect(request: Request) -> None:
 
 async def _collect_or_cancel(request: Request, handles: list[RequestHandle]) -> list[Completion] | None:
     """Every sequence's whole output, or None if the client disconnected first (they are cancelled)."""
-    gather = asyncio.ensure_future(asyncio.gather(*(h.collect() for h in handles)))
-    watch = asyncio.ensure_future(_wait_disconnect(request))
+    gather: asyncio.Future[list[Completion]] = asyncio.ensure_future(asyncio.gather(*(h.collect() for h in handles)))
+    watch: asyncio.Future[Any] = asyncio.ensure_future(_wait_disconnect(request))
     try:
-        await asyncio.wait({gather, watch}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait([gather, watch], return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
         if gather.done():
             return gather.result()
         for h in handles:
@@ -204,11 +204,16 @@ async def _collect_or_cancel(request: Request, handles: list[RequestHandle]) -> 
             gather.add_done_callback(lambda f: f.cancelled() or f.exception())
 
 
-def _check_failed(results: Sequence[Completion]) -> None:
+Finish = Literal["stop", "length"]
+
+
+def _check_failed(results: Sequence[Completion]) -> list[Finish]:
+    """The finish reasons, once every sequence has ended normally; else the APIError."""
     for c in results:
         if c.finish_reason not in ("stop", "length"):
             raise APIError(503 if c.finish_reason == "cancelled" else 500,
                            c.error or f"generation ended: {c.finish_reason}", type="server_error")
+    return [cast(Finish, c.finish_reason) for c in results]
 
 
 def _sse(obj: Any) -> dict[str, str]:
@@ -288,8 +293,8 @@ class _Routes:
             results = await _collect_or_cancel(request, handles)
             if results is None:
                 return Response(status_code=CLIENT_CLOSED)  # nobody is listening
-            _check_failed(results)
-            choices = [CompletionChoice(index=i, text=echoes[i // req.n] + c.text, finish_reason=c.finish_reason)
+            finish = _check_failed(results)
+            choices = [CompletionChoice(index=i, text=echoes[i // req.n] + c.text, finish_reason=finish[i])
                        for i, c in enumerate(results)]
             usage = self._total_usage(prompts, req.n, [c.usage for c in results])
             return CompletionResponse(id=rid, created=created, model=model, choices=choices, usage=usage)
@@ -340,8 +345,8 @@ class _Routes:
             results = await _collect_or_cancel(request, handles)
             if results is None:
                 return Response(status_code=CLIENT_CLOSED)  # nobody is listening
-            _check_failed(results)
-            choices = [ChatChoice(index=i, message=ChatMessageOut(content=c.text), finish_reason=c.finish_reason)
+            finish = _check_failed(results)
+            choices = [ChatChoice(index=i, message=ChatMessageOut(content=c.text), finish_reason=finish[i])
                        for i, c in enumerate(results)]
             usage = self._total_usage(prompts, req.n, [c.usage for c in results])
             return ChatCompletionResponse(id=rid, created=created, model=model, choices=choices, usage=usage)

@@ -2,17 +2,12 @@
 from __future__ import annotations
 
 import hmac
-from typing import Any, Awaitable, Callable
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import error_response
 from .metrics import Metrics
 
 __all__ = ["Guard"]
-
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 OPEN_PATHS = frozenset({"/health"})  # answered without the API key (load balancers probe it)
 
@@ -26,7 +21,7 @@ class Guard:
     still learns about a client that disconnects.
     """
 
-    def __init__(self, app: Any, *, metrics: Metrics, api_key: str | None, max_body: int,
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, api_key: str | None, max_body: int,
                  endpoints: frozenset[str]) -> None:
         self.app = app
         self.metrics = metrics
