@@ -24,7 +24,7 @@ httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 
 import tilellm
-from tilellm.llm.server import Engine
+from tilellm.llm.server import Engine, ModelPerSlotRunner
 from tilellm.llm.server.app import ServerSettings, create_app
 
 MODEL = os.path.join(os.path.dirname(__file__), "data", "llama2-micro-q8_0.gguf")
@@ -59,16 +59,19 @@ class _Server:
         self.sock.close()
 
 
-def _serve(n_slots: int, max_queue: int, api_key: str | None = KEY) -> Iterator[tuple[_Server, Engine]]:
-    model = tilellm.load(MODEL, n_threads=1)
-    engine = Engine(model, n_slots=n_slots, max_queue=max_queue).start()
+def _serve(n_slots: int, max_queue: int, api_key: str | None = KEY,
+           per_slot: bool = False) -> Iterator[tuple[_Server, Engine]]:
+    models = [tilellm.load(MODEL, n_threads=1) for _ in range(n_slots if per_slot else 1)]
+    runner = ModelPerSlotRunner(models) if per_slot else None
+    engine = Engine(models[0], n_slots=n_slots, max_queue=max_queue, runner=runner).start()
     app = create_app(engine, ServerSettings(model_id="micro", api_key=api_key, max_body=MAX_BODY))
     try:
         with _Server(app) as srv:
             yield srv, engine
     finally:
         engine.close()
-        model.close()
+        for m in models:
+            m.close()
 
 
 @pytest.fixture(scope="module")
@@ -278,7 +281,15 @@ def test_disconnect_mid_stream_frees_the_slot(http: Any, url: str, ref: Any) -> 
     assert r["choices"][0]["text"] == want.text
 
 
-def test_64_concurrent_clients_each_equal_their_request_alone(url: str, ref: Any, http: Any) -> None:
+@pytest.fixture(scope="module")
+def per_slot_url() -> Iterator[str]:
+    for srv, _ in _serve(n_slots=4, max_queue=128, per_slot=True):
+        yield srv.url
+
+
+@pytest.mark.parametrize("runner", ["serial", "per-slot"])
+def test_64_concurrent_clients_each_equal_their_request_alone(runner: str, request: Any, ref: Any) -> None:
+    url = request.getfixturevalue("url" if runner == "serial" else "per_slot_url")
     n_tok = 10
     chat_msgs = [[{"role": "user", "content": p}] for p in PROMPTS]
     want_text = [ref.generate(p, max_tokens=n_tok, temperature=0).text for p in PROMPTS]
@@ -318,7 +329,9 @@ def test_64_concurrent_clients_each_equal_their_request_alone(url: str, ref: Any
     for i, (got, want, n) in enumerate(results):
         assert got == want, f"client {i} got another answer"
         assert n == n_tok
-    assert _wait_idle(http)["tilellm_slots_busy"] == 0
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}) as http:
+        m = _wait_idle(http)
+    assert m["tilellm_slots_busy"] == 0 and m['tilellm_requests_finished_total{reason="length"}'] >= 64
 
 
 def test_full_queue_is_503() -> None:
@@ -354,8 +367,9 @@ def _free_port() -> int:
 
 def test_python_m_server_starts_and_stops() -> None:
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tilellm.llm.server", "-m", MODEL, "--port", str(port), "-t", "1",
-                             "-np", "2", "--log-level", "warning"], stderr=subprocess.PIPE, text=True)
+    cmd = [sys.executable, "-m", "tilellm.llm.server", "-m", MODEL, "--port", str(port), "-t", "1", "-np", "2",
+           "--runner", "per-slot", "--log-level", "warning"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -371,7 +385,7 @@ def test_python_m_server_starts_and_stops() -> None:
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=20)
         assert proc.returncode == 0, err
-        assert re.search(r"llama 3\.6M Q8_0, n_ctx 2048, 2 slot\(s\)", err)
+        assert re.search(r"llama 3\.6M Q8_0, n_ctx 2048, 2 slot\(s\), per-slot runner", err)
     finally:
         if proc.poll() is None:
             proc.kill()

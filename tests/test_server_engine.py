@@ -12,7 +12,9 @@ import pytest
 pytest.importorskip("fastapi")  # the server extra; the engine itself needs none of it
 
 import tilellm
-from tilellm.llm.server import Engine, EngineClosedError, GenerationRequest, QueueFullError, SamplingParams
+from tilellm.llm.server import (
+    Engine, EngineClosedError, GenerationRequest, ModelPerSlotRunner, QueueFullError, SamplingParams,
+)
 
 MODEL = os.path.join(os.path.dirname(__file__), "data", "llama2-micro-q8_0.gguf")
 GREEDY = SamplingParams(temperature=0.0)
@@ -198,3 +200,62 @@ def test_close_ends_waiting_and_active_sequences(ref: Any) -> None:
 
     for r in asyncio.run(main()):
         assert r.finish_reason == "error" and "shutting down" in (r.error or "")
+
+
+# ----------------------------------------------------------------------------- a model per slot
+
+def _per_slot_engine(n_slots: int) -> Engine:
+    models = [tilellm.load(MODEL, n_threads=1) for _ in range(n_slots)]
+    return Engine(models[0], n_slots=n_slots, runner=ModelPerSlotRunner(models)).start()
+
+
+def test_per_slot_runner_interleaves_and_equals_generate(ref: Any) -> None:
+    eng = _per_slot_engine(3)
+    long_prompt = ref.tokenize("Once upon a time " * 150, add_bos=None, special=True)  # > n_batch: 2 chunks
+    assert len(long_prompt) > ref.n_batch
+    jobs = [(ref.tokenize("A long story", add_bos=None, special=True), 300),
+            (long_prompt, 20),
+            (ref.tokenize("Short", add_bos=None, special=True), 3)]
+    try:
+        async def main() -> tuple[list[Any], list[int]]:
+            hs = [eng.submit(GenerationRequest(p, n, GREEDY)) for p, n in jobs]
+            done: list[int] = []
+
+            async def run(i: int) -> Any:
+                r = await hs[i].collect()
+                done.append(i)
+                return r
+
+            return list(await asyncio.gather(*(run(i) for i in range(3)))), done
+
+        results, order = asyncio.run(main())
+        for (p, n), r in zip(jobs, results):
+            want = ref.generate(p, max_tokens=n, temperature=0)
+            assert (list(r.token_ids), r.text) == (want.tokens, want.text)
+        # the sequences advanced together: the short and the chunked one end before the long one
+        assert order[-1] == 0
+        st = eng.stats()
+        assert st.busy_slots == 0 and st.generated_tokens == 323
+    finally:
+        eng.close()
+
+
+def test_per_slot_runner_keeps_each_conversation_in_its_slot(ref: Any) -> None:
+    eng = _per_slot_engine(2)
+    try:
+        a = ref.tokenize("Alice says", add_bos=None, special=True)
+        b = ref.tokenize("Bob writes", add_bos=None, special=True)
+
+        async def main() -> list[int]:
+            ra, rb = await asyncio.gather(eng.submit(GenerationRequest(a, 5, GREEDY)).collect(),
+                                          eng.submit(GenerationRequest(b, 5, GREEDY)).collect())
+            a2 = a + list(ra.token_ids) + [13]
+            b2 = b + list(rb.token_ids) + [13]
+            # second turns, in the other order: each finds the slot holding its first turn
+            rb2, ra2 = await asyncio.gather(eng.submit(GenerationRequest(b2, 3, GREEDY)).collect(),
+                                            eng.submit(GenerationRequest(a2, 3, GREEDY)).collect())
+            return [ra2.usage.cached_tokens, rb2.usage.cached_tokens]
+
+        assert asyncio.run(main()) == [len(a) + 4, len(b) + 4]
+    finally:
+        eng.close()

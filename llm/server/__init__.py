@@ -15,10 +15,10 @@ from .engine import (
     Completion, Engine, EngineClosedError, EngineStats, GenerationRequest, QueueFullError, RequestHandle,
     TokenEvent, Usage,
 )
-from .runner import BatchEntry, ForwardRunner, SerialRunner
+from .runner import BatchEntry, ForwardRunner, ModelPerSlotRunner, SerialRunner
 from .sampling import SamplingParams
 
 __all__ = [
     "Engine", "EngineStats", "GenerationRequest", "TokenEvent", "Usage", "Completion", "RequestHandle",
-    "QueueFullError", "EngineClosedError", "BatchEntry", "ForwardRunner", "SerialRunner", "SamplingParams",
+    "QueueFullError", "EngineClosedError", "BatchEntry", "ForwardRunner", "SerialRunner", "ModelPerSlotRunner", "SamplingParams",
 ]

@@ -50,26 +50,43 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests that may wait for a slot before 503 (default 64)")
     p.add_argument("--max-body", type=_positive(1), default=8 << 20, metavar="BYTES",
                    help="largest request body (default 8 MiB; larger gets 413)")
+    p.add_argument("--runner", choices=["serial", "per-slot"], default="serial",
+                   help="serial: one KV cache, active requests run one after another (default); per-slot: a "
+                        "model instance (KV cache) per slot, active requests advance together")
     p.add_argument("--backend", default="auto", help="matmul backend (default auto)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return p
 
 
-def build_server(args: argparse.Namespace) -> tuple[Any, Any, Any]:
-    """Load the model and return ``(engine, app, model)``; the engine is started."""
+def build_server(args: argparse.Namespace) -> tuple[Any, Any, list[Any]]:
+    """Load the model and return ``(engine, app, models)``; the engine is started.
+
+    ``models`` are the loaded instances (one, or one per slot with ``--runner per-slot``); close them
+    after the engine.
+    """
     import tilellm
 
     from ._compat import default_model_path
     from .app import ServerSettings, create_app
     from .engine import Engine
+    from .runner import ModelPerSlotRunner, SerialRunner
 
     path = args.model or default_model_path()
-    model = tilellm.load(path, n_ctx=args.ctx_size, n_threads=args.threads, n_batch=args.batch_size,
-                         backend=args.backend)
-    engine = Engine(model, n_slots=args.parallel, max_queue=args.queue_size).start()
+    n_models = args.parallel if args.runner == "per-slot" else 1
+    models: list[Any] = []
+    try:
+        for _ in range(n_models):
+            models.append(tilellm.load(path, n_ctx=args.ctx_size, n_threads=args.threads, n_batch=args.batch_size,
+                                       backend=args.backend))
+    except BaseException:
+        for m in models:
+            m.close()
+        raise
+    runner = ModelPerSlotRunner(models) if args.runner == "per-slot" else SerialRunner(models[0])
+    engine = Engine(models[0], n_slots=args.parallel, max_queue=args.queue_size, runner=runner).start()
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     settings = ServerSettings(model_id=args.alias or os.path.basename(path), api_key=api_key, max_body=args.max_body)
-    return engine, create_app(engine, settings), model
+    return engine, create_app(engine, settings), models
 
 
 def _has_api_key(args: argparse.Namespace) -> bool:
@@ -85,20 +102,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: the server needs its extra: pip install 'tilellm[server]'", file=sys.stderr)
         return 1
     try:
-        engine, app, model = build_server(args)
+        engine, app, models = build_server(args)
     except (OSError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if args.host not in ("127.0.0.1", "localhost", "::1") and not _has_api_key(args):
         print(f"llm-server: warning: listening on {args.host} without an API key (--api-key or ${API_KEY_ENV})",
               file=sys.stderr)
-    print(f"llm-server: {model.desc}, n_ctx {engine.n_ctx}, {engine.n_slots} slot(s), backend {model.backend}, "
-          f"{model.n_threads} thread(s); listening on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
+    model = models[0]
+    print(f"llm-server: {model.desc}, n_ctx {engine.n_ctx}, {engine.n_slots} slot(s), {args.runner} runner, "
+          f"backend {model.backend}, {model.n_threads} thread(s); listening on http://{args.host}:{args.port}",
+          file=sys.stderr, flush=True)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
     finally:
         engine.close()
-        model.close()
+        for m in models:
+            m.close()
     return 0
 
 

@@ -15,14 +15,15 @@ works in *steps*. Each step it
 1. drops cancelled requests (waiting or active: their slot is free for this very step),
 2. admits waiting requests into free slots (``n_slots``; the slot whose cache shares the longest
    prefix with the prompt, else the least recently used one),
-3. plans a batch: one entry per active sequence, decoding sequences first, then prompt chunks,
-   within the runner's ``max_seqs`` and ``max_tokens`` (chunked prefill),
+3. plans a batch: one entry per active sequence, decoding sequences first, then prompt chunks
+   (at most ``max_chunk`` tokens each), within the runner's ``max_seqs`` and ``max_tokens``,
 4. runs the runner's forward pass (the step function, ``runner.py``),
 5. samples a token for every sequence whose last known token was evaluated, turns it into text,
    checks end-of-generation / stop strings / ``max_tokens``, sends events and frees finished slots.
 
 With :class:`~tilellm.llm.server.runner.SerialRunner` (one KV cache) ``max_seqs`` is 1, so active
-sequences run one after another; a batched runner changes step 4 only.
+sequences run one after another; with :class:`~tilellm.llm.server.runner.ModelPerSlotRunner` (a model
+per slot) they advance together, one forward each per step; a batched runner changes step 4 only.
 """
 from __future__ import annotations
 
@@ -423,7 +424,7 @@ class Engine:
                 seq.n_done = seq.n_cached = r.reusable(seq.slot, seq.tokens)
                 self._n_cached += seq.n_cached
             todo = len(seq.tokens) - seq.n_done
-            n = min(todo, budget)
+            n = min(todo, budget, r.max_chunk)
             chunk = seq.tokens[seq.n_done:seq.n_done + n]
             plan.append((seq, BatchEntry(seq.slot, seq.n_done, chunk, logits=(n == todo))))
             self._slots[seq.slot].last_used = self._step_no
