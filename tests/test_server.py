@@ -357,6 +357,10 @@ def test_cli_errors_are_one_line(capsys: Any) -> None:
     assert main(["-m", os.path.join(os.path.dirname(MODEL), "no-such-model.gguf")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "no-such-model.gguf" in err and err.count("\n") == 1
+    with pytest.raises(SystemExit) as exc:
+        main(["-np", "0"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1
 
 
 def _free_port() -> int:

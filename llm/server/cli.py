@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 __all__ = ["main", "build_parser", "build_server"]
 
@@ -30,8 +30,14 @@ def _positive(lo: int) -> Any:
     return conv
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, like llm-run, not the whole usage block
+        print(f"error: {message} (see llm-server --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="llm-server", description="OpenAI-compatible HTTP server for a GGUF model.")
+    p = _Parser(prog="llm-server", description="OpenAI-compatible HTTP server for a GGUF model.")
     p.add_argument("-m", "--model", help="GGUF file (default: the embedded Gemma 3 270M, demo extra)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=_positive(0), default=8080, help="port (default 8080; 0 = any free port)")
