@@ -185,6 +185,18 @@ def test_stop_seed_and_n(client: Any, ref: Any) -> None:
     assert r.choices[0].text == want.text
 
 
+def test_token_prompts_batches_and_echo(client: Any, ref: Any) -> None:
+    ids = ref.tokenize(PROMPTS[5], add_bos=None, special=True)
+    want = [ref.generate(p, max_tokens=6, temperature=0) for p in (PROMPTS[5], PROMPTS[6])]
+    r = client.completions.create(model="micro", prompt=ids, max_tokens=6, temperature=0)
+    assert r.choices[0].text == want[0].text and r.usage.prompt_tokens == len(ids)
+    r = client.completions.create(model="micro", prompt=[PROMPTS[5], PROMPTS[6]], max_tokens=6, temperature=0,
+                                  echo=True)
+    assert [c.text for c in r.choices] == [PROMPTS[5] + want[0].text, PROMPTS[6] + want[1].text]
+    assert r.usage.prompt_tokens == want[0].prompt_tokens + want[1].prompt_tokens
+    assert r.usage.completion_tokens == 12
+
+
 def test_tokenize_detokenize(http: Any, ref: Any) -> None:
     ids = http.post("/tokenize", json={"content": "Hello world", "add_special": True}).json()["tokens"]
     assert ids == ref.tokenize("Hello world", add_bos=None, special=True)
