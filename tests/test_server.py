@@ -23,9 +23,9 @@ openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 
-import tilellm
-from tilellm.llm.server import Engine, ModelPerSlotRunner
-from tilellm.llm.server.app import ServerSettings, create_app
+import tilellm  # noqa: E402
+from tilellm.llm.server import Engine, ModelPerSlotRunner  # noqa: E402
+from tilellm.llm.server.app import ServerSettings, create_app  # noqa: E402
 
 MODEL = os.path.join(os.path.dirname(__file__), "data", "llama2-micro-q8_0.gguf")
 KEY = "test-key-123"
@@ -347,7 +347,7 @@ def test_64_concurrent_clients_each_equal_their_request_alone(runner: str, reque
 
 
 def test_full_queue_is_503() -> None:
-    for srv, engine in _serve(n_slots=1, max_queue=0, api_key=None):
+    for srv, _ in _serve(n_slots=1, max_queue=0, api_key=None):
         body = {"prompt": "Busy", "max_tokens": 1500, "temperature": 0, "stream": True}
         with httpx.Client(base_url=srv.url, timeout=30) as c:
             with c.stream("POST", "/v1/completions", json=body) as resp:

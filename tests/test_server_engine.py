@@ -9,11 +9,14 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("fastapi")  # the server extra; the engine itself needs none of it
-
 import tilellm
 from tilellm.llm.server import (
-    Engine, EngineClosedError, GenerationRequest, ModelPerSlotRunner, QueueFullError, SamplingParams,
+    Engine,
+    EngineClosedError,
+    GenerationRequest,
+    ModelPerSlotRunner,
+    QueueFullError,
+    SamplingParams,
 )
 
 MODEL = os.path.join(os.path.dirname(__file__), "data", "llama2-micro-q8_0.gguf")

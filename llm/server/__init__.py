@@ -12,13 +12,21 @@ The engine imports no web framework, so it can be used on its own::
     async for event in handle: ...
 """
 from .engine import (
-    Completion, Engine, EngineClosedError, EngineStats, GenerationRequest, QueueFullError, RequestHandle,
-    TokenEvent, Usage,
+    Completion,
+    Engine,
+    EngineClosedError,
+    EngineStats,
+    GenerationRequest,
+    QueueFullError,
+    RequestHandle,
+    TokenEvent,
+    Usage,
 )
 from .runner import BatchEntry, ForwardRunner, ModelPerSlotRunner, SerialRunner
 from .sampling import SamplingParams
 
 __all__ = [
     "Engine", "EngineStats", "GenerationRequest", "TokenEvent", "Usage", "Completion", "RequestHandle",
-    "QueueFullError", "EngineClosedError", "BatchEntry", "ForwardRunner", "SerialRunner", "ModelPerSlotRunner", "SamplingParams",
+    "QueueFullError", "EngineClosedError", "BatchEntry", "ForwardRunner", "SerialRunner", "ModelPerSlotRunner",
+    "SamplingParams",
 ]

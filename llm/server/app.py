@@ -26,9 +26,22 @@ from .metrics import Metrics
 from .middleware import Guard
 from .sampling import SamplingParams
 from .schemas import (
-    MAX_N, ChatChoice, ChatCompletionRequest, ChatCompletionResponse, ChatMessageOut, CompletionChoice,
-    CompletionRequest, CompletionResponse, DetokenizeRequest, DetokenizeResponse, ModelCard, ModelList,
-    TokenizeRequest, TokenizeResponse, UsageInfo, PromptTokensDetails,
+    MAX_N,
+    ChatChoice,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatMessageOut,
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
+    DetokenizeRequest,
+    DetokenizeResponse,
+    ModelCard,
+    ModelList,
+    PromptTokensDetails,
+    TokenizeRequest,
+    TokenizeResponse,
+    UsageInfo,
 )
 
 __all__ = ["create_app", "ServerSettings"]

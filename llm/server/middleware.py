@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hmac
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import error_response
