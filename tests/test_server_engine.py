@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 import tilellm
+import tilellm.backend
 from tilellm.llm.server import (
     Engine,
     EngineClosedError,
@@ -262,3 +263,37 @@ def test_per_slot_runner_keeps_each_conversation_in_its_slot(ref: Any) -> None:
         assert asyncio.run(main()) == [len(a) + 4, len(b) + 4]
     finally:
         eng.close()
+
+
+# ----------------------------------------------------------------------------- batch invariance
+
+KERNEL_BACKENDS = [b for b in tilellm.backend.available() if b != "reference"]
+
+
+def _runner_engine(kind: str, backend: str, n_slots: int) -> tuple[Engine, list[Any]]:
+    """An engine with the named runner. The batched runner joins this list when it lands."""
+    n_models = n_slots if kind == "per-slot" else 1
+    models = [tilellm.load(MODEL, n_threads=1, backend=backend) for _ in range(n_models)]
+    runner = ModelPerSlotRunner(models) if kind == "per-slot" else None
+    return Engine(models[0], n_slots=n_slots, runner=runner).start(), models
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("kind,n_slots", [("serial", 16), ("per-slot", 4), ("per-slot", 16)])
+def test_16_concurrent_greedy_requests_equal_each_alone(backend: str, kind: str, n_slots: int) -> None:
+    prompts = ["Once upon a time", "The cat sat on", "In a galaxy far", "Hello world"]
+    with tilellm.load(MODEL, n_threads=1, backend=backend) as alone:
+        want = {p: alone.generate(p, max_tokens=8, temperature=0).tokens for p in prompts}
+        ids = {p: alone.tokenize(p, add_bos=None, special=True) for p in prompts}
+    eng, models = _runner_engine(kind, backend, n_slots)
+    try:
+        async def main() -> list[Any]:
+            hs = eng.submit_many([GenerationRequest(ids[prompts[i % 4]], 8, GREEDY) for i in range(16)])
+            return list(await asyncio.gather(*(h.collect() for h in hs)))
+
+        for i, r in enumerate(asyncio.run(main())):
+            assert list(r.token_ids) == want[prompts[i % 4]], f"request {i} differs from the same request alone"
+    finally:
+        eng.close()
+        for m in models:
+            m.close()
