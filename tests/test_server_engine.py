@@ -244,6 +244,12 @@ def test_per_slot_runner_interleaves_and_equals_generate(ref: Any) -> None:
         eng.close()
 
 
+def test_per_slot_runner_needs_a_model_per_slot() -> None:
+    with tilellm.load(MODEL, n_threads=1) as m:
+        with pytest.raises(ValueError, match="slot caches"):
+            Engine(m, n_slots=2, runner=ModelPerSlotRunner([m]))
+
+
 def test_per_slot_runner_keeps_each_conversation_in_its_slot(ref: Any) -> None:
     eng = _per_slot_engine(2)
     try:

@@ -205,6 +205,9 @@ class Engine:
             raise ValueError(f"max_queue must be >= 0, got {max_queue}")
         self.model = model
         self.runner: ForwardRunner = runner if runner is not None else SerialRunner(model)
+        max_slots = getattr(self.runner, "max_slots", None)  # runners with a cache per slot have a limit
+        if max_slots is not None and n_slots > max_slots:
+            raise ValueError(f"the runner holds {max_slots} slot caches, fewer than n_slots={n_slots}")
         self.n_slots = n_slots
         self.max_queue = max_queue
         self.n_ctx = int(self.runner.n_ctx)

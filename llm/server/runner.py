@@ -146,7 +146,7 @@ class ModelPerSlotRunner:
         self._caches = [_Cache(m) for m in models]
         self.n_ctx = min(int(m.n_ctx) for m in models)
         self.max_chunk = min(int(m.n_batch) for m in models)
-        self.max_seqs = len(models)
+        self.max_seqs = self.max_slots = len(models)
         self.max_tokens = self.max_chunk * self.max_seqs  # every entry can take a whole chunk
 
     def reusable(self, slot: int, tokens: Sequence[int]) -> int:
