@@ -85,7 +85,8 @@ class _Cache:
             self.clear()  # the cache may hold part of the chunk: start over next time
             raise
         self.tokens.extend(int(t) for t in e.tokens)
-        return np.asarray(logits) if e.logits else None
+        # a copy: the model may reuse its output buffer on the next eval, before the scheduler samples
+        return np.array(logits, dtype=np.float32, copy=True) if e.logits else None
 
     def clear(self) -> None:
         self.tokens = []
