@@ -1,0 +1,32 @@
+"""An OpenAI-compatible HTTP server for tilellm models (``llm-server``; the ``server`` extra).
+
+Layout: ``engine.py`` (scheduler: slots, queue, steps), ``runner.py`` (the step function's forward
+pass), ``sampling.py`` / ``text.py`` (per-sequence sampling and text), ``app.py`` (routes),
+``schemas.py`` (request/response bodies), ``middleware.py`` (API key, body limit, counting),
+``metrics.py`` (Prometheus), ``cli.py`` (``llm-server``). See docs/serving.md.
+
+The engine imports no web framework, so it can be used on its own::
+
+    engine = Engine(tilellm.load("model.gguf"), n_slots=4).start()
+    handle = engine.submit(GenerationRequest(prompt_ids, max_tokens=32))
+    async for event in handle: ...
+"""
+from .engine import (
+    Completion,
+    Engine,
+    EngineClosedError,
+    EngineStats,
+    GenerationRequest,
+    QueueFullError,
+    RequestHandle,
+    TokenEvent,
+    Usage,
+)
+from .runner import BatchEntry, ForwardRunner, ModelPerSlotRunner, SerialRunner
+from .sampling import SamplingParams
+
+__all__ = [
+    "Engine", "EngineStats", "GenerationRequest", "TokenEvent", "Usage", "Completion", "RequestHandle",
+    "QueueFullError", "EngineClosedError", "BatchEntry", "ForwardRunner", "SerialRunner", "ModelPerSlotRunner",
+    "SamplingParams",
+]

@@ -1,0 +1,399 @@
+"""The HTTP routes (FastAPI): OpenAI's completions and chat completions, plus llama-server's extras.
+
+Every route turns its request into token ids on the engine's thread (:meth:`Engine.call`), checks
+the context budget up front, submits sequences to the :class:`~tilellm.llm.server.engine.Engine`
+and answers from their events, as one JSON body or as server-sent events ending in ``data: [DONE]``.
+A client that disconnects cancels its sequences.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable, Literal, Sequence, TypeVar, cast
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel, ValidationError
+from sse_starlette.sse import EventSourceResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .engine import Completion, Engine, EngineClosedError, GenerationRequest, QueueFullError, RequestHandle, TokenEvent
+from .errors import APIError, error_response, validation_message
+from .metrics import Metrics
+from .middleware import Guard
+from .sampling import SamplingParams
+from .schemas import (
+    MAX_N,
+    ChatChoice,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatMessageOut,
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
+    DetokenizeRequest,
+    DetokenizeResponse,
+    ModelCard,
+    ModelList,
+    PromptTokensDetails,
+    TokenizeRequest,
+    TokenizeResponse,
+    UsageInfo,
+)
+
+__all__ = ["create_app", "ServerSettings"]
+
+ENDPOINTS = frozenset({"/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/tokenize",
+                       "/detokenize", "/metrics"})
+R = TypeVar("R", bound=BaseModel)
+CLIENT_CLOSED = 499  # nginx's "client closed request": counted in /metrics, never seen by the client
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """What the routes need besides the engine."""
+
+    model_id: str                 #: the name /v1/models and every response report
+    api_key: str | None = None    #: required as ``Authorization: Bearer`` on every route but /health
+    max_body: int = 8 << 20       #: request bodies larger than this get 413
+
+
+def create_app(engine: Engine, settings: ServerSettings) -> Any:
+    """The ASGI app serving ``engine`` (already started; the caller closes it)."""
+    app = FastAPI(title="tilellm server", version="0.1.0", docs_url="/docs", redoc_url=None)
+    metrics = Metrics()
+    routes = _Routes(engine, settings)
+    created = int(time.time())
+
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail),
+                              code="not_found" if exc.status_code == 404 else None)
+
+    @app.exception_handler(Exception)
+    async def _internal(_: Request, exc: Exception) -> JSONResponse:
+        return error_response(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Any:
+        return await routes.completions(request)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        return await routes.chat_completions(request)
+
+    @app.get("/v1/models", response_model=ModelList)
+    async def models() -> Any:
+        meta: dict[str, int | str] = {"n_ctx": engine.n_ctx, "n_vocab": engine.n_vocab, "n_slots": engine.n_slots}
+        try:
+            meta["desc"] = await engine.call(lambda m: m.desc)
+        except EngineClosedError:
+            pass
+        return ModelList(data=[ModelCard(id=settings.model_id, created=created, meta=meta)])
+
+    @app.get("/health")
+    async def health() -> Any:
+        if not engine.alive:
+            return error_response(503, "the engine is not running", type="server_error", code="unavailable")
+        st = engine.stats()
+        return {"status": "ok", "slots_idle": st.n_slots - st.busy_slots, "slots_processing": st.busy_slots}
+
+    @app.post("/tokenize", response_model=TokenizeResponse)
+    async def tokenize(request: Request) -> Any:
+        req = await _parse(request, TokenizeRequest)
+        add_bos = None if req.add_special else False
+        ids = await _on_engine(engine, lambda m: m.tokenize(req.content, add_bos=add_bos, special=req.parse_special))
+        return TokenizeResponse(tokens=ids)
+
+    @app.post("/detokenize", response_model=DetokenizeResponse)
+    async def detokenize(request: Request) -> Any:
+        req = await _parse(request, DetokenizeRequest)
+        text = await _on_engine(engine, lambda m: m.detokenize(req.tokens))
+        return DetokenizeResponse(content=text)
+
+    @app.get("/metrics")
+    async def prometheus() -> Any:
+        return PlainTextResponse(metrics.render(engine.stats()), media_type="text/plain; version=0.0.4")
+
+    return Guard(app, metrics=metrics, api_key=settings.api_key, max_body=settings.max_body, endpoints=ENDPOINTS)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+async def _parse(request: Request, cls: type[R]) -> R:
+    """The JSON body validated as ``cls``; APIError 400 for malformed JSON or invalid fields."""
+    raw = await request.body()
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise APIError(400, f"malformed JSON body: {e}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise APIError(400, "the body must be a JSON object", code="invalid_json")
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        message, param = validation_message(e)
+        unknown = any(err.get("type") == "extra_forbidden" for err in e.errors())
+        raise APIError(400, message, param=param, code="unknown_parameter" if unknown else "invalid_value") from None
+
+
+T = TypeVar("T")
+
+
+async def _on_engine(engine: Engine, fn: Callable[[Any], T]) -> T:
+    """``fn(model)`` on the engine thread; ValueError (bad ids, template errors) becomes a 400."""
+    try:
+        return await engine.call(fn)
+    except EngineClosedError as e:
+        raise APIError(503, str(e), type="server_error", code="unavailable") from None
+    except ValueError as e:
+        raise APIError(400, str(e), code="invalid_value") from None
+
+
+def _usage(prompt_tokens: int, completion_tokens: int, cached: int) -> UsageInfo:
+    return UsageInfo(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                     total_tokens=prompt_tokens + completion_tokens,
+                     prompt_tokens_details=PromptTokensDetails(cached_tokens=cached))
+
+
+async def _merge(handles: Sequence[RequestHandle]) -> AsyncIterator[tuple[int, TokenEvent]]:
+    """Events of several sequences as they come, tagged with the sequence's index."""
+    if len(handles) == 1:
+        async for ev in handles[0]:
+            yield 0, ev
+        return
+    q: asyncio.Queue[tuple[int, TokenEvent]] = asyncio.Queue()
+
+    async def pump(i: int, h: RequestHandle) -> None:
+        async for ev in h:
+            await q.put((i, ev))
+
+    tasks = [asyncio.create_task(pump(i, h)) for i, h in enumerate(handles)]
+    try:
+        left = len(handles)
+        while left:
+            i, ev = await q.get()
+            if ev.finish_reason is not None:
+                left -= 1
+            yield i, ev
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+async def _wait_disconnect(request: Request) -> None:
+    """Returns when the client has gone (the body has been read already)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _collect_or_cancel(request: Request, handles: list[RequestHandle]) -> list[Completion] | None:
+    """Every sequence's whole output, or None if the client disconnected first (they are cancelled)."""
+    gather: asyncio.Future[list[Completion]] = asyncio.ensure_future(asyncio.gather(*(h.collect() for h in handles)))
+    watch: asyncio.Future[Any] = asyncio.ensure_future(_wait_disconnect(request))
+    try:
+        await asyncio.wait([gather, watch], return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
+        if gather.done():
+            return gather.result()
+        for h in handles:
+            h.cancel()
+        await gather  # their final events come within one engine step
+        return None
+    finally:
+        watch.cancel()
+        if not gather.done():  # this task itself was cancelled (server shutdown)
+            for h in handles:
+                h.cancel()
+            gather.cancel()
+            gather.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+
+Finish = Literal["stop", "length"]
+
+
+def _check_failed(results: Sequence[Completion]) -> list[Finish]:
+    """The finish reasons, once every sequence has ended normally; else the APIError."""
+    for c in results:
+        if c.finish_reason not in ("stop", "length"):
+            raise APIError(503 if c.finish_reason == "cancelled" else 500,
+                           c.error or f"generation ended: {c.finish_reason}", type="server_error")
+    return [cast(Finish, c.finish_reason) for c in results]
+
+
+def _sse(obj: Any) -> dict[str, str]:
+    return {"data": json.dumps(obj, ensure_ascii=False, separators=(",", ":"))}
+
+
+class _Routes:
+    """The two generation routes (they share tokenization, budget checks, submission and streaming)."""
+
+    def __init__(self, engine: Engine, settings: ServerSettings) -> None:
+        self.engine = engine
+        self.settings = settings
+
+    # -------------------------------------------------------------- shared steps
+    def _budget(self, n_prompt: int, limit: int | None) -> int:
+        n_ctx = self.engine.n_ctx
+        if limit is None:
+            if n_prompt >= n_ctx:
+                raise APIError(400, f"This model's maximum context length is {n_ctx} tokens. However, your "
+                               f"prompt has {n_prompt} tokens, which leaves no room for a completion.",
+                               code="context_length_exceeded", param="messages")
+            return n_ctx - n_prompt
+        if n_prompt + limit > n_ctx:
+            raise APIError(400, f"This model's maximum context length is {n_ctx} tokens. However, you requested "
+                           f"{n_prompt + limit} tokens ({n_prompt} in the prompt, {limit} for the completion). "
+                           "Please reduce the prompt or max_tokens.",
+                           code="context_length_exceeded", param="max_tokens")
+        return limit
+
+    def _submit(self, prompts: list[list[int]], limit: int | None, req: Any) -> list[RequestHandle]:
+        """One sequence per (prompt, choice), in OpenAI's order: index = prompt_index * n + choice."""
+        if len(prompts) * req.n > MAX_N:
+            raise APIError(400, f"at most {MAX_N} sequences per request (prompts x n)", param="n")
+        seqs = []
+        for ids in prompts:
+            if not ids:
+                raise APIError(400, "the prompt is empty", code="invalid_value", param="prompt")
+            budget = self._budget(len(ids), limit)
+            for j in range(req.n):
+                seed = None if req.seed is None else (req.seed + j) % (1 << 64)
+                sp = SamplingParams(temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
+                                    min_p=req.min_p, seed=seed)
+                seqs.append(GenerationRequest(ids, budget, sp, tuple(req.stop or ())))
+        try:
+            return self.engine.submit_many(seqs)
+        except QueueFullError as e:
+            raise APIError(503, f"{e}; retry later", type="server_error", code="queue_full",
+                           headers={"Retry-After": "1"}) from None
+        except EngineClosedError as e:
+            raise APIError(503, str(e), type="server_error", code="unavailable") from None
+        except ValueError as e:
+            raise APIError(400, str(e), code="invalid_value") from None
+
+    @staticmethod
+    def _total_usage(prompts: list[list[int]], n: int, usages: list[Any]) -> UsageInfo:
+        # like OpenAI: each prompt counted once, however many choices it has
+        first = [usages[i * n] for i in range(len(prompts))]
+        return _usage(sum(u.prompt_tokens for u in first), sum(u.completion_tokens for u in usages),
+                      sum(u.cached_tokens for u in first))
+
+    # -------------------------------------------------------------- /v1/completions
+    async def completions(self, request: Request) -> Any:
+        req = await _parse(request, CompletionRequest)
+        texts = req.prompts()
+
+        def tokenize_all(m: Any) -> list[list[int]]:
+            return [m.tokenize(p, add_bos=None, special=True) if isinstance(p, str) else list(p) for p in texts]
+
+        prompts = await _on_engine(self.engine, tokenize_all)
+        echoes: list[str] = [""] * len(prompts)
+        if req.echo:
+            echoes = await _on_engine(self.engine, lambda m: [
+                p if isinstance(p, str) else m.detokenize(p) for p in texts])
+        handles = self._submit(prompts, req.max_tokens, req)
+        rid, created, model = f"cmpl-{uuid.uuid4().hex}", int(time.time()), self.settings.model_id
+        if not req.stream:
+            results = await _collect_or_cancel(request, handles)
+            if results is None:
+                return Response(status_code=CLIENT_CLOSED)  # nobody is listening
+            finish = _check_failed(results)
+            choices = [CompletionChoice(index=i, text=echoes[i // req.n] + c.text, finish_reason=finish[i])
+                       for i, c in enumerate(results)]
+            usage = self._total_usage(prompts, req.n, [c.usage for c in results])
+            return CompletionResponse(id=rid, created=created, model=model, choices=choices, usage=usage)
+
+        def chunk(index: int, text: str, finish: str | None) -> dict[str, Any]:
+            body: dict[str, Any] = {"id": rid, "object": "text_completion", "created": created, "model": model,
+                                    "choices": [{"index": index, "text": text, "logprobs": None,
+                                                 "finish_reason": finish}]}
+            if req.include_usage:
+                body["usage"] = None
+            return body
+
+        async def events() -> AsyncIterator[dict[str, str]]:
+            usages: list[Any] = [None] * len(handles)
+            try:
+                if req.echo:
+                    for i in range(len(handles)):
+                        yield _sse(chunk(i, echoes[i // req.n], None))
+                async for i, ev in _merge(handles):
+                    if ev.finish_reason in ("error", "cancelled"):
+                        yield _sse({"error": {"message": ev.error or ev.finish_reason, "type": "server_error",
+                                              "param": None, "code": None}})
+                        return
+                    if ev.text or ev.finish_reason:
+                        yield _sse(chunk(i, ev.text, ev.finish_reason))
+                    if ev.usage is not None:
+                        usages[i] = ev.usage
+                if req.include_usage:
+                    usage = self._total_usage(prompts, req.n, usages)
+                    yield _sse({"id": rid, "object": "text_completion", "created": created, "model": model,
+                                "choices": [], "usage": usage.model_dump()})
+                yield {"data": "[DONE]"}
+            finally:
+                for h in handles:
+                    h.cancel()
+
+        return EventSourceResponse(events(), sep="\n", ping=15)
+
+    # -------------------------------------------------------------- /v1/chat/completions
+    async def chat_completions(self, request: Request) -> Any:
+        req = await _parse(request, ChatCompletionRequest)
+        messages = [m.as_template_message() for m in req.messages]
+        ids = await _on_engine(self.engine, lambda m: list(m.chat_prompt(messages)))
+        prompts = [ids]
+        handles = self._submit(prompts, req.token_limit, req)
+        rid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), self.settings.model_id
+        if not req.stream:
+            results = await _collect_or_cancel(request, handles)
+            if results is None:
+                return Response(status_code=CLIENT_CLOSED)  # nobody is listening
+            finish = _check_failed(results)
+            choices = [ChatChoice(index=i, message=ChatMessageOut(content=c.text), finish_reason=finish[i])
+                       for i, c in enumerate(results)]
+            usage = self._total_usage(prompts, req.n, [c.usage for c in results])
+            return ChatCompletionResponse(id=rid, created=created, model=model, choices=choices, usage=usage)
+
+        def chunk(index: int, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+            body: dict[str, Any] = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
+                                    "choices": [{"index": index, "delta": delta, "logprobs": None,
+                                                 "finish_reason": finish}]}
+            if req.include_usage:
+                body["usage"] = None
+            return body
+
+        async def events() -> AsyncIterator[dict[str, str]]:
+            usages: list[Any] = [None] * len(handles)
+            try:
+                for i in range(len(handles)):
+                    yield _sse(chunk(i, {"role": "assistant", "content": ""}, None))
+                async for i, ev in _merge(handles):
+                    if ev.finish_reason in ("error", "cancelled"):
+                        yield _sse({"error": {"message": ev.error or ev.finish_reason, "type": "server_error",
+                                              "param": None, "code": None}})
+                        return
+                    if ev.text:
+                        yield _sse(chunk(i, {"content": ev.text}, None))
+                    if ev.finish_reason:
+                        yield _sse(chunk(i, {}, ev.finish_reason))
+                        usages[i] = ev.usage
+                if req.include_usage:
+                    usage = self._total_usage(prompts, req.n, usages)
+                    yield _sse({"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
+                                "choices": [], "usage": usage.model_dump()})
+                yield {"data": "[DONE]"}
+            finally:
+                for h in handles:
+                    h.cancel()
+
+        return EventSourceResponse(events(), sep="\n", ping=15)

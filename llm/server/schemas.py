@@ -1,0 +1,287 @@
+"""Request and response bodies (pydantic), in OpenAI's shapes.
+
+Requests forbid unknown fields (HTTP 400 naming the field). Fields of OpenAI's API that we accept but
+do not implement are allowed only at their neutral value (``presence_penalty: 0``, ``logit_bias: {}``,
+``logprobs: null`` ...), so a client that sends defaults works and one that relies on them is told.
+``top_k`` and ``min_p`` are extensions (llama-server has them too). Unset sampling fields take
+``Model.generate``'s defaults (temperature 0.8, top_k 40, top_p 0.95, min_p 0.05), as llama-server does.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
+
+__all__ = [
+    "CompletionRequest", "ChatCompletionRequest", "ChatMessage", "TokenizeRequest", "DetokenizeRequest",
+    "StreamOptions", "UsageInfo", "CompletionResponse", "CompletionChoice", "ChatCompletionResponse",
+    "ChatChoice", "ChatMessageOut", "ChatCompletionChunk", "ChatChunkChoice", "ChatDelta",
+    "ModelCard", "ModelList", "TokenizeResponse", "DetokenizeResponse", "ErrorBody", "ErrorDetail",
+]
+
+MAX_STOPS = 16
+MAX_STOP_CHARS = 1024
+MAX_N = 16
+
+# a JSON number (int or float), not a numeric string or a boolean
+Number = Annotated[float, Strict()]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_default(cls, data: Any) -> Any:
+        # clients send "temperature": null etc. to mean "the default" (OpenAI accepts it)
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None}
+        return data
+
+
+class StreamOptions(_Request):
+    include_usage: StrictBool = False
+
+
+class _Sampling(_Request):
+    """Fields shared by /v1/completions and /v1/chat/completions."""
+
+    model: StrictStr | None = None   # informational: the server's model is fixed at start
+    # unset sampling fields take generate()'s (and llama-server's) defaults, not OpenAI's 1.0 / 1.0: with
+    # no top-k, every token sorts the whole vocabulary (~50 ms for Gemma 3's 262k tokens)
+    temperature: Number = Field(0.8, ge=0.0, le=2.0)
+    top_p: Number = Field(0.95, ge=0.0, le=1.0)
+    top_k: StrictInt = Field(40, ge=0)
+    min_p: Number = Field(0.05, ge=0.0, le=1.0)
+    n: StrictInt = Field(1, ge=1, le=MAX_N)
+    seed: StrictInt | None = None
+    stop: StrictStr | list[StrictStr] | None = None
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    presence_penalty: Number = 0.0
+    frequency_penalty: Number = 0.0
+    logit_bias: dict[str, Number] | None = None
+    user: StrictStr | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v: str | list[str] | None) -> list[str]:
+        stops = [] if v is None else [v] if isinstance(v, str) else list(v)
+        if len(stops) > MAX_STOPS:
+            raise ValueError(f"at most {MAX_STOPS} stop strings")
+        if any(len(s) > MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"a stop string may have at most {MAX_STOP_CHARS} characters")
+        return [s for s in stops if s]
+
+    @model_validator(mode="after")
+    def _neutral(self) -> "_Sampling":
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(self, name) != 0.0:
+                raise ValueError(f"{name} is not supported (only 0)")
+        if self.logit_bias:
+            raise ValueError("logit_bias is not supported (only an empty map)")
+        return self
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+
+class CompletionRequest(_Sampling):
+    """POST /v1/completions."""
+
+    prompt: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
+    max_tokens: StrictInt | None = Field(16, ge=1)
+    echo: StrictBool = False
+    suffix: None = None
+    best_of: Literal[1] | None = None
+    logprobs: None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, v: Any) -> Any:
+        if isinstance(v, list) and not v:
+            raise ValueError("the prompt list is empty")
+        if isinstance(v, list) and len(v) > MAX_N and not isinstance(v[0], int):
+            raise ValueError(f"at most {MAX_N} prompts per request")
+        return v
+
+    def prompts(self) -> list[str | list[int]]:
+        """The prompts: one string, several strings, one token list or several token lists."""
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if isinstance(p[0], int):
+            return [list(p)]  # type: ignore[arg-type]
+        return list(p)  # type: ignore[arg-type]
+
+
+class TextPart(_Request):
+    type: Literal["text"]
+    text: StrictStr
+
+
+class ChatMessage(_Request):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: StrictStr | list[TextPart] | None = None
+    name: StrictStr | None = None
+
+    def as_template_message(self) -> dict[str, str]:
+        """The message as the chat template sees it (``developer`` is OpenAI's new name for ``system``)."""
+        content = self.content
+        if isinstance(content, list):
+            content = "".join(part.text for part in content)
+        return {"role": "system" if self.role == "developer" else self.role, "content": content or ""}
+
+
+class ResponseFormat(_Request):
+    type: Literal["text"]
+
+
+class ChatCompletionRequest(_Sampling):
+    """POST /v1/chat/completions."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: StrictInt | None = Field(None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(None, ge=1)
+    logprobs: Literal[False] | None = None
+    top_logprobs: None = None
+    response_format: ResponseFormat | None = None
+    tools: list[Any] | None = Field(None, max_length=0)
+    tool_choice: Literal["none"] | None = None
+    parallel_tool_calls: StrictBool | None = None
+
+    @property
+    def token_limit(self) -> int | None:
+        """``max_completion_tokens`` (OpenAI's current name) or ``max_tokens``; None: up to the context."""
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+
+class TokenizeRequest(_Request):
+    """POST /tokenize (llama-server's fields)."""
+
+    content: StrictStr
+    add_special: StrictBool = False
+    parse_special: StrictBool = True
+
+
+class DetokenizeRequest(_Request):
+    """POST /detokenize."""
+
+    tokens: list[StrictInt]
+
+
+# ----------------------------------------------------------------------------- responses
+
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = 0
+
+
+class UsageInfo(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: PromptTokensDetails = Field(default_factory=PromptTokensDetails)
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[CompletionChoice]
+    usage: UsageInfo | None = None
+
+
+class ChatMessageOut(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: ChatMessageOut
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[ChatChoice]
+    usage: UsageInfo
+
+
+class ChatDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int
+    delta: ChatDelta
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[ChatChunkChoice]
+    usage: UsageInfo | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "tilellm"
+    meta: dict[str, Union[int, str]] = Field(default_factory=dict)
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class TokenizeResponse(BaseModel):
+    tokens: list[int]
+
+
+class DetokenizeResponse(BaseModel):
+    content: str
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
