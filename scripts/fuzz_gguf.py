@@ -70,7 +70,7 @@ def find_templates(dirs: list[Path] | None = None, max_bytes: int = MAX_TEMPLATE
 
 
 def load_templates(paths: list[Path]) -> list[Template]:
-    from tilellm.llm.gguf_file import describe_layout
+    from tilellm.llm.gguf.reader import describe_layout
 
     out = []
     for p in paths:
@@ -318,7 +318,7 @@ def run_case(templates: list[Template], seed: int, index: int, workdir: str, *, 
              deep: bool = False) -> tuple[str, str]:
     """Run one case in this process; returns (outcome, detail). outcome: rejected|loaded|undocumented|wrong."""
     from tilellm.errors import TileLLMError
-    from tilellm.llm.gguf_file import open_gguf
+    from tilellm.llm.gguf.reader import open_gguf
 
     desc, blob = make_case(templates, seed, index)
     path = os.path.join(workdir, "case.gguf")

@@ -125,7 +125,7 @@ def greedy(model, prompt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def weight_check(model, path: str) -> dict:
     """Largest |difference| between transformers' weights (gguf-py's dequantizers) and tilellm.quant's, per type."""
-    from tilellm.llm.gguf_file import open_gguf
+    from tilellm.llm.gguf.reader import open_gguf
     from tilellm.quant import dequantize
 
     import torch
@@ -172,7 +172,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     path = args.model
     if not path:
-        from tilellm.llm.default_model import default_model_path
+        from tilellm.llm.cli.default_model import default_model_path
 
         path = str(default_model_path(progress=None))
     ref = np.load(DATA / "gemma-3-270m-q4_k_m.llamacpp.npz")

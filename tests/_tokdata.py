@@ -1,7 +1,7 @@
 """Test data for the tokenizer tests: GGUF metadata reader and compact vocabulary files.
 
 ``read_metadata(path)`` reads a GGUF's key/value metadata into the plain dict that
-``tilellm.llm.gguf_file.open_gguf(path).metadata`` gives (strings as ``str``, string arrays as lists,
+``tilellm.llm.gguf.reader.open_gguf(path).metadata`` gives (strings as ``str``, string arrays as lists,
 numeric arrays as numpy arrays), parsing each array once.
 
 The tokenizer tests do not need the GGUF files: ``python tests/_tokdata.py`` extracts the
@@ -34,7 +34,7 @@ TOKENIZER_FIXTURES = {
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """GGUF metadata as a dict, with the project's loader if it exists, else with ``gguf.GGUFReader``."""
     try:
-        from tilellm.llm.gguf_file import open_gguf  # type: ignore[attr-defined]
+        from tilellm.llm.gguf.reader import open_gguf  # type: ignore[attr-defined]
     except ImportError:
         open_gguf = None
     if open_gguf is not None:

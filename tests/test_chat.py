@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from tilellm.errors import TileLLMError, UnsupportedError
-from tilellm.llm.chat import (DEFAULT_CHAT_TEMPLATE, ChatTemplateError, ChatTemplateSecurityError,
+from tilellm.llm.text.chat import (DEFAULT_CHAT_TEMPLATE, ChatTemplateError, ChatTemplateSecurityError,
                               get_chat_template, render_chat)
 
 MSGS = [

@@ -5,8 +5,8 @@ import pytest
 
 import tilellm
 from conftest import fixture_path
-from tilellm.llm.chat import ChatTemplateSecurityError
-from tilellm.llm.cli import main
+from tilellm.llm.text.chat import ChatTemplateSecurityError
+from tilellm.llm.cli.run import main
 
 MSGS = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there"}]
 

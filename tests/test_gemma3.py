@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 
 from tilellm import backend as backends
-from tilellm.llm.layers import causal_attention
+from tilellm.backend.ops import causal_attention
 
 DATA = Path(__file__).parent / "data" / "gemma3"
 REF = DATA / "gemma-3-270m-q4_k_m.llamacpp.npz"
@@ -55,7 +55,7 @@ def _arbitrated(logits: np.ndarray, llamacpp_token: int, own: dict, i: int, pos:
 NEAR_TIE = 0.05  # greedy steps from the first top-2 gap below this may legitimately flip
 
 try:
-    from tilellm.llm.default_model import default_model_path, is_available
+    from tilellm.llm.cli.default_model import default_model_path, is_available
 except ImportError:  # pragma: no cover
     is_available = lambda: False  # noqa: E731
 
@@ -91,8 +91,8 @@ _model_cache: dict = {}
 
 
 def _model(n_batch: int = 512, backend: str = "auto"):
-    from tilellm.llm.gemma3 import Gemma3Model
-    from tilellm.llm.gguf_file import open_gguf
+    from tilellm.llm.models.gemma3 import Gemma3Model
+    from tilellm.llm.gguf.reader import open_gguf
 
     key = (n_batch, backend)
     if key not in _model_cache:

@@ -39,7 +39,7 @@ BOUNDS = {
 }
 
 try:
-    from tilellm.llm.default_model import default_model_path, is_available
+    from tilellm.llm.cli.default_model import default_model_path, is_available
 except ImportError:  # pragma: no cover
     is_available = lambda: False  # noqa: E731
 
@@ -48,8 +48,8 @@ needs_model = pytest.mark.skipif(
 
 
 def _model(backend: str = "auto", n_ctx: int = 128):
-    from tilellm.llm.gemma3 import Gemma3Model
-    from tilellm.llm.gguf_file import open_gguf
+    from tilellm.llm.models.gemma3 import Gemma3Model
+    from tilellm.llm.gguf.reader import open_gguf
 
     f = open_gguf(default_model_path(progress=None))
     return Gemma3Model(f, backends.get(backend, n_threads=2), n_ctx=n_ctx, n_batch=512)
@@ -101,16 +101,16 @@ def test_reference_file_is_complete(hf) -> None:
 
 @needs_model
 def test_text_tokens_match_transformers(hf) -> None:
-    from tilellm.llm.gguf_file import open_gguf
-    from tilellm.llm.tokenizer import Tokenizer
+    from tilellm.llm.gguf.reader import open_gguf
+    from tilellm.llm.text import load_tokenizer
 
-    tok = Tokenizer.from_metadata(open_gguf(default_model_path(progress=None)).metadata)
+    tok = load_tokenizer(open_gguf(default_model_path(progress=None)).metadata)
     ids = tok.encode(TEXT.read_text(encoding="utf-8"), add_bos=True, special=False)
     np.testing.assert_array_equal(np.asarray(ids), hf["text_token_ids"])
 
 
 def _perplexity(hf, backend: str) -> None:
-    from tilellm.llm.perplexity import perplexity
+    from tilellm.llm.cli.perplexity import perplexity
 
     b = BOUNDS[backend]
     toks = hf["text_token_ids"].astype(np.int64)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from tilellm.errors import GGUFError, TileLLMError, UnsupportedError
-from tilellm.llm.gguf_file import (
+from tilellm.llm.gguf.reader import (
     GGUFFileNotFoundError, GGUFModelFile, LIMITS, describe_layout, open_gguf, parse_image,
 )
 from tilellm.quant import GGMLType, TensorView
@@ -194,7 +194,7 @@ def test_rss_anon_does_not_grow_with_file_size() -> None:
     if big is None:
         pytest.skip("llama2-micro-f32.gguf not available")
     code = textwrap.dedent(f"""
-        import numpy, tilellm.quant, tilellm.llm.gguf_file as g
+        import numpy, tilellm.quant, tilellm.llm.gguf.reader as g
         def anon():
             for line in open('/proc/self/status'):
                 if line.startswith('RssAnon:'):
@@ -422,7 +422,7 @@ def test_huge_array_counts(tmp_path: Path) -> None:
 
 
 def test_metadata_object_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import tilellm.llm.gguf_file as g
+    import tilellm.llm.gguf.reader as g
 
     monkeypatch.setattr(g, "LIMITS", g._Limits(max_metadata_objects=10))
     rejects(tmp_path, build([ARCH, kv_arr("t", 8, 11, gstr("") * 11)]), "key 't'", "more than 10 strings")

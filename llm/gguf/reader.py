@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from tilellm.errors import GGUFError, GGUFFileNotFoundError, UnsupportedError
+from tilellm.quant.errors import GGUFError, GGUFFileNotFoundError, UnsupportedError
 from tilellm.quant import TYPE_INFO, GGMLType, TensorView
 
 __all__ = [

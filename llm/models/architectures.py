@@ -1,29 +1,32 @@
-"""Which model class runs which `general.architecture`."""
+"""Which model class runs which `general.architecture`: one static table."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
-from tilellm.errors import UnsupportedError
+from tilellm.quant.errors import UnsupportedError
 
-from .model import LlamaModel, Qwen2Model
+from .deepseek2 import DeepSeek2Model
+from .gemma3 import Gemma3Model
+from .llama import LlamaModel, Qwen2Model
 
-ARCHITECTURES: dict[str, Any] = {"llama": LlamaModel, "qwen2": Qwen2Model}
+# factory(file, backend, n_ctx, n_batch, numerics) -> a decoder (eval, reset, n_past, n_ctx, n_vocab)
+ArchFactory = Callable[[Any, Any, int, int, str], Any]
+
+ARCHITECTURES: dict[str, ArchFactory] = {
+    "llama": LlamaModel,
+    "qwen2": Qwen2Model,
+    "gemma3": Gemma3Model,
+    "deepseek2": DeepSeek2Model,
+}
 
 
-def register(arch: str, cls: Any) -> None:
-    """Make `cls(file, backend, n_ctx=..., n_batch=...)` the model for architecture `arch`."""
-    ARCHITECTURES[arch] = cls
+def register(arch: str, factory: ArchFactory) -> None:
+    """Make `factory` the model for architecture `arch` (an extension point for users; built-ins are above)."""
+    ARCHITECTURES[arch] = factory
 
 
-def model_class(arch: str) -> Any:
-    """The model class for `arch`, or UnsupportedError naming it."""
-    if arch == "deepseek2" and arch not in ARCHITECTURES:
-        try:
-            from . import deepseek2  # noqa: F401  (registers itself)
-        except ImportError:
-            pass
-    if arch == "gemma3" and arch not in ARCHITECTURES:
-        from . import gemma3  # noqa: F401  (registers itself)
+def model_class(arch: str) -> ArchFactory:
+    """The model factory for `arch`, or UnsupportedError naming it and what is supported."""
     try:
         return ARCHITECTURES[arch]
     except KeyError:

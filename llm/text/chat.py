@@ -30,7 +30,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any, Mapping, Sequence
 
-from tilellm.errors import UnsupportedError
+from tilellm.quant.errors import UnsupportedError
 
 __all__ = [
     "ChatTemplateError", "ChatTemplateSecurityError", "DEFAULT_CHAT_TEMPLATE", "get_chat_template",

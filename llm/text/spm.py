@@ -19,8 +19,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from tilellm.errors import GGUFError
-from tilellm.llm.tokenizer import Tokenizer, TokenType
+from tilellm.quant.errors import GGUFError
+from .tokenizer import Tokenizer, TokenType
 
 __all__ = ["SPMTokenizer", "build_model_proto"]
 
