@@ -111,7 +111,8 @@ class KernelBackend(Backend):
             return p
 
         n_ctx = k_cache.shape[0] if isinstance(k_cache, np.ndarray) and k_cache.ndim == 3 else -1
-        if n_ctx < 1 or k_cache.shape != (n_ctx, n_head_kv, head_dim) or getattr(v_cache, "shape", None) != k_cache.shape:
+        if (n_ctx < 1 or k_cache.shape != (n_ctx, n_head_kv, head_dim)
+                or getattr(v_cache, "shape", None) != k_cache.shape):
             raise ShapeError(f"k/v caches must be float32 [n_ctx, {n_head_kv}, {head_dim}]")
         L = ffi.new("tl_layer *")
         L.n_embd, L.n_head, L.n_head_kv, L.head_dim, L.n_rot, L.n_ff = n_embd, n_head, n_head_kv, head_dim, n_rot, n_ff
@@ -121,7 +122,8 @@ class KernelBackend(Backend):
         L.bq = vec(layer.bq, qd, "bq")
         L.bk = vec(layer.bk, kvd, "bk")
         L.bv = vec(layer.bv, kvd, "bv")
-        shapes = [(n_embd, qd), (n_embd, kvd), (n_embd, kvd), (qd, n_embd), (n_embd, n_ff), (n_embd, n_ff), (n_ff, n_embd)]
+        shapes = [(n_embd, qd), (n_embd, kvd), (n_embd, kvd), (qd, n_embd), (n_embd, n_ff), (n_embd, n_ff),
+                  (n_ff, n_embd)]
         for field, w, (k, m) in zip(("wq", "wk", "wv", "wo", "gate", "up", "down"), ws, shapes):
             if w.k != k or w.n_rows != m:
                 raise ShapeError(f"{w.name!r} is [{w.n_rows}, {w.k}], a layer of this shape needs [{m}, {k}]")
@@ -174,7 +176,8 @@ class KernelBackend(Backend):
 
     def _prepared_for(self, weight: TensorView, x: np.ndarray | Activations) -> Activations:
         """x as activations this library's kernels take for `weight`: reused when already prepared alike."""
-        if isinstance(x, Activations) and x.owner == self.name and self.lib.act_type(x.weight_type) == self.lib.act_type(weight.type):
+        if (isinstance(x, Activations) and x.owner == self.name
+                and self.lib.act_type(x.weight_type) == self.lib.act_type(weight.type)):
             if x.k != weight.k:
                 raise ShapeError(f"prepared activations have k = {x.k} but {weight.name!r} has k = {weight.k}")
             return x

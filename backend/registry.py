@@ -46,7 +46,8 @@ def _why_not(variant: str) -> str | None:
     """None if `variant` can run here, else the reason."""
     compiled = kernels.compiled()
     if variant not in compiled:
-        return f"the {variant!r} kernels were not compiled into this install (compiled: {', '.join(compiled) or 'none'})"
+        return (f"the {variant!r} kernels were not compiled into this install "
+                f"(compiled: {', '.join(compiled) or 'none'})")
     missing = kernels.REQUIRES[variant] - kernels.cpu_features()  # one table, in tilellm.kernels
     if missing:
         return f"this CPU ({platform.machine()}) lacks {', '.join(sorted(missing))} needed by {variant!r}"

@@ -21,10 +21,9 @@ context raises ``ContextOverflowError``; generation that fills the context ends 
 from __future__ import annotations
 
 import os
-import sys
 import time
 from dataclasses import dataclass, field
-from typing import Mapping, Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Literal, Mapping, Sequence, overload
 
 import numpy as np
 
@@ -33,6 +32,7 @@ from tilellm.quant.errors import ContextOverflowError, GGUFFileNotFoundError, Un
 
 from .gguf.reader import open_gguf
 from .models import architectures
+from .models.architectures import ArchFactory
 from .models.base import Decoder, check_numerics
 from .text.factory import load_tokenizer
 from .text.sampling import Sampler
@@ -286,7 +286,7 @@ class Model:
         for t in self._live_file().tensors.values():
             if len(t.shape) >= 2:
                 by_type[t.type.name] = by_type.get(t.type.name, 0) + int(t.data.nbytes)
-        return max(by_type, key=by_type.get) if by_type else "?"
+        return max(by_type, key=by_type.__getitem__) if by_type else "?"
 
     # -- tokens --------------------------------------------------------------------------
     def chat_prompt(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True,
@@ -301,8 +301,12 @@ class Model:
 
         source = get_chat_template(self.metadata, template_name)
         bos_id, eos_id = getattr(self._tok, "bos_id", None), getattr(self._tok, "eos_id", None)
-        piece = (lambda i: self._tok.token_to_piece(i, special=True).decode("utf-8", "replace")
-                 if i is not None and i >= 0 else "")
+
+        def piece(i: int | None) -> str:
+            if i is None or i < 0:
+                return ""
+            return self._tok.token_to_piece(i, special=True).decode("utf-8", "replace")
+
         bos_text, eos_text = piece(bos_id), piece(eos_id)
         text = render_chat(source, messages, add_generation_prompt=add_generation_prompt,
                            bos_token=bos_text, eos_token=eos_text, **template_vars)
@@ -362,6 +366,63 @@ class Model:
         self._live().reset()
 
     # -- generation ----------------------------------------------------------------------
+    @overload
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        max_tokens: int | None = 16,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        stop: str | Sequence[str] | None = None,
+        seed: int | None = None,
+        stream: Literal[False] = False,
+        *,
+        repeat_last_n: int = 64,
+        add_bos: bool | None = None,
+        ignore_eos: bool = False,
+    ) -> GenerationResult: ...
+
+    @overload
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        max_tokens: int | None = 16,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        stop: str | Sequence[str] | None = None,
+        seed: int | None = None,
+        stream: Literal[True] = ...,
+        *,
+        repeat_last_n: int = 64,
+        add_bos: bool | None = None,
+        ignore_eos: bool = False,
+    ) -> Iterator[GenerationChunk]: ...
+
+    @overload
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        max_tokens: int | None = 16,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        stop: str | Sequence[str] | None = None,
+        seed: int | None = None,
+        stream: bool = False,
+        *,
+        repeat_last_n: int = 64,
+        add_bos: bool | None = None,
+        ignore_eos: bool = False,
+    ) -> GenerationResult | Iterator[GenerationChunk]: ...
+
     def generate(
         self,
         prompt: str | Sequence[int],
@@ -598,8 +659,8 @@ def load(
     ``tilellm.backend.available()``. ``seed``: seeds the model's sampling generator (None = random).
     ``numerics``: "default" (the most accurate arithmetic we have) or "ggml" — llama.cpp's rounding
     choices where they differ from ours, to compare with it: activations of quantized matmuls with one
-    scale per 32 values stored in fp16 (per 256 for K-quants), GELU looked up in an fp16 table, and K, V and q rounded to
-    fp16 as llama.cpp's default f16 KV cache does. The activation rounding needs a kernel backend.
+    scale per 32 values stored in fp16 (per 256 for K-quants), GELU looked up in an fp16 table, and K, V and q
+    rounded to fp16 as llama.cpp's default f16 KV cache does. The activation rounding needs a kernel backend.
 
     Raises FileNotFoundError (naming the path; also a ``GGUFError``), ``GGUFError`` for a malformed file,
     ``UnsupportedError`` naming an architecture/tensor type/tokenizer we do not handle,
@@ -628,6 +689,7 @@ def load(
                 ctx_train = 4096  # files without the key: a conservative window
             n_ctx = int(ctx_train) if n_ctx == 0 else min(int(ctx_train), 4096)
         be = backends.get(backend, n_threads, act_rounding="ggml" if numerics == "ggml" else "fine")
+        tok: Any
         if tokenizer is None and "tokenizer.ggml.model" not in file.metadata:
             tok = _NoTokenizer()
         else:

@@ -315,7 +315,9 @@ def test_unknown_keyword_rejected() -> None:
 
 def test_seed_reproduces_sampled_generation() -> None:
     # noisy logits with a weak peak: sampling is genuinely random
-    mk = lambda: Model(FakeFile(), _NoisyImpl(), ByteTokenizer(), FakeBackend(), stream_decoder=ByteStreamDecoder)
+    def mk() -> Model:
+        return Model(FakeFile(), _NoisyImpl(), ByteTokenizer(), FakeBackend(), stream_decoder=ByteStreamDecoder)
+
     kw = dict(max_tokens=20, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0)
     a = mk().generate("p", seed=11, **kw).tokens
     b = mk().generate("p", seed=11, **kw).tokens
@@ -393,7 +395,7 @@ def test_properties_and_close() -> None:
     with pytest.raises(RuntimeError, match="closed"):
         m.generate("p")
     with pytest.raises(RuntimeError, match="closed"):
-        m.metadata
+        _ = m.metadata
     assert "closed" in repr(m)
 
 

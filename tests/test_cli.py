@@ -46,9 +46,11 @@ def run(argv: list[str], stdin: str = "") -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-TIMING = re.compile(r"^prompt eval time = +[\d.]+ ms / +(\d+) tokens \( +[\d.]+ ms per token, +[\d.]+ tokens per second\)$",
+TIMING = re.compile(r"^prompt eval time = +[\d.]+ ms / +(\d+) tokens "
+                    r"\( +[\d.]+ ms per token, +[\d.]+ tokens per second\)$",
                     re.M)
-EVAL_TIMING = re.compile(r"^ +eval time = +[\d.]+ ms / +(\d+) tokens \( +[\d.]+ ms per token, +[\d.]+ tokens per second\)$",
+EVAL_TIMING = re.compile(r"^ +eval time = +[\d.]+ ms / +(\d+) tokens "
+                         r"\( +[\d.]+ ms per token, +[\d.]+ tokens per second\)$",
                          re.M)
 
 

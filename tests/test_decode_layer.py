@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import fixture_model, fixture_path, kernel_backends
+
 from tilellm.errors import ShapeError
 
 FILES = ["llama2-micro-q8_0", "llama2-micro-f32", "llama3-micro-q4_0", "qwen2-micro-q8_0"]

@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,7 +39,8 @@ def _assert_clean(results: list[tuple[int, str, str]]) -> dict[str, int]:
         counts[outcome] = counts.get(outcome, 0) + 1
         if outcome not in ("rejected", "loaded"):
             bad.append(f"case {SEED}:{i} {outcome}: {detail}")
-    assert not bad, "\n".join(bad[:10]) + "\n(rebuild one with: python scripts/fuzz_gguf.py --case SEED:INDEX --out x.gguf)"
+    assert not bad, ("\n".join(bad[:10])
+                     + "\n(rebuild one with: python scripts/fuzz_gguf.py --case SEED:INDEX --out x.gguf)")
     return counts
 
 
@@ -128,8 +128,9 @@ def test_extreme_values_in_every_size_field(templates: list, tmp_path: Path) -> 
             except TileLLMError as e:
                 outcomes["rejected"] += 1
                 if v >= 2**32:  # a huge size fails on a bound check that says so
-                    assert any(w in str(e) for w in ("cannot fit", "remain", "exceeds", "outside", "truncated",
-                                                     "past the end", "dimensions", "multiple of the alignment")), (label, v, str(e))
+                    says = ("cannot fit", "remain", "exceeds", "outside", "truncated", "past the end", "dimensions",
+                            "multiple of the alignment")
+                    assert any(w in str(e) for w in says), (label, v, str(e))
     assert outcomes["rejected"] >= 3 * len(fields), outcomes
 
 

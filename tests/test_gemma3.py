@@ -49,7 +49,8 @@ def _arbitrated(logits: np.ndarray, llamacpp_token: int, own: dict, i: int, pos:
     """At a position where llama.cpp flips against itself: transformers decides when it is not near a tie."""
     top, gap = _hf_top1(i, pos)
     if gap >= NEAR_TIE:
-        assert int(logits.argmax()) == top, f"prompt {i} position {pos}: ours {int(logits.argmax())}, transformers {top}"
+        got = int(logits.argmax())
+        assert got == top, f"prompt {i} position {pos}: ours {got}, transformers {top}"
     else:
         assert _near_top(logits, llamacpp_token, own), (i, pos)
 NEAR_TIE = 0.05  # greedy steps from the first top-2 gap below this may legitimately flip
@@ -91,8 +92,8 @@ _model_cache: dict = {}
 
 
 def _model(n_batch: int = 512, backend: str = "auto"):
-    from tilellm.llm.models.gemma3 import Gemma3Model
     from tilellm.llm.gguf.reader import open_gguf
+    from tilellm.llm.models.gemma3 import Gemma3Model
 
     key = (n_batch, backend)
     if key not in _model_cache:
@@ -142,7 +143,7 @@ def test_prompt_top1_and_logits_match_llamacpp(forced) -> None:
     ref, runs = forced
     own = _selfcheck()
     ours_err, theirs_err = [], []
-    for i, (p, g, lg) in enumerate(runs):
+    for i, (p, _, lg) in enumerate(runs):
         T = p.size
         ref_ids = ref[f"p{i}_topk_ids"].astype(np.int64)
         np.testing.assert_array_equal(p, ref[f"p{i}_token_ids"])

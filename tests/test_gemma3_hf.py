@@ -48,8 +48,8 @@ needs_model = pytest.mark.skipif(
 
 
 def _model(backend: str = "auto", n_ctx: int = 128):
-    from tilellm.llm.models.gemma3 import Gemma3Model
     from tilellm.llm.gguf.reader import open_gguf
+    from tilellm.llm.models.gemma3 import Gemma3Model
 
     f = open_gguf(default_model_path(progress=None))
     return Gemma3Model(f, backends.get(backend, n_threads=2), n_ctx=n_ctx, n_batch=512)
@@ -138,7 +138,7 @@ def test_perplexity_float_path_is_transformers(hf) -> None:
 def test_teacher_forced_top1_matches_transformers(hf, backend: str) -> None:
     near_tie = BOUNDS[backend]["near_tie"]
     checked = 0
-    for i, (p, g, lg) in enumerate(_forced(backend)):
+    for i, (_, _, lg) in enumerate(_forced(backend)):
         ids, vals = hf[f"{DT}_p{i}_forced_topk_ids"], hf[f"{DT}_p{i}_forced_topk_logits"]
         gap = vals[:, 0] - vals[:, 1]
         top1 = lg.argmax(-1)
@@ -154,7 +154,7 @@ def test_teacher_forced_top1_matches_transformers(hf, backend: str) -> None:
 def test_logits_match_transformers(hf, backend: str) -> None:
     b = BOUNDS[backend]
     errs = []
-    for i, (p, g, lg) in enumerate(_forced(backend)):
+    for i, (_, _, lg) in enumerate(_forced(backend)):
         ids = hf[f"{DT}_p{i}_forced_topk_ids"].astype(np.int64)
         errs.append(np.abs(np.take_along_axis(lg, ids, -1) - hf[f"{DT}_p{i}_forced_topk_logits"]).ravel())
     err = np.concatenate(errs)

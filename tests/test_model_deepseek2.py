@@ -12,14 +12,14 @@ import math
 
 import numpy as np
 import pytest
-
 from conftest import fixture_model, fixture_path, full_logit_checks, kernel_backends
+
 from tilellm import backend as backends
+from tilellm.backend.ops import causal_attention
 from tilellm.errors import GGUFError, UnsupportedError
+from tilellm.llm.gguf.reader import open_gguf
 from tilellm.llm.models.architectures import model_class
 from tilellm.llm.models.deepseek2 import DeepSeek2HParams, DeepSeek2Model, mqa_attention
-from tilellm.llm.gguf.reader import open_gguf
-from tilellm.backend.ops import causal_attention
 from tilellm.llm.models.yarn import YarnParams, corr_dims, yarn_inv_freq, yarn_mscale
 
 FIXTURES = ["deepseek2-micro-q8_0", "deepseek2-lite-micro-q8_0"]

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import fixture_model, fixture_path, full_logit_checks, kernel_backends
+
 from tilellm import backend as backends
-from tilellm.llm.models.architectures import model_class
 from tilellm.llm.gguf.reader import open_gguf
+from tilellm.llm.models.architectures import model_class
 
 FILES = ["llama3-micro-q8_0", "llama3-micro-q4_0", "qwen2-micro-q8_0"]
 # llama.cpp vs hfdq over the whole vocabulary, every prompt position (compare.json): max, token-weighted mean

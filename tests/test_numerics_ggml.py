@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import fixture_path
 
 import tilellm
 from tilellm import backend as backends
-from conftest import fixture_path
 from tilellm import kernels
 from tilellm.llm.models.layers import gelu_tanh, gelu_tanh_ggml
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from _tokdata import DATA, FIXTURES, TOKENIZER_FIXTURES, parity_cases, read_metadata, vocab_metadata
+
 from tilellm.errors import GGUFError, UnsupportedError
 from tilellm.llm.text import StreamDecoder, Tokenizer, TokenType, load_tokenizer
 
@@ -341,8 +341,9 @@ def _gguf_path(g: str) -> Path:
 _GGUFS = [(n, _gguf_path(g)) for n, g in TOKENIZER_FIXTURES.items()]
 
 
-@pytest.mark.parametrize("name,path", [pytest.param(n, p, marks=pytest.mark.skipif(not (p.exists() and _available(n)), reason="GGUF not available"))
-                                       for n, p in _GGUFS])
+@pytest.mark.parametrize("name,path", [
+    pytest.param(n, p, marks=pytest.mark.skipif(not (p.exists() and _available(n)), reason="GGUF not available"))
+    for n, p in _GGUFS])
 def test_gguf_metadata_matches_extracted(name, path: Path):
     md = read_metadata(path)
     tok = load_tokenizer(md)

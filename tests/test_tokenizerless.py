@@ -5,9 +5,9 @@ import io
 import gguf
 import numpy as np
 import pytest
+from conftest import fixture_path
 
 import tilellm
-from conftest import fixture_path
 from tilellm.errors import GGUFError, UnsupportedError
 from tilellm.llm.cli import bench
 from tilellm.llm.gguf.reader import open_gguf

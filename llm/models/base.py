@@ -1,7 +1,7 @@
 """What every decoder model shares: context bookkeeping, token validation, batching, tensor lookup, the head."""
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence
+from typing import Any, Literal, Protocol, Sequence, overload
 
 import numpy as np
 
@@ -82,7 +82,14 @@ class DecoderModel:
             raise GGUFError("missing required tensor 'token_embd.weight'")
         return emb.n_rows
 
+    @overload
+    def _tensor(self, name: str, shape: Sequence[int] | None, optional: Literal[False] = False) -> TensorView: ...
+
+    @overload
+    def _tensor(self, name: str, shape: Sequence[int] | None, optional: bool) -> TensorView | None: ...
+
     def _tensor(self, name: str, shape: Sequence[int] | None, optional: bool = False) -> TensorView | None:
+        """Tensor `name` of the file, checked to have `shape` (GGUF order); None if absent and `optional`."""
         t = self.file.tensors.get(name)
         if t is None:
             if optional:
@@ -92,7 +99,14 @@ class DecoderModel:
             raise GGUFError(f"tensor {name!r} has shape {list(t.shape)}, expected {list(shape)}")
         return t
 
+    @overload
+    def _linear(self, name: str, k: int, m: int, optional: Literal[False] = False) -> TensorView: ...
+
+    @overload
+    def _linear(self, name: str, k: int, m: int, optional: bool) -> TensorView | None: ...
+
     def _linear(self, name: str, k: int, m: int, optional: bool = False) -> TensorView | None:
+        """A [m, k] weight matrix the backend must be able to multiply."""
         t = self._tensor(name, (k, m), optional)
         if t is not None and not self.backend.supports(t.type):
             raise UnsupportedError(f"tensor {name!r} has type {t.type.name}, which backend {self.backend.name!r} "
@@ -136,8 +150,9 @@ class DecoderModel:
                 outs.append(self._head(h[-1:])[0])
         out = np.concatenate(outs, axis=0) if logits_all else outs[0]
         if not np.isfinite(out).all():  # never hand NaN/inf on as if it were an answer
-            raise NumericalError(f"the forward pass produced non-finite logits (weights in {getattr(self.file, 'path', 'the model file')} "
-                                 "may be corrupt); call reset() before evaluating again")
+            where = getattr(self.file, "path", "the model file")
+            raise NumericalError(f"the forward pass produced non-finite logits (weights in {where} may be corrupt); "
+                                 "call reset() before evaluating again")
         return out
 
     def _attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, n_past: int, scale: float,

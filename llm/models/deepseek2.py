@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping, overload
 
 import numpy as np
 
@@ -158,9 +158,35 @@ def mqa_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, n_past: int, scal
 
 
 class _Block:
+    """One deepseek2 block's tensors. A field the file's layout lacks is None (the hparams say which: q_lora,
+    absorbed, dense or MoE); the code reads only the fields of its layout."""
+
     __slots__ = ("attn_norm", "wq", "wq_a", "q_a_norm", "wq_b", "wkv_a", "kv_a_norm", "wk_b", "wv_b", "wkv_b",
                  "wo", "ffn_norm", "w_gate", "w_up", "w_down", "router", "probs_bias", "gate_exps", "up_exps",
                  "down_exps", "gate_sh", "up_sh", "down_sh")
+    attn_norm: np.ndarray
+    wq: TensorView | None  # None: the low-rank q_a / q_b pair instead
+    wq_a: TensorView
+    q_a_norm: np.ndarray
+    wq_b: TensorView
+    wkv_a: TensorView
+    kv_a_norm: np.ndarray
+    wk_b: TensorView
+    wv_b: TensorView
+    wkv_b: TensorView
+    wo: TensorView
+    ffn_norm: np.ndarray
+    w_gate: TensorView
+    w_up: TensorView
+    w_down: TensorView
+    router: TensorView | None  # None: a dense block
+    probs_bias: np.ndarray | None
+    gate_exps: TensorView
+    up_exps: TensorView
+    down_exps: TensorView
+    gate_sh: TensorView | None  # None: no shared experts
+    up_sh: TensorView
+    down_sh: TensorView
 
     def __init__(self) -> None:
         for name in self.__slots__:
@@ -189,6 +215,12 @@ class DeepSeek2Model(DecoderModel):
             self.v_cache = np.zeros((hp.n_layer, self.n_ctx, hp.n_head, hp.v_head), np.float32)
 
     # ------------------------------------------------------------------ loading
+    @overload
+    def _weight(self, name: str, shape: tuple[int, ...], optional: Literal[False] = False) -> TensorView: ...
+
+    @overload
+    def _weight(self, name: str, shape: tuple[int, ...], optional: bool) -> TensorView | None: ...
+
     def _weight(self, name: str, shape: tuple[int, ...], optional: bool = False) -> TensorView | None:
         """A matrix (2-D or stacked 3-D) the backend must multiply with."""
         t = self._tensor(name, shape, optional)
@@ -246,13 +278,13 @@ class DeepSeek2Model(DecoderModel):
             self.blocks.append(B)
 
     # ------------------------------------------------------------------ running
-    def _attention(self, li: int, B: _Block, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    def _mla(self, li: int, B: _Block, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
         """MLA for the T new tokens of x (normed hidden states); output [T, n_embd]."""
         hp, be = self.hparams, self.backend
         T, p0 = x.shape[0], self.n_past
         S, H, nope, lora = p0 + T, hp.n_head, hp.qk_nope, hp.kv_lora
         xp = be.prepare(x, (B.wq if B.wq is not None else B.wq_a).type)  # shared by the q and kv_a projections
-        if hp.q_lora is None:
+        if B.wq is not None:  # no q_lora: one q projection
             q = be.matmul(B.wq, xp)
         else:
             q = be.matmul(B.wq_b, rms_norm(be.matmul(B.wq_a, xp), B.q_a_norm, hp.rms_eps))
@@ -299,7 +331,7 @@ class DeepSeek2Model(DecoderModel):
         h = self.tok_embd.rows(ids)
         cos, sin = self.rope.tables(np.arange(p0, p0 + T))
         for li, B in enumerate(self.blocks):
-            h = h + self._attention(li, B, rms_norm(h, B.attn_norm, hp.rms_eps), cos, sin)
+            h = h + self._mla(li, B, rms_norm(h, B.attn_norm, hp.rms_eps), cos, sin)
             h = h + self._ffn(B, rms_norm(h, B.ffn_norm, hp.rms_eps))
         self.n_past = p0 + T
         return h

@@ -103,8 +103,25 @@ class Gemma3Params:
 
 
 class _GemmaLayer:
+    """One Gemma 3 block's tensors (norms as float32 vectors) and whether it attends locally."""
+
     __slots__ = ("attn_norm", "wq", "wk", "wv", "wo", "q_norm", "k_norm", "post_attn_norm",
                  "ffn_norm", "w_gate", "w_up", "w_down", "post_ffn_norm", "local", "qk_norm")
+    attn_norm: np.ndarray
+    wq: TensorView
+    wk: TensorView
+    wv: TensorView
+    wo: TensorView
+    q_norm: np.ndarray
+    k_norm: np.ndarray
+    post_attn_norm: np.ndarray
+    ffn_norm: np.ndarray
+    w_gate: TensorView
+    w_up: TensorView
+    w_down: TensorView
+    post_ffn_norm: np.ndarray
+    local: bool
+    qk_norm: np.ndarray  # q_norm for each q head, then k_norm for each kv head: [H + Hkv, head_dim]
 
 
 class Gemma3Model(LlamaModel):
@@ -149,9 +166,8 @@ class Gemma3Model(LlamaModel):
             L.w_down = self._linear(p + "ffn_down.weight", hp.n_ff, d)
             L.post_ffn_norm = vector(self._tensor(p + "post_ffw_norm.weight", (d,)))
             L.local = self.gparams.local_layers[i]
-            # q/k norms as one [H + Hkv, D] weight (q and k are normed and roped together). The matmuls stay
-            # separate, straight off the mapping: row-joined copies of q/k/v and gate/up (+43 MB) measured
-            # +8 % tg but -7 % pp512 (interleaved A/B, quiet machine), and the weights are not copied.
+            # q/k norms as one [H + Hkv, D] weight (q and k are normed and roped together); the matmuls stay
+            # separate, straight off the mapping (why: docs/gemma3.md, "Speed work")
             L.qk_norm = np.concatenate([np.broadcast_to(L.q_norm, (hp.n_head, hd)),
                                         np.broadcast_to(L.k_norm, (hp.n_head_kv, hd))])
             self.layers.append(L)

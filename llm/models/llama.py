@@ -59,6 +59,7 @@ class LlamaModel(DecoderModel):
             return 1.0
         if kind == "yarn":
             y = YarnParams.from_metadata(md, hp.arch)
+            assert y is not None  # None only for no scaling
             self.rope.inv_freq = yarn_inv_freq(hp.n_rot, hp.rope_base, y)
             # ggml's rope scales cos/sin by attn_factor * (1 + 0.1 ln factor): q.k grows by its square
             ms = y.attn_factor * ((1.0 + 0.1 * math.log(y.factor)) if y.ext_factor != 0 else 1.0)

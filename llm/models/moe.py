@@ -38,8 +38,8 @@ class RouterConfig:
             raise ValueError(f"unknown expert gating function {self.gating}")
         if self.n_group < 1 or self.n_expert % self.n_group or not 1 <= self.n_group_used <= self.n_group:
             raise ValueError(f"bad expert groups: {self.n_group_used} of {self.n_group} over {self.n_expert} experts")
-        if self.n_group > 1 and (self.n_expert // self.n_group < 2 or self.n_group_used * (self.n_expert // self.n_group)
-                                 < self.n_used):
+        per_group = self.n_expert // self.n_group
+        if self.n_group > 1 and (per_group < 2 or self.n_group_used * per_group < self.n_used):
             raise ValueError("expert groups too small for the group score (top 2) or for expert_used_count")
 
 

@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import regex
 
 from tilellm.quant.errors import GGUFError, UnsupportedError
+
 from ..gguf.metadata import as_list, as_str
 from .tokenizer import Tokenizer
 

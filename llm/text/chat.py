@@ -171,7 +171,7 @@ def render_chat(template: str, messages: Sequence[Mapping[str, Any]], add_genera
             raise TypeError(f"each message must be a mapping, got {type(m).__name__}")
         msgs.append(dict(m))
     compiled = _compile(template)
-    variables = {"tools": None, "documents": None}
+    variables: dict[str, Any] = {"tools": None, "documents": None}
     variables.update(kwargs)
     variables.update(messages=msgs, add_generation_prompt=bool(add_generation_prompt),
                      bos_token=bos_token, eos_token=eos_token)

@@ -1,7 +1,7 @@
 """The tokenizer a GGUF file describes: `load_tokenizer(metadata)` picks the class by `tokenizer.ggml.model`."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from tilellm.quant.errors import GGUFError, UnsupportedError
 
@@ -11,7 +11,7 @@ from .spm import SPMTokenizer
 from .tokenizer import Tokenizer
 
 # tokenizer.ggml.model -> the class that implements it
-TOKENIZER_MODELS: dict[str, type[Tokenizer]] = {"llama": SPMTokenizer, "gpt2": BPETokenizer}
+TOKENIZER_MODELS: dict[str, Callable[[Mapping[str, Any]], Tokenizer]] = {"llama": SPMTokenizer, "gpt2": BPETokenizer}
 
 
 def load_tokenizer(metadata: Mapping[str, Any]) -> Tokenizer:

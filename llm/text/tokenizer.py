@@ -17,7 +17,7 @@ from __future__ import annotations
 import codecs
 import re
 from enum import IntEnum
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
@@ -105,8 +105,8 @@ def _as_bool(value: Any, key: str) -> bool:
 class Tokenizer:
     """A GGUF tokenizer: text <-> token ids with llama.cpp's semantics.
 
-    Build one with ``load_tokenizer(metadata)`` (text/factory.py). Subclasses implement ``_encode_fragment`` (plain text, no
-    special tokens) and ``_normal_piece`` (the bytes of a NORMAL token).
+    Build one with ``load_tokenizer(metadata)`` (text/factory.py). Subclasses implement ``_encode_fragment``
+    (plain text, no special tokens) and ``_normal_piece`` (the bytes of a NORMAL token).
 
     Attributes:
         model: ``tokenizer.ggml.model`` (``"llama"`` or ``"gpt2"``).
