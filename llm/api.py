@@ -21,8 +21,6 @@ context raises ``ContextOverflowError``; generation that fills the context ends 
 from __future__ import annotations
 
 import os
-import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Literal, Mapping, Sequence, overload
 
 import numpy as np
@@ -30,6 +28,7 @@ import numpy as np
 from tilellm import backend as backends
 from tilellm.quant.errors import ContextOverflowError, GGUFFileNotFoundError, UnsupportedError
 
+from .generation import GenerationChunk, GenerationResult, Timings, check_stops, generation_loop
 from .gguf.reader import open_gguf
 from .models import architectures
 from .models.architectures import ArchFactory
@@ -69,76 +68,6 @@ def _arch_factory(arch: Any) -> ArchFactory:
     if not isinstance(arch, str):
         raise UnsupportedError(f"unsupported model architecture: {arch!r}")
     return architectures.model_class(arch)
-
-
-# ----------------------------------------------------------------------------- results
-
-@dataclass
-class Timings:
-    """Wall-clock timings of one generation (sampling is counted in ``gen_ms``)."""
-
-    prompt_ms: float = 0.0
-    gen_ms: float = 0.0
-    prompt_tps: float = 0.0
-    gen_tps: float = 0.0
-
-
-@dataclass
-class GenerationResult:
-    """A finished generation.
-
-    ``text`` excludes the prompt, any end-of-generation token and any stop string (and what
-    followed it). ``tokens`` are the sampled ids, excluding the end-of-generation token; when a
-    stop string ended generation they include the token(s) that spelled it.
-    """
-
-    text: str
-    tokens: list[int]
-    finish_reason: str  # "stop" (EOG token or stop string) | "length" (max_tokens or context full)
-    prompt_tokens: int
-    completion_tokens: int
-    timings: Timings = field(default_factory=Timings)
-
-    def __str__(self) -> str:
-        return self.text
-
-
-@dataclass
-class GenerationChunk:
-    """One piece of a streamed generation.
-
-    ``text`` is never half a UTF-8 character and never a prefix of a stop string that may still
-    complete. ``tokens`` are the ids sampled since the previous chunk. Only the last chunk has
-    ``finish_reason`` and ``timings`` set (its ``text`` may be empty).
-    """
-
-    text: str
-    tokens: list[int]
-    finish_reason: str | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    timings: Timings | None = None
-
-
-def _find_stop(text: str, stops: Sequence[str], start: int) -> int | None:
-    """Index of the earliest stop string in ``text[start:]``, or None."""
-    best = None
-    for s in stops:
-        i = text.find(s, start)
-        if i >= 0 and (best is None or i < best):
-            best = i
-    return best
-
-
-def _held_back(text: str, stops: Sequence[str]) -> int:
-    """Length of the longest suffix of ``text`` that is a proper prefix of some stop string."""
-    n = 0
-    for s in stops:
-        for k in range(min(len(s) - 1, len(text)), n, -1):
-            if text.endswith(s[:k]):
-                n = k
-                break
-    return n
 
 
 def _check_token_ids(ids: Any, n_vocab: int, what: str) -> list[int]:
@@ -457,7 +386,7 @@ class Model:
         decoder = self._live()
         sampler = Sampler(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n,
                           seed=self._rng if seed is None else seed)
-        stops = self._check_stops(stop)
+        stops = check_stops(stop)
         ids = self._prompt_ids(prompt, add_bos)
         n_ctx = int(decoder.n_ctx)
         if len(ids) > n_ctx:
@@ -484,20 +413,6 @@ class Model:
         """Same as :meth:`generate`."""
         return self.generate(prompt, **kwargs)
 
-    @staticmethod
-    def _check_stops(stop: str | Sequence[str] | None) -> list[str]:
-        if stop is None:
-            return []
-        if isinstance(stop, str):
-            stop = [stop]
-        out = []
-        for s in stop:
-            if not isinstance(s, str):
-                raise ValueError(f"stop must be a string or a list of strings, got {s!r}")
-            if s:  # an empty stop string would match everywhere: ignore it
-                out.append(s)
-        return out
-
     def _prompt_ids(self, prompt: str | Sequence[int], add_bos: bool | None) -> list[int]:
         if isinstance(prompt, (bytes, bytearray)):
             prompt = bytes(prompt).decode("utf-8")
@@ -519,76 +434,15 @@ class Model:
 
     def _run(self, ids: list[int], budget: int, sampler: Sampler, stops: list[str],
              epoch: int, ignore_eos: bool = False) -> Iterator[GenerationChunk]:
-        """The generation loop shared by streamed and plain calls."""
-
+        """The generation loop shared by streamed and plain calls; it stops with a RuntimeError once a later call
+        touches the KV cache."""
         def check_current() -> None:
             if self._epoch != epoch or self.decoder is None:
                 raise RuntimeError("this generation was interrupted by a later generate(), eval(), reset() "
                                    "or close() on the same model")
 
-        check_current()
-        fwd = self._live()
-        t0 = time.perf_counter()
-        fwd.reset()
-        logits = fwd.eval(ids)
-        t1 = time.perf_counter()
-        history = list(ids)
-        stream = self._stream_decoder(self._tok)
-        max_stop = max((len(s) for s in stops), default=0)
-        text = ""
-        emitted = 0  # characters of `text` already handed out
-        pending: list[int] = []  # tokens not yet handed out with a chunk
-        n_gen = 0
-        finish = "length"
-        cut: int | None = None  # where a stop string starts in `text`
-        banned = np.array(sorted(self._eog), dtype=np.int64) if ignore_eos and self._eog else None
-        while n_gen < budget:
-            if banned is not None:
-                logits = np.array(logits, dtype=np.float32, copy=True)
-                logits[banned] = -np.inf
-            tok = sampler.sample(logits, history)
-            if tok in self._eog:
-                finish = "stop"
-                break
-            n_gen += 1
-            history.append(tok)
-            pending.append(tok)
-            piece = stream.feed(tok)
-            if piece:
-                start = max(0, len(text) - max_stop + 1)
-                text += piece
-                if stops:
-                    cut = _find_stop(text, stops, start)
-                    if cut is not None:
-                        finish = "stop"
-                        break
-                safe = len(text) - (_held_back(text, stops) if stops else 0)
-                if safe > emitted:
-                    yield GenerationChunk(text[emitted:safe], pending, None, len(ids), n_gen)
-                    emitted, pending = safe, []
-            if n_gen >= budget:
-                break
-            check_current()
-            logits = fwd.eval([tok])
-        if cut is None:
-            tail = stream.flush()
-            if tail:
-                start = max(0, len(text) - max_stop + 1)
-                text += tail
-                if stops:
-                    cut = _find_stop(text, stops, start)
-                    if cut is not None:
-                        finish = "stop"
-        end = len(text) if cut is None else cut
-        t2 = time.perf_counter()
-        prompt_s, gen_s = t1 - t0, t2 - t1
-        timings = Timings(
-            prompt_ms=prompt_s * 1e3,
-            gen_ms=gen_s * 1e3,
-            prompt_tps=len(ids) / prompt_s if prompt_s > 0 else 0.0,
-            gen_tps=n_gen / gen_s if gen_s > 0 and n_gen else 0.0,
-        )
-        yield GenerationChunk(text[emitted:max(end, emitted)], pending, finish, len(ids), n_gen, timings)
+        return generation_loop(self._live(), ids, budget, sampler, stops, self._stream_decoder(self._tok), self._eog,
+                               ignore_eos, check_current)
 
     # -- lifetime ------------------------------------------------------------------------
     def close(self) -> None:
