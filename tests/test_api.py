@@ -461,10 +461,7 @@ def test_architecture_registry(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr("tilellm.llm.api.load_tokenizer", lambda md: ByteTokenizer(),
                         raising=False)
     p = _write_gguf(tmp_path / "t.gguf", "toynet")
-    try:
-        m = tilellm.load(p, n_ctx=0, n_batch=7, backend="reference")
-    except ImportError:
-        pytest.skip("tokenizer module not available yet")
+    m = tilellm.load(p, n_ctx=0, n_batch=7, backend="reference")
     assert seen == {"arch": "toynet", "n_ctx": 128, "n_batch": 7, "backend": "reference"}
     assert m.n_batch == 7
     m.close()

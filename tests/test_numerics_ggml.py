@@ -78,10 +78,7 @@ def test_numerics_is_validated():
         tilellm.load(fixture_path("llama2-micro-q8_0.gguf"), numerics="fast")
 
 
-try:
-    from tilellm.llm.cli.default_model import default_model_path, is_available
-except ImportError:  # pragma: no cover
-    is_available = lambda: False  # noqa: E731
+from tilellm.llm.cli.default_model import default_model_path, is_available  # noqa: E402
 
 TEXT = __import__("pathlib").Path(__file__).parent / "data" / "text" / "declaration-of-independence.txt"
 
