@@ -16,7 +16,7 @@ ENV_VAR = "TILELLM_BACKEND"
 ACT_ROUNDINGS = ("fine", "ggml")
 
 
-def _fallback_of(variant: str) -> str | None:
+def fallback_of(variant: str) -> str | None:
     """The variant `variant` hands the weight types it lacks: the one needing the most of its CPU features
     (and fewer): avx512 -> avx2 -> portable, sme2 -> sme -> neon -> portable. None for portable."""
     need = kernels.REQUIRES[variant]
@@ -25,9 +25,9 @@ def _fallback_of(variant: str) -> str | None:
 
 
 def _preference_order() -> tuple[str, ...]:
-    """Every kernel variant, best first: each fallback chain from its top (a variant nothing falls back to),
-    in `kernels.VARIANTS` order, the variants the chains share listed once, at their first place from the end."""
-    falls = {_fallback_of(v) for v in kernels.VARIANTS}
+    """Every kernel variant, best first: the fallback chains from their tops (variants nothing falls back to,
+    in `kernels.VARIANTS` order), a variant several chains share (portable) once, after all of them."""
+    falls = {fallback_of(v) for v in kernels.VARIANTS}
     order: list[str] = []
     for top in (v for v in kernels.VARIANTS if v not in falls):
         v: str | None = top
@@ -35,7 +35,7 @@ def _preference_order() -> tuple[str, ...]:
             if v in order:
                 order.remove(v)  # shared by several chains (portable): last
             order.append(v)
-            v = _fallback_of(v)
+            v = fallback_of(v)
     return tuple(order)
 
 
@@ -75,9 +75,9 @@ def _load_kernels(variant: str, n_threads: int, act_rounding: str) -> kernels.Ke
 def _build(name: str, n_threads: int, act_rounding: str) -> Backend:
     if name == "reference":
         return ReferenceBackend(n_threads)
-    fb_name = _fallback_of(name)
+    fb_name = fallback_of(name)
     while fb_name is not None and _why_not(fb_name) is not None:
-        fb_name = _fallback_of(fb_name)
+        fb_name = fallback_of(fb_name)
     fallback = _build(fb_name, n_threads, act_rounding) if fb_name else ReferenceBackend(n_threads)
     return KernelBackend(_load_kernels(name, n_threads, act_rounding), fallback)
 
