@@ -17,7 +17,7 @@ from tilellm.quant.errors import ShapeError, UnsupportedError
 
 from .checks import check_activations, check_out, check_same_shape
 from .layer import DecoderLayerSpec
-from .ops import rms_norm, silu
+from .ops import silu
 from .protocol import Activations, Backend, LayerPlan
 
 # The six weight types of the card; a variant may support more (its tl_supports decides).
@@ -68,7 +68,7 @@ class KernelBackend(Backend):
         t = GGMLType(weight_type)
         if (self._route(t) is not None or not isinstance(w, np.ndarray) or w.dtype != np.float32 or w.ndim != 1
                 or not w.flags.c_contiguous):
-            return self.prepare(rms_norm(h, w, eps), t)
+            return super().prepare_rms_norm(h, w, eps, t)  # the two steps
         h = check_activations(h)
         payload, xn = self.lib.prepare_rms(t, h, w, eps)
         return Activations(xn, t, self.name, payload)
