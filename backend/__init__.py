@@ -1,8 +1,10 @@
-"""The backend interface: a small Backend protocol, the registry, the numpy reference backend."""
+"""The backend layer: the `Backend` interface, the numpy reference backend, the kernel backend, the registry."""
 from .kernel import CARD_TYPES, KernelBackend
-from .protocol import Backend, Prepared
+from .layer import DecoderLayerSpec, LayerShape
+from .protocol import Activations, Backend, LayerPlan
 from .reference import ReferenceBackend
-from .registry import ENV_VAR, available, default_threads, get, known
+from .registry import ENV_VAR, available, get, known
+from .threads import default_threads
 
-__all__ = ["Backend", "Prepared", "ReferenceBackend", "KernelBackend", "CARD_TYPES", "available", "get", "known",
-           "default_threads", "ENV_VAR"]
+__all__ = ["Backend", "Activations", "LayerPlan", "DecoderLayerSpec", "LayerShape", "ReferenceBackend",
+           "KernelBackend", "CARD_TYPES", "available", "get", "known", "default_threads", "ENV_VAR"]

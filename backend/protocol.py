@@ -1,21 +1,33 @@
-"""The Backend protocol: the one narrow interface every linear layer goes through."""
+"""The Backend interface: the one class every linear layer of every model goes through.
+
+`Backend` lists every method a backend has. Three are required (`supports`, `prepare`, `matmul`);
+the others are optional and their default implementations here take the plain steps with the
+required ones and the numpy reference operations (`tilellm.backend.ops`). A backend overrides an
+optional method to run it faster (a kernel backend fuses a norm into the activation preparation,
+runs q/k/v in one dispatch, or a whole decoder layer in one C call); results stay those of the steps.
+"""
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Sequence
 
 import numpy as np
 
-from tilellm.errors import ShapeError
 from tilellm.quant import GGMLType, TensorView
+from tilellm.quant.errors import UnsupportedError
+
+from .checks import check_same_shape
+from .layer import DecoderLayerSpec
+from .ops import causal_attention, rms_norm, silu
 
 
 @dataclass
-class Prepared:
+class Activations:
     """Activations converted once for a weight type and reusable across matmuls (q/k/v, gate/up).
 
     `x` keeps the float32 input so a weight of another type can still be served (mixed files).
-    `payload` is backend specific (a kernel library's quantized buffer, or None).
+    `payload` is backend specific (a kernel library's prepared buffer, or None).
     """
 
     x: np.ndarray
@@ -25,83 +37,73 @@ class Prepared:
 
     @property
     def n(self) -> int:
-        return self.x.shape[0]
+        return int(self.x.shape[0])
 
     @property
     def k(self) -> int:
-        return self.x.shape[1]
+        return int(self.x.shape[1])
 
 
-@runtime_checkable
-class Backend(Protocol):
-    """A matmul provider. `matmul(W, x)` returns x @ W^T: float32 `[n_tokens, m]`."""
+class LayerPlan:
+    """An opaque handle from `Backend.plan_layer`: one layer checked once, for `decode_layer` calls."""
 
-    name: str
-    weight_types: frozenset[GGMLType]
+
+class Backend(abc.ABC):
+    """A matmul provider. `matmul(W, x)` returns x @ W^T as float32 `[n_tokens, m]` (m = W.n_rows).
+
+    `x` is float32 `[n_tokens, k]`, or `Activations` from `prepare` (reused across weights of the
+    same type family). Weight types the backend cannot multiply raise `UnsupportedError`.
+    """
+
+    name: str  # the registry name ("reference", "avx2", ...)
+    weight_types: frozenset[GGMLType]  # every type `matmul` accepts (natively or through a fallback)
     n_threads: int
 
-    def supports(self, t: GGMLType) -> bool: ...
+    # ---- required -----------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def supports(self, t: GGMLType) -> bool:
+        """True if `matmul` accepts weights of type t."""
 
-    def prepare(self, x: np.ndarray, weight_type: GGMLType) -> Prepared: ...
+    @abc.abstractmethod
+    def prepare(self, x: np.ndarray, weight_type: GGMLType) -> Activations:
+        """x converted once for weights of `weight_type` (reuse it across q/k/v or gate/up)."""
 
-    def matmul(self, weight: TensorView, x: "np.ndarray | Prepared", out: np.ndarray | None = None) -> np.ndarray: ...
+    @abc.abstractmethod
+    def matmul(self, weight: TensorView, x: np.ndarray | Activations, out: np.ndarray | None = None) -> np.ndarray:
+        """x @ weight^T, float32 [n_tokens, weight.n_rows] (into `out` when given)."""
 
+    # ---- optional: defaults take the plain steps --------------------------------------------------
+    def is_native(self, t: GGMLType) -> bool:
+        """True if this backend multiplies type-t weights without dequantizing the matrix first (a model may then
+        hand it a large matrix whole instead of in row blocks)."""
+        return False
 
-def matmul_many(backend: Backend, weights: "list[TensorView]", x: "np.ndarray | Prepared") -> list[np.ndarray]:
-    """[backend.matmul(w, x) for w in weights]: the matmuls that share one input (q/k/v, gate/up). Uses
-    the backend's own `matmul_many` when it has one (a kernel backend runs them as one C call, one thread
-    dispatch for a decode step), else one matmul each. Same results either way."""
-    many = getattr(backend, "matmul_many", None)
-    if many is not None:
-        return many(weights, x)
-    return [backend.matmul(w, x) for w in weights]
+    def matmul_many(self, weights: Sequence[TensorView], x: np.ndarray | Activations) -> list[np.ndarray]:
+        """[self.matmul(w, x) for w in weights]: the products that share one input (q/k/v, gate/up)."""
+        return [self.matmul(w, x) for w in weights]
 
+    def prepare_rms_norm(self, h: np.ndarray, w: np.ndarray, eps: float, weight_type: GGMLType) -> Activations:
+        """prepare(rms_norm(h, w, eps), weight_type); the result's .x holds the normalised rows."""
+        return self.prepare(rms_norm(h, w, eps), weight_type)
 
-def prepare_normed(backend: Backend, h: np.ndarray, w: np.ndarray, eps: float, weight_type: GGMLType) -> Prepared:
-    """backend.prepare(rms_norm(h, w, eps), weight_type), fused when the backend offers `prepare_rms_norm`
-    (one C call per decode step instead of a numpy norm and a prepare). The fused norm sums the squares
-    in double, so its last bits can differ from numpy's float32 sum."""
-    fused = getattr(backend, "prepare_rms_norm", None)
-    if fused is not None:
-        return fused(h, w, eps, weight_type)
-    from tilellm.llm.layers import rms_norm
+    def prepare_swiglu(self, g: np.ndarray, u: np.ndarray, weight_type: GGMLType) -> Activations:
+        """prepare(silu(g) * u, weight_type) (before a down projection); .x holds silu(g) * u."""
+        check_same_shape(g, u)
+        return self.prepare(silu(g) * u, weight_type)
 
-    return backend.prepare(rms_norm(h, w, eps), weight_type)
+    def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, n_past: int, scale: float,
+                  window: int | None = None) -> np.ndarray:
+        """Causal grouped-query attention: q [T, H, D], k/v [n_past+T, Hkv, D] -> [T, H, D]; `window`: the
+        query at position p sees keys p-window+1..p only."""
+        return causal_attention(q, k, v, n_past, scale, window=window)
 
+    def plan_layer(self, layer: DecoderLayerSpec, k_cache: np.ndarray, v_cache: np.ndarray) -> LayerPlan | None:
+        """A plan for running `layer` one token at a time with `decode_layer` (caches float32
+        [n_ctx, n_head_kv, head_dim], written in place), or None: not handled, take the steps."""
+        return None
 
-def prepare_swiglu(backend: Backend, g: np.ndarray, u: np.ndarray, weight_type: GGMLType) -> Prepared:
-    """backend.prepare(silu(g) * u, weight_type), fused when the backend offers `prepare_swiglu` (its exp is a
-    polynomial good to a few ulp, not numpy's)."""
-    if getattr(g, "shape", None) != getattr(u, "shape", None):  # numpy would broadcast some mismatches silently
-        raise ShapeError(f"gate and up activations differ in shape: {getattr(g, 'shape', g)} vs {getattr(u, 'shape', u)}")
-    fused = getattr(backend, "prepare_swiglu", None)
-    if fused is not None:
-        return fused(g, u, weight_type)
-    from tilellm.llm.layers import silu
-
-    return backend.prepare(silu(g) * u, weight_type)
-
-
-def check_activations(x: Any, k: int | None = None) -> np.ndarray:
-    """Validate x as float32 [n_tokens, k] (C-contiguous copy made only if needed)."""
-    if not isinstance(x, np.ndarray):
-        raise ShapeError(f"activations must be a numpy array, got {type(x).__name__}")
-    if x.dtype != np.float32:
-        raise ShapeError(f"activations must be float32, got {x.dtype}")
-    if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
-        raise ShapeError(f"activations must be 2-D [n_tokens, k] with n_tokens, k >= 1, got shape {list(x.shape)}")
-    if k is not None and x.shape[1] != k:
-        raise ShapeError(f"activations have k = {x.shape[1]} but the weight rows have k = {k}")
-    return np.ascontiguousarray(x)
-
-
-def check_out(out: np.ndarray | None, n: int, m: int) -> np.ndarray:
-    """Validate (or allocate) the float32 C-contiguous writable output [n, m]."""
-    if out is None:
-        return np.empty((n, m), dtype=np.float32)
-    if not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != (n, m):
-        got = f"{out.dtype} {list(out.shape)}" if isinstance(out, np.ndarray) else type(out).__name__
-        raise ShapeError(f"out must be float32 [{n}, {m}], got {got}")
-    if not out.flags.c_contiguous or not out.flags.writeable:
-        raise ShapeError("out must be C-contiguous and writable")
-    return out
+    def decode_layer(self, plan: LayerPlan, h: np.ndarray, cos: np.ndarray, sin: np.ndarray, n_past: int,
+                     scale: float) -> None:
+        """One token through a planned layer: h (float32 [n_embd]) updated in place, its k and v written to the
+        plan's caches at position n_past. Only called with a plan this backend's `plan_layer` returned."""
+        raise UnsupportedError(f"backend {self.name!r} has no one-call decode step (plan_layer returns None)")

@@ -12,26 +12,27 @@ import numpy as np
 
 from tilellm.quant import DEQUANTIZABLE, GGMLType, TensorView
 
-from .protocol import Prepared, check_activations, check_out
+from .checks import check_activations, check_out
+from .protocol import Activations, Backend
 
 
-class ReferenceBackend:
-    """numpy: dequantize, then `x @ W.T` summed in float64, rounded to float32."""
+class ReferenceBackend(Backend):
+    """numpy: dequantize, then `x @ W.T` summed in float64, rounded to float32. Only the required methods."""
 
     name = "reference"
     weight_types = frozenset(DEQUANTIZABLE)
 
-    def __init__(self, n_threads: int | None = None) -> None:
-        self.n_threads = n_threads or 1
+    def __init__(self, n_threads: int = 1) -> None:
+        self.n_threads = n_threads  # numpy's own threads; kept for the interface
 
     def supports(self, t: GGMLType) -> bool:
         return t in self.weight_types
 
-    def prepare(self, x: np.ndarray, weight_type: GGMLType) -> Prepared:
-        return Prepared(check_activations(x), GGMLType(weight_type), self.name)
+    def prepare(self, x: np.ndarray, weight_type: GGMLType) -> Activations:
+        return Activations(check_activations(x), GGMLType(weight_type), self.name)
 
-    def matmul(self, weight: TensorView, x, out: np.ndarray | None = None) -> np.ndarray:
-        xa = x.x if isinstance(x, Prepared) else x
+    def matmul(self, weight: TensorView, x: np.ndarray | Activations, out: np.ndarray | None = None) -> np.ndarray:
+        xa = x.x if isinstance(x, Activations) else x
         xa = check_activations(xa, weight.k)
         res = check_out(out, xa.shape[0], weight.n_rows)
         w = weight.dequantize()

@@ -4,40 +4,51 @@ from __future__ import annotations
 import os
 import platform
 
-from tilellm.errors import BackendUnavailableError
+from tilellm import kernels
+from tilellm.quant.errors import BackendUnavailableError
 
+from .kernel import KernelBackend
 from .protocol import Backend
 from .reference import ReferenceBackend
+from .threads import resolve_threads
 
-# Kernel variants in preference order (best first) and the CPU features each needs.
-VARIANT_ORDER = ("amx", "avx512", "avx2", "sme2", "sme", "neon", "portable")
-# Where a variant hands the weight types it lacks (and small batches, if it chooses).
-VARIANT_FALLBACK = {"amx": "avx512", "avx512": "avx2", "avx2": "portable", "sme2": "sme", "sme": "neon", "neon": "portable",
-                    "portable": None}
 ENV_VAR = "TILELLM_BACKEND"
+ACT_ROUNDINGS = ("fine", "ggml")
 
 
-def default_threads() -> int:
-    """Cores this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS
-        return max(1, os.cpu_count() or 1)
+def fallback_of(variant: str) -> str | None:
+    """The variant `variant` hands the weight types it lacks: the one needing the most of its CPU features
+    (and fewer): avx512 -> avx2 -> portable, sme2 -> sme -> neon -> portable. None for portable."""
+    need = kernels.REQUIRES[variant]
+    below = [v for v in kernels.VARIANTS if kernels.REQUIRES[v] < need]
+    return max(below, key=lambda v: len(kernels.REQUIRES[v])) if below else None
 
 
-def _kernels():
-    from tilellm import kernels
+def _preference_order() -> tuple[str, ...]:
+    """Every kernel variant, best first: the fallback chains from their tops (variants nothing falls back to,
+    in `kernels.VARIANTS` order), a variant several chains share (portable) once, after all of them."""
+    falls = {fallback_of(v) for v in kernels.VARIANTS}
+    order: list[str] = []
+    for top in (v for v in kernels.VARIANTS if v not in falls):
+        v: str | None = top
+        while v is not None:
+            if v in order:
+                order.remove(v)  # shared by several chains (portable): last
+            order.append(v)
+            v = fallback_of(v)
+    return tuple(order)
 
-    return kernels
+
+VARIANT_ORDER = _preference_order()
 
 
 def _why_not(variant: str) -> str | None:
     """None if `variant` can run here, else the reason."""
-    k = _kernels()
-    compiled = k.compiled()
+    compiled = kernels.compiled()
     if variant not in compiled:
-        return f"the {variant!r} kernels were not compiled into this install (compiled: {', '.join(compiled) or 'none'})"
-    missing = k.REQUIRES[variant] - k.cpu_features()  # one table, in tilellm.kernels
+        return (f"the {variant!r} kernels were not compiled into this install "
+                f"(compiled: {', '.join(compiled) or 'none'})")
+    missing = kernels.REQUIRES[variant] - kernels.cpu_features()  # one table, in tilellm.kernels
     if missing:
         return f"this CPU ({platform.machine()}) lacks {', '.join(sorted(missing))} needed by {variant!r}"
     return None
@@ -50,33 +61,40 @@ def available() -> list[str]:
 
 
 def known() -> list[str]:
+    """Every backend name, runnable here or not."""
     return list(VARIANT_ORDER) + ["reference"]
 
 
-def _build(name: str, n_threads: int) -> Backend:
+def _load_kernels(variant: str, n_threads: int, act_rounding: str) -> kernels.KernelLib:
+    """The one place a compiled variant is loaded, with its thread count and activation rounding."""
+    lib = kernels.load(variant, n_threads)
+    kernels.set_act_rounding(act_rounding)  # process-wide until KernelLib owns its rounding (issue #13, kernels side)
+    return lib
+
+
+def _build(name: str, n_threads: int, act_rounding: str) -> Backend:
     if name == "reference":
         return ReferenceBackend(n_threads)
-    from .kernel import KernelBackend
-
-    fb_name = VARIANT_FALLBACK[name]
+    fb_name = fallback_of(name)
     while fb_name is not None and _why_not(fb_name) is not None:
-        fb_name = VARIANT_FALLBACK[fb_name]
-    fallback = _build(fb_name, n_threads) if fb_name else ReferenceBackend(n_threads)
-    return KernelBackend(_kernels().load(name), n_threads, fallback)
+        fb_name = fallback_of(fb_name)
+    fallback = _build(fb_name, n_threads, act_rounding) if fb_name else ReferenceBackend(n_threads)
+    return KernelBackend(_load_kernels(name, n_threads, act_rounding), fallback)
 
 
-def get(name: str | None = "auto", n_threads: int | None = None) -> Backend:
+def get(name: str | None = "auto", n_threads: int | None = None, *, act_rounding: str = "fine") -> Backend:
     """A backend by name, or the best available for "auto" (overridden by $TILELLM_BACKEND).
 
+    `n_threads`: None for the physical cores. `act_rounding`: how kernel backends round the activations of
+    quantized weights, "fine" (one scale per 16 values) or "ggml" (llama.cpp's, per 32 / 256 values).
     Raises BackendUnavailableError for an unknown name or one this install/CPU cannot run.
     """
     if name is None or name == "auto":
         name = os.environ.get(ENV_VAR, "").strip() or "auto"
     name = name.lower()
-    if n_threads is None:
-        n_threads = default_threads()
-    elif isinstance(n_threads, bool) or not isinstance(n_threads, int) or not 1 <= n_threads <= 1024:
-        raise ValueError(f"n_threads must be an integer in 1..1024 (or None for all cores), got {n_threads!r}")
+    n_threads = resolve_threads(n_threads)
+    if act_rounding not in ACT_ROUNDINGS:
+        raise ValueError(f"act_rounding must be one of {', '.join(ACT_ROUNDINGS)}, got {act_rounding!r}")
     if name == "auto":
         name = available()[0]
     if name not in known():
@@ -85,6 +103,4 @@ def get(name: str | None = "auto", n_threads: int | None = None) -> Backend:
         why = _why_not(name)
         if why:
             raise BackendUnavailableError(f"backend {name!r} is not available: {why}")
-    return _build(name, n_threads)
-
-
+    return _build(name, n_threads, act_rounding)

@@ -21,37 +21,38 @@ context raises ``ContextOverflowError``; generation that fills the context ends 
 from __future__ import annotations
 
 import os
-import sys
-import time
-from dataclasses import dataclass, field
-from typing import Mapping, Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Literal, Mapping, Sequence, overload
 
 import numpy as np
 
-from tilellm.errors import ContextOverflowError, UnsupportedError
+from tilellm import backend as backends
+from tilellm.quant.errors import ContextOverflowError, GGUFFileNotFoundError, UnsupportedError
 
-from .sampling import Sampler
+from .generation import GenerationChunk, GenerationResult, Timings, check_stops, generation_loop
+from .gguf.reader import open_gguf
+from .models import architectures
+from .models.architectures import ArchFactory
+from .models.base import Decoder, check_numerics
+from .text.factory import load_tokenizer
+from .text.sampling import Sampler
+from .text.tokenizer import StreamDecoder
 
 __all__ = [
     "load", "Model", "GenerationResult", "GenerationChunk", "Timings",
-    "register_architecture", "supported_architectures", "physical_cores",
+    "register_architecture", "supported_architectures",
 ]
 
 # ----------------------------------------------------------------------------- architectures
 
-# The registry itself lives in architectures.py (arch name -> class(file, backend, n_ctx, n_batch));
-# these wrappers keep the public API in one place.
-ArchFactory = Callable[[Any, Any, int, int], Any]
+# The table itself lives in architectures.py; these wrappers keep the public API in one place.
 
 
 def register_architecture(name: str, factory: ArchFactory) -> None:
     """Make ``load`` handle GGUF files whose ``general.architecture`` is ``name``.
 
-    ``factory(file, backend, n_ctx, n_batch)`` must return an object with ``eval(tokens,
+    ``factory(file, backend, n_ctx, n_batch, numerics)`` must return an object with ``eval(tokens,
     logits_all=False)``, ``reset()``, ``n_past``, ``n_ctx`` and ``n_vocab`` (like ``LlamaModel``).
     """
-    from . import architectures
-
     if not isinstance(name, str) or not name:
         raise ValueError(f"architecture name must be a non-empty string, got {name!r}")
     architectures.register(name, factory)
@@ -59,136 +60,14 @@ def register_architecture(name: str, factory: ArchFactory) -> None:
 
 def supported_architectures() -> list[str]:
     """Architecture names ``load`` accepts."""
-    from . import architectures
-
     return sorted(architectures.ARCHITECTURES)
 
 
 def _arch_factory(arch: Any) -> ArchFactory:
     """The model class for ``arch``; UnsupportedError naming it (and what is supported) if none."""
-    from . import architectures
-
     if not isinstance(arch, str):
         raise UnsupportedError(f"unsupported model architecture: {arch!r}")
     return architectures.model_class(arch)
-
-
-# ----------------------------------------------------------------------------- threads
-
-def physical_cores() -> int:
-    """Physical cores this process may use (llama.cpp's default thread count).
-
-    Hyper-threads share one core's FMA units, so using them for matmul only adds contention.
-    Linux: distinct (package, core) pairs among the CPUs in our affinity mask; macOS: the
-    performance cores. Falls back to the logical CPU count.
-    """
-    try:
-        allowed = os.sched_getaffinity(0)
-    except AttributeError:
-        allowed = set(range(os.cpu_count() or 1))
-    if sys.platform == "darwin":
-        import subprocess
-
-        for key in ("hw.perflevel0.physicalcpu", "hw.physicalcpu"):
-            try:
-                out = subprocess.run(["sysctl", "-n", key], capture_output=True, text=True, timeout=2)
-                n = int(out.stdout.strip())
-                if n > 0:
-                    return n
-            except (OSError, ValueError, subprocess.SubprocessError):
-                continue
-        return max(1, len(allowed))
-    cores: set[tuple[str, str]] = set()
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            cpu, pkg, core = None, "0", None
-            for line in list(f) + [""]:
-                key, _, val = line.partition(":")
-                key, val = key.strip(), val.strip()
-                if key == "processor":
-                    cpu = int(val) if val.isdigit() else None
-                elif key == "physical id":
-                    pkg = val
-                elif key == "core id":
-                    core = val
-                elif not key:  # blank line ends one processor's block
-                    if cpu is not None and core is not None and cpu in allowed:
-                        cores.add((pkg, core))
-                    cpu, pkg, core = None, "0", None
-    except OSError:
-        pass
-    n = len(cores) if cores else len(allowed)
-    return max(1, min(n, len(allowed)))
-
-
-# ----------------------------------------------------------------------------- results
-
-@dataclass
-class Timings:
-    """Wall-clock timings of one generation (sampling is counted in ``gen_ms``)."""
-
-    prompt_ms: float = 0.0
-    gen_ms: float = 0.0
-    prompt_tps: float = 0.0
-    gen_tps: float = 0.0
-
-
-@dataclass
-class GenerationResult:
-    """A finished generation.
-
-    ``text`` excludes the prompt, any end-of-generation token and any stop string (and what
-    followed it). ``tokens`` are the sampled ids, excluding the end-of-generation token; when a
-    stop string ended generation they include the token(s) that spelled it.
-    """
-
-    text: str
-    tokens: list[int]
-    finish_reason: str  # "stop" (EOG token or stop string) | "length" (max_tokens or context full)
-    prompt_tokens: int
-    completion_tokens: int
-    timings: Timings = field(default_factory=Timings)
-
-    def __str__(self) -> str:
-        return self.text
-
-
-@dataclass
-class GenerationChunk:
-    """One piece of a streamed generation.
-
-    ``text`` is never half a UTF-8 character and never a prefix of a stop string that may still
-    complete. ``tokens`` are the ids sampled since the previous chunk. Only the last chunk has
-    ``finish_reason`` and ``timings`` set (its ``text`` may be empty).
-    """
-
-    text: str
-    tokens: list[int]
-    finish_reason: str | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    timings: Timings | None = None
-
-
-def _find_stop(text: str, stops: Sequence[str], start: int) -> int | None:
-    """Index of the earliest stop string in ``text[start:]``, or None."""
-    best = None
-    for s in stops:
-        i = text.find(s, start)
-        if i >= 0 and (best is None or i < best):
-            best = i
-    return best
-
-
-def _held_back(text: str, stops: Sequence[str]) -> int:
-    """Length of the longest suffix of ``text`` that is a proper prefix of some stop string."""
-    n = 0
-    for s in stops:
-        for k in range(min(len(s) - 1, len(text)), n, -1):
-            if text.endswith(s[:k]):
-                n = k
-                break
-    return n
 
 
 def _check_token_ids(ids: Any, n_vocab: int, what: str) -> list[int]:
@@ -210,23 +89,21 @@ class Model:
     def __init__(
         self,
         file: Any,
-        impl: Any,
+        decoder: Decoder,
         tokenizer: Any,
-        backend: Any,
+        backend: backends.Backend,
         *,
         n_batch: int = 512,
         seed: int | None = None,
         stream_decoder: Callable[[Any], Any] | None = None,
     ) -> None:
         self._file = file
-        self._impl = impl
+        self.decoder: Decoder | None = decoder  # the forward pass; None once closed
         self._tok = tokenizer
         self._backend = backend
         self._n_batch = int(n_batch)
         self._rng = np.random.default_rng(seed)
         if stream_decoder is None:
-            from .tokenizer import StreamDecoder
-
             # completion text continues the prompt (keep the first piece's leading space) and,
             # like llama.cpp / llama-cpp-python, does not render control tokens
             def stream_decoder(tok: Any) -> Any:
@@ -240,10 +117,10 @@ class Model:
         self._eog = frozenset(int(t) for t in eog)
 
     # -- properties ----------------------------------------------------------------------
-    def _live(self) -> Any:
-        if self._impl is None:
+    def _live(self) -> Decoder:
+        if self.decoder is None:
             raise RuntimeError("the model is closed")
-        return self._impl
+        return self.decoder
 
     def _live_file(self) -> Any:
         if self._file is None:
@@ -272,7 +149,8 @@ class Model:
 
     @property
     def n_threads(self) -> int:
-        return int(getattr(self._backend, "n_threads", 1))
+        """Threads the backend runs matmuls with."""
+        return int(self._backend.n_threads)
 
     @property
     def backend(self) -> str:
@@ -337,7 +215,7 @@ class Model:
         for t in self._live_file().tensors.values():
             if len(t.shape) >= 2:
                 by_type[t.type.name] = by_type.get(t.type.name, 0) + int(t.data.nbytes)
-        return max(by_type, key=by_type.get) if by_type else "?"
+        return max(by_type, key=by_type.__getitem__) if by_type else "?"
 
     # -- tokens --------------------------------------------------------------------------
     def chat_prompt(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True,
@@ -348,12 +226,16 @@ class Model:
         LLaMA-2 format if the file has none). Control tokens in the rendered text become their ids; BOS
         is added only if the model adds one and the template did not already write it.
         """
-        from .chat import get_chat_template, render_chat
+        from .text.chat import get_chat_template, render_chat
 
         source = get_chat_template(self.metadata, template_name)
         bos_id, eos_id = getattr(self._tok, "bos_id", None), getattr(self._tok, "eos_id", None)
-        piece = (lambda i: self._tok.token_to_piece(i, special=True).decode("utf-8", "replace")
-                 if i is not None and i >= 0 else "")
+
+        def piece(i: int | None) -> str:
+            if i is None or i < 0:
+                return ""
+            return self._tok.token_to_piece(i, special=True).decode("utf-8", "replace")
+
         bos_text, eos_text = piece(bos_id), piece(eos_id)
         text = render_chat(source, messages, add_generation_prompt=add_generation_prompt,
                            bos_token=bos_text, eos_token=eos_text, **template_vars)
@@ -397,15 +279,15 @@ class Model:
     def eval(self, tokens: Sequence[int], logits_all: bool = False) -> np.ndarray:
         """Append ``tokens`` to the context; logits ``[n_vocab]`` of the last one, or
         ``[len(tokens), n_vocab]`` with ``logits_all``."""
-        impl = self._live()
+        decoder = self._live()
         ids = _check_token_ids(tokens, self.n_vocab, "eval() input")
         if not ids:
             raise ValueError("eval() needs at least one token")
-        if impl.n_past + len(ids) > impl.n_ctx:
+        if decoder.n_past + len(ids) > decoder.n_ctx:
             raise ContextOverflowError(
-                f"Requested tokens ({impl.n_past + len(ids)}) exceed context window of {impl.n_ctx}")
+                f"Requested tokens ({decoder.n_past + len(ids)}) exceed context window of {decoder.n_ctx}")
         self._epoch += 1
-        return impl.eval(ids, logits_all=logits_all)
+        return decoder.eval(ids, logits_all=logits_all)
 
     def reset(self) -> None:
         """Empty the context (KV cache)."""
@@ -413,6 +295,63 @@ class Model:
         self._live().reset()
 
     # -- generation ----------------------------------------------------------------------
+    @overload
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        max_tokens: int | None = 16,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        stop: str | Sequence[str] | None = None,
+        seed: int | None = None,
+        stream: Literal[False] = False,
+        *,
+        repeat_last_n: int = 64,
+        add_bos: bool | None = None,
+        ignore_eos: bool = False,
+    ) -> GenerationResult: ...
+
+    @overload
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        max_tokens: int | None = 16,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        stop: str | Sequence[str] | None = None,
+        seed: int | None = None,
+        stream: Literal[True] = ...,
+        *,
+        repeat_last_n: int = 64,
+        add_bos: bool | None = None,
+        ignore_eos: bool = False,
+    ) -> Iterator[GenerationChunk]: ...
+
+    @overload
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        max_tokens: int | None = 16,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        stop: str | Sequence[str] | None = None,
+        seed: int | None = None,
+        stream: bool = False,
+        *,
+        repeat_last_n: int = 64,
+        add_bos: bool | None = None,
+        ignore_eos: bool = False,
+    ) -> GenerationResult | Iterator[GenerationChunk]: ...
+
     def generate(
         self,
         prompt: str | Sequence[int],
@@ -444,12 +383,12 @@ class Model:
         With ``stream=True`` returns an iterator of :class:`GenerationChunk`; arguments are
         checked and the prompt tokenized before it is returned.
         """
-        impl = self._live()
+        decoder = self._live()
         sampler = Sampler(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n,
                           seed=self._rng if seed is None else seed)
-        stops = self._check_stops(stop)
+        stops = check_stops(stop)
         ids = self._prompt_ids(prompt, add_bos)
-        n_ctx = int(impl.n_ctx)
+        n_ctx = int(decoder.n_ctx)
         if len(ids) > n_ctx:
             raise ContextOverflowError(f"Requested tokens ({len(ids)}) exceed context window of {n_ctx}")
         if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, (int, np.integer))):
@@ -474,20 +413,6 @@ class Model:
         """Same as :meth:`generate`."""
         return self.generate(prompt, **kwargs)
 
-    @staticmethod
-    def _check_stops(stop: str | Sequence[str] | None) -> list[str]:
-        if stop is None:
-            return []
-        if isinstance(stop, str):
-            stop = [stop]
-        out = []
-        for s in stop:
-            if not isinstance(s, str):
-                raise ValueError(f"stop must be a string or a list of strings, got {s!r}")
-            if s:  # an empty stop string would match everywhere: ignore it
-                out.append(s)
-        return out
-
     def _prompt_ids(self, prompt: str | Sequence[int], add_bos: bool | None) -> list[int]:
         if isinstance(prompt, (bytes, bytearray)):
             prompt = bytes(prompt).decode("utf-8")
@@ -509,89 +434,28 @@ class Model:
 
     def _run(self, ids: list[int], budget: int, sampler: Sampler, stops: list[str],
              epoch: int, ignore_eos: bool = False) -> Iterator[GenerationChunk]:
-        """The generation loop shared by streamed and plain calls."""
-        impl = self._impl
-
+        """The generation loop shared by streamed and plain calls; it stops with a RuntimeError once a later call
+        touches the KV cache."""
         def check_current() -> None:
-            if self._epoch != epoch or self._impl is None:
+            if self._epoch != epoch or self.decoder is None:
                 raise RuntimeError("this generation was interrupted by a later generate(), eval(), reset() "
                                    "or close() on the same model")
 
-        check_current()
-        t0 = time.perf_counter()
-        impl.reset()
-        logits = impl.eval(ids)
-        t1 = time.perf_counter()
-        history = list(ids)
-        decoder = self._stream_decoder(self._tok)
-        max_stop = max((len(s) for s in stops), default=0)
-        text = ""
-        emitted = 0  # characters of `text` already handed out
-        pending: list[int] = []  # tokens not yet handed out with a chunk
-        n_gen = 0
-        finish = "length"
-        cut: int | None = None  # where a stop string starts in `text`
-        banned = np.array(sorted(self._eog), dtype=np.int64) if ignore_eos and self._eog else None
-        while n_gen < budget:
-            if banned is not None:
-                logits = np.array(logits, dtype=np.float32, copy=True)
-                logits[banned] = -np.inf
-            tok = sampler.sample(logits, history)
-            if tok in self._eog:
-                finish = "stop"
-                break
-            n_gen += 1
-            history.append(tok)
-            pending.append(tok)
-            piece = decoder.feed(tok)
-            if piece:
-                start = max(0, len(text) - max_stop + 1)
-                text += piece
-                if stops:
-                    cut = _find_stop(text, stops, start)
-                    if cut is not None:
-                        finish = "stop"
-                        break
-                safe = len(text) - (_held_back(text, stops) if stops else 0)
-                if safe > emitted:
-                    yield GenerationChunk(text[emitted:safe], pending, None, len(ids), n_gen)
-                    emitted, pending = safe, []
-            if n_gen >= budget:
-                break
-            check_current()
-            logits = impl.eval([tok])
-        if cut is None:
-            tail = decoder.flush()
-            if tail:
-                start = max(0, len(text) - max_stop + 1)
-                text += tail
-                if stops:
-                    cut = _find_stop(text, stops, start)
-                    if cut is not None:
-                        finish = "stop"
-        end = len(text) if cut is None else cut
-        t2 = time.perf_counter()
-        prompt_s, gen_s = t1 - t0, t2 - t1
-        timings = Timings(
-            prompt_ms=prompt_s * 1e3,
-            gen_ms=gen_s * 1e3,
-            prompt_tps=len(ids) / prompt_s if prompt_s > 0 else 0.0,
-            gen_tps=n_gen / gen_s if gen_s > 0 and n_gen else 0.0,
-        )
-        yield GenerationChunk(text[emitted:max(end, emitted)], pending, finish, len(ids), n_gen, timings)
+        return generation_loop(self._live(), ids, budget, sampler, stops, self._stream_decoder(self._tok), self._eog,
+                               ignore_eos, check_current)
 
     # -- lifetime ------------------------------------------------------------------------
     def close(self) -> None:
         """Release the KV cache and the file mapping. The model is unusable afterwards."""
         self._epoch += 1
-        self._impl = None
+        self.decoder = None
         f, self._file = self._file, None
         if f is not None and hasattr(f, "close"):
             f.close()
 
     @property
     def closed(self) -> bool:
-        return self._impl is None
+        return self.decoder is None
 
     def __enter__(self) -> "Model":
         return self
@@ -600,7 +464,7 @@ class Model:
         self.close()
 
     def __repr__(self) -> str:
-        if self._impl is None:
+        if self.decoder is None:
             return "<tilellm.Model closed>"
         return f"<tilellm.Model {self.desc} n_ctx={self.n_ctx} backend={self.backend} threads={self.n_threads}>"
 
@@ -649,27 +513,21 @@ def load(
     ``tilellm.backend.available()``. ``seed``: seeds the model's sampling generator (None = random).
     ``numerics``: "default" (the most accurate arithmetic we have) or "ggml" — llama.cpp's rounding
     choices where they differ from ours, to compare with it: activations of quantized matmuls with one
-    scale per 32 values stored in fp16 (per 256 for K-quants; process-wide,
-    ``tilellm.kernels.set_act_rounding``), GELU looked up in an fp16 table, and K, V and q rounded to
-    fp16 as llama.cpp's default f16 KV cache does. The activation rounding needs a kernel backend.
+    scale per 32 values stored in fp16 (per 256 for K-quants), GELU looked up in an fp16 table, and K, V and q
+    rounded to fp16 as llama.cpp's default f16 KV cache does. The activation rounding needs a kernel backend.
 
     Raises FileNotFoundError (naming the path; also a ``GGUFError``), ``GGUFError`` for a malformed file,
     ``UnsupportedError`` naming an architecture/tensor type/tokenizer we do not handle,
     ``BackendUnavailableError``, and ValueError for bad arguments.
     """
-    from tilellm import backend as backends
-
-    from .gguf_file import GGUFFileNotFoundError, open_gguf
-    from .tokenizer import Tokenizer
 
     if n_ctx is not None:
         n_ctx = _check_int_arg("n_ctx", n_ctx, 0)
-    n_threads = physical_cores() if n_threads is None else _check_int_arg("n_threads", n_threads, 1)
+    n_threads = None if n_threads is None else _check_int_arg("n_threads", n_threads, 1)
     n_batch = _check_int_arg("n_batch", n_batch, 1)
     if seed is not None:
         seed = _check_int_arg("seed", seed, 0)
-    if numerics not in ("default", "ggml"):
-        raise ValueError(f"numerics must be 'default' or 'ggml', got {numerics!r}")
+    check_numerics(numerics)
     p = os.fspath(path)
     if not os.path.exists(p):
         raise GGUFFileNotFoundError(2, "Model path does not exist", p)  # also a TileLLMError
@@ -684,17 +542,14 @@ def load(
             if not isinstance(ctx_train, (int, np.integer)) or isinstance(ctx_train, bool) or ctx_train < 1:
                 ctx_train = 4096  # files without the key: a conservative window
             n_ctx = int(ctx_train) if n_ctx == 0 else min(int(ctx_train), 4096)
-        be = backends.get(backend, n_threads)
+        be = backends.get(backend, n_threads, act_rounding="ggml" if numerics == "ggml" else "fine")
+        tok: Any
         if tokenizer is None and "tokenizer.ggml.model" not in file.metadata:
             tok = _NoTokenizer()
         else:
-            tok = Tokenizer.from_metadata(file.metadata)
-        impl = factory(file, be, n_ctx, n_batch)
-        impl.numerics = numerics
-        from tilellm import kernels
-
-        kernels.set_act_rounding("ggml" if numerics == "ggml" else "fine")
+            tok = load_tokenizer(file.metadata)
+        decoder = factory(file, be, n_ctx, n_batch, numerics)
     except BaseException:
         file.close()
         raise
-    return Model(file, impl, tok, be, n_batch=n_batch, seed=seed)
+    return Model(file, decoder, tok, be, n_batch=n_batch, seed=seed)

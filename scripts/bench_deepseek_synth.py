@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from tilellm.backend import Backend
+
 SHAPE = dict(hidden=768, heads=8, kv_lora=256, nope=64, rope=32, v_head=64, ff=2048, experts=64, used=6,
              shared=2, ff_exp=384, layers=3, dense=1, vocab=2048, ctx=1024)
 
@@ -95,7 +97,7 @@ def write_synthetic(path: Path, wtype: str, seed: int = 0, **s: int) -> None:
     w.close()
 
 
-class TimedBackend:
+class TimedBackend(Backend):
     """Forwards to a backend and adds each matmul's wall time to a bucket named after its weight."""
 
     def __init__(self, inner: Any) -> None:
@@ -133,9 +135,9 @@ def main() -> None:
     ap.add_argument("--dir", default="/tmp")
     args = ap.parse_args()
 
-    import tilellm.llm.deepseek2 as ds
+    import tilellm.llm.models.deepseek2 as ds
     from tilellm import backend as backends
-    from tilellm.llm.gguf_file import open_gguf
+    from tilellm.llm.gguf.reader import open_gguf
 
     path = Path(args.dir) / f"tilellm-ds2-synth-{args.type}.gguf"
     if not path.exists():

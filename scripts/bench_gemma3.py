@@ -29,7 +29,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--no-peer", action="store_true")
     args = ap.parse_args()
-    from tilellm.llm.default_model import default_model_path
+    from tilellm.llm.cli.default_model import default_model_path
 
     path = Path(default_model_path())
     # the machine is shared: a run under load says little about 2-thread decode (a preempted pool

@@ -29,7 +29,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -183,11 +182,11 @@ def model_bench(types, backends, reps, tg_reps, n_pp, n_tg, d: Path, peer_ok: bo
         for e in engines:  # warm-up (page cache, repacking, thread pools)
             time_pp(e, toks(n_pp))
             time_tg(e, toks(8), toks(8))
-        for r in range(reps):
+        for _ in range(reps):
             ids = [1] + toks(n_pp - 1)
             for e in engines:
                 pp[e.name].append(n_pp / time_pp(e, ids))
-        for r in range(tg_reps):
+        for _ in range(tg_reps):
             prompt, ids = [1] + toks(7), toks(n_tg)
             for e, sec in zip(engines, time_tg_sliced(engines, prompt, ids, tg_slice)):
                 tg[e.name].append(n_tg / sec)
@@ -208,8 +207,9 @@ def model_bench(types, backends, reps, tg_reps, n_pp, n_tg, d: Path, peer_ok: bo
 
 def model_table(rows, n_pp, n_tg) -> str:
     peer = {r["type"]: r for r in rows if r["engine"] == "llama.cpp"}
-    out = [f"Best of the interleaved rounds (median in parentheses); ratio = best / best (median / median).", "",
-           f"| type | backend | pp{n_pp} t/s | llama.cpp pp{n_pp} | ratio | tg{n_tg} t/s | llama.cpp tg{n_tg} | ratio |",
+    out = ["Best of the interleaved rounds (median in parentheses); ratio = best / best (median / median).", "",
+           f"| type | backend | pp{n_pp} t/s | llama.cpp pp{n_pp} | ratio "
+           f"| tg{n_tg} t/s | llama.cpp tg{n_tg} | ratio |",
            "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if r["engine"] == "llama.cpp":
@@ -217,7 +217,8 @@ def model_table(rows, n_pp, n_tg) -> str:
         p = peer.get(r["type"])
         if p:
             out.append(f"| {r['type']} | {r['engine']} | {r['pp']:.0f} ({r['pp_median']:.0f}) | {p['pp']:.0f} "
-                       f"({p['pp_median']:.0f}) | **{r['pp'] / p['pp']:.2f}x** ({r['pp_median'] / p['pp_median']:.2f}x) | "
+                       f"({p['pp_median']:.0f}) | **{r['pp'] / p['pp']:.2f}x** "
+                       f"({r['pp_median'] / p['pp_median']:.2f}x) | "
                        f"{r['tg']:.1f} ({r['tg_median']:.1f}) | {p['tg']:.1f} ({p['tg_median']:.1f}) | "
                        f"**{r['tg'] / p['tg']:.2f}x** ({r['tg_median'] / p['tg_median']:.2f}x) |")
         else:
@@ -249,7 +250,7 @@ def time_fn(fn, min_s=0.25, max_reps=200):
 
 def gemm_bench(types, backends, shapes, ns) -> tuple[list[dict], float]:
     from tilellm import kernels
-    from tilellm.quant import GGMLType, dequantize, quantize
+    from tilellm.quant import GGMLType, quantize
 
     peaks = {}
     for be in backends:
@@ -287,7 +288,7 @@ def gemm_bench(types, backends, shapes, ns) -> tuple[list[dict], float]:
                     rows.append(r)
                     log(f"{be} {t} {m}x{k} n={n}: {r['gflops']:.1f} GFLOP/s wall, {r['gflops_cpu']:.1f} per CPU "
                         f"({r['pct_peak_cpu']:.0f}% of peak)")
-            del raw
+            raw = None  # free the quantized copy before the next type
     return rows, peak
 
 

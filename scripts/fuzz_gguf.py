@@ -70,7 +70,7 @@ def find_templates(dirs: list[Path] | None = None, max_bytes: int = MAX_TEMPLATE
 
 
 def load_templates(paths: list[Path]) -> list[Template]:
-    from tilellm.llm.gguf_file import describe_layout
+    from tilellm.llm.gguf.reader import describe_layout
 
     out = []
     for p in paths:
@@ -158,7 +158,8 @@ def m_u32(rng: random.Random, t: Template, buf: bytearray) -> str:
 
 def m_value(rng: random.Random, t: Template, buf: bytearray) -> str:
     """Random metadata value bytes: scalars, string bytes (often invalid UTF-8), numeric arrays, vocab strings."""
-    labels = [lab for lab in t.by_label if lab.startswith(("val.", "arr.")) and not lab.endswith((".len", ".count", ".type"))]
+    labels = [lab for lab in t.by_label
+              if lab.startswith(("val.", "arr.")) and not lab.endswith((".len", ".count", ".type"))]
     if not labels:
         return "no value"
     pos, n, lab = rng.choice(t.by_label[rng.choice(labels)])
@@ -281,7 +282,8 @@ def diff_with_gguf_py(path: str, f: Any, budget_s: float = 5.0) -> list[str]:
                 want: Any = [fld.parts[i] for i in fld.data]
                 want = np.concatenate(want) if want else np.zeros(0)
                 got = np.asarray(f.metadata[k])
-                same = want.shape == got.shape and np.array_equal(want.astype(got.dtype), got, equal_nan=got.dtype.kind == "f")
+                same = want.shape == got.shape and np.array_equal(want.astype(got.dtype), got,
+                                                                  equal_nan=got.dtype.kind == "f")
             else:
                 want = fld.contents()
                 got = f.metadata[k]
@@ -318,7 +320,7 @@ def run_case(templates: list[Template], seed: int, index: int, workdir: str, *, 
              deep: bool = False) -> tuple[str, str]:
     """Run one case in this process; returns (outcome, detail). outcome: rejected|loaded|undocumented|wrong."""
     from tilellm.errors import TileLLMError
-    from tilellm.llm.gguf_file import open_gguf
+    from tilellm.llm.gguf.reader import open_gguf
 
     desc, blob = make_case(templates, seed, index)
     path = os.path.join(workdir, "case.gguf")
@@ -391,8 +393,8 @@ def _worker(args: argparse.Namespace) -> int:
 @dataclass
 class Summary:
     n: int = 0
-    counts: dict[str, int] = field(default_factory=lambda: {k: 0 for k in
-                                                             ("rejected", "loaded", "crash", "hang", "undocumented", "wrong")})
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
+        ("rejected", "loaded", "crash", "hang", "undocumented", "wrong"), 0))
     failures: list[str] = field(default_factory=list)
     reasons: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
@@ -433,7 +435,8 @@ def run_batches(n: int, seed: int = 1, batch: int = 500, timeout_s: float = 20.0
         cmd = [sys.executable, __file__, "--worker", "--seed", str(seed), "--start", str(start), "--stop", str(stop),
                "--templates", *paths] + (["--diff"] if diff else []) + (["--deep"] if deep else [])
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
-        st = {"p": p, "start": start, "stop": stop, "cur": None, "next": start, "deadline": time.monotonic() + timeout_s + 30}
+        st = {"p": p, "start": start, "stop": stop, "cur": None, "next": start,
+              "deadline": time.monotonic() + timeout_s + 30}
         sel.register(p.stdout, selectors.EVENT_READ, st)
         running.append(st)
 
@@ -499,7 +502,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--start", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--stop", type=int, default=0, help=argparse.SUPPRESS)
-    ap.add_argument("--templates", nargs="*", default=None, help="template GGUFs (default: tests/data, shared fixtures)")
+    ap.add_argument("--templates", nargs="*", default=None,
+                    help="template GGUFs (default: tests/data, shared fixtures)")
     args = ap.parse_args(argv)
     if args.worker:
         return _worker(args)
@@ -514,7 +518,8 @@ def main(argv: list[str] | None = None) -> int:
             outcome, detail = run_case(templates, seed, index, wd, diff=args.diff, deep=args.deep)
         print(f"{outcome}: {detail}")
         return 0 if outcome in ("rejected", "loaded") else 1
-    s = run_batches(args.cases, args.seed, args.batch, args.timeout, tpl, args.diff, args.deep, args.jobs, progress=True)
+    s = run_batches(args.cases, args.seed, args.batch, args.timeout, tpl, args.diff, args.deep, args.jobs,
+                    progress=True)
     print(f"templates: {', '.join(p.name for p in tpl)}")
     print(f"seed {args.seed}, {args.jobs} worker(s), {s.seconds:.1f} s")
     reasons = sorted(s.reasons.items(), key=lambda kv: -kv[1])

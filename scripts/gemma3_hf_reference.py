@@ -11,8 +11,9 @@ Gemma3RMSNorm multiplies by 1 + w) and the tokenizer comes from the same file. R
 
 transformers computes RMSNorm and the RoPE angles in float32 whatever the model dtype; for the float64 run those two
 are replaced by the same formulas in float64, and attention goes through SDPA, which keeps the input dtype (the eager
-path would upcast the softmax only to float32), so float64 means float64 throughout. Needs torch, transformers, accelerate and gguf; keep them out of the project's
-dependencies (e.g. a venv with --system-site-packages so tilellm's default model path resolves):
+path would upcast the softmax only to float32), so float64 means float64 throughout. Needs torch, transformers,
+accelerate and gguf; keep them out of the project's dependencies (e.g. a venv with --system-site-packages so
+tilellm's default model path resolves):
 
     python -m venv --system-site-packages /tmp/hfvenv
     /tmp/hfvenv/bin/pip install torch==2.13.0 transformers accelerate
@@ -125,10 +126,10 @@ def greedy(model, prompt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def weight_check(model, path: str) -> dict:
     """Largest |difference| between transformers' weights (gguf-py's dequantizers) and tilellm.quant's, per type."""
-    from tilellm.llm.gguf_file import open_gguf
-    from tilellm.quant import dequantize
-
     import torch
+
+    from tilellm.llm.gguf.reader import open_gguf
+    from tilellm.quant import dequantize
 
     sd = {k: v for k, v in model.state_dict().items()}
     names = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight"}
@@ -172,7 +173,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     path = args.model
     if not path:
-        from tilellm.llm.default_model import default_model_path
+        from tilellm.llm.cli.default_model import default_model_path
 
         path = str(default_model_path(progress=None))
     ref = np.load(DATA / "gemma-3-270m-q4_k_m.llamacpp.npz")

@@ -25,7 +25,7 @@ def main() -> None:
     if len(sys.argv) > 1:
         path = sys.argv[1]
     else:
-        from tilellm.llm.default_model import default_model_path
+        from tilellm.llm.cli.default_model import default_model_path
 
         path = default_model_path()
     llm = Llama(path, n_threads=2, n_threads_batch=2, n_ctx=512, n_batch=512, n_ubatch=512, logits_all=True,

@@ -23,13 +23,10 @@ PROMPT_IDS = [1, 450, 3996, 1354, 1701, 432, 2204, 975, 278, 3366, 1203, 29892, 
 
 def fixtures() -> list[Path]:
     paths = sorted((ROOT / "tests" / "data").glob("*.gguf"))
-    try:
-        from tilellm.llm.default_model import default_model_path, is_available
+    from tilellm.llm.cli.default_model import default_model_path, is_available
 
-        if is_available():
-            paths.append(Path(default_model_path()))
-    except ImportError:
-        pass
+    if is_available():
+        paths.append(Path(default_model_path()))
     return paths
 
 

@@ -1,7 +1,7 @@
 """Test data for the tokenizer tests: GGUF metadata reader and compact vocabulary files.
 
 ``read_metadata(path)`` reads a GGUF's key/value metadata into the plain dict that
-``tilellm.llm.gguf_file.open_gguf(path).metadata`` gives (strings as ``str``, string arrays as lists,
+``tilellm.llm.gguf.reader.open_gguf(path).metadata`` gives (strings as ``str``, string arrays as lists,
 numeric arrays as numpy arrays), parsing each array once.
 
 The tokenizer tests do not need the GGUF files: ``python tests/_tokdata.py`` extracts the
@@ -32,36 +32,10 @@ TOKENIZER_FIXTURES = {
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    """GGUF metadata as a dict, with the project's loader if it exists, else with ``gguf.GGUFReader``."""
-    try:
-        from tilellm.llm.gguf_file import open_gguf  # type: ignore[attr-defined]
-    except ImportError:
-        open_gguf = None
-    if open_gguf is not None:
-        return dict(open_gguf(str(path)).metadata)
-    import gguf
-    from gguf import GGUFValueType as T
+    """GGUF metadata as a dict, read by the project's loader."""
+    from tilellm.llm.gguf.reader import open_gguf
 
-    reader = gguf.GGUFReader(str(path))
-    md: dict[str, Any] = {}
-    for name, field in reader.fields.items():
-        if not field.types:
-            continue
-        t = field.types[0]
-        if t == T.ARRAY:
-            sub = field.types[1] if len(field.types) > 1 else None
-            if sub == T.STRING:
-                md[name] = [bytes(field.parts[i]).decode("utf-8") for i in field.data]
-            elif field.data:
-                # one concatenation instead of gguf's per-element conversion
-                md[name] = np.concatenate([field.parts[i] for i in field.data])
-            else:
-                md[name] = np.zeros(0)
-        elif t == T.STRING:
-            md[name] = bytes(field.parts[field.data[0]]).decode("utf-8")
-        else:
-            md[name] = field.parts[field.data[0]][0].item()
-    return md
+    return dict(open_gguf(str(path)).metadata)
 
 
 def _to_json(v: Any) -> Any:

@@ -46,8 +46,8 @@ _MODELS: dict = {}
 def fixture_model(name: str, be: str = "reference", n_batch: int = 512):
     """The model of fixture `name`.gguf on backend `be` (n_ctx 256), cached per session and reset."""
     from tilellm import backend as backends
-    from tilellm.llm.architectures import model_class
-    from tilellm.llm.gguf_file import open_gguf
+    from tilellm.llm.gguf.reader import open_gguf
+    from tilellm.llm.models.architectures import model_class
 
     key = (name, be, n_batch)
     if key not in _MODELS:

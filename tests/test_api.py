@@ -214,7 +214,7 @@ def test_prompt_evaluated_once_then_one_token_at_a_time() -> None:
     m = fresh("abcdef")
     m.generate("hello", max_tokens=4, **GREEDY)
     # the last sampled token is never evaluated (nothing would read its logits)
-    assert m._impl.eval_calls == [6, 1, 1, 1]
+    assert m.decoder.eval_calls == [6, 1, 1, 1]
     assert m.n_past == 9
 
 
@@ -240,7 +240,7 @@ def test_generation_stops_with_length_when_context_fills() -> None:
     r = m.generate("abc", max_tokens=1000, **GREEDY)
     assert r.finish_reason == "length"
     assert r.prompt_tokens + r.completion_tokens == 16
-    assert max(m._impl.eval_calls) == 4
+    assert max(m.decoder.eval_calls) == 4
 
 
 @pytest.mark.parametrize("mt", [None, 0, -1])
@@ -262,7 +262,7 @@ def test_empty_prompt_is_bos() -> None:
     m = fresh("ok")
     r = m.generate("", max_tokens=2, **GREEDY)
     assert r.prompt_tokens == 1 and r.text == "ok"
-    assert m._impl.history[0] == BOS
+    assert m.decoder.history[0] == BOS
     r = m.generate([], max_tokens=2, **GREEDY)
     assert r.prompt_tokens == 1
 
@@ -276,7 +276,7 @@ def test_empty_prompt_without_bos_is_an_error() -> None:
 def test_token_prompt_used_as_given() -> None:
     m = fresh("zz")
     r = m.generate([4 + ord("a"), 4 + ord("b")], max_tokens=2, **GREEDY)
-    assert r.prompt_tokens == 2 and m._impl.history[:2] == [4 + ord("a"), 4 + ord("b")]
+    assert r.prompt_tokens == 2 and m.decoder.history[:2] == [4 + ord("a"), 4 + ord("b")]
     with pytest.raises(ValueError, match="out of range"):
         m.generate([5, N_VOCAB])
     with pytest.raises(ValueError, match="integer"):
@@ -303,7 +303,7 @@ def test_bad_arguments_raise_value_error_before_streaming(kwargs, frag) -> None:
     m = fresh("abc")
     with pytest.raises(ValueError, match=frag):
         m.generate("p", stream=True, **kwargs)  # raised at call time, not at first next()
-    assert m._impl.eval_calls == []
+    assert m.decoder.eval_calls == []
 
 
 def test_unknown_keyword_rejected() -> None:
@@ -315,7 +315,9 @@ def test_unknown_keyword_rejected() -> None:
 
 def test_seed_reproduces_sampled_generation() -> None:
     # noisy logits with a weak peak: sampling is genuinely random
-    mk = lambda: Model(FakeFile(), _NoisyImpl(), ByteTokenizer(), FakeBackend(), stream_decoder=ByteStreamDecoder)
+    def mk() -> Model:
+        return Model(FakeFile(), _NoisyImpl(), ByteTokenizer(), FakeBackend(), stream_decoder=ByteStreamDecoder)
+
     kw = dict(max_tokens=20, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0)
     a = mk().generate("p", seed=11, **kw).tokens
     b = mk().generate("p", seed=11, **kw).tokens
@@ -393,7 +395,7 @@ def test_properties_and_close() -> None:
     with pytest.raises(RuntimeError, match="closed"):
         m.generate("p")
     with pytest.raises(RuntimeError, match="closed"):
-        m.metadata
+        _ = m.metadata
     assert "closed" in repr(m)
 
 
@@ -448,21 +450,18 @@ def test_load_unknown_architecture(tmp_path: Path) -> None:
 def test_architecture_registry(tmp_path: Path, monkeypatch) -> None:
     seen = {}
 
-    def factory(file, backend, n_ctx, n_batch):
+    def factory(file, backend, n_ctx, n_batch, numerics):
         seen.update(arch=file.arch, n_ctx=n_ctx, n_batch=n_batch, backend=backend.name)
         return ScriptedImpl(lambda i: EOS, n_ctx)
 
-    from tilellm.llm import architectures
+    from tilellm.llm.models import architectures
 
     monkeypatch.setitem(architectures.ARCHITECTURES, "toynet", factory)
     assert "toynet" in api.supported_architectures()
-    monkeypatch.setattr("tilellm.llm.tokenizer.Tokenizer.from_metadata", staticmethod(lambda md: ByteTokenizer()),
+    monkeypatch.setattr("tilellm.llm.api.load_tokenizer", lambda md: ByteTokenizer(),
                         raising=False)
     p = _write_gguf(tmp_path / "t.gguf", "toynet")
-    try:
-        m = tilellm.load(p, n_ctx=0, n_batch=7, backend="reference")
-    except ImportError:
-        pytest.skip("tokenizer module not available yet")
+    m = tilellm.load(p, n_ctx=0, n_batch=7, backend="reference")
     assert seen == {"arch": "toynet", "n_ctx": 128, "n_batch": 7, "backend": "reference"}
     assert m.n_batch == 7
     m.close()
@@ -476,10 +475,12 @@ def test_register_architecture_validates() -> None:
         api.register_architecture("", lambda *a: None)
 
 
-def test_physical_cores() -> None:
+def test_default_threads() -> None:
     import os
 
-    n = api.physical_cores()
+    from tilellm.backend import default_threads
+
+    n = default_threads()
     assert 1 <= n <= (os.cpu_count() or 1)
 
 
@@ -536,7 +537,7 @@ def test_real_context_and_defaults() -> None:
     with tilellm.load(_need(MICRO), backend="reference") as m:
         ctx_train = m.metadata["llama.context_length"]
         assert m.n_ctx == min(ctx_train, 4096)
-        assert m.n_threads == api.physical_cores()
+        assert m.n_threads == tilellm.backend.default_threads()
         assert m.n_vocab == 4096 and m.arch == "llama"
         assert m.desc.startswith("llama 3.6M F32")
     with tilellm.load(_need(MICRO), backend="reference", n_ctx=0) as m:

@@ -1,12 +1,12 @@
 """The C causal attention kernel against the numpy one, on ragged shapes, for every kernel variant."""
 import numpy as np
 import pytest
-
 from conftest import kernel_backends
+
 from tilellm import kernels
+from tilellm.backend.ops import causal_attention
 from tilellm.errors import ShapeError
 from tilellm.kernels.attention import attention
-from tilellm.llm.layers import causal_attention
 
 SHAPES = [  # T, n_past, H, Hkv, D
     (1, 0, 4, 2, 32), (7, 5, 8, 2, 32), (130, 0, 8, 4, 64), (1, 300, 32, 4, 64), (33, 70, 6, 6, 80),

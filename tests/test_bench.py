@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tilellm.llm import bench
+from tilellm.llm.cli import bench
 
 DATA = Path(__file__).parent / "data"
 MODEL = DATA / "llama2-micro-q8_0.gguf"
@@ -200,7 +200,7 @@ def test_no_model_and_no_demo_extra(monkeypatch) -> None:
     """No -m: the demo model is used; without the demo extra (simulated) one line says how to get it."""
     import sys
 
-    from tilellm.llm.default_model import PACKAGE
+    from tilellm.llm.cli.default_model import PACKAGE
 
     monkeypatch.setitem(sys.modules, PACKAGE, None)
     rc, out, err = run([])
@@ -227,7 +227,7 @@ def test_errors_one_line(argv, frag, code) -> None:
 
 
 def test_subprocess_entry_point(tiny: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "tilellm.llm.bench", "-m", str(tiny), "-p", "8", "-n", "2",
+    r = subprocess.run([sys.executable, "-m", "tilellm.llm.cli.bench", "-m", str(tiny), "-p", "8", "-n", "2",
                         "-r", "1", "--backend", "reference", "-o", "json"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

@@ -8,8 +8,13 @@ import uuid
 import pytest
 
 from tilellm.errors import TileLLMError, UnsupportedError
-from tilellm.llm.chat import (DEFAULT_CHAT_TEMPLATE, ChatTemplateError, ChatTemplateSecurityError,
-                              get_chat_template, render_chat)
+from tilellm.llm.text.chat import (
+    DEFAULT_CHAT_TEMPLATE,
+    ChatTemplateError,
+    ChatTemplateSecurityError,
+    get_chat_template,
+    render_chat,
+)
 
 MSGS = [
     {"role": "system", "content": "You are terse."},
@@ -29,7 +34,8 @@ CHATML = (
 LLAMA3 = (
     "{{- bos_token }}"
     "{%- for message in messages %}"
-    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim"
+    " + '<|eot_id|>' }}"
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{%- endif %}"
 )
@@ -39,7 +45,8 @@ DEEPSEEK = (
     "{%- for message in messages %}"
     "{%- if message['role'] == 'system' %}"
     "{%- if ns.is_first_sp %}{% set ns.system_prompt = ns.system_prompt + message['content'] %}"
-    "{% set ns.is_first_sp = false %}{%- else %}{% set ns.system_prompt = ns.system_prompt + '\n\n' + message['content'] %}{%- endif %}"
+    "{% set ns.is_first_sp = false %}"
+    "{%- else %}{% set ns.system_prompt = ns.system_prompt + '\n\n' + message['content'] %}{%- endif %}"
     "{%- endif %}"
     "{%- endfor %}"
     "{{ bos_token }}{{ ns.system_prompt }}"

@@ -2,11 +2,11 @@
 import io
 
 import pytest
+from conftest import fixture_path
 
 import tilellm
-from conftest import fixture_path
-from tilellm.llm.chat import ChatTemplateSecurityError
-from tilellm.llm.cli import main
+from tilellm.llm.cli.run import main
+from tilellm.llm.text.chat import ChatTemplateSecurityError
 
 MSGS = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there"}]
 

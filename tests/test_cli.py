@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import tilellm
-from tilellm.llm import cli
+from tilellm.llm.cli import run as cli
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
@@ -46,9 +46,11 @@ def run(argv: list[str], stdin: str = "") -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-TIMING = re.compile(r"^prompt eval time = +[\d.]+ ms / +(\d+) tokens \( +[\d.]+ ms per token, +[\d.]+ tokens per second\)$",
+TIMING = re.compile(r"^prompt eval time = +[\d.]+ ms / +(\d+) tokens "
+                    r"\( +[\d.]+ ms per token, +[\d.]+ tokens per second\)$",
                     re.M)
-EVAL_TIMING = re.compile(r"^ +eval time = +[\d.]+ ms / +(\d+) tokens \( +[\d.]+ ms per token, +[\d.]+ tokens per second\)$",
+EVAL_TIMING = re.compile(r"^ +eval time = +[\d.]+ ms / +(\d+) tokens "
+                         r"\( +[\d.]+ ms per token, +[\d.]+ tokens per second\)$",
                          re.M)
 
 
@@ -171,7 +173,7 @@ def test_no_model_and_no_demo_extra_is_one_line(monkeypatch) -> None:
     """
     import sys
 
-    from tilellm.llm.default_model import PACKAGE
+    from tilellm.llm.cli.default_model import PACKAGE
 
     monkeypatch.setitem(sys.modules, PACKAGE, None)  # makes `import PACKAGE` fail
     rc, out, err = run(["-p", "hi"])
@@ -206,7 +208,7 @@ def test_timings_format() -> None:
 # ----------------------------------------------------------------------------- subprocess
 
 def _cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "tilellm.llm.cli", *args]
+    return [sys.executable, "-m", "tilellm.llm.cli.run", *args]
 
 
 def test_subprocess_streams_and_errors_cleanly(tmp_path: Path) -> None:

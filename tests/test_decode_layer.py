@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import fixture_model, fixture_path, kernel_backends
 
-from conftest import fixture_model, kernel_backends
 from tilellm.errors import ShapeError
 
 FILES = ["llama2-micro-q8_0", "llama2-micro-f32", "llama3-micro-q4_0", "qwen2-micro-q8_0"]
@@ -15,7 +15,7 @@ FILES = ["llama2-micro-q8_0", "llama2-micro-f32", "llama3-micro-q4_0", "qwen2-mi
 def _decode(m, ids, fused: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Logits of ids[3:] decoded one by one after ids[:3], and the k / v caches it leaves."""
     plans = m._layer_plans()
-    m._plans_cache = (m.backend, m.numerics, plans if fused else None)
+    m._plans_cache = (m.backend, plans if fused else None)
     try:
         m.reset()
         m.eval(ids[:3])
@@ -51,11 +51,14 @@ def test_where_it_does_not_apply():
     bes = kernel_backends()
     if not bes:
         pytest.skip("no kernel backend here")
-    m = fixture_model("llama2-micro-q8_0", bes[0], 512)
-    m.numerics = "ggml"  # fp16 K/V rounding: the step path only
-    assert m._layer_plans() is None
-    m.numerics = "default"
-    assert m._layer_plans() is not None
+    assert fixture_model("llama2-micro-q8_0", bes[0], 512)._layer_plans() is not None
+    from tilellm import backend as backends
+    from tilellm.llm.gguf.reader import open_gguf
+    from tilellm.llm.models.llama import LlamaModel
+
+    f = open_gguf(fixture_path("llama2-micro-q8_0.gguf"))
+    m = LlamaModel(f, backends.get(bes[0], n_threads=2, act_rounding="ggml"), n_ctx=256, numerics="ggml")
+    assert m._layer_plans() is None  # fp16 K/V rounding: the step path only
 
 
 def test_decode_layer_refuses_bad_arguments():
@@ -82,5 +85,4 @@ def test_decode_layer_refuses_bad_arguments():
             other.backend.decode_layer(P, np.zeros(hp.n_embd, np.float32), cos, sin, 0, 0.1)
     L = m.layers[0]
     with pytest.raises(ShapeError, match="caches"):
-        be.plan_layer(L, hp.n_embd, hp.n_head, hp.n_head_kv, hp.head_dim, m.rope.n_rot, hp.n_ff, False, hp.rms_eps,
-                      m.k_cache[0][:, :1], m.v_cache[0])
+        be.plan_layer(L, m.k_cache[0][:, :1], m.v_cache[0])

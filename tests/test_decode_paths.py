@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from tilellm import backend, kernels
-from tilellm.backend.protocol import matmul_many
 from tilellm.errors import ShapeError
 from tilellm.quant import GGMLType, TensorView, dequantize, quantize
 
@@ -96,7 +95,7 @@ def test_matmul_many_through_every_backend(name):
              for i, (m, w) in enumerate(zip([70, 16, 16], _weights(T.Q4_0, [70, 16, 16], k, 3)))]
     x = np.random.default_rng(5).standard_normal((1, k)).astype(np.float32)
     for arg in (x, be.prepare(x, T.Q4_0)):
-        got = matmul_many(be, views, arg)
+        got = be.matmul_many(views, arg)
         for v, y in zip(views, got):
             assert np.array_equal(y, be.matmul(v, arg))
 
@@ -176,7 +175,7 @@ def test_prepared_changed_after_the_fact_is_checked_in_full(lib):
 def test_prepare_rms_equals_norm_then_prepare(lib, t, n):
     """The fused call normalises like layers.rms_norm (to float32 rounding of the mean: it sums squares in
     double) and then prepares exactly what prepare() makes of its own normalised rows."""
-    from tilellm.llm.layers import rms_norm
+    from tilellm.backend.ops import rms_norm
 
     if not lib.supports(t):
         pytest.skip(f"{lib.variant} has no {t.name} kernel")
@@ -206,14 +205,13 @@ def test_prepare_rms_refuses_bad_arguments(lib):
 
 @pytest.mark.parametrize("name", ["reference"] + RUNNABLE)
 def test_prepare_normed_through_every_backend(name):
-    from tilellm.backend.protocol import prepare_normed
-    from tilellm.llm.layers import rms_norm
+    from tilellm.backend.ops import rms_norm
 
     be = backend.get(name, n_threads=2)
     k = 256
     h = np.random.default_rng(9).standard_normal((3, k)).astype(np.float32)
     w = np.linspace(0.5, 2.0, k, dtype=np.float32)
-    p = prepare_normed(be, h, w, 1e-6, T.Q8_0)
+    p = be.prepare_rms_norm(h, w, 1e-6, T.Q8_0)
     np.testing.assert_allclose(p.x, rms_norm(h, w, 1e-6), rtol=4e-7, atol=0)
     wv = TensorView.from_bytes("w", (k, 7), T.Q8_0, _weights(T.Q8_0, [7], k, 4)[0].reshape(-1))
     assert np.array_equal(be.matmul(wv, p), be.matmul(wv, p.x))
@@ -255,17 +253,16 @@ def test_prepare_swiglu_nan_and_bad_arguments(lib):
 
 @pytest.mark.parametrize("name", ["reference"] + RUNNABLE)
 def test_prepare_swiglu_through_every_backend(name):
-    from tilellm.backend.protocol import prepare_swiglu
-    from tilellm.llm.layers import silu
+    from tilellm.backend.ops import silu
 
     be = backend.get(name, n_threads=2)
     k = 256
     rng = np.random.default_rng(22)
     g, u = (rng.standard_normal((2, k)) * 4).astype(np.float32), rng.standard_normal((2, k)).astype(np.float32)
-    p = prepare_swiglu(be, g, u, T.Q4_0)
+    p = be.prepare_swiglu(g, u, T.Q4_0)
     np.testing.assert_allclose(p.x, silu(g) * u, rtol=5e-7, atol=1e-30)
     with pytest.raises(ShapeError, match="differ in shape"):  # not numpy's silent broadcasting
-        prepare_swiglu(be, g[:1], u[0], T.Q4_0)
+        be.prepare_swiglu(g[:1], u[0], T.Q4_0)
     wv = TensorView.from_bytes("w", (k, 5), T.Q4_0, _weights(T.Q4_0, [5], k, 6)[0].reshape(-1))
     assert np.array_equal(be.matmul(wv, p), be.matmul(wv, p.x))
 

@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,7 +39,8 @@ def _assert_clean(results: list[tuple[int, str, str]]) -> dict[str, int]:
         counts[outcome] = counts.get(outcome, 0) + 1
         if outcome not in ("rejected", "loaded"):
             bad.append(f"case {SEED}:{i} {outcome}: {detail}")
-    assert not bad, "\n".join(bad[:10]) + "\n(rebuild one with: python scripts/fuzz_gguf.py --case SEED:INDEX --out x.gguf)"
+    assert not bad, ("\n".join(bad[:10])
+                     + "\n(rebuild one with: python scripts/fuzz_gguf.py --case SEED:INDEX --out x.gguf)")
     return counts
 
 
@@ -88,7 +88,7 @@ def test_fuzz_differential_against_gguf_py(templates: list, tmp_path: Path) -> N
 
 def test_differential_oracle_catches_a_wrong_value(tmp_path: Path) -> None:
     """Self-check: diff_with_gguf_py reports a metadata value or tensor byte that differs."""
-    from tilellm.llm.gguf_file import open_gguf
+    from tilellm.llm.gguf.reader import open_gguf
 
     path = str(TEMPLATE_PATHS[0])
     with open_gguf(path) as f:
@@ -105,7 +105,7 @@ U64_LABELS = ("header.n_tensors", "header.n_kv", "kv.key.len", "val.str.len", "a
 def test_extreme_values_in_every_size_field(templates: list, tmp_path: Path) -> None:
     """Deterministic sweep: each u64 length/count/dim/offset field of one fixture set to 0, 1, 2^32, 2^63, 2^64-1."""
     from tilellm.errors import TileLLMError
-    from tilellm.llm.gguf_file import open_gguf
+    from tilellm.llm.gguf.reader import open_gguf
 
     t = min(templates, key=lambda t: len(t.data))
     fields = [f for f in t.fields if f[2] in U64_LABELS]
@@ -128,8 +128,9 @@ def test_extreme_values_in_every_size_field(templates: list, tmp_path: Path) -> 
             except TileLLMError as e:
                 outcomes["rejected"] += 1
                 if v >= 2**32:  # a huge size fails on a bound check that says so
-                    assert any(w in str(e) for w in ("cannot fit", "remain", "exceeds", "outside", "truncated",
-                                                     "past the end", "dimensions", "multiple of the alignment")), (label, v, str(e))
+                    says = ("cannot fit", "remain", "exceeds", "outside", "truncated", "past the end", "dimensions",
+                            "multiple of the alignment")
+                    assert any(w in str(e) for w in says), (label, v, str(e))
     assert outcomes["rejected"] >= 3 * len(fields), outcomes
 
 

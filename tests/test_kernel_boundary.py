@@ -23,7 +23,7 @@ import pytest
 from tilellm import kernels
 from tilellm.errors import BackendUnavailableError, ShapeError, TileLLMError, UnsupportedError
 from tilellm.kernels.attention import attention
-from tilellm.llm.layers import causal_attention
+from tilellm.backend.ops import causal_attention
 from tilellm.quant import TYPE_INFO, GGMLType, quantize
 
 from test_kernels import reference  # the exact reference, kept in step with the activation layout

@@ -222,8 +222,8 @@ LLAMA_CPP_Q4_K_M = (0.2043, 0.02947)
 
 
 def _llama_logits(be: str, ids) -> np.ndarray:
-    from tilellm.llm.gguf_file import open_gguf
-    from tilellm.llm.model import LlamaModel
+    from tilellm.llm.gguf.reader import open_gguf
+    from tilellm.llm.models.llama import LlamaModel
 
     f = open_gguf(fixture_path("llama2-micro-q4_k_m.gguf"))
     m = LlamaModel(f, backends.get(be, n_threads=2), n_ctx=256, n_batch=512)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tilellm.llm.layers import gelu_tanh, gelu_tanh_mul, rms_norm
+from tilellm.backend.ops import rms_norm
+from tilellm.llm.models.layers import gelu_tanh, gelu_tanh_mul
 
 
 def _rms_norm_plain(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:

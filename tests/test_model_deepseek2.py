@@ -12,15 +12,15 @@ import math
 
 import numpy as np
 import pytest
-
 from conftest import fixture_model, fixture_path, full_logit_checks, kernel_backends
+
 from tilellm import backend as backends
+from tilellm.backend.ops import causal_attention
 from tilellm.errors import GGUFError, UnsupportedError
-from tilellm.llm.architectures import model_class
-from tilellm.llm.deepseek2 import DeepSeek2HParams, DeepSeek2Model, mqa_attention
-from tilellm.llm.gguf_file import open_gguf
-from tilellm.llm.layers import causal_attention
-from tilellm.llm.yarn import YarnParams, corr_dims, yarn_inv_freq, yarn_mscale
+from tilellm.llm.gguf.reader import open_gguf
+from tilellm.llm.models.architectures import model_class
+from tilellm.llm.models.deepseek2 import DeepSeek2HParams, DeepSeek2Model, mqa_attention
+from tilellm.llm.models.yarn import YarnParams, corr_dims, yarn_inv_freq, yarn_mscale
 
 FIXTURES = ["deepseek2-micro-q8_0", "deepseek2-lite-micro-q8_0"]
 PROMPTS = range(4)

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import LLAMA2_TYPES, fixture_path, kernel_backends
 from conftest import full_logit_checks as _full_checks
+
 from tilellm import backend as backends
-from tilellm.llm.gguf_file import open_gguf
-from tilellm.llm.model import LlamaModel
+from tilellm.llm.gguf.reader import open_gguf
+from tilellm.llm.models.llama import LlamaModel
 from tilellm.quant import GGMLType
 
 PROMPTS = range(4)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import fixture_model, fixture_path, full_logit_checks, kernel_backends
+
 from tilellm import backend as backends
-from tilellm.llm.architectures import model_class
-from tilellm.llm.gguf_file import open_gguf
+from tilellm.llm.gguf.reader import open_gguf
+from tilellm.llm.models.architectures import model_class
 
 FILES = ["llama3-micro-q8_0", "llama3-micro-q4_0", "qwen2-micro-q8_0"]
 # llama.cpp vs hfdq over the whole vocabulary, every prompt position (compare.json): max, token-weighted mean
@@ -89,7 +89,7 @@ def _with_scaling(name: str, **keys):
 def test_rope_scaling_keys():
     """`{arch}.rope.scaling.*`: linear divides every frequency; yarn ramps them and scales q.k; others refused."""
     from tilellm.errors import GGUFError, UnsupportedError
-    from tilellm.llm.yarn import YarnParams, yarn_inv_freq
+    from tilellm.llm.models.yarn import YarnParams, yarn_inv_freq
 
     plain = _model("qwen2-micro-q8_0", "reference")
     ids = _ref("qwen2-micro-q8_0")["token_ids_p0"]

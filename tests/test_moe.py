@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from tilellm import backend as backends
-from tilellm.llm.layers import silu
-from tilellm.llm.moe import GATING_SIGMOID, GATING_SOFTMAX, RouterConfig, moe_ffn, route
+from tilellm.backend.ops import silu
+from tilellm.llm.models.moe import GATING_SIGMOID, GATING_SOFTMAX, RouterConfig, moe_ffn, route
 from tilellm.quant import GGMLType, TensorView, quantize
 
 

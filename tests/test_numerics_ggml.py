@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import fixture_path
 
 import tilellm
 from tilellm import backend as backends
-from conftest import fixture_path
 from tilellm import kernels
-from tilellm.llm.layers import gelu_tanh, gelu_tanh_ggml
+from tilellm.llm.models.layers import gelu_tanh, gelu_tanh_ggml
 
 
 @pytest.fixture(autouse=True)
@@ -36,12 +36,12 @@ def test_ggml_numerics_rounds_kv_and_changes_logits_slightly():
     ids = [1, 450, 3996, 1354, 1701, 432, 2204, 975, 278, 3366, 1203]
     be = "avx512" if "avx512" in backends.available() else "portable"
     with tilellm.load(path, backend=be, n_threads=2) as m:
-        a = m._impl.eval(ids, logits_all=True)
-        k_default = m._impl.k_cache[0, :len(ids)].copy()
+        a = m.decoder.eval(ids, logits_all=True)
+        k_default = m.decoder.k_cache[0, :len(ids)].copy()
     with tilellm.load(path, backend=be, n_threads=2, numerics="ggml") as m:
-        assert m._impl.numerics == "ggml"
-        b = m._impl.eval(ids, logits_all=True)
-        k = m._impl.k_cache[0, :len(ids)]
+        assert m.decoder.numerics == "ggml"
+        b = m.decoder.eval(ids, logits_all=True)
+        k = m.decoder.k_cache[0, :len(ids)]
         np.testing.assert_array_equal(k, k.astype(np.float16).astype(np.float32))  # fp16 K cache values
     assert not np.array_equal(k_default, k_default.astype(np.float16).astype(np.float32))  # default stays f32
     d = np.abs(a - b)
@@ -49,7 +49,28 @@ def test_ggml_numerics_rounds_kv_and_changes_logits_slightly():
     assert d.mean() < 0.05 * np.abs(a).mean(), d.mean()
     # loading with the default numerics resets the process-wide activation rounding
     with tilellm.load(path, backend=be, n_threads=2) as m:
-        np.testing.assert_array_equal(m._impl.eval(ids, logits_all=True), a)
+        np.testing.assert_array_equal(m.decoder.eval(ids, logits_all=True), a)
+
+
+@pytest.mark.xfail(strict=True, reason="the kernels' activation rounding is still process-wide in this tree "
+                   "(kernels.set_act_rounding); it passes once KernelLib owns its rounding (the kernels side of "
+                   "issue #13, kernels.load(..., act_rounding=)): drop this mark then")
+def test_two_models_with_different_numerics_keep_their_own():
+    """Loading a second model with other numerics leaves the first one's arithmetic alone, both ways round."""
+    path = fixture_path("llama2-micro-q8_0.gguf")
+    ids = [1, 450, 3996, 1354, 1701, 432, 2204, 975, 278, 3366, 1203]
+    be = "avx512" if "avx512" in backends.available() else "portable"
+    with tilellm.load(path, backend=be, n_threads=2) as d:
+        want_d = d.eval(ids, logits_all=True)
+        with tilellm.load(path, backend=be, n_threads=2, numerics="ggml") as g:
+            want_g = g.eval(ids, logits_all=True)
+            assert not np.array_equal(want_d, want_g)
+            d.reset()
+            np.testing.assert_array_equal(d.eval(ids, logits_all=True), want_d)
+            with tilellm.load(path, backend=be, n_threads=2) as d2:
+                d2.eval(ids)
+                g.reset()
+                np.testing.assert_array_equal(g.eval(ids, logits_all=True), want_g)
 
 
 def test_numerics_is_validated():
@@ -57,10 +78,7 @@ def test_numerics_is_validated():
         tilellm.load(fixture_path("llama2-micro-q8_0.gguf"), numerics="fast")
 
 
-try:
-    from tilellm.llm.default_model import default_model_path, is_available
-except ImportError:  # pragma: no cover
-    is_available = lambda: False  # noqa: E731
+from tilellm.llm.cli.default_model import default_model_path, is_available  # noqa: E402
 
 TEXT = __import__("pathlib").Path(__file__).parent / "data" / "text" / "declaration-of-independence.txt"
 
@@ -96,7 +114,7 @@ def test_gemma3_perplexity_with_ggml_numerics_is_within_1pct_of_llamacpp():
     llama_cpp = pytest.importorskip("llama_cpp")
     if kernels.cpu_cap():
         pytest.skip("$TILELLM_CPU_CAP is set: llama.cpp's native build uses the whole CPU")
-    from tilellm.llm.perplexity import perplexity
+    from tilellm.llm.cli.perplexity import perplexity
 
     text = TEXT.read_text(encoding="utf-8")
     llm = llama_cpp.Llama(str(default_model_path()), n_threads=2, n_threads_batch=2, n_ctx=512, n_batch=512,
@@ -107,6 +125,6 @@ def test_gemma3_perplexity_with_ggml_numerics_is_within_1pct_of_llamacpp():
     with tilellm.load(default_model_path(), n_ctx=512, n_threads=2, numerics="ggml") as m:
         toks = m.tokenize(text, add_bos=True, special=False)
         assert toks == list(peer_toks)
-        r = perplexity(m._impl, toks, 512, m.tokenizer.bos_id)
+        r = perplexity(m.decoder, toks, 512, m.tokenizer.bos_id)
     assert r.n_chunks == theirs.n_chunks == 3
     assert abs(r.ppl / theirs.ppl - 1) < 0.01, (r.running, theirs.running)

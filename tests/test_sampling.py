@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from tilellm.llm.sampling import Sampler, SamplingParams, softmax
+from tilellm.llm.text.sampling import Sampler, SamplingParams, softmax
 
 
 def _logits(n: int = 100, seed: int = 0) -> np.ndarray:

@@ -5,8 +5,9 @@ The SME2 micro-kernels' inner loops must issue, per k step, four MOPAs (za0..za3
 tile): the 16x64 one all with the same A vector, for ONE single-register A load and ONE
 four-register B load (MpGEMM's 16x64 kernel, docs/mpgemm.md); the 64x16 one all with the same
 B vector, for ONE four-register A load and ONE B load. Both exist for f32 FMOPA, widening f16
-FMOPA and BFMOPA. The SME1 ones the same with single-register loads only. The streaming function must not contain any Advanced SIMD (NEON) instruction (an Apple
-M4 has no FEAT_SME_FA64, so NEON traps in streaming mode) and must save d8-d15.
+FMOPA and BFMOPA. The SME1 ones the same with single-register loads only. The streaming function must not
+contain any Advanced SIMD (NEON) instruction (an Apple M4 has no FEAT_SME_FA64, so NEON traps in streaming
+mode) and must save d8-d15.
 """
 from __future__ import annotations
 
@@ -90,7 +91,8 @@ def mopa_loops(variant: str) -> dict[tuple[str, str, str], list]:
 
 
 # f32 (and dequantized q-types): FMOPA .s; f16 weights: widening FMOPA .h; bf16: BFMOPA .h
-KERNELS = [(mn, el, shape) for mn, el in [("fmopa", "s"), ("fmopa", "h"), ("bfmopa", "h")] for shape in ("16x64", "64x16")]
+KERNELS = [(mn, el, shape) for mn, el in [("fmopa", "s"), ("fmopa", "h"), ("bfmopa", "h")]
+           for shape in ("16x64", "64x16")]
 
 
 def classify(body):

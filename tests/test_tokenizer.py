@@ -1,16 +1,15 @@
 """Tokenizer parity with llama.cpp (fixtures ``tests/data/tokenizer-*.json``) and API behaviour."""
 from __future__ import annotations
 
-import importlib.util
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-
 from _tokdata import DATA, FIXTURES, TOKENIZER_FIXTURES, parity_cases, read_metadata, vocab_metadata
+
 from tilellm.errors import GGUFError, UnsupportedError
-from tilellm.llm.tokenizer import StreamDecoder, Tokenizer, TokenType
+from tilellm.llm.text import StreamDecoder, Tokenizer, TokenType, load_tokenizer
 
 SPM = ["llama-spm-4k"]
 BPE = ["bpe-llama3-4k", "bpe-qwen2-4k", "bpe-dsv3-4k"]
@@ -18,8 +17,6 @@ ALL = SPM + BPE
 
 
 def _available(name: str) -> bool:
-    if name in BPE and importlib.util.find_spec("tilellm.llm.tokenizer_bpe") is None:
-        return False
     return (DATA / f"{name}.vocab.json").exists() and (DATA / f"tokenizer-{name}.json").exists()
 
 
@@ -32,7 +29,7 @@ _TOKS: dict[str, Tokenizer] = {}
 
 def tok_for(name: str) -> Tokenizer:
     if name not in _TOKS:
-        _TOKS[name] = Tokenizer.from_metadata(vocab_metadata(name))
+        _TOKS[name] = load_tokenizer(vocab_metadata(name))
     return _TOKS[name]
 
 
@@ -233,20 +230,20 @@ def test_spm_api_basics():
 def test_add_bos_follows_metadata():
     md = dict(vocab_metadata("llama-spm-4k"))
     md["tokenizer.ggml.add_bos_token"] = False
-    tok = Tokenizer.from_metadata(md)
+    tok = load_tokenizer(md)
     assert tok.add_bos is False
     assert tok.encode("hi")[0] != tok.bos_id
     assert tok.encode("hi", add_bos=True)[0] == tok.bos_id
     del md["tokenizer.ggml.add_bos_token"]
-    assert Tokenizer.from_metadata(md).add_bos is True  # SentencePiece default
+    assert load_tokenizer(md).add_bos is True  # SentencePiece default
     md["tokenizer.ggml.add_eos_token"] = True
-    assert Tokenizer.from_metadata(md).encode("hi")[-1] == tok.eos_id
+    assert load_tokenizer(md).encode("hi")[-1] == tok.eos_id
 
 
 def test_no_space_prefix():
     md = dict(vocab_metadata("llama-spm-4k"))
     md["tokenizer.ggml.add_space_prefix"] = False
-    tok = Tokenizer.from_metadata(md)
+    tok = load_tokenizer(md)
     with_prefix = tok_for("llama-spm-4k")
     a = tok.encode("Hello", add_bos=False)
     b = with_prefix.encode("Hello", add_bos=False)
@@ -270,7 +267,7 @@ def test_eog_detected_by_text():
     types[victim] = TokenType.USER_DEFINED
     md["tokenizer.ggml.tokens"] = toks
     md["tokenizer.ggml.token_type"] = types
-    tok = Tokenizer.from_metadata(md)
+    tok = load_tokenizer(md)
     assert victim in tok.eog_ids and tok.eos_id in tok.eog_ids
     assert tok.is_control(victim)  # llama.cpp overrides such tokens to CONTROL
     assert tok.eot_id == victim
@@ -279,19 +276,19 @@ def test_eog_detected_by_text():
 def test_errors():
     md = dict(vocab_metadata("llama-spm-4k"))
     with pytest.raises(UnsupportedError, match="bert"):
-        Tokenizer.from_metadata({**md, "tokenizer.ggml.model": "bert"})
+        load_tokenizer({**md, "tokenizer.ggml.model": "bert"})
     with pytest.raises(GGUFError):
-        Tokenizer.from_metadata({k: v for k, v in md.items() if k != "tokenizer.ggml.model"})
+        load_tokenizer({k: v for k, v in md.items() if k != "tokenizer.ggml.model"})
     with pytest.raises(GGUFError):
-        Tokenizer.from_metadata({k: v for k, v in md.items() if k != "tokenizer.ggml.tokens"})
+        load_tokenizer({k: v for k, v in md.items() if k != "tokenizer.ggml.tokens"})
     with pytest.raises(GGUFError):
-        Tokenizer.from_metadata({**md, "tokenizer.ggml.scores": md["tokenizer.ggml.scores"][:-1]})
+        load_tokenizer({**md, "tokenizer.ggml.scores": md["tokenizer.ggml.scores"][:-1]})
     with pytest.raises(GGUFError):
-        Tokenizer.from_metadata({**md, "tokenizer.ggml.token_type": md["tokenizer.ggml.token_type"][:10]})
+        load_tokenizer({**md, "tokenizer.ggml.token_type": md["tokenizer.ggml.token_type"][:10]})
     with pytest.raises(GGUFError):
-        Tokenizer.from_metadata({**md, "tokenizer.ggml.add_bos_token": "yes"})
+        load_tokenizer({**md, "tokenizer.ggml.add_bos_token": "yes"})
     # an out-of-range special id falls back to the default like llama.cpp, never an IndexError
-    tok = Tokenizer.from_metadata({**md, "tokenizer.ggml.eos_token_id": 10**6})
+    tok = load_tokenizer({**md, "tokenizer.ggml.eos_token_id": 10**6})
     assert tok.eos_id == 2
 
 
@@ -302,7 +299,7 @@ def test_duplicate_and_empty_tokens_spm():
     dup_of = hello[0]
     toks[4001] = toks[dup_of]  # duplicate text: llama.cpp maps it to the last id
     toks[4002] = ""
-    tok = Tokenizer.from_metadata({**md, "tokenizer.ggml.tokens": toks})
+    tok = load_tokenizer({**md, "tokenizer.ggml.tokens": toks})
     ids = tok.encode("Hello", add_bos=False)
     assert ids[0] == 4001
     assert tok.decode(ids) == "Hello"
@@ -321,7 +318,7 @@ def test_speed_10k_tokens(name):
     ids = tok.encode(text, add_bos=False)
     # trim to ~10k tokens worth of text
     text = text[: int(len(text) * 10000 / len(ids))]
-    tok2 = Tokenizer.from_metadata(vocab_metadata(name))  # fresh: no warm caches
+    tok2 = load_tokenizer(vocab_metadata(name))  # fresh: no warm caches
     t0 = time.perf_counter()
     ids = tok2.encode(text, special=True)
     dt = time.perf_counter() - t0
@@ -341,11 +338,12 @@ def _gguf_path(g: str) -> Path:
 _GGUFS = [(n, _gguf_path(g)) for n, g in TOKENIZER_FIXTURES.items()]
 
 
-@pytest.mark.parametrize("name,path", [pytest.param(n, p, marks=pytest.mark.skipif(not (p.exists() and _available(n)), reason="GGUF not available"))
-                                       for n, p in _GGUFS])
+@pytest.mark.parametrize("name,path", [
+    pytest.param(n, p, marks=pytest.mark.skipif(not (p.exists() and _available(n)), reason="GGUF not available"))
+    for n, p in _GGUFS])
 def test_gguf_metadata_matches_extracted(name, path: Path):
     md = read_metadata(path)
-    tok = Tokenizer.from_metadata(md)
+    tok = load_tokenizer(md)
     ref = tok_for(name)
     assert tok.tokens == ref.tokens
     npz = path.with_suffix(".npz")
@@ -361,7 +359,7 @@ def _bpe(name: str = "bpe-llama3-4k", **overrides):
         pytest.skip("no BPE test data")
     md = dict(vocab_metadata(name))
     md.update(overrides)
-    return Tokenizer.from_metadata(md)
+    return load_tokenizer(md)
 
 
 def test_bpe_unknown_pretokenizer_is_named():
@@ -372,9 +370,9 @@ def test_bpe_unknown_pretokenizer_is_named():
 def test_bpe_missing_or_bad_merges():
     md = dict(vocab_metadata("bpe-llama3-4k")) if _available("bpe-llama3-4k") else pytest.skip("no data")
     with pytest.raises(GGUFError, match="merges"):
-        Tokenizer.from_metadata({k: v for k, v in md.items() if k != "tokenizer.ggml.merges"})
+        load_tokenizer({k: v for k, v in md.items() if k != "tokenizer.ggml.merges"})
     with pytest.raises(GGUFError, match="merge"):
-        Tokenizer.from_metadata({**md, "tokenizer.ggml.merges": ["ab"]})
+        load_tokenizer({**md, "tokenizer.ggml.merges": ["ab"]})
 
 
 def test_bpe_llama3_specials_and_eog():
@@ -396,10 +394,10 @@ def test_bpe_llama3_specials_and_eog():
 def test_bpe_default_add_bos_per_pretokenizer():
     md = dict(vocab_metadata("bpe-dsv3-4k")) if _available("bpe-dsv3-4k") else pytest.skip("no data")
     del md["tokenizer.ggml.add_bos_token"]
-    assert Tokenizer.from_metadata(md).add_bos is False  # llama.cpp: BPE adds BOS only for llama3-style
+    assert load_tokenizer(md).add_bos is False  # llama.cpp: BPE adds BOS only for llama3-style
     md3 = dict(vocab_metadata("bpe-llama3-4k"))
     del md3["tokenizer.ggml.add_bos_token"]
-    assert Tokenizer.from_metadata(md3).add_bos is True
+    assert load_tokenizer(md3).add_bos is True
 
 
 def test_bpe_user_defined_always_split():
@@ -414,7 +412,7 @@ def test_bpe_user_defined_always_split():
 
 
 def test_bpe_byte_alphabet_roundtrip():
-    from tilellm.llm.tokenizer_bpe import bytes_to_unicode
+    from tilellm.llm.text.bpe import bytes_to_unicode
     table = bytes_to_unicode()
     assert len(set(table.values())) == 256
     assert table[ord(" ")] == "\u0120" and table[ord("\n")] == "\u010a" and table[ord("A")] == "A"
@@ -481,7 +479,7 @@ def test_pretokenizer_gpt2_and_default():
 
 
 def test_pretokenizers_cover_the_text():
-    from tilellm.llm.tokenizer_bpe import PRETOKENIZERS
+    from tilellm.llm.text.bpe import PRETOKENIZERS
     text = "Hello, wörld! 12345 日本語 한국어 ＡＢＣ\r\n\t  x's 😀👍🏽 e\u0301 ٣٤٥"
     for name in PRETOKENIZERS:
         pieces = _pre(name).pretokenize(text)

@@ -5,12 +5,12 @@ import io
 import gguf
 import numpy as np
 import pytest
+from conftest import fixture_path
 
 import tilellm
-from conftest import fixture_path
 from tilellm.errors import GGUFError, UnsupportedError
-from tilellm.llm import bench
-from tilellm.llm.gguf_file import open_gguf
+from tilellm.llm.cli import bench
+from tilellm.llm.gguf.reader import open_gguf
 
 
 @pytest.fixture(scope="module")

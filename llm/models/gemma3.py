@@ -33,13 +33,14 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from tilellm.errors import GGUFError
-from tilellm.backend.protocol import matmul_many
+from tilellm.backend import Backend
+from tilellm.backend.ops import rms_norm
 from tilellm.quant import TensorView
+from tilellm.quant.errors import GGUFError
 
-from .architectures import register
-from .layers import Rope, gelu_tanh_ggml, gelu_tanh_mul, rms_norm
-from .model import LlamaModel, _vector
+from .base import vector
+from .layers import Rope, gelu_tanh_ggml, gelu_tanh_mul
+from .llama import LlamaModel
 
 # Gemma 3's published defaults for what older GGUF files do not state.
 DEFAULT_SWA_PERIOD = 6  # five local layers, then one global
@@ -102,8 +103,25 @@ class Gemma3Params:
 
 
 class _GemmaLayer:
+    """One Gemma 3 block's tensors (norms as float32 vectors) and whether it attends locally."""
+
     __slots__ = ("attn_norm", "wq", "wk", "wv", "wo", "q_norm", "k_norm", "post_attn_norm",
                  "ffn_norm", "w_gate", "w_up", "w_down", "post_ffn_norm", "local", "qk_norm")
+    attn_norm: np.ndarray
+    wq: TensorView
+    wk: TensorView
+    wv: TensorView
+    wo: TensorView
+    q_norm: np.ndarray
+    k_norm: np.ndarray
+    post_attn_norm: np.ndarray
+    ffn_norm: np.ndarray
+    w_gate: TensorView
+    w_up: TensorView
+    w_down: TensorView
+    post_ffn_norm: np.ndarray
+    local: bool
+    qk_norm: np.ndarray  # q_norm for each q head, then k_norm for each kv head: [H + Hkv, head_dim]
 
 
 class Gemma3Model(LlamaModel):
@@ -111,8 +129,9 @@ class Gemma3Model(LlamaModel):
 
     rope_mode = "neox"
 
-    def __init__(self, file: Any, backend: Any, n_ctx: int | None = None, n_batch: int = 512) -> None:
-        super().__init__(file, backend, n_ctx, n_batch)
+    def __init__(self, file: Any, backend: Backend, n_ctx: int | None = None, n_batch: int = 512,
+                 numerics: str = "default") -> None:
+        super().__init__(file, backend, n_ctx, n_batch, numerics)
         hp, g = self.hparams, self.gparams
         # the base class built `self.rope` with the global base; the global layers may be linearly scaled
         scale = g.rope_scale_global
@@ -126,30 +145,29 @@ class Gemma3Model(LlamaModel):
         d, hd = hp.n_embd, hp.head_dim
         q_dim, kv_dim = hp.n_head * hd, hp.n_head_kv * hd
         self.tok_embd = self._tensor("token_embd.weight", (d, hp.n_vocab))
-        self.out_norm = _vector(self._tensor("output_norm.weight", (d,)))
+        self.out_norm = vector(self._tensor("output_norm.weight", (d,)))
         self.output = self._linear("output.weight", d, hp.n_vocab, optional=True) or self._linear(
             "token_embd.weight", d, hp.n_vocab)  # tied embeddings
         self.layers: list[_GemmaLayer] = []  # type: ignore[assignment]
         for i in range(hp.n_layer):
             p = f"blk.{i}."
             L = _GemmaLayer()
-            L.attn_norm = _vector(self._tensor(p + "attn_norm.weight", (d,)))
+            L.attn_norm = vector(self._tensor(p + "attn_norm.weight", (d,)))
             L.wq = self._linear(p + "attn_q.weight", d, q_dim)
             L.wk = self._linear(p + "attn_k.weight", d, kv_dim)
             L.wv = self._linear(p + "attn_v.weight", d, kv_dim)
             L.wo = self._linear(p + "attn_output.weight", q_dim, d)
-            L.q_norm = _vector(self._tensor(p + "attn_q_norm.weight", (hd,)))
-            L.k_norm = _vector(self._tensor(p + "attn_k_norm.weight", (hd,)))
-            L.post_attn_norm = _vector(self._tensor(p + "post_attention_norm.weight", (d,)))
-            L.ffn_norm = _vector(self._tensor(p + "ffn_norm.weight", (d,)))
+            L.q_norm = vector(self._tensor(p + "attn_q_norm.weight", (hd,)))
+            L.k_norm = vector(self._tensor(p + "attn_k_norm.weight", (hd,)))
+            L.post_attn_norm = vector(self._tensor(p + "post_attention_norm.weight", (d,)))
+            L.ffn_norm = vector(self._tensor(p + "ffn_norm.weight", (d,)))
             L.w_gate = self._linear(p + "ffn_gate.weight", d, hp.n_ff)
             L.w_up = self._linear(p + "ffn_up.weight", d, hp.n_ff)
             L.w_down = self._linear(p + "ffn_down.weight", hp.n_ff, d)
-            L.post_ffn_norm = _vector(self._tensor(p + "post_ffw_norm.weight", (d,)))
+            L.post_ffn_norm = vector(self._tensor(p + "post_ffw_norm.weight", (d,)))
             L.local = self.gparams.local_layers[i]
-            # q/k norms as one [H + Hkv, D] weight (q and k are normed and roped together). The matmuls stay
-            # separate, straight off the mapping: row-joined copies of q/k/v and gate/up (+43 MB) measured
-            # +8 % tg but -7 % pp512 (interleaved A/B, quiet machine), and the weights are not copied.
+            # q/k norms as one [H + Hkv, D] weight (q and k are normed and roped together); the matmuls stay
+            # separate, straight off the mapping (why: docs/gemma3.md, "Speed work")
             L.qk_norm = np.concatenate([np.broadcast_to(L.q_norm, (hp.n_head, hd)),
                                         np.broadcast_to(L.k_norm, (hp.n_head_kv, hd))])
             self.layers.append(L)
@@ -162,7 +180,7 @@ class Gemma3Model(LlamaModel):
         out = np.empty((x.shape[0], self.n_vocab), np.float32)
         # one call when the backend runs the type natively (nothing is dequantized whole): the blocks
         # would cost a matmul call and a copy each (262144 rows: 8 blocks per token)
-        if len(self._head_views) == 1 or self.output.type in getattr(be, "native_types", ()):
+        if len(self._head_views) == 1 or be.is_native(self.output.type):
             be.matmul(self.output, x, out=out)
         else:
             xp = be.prepare(x, self.output.type)
@@ -185,7 +203,7 @@ class Gemma3Model(LlamaModel):
         for li, L in enumerate(self.layers):
             x = rms_norm(h, L.attn_norm, eps)
             xp = be.prepare(x, L.wq.type)  # shared by q, k (and v when its type quantizes activations alike)
-            q, k, v = matmul_many(be, [L.wq, L.wk, L.wv], xp)
+            q, k, v = be.matmul_many([L.wq, L.wk, L.wv], xp)
             qk = np.concatenate([q.reshape(T, H, D), k.reshape(T, Hkv, D)], 1)
             # per-head q/k norms and rope on q and k together (rows are independent)
             qk = rms_norm(qk, L.qk_norm, eps)
@@ -207,7 +225,7 @@ class Gemma3Model(LlamaModel):
             h += rms_norm(o, L.post_attn_norm, eps)
             x = rms_norm(h, L.ffn_norm, eps)
             xp = be.prepare(x, L.w_gate.type)  # shared by gate and up
-            gate, up = matmul_many(be, [L.w_gate, L.w_up], xp)
+            gate, up = be.matmul_many([L.w_gate, L.w_up], xp)
             act = gelu_tanh_mul(gate, up) if self.numerics != "ggml" else gelu_tanh_ggml(gate) * up
             y = be.matmul(L.w_down, act)
             h += rms_norm(y, L.post_ffn_norm, eps)
@@ -230,5 +248,3 @@ def _row_blocks(t: TensorView, rows: int) -> list[tuple[int, TensorView]]:
         out.append((r0, TensorView(f"{t.name}[{r0}:{r1}]", (t.k, r1 - r0), t.type, t.data[r0:r1])))
     return out
 
-
-register("gemma3", Gemma3Model)

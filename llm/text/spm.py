@@ -19,8 +19,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from tilellm.errors import GGUFError
-from tilellm.llm.tokenizer import Tokenizer, TokenType
+from tilellm.quant.errors import GGUFError
+
+from .tokenizer import Tokenizer, TokenType
 
 __all__ = ["SPMTokenizer", "build_model_proto"]
 
@@ -123,7 +124,7 @@ class SPMTokenizer(Tokenizer):
         unk = self.unk_id if self.unk_id is not None else 0
         pieces = list(self.tokens)
         sp_types = [_SP_NORMAL] * n
-        for b, i in self._byte_ids.items():
+        for i in self._byte_ids.values():
             if byte_fallback:
                 sp_types[i] = _SP_BYTE
         sp_types[unk] = _SP_UNKNOWN

@@ -6,13 +6,14 @@ Routing is float32 numpy; every matrix product (router, experts) goes through `b
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
+from tilellm.backend import Backend
+from tilellm.backend.ops import silu
 from tilellm.quant import TensorView
 
-from .layers import silu, softmax
+from .layers import softmax
 
 GATING_SOFTMAX = 1
 GATING_SIGMOID = 2
@@ -37,8 +38,8 @@ class RouterConfig:
             raise ValueError(f"unknown expert gating function {self.gating}")
         if self.n_group < 1 or self.n_expert % self.n_group or not 1 <= self.n_group_used <= self.n_group:
             raise ValueError(f"bad expert groups: {self.n_group_used} of {self.n_group} over {self.n_expert} experts")
-        if self.n_group > 1 and (self.n_expert // self.n_group < 2 or self.n_group_used * (self.n_expert // self.n_group)
-                                 < self.n_used):
+        per_group = self.n_expert // self.n_group
+        if self.n_group > 1 and (per_group < 2 or self.n_group_used * per_group < self.n_used):
             raise ValueError("expert groups too small for the group score (top 2) or for expert_used_count")
 
 
@@ -72,13 +73,13 @@ def route(logits: np.ndarray, cfg: RouterConfig, bias: np.ndarray | None = None)
     return ids.astype(np.int64), w
 
 
-def swiglu(backend: Any, x: np.ndarray, gate: TensorView, up: TensorView, down: TensorView) -> np.ndarray:
+def swiglu(backend: Backend, x: np.ndarray, gate: TensorView, up: TensorView, down: TensorView) -> np.ndarray:
     """down(silu(gate x) * up x), with x prepared once for gate and up."""
     xp = backend.prepare(x, gate.type)
     return backend.matmul(down, silu(backend.matmul(gate, xp)) * backend.matmul(up, xp))
 
 
-def moe_ffn(backend: Any, x: np.ndarray, ids: np.ndarray, weights: np.ndarray,
+def moe_ffn(backend: Backend, x: np.ndarray, ids: np.ndarray, weights: np.ndarray,
             gate_exps: TensorView, up_exps: TensorView, down_exps: TensorView) -> np.ndarray:
     """Σ_j weights[t, j] * expert_{ids[t, j]}(x[t]) for every token t, [T, n_embd].
 

@@ -124,7 +124,7 @@ def _run(argv: Sequence[str] | None, out: TextIO, err: TextIO) -> int:
         path = default_model_path(progress=err)
     with open(args.file, encoding="utf-8") as f:
         text = f.read()
-    from .api import load
+    from ..api import load
 
     model = load(path, n_ctx=args.ctx_size, n_threads=args.threads, n_batch=args.batch_size, backend=args.backend,
                  numerics=args.numerics)

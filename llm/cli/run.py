@@ -183,7 +183,7 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
     except Exception as e:  # noqa: BLE001 - the CLI contract: one line, never a traceback
         if os.environ.get("TILELLM_DEBUG"):
             raise
-        from tilellm.errors import TileLLMError
+        from tilellm.quant.errors import TileLLMError
 
         known = isinstance(e, (TileLLMError, OSError, ValueError, UnicodeError))
         prefix = "" if known else f"internal error ({type(e).__name__}): "
@@ -206,11 +206,11 @@ def _run(argv: Sequence[str] | None, out: TextIO, err: TextIO, inp: TextIO) -> i
         model_path = default_model_path(progress=err)
     prompt = _read_prompt(args, inp)
     # validate sampler flags before the (slow) load so a typo fails fast
-    from .sampling import SamplingParams
+    from ..text.sampling import SamplingParams
 
     SamplingParams(args.temp, args.top_k, args.top_p, args.min_p, args.repeat_penalty, args.repeat_last_n)
 
-    from .api import load
+    from ..api import load
 
     t0 = time.perf_counter()
     model = load(model_path, n_ctx=args.ctx_size, n_threads=args.threads, n_batch=args.batch_size,
@@ -220,7 +220,7 @@ def _run(argv: Sequence[str] | None, out: TextIO, err: TextIO, inp: TextIO) -> i
         if args.n_predict == 0:
             ids = model.tokenize(prompt, add_bos=bool(getattr(model.tokenizer, "add_bos", True)), special=True)
             if len(ids) > model.n_ctx:
-                from tilellm.errors import ContextOverflowError
+                from tilellm.quant.errors import ContextOverflowError
 
                 raise ContextOverflowError(f"Requested tokens ({len(ids)}) exceed context window of {model.n_ctx}")
             if args.display_prompt:
@@ -240,7 +240,7 @@ def _run(argv: Sequence[str] | None, out: TextIO, err: TextIO, inp: TextIO) -> i
         if args.chat or args.system_prompt is not None:
             messages = ([{"role": "system", "content": args.system_prompt}] if args.system_prompt else []) + [
                 {"role": "user", "content": prompt}]
-            prompt_ids = model.chat_prompt(messages)
+            prompt_ids: str | list[int] = model.chat_prompt(messages)
             display = ""  # the rendered template is not echoed; the reply follows directly
         else:
             prompt_ids, display = prompt, prompt

@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping, Sequence
 
-from tilellm.errors import UnsupportedError
+from tilellm.quant.errors import UnsupportedError
 
 from .template_worker import TemplateRefused, TemplateWorker
 

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from tilellm.errors import GGUFError, UnsupportedError
+from tilellm.quant.errors import GGUFError, UnsupportedError
 
 
 @dataclass(frozen=True)

@@ -21,17 +21,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping, overload
 
 import numpy as np
 
-from tilellm.errors import GGUFError, UnsupportedError
+from tilellm.backend import Backend
+from tilellm.backend.ops import causal_attention, rms_norm
 from tilellm.quant import TensorView
+from tilellm.quant.errors import GGUFError, UnsupportedError
 
-from .architectures import register
-from .hparams import _get, _nonneg_int, _pos_int
-from .layers import Rope, causal_attention, rms_norm, softmax
-from .model import DecoderModel, _vector
+from ..gguf.metadata import get, nonneg_int, pos_int
+from .base import DecoderModel, check_numerics, vector
+from .layers import Rope, softmax
 from .moe import GATING_SIGMOID, GATING_SOFTMAX, RouterConfig, moe_ffn, route, swiglu
 from .yarn import YarnParams, yarn_inv_freq, yarn_mscale
 
@@ -64,23 +65,23 @@ class DeepSeek2HParams:
 
     @classmethod
     def from_file(cls, md: Mapping[str, Any], tensors: Mapping[str, TensorView], n_vocab: int) -> "DeepSeek2HParams":
-        arch = _get(md, "general.architecture")
+        arch = get(md, "general.architecture")
         p = f"{arch}."
-        n_head = _pos_int(md, p + "attention.head_count")
-        n_head_kv = _pos_int(md, p + "attention.head_count_kv", n_head)
-        kv_lora = _pos_int(md, p + "attention.kv_lora_rank")
-        n_rot = _pos_int(md, p + "rope.dimension_count")
+        n_head = pos_int(md, p + "attention.head_count")
+        n_head_kv = pos_int(md, p + "attention.head_count_kv", n_head)
+        kv_lora = pos_int(md, p + "attention.kv_lora_rank")
+        n_rot = pos_int(md, p + "rope.dimension_count")
         if n_rot % 2:
             raise GGUFError(f"rope.dimension_count {n_rot} must be even")
-        key_len = _pos_int(md, p + "attention.key_length")
-        val_len = _pos_int(md, p + "attention.value_length")
-        q_lora = _pos_int(md, p + "attention.q_lora_rank") if p + "attention.q_lora_rank" in md else None
+        key_len = pos_int(md, p + "attention.key_length")
+        val_len = pos_int(md, p + "attention.value_length")
+        q_lora = pos_int(md, p + "attention.q_lora_rank") if p + "attention.q_lora_rank" in md else None
         has_kb = "blk.0.attn_k_b.weight" in tensors and "blk.0.attn_v_b.weight" in tensors
         has_kvb = "blk.0.attn_kv_b.weight" in tensors
         if p + "attention.key_length_mla" in md or p + "attention.value_length_mla" in md:
             # new layout: the attention llama.cpp builds is MQA over [latent | k_pe]
-            k_mla = _pos_int(md, p + "attention.key_length_mla")
-            v_head = _pos_int(md, p + "attention.value_length_mla")
+            k_mla = pos_int(md, p + "attention.key_length_mla")
+            v_head = pos_int(md, p + "attention.value_length_mla")
             if n_head_kv != 1 or key_len != kv_lora + n_rot or val_len != kv_lora:
                 raise GGUFError(
                     f"MLA layout needs head_count_kv 1, key_length = kv_lora_rank + rope ({kv_lora + n_rot}) and "
@@ -98,36 +99,36 @@ class DeepSeek2HParams:
             absorbed, qk_nope, v_head = False, key_len - n_rot, val_len
         if qk_nope < 1:
             raise GGUFError(f"key length {qk_nope + n_rot} leaves no non-rope part beside {n_rot} rope dims")
-        n_layer = _pos_int(md, p + "block_count")
-        n_dense = _nonneg_int(md, p + "leading_dense_block_count", 0)
+        n_layer = pos_int(md, p + "block_count")
+        n_dense = nonneg_int(md, p + "leading_dense_block_count", 0)
         if n_dense > n_layer:
             raise GGUFError(f"leading_dense_block_count {n_dense} > block_count {n_layer}")
         router, n_expert, n_ff_exp, n_shared = None, 0, 0, 0
         if n_dense < n_layer:
-            n_expert = _pos_int(md, p + "expert_count")
-            n_ff_exp = _pos_int(md, p + "expert_feed_forward_length")
-            n_shared = _nonneg_int(md, p + "expert_shared_count", 0)
+            n_expert = pos_int(md, p + "expert_count")
+            n_ff_exp = pos_int(md, p + "expert_feed_forward_length")
+            n_shared = nonneg_int(md, p + "expert_shared_count", 0)
             # absent gating func = softmax, as for the first DeepSeek-V2 / V2.5 files
-            gating = _nonneg_int(md, p + "expert_gating_func", GATING_SOFTMAX)
+            gating = nonneg_int(md, p + "expert_gating_func", GATING_SOFTMAX)
             if gating not in (GATING_SOFTMAX, GATING_SIGMOID):
                 raise UnsupportedError(f"expert_gating_func {gating} is not supported (1 softmax, 2 sigmoid)")
             try:
                 router = RouterConfig(
-                    n_expert=n_expert, n_used=_pos_int(md, p + "expert_used_count"), gating=gating,
-                    n_group=_nonneg_int(md, p + "expert_group_count", 1) or 1,
-                    n_group_used=_nonneg_int(md, p + "expert_group_used_count", 1) or 1,
+                    n_expert=n_expert, n_used=pos_int(md, p + "expert_used_count"), gating=gating,
+                    n_group=nonneg_int(md, p + "expert_group_count", 1) or 1,
+                    n_group_used=nonneg_int(md, p + "expert_group_used_count", 1) or 1,
                     norm=bool(md.get(p + "expert_weights_norm", False)),
                     scale=float(md.get(p + "expert_weights_scale", 1.0)))
             except ValueError as e:
                 raise GGUFError(f"invalid MoE metadata: {e}") from None
-        eps = float(_get(md, p + "attention.layer_norm_rms_epsilon", 1e-6))
-        base = float(_get(md, p + "rope.freq_base", 10000.0))
+        eps = float(get(md, p + "attention.layer_norm_rms_epsilon", 1e-6))
+        base = float(get(md, p + "rope.freq_base", 10000.0))
         if not (eps > 0 and base > 0):
             raise GGUFError(f"invalid rms epsilon {eps} or rope base {base}")
         return cls(
-            arch=arch, n_vocab=n_vocab, n_ctx_train=_pos_int(md, p + "context_length", 4096),
-            n_embd=_pos_int(md, p + "embedding_length"), n_layer=n_layer,
-            n_ff=_pos_int(md, p + "feed_forward_length") if n_dense else 0, n_head=n_head, rms_eps=eps,
+            arch=arch, n_vocab=n_vocab, n_ctx_train=pos_int(md, p + "context_length", 4096),
+            n_embd=pos_int(md, p + "embedding_length"), n_layer=n_layer,
+            n_ff=pos_int(md, p + "feed_forward_length") if n_dense else 0, n_head=n_head, rms_eps=eps,
             rope_base=base, n_rot=n_rot, qk_nope=qk_nope, v_head=v_head, kv_lora=kv_lora, q_lora=q_lora,
             absorbed=absorbed, n_dense_lead=n_dense, n_expert=n_expert, n_ff_exp=n_ff_exp,
             n_expert_shared=n_shared, router=router, yarn=YarnParams.from_metadata(md, arch))
@@ -157,9 +158,35 @@ def mqa_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, n_past: int, scal
 
 
 class _Block:
+    """One deepseek2 block's tensors. A field the file's layout lacks is None (the hparams say which: q_lora,
+    absorbed, dense or MoE); the code reads only the fields of its layout."""
+
     __slots__ = ("attn_norm", "wq", "wq_a", "q_a_norm", "wq_b", "wkv_a", "kv_a_norm", "wk_b", "wv_b", "wkv_b",
                  "wo", "ffn_norm", "w_gate", "w_up", "w_down", "router", "probs_bias", "gate_exps", "up_exps",
                  "down_exps", "gate_sh", "up_sh", "down_sh")
+    attn_norm: np.ndarray
+    wq: TensorView | None  # None: the low-rank q_a / q_b pair instead
+    wq_a: TensorView
+    q_a_norm: np.ndarray
+    wq_b: TensorView
+    wkv_a: TensorView
+    kv_a_norm: np.ndarray
+    wk_b: TensorView
+    wv_b: TensorView
+    wkv_b: TensorView
+    wo: TensorView
+    ffn_norm: np.ndarray
+    w_gate: TensorView
+    w_up: TensorView
+    w_down: TensorView
+    router: TensorView | None  # None: a dense block
+    probs_bias: np.ndarray | None
+    gate_exps: TensorView
+    up_exps: TensorView
+    down_exps: TensorView
+    gate_sh: TensorView | None  # None: no shared experts
+    up_sh: TensorView
+    down_sh: TensorView
 
     def __init__(self) -> None:
         for name in self.__slots__:
@@ -169,9 +196,11 @@ class _Block:
 class DeepSeek2Model(DecoderModel):
     """deepseek2 decoder with an MLA KV cache (see the module docstring for which cache and why)."""
 
-    def __init__(self, file: Any, backend: Any, n_ctx: int | None = None, n_batch: int = 512) -> None:
+    def __init__(self, file: Any, backend: Backend, n_ctx: int | None = None, n_batch: int = 512,
+                 numerics: str = "default") -> None:
         self.file = file
         self.backend = backend
+        self.numerics = check_numerics(numerics)
         self.hparams = hp = DeepSeek2HParams.from_file(file.metadata, file.tensors, self._vocab_size(file))
         self._init_context(n_ctx, n_batch)
         self._load_tensors()
@@ -186,6 +215,12 @@ class DeepSeek2Model(DecoderModel):
             self.v_cache = np.zeros((hp.n_layer, self.n_ctx, hp.n_head, hp.v_head), np.float32)
 
     # ------------------------------------------------------------------ loading
+    @overload
+    def _weight(self, name: str, shape: tuple[int, ...], optional: Literal[False] = False) -> TensorView: ...
+
+    @overload
+    def _weight(self, name: str, shape: tuple[int, ...], optional: bool) -> TensorView | None: ...
+
     def _weight(self, name: str, shape: tuple[int, ...], optional: bool = False) -> TensorView | None:
         """A matrix (2-D or stacked 3-D) the backend must multiply with."""
         t = self._tensor(name, shape, optional)
@@ -198,29 +233,29 @@ class DeepSeek2Model(DecoderModel):
         hp = self.hparams
         d, H, nope, rot, lora = hp.n_embd, hp.n_head, hp.qk_nope, hp.n_rot, hp.kv_lora
         self.tok_embd = self._tensor("token_embd.weight", (d, hp.n_vocab))
-        self.out_norm = _vector(self._tensor("output_norm.weight", (d,)))
+        self.out_norm = vector(self._tensor("output_norm.weight", (d,)))
         self.output = self._linear("output.weight", d, hp.n_vocab, optional=True) or self._linear(
             "token_embd.weight", d, hp.n_vocab)
         self.blocks: list[_Block] = []
         for i in range(hp.n_layer):
             p = f"blk.{i}."
             B = _Block()
-            B.attn_norm = _vector(self._tensor(p + "attn_norm.weight", (d,)))
+            B.attn_norm = vector(self._tensor(p + "attn_norm.weight", (d,)))
             if hp.q_lora is None:
                 B.wq = self._weight(p + "attn_q.weight", (d, H * (nope + rot)))
             else:
                 B.wq_a = self._weight(p + "attn_q_a.weight", (d, hp.q_lora))
-                B.q_a_norm = _vector(self._tensor(p + "attn_q_a_norm.weight", (hp.q_lora,)))
+                B.q_a_norm = vector(self._tensor(p + "attn_q_a_norm.weight", (hp.q_lora,)))
                 B.wq_b = self._weight(p + "attn_q_b.weight", (hp.q_lora, H * (nope + rot)))
             B.wkv_a = self._weight(p + "attn_kv_a_mqa.weight", (d, lora + rot))
-            B.kv_a_norm = _vector(self._tensor(p + "attn_kv_a_norm.weight", (lora,)))
+            B.kv_a_norm = vector(self._tensor(p + "attn_kv_a_norm.weight", (lora,)))
             if hp.absorbed:
                 B.wk_b = self._weight(p + "attn_k_b.weight", (nope, lora, H))
                 B.wv_b = self._weight(p + "attn_v_b.weight", (lora, hp.v_head, H))
             else:
                 B.wkv_b = self._weight(p + "attn_kv_b.weight", (lora, H * (nope + hp.v_head)))
             B.wo = self._weight(p + "attn_output.weight", (H * hp.v_head, d))
-            B.ffn_norm = _vector(self._tensor(p + "ffn_norm.weight", (d,)))
+            B.ffn_norm = vector(self._tensor(p + "ffn_norm.weight", (d,)))
             if i < hp.n_dense_lead:
                 B.w_gate = self._weight(p + "ffn_gate.weight", (d, hp.n_ff))
                 B.w_up = self._weight(p + "ffn_up.weight", (d, hp.n_ff))
@@ -229,7 +264,7 @@ class DeepSeek2Model(DecoderModel):
                 E, f = hp.n_expert, hp.n_ff_exp
                 B.router = self._weight(p + "ffn_gate_inp.weight", (d, E))
                 b = self._tensor(p + "exp_probs_b.bias", (E,), optional=True)
-                B.probs_bias = _vector(b) if b is not None else None
+                B.probs_bias = vector(b) if b is not None else None
                 B.gate_exps = self._weight(p + "ffn_gate_exps.weight", (d, f, E))
                 B.up_exps = self._weight(p + "ffn_up_exps.weight", (d, f, E))
                 B.down_exps = self._weight(p + "ffn_down_exps.weight", (f, d, E))
@@ -243,13 +278,13 @@ class DeepSeek2Model(DecoderModel):
             self.blocks.append(B)
 
     # ------------------------------------------------------------------ running
-    def _attention(self, li: int, B: _Block, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    def _mla(self, li: int, B: _Block, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
         """MLA for the T new tokens of x (normed hidden states); output [T, n_embd]."""
         hp, be = self.hparams, self.backend
         T, p0 = x.shape[0], self.n_past
         S, H, nope, lora = p0 + T, hp.n_head, hp.qk_nope, hp.kv_lora
         xp = be.prepare(x, (B.wq if B.wq is not None else B.wq_a).type)  # shared by the q and kv_a projections
-        if hp.q_lora is None:
+        if B.wq is not None:  # no q_lora: one q projection
             q = be.matmul(B.wq, xp)
         else:
             q = be.matmul(B.wq_b, rms_norm(be.matmul(B.wq_a, xp), B.q_a_norm, hp.rms_eps))
@@ -296,10 +331,8 @@ class DeepSeek2Model(DecoderModel):
         h = self.tok_embd.rows(ids)
         cos, sin = self.rope.tables(np.arange(p0, p0 + T))
         for li, B in enumerate(self.blocks):
-            h = h + self._attention(li, B, rms_norm(h, B.attn_norm, hp.rms_eps), cos, sin)
+            h = h + self._mla(li, B, rms_norm(h, B.attn_norm, hp.rms_eps), cos, sin)
             h = h + self._ffn(B, rms_norm(h, B.ffn_norm, hp.rms_eps))
         self.n_past = p0 + T
         return h
 
-
-register("deepseek2", DeepSeek2Model)

@@ -28,8 +28,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from tilellm.errors import GGUFError, GGUFFileNotFoundError, UnsupportedError
 from tilellm.quant import TYPE_INFO, GGMLType, TensorView
+from tilellm.quant.errors import GGUFError, GGUFFileNotFoundError, UnsupportedError
 
 __all__ = [
     "open_gguf", "GGUFModelFile", "GGUFFileNotFoundError", "TensorInfo", "LIMITS",
@@ -556,7 +556,7 @@ class GGUFModelFile:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __del__(self, _close=os.close) -> None:
+    def __del__(self, _close: Any = os.close) -> None:
         # os.close bound at definition: at interpreter shutdown the module global may already be None
         fd = getattr(self, "_fd", None)
         if fd is not None:
@@ -600,7 +600,8 @@ def open_gguf(path: str | os.PathLike[str], *, strict_layout: bool = True) -> GG
 
     `strict_layout=False` accepts gaps between tensors, any storage order and trailing bytes (still no
     overlap, every byte inside the file); the default requires llama.cpp's back-to-back layout and no
-    bytes after the last tensor's padding. Raises `GGUFFileNotFoundError` (a `FileNotFoundError`) if the path does not exist, `GGUFError`
+    bytes after the last tensor's padding. Raises `GGUFFileNotFoundError` (a `FileNotFoundError`) if the path does
+    not exist, `GGUFError`
     for anything malformed (the message names the key or tensor), `UnsupportedError` for a valid
     file using a ggml tensor type tilellm has no table entry for. Never copies tensor data.
     """

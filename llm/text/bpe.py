@@ -17,8 +17,10 @@ from typing import Any, Mapping
 
 import regex
 
-from tilellm.errors import GGUFError, UnsupportedError
-from tilellm.llm.tokenizer import Tokenizer, _as_list, _as_str
+from tilellm.quant.errors import GGUFError, UnsupportedError
+
+from ..gguf.metadata import as_list, as_str
+from .tokenizer import Tokenizer
 
 __all__ = ["BPETokenizer", "PRETOKENIZERS", "bytes_to_unicode"]
 
@@ -136,7 +138,7 @@ class BPETokenizer(Tokenizer):
     model = "gpt2"
 
     def __init__(self, md: Mapping[str, Any]) -> None:
-        pre_name = _as_str(md.get("tokenizer.ggml.pre", "default"))
+        pre_name = as_str(md.get("tokenizer.ggml.pre", "default"))
         pre = PRETOKENIZERS.get(pre_name)
         if pre is None:
             raise UnsupportedError(
@@ -151,8 +153,8 @@ class BPETokenizer(Tokenizer):
         if raw is None:
             raise GGUFError("GGUF has no tokenizer.ggml.merges (required for a gpt2 BPE vocabulary)")
         ranks: dict[tuple[str, str], int] = {}
-        for rank, m in enumerate(_as_list(raw, "tokenizer.ggml.merges")):
-            m = _as_str(m)
+        for rank, m in enumerate(as_list(raw, "tokenizer.ggml.merges")):
+            m = as_str(m)
             sep = m.find(" ", 1)
             if sep < 0:
                 raise GGUFError(f"malformed BPE merge #{rank}: {m!r} (expected 'left right')")

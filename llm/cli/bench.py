@@ -38,6 +38,8 @@ from typing import Any, Callable, NoReturn, Sequence, TextIO
 
 import numpy as np
 
+from tilellm.backend import default_threads
+
 __all__ = ["main", "run_model_bench", "run_gemm_bench", "fma_peak", "DEFAULT_SHAPES", "QUICK"]
 
 # LLaMA-1B (TinyLlama), LLaMA-7B and DeepSeek-V3 projection shapes (m = output rows, k = row length)
@@ -46,7 +48,7 @@ DEFAULT_SHAPES = ((2048, 2048), (5632, 2048), (2048, 5632), (4096, 4096), (11008
 DEFAULT_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1")
 DEFAULT_N = (1, 16, 128, 512)
 # --quick: a subset small enough for tests and smoke runs
-QUICK = {"types": ("f32", "q8_0", "q4_0"), "shapes": ((256, 256), (512, 256)), "n": (1, 16), "reps": 2,
+QUICK: dict[str, Any] = {"types": ("f32", "q8_0", "q4_0"), "shapes": ((256, 256), (512, 256)), "n": (1, 16), "reps": 2,
          "min_sample_s": 0.002}
 
 
@@ -188,9 +190,9 @@ def run_model_bench(
     on_result: Callable[[ModelResult], None] | None = None,
 ) -> list[ModelResult]:
     """Run the pp/tg tests; returns one ModelResult per test configuration."""
-    from .api import load, physical_cores
+    from ..api import load
 
-    threads = list(threads) if threads else [physical_cores()]
+    threads = list(threads) if threads else [default_threads()]
     n_ctx = max([*n_prompt, *n_gen, 1])
     rng = np.random.default_rng(seed)
     results: list[ModelResult] = []
@@ -366,11 +368,10 @@ def run_gemm_bench(
     from tilellm import backend as backend_mod
     from tilellm.quant import TYPE_INFO, TensorView, quantize, type_from_any
 
-    from .api import physical_cores
 
     log = log or sys.stderr
     gtypes = [type_from_any(t) for t in types]
-    threads = list(threads) if threads else [physical_cores()]
+    threads = list(threads) if threads else [default_threads()]
     names = _backend_names(backends)
     bes = [(backend_mod.get(nm, t), t) for nm in names for t in threads]  # fail fast on a bad name
     peaks = {t: fma_peak(t) for t in threads}
@@ -543,7 +544,7 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
     except Exception as e:  # noqa: BLE001 - one line, no traceback
         if os.environ.get("TILELLM_DEBUG"):
             raise
-        from tilellm.errors import TileLLMError
+        from tilellm.quant.errors import TileLLMError
 
         known = isinstance(e, (TileLLMError, OSError, ValueError))
         msg = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.filename and e.strerror else str(e)

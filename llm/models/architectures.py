@@ -1,0 +1,34 @@
+"""Which model class runs which `general.architecture`: one static table."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from tilellm.quant.errors import UnsupportedError
+
+from .deepseek2 import DeepSeek2Model
+from .gemma3 import Gemma3Model
+from .llama import LlamaModel, Qwen2Model
+
+# factory(file, backend, n_ctx, n_batch, numerics) -> a decoder (eval, reset, n_past, n_ctx, n_vocab)
+ArchFactory = Callable[[Any, Any, int, int, str], Any]
+
+ARCHITECTURES: dict[str, ArchFactory] = {
+    "llama": LlamaModel,
+    "qwen2": Qwen2Model,
+    "gemma3": Gemma3Model,
+    "deepseek2": DeepSeek2Model,
+}
+
+
+def register(arch: str, factory: ArchFactory) -> None:
+    """Make `factory` the model for architecture `arch` (an extension point for users; built-ins are above)."""
+    ARCHITECTURES[arch] = factory
+
+
+def model_class(arch: str) -> ArchFactory:
+    """The model factory for `arch`, or UnsupportedError naming it and what is supported."""
+    try:
+        return ARCHITECTURES[arch]
+    except KeyError:
+        raise UnsupportedError(
+            f"unsupported model architecture {arch!r}; supported: {', '.join(sorted(ARCHITECTURES))}") from None
