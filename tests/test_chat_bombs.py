@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tilellm.llm.text.chat import (ChatTemplateError, ChatTemplateLimitError, ChatTemplateSecurityError, render_chat)
+from tilellm.llm.text.chat import ChatTemplateError, ChatTemplateLimitError, ChatTemplateSecurityError, render_chat
 
 BOMBS = {
     "output_loop": "{% for i in range(100) %}{{'x'*1048576}}{% endfor %}",

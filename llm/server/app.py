@@ -201,7 +201,7 @@ async def _collect_or_cancel(request: Request, handles: list[RequestHandle]) -> 
     gather: asyncio.Future[list[Completion]] = asyncio.ensure_future(asyncio.gather(*(h.collect() for h in handles)))
     watch: asyncio.Future[Any] = asyncio.ensure_future(_wait_disconnect(request))
     try:
-        await asyncio.wait([gather, watch], return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
+        await asyncio.wait([gather, watch], return_when=asyncio.FIRST_COMPLETED)
         if gather.done():
             return gather.result()
         for h in handles:

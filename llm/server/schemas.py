@@ -122,8 +122,8 @@ class CompletionRequest(_Sampling):
         if isinstance(p, str):
             return [p]
         if isinstance(p[0], int):
-            return [list(p)]  # type: ignore[arg-type]
-        return list(p)  # type: ignore[arg-type]
+            return [list(p)]
+        return list(p)
 
 
 class TextPart(_Request):

@@ -130,7 +130,8 @@ def render_chat(template: str, messages: Sequence[Mapping[str, Any]], add_genera
     try:
         json.dumps(variables)
     except (TypeError, ValueError) as e:
-        raise TypeError(f"chat template variables must be JSON values (str, number, bool, None, list, dict): {e}") from e
+        raise TypeError(f"chat template variables must be JSON values (str, number, bool, None, list, dict): "
+                        f"{e}") from e
     try:
         return _worker.render(template, variables, timeout=timeout, max_chars=max_chars)
     except TemplateRefused as e:
