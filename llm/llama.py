@@ -237,6 +237,39 @@ class Llama:
         out = self.model.eval(ids, logits_all=self.context_params_logits_all)
         self._scores = np.asarray(out, dtype=np.float32).reshape(-1, self.model.n_vocab)
 
+    def generate(self, tokens: Sequence[int], top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
+                 typical_p: float = 1.0, temp: float = 0.80, repeat_penalty: float = 1.0, reset: bool = True,
+                 frequency_penalty: float = 0.0, presence_penalty: float = 0.0, tfs_z: float = 1.0,
+                 mirostat_mode: int = 0, mirostat_tau: float = 5.0, mirostat_eta: float = 0.1,
+                 penalize_nl: bool = True, logits_processor: LogitsProcessors | None = None,
+                 stopping_criteria: StoppingCriteria | None = None, grammar: Any = None,
+                 logit_bias: dict[Any, float] | None = None) -> Iterator[int]:
+        """Sampled token ids, one at a time, without end (stop when you like; end-of-generation tokens are yielded
+        too, as in llama-cpp-python). ``reset=True`` reuses the cached prefix of ``tokens``; False appends them."""
+        from .generation import as_processors
+        from .text.sampling import Sampler
+
+        if mirostat_mode:
+            raise UnsupportedError("mirostat sampling is not supported by tilellm")
+        procs = as_processors(self._join_processors(logits_processor, self._constraint(grammar, None)) or None,
+                              "logits_processor")
+        criteria = as_processors(stopping_criteria, "stopping_criteria")
+        sampler = Sampler(temp, top_k, top_p, min_p, repeat_penalty, self.last_n_tokens_size, seed=self.model._rng,
+                          presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
+                          typical_p=typical_p, logit_bias=logit_bias)
+        ids = list(tokens)
+        logits = self.model._prefill(ids)[0] if reset else self.model.eval(ids)
+        while True:
+            history = self.model.context_tokens
+            input_ids = np.asarray(history, dtype=np.intc)
+            for proc in procs:
+                logits = np.asarray(proc(input_ids, np.array(logits, dtype=np.float32, copy=True)), np.float32)
+            tok = sampler.sample(logits, history)
+            if any(bool(c(input_ids, logits)) for c in criteria):
+                return
+            yield tok
+            logits = self.model.eval([tok])
+
     def save_state(self) -> LlamaState:
         """A copy of the context (tokens and KV cache)."""
         st = self.model.save_state()

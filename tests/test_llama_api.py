@@ -277,6 +277,16 @@ def test_logits_processor_and_stopping_criteria(llm: Llama, native: tilellm.Mode
     assert t.completion_tokens == 8
 
 
+def test_low_level_generate(llm: Llama, native: tilellm.Model) -> None:
+    want = native.generate("Once upon a time", max_tokens=6, temperature=0, ignore_eos=True).tokens
+    got = []
+    for tok in llm.generate(llm.tokenize(b"Once upon a time"), temp=0):
+        got.append(tok)
+        if len(got) == 6:
+            break
+    assert got == want
+
+
 def test_gpu_arguments_warn_once_and_unsupported_ones_fail() -> None:
     import tilellm.llm.llama as mod
 
@@ -360,6 +370,11 @@ def test_packaging_and_exports() -> None:
     assert tilellm.Model is tilellm.llm.api.Model and tilellm.GenerationResult is not None
     assert issubclass(tilellm.UnsupportedError, tilellm.TileLLMError)
     assert set(tilellm.supported_architectures()) >= {"llama", "qwen2", "gemma3", "deepseek2"}
+    from tilellm.llm.api import _arch_factory
+
+    with pytest.raises(tilellm.UnsupportedError) as e:
+        _arch_factory("mamba")
+    assert all(a in str(e.value) for a in ("llama", "qwen2", "gemma3", "deepseek2"))
     lic = Path(__file__).parent.parent / "LICENSE"
     assert "MIT License" in lic.read_text() and "the tilellm authors" in lic.read_text()
 
