@@ -53,7 +53,7 @@ def known() -> list[str]:
     return list(VARIANT_ORDER) + ["reference"]
 
 
-def _build(name: str, n_threads: int) -> Backend:
+def _build(name: str, n_threads: int, act_rounding: str = "fine") -> Backend:
     if name == "reference":
         return ReferenceBackend(n_threads)
     from .kernel import KernelBackend
@@ -61,11 +61,11 @@ def _build(name: str, n_threads: int) -> Backend:
     fb_name = VARIANT_FALLBACK[name]
     while fb_name is not None and _why_not(fb_name) is not None:
         fb_name = VARIANT_FALLBACK[fb_name]
-    fallback = _build(fb_name, n_threads) if fb_name else ReferenceBackend(n_threads)
-    return KernelBackend(_kernels().load(name), n_threads, fallback)
+    fallback = _build(fb_name, n_threads, act_rounding) if fb_name else ReferenceBackend(n_threads)
+    return KernelBackend(_kernels().load(name, act_rounding=act_rounding), n_threads, fallback)
 
 
-def get(name: str | None = "auto", n_threads: int | None = None) -> Backend:
+def get(name: str | None = "auto", n_threads: int | None = None, *, act_rounding: str = "fine") -> Backend:
     """A backend by name, or the best available for "auto" (overridden by $TILELLM_BACKEND).
 
     Raises BackendUnavailableError for an unknown name or one this install/CPU cannot run.
@@ -85,6 +85,6 @@ def get(name: str | None = "auto", n_threads: int | None = None) -> Backend:
         why = _why_not(name)
         if why:
             raise BackendUnavailableError(f"backend {name!r} is not available: {why}")
-    return _build(name, n_threads)
+    return _build(name, n_threads, act_rounding)
 
 

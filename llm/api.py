@@ -649,8 +649,8 @@ def load(
     ``tilellm.backend.available()``. ``seed``: seeds the model's sampling generator (None = random).
     ``numerics``: "default" (the most accurate arithmetic we have) or "ggml" — llama.cpp's rounding
     choices where they differ from ours, to compare with it: activations of quantized matmuls with one
-    scale per 32 values stored in fp16 (per 256 for K-quants; process-wide,
-    ``tilellm.kernels.set_act_rounding``), GELU looked up in an fp16 table, and K, V and q rounded to
+    scale per 32 values stored in fp16 (per 256 for K-quants; this model's backend only,
+    ``tilellm.kernels.load(act_rounding=...)``), GELU looked up in an fp16 table, and K, V and q rounded to
     fp16 as llama.cpp's default f16 KV cache does. The activation rounding needs a kernel backend.
 
     Raises FileNotFoundError (naming the path; also a ``GGUFError``), ``GGUFError`` for a malformed file,
@@ -684,16 +684,13 @@ def load(
             if not isinstance(ctx_train, (int, np.integer)) or isinstance(ctx_train, bool) or ctx_train < 1:
                 ctx_train = 4096  # files without the key: a conservative window
             n_ctx = int(ctx_train) if n_ctx == 0 else min(int(ctx_train), 4096)
-        be = backends.get(backend, n_threads)
+        be = backends.get(backend, n_threads, act_rounding="ggml" if numerics == "ggml" else "fine")
         if tokenizer is None and "tokenizer.ggml.model" not in file.metadata:
             tok = _NoTokenizer()
         else:
             tok = Tokenizer.from_metadata(file.metadata)
         impl = factory(file, be, n_ctx, n_batch)
         impl.numerics = numerics
-        from tilellm import kernels
-
-        kernels.set_act_rounding("ggml" if numerics == "ggml" else "fine")
     except BaseException:
         file.close()
         raise

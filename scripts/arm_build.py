@@ -71,8 +71,7 @@ def build(variant: str, rootfs: str, work: str, kdir: str, cc: list[str]) -> str
     common = cc + ["-fPIC"] + bv.BASE_CFLAGS + flags + bv.extra_flags() + [
         f"-I{bv.INCLUDE}", f"-I{bv.SRC}", "-Wall", "-Werror=implicit-function-declaration"]
     objs = []
-    jobs = [(os.path.join(bv.SRC, s), []) for s in bv.SHARED_SOURCES]
-    jobs.append((bv.ukernel_file(variant), []))
+    jobs = [(src, []) for src in bv.sources(variant)]
     jobs.append((modc, pyinc))
     for src, extra in jobs:
         obj = os.path.join(bdir, os.path.basename(src) + ".o")

@@ -12,12 +12,6 @@ from tilellm import kernels
 from tilellm.llm.layers import gelu_tanh, gelu_tanh_ggml
 
 
-@pytest.fixture(autouse=True)
-def _restore_rounding():
-    yield
-    kernels.set_act_rounding("fine")
-
-
 def test_gelu_table_matches_ggml_definition():
     x = np.concatenate([np.linspace(-12, 12, 20001, dtype=np.float32), np.float32([-10, 10, 0, -0.0])])
     y = gelu_tanh_ggml(x)

@@ -8,10 +8,10 @@
  *
  * bf16 weights (default): vdpbf16ps on activations rounded to bf16 (act type TL_BF16; what
  * llama.cpp does; 2x the FMA rate, products exact, f32 accumulation). Same 4 x 6 tile, per 32
- * k-values; lane l accumulates the pairs (32s + 2l, 32s + 2l + 1). TILELLM_BF16_EXACT=1: the
+ * k-values; lane l accumulates the pairs (32s + 2l, 32s + 2l + 1). Option bf16_exact: the
  * exact path above (f32 activations).
  *
- * Entry points for ukernel_avx512.c: fa_init() from tl_uk_init, fa_lookup(wtype) (NULL for
+ * Entry point for ukernel_avx512.c: fa_lookup(ctx, wtype) (NULL for
  * non-float types) from tl_uk_lookup.
  */
 #ifndef TL_FLOAT_AVX512_H
@@ -23,15 +23,6 @@
 
 #include "tl_internal.h"
 #include "ukernel.h"
-
-/* bf16 weights: by default vdpbf16ps on activations rounded to bf16 (act type TL_BF16, what
- * llama.cpp does: 2x the FMA rate); TILELLM_BF16_EXACT=1 in the environment at load time keeps
- * f32 activations and widens the weights instead (exact products, f32 speed). */
-static int bf16_exact;
-static void fa_init(void) {
-    const char *e = getenv("TILELLM_BF16_EXACT");
-    bf16_exact = e && e[0] == '1';
-}
 
 /* ---- activation layouts -------------------------------------------------------------------------
  * TL_F32 (f32, f16 and exact-bf16 weights): f32 x[k], zero pad to 64 bytes (the tiles' last
@@ -196,7 +187,7 @@ static void bf16_tile(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int
     F_DISPATCH(C_, rm, rn)
 #undef C_
 }
-/* bf16 weights x bf16-rounded activations (vdpbf16ps): the default, see fa_init. */
+/* bf16 weights x bf16-rounded activations (vdpbf16ps): the default, see fa_lookup. */
 static void bf16dp_tile(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {
 #define C_(M, N) bf_tile_impl(M, N, a, i0, j0)
     F_DISPATCH(C_, rm, rn)
@@ -300,11 +291,14 @@ static const tl_ukernel uk_bf16 = {F_RM, F_RN, bf16_tile, FG_R, bf16_gemv, NULL,
 static const tl_ukernel uk_bf16dp = {F_RM, F_RN, bf16dp_tile, 0, NULL, NULL, ba_row_bytes, ba_prepare, TL_BF16, 0,
                                      &uk_bf16dp_packed, FB_MIN_N};
 
-static const tl_ukernel *fa_lookup(int wtype) {
+/* bf16 weights: by default vdpbf16ps on activations rounded to bf16 (act type TL_BF16, what
+ * llama.cpp does: 2x the FMA rate); the bf16_exact option keeps f32 activations and widens the
+ * weights instead (exact products, f32 speed). */
+static const tl_ukernel *fa_lookup(const tl_ctx *ctx, int wtype) {
     switch (wtype) {
     case TL_F32: return &uk_f32;
     case TL_F16: return &uk_f16;
-    case TL_BF16: return bf16_exact ? &uk_bf16 : &uk_bf16dp;
+    case TL_BF16: return ctx->opt.bf16_exact ? &uk_bf16 : &uk_bf16dp;
     default: return NULL;
     }
 }

@@ -64,12 +64,27 @@
 #ifndef TL_UKERNEL_H
 #define TL_UKERNEL_H
 
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stddef.h>
 
 #include "tilellm.h"
 
+/* A choice between two bit-identical kernel paths by their measured speed (ns per 16 KiB of
+ * weights, smoothed; 0 = not measured yet), kept per context. */
+typedef struct {
+    _Atomic uint32_t rate[2];
+    _Atomic uint32_t tick;
+} tl_path_pick;
+
+/* The context of tilellm.h: options, and the state kernels keep between calls. */
+struct tl_ctx {
+    tl_options opt;
+    tl_path_pick q8_gemv; /* avx512 q8_0 n == 1: panel (0) or rows (1) */
+};
+
 typedef struct tl_gemm_args {
+    tl_ctx *ctx;            /* the caller's context: options, per-context kernel state */
     int wtype;              /* enum tl_type of the weights */
     const uint8_t *w;       /* weight row i at w + i*ldw (bytes), row_bytes(wtype, k) long */
     int64_t ldw;
@@ -101,6 +116,6 @@ typedef struct tl_ukernel {
 extern const char tl_uk_name[];
 extern const uint64_t tl_uk_required;
 int tl_uk_init(void);
-const tl_ukernel *tl_uk_lookup(int wtype);
+const tl_ukernel *tl_uk_lookup(const tl_ctx *ctx, int wtype);
 
 #endif

@@ -415,7 +415,8 @@ static const tl_ukernel uk_q8_0 = {Q_R, Q_RN, q8_0_tile, Q_R, q8_0_gemv, q8_0_bl
 static const tl_ukernel uk_q4_0 = {Q_R, Q_RN, q4_0_tile, Q_R, q4_0_gemv, q4_0_block, x86_qa_row_bytes, qa_prepare_avx2};
 static const tl_ukernel uk_q4_1 = {Q_R, Q_RN, q4_1_tile, Q_R, q4_1_gemv, q4_1_block, x86_qa_row_bytes, qa_prepare_avx2};
 
-const tl_ukernel *tl_uk_lookup(int wtype) {
+const tl_ukernel *tl_uk_lookup(const tl_ctx *ctx, int wtype) {
+    (void)ctx;
     switch (wtype) {
     case TL_F32: return &uk_f32;
     case TL_F16: return &uk_f16;

@@ -29,10 +29,7 @@
 const char tl_uk_name[] = "avx512";
 const uint64_t tl_uk_required = TL_CPU_AVX2 | TL_CPU_FMA | TL_CPU_F16C | TL_CPU_AVX512F | TL_CPU_AVX512BW |
                                 TL_CPU_AVX512VL | TL_CPU_AVX512DQ | TL_CPU_AVX512VNNI | TL_CPU_AVX512BF16;
-int tl_uk_init(void) {
-    fa_init();
-    return TL_OK;
-}
+int tl_uk_init(void) { return TL_OK; }
 
 /* ---- quantized activations (x86_common.h layout), vectorised: one 32-block = 2 zmm ------------- */
 /* q = roundf(v) for |v| <= 127 (half away from zero), exactly: t = trunc(v), v - t is exact. */
@@ -445,33 +442,22 @@ static int q8r_rows(const tl_gemm_args *a, int64_t i0, int64_t i1) {
     return 1;
 }
 
-/* TILELLM_Q8_GEMV=panel|rows forces one (tests compare them); default: by measured speed. */
-static int q8_force = -2; /* -2 unread, -1 auto, 0 panel, 1 rows */
-static _Atomic uint32_t q8_rate[2]; /* recent ns per 16 KiB of weights, 0 = not measured yet */
-static _Atomic uint32_t q8_tick;
-
-static int q8_mode(void) {
-    int f = __atomic_load_n(&q8_force, __ATOMIC_RELAXED);
-    if (f == -2) {
-        const char *e = getenv("TILELLM_Q8_GEMV");
-        f = e && !strcmp(e, "panel") ? 0 : e && !strcmp(e, "rows") ? 1 : -1;
-        __atomic_store_n(&q8_force, f, __ATOMIC_RELAXED);
-    }
-    return f;
-}
-
 static uint64_t q8_now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+/* The context's q8_gemv option forces one path (tests compare them); AUTO picks by the context's
+ * measurements. */
 static void q8_0_gemv_auto(const tl_gemm_args *a, int64_t i0, int64_t i1) {
-    int v = q8_mode();
-    if (v < 0) {
-        const uint32_t t = atomic_fetch_add_explicit(&q8_tick, 1, memory_order_relaxed) % 16;
-        const uint32_t r0 = atomic_load_explicit(&q8_rate[0], memory_order_relaxed);
-        const uint32_t r1 = atomic_load_explicit(&q8_rate[1], memory_order_relaxed);
+    tl_path_pick *pick = &a->ctx->q8_gemv;
+    const int mode = a->ctx->opt.q8_gemv;
+    int v = mode == TL_Q8_GEMV_ROWS;
+    if (mode == TL_Q8_GEMV_AUTO) {
+        const uint32_t t = atomic_fetch_add_explicit(&pick->tick, 1, memory_order_relaxed) % 16;
+        const uint32_t r0 = atomic_load_explicit(&pick->rate[0], memory_order_relaxed);
+        const uint32_t r1 = atomic_load_explicit(&pick->rate[1], memory_order_relaxed);
         v = t == 0 ? 0 : t == 8 ? 1 : (r1 != 0 && r1 < r0) ? 1 : 0;
     }
     const uint64_t t0 = q8_now_ns();
@@ -482,8 +468,8 @@ static void q8_0_gemv_auto(const tl_gemm_args *a, int64_t i0, int64_t i1) {
     const uint64_t ns = q8_now_ns() - t0, bytes = (uint64_t)(i1 - i0) * (uint64_t)a->ldw;
     if (bytes >= 16384) {
         const uint64_t x = TL_MIN(ns * 16384 / bytes, (uint64_t)UINT32_MAX);
-        const uint32_t old = atomic_load_explicit(&q8_rate[v], memory_order_relaxed);
-        atomic_store_explicit(&q8_rate[v], old ? (uint32_t)((7 * (uint64_t)old + x) / 8) : (uint32_t)x, memory_order_relaxed);
+        const uint32_t old = atomic_load_explicit(&pick->rate[v], memory_order_relaxed);
+        atomic_store_explicit(&pick->rate[v], old ? (uint32_t)((7 * (uint64_t)old + x) / 8) : (uint32_t)x, memory_order_relaxed);
     }
 }
 
@@ -580,8 +566,8 @@ static const tl_ukernel uk_q4_0 = {Q_R, Q_RN, q4_0_tile, Q_R, q4_0_gemv_pairs, q
                                    qa_prepare_avx512};
 static const tl_ukernel uk_q4_1 = {Q_R, Q_RN, q4_1_tile, Q_R, q4_1_gemv, q4_1_block, x86_qa_row_bytes, qa_prepare_avx512};
 
-const tl_ukernel *tl_uk_lookup(int wtype) {
-    const tl_ukernel *f = fa_lookup(wtype); /* f32 / f16 / bf16 (float_avx512.h) */
+const tl_ukernel *tl_uk_lookup(const tl_ctx *ctx, int wtype) {
+    const tl_ukernel *f = fa_lookup(ctx, wtype); /* f32 / f16 / bf16 (float_avx512.h) */
     if (f) return f;
     switch (wtype) {
     case TL_Q8_0: return &uk_q8_0;

@@ -8,4 +8,7 @@ const uint64_t tl_uk_required = TL_CPU_NEON | TL_CPU_DOTPROD | TL_CPU_FP16;
 
 int tl_uk_init(void) { return TL_OK; }
 
-const tl_ukernel *tl_uk_lookup(int wtype) { return tl_neon_lookup(wtype); }
+const tl_ukernel *tl_uk_lookup(const tl_ctx *ctx, int wtype) {
+    (void)ctx;
+    return tl_neon_lookup(wtype);
+}

@@ -192,7 +192,8 @@ static const tl_ukernel uk_q8_0 = {4, 4, q8_0_tile, 0, NULL, NULL, NULL, NULL};
 static const tl_ukernel uk_q4_0 = {4, 4, q4_0_tile, 0, NULL, NULL, NULL, NULL};
 static const tl_ukernel uk_q4_1 = {4, 4, q4_1_tile, 0, NULL, NULL, NULL, NULL};
 
-const tl_ukernel *tl_uk_lookup(int wtype) {
+const tl_ukernel *tl_uk_lookup(const tl_ctx *ctx, int wtype) {
+    (void)ctx;
     switch (wtype) {
     case TL_F32: return &uk_f32;
     case TL_F16: return &uk_f16;
