@@ -2,12 +2,12 @@
 
 Used two ways:
   * setup.py imports it and calls ``cffi_modules()`` to pick the variants to build (machine
-    architecture, micro-kernel file present, compiler accepts the flags, $TILELLM_VARIANTS);
+    architecture, kernel files present, compiler accepts the flags, $TILELLM_VARIANTS);
   * cffi's setuptools hook executes this file and calls ``ffi_<variant>()`` to get each FFI.
 
-Every variant is compiled from the same shared sources plus its own
-``kernels/src/ukernel_<variant>.c``, with its own flags, and exposes the same cdef (the header
-kernels/include/tilellm.h). Env: ``TILELLM_VARIANTS=portable,avx2`` restricts the set,
+Every variant is compiled from the shared sources plus its own files (``variant_<name>.c`` and its
+kernel files, listed in kernels/variants.py), with its own flags, and exposes the same cdef (the
+header kernels/include/tilellm.h). Env: ``TILELLM_VARIANTS=portable,avx2`` restricts the set,
 ``TILELLM_CFLAGS`` appends flags to compile and link (e.g. ``-fsanitize=address -g``).
 """
 from __future__ import annotations
@@ -26,8 +26,10 @@ INCLUDE = os.path.join(HERE, "include")
 SRC = os.path.join(HERE, "src")
 HEADER = os.path.join(INCLUDE, "tilellm.h")
 
-SHARED_SOURCES = ["api.c", "gemm.c", "act.c", "threadpool.c", "cpu_detect.c", "fma_peak.c", "attention.c", "kquants.c",
-                  "decode.c"]
+# Compiled into every variant (with its flags). portable_kquants.c: the portable variant's K-quant kernels, and
+# the SIMD K-quant kernels' fallback when their scratch cannot be had.
+SHARED_SOURCES = ["api.c", "gemm.c", "act.c", "threadpool.c", "cpu_detect.c", "fma_peak.c", "attention.c", "decode.c",
+                  "portable_kquants.c"]
 
 
 def _load_table():

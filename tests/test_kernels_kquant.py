@@ -292,7 +292,7 @@ def test_extreme_quants_no_int16_saturation(lib, t, n):
 
 @pytest.mark.parametrize("t", NEW_TYPES, ids=lambda t: t.name)
 def test_avx2_bit_identical_to_avx512(t):
-    """kquants_avx2.h does the avx512 kernels' arithmetic (exact int32 per group, the same f32 ops in
+    """avx2_kquants.c does the avx512 kernels' arithmetic (exact int32 per group, the same f32 ops in
     the same order), so the two variants agree bit for bit, for the gemv and the panel path."""
     if not {"avx2", "avx512"} <= set(RUNNABLE):
         pytest.skip("needs both avx2 and avx512")

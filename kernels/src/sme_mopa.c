@@ -1,5 +1,5 @@
-/* sme_kernels.h — SME / SME2 prompt-batch GEMM after MpGEMM (see docs/mpgemm.md), shared by
- * ukernel_sme.c (TL_SME2 = 0) and ukernel_sme2.c (TL_SME2 = 1).
+/* sme_mopa.c — SME / SME2 prompt-batch GEMM after MpGEMM (see docs/mpgemm.md), compiled into the sme
+ * variant (TL_SME2 = 0) and the sme2 variant (TL_SME2 = 1: its flags define __ARM_FEATURE_SME2).
  *
  * Problem: Y[j][i] = sum_k X[j][k] W[i][k], tokens j, features i, y row-major over tokens
  * (features contiguous). With L = SVL/32 (32-bit lanes per streaming vector: 4 … 64; 16 on
@@ -45,27 +45,25 @@
  * functions or macros; no NEON, no calls out, no malloc inside it (scratch comes from the
  * non-streaming caller). Vector-length agnostic: every stride is in units of L (svcntsw()).
  *
- * Small batches: n < TL_SME_MIN_N and n == 1 (gemv) run the NEON kernels (neon_kernels.h,
+ * Small batches: n < TL_SME_MIN_N and n == 1 (gemv) run the NEON kernels (neon.h,
  * compiled into this variant), so the SME unit is only started for prompt batches. For f16 /
  * bf16 weights they get f32 rows of the SAME rounded activations (s * h, bf16 widened), so a
  * token's result does not depend on the batch size's path.
  */
-#ifndef TL_SME_KERNELS_H
-#define TL_SME_KERNELS_H
-
 #include <arm_sme.h>
 #include <float.h>
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
-#include "neon_kernels.h"
+#include "neon.h"
+#include "sme.h"
 #include "threadpool.h"
 
-#ifndef TL_SME2
-#error "define TL_SME2 (0 or 1) before including sme_kernels.h"
-#endif
-#if TL_SME2 && !defined(__ARM_FEATURE_SME2)
-#error "the sme2 variant needs SME2 compiler flags"
+#if defined(__ARM_FEATURE_SME2)
+#define TL_SME2 1 /* four-register loads in the micro-kernel */
+#else
+#define TL_SME2 0
 #endif
 
 #define TL_SME_KC 1024  /* k steps per packed chunk: 4L x KC x 4 B panel = 256 KiB at SVL 512 */
@@ -78,7 +76,7 @@ enum { TL_SME_MOPA_F32, TL_SME_MOPA_F16, TL_SME_MOPA_BF16 };  /* MOPA flavour = 
 enum { TL_SME_ACT_F32, TL_SME_ACT_Q8, TL_SME_ACT_H16 };      /* prepared activation rows */
 enum { TL_SME_SHAPE_AUTO, TL_SME_SHAPE_WIDE, TL_SME_SHAPE_TALL };
 
-static int64_t tl_sme_L; /* 32-bit lanes per streaming vector, set by tl_uk_init */
+static int64_t tl_sme_L; /* 32-bit lanes per streaming vector (hardware), set by tl_sme_init */
 
 typedef struct {
     const tl_gemm_args *a;
@@ -489,22 +487,22 @@ static void tl_sme_tile(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, i
     tl_sme_neon_block(a, i0, i0 + rm, j0, j0 + rn, 0);
 }
 
-/* Kernel tables, filled once by tl_uk_init (they depend on the vector length): [1] with bf16
+/* Kernel tables, filled once by tl_sme_init (they depend on the vector length): [1] with bf16
  * weights on BFMOPA (the sme_bf16 option), [0] on f32 FMOPA. */
 static tl_ukernel tl_sme_uk[2][6];
 static const int tl_sme_types[6] = {TL_F32, TL_F16, TL_BF16, TL_Q8_0, TL_Q4_0, TL_Q4_1};
 
-int tl_uk_init(void) {
+int tl_sme_init(void) {
     /* only reached after tl_init saw HWCAP2_SME (and SME2 for sme2): rdsvl is legal here */
     const int64_t L = (int64_t)svcntsw();
     for (int bf = 0; bf < 2; bf++) {
-        const tl_ctx opt = {.opt = {.sme_bf16 = bf}};
+        const tl_ctx c = {.opt = {.sme_bf16 = bf}};
         for (int t = 0; t < 6; t++) {
             const int wt = tl_sme_types[t];
             const tl_ukernel *nk = tl_neon_lookup(wt);
             tl_ukernel u = {.rm = (int)(4 * L), .rn = TL_SME_RN, .tile = tl_sme_tile, .gemv_rows = nk->gemv_rows,
                             .gemv = nk->gemv, .block = tl_sme_block};
-            if (tl_sme_mopa_of(&opt, wt) != TL_SME_MOPA_F32) { /* 16-bit activations: widening FMOPA / BFMOPA */
+            if (tl_sme_mopa_of(&c, wt) != TL_SME_MOPA_F32) { /* 16-bit activations: widening FMOPA / BFMOPA */
                 u.gemv = tl_sme_gemv;
                 u.act_row_bytes = wt == TL_F16 ? tl_sme_act_bytes_f16 : tl_sme_act_bytes_bf16;
                 u.act_prepare = wt == TL_F16 ? tl_sme_prep_f16 : tl_sme_prep_bf16;
@@ -517,11 +515,9 @@ int tl_uk_init(void) {
     return TL_OK;
 }
 
-const tl_ukernel *tl_uk_lookup(const tl_ctx *ctx, int wtype) {
+const tl_ukernel *tl_sme_lookup(const tl_ctx *ctx, int wtype) {
     if (tl_sme_L == 0) return NULL; /* not initialised */
     for (int t = 0; t < 6; t++)
         if (tl_sme_types[t] == wtype) return &tl_sme_uk[ctx->opt.sme_bf16 != 0][t];
     return NULL;
 }
-
-#endif

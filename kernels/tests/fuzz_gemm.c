@@ -7,7 +7,7 @@
  * threads call in concurrently to exercise the pool's dispatch lock.
  *
  *   cc -O1 -g -fsanitize=address,undefined -Ikernels/include -Ikernels/src \
- *      kernels/src/{api,gemm,act,threadpool,cpu_detect}.c kernels/src/ukernel_portable.c \
+ *      $(every file of the variant: kernels/build_variants.py sources()) \
  *      kernels/tests/fuzz_gemm.c -lm -pthread && ./a.out 300
  */
 #include <math.h>
