@@ -350,20 +350,20 @@ static void q4_0_gemv_16(const tl_gemm_args *a, int64_t i0, int64_t i1) {
  * How fast DRAM serves decode depends on the access pattern, and on this VM the best pattern changes
  * with the host's memory load: one stream per thread (each row front to back) beat the 16-row panel by
  * 5-18 % in slow-memory periods and lost by 5-15 % in fast ones (2 threads, q8_0 5632x2048, measured).
- * q8_0_rows_rows computes exactly what the panel computes for a row -- per block the exact int32 group dots
+ * q8_0_gemv_by_rows computes exactly what the panel computes for a row -- per block the exact int32 group dots
  * (two levels of pairwise lane sums after one vpdpbusd per 2 blocks), f = dot0 dx0 then fma(dot1, dx1, f),
  * and y = fma(f, d, y) block after block as a scalar chain, Q8_0_ROWS rows' chains interleaved -- so the two
- * are bit-identical and q8_0_gemv_auto may pick either per chunk: the one with the lower recent ns per
+ * are bit-identical and q8_0_gemv_16 may pick either per chunk: the one with the lower recent ns per
  * byte, trying the other every 16th chunk. Results never depend on the choice. */
 #define Q8_0_ROWS 4
 
-TL_INLINE __m512i q8_0_rows_hadd(__m512i a, __m512i b) { /* pairwise lane sums: a's in lanes 0..7, b's in 8..15 */
+TL_INLINE __m512i q8_0_hadd_pairs(__m512i a, __m512i b) { /* pairwise lane sums: a's in lanes 0..7, b's in 8..15 */
     const __m512i ev = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
     const __m512i od = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
     return _mm512_add_epi32(_mm512_permutex2var_epi32(a, ev, b), _mm512_permutex2var_epi32(a, od, b));
 }
 
-TL_INLINE __m512i q8_0_rows_step(const uint8_t *w, int64_t b, const uint8_t *xq) { /* blocks b, b+1: lane dots */
+TL_INLINE __m512i q8_0_dots_2blocks(const uint8_t *w, int64_t b, const uint8_t *xq) { /* blocks b, b+1: lane dots */
     __m512i v = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(w + b * TL_Q8_0_BYTES + 2)));
     v = _mm512_inserti64x4(v, _mm256_loadu_si256((const __m256i *)(w + (b + 1) * TL_Q8_0_BYTES + 2)), 1);
     v = _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80));
@@ -371,15 +371,15 @@ TL_INLINE __m512i q8_0_rows_step(const uint8_t *w, int64_t b, const uint8_t *xq)
 }
 
 /* The panel's per-block f and the block scales d of row w into fb[nb], db[nb]. */
-static void q8_0_rows_row(const uint8_t *w, const uint8_t *xr, int64_t k, float *fb, float *db) {
+static void q8_0_row_terms(const uint8_t *w, const uint8_t *xr, int64_t k, float *fb, float *db) {
     const int64_t nb = k / TL_QK, ng8 = nb / 8;
     const float *dx = x86_qa_d(xr, k);
     const int16_t *is = x86_qa_isum(xr, k);
     for (int64_t g = 0; g < ng8; g++) {
         const int64_t b = 8 * g;
-        const __m512i c0 = q8_0_rows_hadd(q8_0_rows_step(w, b, xr), q8_0_rows_step(w, b + 2, xr));
-        const __m512i c1 = q8_0_rows_hadd(q8_0_rows_step(w, b + 4, xr), q8_0_rows_step(w, b + 6, xr));
-        __m512i dot = q8_0_rows_hadd(c0, c1); /* lane 2i + h: group h of block b + i; then the offset removed */
+        const __m512i c0 = q8_0_hadd_pairs(q8_0_dots_2blocks(w, b, xr), q8_0_dots_2blocks(w, b + 2, xr));
+        const __m512i c1 = q8_0_hadd_pairs(q8_0_dots_2blocks(w, b + 4, xr), q8_0_dots_2blocks(w, b + 6, xr));
+        __m512i dot = q8_0_hadd_pairs(c0, c1); /* lane 2i + h: group h of block b + i; then the offset removed */
         dot = _mm512_sub_epi32(dot, _mm512_slli_epi32(_mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i *)(is + 2 * b))), 7));
         const __m512 cf = _mm512_cvtepi32_ps(dot), dd = _mm512_loadu_ps(dx + 2 * b);
         const __m512 f = _mm512_fmadd_ps(_mm512_movehdup_ps(cf), _mm512_movehdup_ps(dd), _mm512_mul_ps(cf, dd));
@@ -406,13 +406,13 @@ static void q8_0_rows_row(const uint8_t *w, const uint8_t *xr, int64_t k, float 
 }
 
 /* Rows [i0, i1), or 0 if the scratch cannot be had. */
-static int q8_0_rows_rows(const tl_gemm_args *a, int64_t i0, int64_t i1) {
+static int q8_0_gemv_by_rows(const tl_gemm_args *a, int64_t i0, int64_t i1) {
     const int64_t k = a->k, nb = k / TL_QK;
     float *buf = (float *)x86_scratch((size_t)(2 * Q8_0_ROWS * nb) * sizeof(float));
     if (!buf) return 0;
     for (int64_t i = i0; i < i1; i += Q8_0_ROWS) {
         const int nr = (int)TL_MIN((int64_t)Q8_0_ROWS, i1 - i);
-        for (int r = 0; r < nr; r++) q8_0_rows_row(a->w + (i + r) * a->ldw, a->act, k, buf + 2 * r * nb, buf + (2 * r + 1) * nb);
+        for (int r = 0; r < nr; r++) q8_0_row_terms(a->w + (i + r) * a->ldw, a->act, k, buf + 2 * r * nb, buf + (2 * r + 1) * nb);
         float y[Q8_0_ROWS] = {0.0f, 0.0f, 0.0f, 0.0f};
         if (nr == Q8_0_ROWS) {
             const float *f0 = buf, *d0 = buf + nb, *f1 = buf + 2 * nb, *d1 = buf + 3 * nb;
@@ -451,7 +451,7 @@ static void q8_0_gemv_16(const tl_gemm_args *a, int64_t i0, int64_t i1) {
         v = t == 0 ? 0 : t == 8 ? 1 : (r1 != 0 && r1 < r0) ? 1 : 0;
     }
     const uint64_t t0 = q8_now_ns();
-    if (!(v == 1 && q8_0_rows_rows(a, i0, i1))) {
+    if (!(v == 1 && q8_0_gemv_by_rows(a, i0, i1))) {
         v = 0;
         q_gemv_impl(TL_Q8_0, a, i0, i1);
     }
