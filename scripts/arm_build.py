@@ -98,7 +98,7 @@ def main() -> None:
     os.environ["CC"] = " ".join(cc)  # for build_variants' compiler probe
     kdir = layout(site)
     work = os.path.join(site, "..", "build")
-    todo = [v for v in a.variants if os.path.exists(bv.ukernel_file(v))]
+    todo = [v for v in a.variants if all(os.path.exists(f) for f in bv.sources(v))]
     for v in a.variants:
         if v not in todo:
             print(f"arm_build: no kernels/src/ukernel_{v}.c yet, skipping {v!r}", file=sys.stderr)
