@@ -11,9 +11,25 @@ See docs/kernels.md for the variant table and how the driver / micro-kernel spli
 """
 from __future__ import annotations
 
-from ._lib import (ACT_ROUNDING, CPU_CAP_ENV, DEFAULT_OPTIONS, FALLBACK, FEATURE_BITS, OPTIONS, REQUIRES, VARIANTS,
-                   KernelLib, Prepared, compiled, cpu_cap, cpu_features, default_threads, detected_cpu_features, load,
-                   options_from_env)
+from ._lib import (
+                   ACT_ROUNDING,
+                   CPU_CAP_ENV,
+                   DEFAULT_OPTIONS,
+                   FALLBACK,
+                   FEATURE_BITS,
+                   OPTIONS,
+                   REQUIRES,
+                   VARIANTS,
+                   KernelLib,
+                   Prepared,
+                   compiled,
+                   cpu_cap,
+                   cpu_features,
+                   default_threads,
+                   detected_cpu_features,
+                   load,
+                   options_from_env,
+)
 
 __all__ = ["compiled", "cpu_features", "detected_cpu_features", "cpu_cap", "CPU_CAP_ENV", "load", "KernelLib",
            "Prepared", "VARIANTS", "REQUIRES", "FALLBACK", "FEATURE_BITS", "default_threads", "ACT_ROUNDING",

@@ -14,8 +14,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tilellm.quant.errors import BackendUnavailableError, ShapeError, UnsupportedError
 from tilellm.quant import TYPE_INFO, GGMLType, type_from_any
+from tilellm.quant.errors import BackendUnavailableError, ShapeError, UnsupportedError
 
 from .variants import BY_NAME, NAMES
 
@@ -377,7 +377,8 @@ class KernelLib:
         tt = _as_type(t)
         if not self.lib.tl_supports(self.ctx, int(tt)):
             raise UnsupportedError(f"kernel variant {self.variant!r} has no kernel for {tt.name} weights")
-        info = (tt, TYPE_INFO[tt].block_size, TYPE_INFO[tt].type_size, GGMLType(int(self.lib.tl_act_type(self.ctx, int(tt)))))
+        act = GGMLType(int(self.lib.tl_act_type(self.ctx, int(tt))))
+        info = (tt, TYPE_INFO[tt].block_size, TYPE_INFO[tt].type_size, act)
         if type(t) in _CACHEABLE:
             self._tcache[t] = info
         return info
@@ -648,4 +649,5 @@ class KernelLib:
             raise UnsupportedError(f"{what}: not supported by variant {self.variant!r}")
         if rc == TL_ENOMEM:
             raise MemoryError(f"{what}: out of memory")
-        raise ShapeError(f"{what}: rejected arguments (status {rc}); this is a tilellm bug: Python should have caught it")
+        raise ShapeError(f"{what}: rejected arguments (status {rc}); this is a tilellm bug: "
+                         "Python should have caught it")

@@ -38,7 +38,8 @@ TABLE: tuple[Variant, ...] = (
     # NEON small-batch kernels linked into these variants.
     Variant("sme2", ARM, ("-march=armv8.6-a+sme2+fp16",), _NEON | {"sme", "sme2"},
             ("variant_sme2.c", "sme_mopa.c") + _NEON_SOURCES, "sme"),
-    Variant("sme", ARM, ("-march=armv8.6-a+sme+fp16",), _NEON | {"sme"}, ("variant_sme.c", "sme_mopa.c") + _NEON_SOURCES,
+    Variant("sme", ARM, ("-march=armv8.6-a+sme+fp16",), _NEON | {"sme"},
+            ("variant_sme.c", "sme_mopa.c") + _NEON_SOURCES,
             "neon"),
     Variant("neon", ARM, ("-march=armv8.2-a+dotprod+fp16",), _NEON, ("variant_neon.c",) + _NEON_SOURCES, "portable"),
     # no FMA contraction, so a result does not depend on which code path (gemv or tile) the compiler happened to

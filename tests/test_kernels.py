@@ -120,7 +120,8 @@ def check_close(y: np.ndarray, ref: np.ndarray, scale: np.ndarray, rtol: float =
     bound = rtol * scale + 1e-30
     bad = err > bound
     assert not bad.any(), (f"{bad.sum()} of {bad.size} outputs off; worst |err|/scale = "
-                           f"{(err / np.maximum(scale, 1e-30)).max():.3g} at {np.unravel_index(np.argmax(err - bound), err.shape)}")
+                           f"{(err / np.maximum(scale, 1e-30)).max():.3g} at "
+                           f"{np.unravel_index(np.argmax(err - bound), err.shape)}")
 
 
 # (m, k, n): ragged against every tile size, n = 1, k = one block, and a largish case

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import fixture_path, kernel_backends
 from test_kernels import RUNNABLE, check_close, q8_act_groups, q8_act_ref
+
 from tilellm import backend as backends
 from tilellm import kernels
 from tilellm.quant import TYPE_INFO, GGMLType, dequantize, quantize, row_bytes
@@ -366,7 +366,8 @@ def test_act_rounding_is_per_library(lib):
     cases = []
     for t in ts:
         k = 512
-        raw = make_weights(t, 40, k, rng) if t in KTYPES else quantize(rng.standard_normal((40, k)).astype(np.float32), t)
+        raw = (make_weights(t, 40, k, rng) if t in KTYPES
+               else quantize(rng.standard_normal((40, k)).astype(np.float32), t))
         x = rng.standard_normal((5, k)).astype(np.float32)
         x[:, 7] *= 30  # per-16 and per-32/256 scales differ clearly
         cases.append((t, raw, k, x))
@@ -383,7 +384,8 @@ def test_act_rounding_is_per_library(lib):
     ggml = kernels.load(lib.variant, n_threads=2, act_rounding="ggml")
     for i, (t, raw, k, x) in enumerate(cases):
         pf, pg = fine.prepare(t, x), ggml.prepare(t, x)  # prepared in turn, before either multiplies
-        got = {"ggml": [ggml.gemm(t, raw, k, ggml.prepare(t, x[:1]))], "fine": [fine.gemm(t, raw, k, fine.prepare(t, x[:1]))]}
+        got = {"ggml": [ggml.gemm(t, raw, k, ggml.prepare(t, x[:1]))],
+               "fine": [fine.gemm(t, raw, k, fine.prepare(t, x[:1]))]}
         got["ggml"].append(ggml.gemm(t, raw, k, pg))
         got["fine"].append(fine.gemm(t, raw, k, pf))
         for mode in ("fine", "ggml"):
