@@ -205,6 +205,7 @@ class SlotCache:
         self.n_slots, self.n_ctx = int(n_slots), int(n_ctx)
         self.arrays = arrays
         self.lengths = np.zeros(self.n_slots, np.int64)
+        self.plans: dict[Any, Any] = {}  # the model's per-slot plans over these arrays (e.g. one-call decode)
 
     def keep(self, slot: int, n: int) -> None:
         """Drop the slot's positions >= n (they are overwritten by the next tokens)."""

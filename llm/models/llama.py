@@ -155,6 +155,17 @@ class LlamaModel(DecoderModel, BatchedDecoder):
         shape = (n_slots, hp.n_layer, n_ctx, hp.n_head_kv, hp.head_dim)
         return {"k": np.zeros(shape, np.float32), "v": np.zeros(shape, np.float32)}
 
+    def _slot_plans(self, cache: SlotCache, slot: int) -> list[LayerPlan] | None:
+        """`_layer_plans` over slot `slot`'s caches (made once per slot), or None where `_forward` has none."""
+        if self._layer_plans() is None:
+            return None
+        key = (self.backend, slot)
+        if key not in cache.plans:
+            kc, vc = cache.arrays["k"], cache.arrays["v"]
+            made = [self.backend.plan_layer(L, kc[slot, li], vc[slot, li]) for li, L in enumerate(self.layers)]
+            cache.plans[key] = None if any(p is None for p in made) else made
+        return cache.plans[key]
+
     def _row_rope(self, segs: list[Segment], cos: np.ndarray, sin: np.ndarray) -> Any:
         """Rope of the batch's rows [T, H, D], in place: a one-token segment with the arithmetic of the one-call
         decode layer when `_forward` would use it for that token (its rope rounds differently from numpy's),
@@ -183,10 +194,18 @@ class LlamaModel(DecoderModel, BatchedDecoder):
         hp, be = self.hparams, self.backend
         T = ids.size
         h = self.tok_embd.rows(ids)
-        cos, sin = self.rope.span(0, int(pos.max()) + 1)
-        cos, sin = cos[pos], sin[pos]
         scale = self.kq_mult / np.sqrt(hp.head_dim)
         kc, vc = cache.arrays["k"], cache.arrays["v"]
+        plans = self._slot_plans(cache, segs[0].slot) if T == 1 else None
+        if plans is not None:  # one token (a sequence alone): `_forward`'s one-call layers, on its slot's cache
+            p0 = segs[0].p0
+            c1, s1 = self.rope.span(p0, p0 + 1)
+            h = np.ascontiguousarray(h, dtype=np.float32)
+            for P in plans:
+                be.decode_layer(P, h, c1, s1, p0, scale)
+            return h
+        cos, sin = self.rope.span(0, int(pos.max()) + 1)
+        cos, sin = cos[pos], sin[pos]
         rope = self._row_rope(segs, cos, sin)
         for li, L in enumerate(self.layers):
             q, k, v = self._gemm(groups, [L.wq, L.wk, L.wv], be.prepare_rms_norm, (h,), L.attn_norm, hp.rms_eps,
