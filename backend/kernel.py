@@ -135,6 +135,13 @@ class KernelBackend(Backend):
         kc, vc = vec(k_cache, k_cache.size, "k cache", True), vec(v_cache, v_cache.size, "v cache", True)
         return KernelLayerPlan(self, L, kc, vc, n_ctx, n_embd, n_rot // 2, keep)
 
+    @property
+    def fma_contracted(self) -> bool:
+        """Whether this variant's C rounds `a * b + c` once (FMA contraction: every variant but `portable`, which
+        is built with -ffp-contract=off). `decode_layer`'s rope rounds so; a batched forward whose decode rows
+        must equal it rounds alike (`Rope.apply_like_decode_layer`)."""
+        return self.name != "portable"
+
     def decode_layer(self, plan: LayerPlan, h: np.ndarray, cos: np.ndarray, sin: np.ndarray, n_past: int,
                      scale: float) -> None:
         """One token through a planned layer: h (float32, n_embd values, C-contiguous) updated in place; the

@@ -156,7 +156,9 @@ def test_chat_greedy_and_stream_equal_generate(client: Any, ref: Any) -> None:
     r = client.chat.completions.create(model="micro", messages=messages, max_tokens=10, temperature=0)
     assert r.choices[0].message.role == "assistant" and r.choices[0].message.content == want.text
     assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (want.prompt_tokens, want.completion_tokens)
-    assert r.usage.prompt_tokens_details.cached_tokens == 0
+    # a fresh conversation: at most the BOS its slot's earlier prompt shares with it (the batched runner, the
+    # default, reuses any common prefix of a slot's cache)
+    assert r.usage.prompt_tokens_details.cached_tokens <= 1
     stream = client.chat.completions.create(model="micro", messages=messages, max_completion_tokens=10,
                                             temperature=0, stream=True, stream_options={"include_usage": True})
     chunks = list(stream)
@@ -299,9 +301,9 @@ def per_slot_url() -> Iterator[str]:
         yield srv.url
 
 
-@pytest.mark.parametrize("runner", ["serial", "per-slot"])
+@pytest.mark.parametrize("runner", ["batched", "per-slot"])
 def test_64_concurrent_clients_each_equal_their_request_alone(runner: str, request: Any, ref: Any) -> None:
-    url = request.getfixturevalue("url" if runner == "serial" else "per_slot_url")
+    url = request.getfixturevalue("url" if runner == "batched" else "per_slot_url")
     n_tok = 10
     chat_msgs = [[{"role": "user", "content": p}] for p in PROMPTS]
     want_text = [ref.generate(p, max_tokens=n_tok, temperature=0).text for p in PROMPTS]

@@ -12,12 +12,14 @@ import pytest
 import tilellm
 import tilellm.backend
 from tilellm.llm.server import (
+    BatchedRunner,
     Engine,
     EngineClosedError,
     GenerationRequest,
     ModelPerSlotRunner,
     QueueFullError,
     SamplingParams,
+    SerialRunner,
 )
 
 MODEL = os.path.join(os.path.dirname(__file__), "data", "llama2-micro-q8_0.gguf")
@@ -277,15 +279,22 @@ KERNEL_BACKENDS = [b for b in tilellm.backend.available() if b != "reference"]
 
 
 def _runner_engine(kind: str, backend: str, n_slots: int) -> tuple[Engine, list[Any]]:
-    """An engine with the named runner. The batched runner joins this list when it lands."""
+    """An engine with the named runner (serial, per-slot or batched)."""
     n_models = n_slots if kind == "per-slot" else 1
     models = [tilellm.load(MODEL, n_threads=1, backend=backend) for _ in range(n_models)]
-    runner = ModelPerSlotRunner(models) if kind == "per-slot" else None
+    runner: Any = None
+    if kind == "per-slot":
+        runner = ModelPerSlotRunner(models)
+    elif kind == "batched":
+        runner = BatchedRunner(models[0], n_slots)
+    elif kind == "serial":
+        runner = SerialRunner(models[0])
     return Engine(models[0], n_slots=n_slots, runner=runner).start(), models
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
-@pytest.mark.parametrize("kind,n_slots", [("serial", 16), ("per-slot", 4), ("per-slot", 16)])
+@pytest.mark.parametrize("kind,n_slots", [("serial", 16), ("per-slot", 4), ("per-slot", 16), ("batched", 1),
+                                          ("batched", 2), ("batched", 4), ("batched", 16)])
 def test_16_concurrent_greedy_requests_equal_each_alone(backend: str, kind: str, n_slots: int) -> None:
     prompts = ["Once upon a time", "The cat sat on", "In a galaxy far", "Hello world"]
     with tilellm.load(MODEL, n_threads=1, backend=backend) as alone:

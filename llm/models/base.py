@@ -197,3 +197,207 @@ class DecoderModel:
     def _forward(self, ids: np.ndarray) -> np.ndarray:
         """Run the new tokens `ids` through the blocks; hidden states [T, n_embd]; advances n_past."""
         raise NotImplementedError
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Several sequences in one forward pass (continuous batching; docs/serving.md, "Batching")
+
+# Rows of one backend GEMM below which every row takes the same kernel path as a row alone: the kernels'
+# n == 1 gemv and their register tiles give a row the same bits, but float weights switch to packed panels at
+# n >= 96 (avx512; f16 at 256). A batch is cut so no row's path depends on what else is in it (see _row_groups).
+SMALL_GEMM_ROWS = 96
+
+
+class Segment:
+    """One sequence's consecutive rows of a batched forward: rows r0..r1-1 at positions p0.. of `slot`."""
+
+    __slots__ = ("slot", "p0", "r0", "r1")
+
+    def __init__(self, slot: int, p0: int, r0: int, r1: int) -> None:
+        self.slot, self.p0, self.r0, self.r1 = slot, p0, r0, r1
+
+    @property
+    def n(self) -> int:
+        return self.r1 - self.r0
+
+
+class SlotCache:
+    """KV caches of `n_slots` independent sequences in one allocation: per name an array
+    `[n_slots, n_layer, n_ctx, ...]`, plus how many positions each slot holds (`lengths`)."""
+
+    def __init__(self, n_slots: int, n_ctx: int, arrays: dict[str, np.ndarray]) -> None:
+        self.n_slots, self.n_ctx = int(n_slots), int(n_ctx)
+        self.arrays = arrays
+        self.lengths = np.zeros(self.n_slots, np.int64)
+        self.plans: dict[Any, Any] = {}  # the model's per-slot plans over these arrays (e.g. one-call decode)
+
+    def keep(self, slot: int, n: int) -> None:
+        """Drop the slot's positions >= n (they are overwritten by the next tokens)."""
+        if not 0 <= n <= self.lengths[slot]:
+            raise ValueError(f"slot {slot} holds {int(self.lengths[slot])} positions, cannot keep {n}")
+        self.lengths[slot] = n
+
+    def clear(self, slot: int) -> None:
+        self.lengths[slot] = 0
+
+    def copy_prefix(self, src: int, dst: int, n: int) -> None:
+        """The first n positions of slot src into slot dst (a shared system prompt)."""
+        if not 0 <= n <= self.lengths[src]:
+            raise ValueError(f"slot {src} holds {int(self.lengths[src])} positions, cannot copy {n}")
+        for a in self.arrays.values():
+            a[dst, :, :n] = a[src, :, :n]
+        self.lengths[dst] = n
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays.values())
+
+
+class BatchedDecoder:
+    """The batched forward a `DecoderModel` subclass gets by implementing `_slot_arrays` and `_forward_rows`.
+
+    `forward_batch(cache, tokens[T], seq[T], pos[T], logits_rows)`: every linear layer runs as one backend GEMM
+    over the rows (cut only where a row's kernel path would depend on the batch, `_row_groups`), rope at each
+    row's position, attention of each sequence over its own cache with the same code as a single sequence,
+    the output layer only for `logits_rows`. A row's result does not depend on the rest of the batch.
+    """
+
+    n_ctx: int
+    file: Any
+
+    def new_slot_cache(self, n_slots: int, n_ctx: int | None = None) -> SlotCache:
+        """A KV cache of `n_slots` sequences of up to `n_ctx` (default: the model's) positions each."""
+        n_ctx = self.n_ctx if n_ctx is None else int(n_ctx)
+        if n_slots < 1 or n_ctx < 1:
+            raise ValueError(f"a slot cache needs n_slots >= 1 and n_ctx >= 1, got {n_slots}, {n_ctx}")
+        return SlotCache(n_slots, n_ctx, self._slot_arrays(n_slots, n_ctx))
+
+    def forward_batch(self, cache: SlotCache, tokens: Sequence[int] | np.ndarray, seq: Sequence[int] | np.ndarray,
+                      pos: Sequence[int] | np.ndarray, logits_rows: Sequence[int]) -> np.ndarray:
+        """Append each row's token to its sequence's cache at its position; logits `[len(logits_rows), n_vocab]`.
+
+        A sequence's rows must be adjacent, at consecutive positions starting at its cached length (or
+        below it: the cache is cut there first)."""
+        ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        sq = np.asarray(seq, dtype=np.int64).reshape(-1)
+        ps = np.asarray(pos, dtype=np.int64).reshape(-1)
+        T = ids.size
+        if T == 0 or sq.size != T or ps.size != T:
+            raise ValueError(f"tokens, seq and pos must be non-empty and of one length, got {T}, {sq.size}, {ps.size}")
+        bad = ids[(ids < 0) | (ids >= self.n_vocab)]
+        if bad.size:
+            raise ValueError(f"token id {int(bad[0])} is out of range for a vocabulary of {self.n_vocab}")
+        segs = _segments(sq, ps, cache)
+        rows = [int(r) for r in logits_rows]
+        if any(not 0 <= r < T for r in rows):
+            raise ValueError(f"logits_rows must be in 0..{T - 1}, got {rows}")
+        check = getattr(self.file, "check_unchanged", None)
+        if check is not None:
+            check()
+        # long segments first, each alone; then the short ones (see _row_groups)
+        order = sorted(range(len(segs)), key=lambda i: segs[i].n < SMALL_GEMM_ROWS)
+        perm = np.concatenate([np.arange(segs[i].r0, segs[i].r1) for i in order])
+        inv = np.empty(T, np.int64)
+        inv[perm] = np.arange(T)
+        psegs, r = [], 0
+        for i in order:
+            s = segs[i]
+            psegs.append(Segment(s.slot, s.p0, r, r + s.n))
+            r += s.n
+        for s in psegs:
+            cache.lengths[s.slot] = s.p0  # keep: positions >= p0 are overwritten
+        h = self._forward_rows(cache, ids[perm], ps[perm], psegs, _row_groups(psegs))
+        for s in psegs:
+            cache.lengths[s.slot] = s.p0 + s.n
+        if not rows:
+            return np.empty((0, self.n_vocab), np.float32)
+        out = self._head_rows(h[inv[rows]])
+        if not np.isfinite(out).all():
+            raise NumericalError("the forward pass produced non-finite logits")
+        return out
+
+    def _head_rows(self, h: np.ndarray) -> np.ndarray:
+        """The output layer on the rows that need logits, in GEMMs of fewer than SMALL_GEMM_ROWS rows (the
+        kernel path of a row alone, as in a single sequence's last row)."""
+        if h.shape[0] < SMALL_GEMM_ROWS:
+            return self._head(h)
+        return np.concatenate([self._head(h[i:i + SMALL_GEMM_ROWS - 1])
+                               for i in range(0, h.shape[0], SMALL_GEMM_ROWS - 1)])
+
+    def _slot_arrays(self, n_slots: int, n_ctx: int) -> dict[str, np.ndarray]:
+        """The zeroed cache arrays `[n_slots, n_layer, n_ctx, ...]` of this architecture."""
+        raise NotImplementedError
+
+    def _forward_rows(self, cache: SlotCache, ids: np.ndarray, pos: np.ndarray, segs: list[Segment],
+                      groups: list[slice]) -> np.ndarray:
+        """Hidden states [T, n_embd] of the rows; writes each row's keys/values into its slot's cache."""
+        raise NotImplementedError
+
+    def _gemm(self, groups: list[slice], weights: Sequence[TensorView], prep: Any, xs: tuple[np.ndarray, ...],
+              *args: Any) -> list[np.ndarray]:
+        """`backend.matmul_many(weights, prep(*(x[rows] for x in xs), *args))` per row group (no `prep`: the one
+        x's rows as they are), concatenated per weight."""
+        be: Backend = self.backend  # type: ignore[attr-defined]
+
+        def run(g: slice) -> list[np.ndarray]:
+            x = prep(*(a[g] for a in xs), *args) if prep is not None else xs[0][g]
+            return be.matmul_many(list(weights), x)
+        if len(groups) == 1:
+            return run(groups[0])
+        parts = [run(g) for g in groups]
+        return [np.concatenate([p[i] for p in parts]) for i in range(len(weights))]
+
+    # provided by DecoderModel, which comes first in a model's bases
+    @property
+    def n_vocab(self) -> int:
+        raise NotImplementedError
+
+    def _head(self, h: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+def _segments(seq: np.ndarray, pos: np.ndarray, cache: SlotCache) -> list[Segment]:
+    """The rows cut into sequences (adjacent rows, consecutive positions), checked against the cache."""
+    segs: list[Segment] = []
+    T, r0 = seq.size, 0
+    seen: set[int] = set()
+    while r0 < T:
+        r1 = r0 + 1
+        while r1 < T and seq[r1] == seq[r0]:
+            r1 += 1
+        slot, p0 = int(seq[r0]), int(pos[r0])
+        if not 0 <= slot < cache.n_slots:
+            raise ValueError(f"sequence {slot} is not a slot of this cache (0..{cache.n_slots - 1})")
+        if slot in seen:
+            raise ValueError(f"the rows of sequence {slot} must be adjacent")
+        seen.add(slot)
+        if not np.array_equal(pos[r0:r1], np.arange(p0, p0 + r1 - r0)):
+            raise ValueError(f"the positions of sequence {slot} must be consecutive")
+        if not 0 <= p0 <= cache.lengths[slot]:
+            raise ValueError(f"sequence {slot} holds {int(cache.lengths[slot])} positions; cannot append at {p0}")
+        if p0 + r1 - r0 > cache.n_ctx:
+            raise ContextOverflowError(f"Requested tokens ({p0 + r1 - r0}) exceed context window of {cache.n_ctx}")
+        segs.append(Segment(slot, p0, r0, r1))
+        r0 = r1
+    return segs
+
+
+def _row_groups(segs: list[Segment]) -> list[slice]:
+    """Rows per backend GEMM, so every row takes the kernel path it would take in its sequence alone: a
+    segment of SMALL_GEMM_ROWS or more rows alone (its path is the one of its length); the shorter ones
+    (decode rows, small prompt chunks) together in groups of fewer than SMALL_GEMM_ROWS rows (gemv and
+    tiles give a row the same bits). Segments come long first (forward_batch orders them)."""
+    groups: list[slice] = []
+    start = cur = 0
+    for s in segs:
+        if s.n >= SMALL_GEMM_ROWS:
+            groups.append(slice(s.r0, s.r1))
+            start = cur = s.r1
+            continue
+        if cur - start + s.n >= SMALL_GEMM_ROWS:
+            groups.append(slice(start, cur))
+            start = cur
+        cur = s.r1
+    if cur > start:
+        groups.append(slice(start, cur))
+    return groups

@@ -31,7 +31,7 @@ from tilellm.quant import TensorView
 from tilellm.quant.errors import GGUFError, UnsupportedError
 
 from ..gguf.metadata import get, nonneg_int, pos_int
-from .base import DecoderModel, check_numerics, vector
+from .base import BatchedDecoder, DecoderModel, Segment, SlotCache, check_numerics, vector
 from .layers import Rope, softmax
 from .moe import GATING_SIGMOID, GATING_SOFTMAX, RouterConfig, moe_ffn, route, swiglu
 from .yarn import YarnParams, yarn_inv_freq, yarn_mscale
@@ -193,7 +193,7 @@ class _Block:
             setattr(self, name, None)
 
 
-class DeepSeek2Model(DecoderModel):
+class DeepSeek2Model(DecoderModel, BatchedDecoder):
     """deepseek2 decoder with an MLA KV cache (see the module docstring for which cache and why)."""
 
     def __init__(self, file: Any, backend: Backend, n_ctx: int | None = None, n_batch: int = 512,
@@ -278,11 +278,16 @@ class DeepSeek2Model(DecoderModel):
             self.blocks.append(B)
 
     # ------------------------------------------------------------------ running
-    def _mla(self, li: int, B: _Block, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
-        """MLA for the T new tokens of x (normed hidden states); output [T, n_embd]."""
+    def _mla(self, li: int, B: _Block, x: np.ndarray, cos: np.ndarray, sin: np.ndarray,
+             spans: list[tuple[Any, int, int, int]] | None = None) -> np.ndarray:
+        """MLA for the T new tokens of x (normed hidden states); output [T, n_embd]. `spans`: the sequences
+        among the rows, `(layer cache, first position, r0, r1)` each (default: this model's one sequence)."""
         hp, be = self.hparams, self.backend
-        T, p0 = x.shape[0], self.n_past
-        S, H, nope, lora = p0 + T, hp.n_head, hp.qk_nope, hp.kv_lora
+        T = x.shape[0]
+        H, nope, lora = hp.n_head, hp.qk_nope, hp.kv_lora
+        if spans is None:
+            lc = self.kv_cache[li] if hp.absorbed else (self.k_cache[li], self.v_cache[li])
+            spans = [(lc, self.n_past, 0, T)]
         xp = be.prepare(x, (B.wq if B.wq is not None else B.wq_a).type)  # shared by the q and kv_a projections
         if B.wq is not None:  # no q_lora: one q projection
             q = be.matmul(B.wq, xp)
@@ -294,25 +299,29 @@ class DeepSeek2Model(DecoderModel):
         latent = rms_norm(kv[:, :lora], B.kv_a_norm, hp.rms_eps)
         k_pe = self.rope.apply(np.ascontiguousarray(kv[:, None, lora:]), cos, sin)[:, 0]  # one key shared by heads
         if hp.absorbed:
-            cache = self.kv_cache[li]
-            cache[p0:S, :lora] = latent
-            cache[p0:S, lora:] = k_pe
             # absorb k_b into the query: head h's query in latent space is K_h^T q_nope_h
             qa = np.empty((T, H, lora + hp.n_rot), np.float32)
             for h in range(H):
                 qa[:, h, :lora] = be.matmul(B.wk_b.matrix(h), np.ascontiguousarray(q[:, h, :nope]))
             qa[:, :, lora:] = q[:, :, nope:]
-            ctx = mqa_attention(qa, cache[:S], cache[:S, :lora], p0, self.kq_scale)  # [T, H, lora]
+            ctx = np.empty((T, H, lora), np.float32)
+            for cache, p0, r0, r1 in spans:  # each sequence over its own cache, with the same code
+                S = p0 + r1 - r0
+                cache[p0:S, :lora] = latent[r0:r1]
+                cache[p0:S, lora:] = k_pe[r0:r1]
+                ctx[r0:r1] = mqa_attention(qa[r0:r1], cache[:S], cache[:S, :lora], p0, self.kq_scale)  # [n, H, lora]
             o = np.empty((T, H * hp.v_head), np.float32)
             for h in range(H):
                 o[:, h * hp.v_head:(h + 1) * hp.v_head] = be.matmul(B.wv_b.matrix(h), np.ascontiguousarray(ctx[:, h]))
         else:
             kvb = be.matmul(B.wkv_b, latent).reshape(T, H, nope + hp.v_head)
-            kc, vc = self.k_cache[li], self.v_cache[li]
-            kc[p0:S, :, :nope] = kvb[..., :nope]
-            kc[p0:S, :, nope:] = k_pe[:, None, :]
-            vc[p0:S] = kvb[..., nope:]
-            o = causal_attention(q, kc[:S], vc[:S], p0, self.kq_scale).reshape(T, -1)
+            o = np.empty((T, H * hp.v_head), np.float32)
+            for (kc, vc), p0, r0, r1 in spans:
+                S = p0 + r1 - r0
+                kc[p0:S, :, :nope] = kvb[r0:r1, :, :nope]
+                kc[p0:S, :, nope:] = k_pe[r0:r1, None, :]
+                vc[p0:S] = kvb[r0:r1, :, nope:]
+                o[r0:r1] = causal_attention(q[r0:r1], kc[:S], vc[:S], p0, self.kq_scale).reshape(r1 - r0, -1)
         return be.matmul(B.wo, o)
 
     def _ffn(self, B: _Block, x: np.ndarray) -> np.ndarray:
@@ -336,3 +345,29 @@ class DeepSeek2Model(DecoderModel):
         self.n_past = p0 + T
         return h
 
+    # ------------------------------------------------------------------ several sequences (BatchedDecoder)
+    def _slot_arrays(self, n_slots: int, n_ctx: int) -> dict[str, np.ndarray]:
+        hp = self.hparams
+        if hp.absorbed:  # the compressed latent and the rope key per position
+            return {"kv": np.zeros((n_slots, hp.n_layer, n_ctx, hp.kv_lora + hp.n_rot), np.float32)}
+        return {"k": np.zeros((n_slots, hp.n_layer, n_ctx, hp.n_head, hp.qk_nope + hp.n_rot), np.float32),
+                "v": np.zeros((n_slots, hp.n_layer, n_ctx, hp.n_head, hp.v_head), np.float32)}
+
+    def _forward_rows(self, cache: SlotCache, ids: np.ndarray, pos: np.ndarray, segs: list[Segment],
+                      groups: list[slice]) -> np.ndarray:
+        """`_forward` over the rows of several sequences, one row group at a time through every block (the
+        groups are the GEMM boundaries; within one, the experts' rows are gathered across its sequences)."""
+        hp = self.hparams
+        h = np.array(self.tok_embd.rows(ids), dtype=np.float32)  # written group by group
+        cos, sin = self.rope.tables(pos)
+        a = cache.arrays
+        for g in groups:
+            gsegs = [s for s in segs if g.start <= s.r0 < g.stop]
+            hg, cg, sg = h[g], cos[g], sin[g]
+            for li, B in enumerate(self.blocks):
+                spans = [((a["kv"][s.slot, li] if hp.absorbed else (a["k"][s.slot, li], a["v"][s.slot, li])),
+                          s.p0, s.r0 - g.start, s.r1 - g.start) for s in gsegs]
+                hg = hg + self._mla(li, B, rms_norm(hg, B.attn_norm, hp.rms_eps), cg, sg, spans)
+                hg = hg + self._ffn(B, rms_norm(hg, B.ffn_norm, hp.rms_eps))
+            h[g] = hg
+        return h

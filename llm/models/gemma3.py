@@ -38,7 +38,7 @@ from tilellm.backend.ops import rms_norm
 from tilellm.quant import TensorView
 from tilellm.quant.errors import GGUFError
 
-from .base import vector
+from .base import Segment, SlotCache, vector
 from .layers import Rope, gelu_tanh_ggml, gelu_tanh_mul
 from .llama import LlamaModel
 
@@ -231,6 +231,52 @@ class Gemma3Model(LlamaModel):
             h += rms_norm(y, L.post_ffn_norm, eps)
         self.n_past = p0 + T
         return h
+
+
+    # ------------------------------------------------------------------ several sequences (BatchedDecoder)
+    def _forward_rows(self, cache: SlotCache, ids: np.ndarray, pos: np.ndarray, segs: list[Segment],
+                      groups: list[slice]) -> np.ndarray:
+        """`_forward`'s steps over the rows of several sequences; the sliding window per sequence."""
+        hp, g, be = self.hparams, self.gparams, self.backend
+        T = ids.size
+        H, Hkv, D = hp.n_head, hp.n_head_kv, hp.head_dim
+        eps = hp.rms_eps
+        h = self.tok_embd.rows(ids) * np.float32(g.embd_scale)
+        tables = {False: self.rope_global.tables(pos), True: self.rope_local.tables(pos)}
+        kc, vc = cache.arrays["k"], cache.arrays["v"]
+        for li, L in enumerate(self.layers):
+            q, k, v = self._gemm(groups, [L.wq, L.wk, L.wv], _normed, (h,), be, L.attn_norm, eps, L.wq.type)
+            qk = np.concatenate([q.reshape(T, H, D), k.reshape(T, Hkv, D)], 1)
+            qk = rms_norm(qk, L.qk_norm, eps)
+            rope = self.rope_local if L.local else self.rope_global
+            cos, sin = tables[L.local]
+            rope.apply(qk, cos, sin)
+            v = v.reshape(T, Hkv, D)
+            att = np.empty((T, H * D), np.float32)
+            for s in segs:  # each sequence over its own cache (and window), as a single sequence would
+                p0, p1 = s.p0, s.p0 + s.n
+                kc[s.slot, li, p0:p1] = self._f16_if_ggml(qk[s.r0:s.r1, H:])
+                vc[s.slot, li, p0:p1] = self._f16_if_ggml(v[s.r0:s.r1])
+                qs = self._f16_if_ggml(qk[s.r0:s.r1, :H])
+                if L.local and g.sliding_window is not None:
+                    k0 = max(0, p0 - g.sliding_window + 1)
+                    a = self._attention(qs, kc[s.slot, li, k0:p1], vc[s.slot, li, k0:p1], p0 - k0, g.attn_scale,
+                                        window=g.sliding_window)
+                else:
+                    a = self._attention(qs, kc[s.slot, li, :p1], vc[s.slot, li, :p1], p0, g.attn_scale)
+                att[s.r0:s.r1] = a.reshape(s.n, H * D)
+            (o,) = self._gemm(groups, [L.wo], None, (att,))
+            h += rms_norm(o, L.post_attn_norm, eps)
+            gate, up = self._gemm(groups, [L.w_gate, L.w_up], _normed, (h,), be, L.ffn_norm, eps, L.w_gate.type)
+            act = gelu_tanh_mul(gate, up) if self.numerics != "ggml" else gelu_tanh_ggml(gate) * up
+            (y,) = self._gemm(groups, [L.w_down], None, (act,))
+            h += rms_norm(y, L.post_ffn_norm, eps)
+        return h
+
+
+def _normed(x: np.ndarray, be: Backend, w: np.ndarray, eps: float, weight_type: Any) -> Any:
+    """rms_norm(x, w, eps) prepared for `weight_type` (the gemma block's numpy norm, then the backend's prepare)."""
+    return be.prepare(rms_norm(x, w, eps), weight_type)
 
 
 # Output-projection rows per backend call: 262144-row vocabularies would otherwise be dequantized whole

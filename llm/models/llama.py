@@ -14,12 +14,12 @@ from tilellm.backend import Backend, DecoderLayerSpec, LayerPlan, LayerShape
 from tilellm.quant.errors import GGUFError, UnsupportedError
 
 from ..gguf.hparams import HParams
-from .base import DecoderModel, check_numerics, vector
+from .base import BatchedDecoder, DecoderModel, Segment, SlotCache, check_numerics, vector
 from .layers import Rope
 from .yarn import YarnParams, yarn_inv_freq
 
 
-class LlamaModel(DecoderModel):
+class LlamaModel(DecoderModel, BatchedDecoder):
     """A decoder-only transformer of the LLaMA shape with a float32 KV cache."""
 
     rope_mode = "norm"  # llama GGUF files: q/k are stored permuted for adjacent-pair rotation
@@ -147,6 +147,92 @@ class LlamaModel(DecoderModel):
             g, u = be.matmul_many([L.w_gate, L.w_up], xp)
             h = h + be.matmul(L.w_down, be.prepare_swiglu(g, u, L.w_down.type))
         self.n_past = p0 + T
+        return h
+
+    # ------------------------------------------------------------------ several sequences (BatchedDecoder)
+    def _slot_arrays(self, n_slots: int, n_ctx: int) -> dict[str, np.ndarray]:
+        hp = self.hparams
+        shape = (n_slots, hp.n_layer, n_ctx, hp.n_head_kv, hp.head_dim)
+        return {"k": np.zeros(shape, np.float32), "v": np.zeros(shape, np.float32)}
+
+    def _slot_plans(self, cache: SlotCache, slot: int) -> list[LayerPlan] | None:
+        """`_layer_plans` over slot `slot`'s caches (made once per slot), or None where `_forward` has none."""
+        if self._layer_plans() is None:
+            return None
+        key = (self.backend, slot)
+        if key not in cache.plans:
+            kc, vc = cache.arrays["k"], cache.arrays["v"]
+            made = [self.backend.plan_layer(L, kc[slot, li], vc[slot, li]) for li, L in enumerate(self.layers)]
+            cache.plans[key] = None if any(p is None for p in made) else made
+        return cache.plans[key]
+
+    def _row_rope(self, segs: list[Segment], cos: np.ndarray, sin: np.ndarray) -> Any:
+        """Rope of the batch's rows [T, H, D], in place: a one-token segment with the arithmetic of the one-call
+        decode layer when `_forward` would use it for that token (its rope rounds differently from numpy's),
+        the others as `_forward` does for several tokens."""
+        fused = self.numerics == "default" and self._layer_plans() is not None
+        one = np.array([s.r0 for s in segs if s.n == 1], np.int64) if fused else np.empty(0, np.int64)
+        T = cos.shape[0]
+        fma = bool(getattr(self.backend, "fma_contracted", True))
+        if one.size == 0:
+            return lambda x: self.rope.apply(x, cos, sin)
+        if one.size == T:
+            return lambda x: self.rope.apply_like_decode_layer(x, cos, sin, fma)
+        rest = np.setdiff1d(np.arange(T), one)
+        c1, s1, c2, s2 = cos[one], sin[one], cos[rest], sin[rest]
+
+        def mixed(x: np.ndarray) -> np.ndarray:
+            x[one] = self.rope.apply_like_decode_layer(x[one], c1, s1, fma)
+            x[rest] = self.rope.apply(np.ascontiguousarray(x[rest]), c2, s2)
+            return x
+        return mixed
+
+    def _forward_rows(self, cache: SlotCache, ids: np.ndarray, pos: np.ndarray, segs: list[Segment],
+                      groups: list[slice]) -> np.ndarray:
+        """`_forward`'s unfused steps over the rows of several sequences (the one-call decode layer takes one
+        token; its bits are kept by `_row_rope`: its GEMMs and attention are the separate calls')."""
+        hp, be = self.hparams, self.backend
+        T = ids.size
+        h = self.tok_embd.rows(ids)
+        scale = self.kq_mult / np.sqrt(hp.head_dim)
+        kc, vc = cache.arrays["k"], cache.arrays["v"]
+        plans = self._slot_plans(cache, segs[0].slot) if T == 1 else None
+        if plans is not None:  # one token (a sequence alone): `_forward`'s one-call layers, on its slot's cache
+            p0 = segs[0].p0
+            c1, s1 = self.rope.span(p0, p0 + 1)
+            h = np.ascontiguousarray(h, dtype=np.float32)
+            for P in plans:
+                be.decode_layer(P, h, c1, s1, p0, scale)
+            return h
+        cos, sin = self.rope.span(0, int(pos.max()) + 1)
+        cos, sin = cos[pos], sin[pos]
+        rope = self._row_rope(segs, cos, sin)
+        for li, L in enumerate(self.layers):
+            q, k, v = self._gemm(groups, [L.wq, L.wk, L.wv], be.prepare_rms_norm, (h,), L.attn_norm, hp.rms_eps,
+                                 L.wq.type)
+            if L.bq is not None:
+                q += L.bq
+            if L.bk is not None:
+                k += L.bk
+            if L.bv is not None:
+                v += L.bv
+            q = rope(q.reshape(T, hp.n_head, hp.head_dim))
+            k = rope(k.reshape(T, hp.n_head_kv, hp.head_dim))
+            v = v.reshape(T, hp.n_head_kv, hp.head_dim)
+            att = np.empty((T, hp.n_head * hp.head_dim), np.float32)
+            for s in segs:  # each sequence over its own cache, as a single sequence would
+                p1 = s.p0 + s.n
+                kc[s.slot, li, s.p0:p1] = self._f16_if_ggml(k[s.r0:s.r1])
+                vc[s.slot, li, s.p0:p1] = self._f16_if_ggml(v[s.r0:s.r1])
+                a = self._attention(self._f16_if_ggml(q[s.r0:s.r1]), kc[s.slot, li, :p1], vc[s.slot, li, :p1],
+                                    s.p0, scale)
+                att[s.r0:s.r1] = a.reshape(s.n, -1)
+            (o,) = self._gemm(groups, [L.wo], None, (att,))
+            h = h + o
+            g_, u_ = self._gemm(groups, [L.w_gate, L.w_up], be.prepare_rms_norm, (h,), L.ffn_norm, hp.rms_eps,
+                                L.w_gate.type)
+            (d,) = self._gemm(groups, [L.w_down], be.prepare_swiglu, (g_, u_), L.w_down.type)
+            h = h + d
         return h
 
 

@@ -22,11 +22,12 @@ from .engine import (
     TokenEvent,
     Usage,
 )
-from .runner import BatchEntry, ForwardRunner, ModelPerSlotRunner, SerialRunner
+from .runner import BatchedRunner, BatchEntry, ForwardRunner, ModelPerSlotRunner, SerialRunner
 from .sampling import SamplingParams
 
 __all__ = [
     "Engine", "EngineStats", "GenerationRequest", "TokenEvent", "Usage", "Completion", "RequestHandle",
     "QueueFullError", "EngineClosedError", "BatchEntry", "ForwardRunner", "SerialRunner", "ModelPerSlotRunner",
+    "BatchedRunner",
     "SamplingParams",
 ]

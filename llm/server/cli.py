@@ -56,9 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests that may wait for a slot before 503 (default 64)")
     p.add_argument("--max-body", type=_positive(1), default=8 << 20, metavar="BYTES",
                    help="largest request body (default 8 MiB; larger gets 413)")
-    p.add_argument("--runner", choices=["serial", "per-slot"], default="serial",
-                   help="serial: one KV cache, active requests run one after another (default); per-slot: a "
-                        "model instance (KV cache) per slot, active requests advance together")
+    p.add_argument("--runner", choices=["auto", "batched", "serial", "per-slot"], default="auto",
+                   help="batched: a KV cache per slot, all active requests in one forward pass per step; serial: "
+                        "one KV cache, requests one after another; per-slot: a model instance per slot, one "
+                        "forward each; auto (default): batched when the architecture has it, else serial")
     p.add_argument("--backend", default="auto", help="matmul backend (default auto)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return p
@@ -75,7 +76,7 @@ def build_server(args: argparse.Namespace) -> tuple[Any, Any, list[Any]]:
     from ._compat import default_model_path
     from .app import ServerSettings, create_app
     from .engine import Engine
-    from .runner import ModelPerSlotRunner, SerialRunner
+    from .runner import BatchedRunner, ModelPerSlotRunner, SerialRunner, default_runner
 
     path = args.model or default_model_path()
     n_models = args.parallel if args.runner == "per-slot" else 1
@@ -88,7 +89,15 @@ def build_server(args: argparse.Namespace) -> tuple[Any, Any, list[Any]]:
         for m in models:
             m.close()
         raise
-    runner = ModelPerSlotRunner(models) if args.runner == "per-slot" else SerialRunner(models[0])
+    runner: Any
+    if args.runner == "per-slot":
+        runner = ModelPerSlotRunner(models)
+    elif args.runner == "serial":
+        runner = SerialRunner(models[0])
+    elif args.runner == "batched":
+        runner = BatchedRunner(models[0], args.parallel)
+    else:
+        runner = default_runner(models[0], args.parallel)
     engine = Engine(models[0], n_slots=args.parallel, max_queue=args.queue_size, runner=runner).start()
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     settings = ServerSettings(model_id=args.alias or os.path.basename(path), api_key=api_key, max_body=args.max_body)
@@ -97,6 +106,12 @@ def build_server(args: argparse.Namespace) -> tuple[Any, Any, list[Any]]:
 
 def _has_api_key(args: argparse.Namespace) -> bool:
     return bool(args.api_key or os.environ.get(API_KEY_ENV))
+
+
+def _runner_name(runner: Any) -> str:
+    """The --runner spelling of a runner object."""
+    names = {"BatchedRunner": "batched", "SerialRunner": "serial", "ModelPerSlotRunner": "per-slot"}
+    return names.get(type(runner).__name__, type(runner).__name__)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -116,7 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"llm-server: warning: listening on {args.host} without an API key (--api-key or ${API_KEY_ENV})",
               file=sys.stderr)
     model = models[0]
-    print(f"llm-server: {model.desc}, n_ctx {engine.n_ctx}, {engine.n_slots} slot(s), {args.runner} runner, "
+    kind = _runner_name(engine.runner)
+    print(f"llm-server: {model.desc}, n_ctx {engine.n_ctx}, {engine.n_slots} slot(s), {kind} runner, "
           f"backend {model.backend}, {model.n_threads} thread(s); listening on http://{args.host}:{args.port}",
           file=sys.stderr, flush=True)
     try:

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Sequence, TypeVar
 
 from ._compat import stream_decoder
-from .runner import BatchEntry, ForwardRunner, SerialRunner
+from .runner import BatchEntry, ForwardRunner, default_runner
 from .sampling import SamplingParams, SequenceSampler
 from .text import TextStream
 
@@ -193,7 +193,8 @@ class Engine:
     """Continuous-batching scheduler over ``n_slots`` slots and one model.
 
     ``model``: a loaded ``tilellm.Model`` (used by the scheduler thread only, from :meth:`start` on);
-    ``runner``: the step function (default :class:`SerialRunner` over ``model``); ``max_queue``:
+    ``runner``: the step function (default :class:`BatchedRunner` when the model has a batched
+    forward pass, else :class:`SerialRunner`); ``max_queue``:
     requests that may wait for a slot before :meth:`submit` raises :class:`QueueFullError`.
     """
 
@@ -204,7 +205,7 @@ class Engine:
         if max_queue < 0:
             raise ValueError(f"max_queue must be >= 0, got {max_queue}")
         self.model = model
-        self.runner: ForwardRunner = runner if runner is not None else SerialRunner(model)
+        self.runner: ForwardRunner = runner if runner is not None else default_runner(model, n_slots)
         max_slots = getattr(self.runner, "max_slots", None)  # runners with a cache per slot have a limit
         if max_slots is not None and n_slots > max_slots:
             raise ValueError(f"the runner holds {max_slots} slot caches, fewer than n_slots={n_slots}")

@@ -18,7 +18,8 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-__all__ = ["BatchEntry", "ForwardRunner", "SerialRunner", "ModelPerSlotRunner"]
+__all__ = ["BatchEntry", "ForwardRunner", "SerialRunner", "ModelPerSlotRunner", "BatchedRunner", "supports_batching",
+           "default_runner"]
 
 
 @dataclass(frozen=True)
@@ -160,3 +161,91 @@ class ModelPerSlotRunner:
         if len({e.slot for e in batch}) != len(batch):
             raise ValueError("one entry per slot and step")
         return [self._caches[e.slot].run(e) for e in batch]
+
+
+def supports_batching(model: Any) -> bool:
+    """Whether ``model`` (a ``tilellm.Model``) has a batched forward pass (its decoder's ``forward_batch``)."""
+    dec = getattr(model, "decoder", None)
+    return dec is not None and callable(getattr(dec, "forward_batch", None)) and \
+        callable(getattr(dec, "new_slot_cache", None))
+
+
+class BatchedRunner:
+    """Continuous batching: every step's entries in ONE forward pass over a KV cache per slot.
+
+    The model's decoder holds ``n_slots`` caches in one allocation (``new_slot_cache``); a step's rows
+    (decode tokens of every active sequence, plus prompt chunks) go through each linear layer as one GEMM,
+    so the weights are read once per step instead of once per sequence. Each slot keeps its own tokens,
+    so a prompt reuses the longest prefix its slot holds (cut there, ``keep``). Prompt chunks are
+    ``n_batch`` tokens, ``generate``'s split, and a row's arithmetic does not depend on the rest of the
+    batch, so a greedy request gives ``generate``'s tokens bit for bit whatever runs beside it.
+    """
+
+    def __init__(self, model: Any, n_slots: int) -> None:
+        if not supports_batching(model):
+            raise ValueError("this model has no batched forward pass; use the serial or per-slot runner")
+        if n_slots < 1:
+            raise ValueError(f"n_slots must be >= 1, got {n_slots}")
+        self.model = model
+        self._dec = model.decoder
+        self.n_ctx = int(model.n_ctx)
+        self._cache = self._dec.new_slot_cache(n_slots, self.n_ctx)
+        self._tokens: list[list[int]] = [[] for _ in range(n_slots)]
+        self.max_seqs = self.max_slots = n_slots
+        self.max_chunk = int(model.n_batch)
+        # a whole prompt chunk fits beside every decoding sequence, so the first chunk is generate's
+        self.max_tokens = self.max_chunk + n_slots
+
+    def reusable(self, slot: int, tokens: Sequence[int]) -> int:
+        have = self._tokens[slot]
+        n = min(len(have), len(tokens) - 1)
+        i = 0
+        while i < n and have[i] == tokens[i]:
+            i += 1
+        return i
+
+    def cached(self, slot: int) -> int:
+        return len(self._tokens[slot])
+
+    def forward(self, batch: Sequence[BatchEntry]) -> list[np.ndarray | None]:
+        if len({e.slot for e in batch}) != len(batch):
+            raise ValueError("one entry per slot and step")
+        if not batch:
+            return []
+        ids: list[int] = []
+        seq: list[int] = []
+        pos: list[int] = []
+        rows: list[int] = []
+        for e in batch:
+            if not 0 <= e.keep <= len(self._tokens[e.slot]):
+                raise RuntimeError(f"slot {e.slot} asked to keep {e.keep} of {len(self._tokens[e.slot])} cached tokens")
+            if not e.tokens:
+                raise ValueError(f"entry for slot {e.slot} has no tokens")
+            ids.extend(int(t) for t in e.tokens)
+            seq.extend([e.slot] * len(e.tokens))
+            pos.extend(range(e.keep, e.keep + len(e.tokens)))
+            if e.logits:
+                rows.append(len(ids) - 1)
+        try:
+            logits = self._dec.forward_batch(self._cache, ids, seq, pos, rows)
+        except BaseException:
+            for e in batch:  # the caches may hold part of the step: start these slots over
+                self._tokens[e.slot] = []
+                self._cache.clear(e.slot)
+            raise
+        out: list[np.ndarray | None] = []
+        j = 0
+        for e in batch:
+            del self._tokens[e.slot][e.keep:]
+            self._tokens[e.slot].extend(int(t) for t in e.tokens)
+            if e.logits:
+                out.append(np.array(logits[j], dtype=np.float32, copy=True))
+                j += 1
+            else:
+                out.append(None)
+        return out
+
+
+def default_runner(model: Any, n_slots: int) -> Any:
+    """The batched runner when the model supports it, else the serial one."""
+    return BatchedRunner(model, n_slots) if supports_batching(model) else SerialRunner(model)
