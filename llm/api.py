@@ -14,14 +14,21 @@ scratch (in batches of ``n_batch``), then appends one token at a time; no prefix
 calls. This is simple and always correct. ``eval``/``reset`` give direct control of the same cache,
 and a call to ``generate``, ``eval`` or ``reset`` invalidates any stream still being consumed.
 
+Threads: a ``Model`` may be shared between threads. Each call (``generate``, ``eval``, ``reset``,
+``tokenize``, ``chat_prompt``, ...) holds the model's lock while it runs, so concurrent calls are
+serialised, never interleaved; a streamed generation takes the lock for each step, so another call
+between two steps interrupts it (the stream then raises RuntimeError, as in one thread).
+
 Context budget: prompt tokens + generated tokens never exceed ``n_ctx``. A prompt longer than the
 context raises ``ContextOverflowError``; generation that fills the context ends with
 ``finish_reason == "length"``.
 """
 from __future__ import annotations
 
+import functools
 import os
-from typing import Any, Callable, Iterator, Literal, Mapping, Sequence, overload
+import threading
+from typing import Any, Callable, Iterator, Literal, Mapping, Sequence, TypeVar, overload
 
 import numpy as np
 
@@ -70,6 +77,34 @@ def _arch_factory(arch: Any) -> ArchFactory:
     return architectures.model_class(arch)
 
 
+def _check_text(text: str | bytes | bytearray, what: str) -> str:
+    """`text` as a str that encodes to UTF-8: ValueError naming the position of invalid UTF-8 bytes or of a lone
+    surrogate (tokenizers cannot take either)."""
+    if isinstance(text, (bytes, bytearray)):
+        try:
+            return bytes(text).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{what} is not valid UTF-8 (byte {e.start}: {e.reason})") from None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{what} holds a lone surrogate {text[e.start]!r} at position {e.start}, which is not "
+                         "text (decode bytes with errors='replace' first)") from None
+    return text
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _locked(method: _F) -> _F:
+    """Run `method` holding the model's lock (see "Threads" in the module docstring)."""
+    @functools.wraps(method)
+    def wrapper(self: "Model", *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return wrapper  # type: ignore[return-value]
+
+
 def _check_token_ids(ids: Any, n_vocab: int, what: str) -> list[int]:
     out: list[int] = []
     for t in ids:
@@ -97,6 +132,7 @@ class Model:
         seed: int | None = None,
         stream_decoder: Callable[[Any], Any] | None = None,
     ) -> None:
+        self._lock = threading.RLock()  # one call at a time (module docstring, "Threads")
         self._file = file
         self.decoder: Decoder | None = decoder  # the forward pass; None once closed
         self._tok = tokenizer
@@ -218,6 +254,7 @@ class Model:
         return max(by_type, key=by_type.__getitem__) if by_type else "?"
 
     # -- tokens --------------------------------------------------------------------------
+    @_locked
     def chat_prompt(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True,
                     template_name: str | None = None, **template_vars: Any) -> list[int]:
         """Token ids of `messages` rendered with the model's chat template (sandboxed jinja2).
@@ -238,13 +275,26 @@ class Model:
 
         bos_text, eos_text = piece(bos_id), piece(eos_id)
         text = render_chat(source, messages, add_generation_prompt=add_generation_prompt,
-                           bos_token=bos_text, eos_token=eos_text, **template_vars)
+                           bos_token=bos_text, eos_token=eos_text, max_chars=self._max_prompt_chars(),
+                           **template_vars)
+        text = _check_text(text, "the rendered chat prompt")
         has_bos = bool(bos_text) and text.startswith(bos_text)
         ids = list(self._tok.encode(text, add_bos=not has_bos and getattr(self._tok, "add_bos", False), special=True))
         if not ids:
             raise ValueError("the chat template rendered an empty prompt")
         return ids
 
+    def _max_prompt_chars(self) -> int:
+        """The longest text that can fit in the context: n_ctx tokens of the longest token text (a token never
+        covers more characters than its text has), capped by the renderer's own limit."""
+        from .text.chat import RENDER_MAX_CHARS
+
+        if getattr(self, "_longest_token", None) is None:
+            tokens = getattr(self._tok, "tokens", None) or ()
+            self._longest_token = max((len(t) for t in tokens), default=0) or RENDER_MAX_CHARS
+        return int(min(RENDER_MAX_CHARS, self.n_ctx * self._longest_token))
+
+    @_locked
     def chat(self, messages: Sequence[Mapping[str, Any]], *, template_name: str | None = None,
              **generate_kwargs: Any) -> GenerationResult | Iterator[GenerationChunk]:
         """Reply to a conversation: `messages` = [{"role": "system"|"user"|"assistant", "content": str}, ...].
@@ -256,14 +306,15 @@ class Model:
         generate_kwargs.setdefault("temperature", 0.2)
         return self.generate(self.chat_prompt(messages, template_name=template_name), **generate_kwargs)
 
+    @_locked
     def tokenize(self, text: str | bytes, add_bos: bool = True, special: bool = False) -> list[int]:
         """Token ids of ``text`` (UTF-8 bytes accepted); ``special`` parses control-token text."""
-        if isinstance(text, (bytes, bytearray)):
-            text = bytes(text).decode("utf-8")
-        if not isinstance(text, str):
+        if not isinstance(text, (str, bytes, bytearray)):
             raise ValueError(f"tokenize() needs str or bytes, got {type(text).__name__}")
+        text = _check_text(text, "tokenize() input")
         return list(self._tok.encode(text, add_bos=add_bos, special=special))
 
+    @_locked
     def detokenize(self, ids: Sequence[int], special: bool = False) -> str:
         """Text of ``ids``; special tokens (BOS, EOS, ...) are rendered only if ``special``."""
         ids = _check_token_ids(ids, self.n_vocab, "detokenize() input")
@@ -276,6 +327,7 @@ class Model:
         return self._tok.decode(ids, skip_special=not special)
 
     # -- raw evaluation ------------------------------------------------------------------
+    @_locked
     def eval(self, tokens: Sequence[int], logits_all: bool = False) -> np.ndarray:
         """Append ``tokens`` to the context; logits ``[n_vocab]`` of the last one, or
         ``[len(tokens), n_vocab]`` with ``logits_all``."""
@@ -289,6 +341,7 @@ class Model:
         self._epoch += 1
         return decoder.eval(ids, logits_all=logits_all)
 
+    @_locked
     def reset(self) -> None:
         """Empty the context (KV cache)."""
         self._epoch += 1
@@ -352,6 +405,7 @@ class Model:
         ignore_eos: bool = False,
     ) -> GenerationResult | Iterator[GenerationChunk]: ...
 
+    @_locked
     def generate(
         self,
         prompt: str | Sequence[int],
@@ -398,7 +452,7 @@ class Model:
         self._epoch += 1
         it = self._run(ids, budget, sampler, stops, self._epoch, bool(ignore_eos))
         if stream:
-            return it
+            return self._stepwise_locked(it)
         texts: list[str] = []
         tokens: list[int] = []
         last: GenerationChunk | None = None
@@ -409,14 +463,22 @@ class Model:
         return GenerationResult("".join(texts), tokens, last.finish_reason, last.prompt_tokens,
                                 last.completion_tokens, last.timings or Timings())
 
+    def _stepwise_locked(self, it: Iterator[GenerationChunk]) -> Iterator[GenerationChunk]:
+        """`it` with the model's lock held for each step (not between steps: the consumer may be slow)."""
+        while True:
+            with self._lock:
+                chunk = next(it, None)
+            if chunk is None:
+                return
+            yield chunk
+
     def __call__(self, prompt: str | Sequence[int], **kwargs: Any) -> GenerationResult | Iterator[GenerationChunk]:
         """Same as :meth:`generate`."""
         return self.generate(prompt, **kwargs)
 
     def _prompt_ids(self, prompt: str | Sequence[int], add_bos: bool | None) -> list[int]:
-        if isinstance(prompt, (bytes, bytearray)):
-            prompt = bytes(prompt).decode("utf-8")
-        if isinstance(prompt, str):
+        if isinstance(prompt, (str, bytes, bytearray)):
+            prompt = _check_text(prompt, "prompt")
             ids = list(self._tok.encode(prompt, add_bos=add_bos, special=True))
         elif isinstance(prompt, (list, tuple, np.ndarray)):
             ids = _check_token_ids(list(np.asarray(prompt).reshape(-1)) if isinstance(prompt, np.ndarray)
@@ -445,6 +507,7 @@ class Model:
                                ignore_eos, check_current)
 
     # -- lifetime ------------------------------------------------------------------------
+    @_locked
     def close(self) -> None:
         """Release the KV cache and the file mapping. The model is unusable afterwards."""
         self._epoch += 1

@@ -168,7 +168,11 @@ class Sampler:
             keep = vals >= vals[0] + math.log(p.min_p)
             keep[0] = True
             ids, vals = ids[keep], vals[keep]
-        probs = softmax(vals / p.temperature)
+        with np.errstate(over="ignore", invalid="ignore"):
+            scaled = vals / p.temperature
+        if not np.isfinite(scaled).all():  # a tiny temperature (1e-310) overflows: it is greedy in the limit
+            return ids[:1], np.ones(1)
+        probs = softmax(scaled)
         return ids, probs
 
     def sample(self, logits: np.ndarray, history: Sequence[int] = ()) -> int:
