@@ -108,7 +108,7 @@ def str_of(md: Mapping[str, Any], key: str, default: Any = ...) -> str:
         return default
     v = get(md, key)
     if isinstance(v, (str, bytes)) or (isinstance(v, np.ndarray) and v.dtype == np.uint8):
-        return as_str(v)
+        return as_str(v, key)
     raise GGUFError(f"metadata {key!r} must be a string, got {_show(v)}")
 
 
@@ -127,6 +127,8 @@ def num_array(md: Mapping[str, Any], key: str, n: int, *, integer: bool = False)
             arr = arr.reshape(-1)
     if arr.shape != (n,):
         raise GGUFError(f"metadata {key!r} has {arr.size} entries, expected {n}")
+    if integer and arr.dtype == np.uint64 and arr.size and int(arr.max()) >= 2**63:
+        raise GGUFError(f"metadata {key!r} has entries beyond int64's range")
     if not integer and not np.isfinite(arr.astype(np.float64)).all():
         raise GGUFError(f"metadata {key!r} has non-finite entries")
     return arr.astype(np.int64 if integer else np.float64)
@@ -145,12 +147,13 @@ def as_list(value: Any, key: str) -> list[Any]:
     raise GGUFError(f"metadata {key!r} must be an array, got {type(value).__name__}")
 
 
-def as_str(value: Any) -> str:
-    """A string value (bytes and uint8 arrays decoded as UTF-8)."""
+def as_str(value: Any, key: str = "") -> str:
+    """A string value (bytes and uint8 arrays decoded as UTF-8); `key` names the value in the error."""
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
     if isinstance(value, str):
         return value
     if isinstance(value, np.ndarray) and value.dtype == np.uint8:  # raw string bytes
         return value.tobytes().decode("utf-8", errors="replace")
-    raise GGUFError(f"expected a string in metadata, got {type(value).__name__}")
+    where = f"metadata {key!r}" if key else "metadata"
+    raise GGUFError(f"{where} must be a string, got {type(value).__name__} {_show(value)}")

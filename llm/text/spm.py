@@ -109,7 +109,8 @@ class SPMTokenizer(Tokenizer):
         if raw_scores is None:
             scores = np.zeros(n, dtype=np.float32)
         else:
-            scores = num_array(md, "tokenizer.ggml.scores", n).astype(np.float32)
+            with np.errstate(over="ignore"):
+                scores = num_array(md, "tokenizer.ggml.scores", n).astype(np.float32)
             if not np.isfinite(scores).all():  # finite as float64, but not as the float32 SentencePiece keeps
                 raise GGUFError("metadata 'tokenizer.ggml.scores' has entries beyond float32's range")
         self.scores: np.ndarray = scores

@@ -120,7 +120,7 @@ class Tokenizer:
         raw_tokens = md.get(_KEY + "tokens")
         if raw_tokens is None:
             raise GGUFError("GGUF has no tokenizer.ggml.tokens (cannot find the tokenizer vocabulary)")
-        tokens = [as_str(t) for t in as_list(raw_tokens, _KEY + "tokens")]
+        tokens = [as_str(t, _KEY + "tokens") for t in as_list(raw_tokens, _KEY + "tokens")]
         n = len(tokens)
         if n == 0:
             raise GGUFError("tokenizer.ggml.tokens is empty")
