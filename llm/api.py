@@ -17,7 +17,8 @@ and a call to ``generate``, ``eval`` or ``reset`` invalidates any stream still b
 Threads: a ``Model`` may be shared between threads. Each call (``generate``, ``eval``, ``reset``,
 ``tokenize``, ``chat_prompt``, ...) holds the model's lock while it runs, so concurrent calls are
 serialised, never interleaved; a streamed generation takes the lock for each step, so another call
-between two steps interrupts it (the stream then raises RuntimeError, as in one thread).
+between two steps interrupts it (the stream then raises RuntimeError, as in one thread). To make a
+sequence of calls atomic (``reset`` then ``eval``), hold ``model.lock`` (re-entrant) around it.
 
 Context budget: prompt tokens + generated tokens never exceed ``n_ctx``. A prompt longer than the
 context raises ``ContextOverflowError``; generation that fills the context ends with
@@ -93,6 +94,19 @@ def _check_text(text: str | bytes | bytearray, what: str) -> str:
     return text
 
 
+def _check_strings(value: Any, what: str, depth: int = 0) -> None:
+    """`_check_text` on every string inside `value` (mappings and sequences, to a sane depth)."""
+    if isinstance(value, str):
+        _check_text(value, what)
+    elif depth < 32 and isinstance(value, Mapping):
+        for k, v in value.items():
+            _check_strings(k, what, depth + 1)
+            _check_strings(v, what, depth + 1)
+    elif depth < 32 and isinstance(value, (list, tuple)):
+        for v in value:
+            _check_strings(v, what, depth + 1)
+
+
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
@@ -153,6 +167,11 @@ class Model:
         self._eog = frozenset(int(t) for t in eog)
 
     # -- properties ----------------------------------------------------------------------
+    @property
+    def lock(self) -> threading.RLock:
+        """The re-entrant lock every call holds; hold it to make several calls one atomic step."""
+        return self._lock
+
     def _live(self) -> Decoder:
         if self.decoder is None:
             raise RuntimeError("the model is closed")
@@ -265,6 +284,8 @@ class Model:
         """
         from .text.chat import get_chat_template, render_chat
 
+        _check_strings(messages, "a chat message")  # before the render: the worker would only time out
+        _check_strings(template_vars, "a chat template variable")
         source = get_chat_template(self.metadata, template_name)
         bos_id, eos_id = getattr(self._tok, "bos_id", None), getattr(self._tok, "eos_id", None)
 
