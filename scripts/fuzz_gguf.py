@@ -458,11 +458,12 @@ def _retype(rng: random.Random, v: Any) -> tuple[Any, str]:
             return [str(x) for x in (v.tolist() if isinstance(v, np.ndarray) else v)], "as strings"
         if choice == 4:
             return np.full(n, np.nan, np.float32), "all NaN"
-        return np.arange(n, dtype=np.float32) * 1e38, "huge floats"
+        return np.full(n, 3e38, np.float32), "huge floats"
     if isinstance(v, bool):
         return rng.choice([int(v), float(v), str(v)]), "bool retyped"
     if isinstance(v, int):
-        return rng.choice([float(v), str(v), np.array([v], np.int64 if -(2**63) <= v < 2**63 else np.uint64), bool(v % 2), float("inf")]), "int retyped"
+        as_array = np.array([v], np.int64 if -(2**63) <= v < 2**63 else np.uint64)
+        return rng.choice([float(v), str(v), as_array, bool(v % 2), float("inf")]), "int retyped"
     if isinstance(v, float):
         return rng.choice([int(v) if v == v and abs(v) < 1e18 else 0, str(v), np.array([v], np.float32),
                            True]), "float retyped"

@@ -42,14 +42,15 @@ def model():
 def test_shared_model_gives_each_thread_the_single_threaded_answer(model, fast_switching) -> None:
     prompts = [[1, 10 + i, 20 + 2 * i] for i in range(8)]
     want = [model.generate(p, max_tokens=6, temperature=0, ignore_eos=True).tokens for p in prompts]
-    got: dict[tuple[int, int], list[int]] = {}
+    got: dict[tuple[int, int], tuple[int, list[int]]] = {}
     errors: list[BaseException] = []
 
     def worker(t: int) -> None:
         try:
             for rep in range(3):
                 for i, p in enumerate(prompts):
-                    got[(t, rep * 100 + i)] = (i, model.generate(p, max_tokens=6, temperature=0, ignore_eos=True).tokens)  # type: ignore
+                    out = model.generate(p, max_tokens=6, temperature=0, ignore_eos=True)
+                    got[(t, rep * 100 + i)] = (i, out.tokens)
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
@@ -60,7 +61,7 @@ def test_shared_model_gives_each_thread_the_single_threaded_answer(model, fast_s
         th.join(120)
     assert not errors, errors
     assert len(got) == 4 * 3 * len(prompts)
-    wrong = [(k, v) for k, v in got.items() if v[1] != want[v[0]]]  # type: ignore[index]
+    wrong = [(k, v) for k, v in got.items() if v[1] != want[v[0]]]
     assert not wrong, f"{len(wrong)} of {len(got)} results differ from the single-threaded answer"
 
 
