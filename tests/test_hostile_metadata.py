@@ -130,6 +130,29 @@ def test_yarn_degenerate_settings(tmp_path: Path) -> None:
         YarnParams.from_metadata({**base, "llama.rope.scaling.yarn_attn_factor": "x"}, "llama")
 
 
+def test_block_count_beyond_the_tensors_is_refused_at_once(tmp_path: Path) -> None:
+    """A claim of 2^31 - 1 layers was a 16 GB, minutes-long per-layer table (gemma3) before any tensor was checked."""
+    import time
+
+    md = {k.replace("llama.", "gemma3.", 1): v for k, v in _md().items()}
+    md["general.architecture"] = "gemma3"
+    md["gemma3.block_count"] = 2**31 - 1
+    md["gemma3.attention.sliding_window"] = 16
+    f = open_gguf(fixture_path(f"{LLAMA}.gguf"))
+
+    class View:
+        metadata, tensors, path, arch = md, f.tensors, "<test>", "gemma3"
+
+    from tilellm import backend as backends
+    from tilellm.llm.models.gemma3 import Gemma3Model
+
+    t0 = time.monotonic()
+    with pytest.raises(GGUFError, match=r"gemma3.block_count' is 2147483647 but the file has tensors for 2 blocks"):
+        Gemma3Model(View(), backends.get("reference"), 32)
+    assert time.monotonic() - t0 < 5
+    f.close()
+
+
 def test_heads_must_divide(tmp_path: Path) -> None:
     md = _md()
     with pytest.raises(GGUFError, match="head_count_kv"):

@@ -86,6 +86,20 @@ def rope_base(md: Mapping[str, Any], key: str, default: float = 10000.0) -> floa
     return float_in(md, key, default, low=1.0, low_open=True)
 
 
+def check_block_count(md: Mapping[str, Any], tensors: Mapping[str, Any], n_layer: int) -> None:
+    """`{arch}.block_count` must not exceed the blocks the file has tensors for (`blk.N.*`): checked before any
+    per-layer structure is built, so a claim of 2^31 layers costs nothing."""
+    top = -1
+    for name in tensors:
+        if name.startswith("blk."):
+            idx = name[4:].split(".", 1)[0]
+            if idx.isdigit():
+                top = max(top, int(idx))
+    if n_layer > top + 1:
+        raise GGUFError(f"metadata '{arch_of(md)}.block_count' is {n_layer} but the file has tensors for "
+                        f"{top + 1} blocks")
+
+
 def check_vocab(md: Mapping[str, Any], n_rows: int) -> None:
     """The tokenizer's vocabulary (when the file has one) must have one token per embedding row, as llama.cpp
     requires: a shorter list leaves ids the tokenizer cannot decode, a longer one ids the model cannot embed."""

@@ -30,7 +30,7 @@ from tilellm.backend.ops import causal_attention, rms_norm
 from tilellm.quant import TensorView
 from tilellm.quant.errors import GGUFError, UnsupportedError
 
-from ..gguf.hparams import arch_of, check_vocab, dim, rope_base
+from ..gguf.hparams import arch_of, check_block_count, check_vocab, dim, rope_base
 from ..gguf.metadata import bool_of, float_in, nonneg_int
 from .base import DecoderModel, check_numerics, vector
 from .layers import Rope, softmax
@@ -203,6 +203,7 @@ class DeepSeek2Model(DecoderModel):
         self.backend = backend
         self.numerics = check_numerics(numerics)
         self.hparams = hp = DeepSeek2HParams.from_file(file.metadata, file.tensors, self._vocab_size(file))
+        check_block_count(file.metadata, file.tensors, hp.n_layer)
         self._init_context(n_ctx, n_batch)
         self._load_tensors()
         self.rope = Rope(hp.n_rot, hp.rope_base, "norm")

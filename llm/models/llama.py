@@ -13,7 +13,7 @@ import numpy as np
 from tilellm.backend import Backend, DecoderLayerSpec, LayerPlan, LayerShape
 from tilellm.quant.errors import GGUFError, UnsupportedError
 
-from ..gguf.hparams import HParams
+from ..gguf.hparams import HParams, check_block_count
 from ..gguf.metadata import float_in, str_of
 from .base import DecoderModel, check_numerics, vector
 from .layers import Rope
@@ -33,6 +33,7 @@ class LlamaModel(DecoderModel):
         self.numerics = check_numerics(numerics)
         md = file.metadata
         self.hparams = hp = HParams.from_metadata(md, self._vocab_size(file))
+        check_block_count(md, file.tensors, hp.n_layer)
         self._init_context(n_ctx, n_batch)
         self._load_tensors()
         freqs = file.tensors.get("rope_freqs.weight")
