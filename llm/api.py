@@ -147,6 +147,7 @@ class Model:
         stream_decoder: Callable[[Any], Any] | None = None,
     ) -> None:
         self._lock = threading.RLock()  # one call at a time (module docstring, "Threads")
+        self._longest_token: int | None = None  # characters of the longest token text, found on first use
         self._file = file
         self.decoder: Decoder | None = decoder  # the forward pass; None once closed
         self._tok = tokenizer
@@ -310,7 +311,7 @@ class Model:
         covers more characters than its text has), capped by the renderer's own limit."""
         from .text.chat import RENDER_MAX_CHARS
 
-        if getattr(self, "_longest_token", None) is None:
+        if self._longest_token is None:
             tokens = getattr(self._tok, "tokens", None) or ()
             self._longest_token = max((len(t) for t in tokens), default=0) or RENDER_MAX_CHARS
         return int(min(RENDER_MAX_CHARS, self.n_ctx * self._longest_token))
