@@ -17,14 +17,22 @@ appends to the same cache, ``reset`` forgets it, and a call to ``generate``, ``e
 invalidates any stream still being consumed. Reused and fresh evaluations differ at most in the
 rounding of the positions evaluated one at a time rather than in a batch (see ``docs/coming-from-llama-cpp-python.md``).
 
+Threads: a ``Model`` may be shared between threads. Each call (``generate``, ``eval``, ``reset``,
+``tokenize``, ``chat_prompt``, ...) holds the model's lock while it runs, so concurrent calls are
+serialised, never interleaved; a streamed generation takes the lock for each step, so another call
+between two steps interrupts it (the stream then raises RuntimeError, as in one thread). To make a
+sequence of calls atomic (``reset`` then ``eval``), hold ``model.lock`` (re-entrant) around it.
+
 Context budget: prompt tokens + generated tokens never exceed ``n_ctx``. A prompt longer than the
 context raises ``ContextOverflowError``; generation that fills the context ends with
 ``finish_reason == "length"``.
 """
 from __future__ import annotations
 
+import functools
 import os
-from typing import Any, Callable, Iterator, Literal, Mapping, Sequence, overload
+import threading
+from typing import Any, Callable, Iterator, Literal, Mapping, Sequence, TypeVar, overload
 
 import numpy as np
 
@@ -82,6 +90,47 @@ def _arch_factory(arch: Any) -> ArchFactory:
     if not isinstance(arch, str):
         raise UnsupportedError(f"unsupported model architecture: {arch!r}")
     return architectures.model_class(arch)
+
+
+def _check_text(text: str | bytes | bytearray, what: str) -> str:
+    """`text` as a str that encodes to UTF-8: ValueError naming the position of invalid UTF-8 bytes or of a lone
+    surrogate (tokenizers cannot take either)."""
+    if isinstance(text, (bytes, bytearray)):
+        try:
+            return bytes(text).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{what} is not valid UTF-8 (byte {e.start}: {e.reason})") from None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{what} holds a lone surrogate {text[e.start]!r} at position {e.start}, which is not "
+                         "text (decode bytes with errors='replace' first)") from None
+    return text
+
+
+def _check_strings(value: Any, what: str, depth: int = 0) -> None:
+    """`_check_text` on every string inside `value` (mappings and sequences, to a sane depth)."""
+    if isinstance(value, str):
+        _check_text(value, what)
+    elif depth < 32 and isinstance(value, Mapping):
+        for k, v in value.items():
+            _check_strings(k, what, depth + 1)
+            _check_strings(v, what, depth + 1)
+    elif depth < 32 and isinstance(value, (list, tuple)):
+        for v in value:
+            _check_strings(v, what, depth + 1)
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _locked(method: _F) -> _F:
+    """Run `method` holding the model's lock (see "Threads" in the module docstring)."""
+    @functools.wraps(method)
+    def wrapper(self: "Model", *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return wrapper  # type: ignore[return-value]
 
 
 def _check_token_ids(ids: Any, n_vocab: int, what: str) -> list[int]:
@@ -145,6 +194,8 @@ class Model:
         seed: int | None = None,
         stream_decoder: Callable[[Any], Any] | None = None,
     ) -> None:
+        self._lock = threading.RLock()  # one call at a time (module docstring, "Threads")
+        self._longest_token: int | None = None  # characters of the longest token text, found on first use
         self._file = file
         self.decoder: Decoder | None = decoder  # the forward pass; None once closed
         self._tok = tokenizer
@@ -167,6 +218,11 @@ class Model:
         self.n_evaluated = 0  # tokens run through the forward pass since load (prefix reuse shows here)
 
     # -- properties ----------------------------------------------------------------------
+    @property
+    def lock(self) -> threading.RLock:
+        """The re-entrant lock every call holds; hold it to make several calls one atomic step."""
+        return self._lock
+
     def _live(self) -> Decoder:
         if self.decoder is None:
             raise RuntimeError("the model is closed")
@@ -268,6 +324,7 @@ class Model:
         return max(by_type, key=by_type.__getitem__) if by_type else "?"
 
     # -- tokens --------------------------------------------------------------------------
+    @_locked
     def chat_prompt(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True,
                     template_name: str | None = None, *, template: str | None = None,
                     **template_vars: Any) -> list[int]:
@@ -280,6 +337,8 @@ class Model:
         """
         from .text.chat import get_chat_template, render_chat
 
+        _check_strings(messages, "a chat message")  # before the render: the worker would only time out
+        _check_strings(template_vars, "a chat template variable")
         source = template if template is not None else get_chat_template(self.metadata, template_name)
         bos_id, eos_id = getattr(self._tok, "bos_id", None), getattr(self._tok, "eos_id", None)
 
@@ -290,13 +349,26 @@ class Model:
 
         bos_text, eos_text = piece(bos_id), piece(eos_id)
         text = render_chat(source, messages, add_generation_prompt=add_generation_prompt,
-                           bos_token=bos_text, eos_token=eos_text, **template_vars)
+                           bos_token=bos_text, eos_token=eos_text, max_chars=self._max_prompt_chars(),
+                           **template_vars)
+        text = _check_text(text, "the rendered chat prompt")
         has_bos = bool(bos_text) and text.startswith(bos_text)
         ids = list(self._tok.encode(text, add_bos=not has_bos and getattr(self._tok, "add_bos", False), special=True))
         if not ids:
             raise ValueError("the chat template rendered an empty prompt")
         return ids
 
+    def _max_prompt_chars(self) -> int:
+        """The longest text that can fit in the context: n_ctx tokens of the longest token text (a token never
+        covers more characters than its text has), capped by the renderer's own limit."""
+        from .text.chat import RENDER_MAX_CHARS
+
+        if self._longest_token is None:
+            tokens = getattr(self._tok, "tokens", None) or ()
+            self._longest_token = max((len(t) for t in tokens), default=0) or RENDER_MAX_CHARS
+        return int(min(RENDER_MAX_CHARS, self.n_ctx * self._longest_token))
+
+    @_locked
     def chat(self, messages: Sequence[Mapping[str, Any]], *, template_name: str | None = None,
              **generate_kwargs: Any) -> GenerationResult | Iterator[GenerationChunk]:
         """Reply to a conversation: `messages` = [{"role": "system"|"user"|"assistant", "content": str}, ...].
@@ -308,17 +380,18 @@ class Model:
         generate_kwargs.setdefault("temperature", 0.2)
         return self.generate(self.chat_prompt(messages, template_name=template_name), **generate_kwargs)
 
+    @_locked
     def tokenize(self, text: str | bytes, add_bos: bool | None = None, special: bool = False) -> list[int]:
         """Token ids of ``text`` (UTF-8 bytes accepted); ``special`` parses control-token text.
 
         ``add_bos``: None (default) adds BOS as the model asks (``tokenizer.ggml.add_bos_token``), as
         ``generate`` does with a text prompt; True/False force it."""
-        if isinstance(text, (bytes, bytearray)):
-            text = bytes(text).decode("utf-8")
-        if not isinstance(text, str):
+        if not isinstance(text, (str, bytes, bytearray)):
             raise ValueError(f"tokenize() needs str or bytes, got {type(text).__name__}")
+        text = _check_text(text, "tokenize() input")
         return list(self._tok.encode(text, add_bos=add_bos, special=special))
 
+    @_locked
     def detokenize(self, ids: Sequence[int], special: bool = False) -> str:
         """Text of ``ids``; special tokens (BOS, EOS, ...) are rendered only if ``special``."""
         ids = _check_token_ids(ids, self.n_vocab, "detokenize() input")
@@ -331,6 +404,7 @@ class Model:
         return self._tok.decode(ids, skip_special=not special)
 
     # -- raw evaluation ------------------------------------------------------------------
+    @_locked
     def eval(self, tokens: Sequence[int], logits_all: bool = False) -> np.ndarray:
         """Append ``tokens`` to the context; logits ``[n_vocab]`` of the last one, or
         ``[len(tokens), n_vocab]`` with ``logits_all``."""
@@ -344,6 +418,7 @@ class Model:
         self._epoch += 1
         return self._eval_tracked(ids, logits_all)
 
+    @_locked
     def reset(self) -> None:
         """Empty the context (KV cache)."""
         self._epoch += 1
@@ -382,6 +457,7 @@ class Model:
             decoder.reset()
         return self._eval_tracked(ids[keep:]), keep
 
+    @_locked
     def save_state(self) -> ModelState:
         """A copy of the context (tokens and KV-cache rows) that :meth:`load_state` restores."""
         decoder = self._live()
@@ -390,6 +466,7 @@ class Model:
         n = len(tokens)
         return ModelState(tokens, {k: np.array(v[:, :n], copy=True) for k, v in arrays.items()}, int(decoder.n_ctx))
 
+    @_locked
     def load_state(self, state: ModelState) -> None:
         """Restore a context saved by :meth:`save_state` (of a model with the same file and ``n_ctx``)."""
         if not isinstance(state, ModelState):
@@ -412,6 +489,7 @@ class Model:
         else:  # a decoder without `*_cache` arrays: recompute the context
             self._eval_tracked(_check_token_ids(state.tokens, self.n_vocab, "state tokens"))
 
+    @_locked
     def embed(self, text: str | Sequence[int], pooling: str = "mean", normalize: bool = True,
               truncate: bool = True) -> np.ndarray:
         """The embedding of ``text`` (or token ids): final-normed hidden states pooled over the tokens ("mean",
@@ -518,6 +596,7 @@ class Model:
         logprobs: int | None = None,
     ) -> GenerationResult | Iterator[GenerationChunk]: ...
 
+    @_locked
     def generate(
         self,
         prompt: str | Sequence[int],
@@ -586,7 +665,7 @@ class Model:
                        logits_processor=logits_processor, stopping_criteria=stopping_criteria,
                        logprobs=None if logprobs is None else int(logprobs))
         if stream:
-            return it
+            return self._stepwise_locked(it)
         texts: list[str] = []
         tokens: list[int] = []
         lps: list[TokenLogprob] = []
@@ -600,14 +679,22 @@ class Model:
                                 last.completion_tokens, last.timings or Timings(),
                                 logprobs=lps if logprobs is not None else None, cached_tokens=last.cached_tokens)
 
+    def _stepwise_locked(self, it: Iterator[GenerationChunk]) -> Iterator[GenerationChunk]:
+        """`it` with the model's lock held for each step (not between steps: the consumer may be slow)."""
+        while True:
+            with self._lock:
+                chunk = next(it, None)
+            if chunk is None:
+                return
+            yield chunk
+
     def __call__(self, prompt: str | Sequence[int], **kwargs: Any) -> GenerationResult | Iterator[GenerationChunk]:
         """Same as :meth:`generate`."""
         return self.generate(prompt, **kwargs)
 
     def _prompt_ids(self, prompt: str | Sequence[int], add_bos: bool | None) -> list[int]:
-        if isinstance(prompt, (bytes, bytearray)):
-            prompt = bytes(prompt).decode("utf-8")
-        if isinstance(prompt, str):
+        if isinstance(prompt, (str, bytes, bytearray)):
+            prompt = _check_text(prompt, "prompt")
             ids = list(self._tok.encode(prompt, add_bos=add_bos, special=True))
         elif isinstance(prompt, (list, tuple, np.ndarray)):
             ids = _check_token_ids(list(np.asarray(prompt).reshape(-1)) if isinstance(prompt, np.ndarray)
@@ -639,6 +726,7 @@ class Model:
                                self._eog, ignore_eos, check_current, **hooks)
 
     # -- lifetime ------------------------------------------------------------------------
+    @_locked
     def close(self) -> None:
         """Release the KV cache and the file mapping. The model is unusable afterwards."""
         self._epoch += 1

@@ -376,8 +376,263 @@ def run_case_guarded(templates: list[Template], seed: int, index: int, workdir: 
         signal.signal(signal.SIGALRM, old)
 
 
+# -- schema-aware cases --------------------------------------------------------------------------
+# Byte mutations rarely reach the model's hyper-parameters with a *plausible* file around them. These cases
+# instead take a fixture's parsed metadata and change the type or value of the keys the loaders read (every
+# architecture's schema below, the tokenizer's fields, the chat template), then build the tokenizer and the
+# model, tokenize, generate two tokens and (for template cases) render the chat prompt. Values are the ones
+# the reader can produce (int, float, bool, str, numpy arrays, lists of strings / arrays).
+
+LLAMA_KEYS = [
+    "context_length", "embedding_length", "block_count", "feed_forward_length", "attention.head_count",
+    "attention.head_count_kv", "attention.key_length", "attention.value_length", "rope.dimension_count",
+    "attention.layer_norm_rms_epsilon", "rope.freq_base", "rope.scaling.type", "rope.scaling.factor",
+    "rope.scaling.original_context_length", "rope.scaling.yarn_log_multiplier", "rope.scaling.yarn_beta_fast",
+    "rope.scaling.yarn_beta_slow", "rope.scaling.yarn_ext_factor", "rope.scaling.yarn_attn_factor", "vocab_size",
+]
+SCHEMA: dict[str, list[str]] = {
+    "llama": LLAMA_KEYS,
+    "qwen2": LLAMA_KEYS,
+    "gemma3": LLAMA_KEYS + ["attention.sliding_window", "attention.sliding_window_pattern", "rope.local_freq_base",
+                            "attention.scale", "final_logit_softcapping"],
+    "deepseek2": LLAMA_KEYS + [
+        "attention.kv_lora_rank", "attention.q_lora_rank", "attention.key_length_mla", "attention.value_length_mla",
+        "leading_dense_block_count", "expert_count", "expert_feed_forward_length", "expert_shared_count",
+        "expert_gating_func", "expert_used_count", "expert_group_count", "expert_group_used_count",
+        "expert_weights_norm", "expert_weights_scale"],
+}
+TOKENIZER_KEYS = [
+    "tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.tokens", "tokenizer.ggml.token_type",
+    "tokenizer.ggml.scores", "tokenizer.ggml.merges", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
+    "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id", "tokenizer.ggml.unknown_token_id",
+    "tokenizer.ggml.padding_token_id", "tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_eos_token",
+    "tokenizer.ggml.add_space_prefix",
+]
+GENERAL_KEYS = ["general.architecture", "general.file_type"]
+# Chat-template payloads (issue #14, finding 1): bombs, escapes, broken syntax, deep nesting, a wrong type.
+TEMPLATE_PAYLOADS: list[Any] = [
+    "{% for i in range(100) %}{{'x'*1048576}}{% endfor %}",
+    "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+    "{% set ns = namespace(x=10**1000) %}{% for i in range(40) %}{% set ns.x = ns.x * ns.x %}{% endfor %}",
+    "{{ 'x'.center(500000000) }}",
+    "{{ '%500000000s' % 'x' }}",
+    "{{ '{:>500000000}'.format('x') }}",
+    "{{ (['x' * 1000000] * 1000) | join | length }}",
+    "{{ [[[[[1]]]]] | tojson(indent=100000000) | length }}",
+    "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+    "{{ raise_exception('refused') }}",
+    "{% for %}",
+    "{{ " + "(" * 300 + "1" + ")" * 300 + " }}",
+    "{{ 'x' * 100000 }}",  # fits the renderer, not a 32-token context: refused before tokenizing
+    "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}",
+    "",
+    12345,
+    ["{{ 1 }}"],
+]
+_INTS = [0, 1, -1, 2, 3, 7, 2**31 - 1, 2**31, 2**32, 2**63 - 1, 2**63, 2**64 - 1, -(2**63)]
+_FLOATS = [0.0, -0.0, 0.5, -1.0, 1.0, 1e-310, 1e308, float("inf"), float("-inf"), float("nan")]
+_OTHER: list[Any] = [True, False, "", "x", "1", "inf", "yarn", "linear", "none", "llama", "gpt2"]
+
+
+def _arrays() -> list[Any]:
+    import numpy as np
+
+    return [np.zeros(0, np.int32), np.array([1, 2, 3], np.int32), np.array([np.nan, np.inf], np.float32),
+            np.array([True, False]), ["a", "b"], [np.array([1], np.int32)], np.array([2**31 - 1], np.int64)]
+
+
+def _retype(rng: random.Random, v: Any) -> tuple[Any, str]:
+    """`v` with its type changed but its value kept where that means something."""
+    import numpy as np
+
+    if isinstance(v, np.ndarray) or isinstance(v, list):
+        n = len(v)
+        choice = rng.randrange(6)
+        if choice == 0 and n:
+            return (v[0].item() if isinstance(v, np.ndarray) else v[0]), "first element only"
+        if choice == 1:
+            return v[: max(0, n - 1)], "one entry short"
+        if choice == 2:
+            return (np.concatenate([v, v[:1]]) if isinstance(v, np.ndarray) else list(v) + list(v[:1])), "one more"
+        if choice == 3:
+            return [str(x) for x in (v.tolist() if isinstance(v, np.ndarray) else v)], "as strings"
+        if choice == 4:
+            return np.full(n, np.nan, np.float32), "all NaN"
+        return np.full(n, 3e38, np.float32), "huge floats"
+    if isinstance(v, bool):
+        return rng.choice([int(v), float(v), str(v)]), "bool retyped"
+    if isinstance(v, int):
+        as_array = np.array([v], np.int64 if -(2**63) <= v < 2**63 else np.uint64)
+        return rng.choice([float(v), str(v), as_array, bool(v % 2), float("inf")]), "int retyped"
+    if isinstance(v, float):
+        return rng.choice([int(v) if v == v and abs(v) < 1e18 else 0, str(v), np.array([v], np.float32),
+                           True]), "float retyped"
+    if isinstance(v, str):
+        return rng.choice([len(v), float(len(v)), [v], np.frombuffer(v.encode()[:64] or b"x", np.uint8).copy()]), \
+            "str retyped"
+    return None, "dropped"
+
+
+def make_schema_case(metas: list[dict[str, Any]], seed: int, index: int) -> tuple[str, int, dict[str, Any], int,
+                                                                                  bool]:
+    """Case (seed, index): (description, template index, mutated metadata, n_ctx (0: trained), chat?)."""
+    rng = random.Random(f"gguf-schema:{seed}:{index}")
+    ti = rng.randrange(len(metas))
+    md = dict(metas[ti])
+    arch = md["general.architecture"]
+    steps = [f"template {ti}"]
+    if arch == "llama" and rng.random() < 0.2:  # no gemma3 fixture: a llama file whose keys claim gemma3
+        md = {("gemma3." + k[len("llama."):] if k.startswith("llama.") else k): v for k, v in md.items()}
+        md["general.architecture"] = arch = "gemma3"
+        steps.append("as gemma3")
+    chat = rng.random() < 0.04
+    if chat:
+        payload = rng.choice(TEMPLATE_PAYLOADS)
+        md["tokenizer.chat_template"] = payload
+        steps.append(f"chat_template={str(payload)[:40]!r}")
+    keys = [f"{arch}.{k}" for k in SCHEMA.get(arch, LLAMA_KEYS)] + TOKENIZER_KEYS + GENERAL_KEYS
+    for _ in range(0 if chat and rng.random() < 0.5 else 1 if rng.random() < 0.7 else rng.randint(2, 3)):
+        key = rng.choice(keys)
+        r = rng.random()
+        if r < 0.1:
+            md.pop(key, None)
+            steps.append(f"del {key}")
+            continue
+        if r < 0.55 or key not in md:
+            v = rng.choice(_INTS + _FLOATS + _OTHER + _arrays())
+            what = "set"
+        else:
+            v, what = _retype(rng, md[key])
+        if v is None:
+            md.pop(key, None)
+        else:
+            md[key] = v
+        shown = repr(v.tolist() if hasattr(v, "tolist") else v)
+        steps.append(f"{key} {what} {shown[:40]}")
+    n_ctx = 0 if rng.random() < 0.15 else 32
+    return "; ".join(steps), ti, md, n_ctx, chat
+
+
+class _MetaView:
+    """A loaded fixture with its metadata replaced (what the model classes read of a file)."""
+
+    def __init__(self, f: Any, md: dict[str, Any]) -> None:
+        self.metadata, self.tensors, self.path = md, f.tensors, "<case>"
+        self.arch = md.get("general.architecture")
+
+    def check_unchanged(self) -> None:
+        pass
+
+    def close(self) -> None:  # the fixture stays open for the next case
+        pass
+
+
+class SchemaRunner:
+    """Runs schema cases in this process against fixtures opened once; no case may raise the process's peak RSS
+    more than `rss_limit_mb` above where it stood when the runner was made."""
+
+    def __init__(self, paths: list[Path], rss_limit_mb: float = 1024.0) -> None:
+        from tilellm.llm.gguf.reader import open_gguf
+
+        self.files = [open_gguf(p) for p in paths]
+        self.metas = [dict(f.metadata) for f in self.files]
+        import resource
+
+        # the limit is on growth past the peak so far (ru_maxrss is a high-water mark: a test process may have
+        # peaked before the fuzzer ran)
+        self.rss_limit_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 + rss_limit_mb
+        self._tok: dict[int, Any] = {}
+        self._backend: Any = None
+
+    def tokenizer(self, ti: int, md: dict[str, Any]) -> Any:
+        from tilellm.llm.text.factory import load_tokenizer
+
+        base = self.metas[ti]
+        same = all(md.get(k, ...) is base.get(k, ...) for k in TOKENIZER_KEYS)
+        if not same:
+            return load_tokenizer(md)
+        if ti not in self._tok:
+            self._tok[ti] = load_tokenizer(base)
+        return self._tok[ti]
+
+    def run(self, seed: int, index: int) -> tuple[str, str]:
+        import resource
+        import warnings
+
+        from tilellm import backend as backends
+        from tilellm.errors import TileLLMError
+        from tilellm.llm.api import Model, _arch_factory
+
+        desc, ti, md, n_ctx, chat = make_schema_case(self.metas, seed, index)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # n_ctx beyond the training context warns, by design
+                if self._backend is None:
+                    self._backend = backends.get("auto", 1)
+                factory = _arch_factory(md.get("general.architecture"))
+                tok = self.tokenizer(ti, md)
+                decoder = factory(_MetaView(self.files[ti], md), self._backend, n_ctx, 8, "default")
+                m = Model(_MetaView(self.files[ti], md), decoder, tok, self._backend, n_batch=8, seed=0)
+                ids = m.tokenize("Hello world", add_bos=False)
+                m.generate(ids[: m.n_ctx - 2] or "Hi", max_tokens=2, temperature=0.0)
+                m.generate("Hi", max_tokens=1, temperature=0.7, seed=1)
+                if chat:
+                    m.chat_prompt([{"role": "user", "content": "hi"}])
+            outcome, detail = "loaded", desc
+        except TileLLMError as e:
+            outcome, detail = "rejected", f"{type(e).__name__}: {str(e)[:300]} [{desc}]"
+        except CaseTimeout:
+            raise
+        except BaseException as e:  # noqa: BLE001 - what we hunt
+            outcome, detail = "undocumented", f"{type(e).__name__}: {e} [{desc}]\n{traceback.format_exc(limit=8)}"
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        if peak > self.rss_limit_mb:
+            return "memory", f"peak RSS {peak:.0f} MB > {self.rss_limit_mb:.0f} MB [{desc}]"
+        return outcome, detail
+
+
+def run_schema_guarded(runner: SchemaRunner, seed: int, index: int, timeout_s: float) -> tuple[str, str]:
+    """runner.run under a SIGALRM guard: a Python-level hang becomes outcome 'hang'."""
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise CaseTimeout()
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, timeout_s)
+    try:
+        return runner.run(seed, index)
+    except CaseTimeout:
+        return "hang", f"case {seed}:{index} exceeded {timeout_s} s [{make_schema_case(runner.metas, seed, index)[0]}]"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _limit_address_space(extra_mb: int) -> None:
+    """Cap this process's address space at its current size + `extra_mb` (soft limit; children may lower it)."""
+    import resource
+
+    with open("/proc/self/statm", "rb") as f:
+        vsize = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    want = vsize + extra_mb * 2**20
+    if hard != resource.RLIM_INFINITY:
+        want = min(want, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (want, hard))
+
+
 # -- subprocess batches ---------------------------------------------------------------------------
 def _worker(args: argparse.Namespace) -> int:
+    if args.schema:
+        runner = SchemaRunner([Path(p) for p in args.templates])
+        if sys.platform.startswith("linux"):
+            _limit_address_space(args.mem_mb)
+        for i in range(args.start, args.stop):
+            sys.stdout.write(f"B {i}\n")
+            sys.stdout.flush()
+            outcome, detail = run_schema_guarded(runner, args.seed, i, args.timeout)
+            sys.stdout.write(f"E {i} {outcome} {json.dumps(detail)}\n")
+            sys.stdout.flush()
+        return 0
     templates = load_templates([Path(p) for p in args.templates])
     with tempfile.TemporaryDirectory(prefix="gguf-fuzz-") as wd:
         out = sys.stdout
@@ -394,7 +649,7 @@ def _worker(args: argparse.Namespace) -> int:
 class Summary:
     n: int = 0
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
-        ("rejected", "loaded", "crash", "hang", "undocumented", "wrong"), 0))
+        ("rejected", "loaded", "crash", "hang", "undocumented", "wrong", "memory"), 0))
     failures: list[str] = field(default_factory=list)
     reasons: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
@@ -416,11 +671,13 @@ class Summary:
     def line(self) -> str:
         c = self.counts
         return (f"{self.n} cases: {c['rejected']} rejected cleanly, {c['loaded']} loaded, {c['crash']} crashes, "
-                f"{c['hang']} hangs, {c['undocumented']} undocumented exceptions, {c['wrong']} wrong answers")
+                f"{c['hang']} hangs, {c['undocumented']} undocumented exceptions, {c['wrong']} wrong answers, "
+                f"{c['memory']} over the memory limit")
 
 
 def run_batches(n: int, seed: int = 1, batch: int = 500, timeout_s: float = 20.0, templates: list[Path] | None = None,
-                diff: bool = False, deep: bool = False, jobs: int = 1, progress: bool = False) -> Summary:
+                diff: bool = False, deep: bool = False, jobs: int = 1, progress: bool = False,
+                schema: bool = False, mem_mb: int = 2048) -> Summary:
     """Run cases [0, n) in worker subprocesses; a worker that dies or stalls is recorded and replaced."""
     paths = [str(p) for p in (templates or find_templates())]
     if not paths:
@@ -433,7 +690,8 @@ def run_batches(n: int, seed: int = 1, batch: int = 500, timeout_s: float = 20.0
 
     def spawn(start: int, stop: int) -> None:
         cmd = [sys.executable, __file__, "--worker", "--seed", str(seed), "--start", str(start), "--stop", str(stop),
-               "--templates", *paths] + (["--diff"] if diff else []) + (["--deep"] if deep else [])
+               "--templates", *paths] + (["--diff"] if diff else []) + (["--deep"] if deep else []) + (
+                   ["--schema", "--mem-mb", str(mem_mb), "--timeout", str(timeout_s)] if schema else [])
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
         st = {"p": p, "start": start, "stop": stop, "cur": None, "next": start,
               "deadline": time.monotonic() + timeout_s + 30}
@@ -497,6 +755,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=20.0, help="seconds per case before it counts as a hang")
     ap.add_argument("--diff", action="store_true", help="compare loaded cases with gguf-py's reader")
     ap.add_argument("--deep", action="store_true", help="also tilellm.load + one eval of loaded cases")
+    ap.add_argument("--schema", action="store_true",
+                    help="schema-aware cases: retyped / extreme values of every known metadata key and chat template")
+    ap.add_argument("--mem-mb", type=int, default=2048, help="--schema: address space each worker may add (MiB)")
     ap.add_argument("--case", help="SEED:INDEX: rebuild one case, run it in-process, print the outcome")
     ap.add_argument("--out", help="with --case: also write the mutated file here")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -508,6 +769,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         return _worker(args)
     tpl = [Path(p) for p in args.templates] if args.templates else find_templates()
+    if args.case and args.schema:
+        seed, index = map(int, args.case.split(":"))
+        outcome, detail = SchemaRunner(tpl).run(seed, index)
+        print(f"{outcome}: {detail}")
+        return 0 if outcome in ("rejected", "loaded") else 1
     if args.case:
         seed, index = map(int, args.case.split(":"))
         templates = load_templates(tpl)
@@ -519,7 +785,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{outcome}: {detail}")
         return 0 if outcome in ("rejected", "loaded") else 1
     s = run_batches(args.cases, args.seed, args.batch, args.timeout, tpl, args.diff, args.deep, args.jobs,
-                    progress=True)
+                    progress=True, schema=args.schema, mem_mb=args.mem_mb)
     print(f"templates: {', '.join(p.name for p in tpl)}")
     print(f"seed {args.seed}, {args.jobs} worker(s), {s.seconds:.1f} s")
     reasons = sorted(s.reasons.items(), key=lambda kv: -kv[1])
@@ -534,7 +800,7 @@ def main(argv: list[str] | None = None) -> int:
     for f in s.failures[:20]:
         print("FAIL", f)
     print(s.line())
-    bad = sum(s.counts[k] for k in ("crash", "hang", "undocumented", "wrong"))
+    bad = sum(s.counts[k] for k in ("crash", "hang", "undocumented", "wrong", "memory"))
     return 1 if bad else 0
 
 

@@ -145,3 +145,49 @@ def test_fuzz_long_run_subprocess_batches() -> None:
     assert s.counts["crash"] == s.counts["hang"] == s.counts["undocumented"] == s.counts["wrong"] == 0, \
         "\n".join(s.failures[:10])
     assert s.counts["rejected"] > 0 and s.counts["loaded"] > 0
+
+
+# ---------------------------------------------------------------- schema-aware cases (issue #14)
+@pytest.fixture(scope="module")
+def schema_runner():
+    return fz.SchemaRunner(TEMPLATE_PATHS)
+
+
+def test_schema_cases_are_deterministic(schema_runner) -> None:
+    a = fz.make_schema_case(schema_runner.metas, SEED, 17)
+    b = fz.make_schema_case(schema_runner.metas, SEED, 17)
+    assert repr(a) == repr(b)
+    assert repr(a) != repr(fz.make_schema_case(schema_runner.metas, SEED, 18))
+
+
+def test_schema_fuzz_in_process(schema_runner) -> None:
+    """A few hundred retyped / extreme metadata values and chat-template payloads: only documented errors."""
+    n = int(os.environ.get("TILELLM_SCHEMA_FUZZ_SMALL", "300"))
+    results = [(i, *fz.run_schema_guarded(schema_runner, SEED, i, 20.0)) for i in range(n)]
+    counts = _assert_clean(results)
+    assert counts.get("rejected", 0) > n // 4 and counts.get("loaded", 0) > n // 20, counts
+
+
+def test_schema_fuzz_covers_every_known_key(schema_runner) -> None:
+    """Over 3,000 generated cases, every key of every architecture's schema (and the chat template) is mutated."""
+    seen: set[str] = set()
+    for i in range(3000):
+        seen.update(fz.make_schema_case(schema_runner.metas, SEED, i)[0].replace(";", " ").split())
+    archs = {m["general.architecture"] for m in schema_runner.metas} | {"gemma3"}
+    want = {f"{a}.{k}" for a in archs for k in fz.SCHEMA[a]} | set(fz.TOKENIZER_KEYS) | set(fz.GENERAL_KEYS)
+    assert not want - seen, sorted(want - seen)[:10]
+    assert any(w.startswith("chat_template=") for w in seen)
+
+
+@pytest.mark.slow
+def test_schema_fuzz_long_run_subprocess_batches() -> None:
+    """>= 10,000 schema cases (TILELLM_SCHEMA_FUZZ_CASES) in worker subprocesses, each under an address-space cap
+    and an RSS limit: no crash, hang, undocumented error or memory overrun."""
+    n = int(os.environ.get("TILELLM_SCHEMA_FUZZ_CASES", "10000"))
+    s = fz.run_batches(n, seed=SEED, batch=1000, timeout_s=30.0, jobs=max(1, (os.cpu_count() or 2) // 2),
+                       schema=True, mem_mb=2048)
+    print(s.line())
+    assert s.n == n
+    bad = ("crash", "hang", "undocumented", "wrong", "memory")
+    assert all(s.counts[k] == 0 for k in bad), "\n".join(s.failures[:10])
+    assert s.counts["rejected"] > 0 and s.counts["loaded"] > 0

@@ -12,20 +12,26 @@ context is full": there is no context shift here, so both stop when the context 
 only evaluates the prompt. ``-r/--reverse-prompt`` strings stop generation and are not printed.
 
 Any error (bad file, bad argument, unsupported model) is one ``error: ...`` line on stderr and
-exit status 1 (2 for command-line usage errors). Ctrl-C stops generation, ends the line, and
-exits with 130.
+exit status 1 (2 for command-line usage errors). Ctrl-C stops generation, ends the line, prints the
+timings so far (with ``--perf``) and exits with 130; a second Ctrl-C while it does so is ignored. A prompt
+file (``-f``) is read up to ``MAX_PROMPT_BYTES``; a larger one (or an endless one such as /dev/zero) is an
+error. A closed stdout is an error before the model is loaded.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Any, NoReturn, Sequence, TextIO
 
 __all__ = ["main", "run_main", "build_parser", "format_timings"]
 
 EXIT_ERROR, EXIT_USAGE, EXIT_SIGINT, EXIT_PIPE = 1, 2, 130, 141
+# No context holds a prompt this long (1M tokens of ~4 bytes each); reading stops there (e.g. -f /dev/zero).
+MAX_PROMPT_BYTES = 1 << 26
 
 
 class _UsageError(Exception):
@@ -154,9 +160,14 @@ def _read_prompt(args: argparse.Namespace, stdin: TextIO) -> str:
         return unescape(args.prompt) if args.escape else args.prompt
     if args.file is not None:
         if args.file == "-":
-            return stdin.read()
-        with open(args.file, encoding="utf-8") as f:
-            return f.read()
+            text = stdin.read(MAX_PROMPT_BYTES + 1)
+        else:
+            with open(args.file, encoding="utf-8") as f:
+                text = f.read(MAX_PROMPT_BYTES + 1)  # characters: at least as many bytes
+        if len(text) > MAX_PROMPT_BYTES:
+            raise ValueError(f"prompt file {args.file!r} is longer than {MAX_PROMPT_BYTES} characters "
+                             "(no context holds that much)")
+        return text
     raise _UsageError("no prompt: use -p TEXT or -f FILE")
 
 
@@ -164,14 +175,17 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
          stdin: TextIO | None = None) -> int:
     """Run ``llm-run`` with ``argv``; returns the exit status."""
     out = stdout or sys.stdout
-    err = stderr or sys.stderr
+    err = stderr or sys.stderr or open(os.devnull, "w")
     inp = stdin or sys.stdin
     try:
+        if out is None:  # started with stdout closed (`>&-`): Python leaves sys.stdout None
+            raise OSError("stdout is closed: nowhere to write the completion")
         return _run(argv, out, err, inp)
     except _UsageError as e:
         print(f"error: {_one_line(e)}", file=err)
         return EXIT_USAGE
     except KeyboardInterrupt:
+        _ignore_sigint()  # a second Ctrl-C must not cut the clean exit short with a traceback
         try:
             out.write("\n")
             out.flush()
@@ -189,6 +203,11 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
         prefix = "" if known else f"internal error ({type(e).__name__}): "
         print(f"error: {prefix}{_one_line(e)}", file=err)
         return EXIT_ERROR
+
+
+def _ignore_sigint() -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _run(argv: Sequence[str] | None, out: TextIO, err: TextIO, inp: TextIO) -> int:
@@ -253,11 +272,26 @@ def _run(argv: Sequence[str] | None, out: TextIO, err: TextIO, inp: TextIO) -> i
             out.write(display)
             out.flush()
         last = None
-        for chunk in stream:
-            if chunk.text:
-                out.write(chunk.text)
+        t_gen, t_first, n_gen = time.perf_counter(), 0.0, 0
+        try:
+            for chunk in stream:
+                if not t_first:
+                    t_first = time.perf_counter()
+                n_gen += len(chunk.tokens)
+                if chunk.text:
+                    out.write(chunk.text)
+                    out.flush()
+                last = chunk
+        except KeyboardInterrupt:
+            _ignore_sigint()
+            if args.perf:  # the timings so far: the prompt ends where the first token arrives
+                now = time.perf_counter()
+                first = t_first or now
+                n_prompt = last.prompt_tokens if last is not None else 0
+                out.write("\n")
                 out.flush()
-            last = chunk
+                print(format_timings((first - t_gen) * 1e3, n_prompt, (now - first) * 1e3, n_gen, load_ms), file=err)
+            raise
         out.write("\n")
         out.flush()
         if args.perf and last is not None and last.timings is not None:

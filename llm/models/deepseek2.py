@@ -30,9 +30,11 @@ from tilellm.backend.ops import causal_attention, rms_norm
 from tilellm.quant import TensorView
 from tilellm.quant.errors import GGUFError, UnsupportedError
 
-from ..gguf.metadata import get, nonneg_int, pos_int
+from ..gguf.hparams import arch_of, check_block_count, check_vocab, dim, rope_base
+from ..gguf.metadata import bool_of, float_in, nonneg_int
 from .base import BatchedDecoder, DecoderModel, Segment, SlotCache, check_numerics, vector
 from .layers import Rope, softmax
+from .memory import check_kv_cache
 from .moe import GATING_SIGMOID, GATING_SOFTMAX, RouterConfig, moe_ffn, route, swiglu
 from .yarn import YarnParams, yarn_inv_freq, yarn_mscale
 
@@ -65,23 +67,23 @@ class DeepSeek2HParams:
 
     @classmethod
     def from_file(cls, md: Mapping[str, Any], tensors: Mapping[str, TensorView], n_vocab: int) -> "DeepSeek2HParams":
-        arch = get(md, "general.architecture")
+        arch = arch_of(md)
         p = f"{arch}."
-        n_head = pos_int(md, p + "attention.head_count")
-        n_head_kv = pos_int(md, p + "attention.head_count_kv", n_head)
-        kv_lora = pos_int(md, p + "attention.kv_lora_rank")
-        n_rot = pos_int(md, p + "rope.dimension_count")
+        n_head = dim(md, p + "attention.head_count")
+        n_head_kv = dim(md, p + "attention.head_count_kv", n_head)
+        kv_lora = dim(md, p + "attention.kv_lora_rank")
+        n_rot = dim(md, p + "rope.dimension_count")
         if n_rot % 2:
             raise GGUFError(f"rope.dimension_count {n_rot} must be even")
-        key_len = pos_int(md, p + "attention.key_length")
-        val_len = pos_int(md, p + "attention.value_length")
-        q_lora = pos_int(md, p + "attention.q_lora_rank") if p + "attention.q_lora_rank" in md else None
+        key_len = dim(md, p + "attention.key_length")
+        val_len = dim(md, p + "attention.value_length")
+        q_lora = dim(md, p + "attention.q_lora_rank") if p + "attention.q_lora_rank" in md else None
         has_kb = "blk.0.attn_k_b.weight" in tensors and "blk.0.attn_v_b.weight" in tensors
         has_kvb = "blk.0.attn_kv_b.weight" in tensors
         if p + "attention.key_length_mla" in md or p + "attention.value_length_mla" in md:
             # new layout: the attention llama.cpp builds is MQA over [latent | k_pe]
-            k_mla = pos_int(md, p + "attention.key_length_mla")
-            v_head = pos_int(md, p + "attention.value_length_mla")
+            k_mla = dim(md, p + "attention.key_length_mla")
+            v_head = dim(md, p + "attention.value_length_mla")
             if n_head_kv != 1 or key_len != kv_lora + n_rot or val_len != kv_lora:
                 raise GGUFError(
                     f"MLA layout needs head_count_kv 1, key_length = kv_lora_rank + rope ({kv_lora + n_rot}) and "
@@ -99,14 +101,14 @@ class DeepSeek2HParams:
             absorbed, qk_nope, v_head = False, key_len - n_rot, val_len
         if qk_nope < 1:
             raise GGUFError(f"key length {qk_nope + n_rot} leaves no non-rope part beside {n_rot} rope dims")
-        n_layer = pos_int(md, p + "block_count")
+        n_layer = dim(md, p + "block_count")
         n_dense = nonneg_int(md, p + "leading_dense_block_count", 0)
         if n_dense > n_layer:
             raise GGUFError(f"leading_dense_block_count {n_dense} > block_count {n_layer}")
         router, n_expert, n_ff_exp, n_shared = None, 0, 0, 0
         if n_dense < n_layer:
-            n_expert = pos_int(md, p + "expert_count")
-            n_ff_exp = pos_int(md, p + "expert_feed_forward_length")
+            n_expert = dim(md, p + "expert_count")
+            n_ff_exp = dim(md, p + "expert_feed_forward_length")
             n_shared = nonneg_int(md, p + "expert_shared_count", 0)
             # absent gating func = softmax, as for the first DeepSeek-V2 / V2.5 files
             gating = nonneg_int(md, p + "expert_gating_func", GATING_SOFTMAX)
@@ -114,21 +116,20 @@ class DeepSeek2HParams:
                 raise UnsupportedError(f"expert_gating_func {gating} is not supported (1 softmax, 2 sigmoid)")
             try:
                 router = RouterConfig(
-                    n_expert=n_expert, n_used=pos_int(md, p + "expert_used_count"), gating=gating,
+                    n_expert=n_expert, n_used=dim(md, p + "expert_used_count"), gating=gating,
                     n_group=nonneg_int(md, p + "expert_group_count", 1) or 1,
                     n_group_used=nonneg_int(md, p + "expert_group_used_count", 1) or 1,
-                    norm=bool(md.get(p + "expert_weights_norm", False)),
-                    scale=float(md.get(p + "expert_weights_scale", 1.0)))
+                    norm=bool_of(md, p + "expert_weights_norm", False),
+                    scale=float_in(md, p + "expert_weights_scale", 1.0, low=0.0))
             except ValueError as e:
                 raise GGUFError(f"invalid MoE metadata: {e}") from None
-        eps = float(get(md, p + "attention.layer_norm_rms_epsilon", 1e-6))
-        base = float(get(md, p + "rope.freq_base", 10000.0))
-        if not (eps > 0 and base > 0):
-            raise GGUFError(f"invalid rms epsilon {eps} or rope base {base}")
+        eps = float_in(md, p + "attention.layer_norm_rms_epsilon", 1e-6, low=0.0, high=1.0, low_open=True)
+        base = rope_base(md, p + "rope.freq_base")
+        check_vocab(md, n_vocab)
         return cls(
-            arch=arch, n_vocab=n_vocab, n_ctx_train=pos_int(md, p + "context_length", 4096),
-            n_embd=pos_int(md, p + "embedding_length"), n_layer=n_layer,
-            n_ff=pos_int(md, p + "feed_forward_length") if n_dense else 0, n_head=n_head, rms_eps=eps,
+            arch=arch, n_vocab=n_vocab, n_ctx_train=dim(md, p + "context_length", 4096),
+            n_embd=dim(md, p + "embedding_length"), n_layer=n_layer,
+            n_ff=dim(md, p + "feed_forward_length") if n_dense else 0, n_head=n_head, rms_eps=eps,
             rope_base=base, n_rot=n_rot, qk_nope=qk_nope, v_head=v_head, kv_lora=kv_lora, q_lora=q_lora,
             absorbed=absorbed, n_dense_lead=n_dense, n_expert=n_expert, n_ff_exp=n_ff_exp,
             n_expert_shared=n_shared, router=router, yarn=YarnParams.from_metadata(md, arch))
@@ -202,12 +203,17 @@ class DeepSeek2Model(DecoderModel, BatchedDecoder):
         self.backend = backend
         self.numerics = check_numerics(numerics)
         self.hparams = hp = DeepSeek2HParams.from_file(file.metadata, file.tensors, self._vocab_size(file))
+        check_block_count(file.metadata, file.tensors, hp.n_layer)
         self._init_context(n_ctx, n_batch)
         self._load_tensors()
         self.rope = Rope(hp.n_rot, hp.rope_base, "norm")
         if hp.yarn is not None:
             self.rope.inv_freq = yarn_inv_freq(hp.n_rot, hp.rope_base, hp.yarn)
         self.kq_scale = yarn_mscale(hp.yarn) ** 2 / math.sqrt(hp.qk_nope + hp.n_rot)
+        if not (math.isfinite(self.kq_scale) and self.kq_scale > 0):
+            raise GGUFError(f"the rope.scaling.yarn_* metadata gives an attention scale of {self.kq_scale}")
+        per_pos = hp.kv_lora + hp.n_rot if hp.absorbed else hp.n_head * (hp.qk_nope + hp.n_rot + hp.v_head)
+        check_kv_cache(4 * hp.n_layer * self.n_ctx * per_pos, self.n_ctx, hp.n_ctx_train)
         if hp.absorbed:
             self.kv_cache = np.zeros((hp.n_layer, self.n_ctx, hp.kv_lora + hp.n_rot), np.float32)
         else:

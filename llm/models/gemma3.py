@@ -38,6 +38,8 @@ from tilellm.backend.ops import rms_norm
 from tilellm.quant import TensorView
 from tilellm.quant.errors import GGUFError
 
+from ..gguf.hparams import rope_base
+from ..gguf.metadata import as_list, float_in, nonneg_int, pos_float, pos_int, str_of
 from .base import Segment, SlotCache, vector
 from .layers import Rope, gelu_tanh_ggml, gelu_tanh_mul
 from .llama import LlamaModel
@@ -63,40 +65,35 @@ class Gemma3Params:
     @classmethod
     def from_metadata(cls, md: Mapping[str, Any], n_layer: int, n_embd: int, n_head: int,
                       head_dim: int) -> "Gemma3Params":
-        arch = md.get("general.architecture", "gemma3")
+        arch = str_of(md, "general.architecture", "gemma3")
         p = f"{arch}."
-        win = md.get(p + "attention.sliding_window")
-        if win is not None and (int(win) != win or int(win) < 0):
-            raise GGUFError(f"metadata {p}attention.sliding_window must be a non-negative integer, got {win!r}")
-        window = int(win) if win else None
-        pattern = md.get(p + "attention.sliding_window_pattern")
+        window = nonneg_int(md, p + "attention.sliding_window", 0) or None
+        key = p + "attention.sliding_window_pattern"
+        pattern = md.get(key)
         if window is None:
             local = (False,) * n_layer
         elif pattern is None or np.ndim(pattern) == 0:
-            period = DEFAULT_SWA_PERIOD if pattern is None else int(pattern)
-            if period < 1:
-                raise GGUFError(f"metadata {p}attention.sliding_window_pattern must be >= 1, got {pattern!r}")
+            period = pos_int(md, key, DEFAULT_SWA_PERIOD)
             local = tuple(period > 1 and (i % period) < period - 1 for i in range(n_layer))
         else:  # one flag per layer
-            flags = [bool(x) for x in pattern]
+            flags = as_list(pattern, key)
+            if not all(isinstance(x, (bool, np.bool_)) or (isinstance(x, (int, np.integer)) and x in (0, 1))
+                       for x in flags):
+                raise GGUFError(f"metadata {key!r} must be an integer or an array of bools")
             if len(flags) != n_layer:
-                raise GGUFError(f"{p}attention.sliding_window_pattern has {len(flags)} entries for {n_layer} layers")
-            local = tuple(flags)
-        base_local = float(md.get(p + "rope.local_freq_base", DEFAULT_LOCAL_ROPE_BASE))
+                raise GGUFError(f"metadata {key!r} has {len(flags)} entries for {n_layer} layers")
+            local = tuple(bool(x) for x in flags)
+        base_local = rope_base(md, p + "rope.local_freq_base", DEFAULT_LOCAL_ROPE_BASE)
         scale_global = 1.0
-        if md.get(p + "rope.scaling.type") == "linear":
-            scale_global = float(md.get(p + "rope.scaling.factor", 1.0)) or 1.0
+        if str_of(md, p + "rope.scaling.type", "none") == "linear":
+            scale_global = float_in(md, p + "rope.scaling.factor", 1.0, low=0.0) or 1.0
         if p + "attention.scale" in md:
-            attn_scale = float(md[p + "attention.scale"])
+            attn_scale = pos_float(md, p + "attention.scale")
         elif n_layer == GEMMA3_27B_LAYERS and arch == "gemma3":
-            attn_scale = 1.0 / math.sqrt(n_embd // n_head)
+            attn_scale = 1.0 / math.sqrt(max(1, n_embd // n_head))
         else:
             attn_scale = 1.0 / math.sqrt(head_dim)
-        cap = md.get(p + "final_logit_softcapping")
-        cap = float(cap) if cap else None
-        if not (base_local > 0 and scale_global > 0 and attn_scale > 0) or (cap is not None and cap < 0):
-            raise GGUFError(f"invalid gemma3 constants: local rope base {base_local}, rope scale {scale_global}, "
-                            f"attention scale {attn_scale}, softcap {cap}")
+        cap = float_in(md, p + "final_logit_softcapping", 0.0, low=0.0) or None
         return cls(sliding_window=window, local_layers=local, rope_base_local=base_local,
                    rope_scale_global=scale_global, attn_scale=attn_scale, final_softcap=cap,
                    embd_scale=float(np.float32(math.sqrt(n_embd))))

@@ -13,9 +13,11 @@ import numpy as np
 from tilellm.backend import Backend, DecoderLayerSpec, LayerPlan, LayerShape
 from tilellm.quant.errors import GGUFError, UnsupportedError
 
-from ..gguf.hparams import HParams
+from ..gguf.hparams import HParams, check_block_count
+from ..gguf.metadata import float_in, str_of
 from .base import BatchedDecoder, DecoderModel, Segment, SlotCache, check_numerics, vector
 from .layers import Rope
+from .memory import check_kv_cache
 from .yarn import YarnParams, yarn_inv_freq
 
 
@@ -31,12 +33,16 @@ class LlamaModel(DecoderModel, BatchedDecoder):
         self.numerics = check_numerics(numerics)
         md = file.metadata
         self.hparams = hp = HParams.from_metadata(md, self._vocab_size(file))
+        check_block_count(md, file.tensors, hp.n_layer)
         self._init_context(n_ctx, n_batch)
         self._load_tensors()
         freqs = file.tensors.get("rope_freqs.weight")
         self.rope = Rope(hp.n_rot, hp.rope_base, self.rope_mode, vector(freqs) if freqs is not None else None)
         self.kq_mult = self._rope_scaling(file.metadata)
+        if not (math.isfinite(self.kq_mult) and self.kq_mult > 0):
+            raise GGUFError(f"the rope.scaling metadata gives an attention scale of {self.kq_mult}")
         kv_shape = (hp.n_layer, self.n_ctx, hp.n_head_kv, hp.head_dim)
+        check_kv_cache(2 * 4 * math.prod(kv_shape), self.n_ctx, hp.n_ctx_train)  # float32 K and V
         self.k_cache = np.zeros(kv_shape, np.float32)
         self.v_cache = np.zeros(kv_shape, np.float32)
         self.n_past = 0
@@ -45,11 +51,8 @@ class LlamaModel(DecoderModel, BatchedDecoder):
         """Apply `{arch}.rope.scaling.*` (linear or yarn) to the rope; returns the factor on the softmax scale."""
         hp = self.hparams
         p = f"{hp.arch}.rope.scaling."
-        kind = str(md.get(p + "type", "none") or "none")
-        try:
-            factor = float(md.get(p + "factor", 0.0) or 0.0)
-        except (TypeError, ValueError):
-            raise GGUFError(f"metadata {p}factor must be a number, got {md.get(p + 'factor')!r}") from None
+        kind = str_of(md, p + "type", "none") or "none"
+        factor = float_in(md, p + "factor", 0.0, low=0.0)
         if kind == "none" or (kind == "linear" and factor in (0.0, 1.0)):
             return 1.0
         if kind == "linear":  # positions divided by the factor

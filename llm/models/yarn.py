@@ -21,6 +21,9 @@ import numpy as np
 
 from tilellm.quant.errors import GGUFError, UnsupportedError
 
+from ..gguf.hparams import dim
+from ..gguf.metadata import float_in, str_of
+
 
 @dataclass(frozen=True)
 class YarnParams:
@@ -38,31 +41,31 @@ class YarnParams:
     def from_metadata(cls, md: Mapping[str, Any], arch: str) -> "YarnParams | None":
         """None when the file asks for no scaling; UnsupportedError for a scaling type other than yarn."""
         p = f"{arch}.rope.scaling."
-        kind = md.get(p + "type", "none")
-        factor = float(md.get(p + "factor", 0.0) or 0.0)
+        kind = str_of(md, p + "type", "none")
+        factor = float_in(md, p + "factor", 0.0, low=0.0)
         if kind in ("none", "") or (kind == "linear" and factor in (0.0, 1.0)):
             return None
         if kind != "yarn":
             raise UnsupportedError(f"rope scaling {kind!r} is not supported for {arch!r} (only 'yarn')")
         if not factor > 0:
-            raise GGUFError(f"{p}factor must be > 0 for yarn, got {factor}")
-        orig = md.get(p + "original_context_length")
-        if orig is None or int(orig) < 1:
-            raise GGUFError(f"{p}original_context_length is required for yarn, got {orig!r}")
-        return cls(factor=factor, n_ctx_orig=int(orig),
-                   log_multiplier=float(md.get(p + "yarn_log_multiplier", 0.0)),
-                   beta_fast=float(md.get(p + "yarn_beta_fast", 32.0)),
-                   beta_slow=float(md.get(p + "yarn_beta_slow", 1.0)),
-                   ext_factor=float(md.get(p + "yarn_ext_factor", 1.0)),
-                   attn_factor=float(md.get(p + "yarn_attn_factor", 1.0)))
+            raise GGUFError(f"metadata {p}factor must be > 0 for yarn, got {factor}")
+        if p + "original_context_length" not in md:
+            raise GGUFError(f"metadata {p}original_context_length is required for yarn")
+        # betas are turn counts over the original context: 0 would divide by zero in corr_dims
+        return cls(factor=factor, n_ctx_orig=dim(md, p + "original_context_length"),
+                   log_multiplier=float_in(md, p + "yarn_log_multiplier", 0.0),
+                   beta_fast=float_in(md, p + "yarn_beta_fast", 32.0, low=0.0, low_open=True),
+                   beta_slow=float_in(md, p + "yarn_beta_slow", 1.0, low=0.0, low_open=True),
+                   ext_factor=float_in(md, p + "yarn_ext_factor", 1.0),
+                   attn_factor=float_in(md, p + "yarn_attn_factor", 1.0))
 
 
 def corr_dims(n_rot: int, base: float, n_ctx_orig: int, beta_fast: float, beta_slow: float) -> tuple[float, float]:
     """(low, high) pair indices between which extrapolation ramps over to interpolation."""
-    def dim(beta: float) -> float:
+    def at(beta: float) -> float:
         return n_rot * math.log(n_ctx_orig / (beta * 2 * math.pi)) / (2 * math.log(base))
 
-    return max(0.0, math.floor(dim(beta_fast))), min(n_rot - 1.0, math.ceil(dim(beta_slow)))
+    return max(0.0, math.floor(at(beta_fast))), min(n_rot - 1.0, math.ceil(at(beta_slow)))
 
 
 def yarn_inv_freq(n_rot: int, base: float, y: YarnParams) -> np.ndarray:

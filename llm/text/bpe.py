@@ -138,7 +138,7 @@ class BPETokenizer(Tokenizer):
     model = "gpt2"
 
     def __init__(self, md: Mapping[str, Any]) -> None:
-        pre_name = as_str(md.get("tokenizer.ggml.pre", "default"))
+        pre_name = as_str(md.get("tokenizer.ggml.pre", "default"), "tokenizer.ggml.pre")
         pre = PRETOKENIZERS.get(pre_name)
         if pre is None:
             raise UnsupportedError(
@@ -154,7 +154,7 @@ class BPETokenizer(Tokenizer):
             raise GGUFError("GGUF has no tokenizer.ggml.merges (required for a gpt2 BPE vocabulary)")
         ranks: dict[tuple[str, str], int] = {}
         for rank, m in enumerate(as_list(raw, "tokenizer.ggml.merges")):
-            m = as_str(m)
+            m = as_str(m, f"tokenizer.ggml.merges[{rank}]")
             sep = m.find(" ", 1)
             if sep < 0:
                 raise GGUFError(f"malformed BPE merge #{rank}: {m!r} (expected 'left right')")

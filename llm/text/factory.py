@@ -24,7 +24,8 @@ def load_tokenizer(metadata: Mapping[str, Any]) -> Tokenizer:
     model = metadata.get("tokenizer.ggml.model")
     if model is None:
         raise GGUFError("GGUF has no tokenizer.ggml.model")
-    cls = TOKENIZER_MODELS.get(as_str(model))
+    name = as_str(model, "tokenizer.ggml.model")
+    cls = TOKENIZER_MODELS.get(name)
     if cls is None:
-        raise UnsupportedError(f"unsupported tokenizer model {as_str(model)!r} (supported: 'llama', 'gpt2')")
+        raise UnsupportedError(f"unsupported tokenizer model {name!r} (supported: 'llama', 'gpt2')")
     return cls(metadata)

@@ -228,7 +228,13 @@ class Sampler:
             keep = vals >= vals[0] + math.log(p.min_p)
             keep[0] = True
             ids, vals = ids[keep], vals[keep]
-        probs = softmax(vals / p.temperature)
+        with np.errstate(over="ignore", invalid="ignore"):
+            scaled = vals / p.temperature
+        # a tiny temperature (1e-310) overflows the best logit (vals[0]; -inf ones from logit_bias are fine):
+        # greedy in the limit
+        if np.isnan(scaled).any() or (np.isfinite(vals[0]) and not np.isfinite(scaled[0])):
+            return ids[:1], np.ones(1)
+        probs = softmax(scaled)
         return ids, probs
 
     def sample(self, logits: np.ndarray, history: Sequence[int] = ()) -> int:

@@ -21,6 +21,7 @@ import numpy as np
 
 from tilellm.quant.errors import GGUFError
 
+from ..gguf.metadata import num_array
 from .tokenizer import Tokenizer, TokenType
 
 __all__ = ["SPMTokenizer", "build_model_proto"]
@@ -108,9 +109,10 @@ class SPMTokenizer(Tokenizer):
         if raw_scores is None:
             scores = np.zeros(n, dtype=np.float32)
         else:
-            scores = np.asarray(raw_scores, dtype=np.float32)
-            if scores.shape != (n,):
-                raise GGUFError(f"tokenizer.ggml.scores has {scores.size} entries for {n} tokens")
+            with np.errstate(over="ignore"):
+                scores = num_array(md, "tokenizer.ggml.scores", n).astype(np.float32)
+            if not np.isfinite(scores).all():  # finite as float64, but not as the float32 SentencePiece keeps
+                raise GGUFError("metadata 'tokenizer.ggml.scores' has entries beyond float32's range")
         self.scores: np.ndarray = scores
 
         # byte pieces: id of each <0xXX> BYTE token

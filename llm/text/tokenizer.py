@@ -23,7 +23,7 @@ import numpy as np
 
 from tilellm.quant.errors import GGUFError, UnsupportedError
 
-from ..gguf.metadata import as_list, as_str
+from ..gguf.metadata import as_list, as_str, bool_of, int_in, num_array
 
 __all__ = ["TokenType", "Tokenizer", "StreamDecoder"]
 
@@ -94,14 +94,6 @@ def _fresh_cut(text: str, lookback: int = 8) -> int:
     return 0
 
 
-def _as_bool(value: Any, key: str) -> bool:
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)) and int(value) in (0, 1):
-        return bool(value)
-    raise GGUFError(f"tokenizer metadata {key!r} must be a bool, got {value!r}")
-
-
 class Tokenizer:
     """A GGUF tokenizer: text <-> token ids with llama.cpp's semantics.
 
@@ -128,7 +120,7 @@ class Tokenizer:
         raw_tokens = md.get(_KEY + "tokens")
         if raw_tokens is None:
             raise GGUFError("GGUF has no tokenizer.ggml.tokens (cannot find the tokenizer vocabulary)")
-        tokens = [as_str(t) for t in as_list(raw_tokens, _KEY + "tokens")]
+        tokens = [as_str(t, _KEY + "tokens") for t in as_list(raw_tokens, _KEY + "tokens")]
         n = len(tokens)
         if n == 0:
             raise GGUFError("tokenizer.ggml.tokens is empty")
@@ -143,9 +135,7 @@ class Tokenizer:
         if types is None:
             tt = np.full(n, TokenType.NORMAL, dtype=np.int32)
         else:
-            tt = np.asarray(types, dtype=np.int64)
-            if tt.shape != (n,):
-                raise GGUFError(f"tokenizer.ggml.token_type has {tt.size} entries for {n} tokens")
+            tt = num_array(md, _KEY + "token_type", n, integer=True)
             tt = np.where((tt >= 0) & (tt <= 6), tt, TokenType.UNDEFINED).astype(np.int32)
         self.token_types: np.ndarray = tt
 
@@ -157,10 +147,7 @@ class Tokenizer:
             default = (default_ids or {}).get(name)
             if key not in md:
                 return default
-            try:
-                v = int(md[key])
-            except (TypeError, ValueError):
-                raise GGUFError(f"{key} must be an integer, got {md[key]!r}") from None
+            v = int_in(md, key)
             if not 0 <= v < n:
                 # llama.cpp warns and keeps the default
                 return default if default is not None and 0 <= default < n else None
@@ -175,7 +162,7 @@ class Tokenizer:
 
         def get_flag(name: str, default: bool) -> bool:
             key = _KEY + name
-            return _as_bool(md[key], key) if key in md else default
+            return bool_of(md, key, default)
 
         self.add_bos: bool = get_flag("add_bos_token", default_add_bos)
         self.add_eos: bool = get_flag("add_eos_token", False)
