@@ -64,3 +64,16 @@ def test_deep_nesting_is_a_template_error_not_a_recursion_error() -> None:
 def test_variables_must_be_json() -> None:
     with pytest.raises(TypeError, match="JSON"):
         render_chat("{{ x }}", [], x=object())
+
+
+def test_lone_surrogate_is_a_clear_error_not_a_timeout() -> None:
+    t0 = time.monotonic()
+    with pytest.raises(ValueError, match="surrogate"):
+        render_chat("{{ messages[0].content }}", [{"role": "user", "content": "a\ud800b"}])
+    assert time.monotonic() - t0 < 0.2
+
+
+def test_template_that_makes_a_lone_surrogate_is_a_template_error() -> None:
+    with pytest.raises(ChatTemplateError, match="surrogate"):
+        render_chat('{{ "a\\ud800b" }}', [])
+    assert render_chat("{{ 1 }}", []) == "1"  # and the renderer still works

@@ -128,10 +128,15 @@ def render_chat(template: str, messages: Sequence[Mapping[str, Any]], add_genera
     variables.update(messages=msgs, add_generation_prompt=bool(add_generation_prompt),
                      bos_token=bos_token, eos_token=eos_token)
     try:
-        json.dumps(variables)
+        encoded = json.dumps(variables, ensure_ascii=False)
     except (TypeError, ValueError) as e:
         raise TypeError(f"chat template variables must be JSON values (str, number, bool, None, list, dict): "
                         f"{e}") from e
+    try:
+        encoded.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate: no valid text to render
+        raise ValueError(f"chat messages must be valid Unicode text: a lone surrogate at position {e.start} "
+                         "of the encoded conversation") from None
     try:
         return _worker.render(template, variables, timeout=timeout, max_chars=max_chars)
     except TemplateRefused as e:

@@ -19,6 +19,7 @@ counted in the deadline. This file is also the child's program, so it must not i
 """
 from __future__ import annotations
 
+import atexit
 import json
 import operator
 import os
@@ -133,7 +134,13 @@ def render_here(template: str, variables: dict[str, Any], max_chars: int) -> str
     except (TemplateError, TypeError, ValueError, KeyError, IndexError, AttributeError, ArithmeticError,
             RecursionError) as e:
         raise TemplateRefused("template", f"chat template failed: {type(e).__name__}: {e}") from e
-    return "".join(out)
+    text = "".join(out)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:  # e.g. a "\ud800" literal in the template
+        raise TemplateRefused("template", f"the chat template produced invalid text (a lone surrogate at {e.start})") \
+            from None
+    return text
 
 
 def _read_msg(f: Any) -> Any:
@@ -145,7 +152,7 @@ def _read_msg(f: Any) -> Any:
 
 
 def _write_msg(f: Any, obj: Any) -> None:
-    data = json.dumps(obj, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    data = json.dumps(obj, ensure_ascii=False).encode("utf-8")
     f.write(_HEADER.pack(len(data)) + data)
     f.flush()
 
@@ -197,6 +204,7 @@ class TemplateWorker:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
+        atexit.register(self.close)  # end the child with the process (no "subprocess still running" warning)
 
     def _start(self) -> subprocess.Popen[bytes]:
         # -I: no PYTHON* variables, user site or script directory on the path (it imports only jinja2)
@@ -230,12 +238,15 @@ class TemplateWorker:
         if self._proc is not None:
             self._proc.kill()
             self._proc.wait()
+            for f in (self._proc.stdin, self._proc.stdout):
+                if f is not None:
+                    f.close()
             self._proc = None
 
     def render(self, template: str, variables: dict[str, Any], *, timeout: float, max_chars: int) -> str:
         """Render in the child; raises TemplateRefused (kind "limit" for the time and memory budgets)."""
         data = json.dumps({"template": template, "variables": variables, "max_chars": max_chars},
-                          ensure_ascii=False).encode("utf-8", "surrogatepass")
+                          ensure_ascii=False).encode("utf-8")
         with self._lock:
             if self._proc is None or self._proc.poll() is not None:
                 self._proc = self._start()
