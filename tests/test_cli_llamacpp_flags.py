@@ -87,6 +87,8 @@ def test_version_verbose_color_jinja_escape() -> None:
     assert re.search(r"^model: .*n_ctx \d+, n_vocab \d+$", err, re.M)
     code, _, err = run([m, "-p", "a", "-n", "1", "--color", "off"])
     assert code == 0, err
+    code, _, err = run(["--color", m, "-p", "a", "-n", "1", "--color=auto"])  # the model path is not its value
+    assert code == 0, err
 
 
 def test_conversation_mode_reads_turns_until_exit() -> None:
@@ -155,7 +157,14 @@ def test_ctrl_c_ends_the_turn_not_the_conversation(tmp_path: Path) -> None:
 def test_chat_template_name_and_file(tmp_path: Path) -> None:
     m = _need(MICRO)
     code, out, err = run([m, "-p", "Hi", "-n", "2", "--temp", "0", "--chat-template", "gemma", "--no-perf"])
-    assert code == 0, err
+    assert code == 0 and "warning" not in err, err
+    from tilellm.llm.text import chat_formats
+
+    chat_formats._warned.clear()
+    code, out, err = run([m, "-p", "Hi", "-n", "2", "--temp", "0", "--chat", "--no-perf"])  # no template in the file
+    assert code == 0 and err == ("warning: the model has no chat template; using the built-in 'llama-2' chat format "
+                                 "(chosen from its tokens and architecture); choose another with chat_format= / "
+                                 "--chat-template\n"), err
     f = tmp_path / "t.jinja"
     f.write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
     code, out, err = run([m, "-p", "Hi", "-n", "0", "--chat-template", str(f), "--no-perf"])

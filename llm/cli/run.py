@@ -28,6 +28,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from typing import Any, Iterator, NoReturn, Sequence, TextIO
 
 __all__ = ["main", "run_main", "build_parser", "format_timings"]
@@ -124,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accepted and ignored: tilellm runs on the CPU")
     p.add_argument("-tb", "--threads-batch", type=_int_arg(1), default=None, metavar="N",
                    help="threads for the prompt (default: -t; one thread pool serves both here)")
-    p.add_argument("--color", nargs="?", const="on", default=None, metavar="WHEN", help="accepted (no colours)")
+    p.add_argument("--color", action="store_true", help="accepted (no colours); --color=on|off|auto too")
     p.add_argument("-e", "--escape", dest="escape", action="store_true", default=True,
                    help="process escapes in -p (the default)")
     p.add_argument("-v", "--verbose", action="store_true", help="print model and run details to stderr")
@@ -278,7 +279,10 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
     err = stderr or sys.stderr
     inp = stdin or sys.stdin
     try:
-        return _run(argv, out, err, inp)
+        with warnings.catch_warnings():
+            # library warnings (e.g. the chat-format fallback) as one 'warning:' line, not Python's two
+            warnings.showwarning = lambda message, *a, **k: print(f"warning: {message}", file=err)
+            return _run(argv, out, err, inp)
     except _UsageError as e:
         print(f"error: {_one_line(e)}", file=err)
         return EXIT_USAGE
@@ -304,6 +308,10 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
 
 def _run(argv: Sequence[str] | None, out: TextIO, err: TextIO, inp: TextIO) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # llama.cpp's --color takes an optional on/off/auto; taking any word would swallow a model path
+    argv = [a for i, a in enumerate(argv) if not (a.startswith("--color=") or
+                                                  (a in ("on", "off", "auto") and i and argv[i - 1] == "--color"))]
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # -h / --help printed its text
