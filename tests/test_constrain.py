@@ -121,3 +121,19 @@ def test_bad_inputs_are_one_line_errors(model) -> None:
     c = Constraint(tok, grammar='root ::= "a"', n_vocab=model.n_vocab)
     with pytest.raises(ValueError, match="entries"):
         c.apply(np.zeros(model.n_vocab + 1, np.float32))
+
+
+def test_tokenizer_description_is_cached_per_tokenizer_and_released_with_it(model) -> None:
+    import gc
+
+    from tilellm.llm.text import constrain
+
+    a = constrain.build_lltokenizer(model.tokenizer, model.n_vocab)
+    assert constrain.build_lltokenizer(model.tokenizer, model.n_vocab) is a
+    assert a.vocab_size == model.n_vocab and set(a.eos_tokens) >= {model.tokenizer.eos_id}
+    with load(fixture_path("llama2-micro-f32.gguf"), n_ctx=64) as other:
+        constrain.build_lltokenizer(other.tokenizer)
+        n = len(constrain._LLTOK_CACHE)
+        del other
+    gc.collect()
+    assert len(constrain._LLTOK_CACHE) == n - 1  # the closed model's description went with its tokenizer

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import time
+import weakref
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -51,9 +52,17 @@ class _Encode:
     parsing, and no SentencePiece dummy-prefix space, which belongs only at the start of a prompt)."""
 
     def __init__(self, tokenizer: Any, pieces: list[bytes]) -> None:
-        self.tokenizer = tokenizer
+        # weak: llguidance keeps this callback, and the cache must not keep a closed model's tokenizer alive
+        self._tokenizer = weakref.ref(tokenizer)
         self.pieces = pieces
         self._by_piece: dict[bytes, int] | None = None
+
+    @property
+    def tokenizer(self) -> Any:
+        tok = self._tokenizer()
+        if tok is None:
+            raise ConstraintError("the tokenizer of this constraint is gone (its model was released)")
+        return tok
 
     def _greedy(self, data: bytes) -> list[int]:
         """Longest-match tokenization of ``data`` over the normal tokens' bytes (a short tail only)."""
@@ -110,16 +119,20 @@ class _TokenizerInfo:
         return self._encode(text)
 
 
-_LLTOK_CACHE: dict[tuple[int, int], tuple[Any, Any]] = {}
+# per tokenizer object (weakly: a closed model's description goes with it), per logits length
+_LLTOK_CACHE: "weakref.WeakKeyDictionary[Any, dict[int, Any]]" = weakref.WeakKeyDictionary()
 
 
 def build_lltokenizer(tokenizer: Any, n_vocab: int | None = None) -> Any:
-    """llguidance's ``LLTokenizer`` for our ``tokenizer`` (cached per tokenizer object: it takes ~0.5 s on 262k)."""
+    """llguidance's ``LLTokenizer`` for our ``tokenizer``, cached per tokenizer object (building it takes seconds on a
+    262k vocabulary)."""
     n = int(n_vocab if n_vocab is not None else tokenizer.n_vocab)
-    key = (id(tokenizer), n)
-    hit = _LLTOK_CACHE.get(key)
-    if hit is not None and hit[0] is tokenizer:
-        return hit[1]
+    try:
+        per_tok = _LLTOK_CACHE.setdefault(tokenizer, {})
+    except TypeError:  # not weak-referenceable: no caching
+        per_tok = {}
+    if n in per_tok:
+        return per_tok[n]
     llg = _llg()
     eog = sorted(int(i) for i in getattr(tokenizer, "eog_ids", ()) or ())
     eos = getattr(tokenizer, "eos_id", None)
@@ -130,7 +143,7 @@ def build_lltokenizer(tokenizer: Any, n_vocab: int | None = None) -> Any:
 
     info = _TokenizerInfo(tokenizer, n, eos_ids)
     lltok = llg.LLTokenizer(TokenizerWrapper(info), n_vocab=n, eos_token=eos_ids)
-    _LLTOK_CACHE[key] = (tokenizer, lltok)
+    per_tok[n] = lltok
     return lltok
 
 
@@ -215,6 +228,7 @@ class Constraint:
             raise ConstraintError("nothing to constrain: give a grammar, a JSON schema or a JSON response_format")
         llg = _llg()
         self.n_vocab = int(n_vocab if n_vocab is not None else tokenizer.n_vocab)
+        self.tokenizer = tokenizer  # keeps the tokenizer (weakly held by the cached description) alive
         self._lltok = build_lltokenizer(tokenizer, self.n_vocab)
         self._grammar = src
         self._matcher = llg.LLMatcher(self._lltok, src, log_level=0)
