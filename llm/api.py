@@ -9,10 +9,13 @@ min_p=0.05, repeat_penalty=1.0, stop=None, seed=None, stream=False``)::
         for chunk in model.generate("Hello", max_tokens=32, stream=True):
             print(chunk.text, end="", flush=True)
 
-KV cache: a model holds one context. ``generate`` always resets it and evaluates the prompt from
-scratch (in batches of ``n_batch``), then appends one token at a time; no prefix is reused between
-calls. This is simple and always correct. ``eval``/``reset`` give direct control of the same cache,
-and a call to ``generate``, ``eval`` or ``reset`` invalidates any stream still being consumed.
+KV cache: a model holds one context and remembers which tokens are in it. ``generate`` keeps the
+longest prefix its prompt shares with them (llama-cpp-python's prefix matching: the last prompt token is
+always evaluated again, for its logits), evaluates only the rest (in batches of ``n_batch``), then
+appends one token at a time; a multi-turn chat thus evaluates only each turn's new tokens. ``eval``
+appends to the same cache, ``reset`` forgets it, and a call to ``generate``, ``eval`` or ``reset``
+invalidates any stream still being consumed. Reused and fresh evaluations differ at most in the
+rounding of the positions evaluated one at a time rather than in a batch (see ``docs/coming-from-llama-cpp-python.md``).
 
 Context budget: prompt tokens + generated tokens never exceed ``n_ctx``. A prompt longer than the
 context raises ``ContextOverflowError``; generation that fills the context ends with
@@ -28,7 +31,16 @@ import numpy as np
 from tilellm import backend as backends
 from tilellm.quant.errors import ContextOverflowError, GGUFFileNotFoundError, UnsupportedError
 
-from .generation import GenerationChunk, GenerationResult, Timings, check_stops, generation_loop
+from .generation import (
+    GenerationChunk,
+    GenerationResult,
+    LogitsProcessors,
+    StoppingCriteria,
+    Timings,
+    TokenLogprob,
+    check_stops,
+    generation_loop,
+)
 from .gguf.reader import open_gguf
 from .models import architectures
 from .models.architectures import ArchFactory
@@ -38,9 +50,11 @@ from .text.sampling import Sampler
 from .text.tokenizer import StreamDecoder
 
 __all__ = [
-    "load", "Model", "GenerationResult", "GenerationChunk", "Timings",
+    "load", "Model", "GenerationResult", "GenerationChunk", "Timings", "TokenLogprob", "ModelState",
     "register_architecture", "supported_architectures",
 ]
+
+POOLING = ("mean", "cls", "last", "none")
 
 # ----------------------------------------------------------------------------- architectures
 
@@ -81,6 +95,40 @@ def _check_token_ids(ids: Any, n_vocab: int, what: str) -> list[int]:
     return out
 
 
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class ModelState:
+    """A snapshot of a model's context (`Model.save_state`): the tokens and their KV-cache rows."""
+
+    def __init__(self, tokens: list[int], arrays: dict[str, np.ndarray], n_ctx: int) -> None:
+        self.tokens = tokens
+        self.arrays = arrays
+        self.n_ctx = n_ctx
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of KV cache held."""
+        return int(sum(a.nbytes for a in self.arrays.values()))
+
+
+def _cache_arrays(decoder: Any) -> dict[str, np.ndarray] | None:
+    """The decoder's KV-cache arrays (attributes named `*_cache`, position on axis 1), or None if it keeps its
+    cache some other way (then a saved state is recomputed from its tokens on load)."""
+    out = {}
+    for name, v in vars(decoder).items():
+        if name.endswith("_cache") and isinstance(v, np.ndarray):
+            if v.ndim < 2 or v.shape[1] != decoder.n_ctx:
+                return None
+            out[name] = v
+    return out or None
+
+
 # ----------------------------------------------------------------------------- model
 
 class Model:
@@ -115,6 +163,8 @@ class Model:
             eos = getattr(tokenizer, "eos_id", None)
             eog = () if eos is None else (eos,)
         self._eog = frozenset(int(t) for t in eog)
+        self._ctx_tokens: list[int] = []  # the tokens whose K/V are in the cache, in order
+        self.n_evaluated = 0  # tokens run through the forward pass since load (prefix reuse shows here)
 
     # -- properties ----------------------------------------------------------------------
     def _live(self) -> Decoder:
@@ -219,18 +269,21 @@ class Model:
 
     # -- tokens --------------------------------------------------------------------------
     def chat_prompt(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True,
-                    template_name: str | None = None, *, chat_format: str | None = None,
+                    template_name: str | None = None, *, template: str | None = None,
+                    chat_format: str | None = None,
                     **template_vars: Any) -> list[int]:
         """Token ids of `messages` rendered with the model's chat template (sandboxed jinja2).
 
         The template is the GGUF's `tokenizer.chat_template` (or `tokenizer.chat_template.<template_name>`;
-        a built-in format detected from its tokens and architecture if the file has none), or the built-in
-        `chat_format` (`"gemma"`, `"llama-3"`, `"chatml"` ...) if given. Control tokens in the rendered text
-        become their ids; BOS is added only if the model adds one and the template did not already write it.
+        a built-in format detected from its tokens and architecture if the file has none), the built-in
+        `chat_format` (`"gemma"`, `"llama-3"`, `"chatml"` ...) if given, or the jinja source ``template`` if given.
+        Control tokens in the rendered text become their ids; BOS is added only if the model adds one and the
+        template did not already write it.
         """
         from .text.chat import get_chat_template, render_chat
 
-        source = get_chat_template(self.metadata, template_name, chat_format=chat_format)
+        source = template if template is not None else get_chat_template(self.metadata, template_name,
+                                                                            chat_format=chat_format)
         bos_id, eos_id = getattr(self._tok, "bos_id", None), getattr(self._tok, "eos_id", None)
 
         def piece(i: int | None) -> str:
@@ -259,8 +312,11 @@ class Model:
         prompt = self.chat_prompt(messages, template_name=template_name, chat_format=chat_format)
         return self.generate(prompt, **generate_kwargs)
 
-    def tokenize(self, text: str | bytes, add_bos: bool = True, special: bool = False) -> list[int]:
-        """Token ids of ``text`` (UTF-8 bytes accepted); ``special`` parses control-token text."""
+    def tokenize(self, text: str | bytes, add_bos: bool | None = None, special: bool = False) -> list[int]:
+        """Token ids of ``text`` (UTF-8 bytes accepted); ``special`` parses control-token text.
+
+        ``add_bos``: None (default) adds BOS as the model asks (``tokenizer.ggml.add_bos_token``), as
+        ``generate`` does with a text prompt; True/False force it."""
         if isinstance(text, (bytes, bytearray)):
             text = bytes(text).decode("utf-8")
         if not isinstance(text, str):
@@ -290,12 +346,102 @@ class Model:
             raise ContextOverflowError(
                 f"Requested tokens ({decoder.n_past + len(ids)}) exceed context window of {decoder.n_ctx}")
         self._epoch += 1
-        return decoder.eval(ids, logits_all=logits_all)
+        return self._eval_tracked(ids, logits_all)
 
     def reset(self) -> None:
         """Empty the context (KV cache)."""
         self._epoch += 1
+        self._ctx_tokens = []
         self._live().reset()
+
+    @property
+    def context_tokens(self) -> list[int]:
+        """The tokens in the KV cache, in order (a copy)."""
+        return list(self._ctx_tokens) if len(self._ctx_tokens) == self._live().n_past else []
+
+    def _eval_tracked(self, ids: list[int], logits_all: bool = False) -> np.ndarray:
+        """decoder.eval(ids), keeping the record of the cached tokens (unknown, hence empty, if it fails)."""
+        decoder = self._live()
+        known = self._ctx_tokens if len(self._ctx_tokens) == decoder.n_past else []
+        self._ctx_tokens = []
+        out = decoder.eval(ids, logits_all=logits_all)
+        self.n_evaluated += len(ids)
+        known.extend(ids)
+        self._ctx_tokens = known
+        return out
+
+    def _prefill(self, ids: list[int]) -> tuple[np.ndarray, int]:
+        """Make the cache hold `ids`, reusing the longest cached prefix (all but the last token at most, whose
+        logits are needed); the logits of the last one and the number of tokens reused."""
+        decoder = self._live()
+        keep = 0
+        truncate = getattr(decoder, "truncate", None)  # a registered decoder may lack it: then no reuse
+        if len(self._ctx_tokens) == decoder.n_past and truncate is not None:
+            keep = min(_common_prefix(self._ctx_tokens, ids), len(ids) - 1)
+        if keep > 0 and truncate is not None:
+            truncate(keep)
+            del self._ctx_tokens[keep:]
+        else:
+            self._ctx_tokens = []
+            decoder.reset()
+        return self._eval_tracked(ids[keep:]), keep
+
+    def save_state(self) -> ModelState:
+        """A copy of the context (tokens and KV-cache rows) that :meth:`load_state` restores."""
+        decoder = self._live()
+        tokens = self.context_tokens
+        arrays = _cache_arrays(decoder) or {}
+        n = len(tokens)
+        return ModelState(tokens, {k: np.array(v[:, :n], copy=True) for k, v in arrays.items()}, int(decoder.n_ctx))
+
+    def load_state(self, state: ModelState) -> None:
+        """Restore a context saved by :meth:`save_state` (of a model with the same file and ``n_ctx``)."""
+        if not isinstance(state, ModelState):
+            raise ValueError(f"load_state() needs a ModelState from save_state(), got {type(state).__name__}")
+        decoder = self._live()
+        self.reset()
+        if not state.tokens:
+            return
+        arrays = _cache_arrays(decoder)
+        n = len(state.tokens)
+        if arrays is not None and set(arrays) == set(state.arrays) and state.n_ctx == decoder.n_ctx:
+            for k, v in arrays.items():
+                if v.shape[2:] != state.arrays[k].shape[2:] or state.arrays[k].shape[1] != n:
+                    raise ValueError("load_state(): the state was saved from a different model")
+            for k, v in arrays.items():
+                v[:, :n] = state.arrays[k]
+            decoder.reset()
+            decoder.n_past = n
+            self._ctx_tokens = list(state.tokens)
+        else:  # a decoder without `*_cache` arrays: recompute the context
+            self._eval_tracked(_check_token_ids(state.tokens, self.n_vocab, "state tokens"))
+
+    def embed(self, text: str | Sequence[int], pooling: str = "mean", normalize: bool = True,
+              truncate: bool = True) -> np.ndarray:
+        """The embedding of ``text`` (or token ids): final-normed hidden states pooled over the tokens ("mean",
+        "cls" = first, "last"), float32 ``[n_embd]``, or per token ``[T, n_embd]`` with "none"; L2-normalised
+        with ``normalize``. ``truncate`` cuts a text longer than the context (else ContextOverflowError).
+        Uses the KV cache: the context is reset."""
+        if pooling not in POOLING:
+            raise ValueError(f"pooling must be one of {', '.join(POOLING)}, got {pooling!r}")
+        decoder = self._live()
+        eval_hidden = getattr(decoder, "eval_hidden", None)
+        if eval_hidden is None:
+            raise UnsupportedError(f"the {self.arch} model does not expose hidden states, so it cannot embed")
+        ids = self._prompt_ids(text, None)
+        if len(ids) > self.n_ctx:
+            if not truncate:
+                raise ContextOverflowError(f"Requested tokens ({len(ids)}) exceed context window of {self.n_ctx}")
+            ids = ids[:self.n_ctx]
+        self.reset()
+        h = np.asarray(eval_hidden(ids), dtype=np.float32)
+        decoder.reset()  # the cache holds these tokens' K/V, but they are not worth tracking
+        self.n_evaluated += len(ids)
+        out = {"mean": lambda: h.mean(axis=0), "cls": lambda: h[0], "last": lambda: h[-1], "none": lambda: h}[pooling]()
+        if normalize:
+            norm = np.linalg.norm(out, axis=-1, keepdims=True)
+            out = out / np.maximum(norm, np.float32(1e-12))
+        return np.asarray(out, dtype=np.float32)
 
     # -- generation ----------------------------------------------------------------------
     @overload
@@ -315,6 +461,13 @@ class Model:
         repeat_last_n: int = 64,
         add_bos: bool | None = None,
         ignore_eos: bool = False,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        typical_p: float = 1.0,
+        logit_bias: Mapping[Any, float] | None = None,
+        logits_processor: LogitsProcessors | None = None,
+        stopping_criteria: StoppingCriteria | None = None,
+        logprobs: int | None = None,
     ) -> GenerationResult: ...
 
     @overload
@@ -334,6 +487,13 @@ class Model:
         repeat_last_n: int = 64,
         add_bos: bool | None = None,
         ignore_eos: bool = False,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        typical_p: float = 1.0,
+        logit_bias: Mapping[Any, float] | None = None,
+        logits_processor: LogitsProcessors | None = None,
+        stopping_criteria: StoppingCriteria | None = None,
+        logprobs: int | None = None,
     ) -> Iterator[GenerationChunk]: ...
 
     @overload
@@ -353,6 +513,13 @@ class Model:
         repeat_last_n: int = 64,
         add_bos: bool | None = None,
         ignore_eos: bool = False,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        typical_p: float = 1.0,
+        logit_bias: Mapping[Any, float] | None = None,
+        logits_processor: LogitsProcessors | None = None,
+        stopping_criteria: StoppingCriteria | None = None,
+        logprobs: int | None = None,
     ) -> GenerationResult | Iterator[GenerationChunk]: ...
 
     def generate(
@@ -371,6 +538,13 @@ class Model:
         repeat_last_n: int = 64,
         add_bos: bool | None = None,
         ignore_eos: bool = False,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        typical_p: float = 1.0,
+        logit_bias: Mapping[Any, float] | None = None,
+        logits_processor: LogitsProcessors | None = None,
+        stopping_criteria: StoppingCriteria | None = None,
+        logprobs: int | None = None,
     ) -> GenerationResult | Iterator[GenerationChunk]:
         """Continue ``prompt`` (text, or token ids used as given) and return the completion.
 
@@ -383,12 +557,25 @@ class Model:
         does for completions. ``ignore_eos`` never samples an end-of-generation token
         (llama.cpp's ``--ignore-eos``; for benchmarks).
 
+        llama-cpp-python's sampler extras: ``presence_penalty`` / ``frequency_penalty`` (over the last
+        ``repeat_last_n`` tokens), ``typical_p``, ``logit_bias`` ({token id: added logit}),
+        ``logits_processor`` (``f(input_ids: int32 array, logits: float32 [n_vocab]) -> logits``, or a
+        list of them, applied first at each step: the hook grammar constraints use),
+        ``stopping_criteria`` (``f(input_ids, logits) -> bool``: true ends generation) and ``logprobs``
+        (n: each token's log-probability and the n most likely alternatives, in ``.logprobs``).
+
+        The prompt reuses the longest prefix it shares with the tokens already in the KV cache.
+
         With ``stream=True`` returns an iterator of :class:`GenerationChunk`; arguments are
         checked and the prompt tokenized before it is returned.
         """
         decoder = self._live()
         sampler = Sampler(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n,
-                          seed=self._rng if seed is None else seed)
+                          seed=self._rng if seed is None else seed, presence_penalty=presence_penalty,
+                          frequency_penalty=frequency_penalty, typical_p=typical_p, logit_bias=logit_bias)
+        if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, (int, np.integer))
+                                     or logprobs < 0):
+            raise ValueError(f"logprobs must be an integer >= 0 or None, got {logprobs!r}")
         stops = check_stops(stop)
         ids = self._prompt_ids(prompt, add_bos)
         n_ctx = int(decoder.n_ctx)
@@ -399,18 +586,23 @@ class Model:
         room = n_ctx - len(ids)
         budget = room if max_tokens is None or max_tokens <= 0 else min(int(max_tokens), room)
         self._epoch += 1
-        it = self._run(ids, budget, sampler, stops, self._epoch, bool(ignore_eos))
+        it = self._run(ids, budget, sampler, stops, self._epoch, bool(ignore_eos),
+                       logits_processor=logits_processor, stopping_criteria=stopping_criteria,
+                       logprobs=None if logprobs is None else int(logprobs))
         if stream:
             return it
         texts: list[str] = []
         tokens: list[int] = []
+        lps: list[TokenLogprob] = []
         last: GenerationChunk | None = None
         for last in it:
             texts.append(last.text)
             tokens.extend(last.tokens)
+            lps.extend(last.logprobs or ())
         assert last is not None and last.finish_reason is not None
         return GenerationResult("".join(texts), tokens, last.finish_reason, last.prompt_tokens,
-                                last.completion_tokens, last.timings or Timings())
+                                last.completion_tokens, last.timings or Timings(),
+                                logprobs=lps if logprobs is not None else None, cached_tokens=last.cached_tokens)
 
     def __call__(self, prompt: str | Sequence[int], **kwargs: Any) -> GenerationResult | Iterator[GenerationChunk]:
         """Same as :meth:`generate`."""
@@ -436,7 +628,7 @@ class Model:
         return ids
 
     def _run(self, ids: list[int], budget: int, sampler: Sampler, stops: list[str],
-             epoch: int, ignore_eos: bool = False) -> Iterator[GenerationChunk]:
+             epoch: int, ignore_eos: bool = False, **hooks: Any) -> Iterator[GenerationChunk]:
         """The generation loop shared by streamed and plain calls; it stops with a RuntimeError once a later call
         touches the KV cache."""
         def check_current() -> None:
@@ -444,14 +636,18 @@ class Model:
                 raise RuntimeError("this generation was interrupted by a later generate(), eval(), reset() "
                                    "or close() on the same model")
 
-        return generation_loop(self._live(), ids, budget, sampler, stops, self._stream_decoder(self._tok), self._eog,
-                               ignore_eos, check_current)
+        def step(tok: int) -> np.ndarray:
+            return self._eval_tracked([tok])
+
+        return generation_loop(self._prefill, step, ids, budget, sampler, stops, self._stream_decoder(self._tok),
+                               self._eog, ignore_eos, check_current, **hooks)
 
     # -- lifetime ------------------------------------------------------------------------
     def close(self) -> None:
         """Release the KV cache and the file mapping. The model is unusable afterwards."""
         self._epoch += 1
         self.decoder = None
+        self._ctx_tokens = []
         f, self._file = self._file, None
         if f is not None and hasattr(f, "close"):
             f.close()

@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Collection, Iterator, Sequence
+from typing import Any, Callable, Collection, Iterator, Sequence, Union
 
 import numpy as np
 
-from .models.base import Decoder
-from .text.sampling import Sampler
+from .text.sampling import Sampler, log_softmax
+
+# llama-cpp-python's hooks: processor(input_ids, logits) -> logits; criterion(input_ids, logits) -> stop?
+LogitsProcessor = Callable[[np.ndarray, np.ndarray], np.ndarray]
+StoppingCriterion = Callable[[np.ndarray, np.ndarray], bool]
+LogitsProcessors = Union[LogitsProcessor, Sequence[LogitsProcessor]]
+StoppingCriteria = Union[StoppingCriterion, Sequence[StoppingCriterion]]
 
 
 @dataclass
@@ -22,6 +27,16 @@ class Timings:
     gen_ms: float = 0.0
     prompt_tps: float = 0.0
     gen_tps: float = 0.0
+
+
+@dataclass
+class TokenLogprob:
+    """The log-probability of a sampled token and of the most likely alternatives, from the model's
+    logits (after ``logits_processor``, before logit bias, penalties and the sampling filters)."""
+
+    token: int
+    logprob: float
+    top: dict[int, float]  # the `n` most likely ids -> logprob, highest first
 
 
 @dataclass
@@ -39,6 +54,8 @@ class GenerationResult:
     prompt_tokens: int
     completion_tokens: int
     timings: Timings = field(default_factory=Timings)
+    logprobs: list[TokenLogprob] | None = None  # one per token of `tokens`, when asked for
+    cached_tokens: int = 0  # prompt tokens whose KV cache was reused from the previous call
 
     def __str__(self) -> str:
         return self.text
@@ -59,6 +76,8 @@ class GenerationChunk:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     timings: Timings | None = None
+    logprobs: list[TokenLogprob] | None = None  # for `tokens`, when asked for
+    cached_tokens: int = 0
 
 
 def find_stop(text: str, stops: Sequence[str], start: int) -> int | None:
@@ -97,30 +116,66 @@ def check_stops(stop: str | Sequence[str] | None) -> list[str]:
     return out
 
 
-def generation_loop(fwd: Decoder, ids: list[int], budget: int, sampler: Sampler, stops: list[str], stream: Any,
-                    eog: Collection[int], ignore_eos: bool, check_current: Callable[[], None]
-                    ) -> Iterator[GenerationChunk]:
-    """Evaluate the prompt `ids` from an empty context, then sample up to `budget` tokens.
+def as_processors(hooks: Any, what: str) -> list[Callable[[np.ndarray, np.ndarray], Any]]:
+    """A callable or a list of callables (llama-cpp-python's LogitsProcessorList / StoppingCriteriaList) as a list."""
+    if hooks is None:
+        return []
+    if callable(hooks) and not isinstance(hooks, (list, tuple)):
+        return [hooks]
+    if isinstance(hooks, (list, tuple)) and all(callable(h) for h in hooks):
+        return list(hooks)
+    raise ValueError(f"{what} must be a callable(input_ids, logits) or a list of them, got {hooks!r}")
+
+
+def top_logprobs(logits: np.ndarray, token: int, n: int) -> TokenLogprob:
+    """`token`'s log-probability under softmax(`logits`) and the `n` most likely ids'."""
+    lp = log_softmax(logits)
+    top: dict[int, float] = {}
+    if n > 0:
+        k = min(n, lp.shape[0])
+        ids = np.argpartition(-lp, k - 1)[:k]
+        ids = ids[np.argsort(-lp[ids], kind="stable")]
+        top = {int(i): float(lp[i]) for i in ids}
+    return TokenLogprob(int(token), float(lp[token]), top)
+
+
+def generation_loop(prefill: Callable[[list[int]], tuple[np.ndarray, int]], step: Callable[[int], np.ndarray],
+                    ids: list[int], budget: int, sampler: Sampler, stops: list[str], stream: Any,
+                    eog: Collection[int], ignore_eos: bool, check_current: Callable[[], None], *,
+                    logits_processor: LogitsProcessors | None = None,
+                    stopping_criteria: StoppingCriteria | None = None,
+                    logprobs: int | None = None) -> Iterator[GenerationChunk]:
+    """Evaluate the prompt `ids` (`prefill(ids) -> (last logits, tokens reused from the cache)`), then sample up to
+    `budget` tokens, evaluating each with `step(token) -> logits`.
 
     `stream` turns token ids into text (`feed(id) -> str`, `flush() -> str`); `eog` ends generation (never sampled
-    with `ignore_eos`); `check_current()` raises when the caller's context was taken over. Chunks never hold half a
-    character or a prefix of a stop string that may still complete; the last one has the finish reason and timings.
+    with `ignore_eos`); `check_current()` raises when the caller's context was taken over. `logits_processor`s
+    (llama-cpp-python's signature: `(input_ids int32 [n], logits float32 [n_vocab]) -> logits`) run first on each
+    step's logits; a true `stopping_criteria(input_ids, logits)` ends generation ("stop") before the token just
+    sampled. `logprobs` = n adds each token's log-probability and the n most likely alternatives. Chunks never hold
+    half a character or a prefix of a stop string that may still complete; the last one has the finish reason
+    and timings.
     """
+    processors = as_processors(logits_processor, "logits_processor")
+    criteria = as_processors(stopping_criteria, "stopping_criteria")
     check_current()
     t0 = time.perf_counter()
-    fwd.reset()
-    logits = fwd.eval(ids)
+    logits, n_cached = prefill(ids)
     t1 = time.perf_counter()
     history = list(ids)
     max_stop = max((len(s) for s in stops), default=0)
     text = ""
     emitted = 0  # characters of `text` already handed out
     pending: list[int] = []  # tokens not yet handed out with a chunk
+    pending_lp: list[TokenLogprob] = []
     n_gen = 0
     finish = "length"
     cut: int | None = None  # where a stop string starts in `text`
     banned = np.array(sorted(eog), dtype=np.int64) if ignore_eos and eog else None
     while n_gen < budget:
+        input_ids = np.asarray(history if processors or criteria else (), dtype=np.intc)
+        for proc in processors:
+            logits = np.asarray(proc(input_ids, np.array(logits, dtype=np.float32, copy=True)), dtype=np.float32)
         if banned is not None:
             logits = np.array(logits, dtype=np.float32, copy=True)
             logits[banned] = -np.inf
@@ -128,9 +183,14 @@ def generation_loop(fwd: Decoder, ids: list[int], budget: int, sampler: Sampler,
         if tok in eog:
             finish = "stop"
             break
+        if criteria and any(bool(c(input_ids, logits)) for c in criteria):
+            finish = "stop"
+            break
         n_gen += 1
         history.append(tok)
         pending.append(tok)
+        if logprobs is not None:
+            pending_lp.append(top_logprobs(logits, tok, logprobs))
         piece = stream.feed(tok)
         if piece:
             start = max(0, len(text) - max_stop + 1)
@@ -142,12 +202,13 @@ def generation_loop(fwd: Decoder, ids: list[int], budget: int, sampler: Sampler,
                     break
             safe = len(text) - (held_back(text, stops) if stops else 0)
             if safe > emitted:
-                yield GenerationChunk(text[emitted:safe], pending, None, len(ids), n_gen)
-                emitted, pending = safe, []
+                yield GenerationChunk(text[emitted:safe], pending, None, len(ids), n_gen,
+                                      logprobs=pending_lp if logprobs is not None else None, cached_tokens=n_cached)
+                emitted, pending, pending_lp = safe, [], []
         if n_gen >= budget:
             break
         check_current()
-        logits = fwd.eval([tok])
+        logits = step(tok)
     if cut is None:
         tail = stream.flush()
         if tail:
@@ -163,7 +224,8 @@ def generation_loop(fwd: Decoder, ids: list[int], budget: int, sampler: Sampler,
     timings = Timings(
         prompt_ms=prompt_s * 1e3,
         gen_ms=gen_s * 1e3,
-        prompt_tps=len(ids) / prompt_s if prompt_s > 0 else 0.0,
+        prompt_tps=(len(ids) - n_cached) / prompt_s if prompt_s > 0 else 0.0,
         gen_tps=n_gen / gen_s if gen_s > 0 and n_gen else 0.0,
     )
-    yield GenerationChunk(text[emitted:max(end, emitted)], pending, finish, len(ids), n_gen, timings)
+    yield GenerationChunk(text[emitted:max(end, emitted)], pending, finish, len(ids), n_gen, timings,
+                          logprobs=pending_lp if logprobs is not None else None, cached_tokens=n_cached)

@@ -112,3 +112,17 @@ def test_chat_format_keyword_on_a_fixture_model() -> None:
         assert r.completion_tokens <= 3
         with pytest.raises(ValueError, match="unknown chat format"):
             m.chat_prompt(msgs, chat_format="klingon")
+
+
+def test_llama_chat_format_uses_the_builtin_format() -> None:
+    from tilellm import Llama
+
+    path = str(fixture_path("qwen2-micro-q8_0.gguf"))
+    llm = Llama(model_path=path, n_ctx=128, chat_format="chatml", verbose=False)
+    msgs = [{"role": "user", "content": "Hi"}]
+    out = llm.create_chat_completion(messages=msgs, max_tokens=4, temperature=0)
+    with load(path, n_ctx=128) as m:
+        want = m.chat(msgs, chat_format="chatml", max_tokens=4, temperature=0)
+        other = m.chat(msgs, chat_format="llama-2", max_tokens=4, temperature=0)
+    assert out["choices"][0]["message"]["content"] == want.text
+    assert out["usage"]["prompt_tokens"] == want.prompt_tokens != other.prompt_tokens

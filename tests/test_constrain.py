@@ -120,7 +120,10 @@ def test_bad_inputs_are_one_line_errors(model) -> None:
     assert grammar_source(response_format={"type": "text"}) is None
     c = Constraint(tok, grammar='root ::= "a"', n_vocab=model.n_vocab)
     with pytest.raises(ValueError, match="entries"):
-        c.apply(np.zeros(model.n_vocab + 1, np.float32))
+        c.apply(np.zeros(model.n_vocab - 1, np.float32))
+    padded = c.apply(np.zeros(model.n_vocab + 3, np.float32))  # rows past the vocabulary are never allowed
+    assert padded.shape == (model.n_vocab + 3,) and np.all(np.isneginf(padded[model.n_vocab:]))
+    assert np.isfinite(padded).sum() >= 1
 
 
 def test_tokenizer_description_is_cached_per_tokenizer_and_released_with_it(model) -> None:
@@ -137,3 +140,23 @@ def test_tokenizer_description_is_cached_per_tokenizer_and_released_with_it(mode
         del other
     gc.collect()
     assert len(constrain._LLTOK_CACHE) == n - 1  # the closed model's description went with its tokenizer
+
+
+def test_llama_grammar_and_response_format_go_through_logits_processor() -> None:
+    from tilellm import Llama
+    from tilellm.llm.text.constrain import logits_processor
+
+    llm = Llama(model_path=str(fixture_path("qwen2-micro-q8_0.gguf")), n_ctx=128, verbose=False, seed=1)
+    for seed in range(5):
+        out = llm.create_completion("Q:", grammar=GBNF, max_tokens=40, temperature=1.0, seed=seed)
+        assert GBNF_RE.fullmatch(out["choices"][0]["text"]), out
+    out = llm.create_chat_completion(messages=[{"role": "user", "content": "x"}], max_tokens=120, temperature=1.0,
+                                     response_format={"type": "json_schema", "json_schema": {"schema": PERSON}})
+    jsonschema.validate(json.loads(out["choices"][0]["message"]["content"]), PERSON)
+    assert logits_processor(llm.model.tokenizer, response_format={"type": "text"}) is None
+
+    class LlamaGrammarLike:  # llama-cpp-python's LlamaGrammar keeps its GBNF source in _grammar
+        _grammar = 'root ::= "ok"'
+
+    c = logits_processor(llm.model.tokenizer, grammar=LlamaGrammarLike())
+    assert isinstance(c, Constraint)

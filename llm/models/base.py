@@ -6,6 +6,7 @@ from typing import Any, Literal, Protocol, Sequence, overload
 import numpy as np
 
 from tilellm.backend import Backend
+from tilellm.backend.ops import rms_norm
 from tilellm.quant import GGMLType, TensorView
 from tilellm.quant.errors import ContextOverflowError, GGUFError, NumericalError, UnsupportedError
 
@@ -122,8 +123,26 @@ class DecoderModel:
         """Forget the context (the KV cache is overwritten from position 0)."""
         self.n_past = 0
 
-    def eval(self, tokens: Sequence[int] | np.ndarray, logits_all: bool = False) -> np.ndarray:
-        """Append `tokens` to the context; logits of the last position `[n_vocab]` or of every new one."""
+    def truncate(self, n_keep: int) -> None:
+        """Keep the first `n_keep` positions of the context and forget the rest (their KV rows are overwritten by
+        the next eval): how a new prompt reuses the cached prefix it shares with the previous one."""
+        if not 0 <= int(n_keep) <= self.n_past:
+            raise ValueError(f"truncate() needs 0 <= n_keep <= n_past ({self.n_past}), got {n_keep}")
+        self.n_past = int(n_keep)
+
+    def eval_hidden(self, tokens: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Append `tokens` to the context; their final-normed hidden states `[T, n_embd]` (what the output head
+        multiplies: the embeddings llama.cpp pools)."""
+        ids = self._checked_ids(tokens)
+        hs = [self._forward(ids[s:s + self.n_batch]) for s in range(0, ids.size, self.n_batch)]
+        out = rms_norm(np.concatenate(hs, axis=0), self.out_norm, self.hparams.rms_eps)
+        if not np.isfinite(out).all():
+            raise NumericalError("the forward pass produced non-finite hidden states; call reset() before "
+                                 "evaluating again")
+        return np.asarray(out, dtype=np.float32)
+
+    def _checked_ids(self, tokens: Sequence[int] | np.ndarray) -> np.ndarray:
+        """`tokens` as int64 ids, checked against the vocabulary and the room left in the context."""
         ids = np.asarray(tokens)
         if ids.ndim != 1 or ids.size == 0:
             raise ValueError("eval() needs a non-empty 1-D sequence of token ids")
@@ -139,6 +158,11 @@ class DecoderModel:
         check = getattr(self.file, "check_unchanged", None)
         if check is not None:
             check()
+        return ids
+
+    def eval(self, tokens: Sequence[int] | np.ndarray, logits_all: bool = False) -> np.ndarray:
+        """Append `tokens` to the context; logits of the last position `[n_vocab]` or of every new one."""
+        ids = self._checked_ids(tokens)
         outs = []
         for s in range(0, ids.size, self.n_batch):
             chunk = ids[s:s + self.n_batch]

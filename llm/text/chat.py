@@ -37,7 +37,7 @@ from .template_worker import TemplateRefused, TemplateWorker
 
 __all__ = [
     "ChatTemplateError", "ChatTemplateLimitError", "ChatTemplateSecurityError", "DEFAULT_CHAT_TEMPLATE",
-    "RENDER_TIMEOUT", "RENDER_MAX_CHARS", "get_chat_template", "render_chat",
+    "RENDER_TIMEOUT", "RENDER_MAX_CHARS", "builtin_template", "get_chat_template", "render_chat",
 ]
 
 RENDER_TIMEOUT = 0.5         # seconds one render may take (real templates take about a millisecond)
@@ -92,6 +92,14 @@ def get_chat_template(metadata: Mapping[str, Any], name: str | None = None, *,
     warn_fallback_once(f"the model has no chat template; using the built-in {fmt!r} chat format ({how}); "
                        f"choose another with chat_format= / --chat-template")
     return CHAT_FORMATS[fmt]
+
+
+def builtin_template(name: str) -> str:
+    """The Jinja source of the built-in chat format ``name`` (``gemma``, ``llama-3``, ``chatml`` ...; a string holding
+    Jinja tags is returned as it is); ``ValueError`` listing the names if unknown."""
+    if "{{" in name or "{%" in name:
+        return name
+    return format_template(name)
 
 
 def render_chat(template: str, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True,

@@ -32,7 +32,7 @@ from tilellm.quant.errors import UnsupportedError
 from .tokenizer import TokenType
 
 __all__ = ["Constraint", "ConstraintError", "build_lltokenizer", "generate_constrained", "grammar_source",
-           "iter_constrained"]
+           "iter_constrained", "logits_processor"]
 
 
 class ConstraintError(UnsupportedError):
@@ -276,8 +276,12 @@ class Constraint:
     def apply(self, logits: np.ndarray) -> np.ndarray:
         """``logits`` (1-D) with every disallowed token set to -inf (a new float32 array)."""
         x = np.asarray(logits, dtype=np.float32).reshape(-1)
-        if x.shape[0] != self.n_vocab:
+        if x.shape[0] < self.n_vocab:
             raise ValueError(f"logits have {x.shape[0]} entries, the constraint expects {self.n_vocab}")
+        if x.shape[0] > self.n_vocab:  # rows past the tokenizer's vocabulary (padded output): never allowed
+            out = np.full(x.shape[0], -np.inf, dtype=np.float32)
+            out[: self.n_vocab] = self.apply(x[: self.n_vocab])
+            return out
         bits = self._fill()
         words = np.flatnonzero(bits)
         if words.size * 4 < bits.size:
@@ -306,6 +310,31 @@ class Constraint:
         """llama-cpp-python's logits processor: consume the tokens generated since the last call, then mask."""
         self.sync(input_ids)
         return self.apply(logits)
+
+
+def _grammar_text(grammar: Any) -> str | None:
+    """GBNF text from a str or from a llama-cpp-python ``LlamaGrammar``-like object (its source attribute)."""
+    if grammar is None or isinstance(grammar, str):
+        return grammar
+    for attr in ("_grammar", "grammar", "grammar_str"):
+        text = getattr(grammar, attr, None)
+        if isinstance(text, str):
+            return text
+    raise ConstraintError(f"grammar must be GBNF text, got {type(grammar).__name__}")
+
+
+def logits_processor(tokenizer: Any, *, grammar: Any = None, response_format: Mapping[str, Any] | None = None,
+                     json_schema: Any = None, n_vocab: int | None = None) -> Constraint | None:
+    """A fresh ``Constraint`` for one generation, as a logits processor; None when nothing constrains the output
+    (no grammar, and ``response_format`` absent or ``{"type": "text"}``). ``grammar`` may be GBNF text or a
+    llama-cpp-python ``LlamaGrammar``-like object."""
+    text = _grammar_text(grammar)
+    if text is None and json_schema is None and grammar_source(response_format=response_format) is None:
+        return None
+    if text is not None and response_format is not None:
+        response_format = None  # llama-cpp-python: an explicit grammar wins over response_format
+    return Constraint(tokenizer, grammar=text, response_format=response_format, json_schema=json_schema,
+                      n_vocab=n_vocab)
 
 
 def iter_constrained(model: Any, prompt_ids: Sequence[int], constraint: Constraint, sampler: Any,

@@ -2,11 +2,15 @@
 
 The chain, in order (the same order as llama-cpp-python's default sampler):
 
-1. repeat penalty over the last ``repeat_last_n`` tokens of the history (prompt + generated):
+0. ``logit_bias`` ({token id: value}) is added to the logits;
+1. penalties over the last ``repeat_last_n`` tokens of the history (prompt + generated):
    each distinct token seen there has its logit divided by ``repeat_penalty`` if positive and
-   multiplied by it if not (so a penalty > 1 always makes the token less likely);
+   multiplied by it if not (so a penalty > 1 always makes the token less likely), then loses
+   ``frequency_penalty`` times its count there plus ``presence_penalty`` (llama.cpp's penalties);
 2. ``temperature <= 0``: greedy, return the argmax of the penalised logits;
 3. top-k (``top_k = 0`` is off): keep the k largest logits;
+3b. typical-p (``typical_p = 1.0`` is off): keep the tokens whose surprise is closest to the
+   distribution's entropy, until their probability reaches ``typical_p``;
 4. top-p (``top_p = 1.0`` is off): keep the smallest set of most likely tokens whose
    probability (softmax of the *unscaled* logits) reaches ``top_p``;
 5. min-p (``min_p = 0`` is off): keep tokens whose probability is at least ``min_p`` times the
@@ -19,11 +23,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["SamplingParams", "Sampler", "softmax"]
+__all__ = ["SamplingParams", "Sampler", "softmax", "log_softmax"]
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -32,6 +36,34 @@ def softmax(x: np.ndarray) -> np.ndarray:
     z = z - z.max()
     e = np.exp(z)
     return e / e.sum()
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    """Numerically stable log-softmax of a 1-D array, in float64."""
+    z = np.asarray(x, dtype=np.float64).reshape(-1)
+    z = z - z.max()
+    return z - np.log(np.exp(z).sum())
+
+
+def _check_bias(logit_bias: Mapping[Any, Any] | None) -> tuple[tuple[int, float], ...]:
+    """`logit_bias` ({id: bias}, ids as ints or decimal strings as in OpenAI's API) as sorted pairs."""
+    if logit_bias is None:
+        return ()
+    if not isinstance(logit_bias, Mapping):
+        raise ValueError(f"logit_bias must be a mapping of token id to bias, got {type(logit_bias).__name__}")
+    out = {}
+    for k, v in logit_bias.items():
+        try:
+            tid = int(k) if not isinstance(k, bool) else None
+        except (TypeError, ValueError):
+            tid = None
+        if tid is None or tid < 0:
+            raise ValueError(f"logit_bias keys must be token ids, got {k!r}")
+        b = float(v) if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool) else None
+        if b is None or math.isnan(b):
+            raise ValueError(f"logit_bias[{k!r}] must be a number, got {v!r}")
+        out[tid] = b
+    return tuple(sorted(out.items()))
 
 
 def _check_finite(name: str, value: float) -> float:
@@ -61,6 +93,10 @@ class SamplingParams:
     min_p: float = 0.05
     repeat_penalty: float = 1.0
     repeat_last_n: int = 64
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    typical_p: float = 1.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self) -> None:
         temperature = _check_finite("temperature", self.temperature)
@@ -81,10 +117,17 @@ class SamplingParams:
             raise ValueError(
                 f"repeat_last_n must be >= -1 (-1 = whole history, 0 = off), got {repeat_last_n}"
             )
+        presence = _check_finite("presence_penalty", self.presence_penalty)
+        frequency = _check_finite("frequency_penalty", self.frequency_penalty)
+        typical_p = _check_finite("typical_p", self.typical_p)
+        if not 0.0 < typical_p <= 1.0:
+            raise ValueError(f"typical_p must be in (0, 1] (1.0 disables it), got {typical_p}")
+        bias = self.logit_bias if isinstance(self.logit_bias, tuple) else _check_bias(self.logit_bias)
         # frozen dataclass: normalise types through object.__setattr__
         for name, v in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p),
                         ("min_p", min_p), ("repeat_penalty", repeat_penalty),
-                        ("repeat_last_n", repeat_last_n)):
+                        ("repeat_last_n", repeat_last_n), ("presence_penalty", presence),
+                        ("frequency_penalty", frequency), ("typical_p", typical_p), ("logit_bias", bias)):
             object.__setattr__(self, name, v)
 
     @property
@@ -109,8 +152,14 @@ class Sampler:
         repeat_penalty: float = 1.0,
         repeat_last_n: int = 64,
         seed: int | np.random.Generator | None = None,
+        *,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        typical_p: float = 1.0,
+        logit_bias: Mapping[Any, float] | None = None,
     ) -> None:
-        self.params = SamplingParams(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n)
+        self.params = SamplingParams(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n,
+                                     presence_penalty, frequency_penalty, typical_p, _check_bias(logit_bias))
         if isinstance(seed, np.random.Generator):
             self.rng = seed
         else:
@@ -123,17 +172,26 @@ class Sampler:
     # -- the chain -------------------------------------------------------------------------
 
     def apply_penalty(self, logits: np.ndarray, history: Sequence[int] = ()) -> np.ndarray:
-        """Return a float32 copy of ``logits`` with the repeat penalty applied."""
+        """Return a float32 copy of ``logits`` with the logit bias and the penalties applied."""
         out = np.array(logits, dtype=np.float32, copy=True).reshape(-1)
         p = self.params
-        if p.repeat_penalty == 1.0 or p.repeat_last_n == 0 or len(history) == 0:
+        for tid, b in p.logit_bias:
+            if tid < out.shape[0]:
+                out[tid] += np.float32(b)
+        no_freq = p.presence_penalty == 0.0 and p.frequency_penalty == 0.0
+        if (p.repeat_penalty == 1.0 and no_freq) or p.repeat_last_n == 0 or len(history) == 0:
             return out
         window = history if p.repeat_last_n < 0 else history[-p.repeat_last_n:]
-        ids = np.unique(np.asarray(window, dtype=np.int64))
-        ids = ids[(ids >= 0) & (ids < out.shape[0])]
+        ids, counts = np.unique(np.asarray(window, dtype=np.int64), return_counts=True)
+        ok = (ids >= 0) & (ids < out.shape[0])
+        ids, counts = ids[ok], counts[ok]
         vals = out[ids]
-        # each distinct token is penalised once, however often it occurs
-        out[ids] = np.where(vals <= 0, vals * p.repeat_penalty, vals / p.repeat_penalty)
+        if p.repeat_penalty != 1.0:
+            # each distinct token is penalised once, however often it occurs
+            vals = np.where(vals <= 0, vals * p.repeat_penalty, vals / p.repeat_penalty)
+        if not no_freq:
+            vals = vals - (counts * p.frequency_penalty + p.presence_penalty).astype(np.float32)
+        out[ids] = vals
         return out
 
     def candidates(self, logits: np.ndarray, history: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray]:
@@ -156,6 +214,8 @@ class Sampler:
         # stable sort so equal logits keep id order (deterministic across runs)
         ids = ids[np.argsort(-x[ids], kind="stable")]
         vals = x[ids].astype(np.float64)
+        if p.typical_p < 1.0 and len(ids) > 1:
+            ids, vals = _typical(ids, vals, p.typical_p)
         if p.top_p < 1.0:
             probs = softmax(vals)
             cum = np.cumsum(probs)
@@ -182,3 +242,17 @@ class Sampler:
         return int(ids[min(j, len(ids) - 1)])
 
     __call__ = sample
+
+
+def _typical(ids: np.ndarray, vals: np.ndarray, typical_p: float) -> tuple[np.ndarray, np.ndarray]:
+    """Locally typical sampling: keep the tokens whose surprise (-log p) is closest to the entropy until their
+    probability reaches `typical_p`; survivors are returned in decreasing-logit order."""
+    logp = vals - vals.max()
+    logp = logp - np.log(np.exp(logp).sum())
+    probs = np.exp(logp)
+    entropy = -(probs * logp).sum()
+    order = np.argsort(np.abs(-logp - entropy), kind="stable")
+    cum = np.cumsum(probs[order])
+    last = max(1, min(int(np.searchsorted(cum, typical_p, side="left")) + 1, len(ids)))
+    keep = np.sort(order[:last])  # back to decreasing-logit order
+    return ids[keep], vals[keep]
