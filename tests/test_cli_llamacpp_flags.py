@@ -138,7 +138,10 @@ def test_ctrl_c_ends_the_turn_not_the_conversation(tmp_path: Path) -> None:
             got += os.read(p.stdout.fileno(), 4096)
         p.stdin.write(b"Hi\n")
         p.stdin.flush()
-        time.sleep(1.5)  # the reply runs until the 8,192-token context fills: far longer than this
+        n0 = len(got)
+        while len(got) < n0 + 8 and time.monotonic() < deadline:  # the reply has started
+            got += os.read(p.stdout.fileno(), 4096)
+        time.sleep(0.5)  # the reply runs until the 8,192-token context fills: far longer than this
         assert p.poll() is None
         p.send_signal(signal.SIGINT)
         time.sleep(0.5)

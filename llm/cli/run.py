@@ -481,9 +481,9 @@ def _conversation(model: Any, args: argparse.Namespace, system: str | None, chat
         if not user.strip():
             continue
         messages.append({"role": "user", "content": user})
-        ids = model.chat_prompt(messages, **_fmt_kw(chat_format))
         reply = ""
-        try:
+        try:  # Ctrl-C anywhere in the turn (rendering, prompt, reply) ends the turn
+            ids = model.chat_prompt(messages, **_fmt_kw(chat_format))
             for chunk in _generate(model, args, ids, constraint):
                 if chunk.text:
                     reply += chunk.text
