@@ -150,7 +150,8 @@ class KernelBackend(Backend):
                 raise ShapeError(f"{name} must be a C-contiguous float32 array of {n} values")
         if not h.flags.writeable:
             raise ShapeError("h is read-only")
-        rc = self.lib.lib.tl_decode_layer(plan.c, ffi.from_buffer("float[]", h), ffi.from_buffer("float[]", cos),
+        rc = self.lib.lib.tl_decode_layer(self.lib.ctx, plan.c, ffi.from_buffer("float[]", h),
+                                          ffi.from_buffer("float[]", cos),
                                           ffi.from_buffer("float[]", sin), plan.kc, plan.vc, n_past, float(scale),
                                           self.lib.n_threads)
         if rc:

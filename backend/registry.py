@@ -67,9 +67,7 @@ def known() -> list[str]:
 
 def _load_kernels(variant: str, n_threads: int, act_rounding: str) -> kernels.KernelLib:
     """The one place a compiled variant is loaded, with its thread count and activation rounding."""
-    lib = kernels.load(variant, n_threads)
-    kernels.set_act_rounding(act_rounding)  # process-wide until KernelLib owns its rounding (issue #13, kernels side)
-    return lib
+    return kernels.load(variant, n_threads, act_rounding=act_rounding)
 
 
 def _build(name: str, n_threads: int, act_rounding: str) -> Backend:

@@ -14,10 +14,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tilellm.errors import BackendUnavailableError, ShapeError, UnsupportedError
 from tilellm.quant import TYPE_INFO, GGMLType, type_from_any
+from tilellm.quant.errors import BackendUnavailableError, ShapeError, UnsupportedError
 
-VARIANTS = ("portable", "avx2", "avx512", "amx", "neon", "sme", "sme2")
+from .variants import BY_NAME, NAMES
+
+VARIANTS: tuple[str, ...] = NAMES  # best first
 
 # TL_CPU_* bits of tilellm.h -> feature names (the names the backend registry uses).
 FEATURE_BITS = {
@@ -29,19 +31,11 @@ FEATURE_BITS = {
     "sme": 1 << 19, "sme2": 1 << 20, "i8mm": 1 << 21, "bf16": 1 << 22,
 }
 
-_AVX512 = frozenset({"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vnni", "avx512bf16"})
 # What each variant's compiler flags let the compiler emit: importing a module without these
 # could fault (SIGILL), so load() checks before the import.
-REQUIRES: dict[str, frozenset[str]] = {
-    "portable": frozenset(),
-    "avx2": frozenset({"avx2", "fma", "f16c"}),
-    "avx512": _AVX512,
-    "amx": _AVX512 | {"amx_tile", "amx_int8", "amx_bf16"},
-    "neon": frozenset({"neon", "dotprod", "fp16"}),
-    # the SME variants link the NEON kernels in for small batches
-    "sme": frozenset({"neon", "dotprod", "fp16", "sme"}),
-    "sme2": frozenset({"neon", "dotprod", "fp16", "sme", "sme2"}),
-}
+REQUIRES: dict[str, frozenset[str]] = {v.name: v.requires for v in BY_NAME.values()}
+# Where a variant hands the weight types it lacks (None: the reference backend).
+FALLBACK: dict[str, str | None] = {v.name: v.fallback for v in BY_NAME.values()}
 
 TL_OK, TL_UNSUPPORTED, TL_EINVAL, TL_ENOMEM = 0, 1, 2, 3
 MAX_THREADS = 1024  # (the C pool caps at 256; more is surely a mistake)
@@ -117,42 +111,66 @@ def cpu_features() -> set[str]:
 
 
 def default_threads() -> int:
+    """Cores this process may run on: the one default of every n_threads."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # macOS
         return max(1, os.cpu_count() or 1)
 
 
-_cache: dict[str, "KernelLib"] = {}
+# ---- options of a KernelLib (tl_options of tilellm.h) ------------------------------------------------
+# Python name -> {Python value: C value}. The environment overrides below are read once, here, at import,
+# and become the defaults of load()'s keyword arguments; C reads no environment.
+ACT_ROUNDING = {"fine": 0, "ggml": 1}
+OPTIONS: dict[str, dict[Any, int]] = {
+    "bf16_exact": {False: 0, True: 1},  # avx512 bf16 weights: exact f32 activations instead of vdpbf16ps
+    "q8_gemv": {"auto": 0, "panel": 1, "rows": 2},  # avx512 q8_0 one-token path (same bits)
+    "sme_tile": {"auto": 0, "16x64": 1, "64x16": 2},  # sme / sme2 micro-kernel shape (same bits)
+    "sme_bf16": {False: 0, True: 1},  # sme / sme2 bf16 weights: BFMOPA on bf16-rounded activations
+}
 
-# Activation rounding of the quantized weight types (tl_set_act_rounding), process-wide.
-_ACT_ROUNDING = {"fine": 0, "ggml": 1}
-_act_rounding = "fine"
+
+def options_from_env(env: Any) -> dict[str, Any]:
+    """Option defaults from $TILELLM_BF16_EXACT=1, $TILELLM_Q8_GEMV=panel|rows, $TILELLM_SME_TILE=16x64|64x16 and
+    $TILELLM_SME_BF16=bfmopa (anything else: the default)."""
+    q8, tile = env.get("TILELLM_Q8_GEMV", ""), env.get("TILELLM_SME_TILE", "")
+    return {"bf16_exact": env.get("TILELLM_BF16_EXACT", "")[:1] == "1",
+            "q8_gemv": q8 if q8 in OPTIONS["q8_gemv"] else "auto",
+            "sme_tile": tile if tile in OPTIONS["sme_tile"] else "auto",
+            "sme_bf16": env.get("TILELLM_SME_BF16", "") == "bfmopa"}
 
 
-def set_act_rounding(mode: str) -> str:
-    """Choose how activations are rounded for quantized weights, in every variant (loaded or not).
+DEFAULT_OPTIONS: dict[str, Any] = options_from_env(os.environ)
 
-    ``"fine"`` (default): one scale per 16 values, measured closer to the float model than ggml's.
-    ``"ggml"``: one scale per 32 values (per 256 for K-quants), ggml's granularity, to reproduce
-    llama.cpp's rounding noise (e.g. to compare perplexities with it). Returns the previous mode.
+
+def _check_options(act_rounding: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """act_rounding plus every option (defaults filled in), each checked: {name: Python value}."""
+    unknown = set(options) - set(OPTIONS)
+    if unknown:
+        raise TypeError(f"unknown kernel option(s) {sorted(unknown)}; known: {sorted(OPTIONS)}")
+    out = {"act_rounding": act_rounding, **DEFAULT_OPTIONS, **options}
+    for name, value in out.items():
+        allowed = ACT_ROUNDING if name == "act_rounding" else OPTIONS[name]
+        # bools are checked by type: 1 == True would otherwise pass as a bool option
+        if not isinstance(value, (str, bool)) or value not in allowed or type(value) is not type(next(iter(allowed))):
+            raise ValueError(f"{name} must be one of {sorted(allowed, key=str)}, got {value!r}")
+    return out
+
+
+def load(variant: str, n_threads: int | None = None, *, act_rounding: str = "fine", **options: Any) -> "KernelLib":
+    """The kernels of `variant`, initialised (tl_init), with their own context (tl_ctx) of options.
+
+    ``act_rounding``: how activations are rounded for quantized weights: ``"fine"`` (one scale per 16 values,
+    measured closer to the float model than ggml's) or ``"ggml"`` (one per 32, per 256 for K-quants: ggml's
+    granularity, to reproduce llama.cpp's rounding, e.g. to compare perplexities with it).
+    ``options``: ``bf16_exact`` (bool), ``q8_gemv`` ("auto", "panel", "rows"), ``sme_tile`` ("auto", "16x64",
+    "64x16"), ``sme_bf16`` (bool); defaults from the environment at import (DEFAULT_OPTIONS). Each KernelLib computes
+    with its own options only: two in one process never affect each other.
+
+    Raises BackendUnavailableError if the variant is unknown, not compiled, or cannot run here; ValueError /
+    TypeError for a bad or unknown option.
     """
-    global _act_rounding
-    if mode not in _ACT_ROUNDING:
-        raise ValueError(f"act rounding must be one of {sorted(_ACT_ROUNDING)}, got {mode!r}")
-    with _lock:
-        prev, _act_rounding = _act_rounding, mode
-        for v, rc in _inited.items():
-            if rc == TL_OK:
-                _modules[v].lib.tl_set_act_rounding(_ACT_ROUNDING[mode])
-    return prev
-
-
-def load(variant: str, n_threads: int | None = None) -> "KernelLib":
-    """The kernels of `variant`, initialised (tl_init) and ready.
-
-    Raises BackendUnavailableError if the variant is unknown, not compiled, or cannot run here.
-    """
+    opts = _check_options(act_rounding, options)
     if not isinstance(variant, str) or variant.lower() not in VARIANTS:
         raise BackendUnavailableError(f"unknown kernel variant {variant!r}; known: {', '.join(VARIANTS)}")
     variant = variant.lower()
@@ -169,15 +187,13 @@ def load(variant: str, n_threads: int | None = None) -> "KernelLib":
     with _lock:
         if variant not in _inited:
             _inited[variant] = int(mod.lib.tl_init())
-            if _inited[variant] == TL_OK:
-                mod.lib.tl_set_act_rounding(_ACT_ROUNDING[_act_rounding])
         rc = _inited[variant]
     if rc != TL_OK:
         raise BackendUnavailableError(f"kernel variant {variant!r} cannot run on this machine (tl_init returned {rc})")
     name = mod.ffi.string(mod.lib.tl_variant()).decode()
     if name != variant:
         raise BackendUnavailableError(f"module _tl_{variant} reports itself as {name!r}")
-    return KernelLib(variant, mod, n_threads)
+    return KernelLib(variant, mod, n_threads, opts)
 
 
 # ---- validation helpers ------------------------------------------------------------------------
@@ -317,16 +333,26 @@ class KernelLib:
     """One loaded variant. All methods validate their arguments and raise ShapeError
     (bad arrays/sizes) or UnsupportedError (weight type without a kernel here)."""
 
-    def __init__(self, variant: str, module, n_threads: int | None = None):
+    def __init__(self, variant: str, module, n_threads: int | None, options: dict[str, Any]):
         self.variant = variant
         self._mod = module
         self.ffi = module.ffi
         self.lib = module.lib
         self.n_threads = _threads(n_threads, default_threads())
+        self.options = dict(options)  # act_rounding and every tl_options field, as load() took them
+        c = {k: (ACT_ROUNDING if k == "act_rounding" else OPTIONS[k])[v] for k, v in self.options.items()}
+        ctx = self.lib.tl_ctx_new(self.ffi.new("tl_options *", c))
+        if ctx == self.ffi.NULL:
+            raise MemoryError(f"tl_ctx_new failed for variant {variant!r}")
+        self.ctx = self.ffi.gc(ctx, self.lib.tl_ctx_free)  # freed with this object; every C call takes it
         self._tcache: dict[Any, tuple[GGMLType, int, int, GGMLType]] = {}
 
+    @property
+    def act_rounding(self) -> str:
+        return self.options["act_rounding"]
+
     def __repr__(self) -> str:
-        return f"KernelLib({self.variant!r}, n_threads={self.n_threads})"
+        return f"KernelLib({self.variant!r}, n_threads={self.n_threads}, act_rounding={self.act_rounding!r})"
 
     def supports(self, t: Any) -> bool:
         try:
@@ -349,9 +375,10 @@ class KernelLib:
             except KeyError:
                 pass
         tt = _as_type(t)
-        if not self.lib.tl_supports(int(tt)):
+        if not self.lib.tl_supports(self.ctx, int(tt)):
             raise UnsupportedError(f"kernel variant {self.variant!r} has no kernel for {tt.name} weights")
-        info = (tt, TYPE_INFO[tt].block_size, TYPE_INFO[tt].type_size, GGMLType(int(self.lib.tl_act_type(int(tt)))))
+        act = GGMLType(int(self.lib.tl_act_type(self.ctx, int(tt))))
+        info = (tt, TYPE_INFO[tt].block_size, TYPE_INFO[tt].type_size, act)
         if type(t) in _CACHEABLE:
             self._tcache[t] = info
         return info
@@ -376,7 +403,7 @@ class KernelLib:
         nth = self.n_threads if n_threads is None else _threads(n_threads, self.n_threads)
         n, k, ldx, xp = self._act_input(t, x)
         buf, bufp = self._act_buffer(t, n, k)
-        rc = self.lib.tl_act_prepare(int(t), xp, ldx, n, k, bufp, nth)
+        rc = self.lib.tl_act_prepare(self.ctx, int(t), xp, ldx, n, k, bufp, nth)
         if rc:
             self._check_rc(rc, "tl_act_prepare")
         return Prepared(self, t, at, n, k, buf, bufp)
@@ -407,7 +434,7 @@ class KernelLib:
     def _act_buffer(self, t: GGMLType, n: int, k: int) -> tuple[np.ndarray, Any]:
         """A fresh activation buffer for n rows of k for weights of type t, 64-byte aligned (the kernels use aligned
         loads on it), and its C pointer."""
-        nbytes = self.lib.tl_act_bytes(int(t), n, k)
+        nbytes = self.lib.tl_act_bytes(self.ctx, int(t), n, k)
         if nbytes <= 0:
             raise ShapeError(f"cannot size activations for {t.name}, n={n}, k={k}")
         ffi = self.ffi
@@ -430,7 +457,7 @@ class KernelLib:
         ffi = self.ffi
         buf, bufp = self._act_buffer(t, n, k)
         xn = np.empty((n, k), np.float32)
-        rc = self.lib.tl_act_prepare_rms(int(t), xp, ldx, ffi.from_buffer("float[]", w), float(eps), n, k,
+        rc = self.lib.tl_act_prepare_rms(self.ctx, int(t), xp, ldx, ffi.from_buffer("float[]", w), float(eps), n, k,
                                          ffi.from_buffer("float[]", xn), bufp, nth)
         if rc:
             self._check_rc(rc, "tl_act_prepare_rms")
@@ -456,7 +483,7 @@ class KernelLib:
         ffi = self.ffi
         buf, bufp = self._act_buffer(t, n, k)
         xn = np.empty((n, k), np.float32)
-        rc = self.lib.tl_act_prepare_swiglu(int(t), ffi.from_buffer("float[]", g, require_writable=False),
+        rc = self.lib.tl_act_prepare_swiglu(self.ctx, int(t), ffi.from_buffer("float[]", g, require_writable=False),
                                             ffi.from_buffer("float[]", u, require_writable=False), n, k,
                                             ffi.from_buffer("float[]", xn), bufp, nth)
         if rc:
@@ -516,10 +543,10 @@ class KernelLib:
         ffi = self.ffi
         ys = [ffi.from_buffer("float[]", o) for o in res]
         if len(plans) == 1:
-            rc = self.lib.tl_gemm(int(p0.t), p0.wp, p0.ldw, p0.m, p0.k, bufp, n, ys[0], p0.m, nth)
+            rc = self.lib.tl_gemm(self.ctx, int(p0.t), p0.wp, p0.ldw, p0.m, p0.k, bufp, n, ys[0], p0.m, nth)
         else:
             ms = [p.m for p in plans]
-            rc = self.lib.tl_gemm_many(len(plans), [int(p.t) for p in plans], [p.wp for p in plans],
+            rc = self.lib.tl_gemm_many(self.ctx, len(plans), [int(p.t) for p in plans], [p.wp for p in plans],
                                        [p.ldw for p in plans], ms, p0.k, bufp, n, ys, ms, nth)
         if rc:
             self._check_rc(rc, "tl_gemm_many" if len(plans) > 1 else "tl_gemm")
@@ -582,7 +609,7 @@ class KernelLib:
         buf = prepared.buf
         # A Prepared is a plain object: check what C relies on, in case it was altered.
         if (type(buf) is not np.ndarray or buf.dtype != np.uint8 or buf.ndim != 1 or not buf.flags.c_contiguous
-                or buf.nbytes != self.lib.tl_act_bytes(int(t), n, k)):
+                or buf.nbytes != self.lib.tl_act_bytes(self.ctx, int(t), n, k)):
             raise ShapeError("prepared activation buffer was altered (type or size)")
         _check_inside(buf, "prepared activation buffer")
         bufp = self.ffi.from_buffer(buf)
@@ -622,4 +649,5 @@ class KernelLib:
             raise UnsupportedError(f"{what}: not supported by variant {self.variant!r}")
         if rc == TL_ENOMEM:
             raise MemoryError(f"{what}: out of memory")
-        raise ShapeError(f"{what}: rejected arguments (status {rc}); this is a tilellm bug: Python should have caught it")
+        raise ShapeError(f"{what}: rejected arguments (status {rc}); this is a tilellm bug: "
+                         "Python should have caught it")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tilellm.errors import ShapeError
+from tilellm.quant.errors import ShapeError
 
 from ._lib import _byte_span, _check_inside
 

@@ -2,12 +2,12 @@
 
 Used two ways:
   * setup.py imports it and calls ``cffi_modules()`` to pick the variants to build (machine
-    architecture, micro-kernel file present, compiler accepts the flags, $TILELLM_VARIANTS);
+    architecture, kernel files present, compiler accepts the flags, $TILELLM_VARIANTS);
   * cffi's setuptools hook executes this file and calls ``ffi_<variant>()`` to get each FFI.
 
-Every variant is compiled from the same shared sources plus its own
-``kernels/src/ukernel_<variant>.c``, with its own flags, and exposes the same cdef (the header
-kernels/include/tilellm.h). Env: ``TILELLM_VARIANTS=portable,avx2`` restricts the set,
+Every variant is compiled from the shared sources plus its own files (``variant_<name>.c`` and its
+kernel files, listed in kernels/variants.py), with its own flags, and exposes the same cdef (the
+header kernels/include/tilellm.h). Env: ``TILELLM_VARIANTS=portable,avx2`` restricts the set,
 ``TILELLM_CFLAGS`` appends flags to compile and link (e.g. ``-fsanitize=address -g``).
 """
 from __future__ import annotations
@@ -26,28 +26,26 @@ INCLUDE = os.path.join(HERE, "include")
 SRC = os.path.join(HERE, "src")
 HEADER = os.path.join(INCLUDE, "tilellm.h")
 
-SHARED_SOURCES = ["api.c", "gemm.c", "act.c", "threadpool.c", "cpu_detect.c", "fma_peak.c", "attention.c", "kquants.c",
-                  "decode.c"]
+# Compiled into every variant (with its flags). portable_kquants.c: the portable variant's K-quant kernels, and
+# the SIMD K-quant kernels' fallback when their scratch cannot be had.
+SHARED_SOURCES = ["api.c", "gemm.c", "act.c", "threadpool.c", "cpu_detect.c", "fma_peak.c", "attention.c", "decode.c",
+                  "portable_kquants.c"]
 
-_X86 = ("x86_64", "amd64", "i386", "i686", "x86")
-_ARM = ("aarch64", "arm64", "armv8l", "armv8b")
-_AVX512 = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni", "-mavx512bf16", "-mfma", "-mf16c"]
 
+def _load_table():
+    """kernels/variants.py, loaded by path (this file runs before the package is importable)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tilellm_kernel_variants", os.path.join(HERE, "variants.py"))
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # NamedTuple needs its module registered
+    spec.loader.exec_module(mod)
+    return mod
+
+
+TABLE = _load_table().BY_NAME
 # variant -> (machine architectures, compiler flags)
-VARIANTS: dict[str, tuple[tuple[str, ...], list[str]]] = {
-    # () = every architecture; no FMA contraction, so a result does not depend on which code path
-    # (gemv or tile) the compiler happened to fuse (clang contracts by default on arm64)
-    "portable": ((), ["-ffp-contract=off"]),
-    "avx2": (_X86, ["-mavx2", "-mfma", "-mf16c"]),
-    "avx512": (_X86, _AVX512),
-    "amx": (_X86, _AVX512 + ["-mamx-tile", "-mamx-int8", "-mamx-bf16"]),
-    "neon": (_ARM, ["-march=armv8.2-a+dotprod+fp16"]),
-    # SME: armv8.6-a (which has dotprod) + SME + fp16, never armv9-a: armv9-a implies SVE2 and the
-    # compiler would auto-vectorise the non-streaming code with SVE, which an Apple M4 lacks
-    # (REFERENCE 3.6.5). fp16 is for the NEON small-batch path linked into these variants.
-    "sme": (_ARM, ["-march=armv8.6-a+sme+fp16"]),
-    "sme2": (_ARM, ["-march=armv8.6-a+sme2+fp16"]),
-}
+VARIANTS: dict[str, tuple[tuple[str, ...], list[str]]] = {v.name: (v.archs, list(v.flags)) for v in TABLE.values()}
 
 # What the compiler probe compiles per variant (default: a trivial function). Flags alone are
 # not enough: clang-15/16 accept some SME flags but ship no arm_sme.h / SME ACLE.
@@ -82,8 +80,9 @@ def module_name(variant: str) -> str:
     return f"tilellm.kernels._tl_{variant}"
 
 
-def ukernel_file(variant: str) -> str:
-    return os.path.join(SRC, f"ukernel_{variant}.c")
+def sources(variant: str) -> list[str]:
+    """Every C file of `variant`: the shared ones, then its own (absolute paths)."""
+    return [os.path.join(SRC, s) for s in SHARED_SOURCES + list(TABLE[variant].sources)]
 
 
 def cdef_source() -> str:
@@ -131,9 +130,9 @@ def requested() -> list[str] | None:
 
 
 def buildable(variant: str) -> bool:
-    """Right architecture and micro-kernel present (no compiler probe)."""
+    """Right architecture and kernel files present (no compiler probe)."""
     archs, _ = VARIANTS[variant]
-    return (not archs or _machine() in archs) and os.path.exists(ukernel_file(variant))
+    return (not archs or _machine() in archs) and all(os.path.exists(f) for f in sources(variant))
 
 
 def select_variants(verbose: bool = True) -> list[str]:
@@ -168,8 +167,7 @@ def make_ffi(variant: str):
     ffi = FFI()
     ffi.cdef(cdef_source())
     # Relative source paths: setuptools wants them relative to setup.py's directory.
-    srcs = [os.path.relpath(os.path.join(SRC, s), ROOT) for s in SHARED_SOURCES]
-    srcs.append(os.path.relpath(ukernel_file(variant), ROOT))
+    srcs = [os.path.relpath(f, ROOT) for f in sources(variant)]
     extra = extra_flags()
     ffi.set_source(
         module_name(variant),
@@ -193,10 +191,6 @@ def ffi_avx2():
 
 def ffi_avx512():
     return make_ffi("avx512")
-
-
-def ffi_amx():
-    return make_ffi("amx")
 
 
 def ffi_neon():

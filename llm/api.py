@@ -712,8 +712,9 @@ def load(
     ``tilellm.backend.available()``. ``seed``: seeds the model's sampling generator (None = random).
     ``numerics``: "default" (the most accurate arithmetic we have) or "ggml" — llama.cpp's rounding
     choices where they differ from ours, to compare with it: activations of quantized matmuls with one
-    scale per 32 values stored in fp16 (per 256 for K-quants), GELU looked up in an fp16 table, and K, V and q
-    rounded to fp16 as llama.cpp's default f16 KV cache does. The activation rounding needs a kernel backend.
+    scale per 32 values stored in fp16 (per 256 for K-quants; this model's backend only,
+    ``tilellm.kernels.load(act_rounding=...)``), GELU looked up in an fp16 table, and K, V and q rounded to
+    fp16 as llama.cpp's default f16 KV cache does. The activation rounding needs a kernel backend.
 
     Raises FileNotFoundError (naming the path; also a ``GGUFError``), ``GGUFError`` for a malformed file,
     ``UnsupportedError`` naming an architecture/tensor type/tokenizer we do not handle,

@@ -71,8 +71,7 @@ def build(variant: str, rootfs: str, work: str, kdir: str, cc: list[str]) -> str
     common = cc + ["-fPIC"] + bv.BASE_CFLAGS + flags + bv.extra_flags() + [
         f"-I{bv.INCLUDE}", f"-I{bv.SRC}", "-Wall", "-Werror=implicit-function-declaration"]
     objs = []
-    jobs = [(os.path.join(bv.SRC, s), []) for s in bv.SHARED_SOURCES]
-    jobs.append((bv.ukernel_file(variant), []))
+    jobs = [(src, []) for src in bv.sources(variant)]
     jobs.append((modc, pyinc))
     for src, extra in jobs:
         obj = os.path.join(bdir, os.path.basename(src) + ".o")
@@ -99,7 +98,7 @@ def main() -> None:
     os.environ["CC"] = " ".join(cc)  # for build_variants' compiler probe
     kdir = layout(site)
     work = os.path.join(site, "..", "build")
-    todo = [v for v in a.variants if os.path.exists(bv.ukernel_file(v))]
+    todo = [v for v in a.variants if all(os.path.exists(f) for f in bv.sources(v))]
     for v in a.variants:
         if v not in todo:
             print(f"arm_build: no kernels/src/ukernel_{v}.c yet, skipping {v!r}", file=sys.stderr)

@@ -149,7 +149,8 @@ def test_plans_refuse_what_gemm_refuses(lib):
         with pytest.raises(ShapeError, match="activations"):
             lib.run([plan], lib.prepare(T.F32, np.ones((1, k), np.float32)))
         with pytest.raises(ShapeError, match="share the activation type"):
-            lib.run([plan, lib.plan(T.F32, _weights(T.F32, [8], k, 14)[0], k)], lib.prepare(T.Q8_0, np.ones((1, k), np.float32)))
+            lib.run([plan, lib.plan(T.F32, _weights(T.F32, [8], k, 14)[0], k)],
+                    lib.prepare(T.Q8_0, np.ones((1, k), np.float32)))
 
 
 def test_prepared_changed_after_the_fact_is_checked_in_full(lib):

@@ -19,14 +19,13 @@ import textwrap
 
 import numpy as np
 import pytest
+from test_kernels import reference  # the exact reference, kept in step with the activation layout
 
 from tilellm import kernels
+from tilellm.backend.ops import causal_attention
 from tilellm.errors import BackendUnavailableError, ShapeError, TileLLMError, UnsupportedError
 from tilellm.kernels.attention import attention
-from tilellm.backend.ops import causal_attention
 from tilellm.quant import TYPE_INFO, GGMLType, quantize
-
-from test_kernels import reference  # the exact reference, kept in step with the activation layout
 
 T = GGMLType
 TYPES = [T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1]

@@ -120,7 +120,8 @@ def check_close(y: np.ndarray, ref: np.ndarray, scale: np.ndarray, rtol: float =
     bound = rtol * scale + 1e-30
     bad = err > bound
     assert not bad.any(), (f"{bad.sum()} of {bad.size} outputs off; worst |err|/scale = "
-                           f"{(err / np.maximum(scale, 1e-30)).max():.3g} at {np.unravel_index(np.argmax(err - bound), err.shape)}")
+                           f"{(err / np.maximum(scale, 1e-30)).max():.3g} at "
+                           f"{np.unravel_index(np.argmax(err - bound), err.shape)}")
 
 
 # (m, k, n): ragged against every tile size, n = 1, k = one block, and a largish case
@@ -173,15 +174,19 @@ def test_float_token_result_independent_of_batch(lib, t):
 
 def test_act_types_of_the_16bit_mopa_variants(lib):
     """sme/sme2: f16 weights always take f16 activations (widening FMOPA); bf16 weights take
-    bf16 ones (BFMOPA) only with TILELLM_SME_BF16=bfmopa at load time, else f32.
-    avx512: bf16 weights take bf16 activations (vdpbf16ps) unless TILELLM_BF16_EXACT=1."""
-    import os
-
+    bf16 ones (BFMOPA) only with the sme_bf16 option (default: $TILELLM_SME_BF16=bfmopa), else f32.
+    avx512: bf16 weights take bf16 activations (vdpbf16ps) unless bf16_exact ($TILELLM_BF16_EXACT=1).
+    The option belongs to the library: one of each kind side by side keep their own."""
     sme = lib.variant in ("sme", "sme2")
-    bf16_acts = ((sme and os.environ.get("TILELLM_SME_BF16") == "bfmopa")
-                 or (lib.variant == "avx512" and os.environ.get("TILELLM_BF16_EXACT") != "1"))
-    want = {T.F16: T.F16 if sme else T.F32, T.BF16: T.BF16 if bf16_acts else T.F32}
-    assert {t: lib.act_type(t) for t in want} == want
+    for flip in (False, True):
+        opts = dict(lib.options)
+        if flip:
+            opts["sme_bf16"], opts["bf16_exact"] = not opts["sme_bf16"], not opts["bf16_exact"]
+        lb = kernels.load(lib.variant, **opts)
+        bf16_acts = (sme and opts["sme_bf16"]) or (lib.variant == "avx512" and not opts["bf16_exact"])
+        want = {T.F16: T.F16 if sme else T.F32, T.BF16: T.BF16 if bf16_acts else T.F32}
+        assert {t: lb.act_type(t) for t in want} == want, opts
+    assert lib.options["bf16_exact"] == kernels.DEFAULT_OPTIONS["bf16_exact"]
 
 
 @pytest.mark.parametrize("t", [T.F32, T.F16, T.BF16], ids=lambda t: t.name)
@@ -259,23 +264,22 @@ SME_SHAPES = [(5, 64, 9), (17, 96, 33), (70, 160, 130), (3, 32, 200), (131, 64, 
 
 
 @pytest.mark.parametrize("tile", ["16x64", "64x16", None])
-def test_sme_tile_shapes(lib, tile, monkeypatch):
-    """Both SME micro-kernel shapes (forced through TILELLM_SME_TILE, read per call) against the
-    reference on ragged sizes, every type; f32 accumulation order is the same in both shapes, so
+def test_sme_tile_shapes(lib, tile):
+    """Both SME micro-kernel shapes (forced through the sme_tile option of a second library) against
+    the reference on ragged sizes, every type; f32 accumulation order is the same in both shapes, so
     the forced results must also equal the automatic choice bit for bit."""
     if lib.variant not in ("sme", "sme2"):
         pytest.skip("SME only")
+    opts = {k: v for k, v in lib.options.items() if k != "sme_tile"}
+    auto_lib = kernels.load(lib.variant, n_threads=2, sme_tile="auto", **opts)
+    forced = kernels.load(lib.variant, n_threads=2, sme_tile=tile or "auto", **opts)
     for m, k, n in SME_SHAPES:
         for t in TYPES:
             if k % TYPE_INFO[t].block_size:
                 continue
             raw, x = make(t, m, k, n, seed=m * 31 + k + n)
-            p = lib.prepare(t, x)
-            monkeypatch.delenv("TILELLM_SME_TILE", raising=False)
-            auto = lib.gemm(t, raw, k, p)
-            if tile:
-                monkeypatch.setenv("TILELLM_SME_TILE", tile)
-            y = lib.gemm(t, raw, k, p)
+            auto = auto_lib.gemm(t, raw, k, auto_lib.prepare(t, x))
+            y = forced.gemm(t, raw, k, forced.prepare(t, x))
             check_close(y, *reference(lib, t, raw, k, x))
             assert np.array_equal(y, auto), f"{t.name} {m}x{k}x{n}: {tile} differs from the automatic shape"
 
@@ -604,7 +608,7 @@ def test_sanitizers(variant, san, tmp_path):
     if cc is None:
         pytest.skip("no C compiler")
     bv = _build_variants_module()
-    srcs = [os.path.join(bv.SRC, s) for s in bv.SHARED_SOURCES] + [bv.ukernel_file(variant)]
+    srcs = bv.sources(variant)
     harness = os.path.join(bv.HERE, "tests", "fuzz_gemm.c")
     exe = str(tmp_path / "fuzz")
     cmd = [cc, "-O1", "-g", f"-fsanitize={san}", "-fno-omit-frame-pointer", *bv.VARIANTS[variant][1],

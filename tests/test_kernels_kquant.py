@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import fixture_path, kernel_backends
 from test_kernels import RUNNABLE, check_close, q8_act_groups, q8_act_ref
+
 from tilellm import backend as backends
 from tilellm import kernels
 from tilellm.quant import TYPE_INFO, GGMLType, dequantize, quantize, row_bytes
@@ -292,7 +292,7 @@ def test_extreme_quants_no_int16_saturation(lib, t, n):
 
 @pytest.mark.parametrize("t", NEW_TYPES, ids=lambda t: t.name)
 def test_avx2_bit_identical_to_avx512(t):
-    """kquants_avx2.h does the avx512 kernels' arithmetic (exact int32 per group, the same f32 ops in
+    """avx2_kquants.c does the avx512 kernels' arithmetic (exact int32 per group, the same f32 ops in
     the same order), so the two variants agree bit for bit, for the gemv and the panel path."""
     if not {"avx2", "avx512"} <= set(RUNNABLE):
         pytest.skip("needs both avx2 and avx512")
@@ -303,7 +303,7 @@ def test_avx2_bit_identical_to_avx512(t):
         assert np.array_equal(a2.gemm(t, raw, k, a2.prepare(t, x)), a5.gemm(t, raw, k, a5.prepare(t, x))), (m, n)
 
 
-# ---- ggml activation rounding (kernels.set_act_rounding("ggml")) ------------------------------
+# ---- ggml activation rounding (kernels.load(..., act_rounding="ggml")) ------------------------
 
 def ggml_act_ref(x: np.ndarray, span: int) -> np.ndarray:
     """float64 values of the activations in ggml mode: d = amax/127 over `span` values (32, or 256
@@ -321,18 +321,12 @@ def ggml_act_ref(x: np.ndarray, span: int) -> np.ndarray:
     return (q * d.astype(np.float64)).reshape(n, k)
 
 
-@pytest.fixture
-def ggml_rounding():
-    prev = kernels.set_act_rounding("ggml")
-    yield
-    kernels.set_act_rounding(prev)
-
-
 @pytest.mark.parametrize("t", [T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, *KTYPES], ids=lambda t: t.name)
-def test_ggml_act_rounding(lib, t, ggml_rounding):
+def test_ggml_act_rounding(lib, t):
     """In ggml mode every variant quantizes activations with one scale per 32 values (per 256 for the
     K-quants) — and the result must NOT also match the default per-16 rounding at this tolerance."""
     _need(lib, t)
+    lib = kernels.load(lib.variant, n_threads=2, act_rounding="ggml")
     span = 256 if t in KTYPES else 32
     for m, k, n in [(5, 256, 1), (17, 512, 3), (33, 768, 9), (3, 256, 40)]:
         rng = np.random.default_rng(m + k + n)
@@ -349,7 +343,52 @@ def test_ggml_act_rounding(lib, t, ggml_rounding):
             check_close(y, fine @ wd.T, np.abs(fine) @ np.abs(wd).T)
 
 
-def test_act_rounding_mode_is_validated_and_restored():
-    assert kernels.set_act_rounding("fine") == "fine"
-    with pytest.raises(ValueError, match="act rounding"):
-        kernels.set_act_rounding("bf16")
+def test_act_rounding_and_options_are_validated():
+    assert kernels.load("portable").act_rounding == "fine"
+    with pytest.raises(ValueError, match="act_rounding"):
+        kernels.load("portable", act_rounding="bf16")
+    with pytest.raises(ValueError, match="q8_gemv"):
+        kernels.load("portable", q8_gemv="fast")
+    with pytest.raises(ValueError, match="bf16_exact"):
+        kernels.load("portable", bf16_exact=1)
+    with pytest.raises(TypeError, match="unknown kernel option"):
+        kernels.load("portable", fast=True)
+
+
+def test_act_rounding_is_per_library(lib):
+    """Two libraries of one variant with different act_rounding, used interleaved (prepare with one, then the
+    other, gemm in alternation, each on several threads), give exactly what each gives alone: the rounding mode
+    belongs to the library's C context, not to the process."""
+    ts = [t for t in (T.Q8_0, T.Q4_1, T.Q4_K) if lib.supports(t)]
+    if not ts:
+        pytest.skip(f"{lib.variant} has no quantized kernels")
+    rng = np.random.default_rng(3)
+    cases = []
+    for t in ts:
+        k = 512
+        raw = (make_weights(t, 40, k, rng) if t in KTYPES
+               else quantize(rng.standard_normal((40, k)).astype(np.float32), t))
+        x = rng.standard_normal((5, k)).astype(np.float32)
+        x[:, 7] *= 30  # per-16 and per-32/256 scales differ clearly
+        cases.append((t, raw, k, x))
+
+    def run(lb, t, raw, k, x):
+        return [lb.gemm(t, raw, k, lb.prepare(t, x[:1])), lb.gemm(t, raw, k, lb.prepare(t, x))]
+
+    alone = {}
+    for mode in ("fine", "ggml"):
+        lb = kernels.load(lib.variant, n_threads=2, act_rounding=mode)
+        alone[mode] = [run(lb, *c) for c in cases]
+        del lb
+    fine = kernels.load(lib.variant, n_threads=2)
+    ggml = kernels.load(lib.variant, n_threads=2, act_rounding="ggml")
+    for i, (t, raw, k, x) in enumerate(cases):
+        pf, pg = fine.prepare(t, x), ggml.prepare(t, x)  # prepared in turn, before either multiplies
+        got = {"ggml": [ggml.gemm(t, raw, k, ggml.prepare(t, x[:1]))],
+               "fine": [fine.gemm(t, raw, k, fine.prepare(t, x[:1]))]}
+        got["ggml"].append(ggml.gemm(t, raw, k, pg))
+        got["fine"].append(fine.gemm(t, raw, k, pf))
+        for mode in ("fine", "ggml"):
+            for a, b in zip(got[mode], alone[mode][i]):
+                assert np.array_equal(a, b), (t.name, mode)
+        assert not np.array_equal(got["fine"][1], got["ggml"][1]), t.name  # the modes do differ here

@@ -12,12 +12,6 @@ from tilellm import kernels
 from tilellm.llm.models.layers import gelu_tanh, gelu_tanh_ggml
 
 
-@pytest.fixture(autouse=True)
-def _restore_rounding():
-    yield
-    kernels.set_act_rounding("fine")
-
-
 def test_gelu_table_matches_ggml_definition():
     x = np.concatenate([np.linspace(-12, 12, 20001, dtype=np.float32), np.float32([-10, 10, 0, -0.0])])
     y = gelu_tanh_ggml(x)
@@ -47,14 +41,11 @@ def test_ggml_numerics_rounds_kv_and_changes_logits_slightly():
     d = np.abs(a - b)
     assert d.max() > 0, "ggml numerics changed nothing"
     assert d.mean() < 0.05 * np.abs(a).mean(), d.mean()
-    # loading with the default numerics resets the process-wide activation rounding
+    # a later model with the default numerics computes as the first one did
     with tilellm.load(path, backend=be, n_threads=2) as m:
         np.testing.assert_array_equal(m.decoder.eval(ids, logits_all=True), a)
 
 
-@pytest.mark.xfail(strict=True, reason="the kernels' activation rounding is still process-wide in this tree "
-                   "(kernels.set_act_rounding); it passes once KernelLib owns its rounding (the kernels side of "
-                   "issue #13, kernels.load(..., act_rounding=)): drop this mark then")
 def test_two_models_with_different_numerics_keep_their_own():
     """Loading a second model with other numerics leaves the first one's arithmetic alone, both ways round."""
     path = fixture_path("llama2-micro-q8_0.gguf")

@@ -1,10 +1,15 @@
 /* tilellm.h — the one C ABI that every compiled kernel variant exports.
  *
- * Each variant (portable, avx2, avx512, amx, neon, sme, sme2) is a separate cffi extension
- * module built from the same sources with its own compiler flags; all export exactly these
- * functions. Python validates every argument before calling in (see tilellm.kernels), so the
- * C side may assume: pointers non-NULL, sizes in range, k a multiple of the weight type's
- * block size, buffers at least as large as stated.
+ * Each variant (portable, avx2, avx512, neon, sme, sme2) is a separate cffi extension module
+ * built from the shared sources plus its own kernel files, with its own compiler flags; all
+ * export exactly these functions. Python validates every argument before calling in (see
+ * tilellm.kernels), so the C side may assume: pointers non-NULL, sizes in range, k a multiple of
+ * the weight type's block size, buffers at least as large as stated.
+ *
+ * No process-global arithmetic: everything that chooses how a result is computed (activation
+ * rounding, 16-bit activations, kernel paths) is an option of a tl_ctx, and every entry point
+ * that computes with weights takes one. Environment variables are not read here (Python reads
+ * them once and passes them in as options).
  *
  * Layouts (tinyBLAS contract): weights W are m rows of k values, k contiguous, rows ldw bytes
  * apart, read straight from the mmap'd GGUF. Activations X are n rows (tokens) of k floats.
@@ -29,7 +34,7 @@ enum tl_status {
     TL_ENOMEM = 3
 };
 
-/* Name of this variant: "portable", "avx2", "avx512", "amx", "neon", "sme", "sme2". */
+/* Name of this variant: "portable", "avx2", "avx512", "neon", "sme", "sme2". */
 const char *tl_variant(void);
 
 /* CPU features of the running machine as a bitmask of TL_CPU_* (only meaningful when called
@@ -44,23 +49,56 @@ enum tl_cpu_feature {
 };
 uint64_t tl_cpu_features(void);
 
-/* One-time per-process setup this variant needs before its first kernel call (e.g. the Linux
- * AMX permission request). Returns TL_OK, or TL_UNSUPPORTED if the variant cannot run here. */
+/* One-time per-process setup this variant needs before its first kernel call (e.g. the SME
+ * vector length). Returns TL_OK, or TL_UNSUPPORTED if the variant cannot run here. */
 int tl_init(void);
 
+/* ---- per-instance context -----------------------------------------------------------------------
+ * A tl_ctx holds the options below and the state a kernel keeps between calls (the avx512 q8_0
+ * gemv's speed measurements). Contexts never affect each other: two models in one process may
+ * compute with different options. One context may be used by several threads at once. */
+enum { TL_ACT_ROUND_FINE = 0, TL_ACT_ROUND_GGML = 1 };
+enum { TL_Q8_GEMV_AUTO = 0, TL_Q8_GEMV_PANEL = 1, TL_Q8_GEMV_ROWS = 2 };
+enum { TL_SME_TILE_AUTO = 0, TL_SME_TILE_WIDE = 1, TL_SME_TILE_TALL = 2 };
+typedef struct {
+    /* Activations of the quantized weight types: TL_ACT_ROUND_FINE one f32 scale per 16 values;
+     * TL_ACT_ROUND_GGML one per 32 (q8_0 / q8_1 activations, scale rounded to fp16) or per 256
+     * (q8_K, for the K-quants), ggml's granularity, to reproduce llama.cpp's rounding. */
+    int act_rounding;
+    /* avx512, bf16 weights: 0 vdpbf16ps on activations rounded to bf16 (llama.cpp's numerics);
+     * 1 f32 activations and widened weights (exact products). */
+    int bf16_exact;
+    /* avx512, q8_0 with one token: TL_Q8_GEMV_AUTO picks the faster of two bit-identical paths
+     * by measured speed (state in the context); PANEL / ROWS force one. */
+    int q8_gemv;
+    /* sme / sme2 micro-kernel shape: TL_SME_TILE_AUTO per weight panel; WIDE 16x64, TALL 64x16
+     * (same bits). */
+    int sme_tile;
+    /* sme / sme2, bf16 weights: 0 f32 FMOPA on f32 activations; 1 BFMOPA on activations
+     * rounded to bf16. */
+    int sme_bf16;
+} tl_options;
+
+typedef struct tl_ctx tl_ctx;
+
+/* A context with these options (NULL: all 0), or NULL if an option is out of range, tl_init has
+ * not succeeded, or memory is short. Free it with tl_ctx_free once no call uses it. */
+tl_ctx *tl_ctx_new(const tl_options *opt);
+void tl_ctx_free(tl_ctx *ctx);
+
 /* 1 if tl_gemm handles weights of this type. */
-int tl_supports(int wtype);
+int tl_supports(const tl_ctx *ctx, int wtype);
 
 /* Type the activations are converted to for this weight type (e.g. Q8_0 for Q4_0, Q8_1 for
  * Q4_1, F32 for F32) and the bytes needed to hold n rows of k activations in it. */
-int tl_act_type(int wtype);
-size_t tl_act_bytes(int wtype, int64_t n, int64_t k);
+int tl_act_type(const tl_ctx *ctx, int wtype);
+size_t tl_act_bytes(const tl_ctx *ctx, int wtype, int64_t n, int64_t k);
 
 /* Convert n rows of k floats (rows ldx floats apart) into the activation type for wtype,
  * written densely to act (tl_act_bytes bytes; act must be 64-byte aligned, kernels use aligned
  * vector loads on it). Done once, reusable for every weight of the
  * same type and k (q/k/v, gate/up). */
-int tl_act_prepare(int wtype, const float *x, int64_t ldx, int64_t n, int64_t k,
+int tl_act_prepare(tl_ctx *ctx, int wtype, const float *x, int64_t ldx, int64_t n, int64_t k,
                    void *act, int nthreads);
 
 /* tl_act_prepare of the RMS-normalised rows: xn[j] = x[j] / sqrt(mean(x[j]^2) + eps) * w (f32 rows of k,
@@ -68,24 +106,17 @@ int tl_act_prepare(int wtype, const float *x, int64_t ldx, int64_t n, int64_t k,
  * then xn prepared into act for wtype. The mean is the sum of squares accumulated in double, divided
  * by k; the rest in f32 in the order of the formula. One call for what decode does before q/k/v and
  * gate/up. */
-int tl_act_prepare_rms(int wtype, const float *x, int64_t ldx, const float *w, float eps, int64_t n, int64_t k,
-                       float *xn, void *act, int nthreads);
+int tl_act_prepare_rms(tl_ctx *ctx, int wtype, const float *x, int64_t ldx, const float *w, float eps, int64_t n,
+                       int64_t k, float *xn, void *act, int nthreads);
 
 /* tl_act_prepare of SwiGLU rows: xn = silu(g) * u = g / (1 + exp(-g)) * u elementwise ([n, k] dense
  * rows of g and u; exp by a polynomial good to ~2 ulp), written to xn, then prepared into act for
  * wtype: what decode does before the down projection, in one call. */
-int tl_act_prepare_swiglu(int wtype, const float *g, const float *u, int64_t n, int64_t k, float *xn, void *act,
-                          int nthreads);
-
-/* Activation rounding of the quantized weight types, process-wide, for later tl_act_prepare calls:
- * TL_ACT_ROUND_FINE (default) one f32 scale per 16 values; TL_ACT_ROUND_GGML one per 32 (q8_0 /
- * q8_1 activations) or per 256 (q8_K, for the K-quants), ggml's granularity. Returns the previous
- * mode, -1 for an unknown one. */
-enum { TL_ACT_ROUND_FINE = 0, TL_ACT_ROUND_GGML = 1 };
-int tl_set_act_rounding(int mode);
+int tl_act_prepare_swiglu(tl_ctx *ctx, int wtype, const float *g, const float *u, int64_t n, int64_t k, float *xn,
+                          void *act, int nthreads);
 
 /* Y = X * W^T using activations from tl_act_prepare. */
-int tl_gemm(int wtype, const void *w, int64_t ldw, int64_t m, int64_t k,
+int tl_gemm(tl_ctx *ctx, int wtype, const void *w, int64_t ldw, int64_t m, int64_t k,
             const void *act, int64_t n, float *y, int64_t ldy, int nthreads);
 
 /* Several products sharing one prepared activation (q/k/v, gate/up): Y_i = X * W_i^T for
@@ -94,8 +125,9 @@ int tl_gemm(int wtype, const void *w, int64_t ldw, int64_t m, int64_t k,
  * are handed out to the threads as one job: one dispatch instead of count, and no thread idles
  * at the ragged end of a small matrix. Results equal count separate tl_gemm calls bit for bit. */
 enum { TL_GEMM_MANY_MAX = 8 };
-int tl_gemm_many(int count, const int *wtype, const void *const *w, const int64_t *ldw, const int64_t *m,
-                 int64_t k, const void *act, int64_t n, float *const *y, const int64_t *ldy, int nthreads);
+int tl_gemm_many(tl_ctx *ctx, int count, const int *wtype, const void *const *w, const int64_t *ldw,
+                 const int64_t *m, int64_t k, const void *act, int64_t n, float *const *y, const int64_t *ldy,
+                 int nthreads);
 
 /* One weight matrix for tl_decode_layer: m rows of its k values, rows ldw bytes apart. */
 typedef struct {
@@ -121,7 +153,7 @@ typedef struct {
  * q/k/v, biases, rope, attention, o, residual, RMS norm + activations, gate/up, SwiGLU + activations,
  * down, residual. q/k/v must share an activation type, gate/up too. TL_ENOMEM if its scratch (one
  * allocation per call) cannot be had. */
-int tl_decode_layer(const tl_layer *L, float *h, const float *cosv, const float *sinv, float *kc, float *vc,
+int tl_decode_layer(tl_ctx *ctx, const tl_layer *L, float *h, const float *cosv, const float *sinv, float *kc, float *vc,
                     int64_t n_past, float scale, int nthreads);
 
 /* Measured FP32 FMA throughput (GFLOP/s) of this variant's widest vector unit on nthreads pool

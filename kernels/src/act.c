@@ -14,7 +14,7 @@
 
 /* One row of k floats -> the q8 act layout (tl_internal.h): int8 qs[k] | f32 d[ng] | f32 s[ng] |
  * int16 isum[ng] | zero pad, ng = k/16. The scale d = amax/127 is taken over `span` values (16 by
- * default; 32 or 256 in the ggml rounding mode, see tl_set_act_rounding) and repeated for each
+ * default; 32 or 256 in the ggml rounding mode, tl_options.act_rounding) and repeated for each
  * 16-value group of the span, so the kernels read every mode the same way. Span 32 stores the
  * scale rounded to fp16 as ggml's q8_0 / q8_1 blocks do. */
 /* fp16 rounding of a finite non-negative float (round to nearest even), for ggml's q8_0 / q8_1
@@ -75,16 +75,6 @@ void tl_q8a_quant_row(const float *TL_RESTRICT x, int64_t k, uint8_t *TL_RESTRIC
     q8a_quant_row_span(x, k, row, ldact, TL_QG);
 }
 
-/* 0: one activation scale per 16 values (the default: measured more accurate than ggml's);
- * 1: ggml's granularity (per 32 for q8_0 / q8_1 activations, per 256 for q8_K), to reproduce
- * llama.cpp's rounding noise, e.g. when comparing perplexities. Process-wide. */
-static _Atomic int act_rounding;
-
-int tl_set_act_rounding(int mode) {
-    if (mode != TL_ACT_ROUND_FINE && mode != TL_ACT_ROUND_GGML) return -1;
-    return atomic_exchange(&act_rounding, mode);
-}
-
 static void copy_row_f32(const float *x, int64_t k, uint8_t *row, int64_t ldact) {
     memcpy(row, x, (size_t)k * 4);
     if (ldact > 4 * k) memset(row + 4 * k, 0, (size_t)(ldact - 4 * k));
@@ -92,6 +82,7 @@ static void copy_row_f32(const float *x, int64_t k, uint8_t *row, int64_t ldact)
 
 typedef struct {
     int wtype;
+    int rounding; /* TL_ACT_ROUND_* of the caller's context */
     const tl_ukernel *uk;
     const float *x;
     int64_t ldx, n, k;
@@ -146,7 +137,7 @@ static void act_rows(const act_ctx *c, int64_t j0, int64_t j1) {
     else if (c->src)
         for (int64_t j = j0; j < j1; j++) rms_row(c->src + j * c->ldsrc, c->w, c->eps, c->k, (float *)c->x + j * c->k);
     const int at0 = tl_default_act_type(c->wtype);
-    if (atomic_load_explicit(&act_rounding, memory_order_relaxed) == TL_ACT_ROUND_GGML && c->uk->act_type == 0 &&
+    if (c->rounding == TL_ACT_ROUND_GGML && c->uk->act_type == 0 &&
         (at0 == TL_Q8_0 || at0 == TL_Q8_1 || at0 == TL_Q8_K)) {
         /* the variant's own quantizer (if any) writes this same layout with span 16 */
         const int span = at0 == TL_Q8_K ? TL_QK_K : TL_QK;
@@ -189,21 +180,24 @@ static void act_go(act_ctx *c, int nthreads) {
     tl_parallel_for(nth, act_task, c);
 }
 
-void tl_act_run_rms(const tl_ukernel *uk, int wtype, const float *x, int64_t ldx, const float *w, float eps,
-                    int64_t n, int64_t k, float *xn, void *act, int nthreads) {
-    act_ctx c = {wtype, uk, xn, k, n, k, (uint8_t *)act, tl_act_ldact(uk, wtype, k), 0, x, w, NULL, n > 1 ? ldx : k,
-                 eps};
+void tl_act_run_rms(const tl_ctx *ctx, const tl_ukernel *uk, int wtype, const float *x, int64_t ldx, const float *w,
+                    float eps, int64_t n, int64_t k, float *xn, void *act, int nthreads) {
+    act_ctx c = {.wtype = wtype, .rounding = ctx->opt.act_rounding, .uk = uk, .x = xn, .ldx = k, .n = n, .k = k,
+                 .act = (uint8_t *)act, .ldact = tl_act_ldact(uk, wtype, k), .src = x, .w = w,
+                 .ldsrc = n > 1 ? ldx : k, .eps = eps};
     act_go(&c, nthreads);
 }
 
-void tl_act_run_swiglu(const tl_ukernel *uk, int wtype, const float *g, const float *u, int64_t n, int64_t k,
-                       float *xn, void *act, int nthreads) {
-    act_ctx c = {wtype, uk, xn, k, n, k, (uint8_t *)act, tl_act_ldact(uk, wtype, k), 0, g, NULL, u, k, 0.0f};
+void tl_act_run_swiglu(const tl_ctx *ctx, const tl_ukernel *uk, int wtype, const float *g, const float *u, int64_t n,
+                       int64_t k, float *xn, void *act, int nthreads) {
+    act_ctx c = {.wtype = wtype, .rounding = ctx->opt.act_rounding, .uk = uk, .x = xn, .ldx = k, .n = n, .k = k,
+                 .act = (uint8_t *)act, .ldact = tl_act_ldact(uk, wtype, k), .src = g, .src2 = u, .ldsrc = k};
     act_go(&c, nthreads);
 }
 
-void tl_act_run(const tl_ukernel *uk, int wtype, const float *x, int64_t ldx, int64_t n, int64_t k,
-                void *act, int nthreads) {
-    act_ctx c = {wtype, uk, x, ldx, n, k, (uint8_t *)act, tl_act_ldact(uk, wtype, k), 0, NULL, NULL, NULL, 0, 0.0f};
+void tl_act_run(const tl_ctx *ctx, const tl_ukernel *uk, int wtype, const float *x, int64_t ldx, int64_t n,
+                int64_t k, void *act, int nthreads) {
+    act_ctx c = {.wtype = wtype, .rounding = ctx->opt.act_rounding, .uk = uk, .x = x, .ldx = ldx, .n = n, .k = k,
+                 .act = (uint8_t *)act, .ldact = tl_act_ldact(uk, wtype, k)};
     act_go(&c, nthreads);
 }

@@ -19,16 +19,7 @@
 #include "tl_internal.h"
 #include "ukernel.h"
 
-#define TL_ACT_BLOCK_BYTES (512 * 1024) /* prepared activations per job: ~L2-resident */
-#define TL_JOBS_PER_THREAD 6            /* enough jobs to balance, few enough to amortise */
-#define TL_W_BLOCK_BYTES (512 * 1024)  /* weight rows per job: stay in L2 across token blocks */
-#define TL_SERIAL_MACS (1 << 17)        /* below this, one thread: dispatch costs more */
-/* Kernels that walk k in chunks (uk->kc, packed panels): 4x the activation budget per job (only one
- * chunk of it is live) and 2 jobs per thread, so jobs are tall (up to TL_W_BLOCK_BYTES of packed rows)
- * and wide: each packed panel serves more tokens and each token tile's chunk more panels. avx512 f32,
- * 2 threads, n = 512: +3.5 to +4.5 % on 2048x2048 .. 4096x4096, bf16 +3 % (A/B in one process). */
-#define TL_KC_ACT_FACTOR 4
-#define TL_KC_JOBS_PER_THREAD 2
+/* Block sizes and budgets come from the variant's tl_uk_config (ukernel.h). */
 
 typedef struct {
     const tl_ukernel *uk;
@@ -75,7 +66,7 @@ static void gemm_task(void *vctx, int ith, int nth) {
 }
 
 static int threads_for(int nthreads, int64_t macs, int64_t max_parallel) {
-    if (macs < TL_SERIAL_MACS) return 1;
+    if (macs < tl_uk_config.serial_macs) return 1;
     int64_t t = TL_MIN((int64_t)nthreads, max_parallel);
     return (int)TL_MAX(t, 1);
 }
@@ -118,7 +109,7 @@ static void gemv_task(void *vctx, int ith, int nth) {
     }
 }
 
-/* Chunking of n == 1 products: each gets ~8 chunks per thread (small enough to rebalance around
+/* Chunking of n == 1 products: each gets ~gemv_chunks_per_thread chunks per thread (small enough to rebalance around
  * a preempted thread), in whole kernel granules (the gemv's, else register tiles); returns the
  * thread count for all of them. */
 static int gemv_plan(int count, const tl_ukernel *const *uk, const tl_gemm_args *a, int nthreads, gemv_ctx *g) {
@@ -135,7 +126,7 @@ static int gemv_plan(int count, const tl_ukernel *const *uk, const tl_gemm_args 
     g->a = a;
     g->first[0] = 0;
     for (int p = 0; p < count; p++) {
-        int64_t chunks = TL_MIN(units[p], (int64_t)nth * 8);
+        int64_t chunks = TL_MIN(units[p], (int64_t)nth * tl_uk_config.gemv_chunks_per_thread);
         g->unit[p] = (units[p] + chunks - 1) / chunks * gran[p];
         g->first[p + 1] = g->first[p] + (a[p].m + g->unit[p] - 1) / g->unit[p];
     }
@@ -156,16 +147,16 @@ static void gemm_plan(const tl_ukernel *uk, const tl_gemm_args *a, int nthreads,
     const int64_t kc = uk->block && uk->kc > 0 ? TL_MIN((int64_t)uk->kc, a->k) : a->k;
     /* token block: as many token tiles as fit the activation budget (at least one) */
     int64_t tile_bytes = (int64_t)uk->rn * a->ldact * kc / a->k;
-    int64_t nb = TL_MAX(TL_ACT_BLOCK_BYTES * (uk->kc ? TL_KC_ACT_FACTOR : 1) / TL_MAX(tile_bytes, 1), 1);
+    int64_t nb = TL_MAX(tl_uk_config.act_block_bytes * (uk->kc ? tl_uk_config.kc_act_factor : 1) / TL_MAX(tile_bytes, 1), 1);
     g->jobs_n = (g->nt + nb - 1) / nb;
     g->nb = (g->nt + g->jobs_n - 1) / g->jobs_n; /* rebalance the blocks */
     g->jobs_n = (g->nt + g->nb - 1) / g->nb;
     int nth = threads_for(nthreads, macs, g->mt * g->jobs_n);
-    /* row blocks: at least TL_JOBS_PER_THREAD jobs per thread, small enough that a block's weight
+    /* row blocks: at least jobs_per_thread jobs per thread, small enough that a block's weight
      * rows stay in L2 while the job order (row-block-major) walks them past every token block, and
      * a job count that divides among the threads; blocks balanced to within one row tile */
-    int64_t want = (int64_t)nth * (uk->kc ? TL_KC_JOBS_PER_THREAD : TL_JOBS_PER_THREAD);
-    int64_t mb_cap = TL_MAX(TL_W_BLOCK_BYTES / TL_MAX((int64_t)uk->rm * tl_row_bytes(a->wtype, a->k) * kc / a->k, 1), 1);
+    int64_t want = (int64_t)nth * (uk->kc ? tl_uk_config.kc_jobs_per_thread : tl_uk_config.jobs_per_thread);
+    int64_t mb_cap = TL_MAX(tl_uk_config.w_block_bytes / TL_MAX((int64_t)uk->rm * tl_row_bytes(a->wtype, a->k) * kc / a->k, 1), 1);
     int64_t nrb = TL_MAX((g->mt + mb_cap - 1) / mb_cap, (want + g->jobs_n - 1) / g->jobs_n);
     while ((nrb * g->jobs_n) % nth != 0 && nrb < g->mt) nrb++;
     g->nrb = TL_MIN(nrb, g->mt);

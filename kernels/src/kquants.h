@@ -1,5 +1,5 @@
 /* kquants.h — q5_0 and K-quant (q4_K, q5_K, q6_K) weights: block decoding and plain-C
- * micro-kernels (kquants.c, a shared source compiled into every variant).
+ * micro-kernels (portable_kquants.c, a shared source compiled into every variant).
  *
  * Activations: the shared q8 act layout of tl_internal.h (int8, one f32 scale d per 16 values,
  * s = d * sum of the 16 quants, int16 isum), the same for every quantized weight type.

@@ -2,19 +2,27 @@
  *
  * BLIS-style split: everything except the innermost register-tiled loop is written once
  * (threading, tiling of m x n, ragged edges, activation preparation, the C ABI in api.c).
- * An ISA adds itself by writing ONE file, kernels/src/ukernel_<variant>.c; setup.py builds the
- * variant as soon as that file exists (with the flags listed in kernels/build_variants.py).
+ * An ISA adds itself with its kernel files (kernels/src/<isa>_<what>.c, e.g. avx512_q8.c) and one
+ * variant file, kernels/src/variant_<name>.c, listed with its compiler flags and CPU features in
+ * kernels/variants.py; setup.py then builds it (kernels/build_variants.py).
  *
- * What the file must define (exactly these four symbols):
+ * What the variant file must define (exactly these five symbols):
  *
  *   const char tl_uk_name[] = "avx2";                 // the variant name (tl_variant())
  *   const uint64_t tl_uk_required = TL_CPU_AVX2 | TL_CPU_FMA | TL_CPU_F16C;
  *                                                     // tl_init() refuses to run without these
- *   int tl_uk_init(void);                             // per-process setup (e.g. AMX permission);
- *                                                     // TL_OK or TL_UNSUPPORTED
- *   const tl_ukernel *tl_uk_lookup(int wtype);        // kernel for a weight type, NULL = "not
+ *   const tl_config tl_uk_config = {TL_CONFIG_DEFAULTS};
+ *                                                     // the driver's block sizes and cache budgets
+ *   int tl_uk_init(void);                             // per-process setup (e.g. the SME vector
+ *                                                     // length); TL_OK or TL_UNSUPPORTED
+ *   const tl_ukernel *tl_uk_lookup(const tl_ctx *ctx, int wtype);
+ *                                                     // kernel for a weight type, NULL = "not
  *                                                     // handled" (tl_gemm returns TL_UNSUPPORTED
- *                                                     // and Python falls back to a lower variant)
+ *                                                     // and Python falls back to a lower variant);
+ *                                                     // ctx->opt may choose between kernels
+ *
+ * Kernel tables are tl_ukernel objects with designated initializers, named tl_<isa>_<type>_<RMxRN>
+ * (e.g. tl_avx512_q4_k_16x8), declared in the ISA's header (avx512.h, ...).
  *
  * The driver calls, for a matmul Y[n x m] = X[n x k] * W[m x k]^T (see tl_gemm_args):
  *
@@ -32,12 +40,12 @@
  *   block(a, i0, i1, j0, j1)   OPTIONAL, replaces the per-tile loop for n > 1: the driver hands
  *       whole blocks (i0 a multiple of uk->rm, i1 = a multiple of uk->rm or m, j-range any) so a
  *       kernel may unpack/repack a panel of weights once into a thread-local buffer and reuse
- *       it for every token tile (AMX, SME). Must compute exactly those outputs.
+ *       it for every token tile (the x86 quantized panels, SME). Must compute exactly those outputs.
  *   act_row_bytes / act_prepare  OPTIONAL pair: a variant that wants its own activation layout
- *       (e.g. VNNI-interleaved for AMX) provides both; otherwise the shared layouts of
- *       tl_internal.h are used (q8 rows: int8 qs[k] | f32 d[k/16] | f32 s[k/16] | int16
- *       isum[k/16], 64-B aligned rows). act_prepare converts tokens [j0, j1) and is called from several threads with
- *       disjoint ranges.
+ *       (e.g. SME's 16-bit rows) provides both, or a vectorised writer of a shared layout (x86);
+ *       otherwise the shared layouts of tl_internal.h are used (q8 rows: int8 qs[k] | f32
+ *       d[k/16] | f32 s[k/16] | int16 isum[k/16], 64-B aligned rows). act_prepare converts
+ *       tokens [j0, j1) and is called from several threads with disjoint ranges.
  *       act_type names the prepared type when it is not the default (e.g. TL_F16 / TL_BF16
  *       for SME's widening MOPAs): prepared buffers are shared only between weight types whose
  *       act type is equal.
@@ -45,13 +53,15 @@
  *   kc                         OPTIONAL: block walks k in chunks of kc values, so the driver
  *       sizes token and row blocks for one chunk rather than whole rows.
  *   big, big_n                 OPTIONAL: for n >= big_n the driver runs `big` instead (same weight
- *       type and activation layout; e.g. avx512's packed float panels, float_block_avx512.h).
+ *       type and activation layout; e.g. avx512's packed float panels, avx512_float_packed.c).
  *
  * Rules:
  *   - Thread safety: every function may run concurrently on disjoint outputs; no globals
- *     except thread-local scratch. The driver's split never changes which tile computes a
- *     given output, so if a kernel's summation order depends only on k (not on rm, rn, or the
- *     position), results are bit-identical for any thread count — please keep it that way.
+ *     except thread-local scratch and hardware constants set by tl_uk_init. Options and
+ *     state between calls live in the caller's context (a->ctx: tl_options, tl_path_pick).
+ *     The driver's split never changes which tile computes a given output, so if a kernel's
+ *     summation order depends only on k (not on rm, rn, or the position), results are
+ *     bit-identical for any thread count — please keep it that way.
  *   - Numerics: accumulate in f32 or wider (never f16/bf16); quantized types: exact integer
  *     dot inside each 16-value activation group (one f32 scale per 16), then scale and
  *     accumulate in f32. q4_1 block: d_w*(d_x0*dot0 + d_x1*dot1) + m_w*(s_x0 + s_x1).
@@ -64,12 +74,27 @@
 #ifndef TL_UKERNEL_H
 #define TL_UKERNEL_H
 
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stddef.h>
 
 #include "tilellm.h"
 
+/* A choice between two bit-identical kernel paths by their measured speed (ns per 16 KiB of
+ * weights, smoothed; 0 = not measured yet), kept per context. */
+typedef struct {
+    _Atomic uint32_t rate[2];
+    _Atomic uint32_t tick;
+} tl_path_pick;
+
+/* The context of tilellm.h: options, and the state kernels keep between calls. */
+struct tl_ctx {
+    tl_options opt;
+    tl_path_pick q8_gemv; /* avx512 q8_0 n == 1: panel (0) or rows (1) */
+};
+
 typedef struct tl_gemm_args {
+    tl_ctx *ctx;            /* the caller's context: options, per-context kernel state */
     int wtype;              /* enum tl_type of the weights */
     const uint8_t *w;       /* weight row i at w + i*ldw (bytes), row_bytes(wtype, k) long */
     int64_t ldw;
@@ -97,10 +122,28 @@ typedef struct tl_ukernel {
     int big_n;              /* (e.g. packed panels that only pay for themselves on prompts) */
 } tl_ukernel;
 
-/* Defined by the variant's ukernel_<variant>.c. */
+/* Block sizes and cache budgets of the shared driver (gemm.c) for one ISA, as BLIS's per-CPU config. */
+typedef struct tl_config {
+    int64_t act_block_bytes;     /* prepared activations per job: ~L2-resident */
+    int64_t w_block_bytes;       /* weight rows per job: stay in L2 across token blocks */
+    int jobs_per_thread;         /* enough jobs to balance, few enough to amortise */
+    int64_t serial_macs;         /* below this, one thread: dispatch costs more */
+    int kc_act_factor;           /* kernels with kc: x the activation budget per job (one chunk is live) */
+    int kc_jobs_per_thread;      /*   and this many jobs per thread: tall, wide jobs, each panel serving more */
+    int gemv_chunks_per_thread;  /* n == 1: row chunks per thread (small enough to rebalance) */
+} tl_config;
+
+/* The budgets every variant has used so far (a 1-2 MiB L2 per core). The kc pair: avx512 f32, 2
+ * threads, n = 512: +3.5 to +4.5 % on 2048x2048 .. 4096x4096, bf16 +3 % (A/B in one process). */
+#define TL_CONFIG_DEFAULTS                                                                            \
+    .act_block_bytes = 512 * 1024, .w_block_bytes = 512 * 1024, .jobs_per_thread = 6,                 \
+    .serial_macs = 1 << 17, .kc_act_factor = 4, .kc_jobs_per_thread = 2, .gemv_chunks_per_thread = 8
+
+/* Defined by the variant's variant_<name>.c. */
 extern const char tl_uk_name[];
 extern const uint64_t tl_uk_required;
+extern const tl_config tl_uk_config;
 int tl_uk_init(void);
-const tl_ukernel *tl_uk_lookup(int wtype);
+const tl_ukernel *tl_uk_lookup(const tl_ctx *ctx, int wtype);
 
 #endif

@@ -108,7 +108,7 @@ TL_INLINE int x86_q_bytes(const int WT) {
 }
 
 /* Scalar fallback (only if the scratch allocation fails): exact block dots, same formula. */
-static void x86_q_block_scalar(const int WT, const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0,
+__attribute__((unused)) static void x86_q_block_scalar(const int WT, const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0,
                                int64_t j1) {
     const int64_t k = a->k, nb = k / TL_QK;
     const int bs = x86_q_bytes(WT);

@@ -7,7 +7,7 @@
  * threads call in concurrently to exercise the pool's dispatch lock.
  *
  *   cc -O1 -g -fsanitize=address,undefined -Ikernels/include -Ikernels/src \
- *      kernels/src/{api,gemm,act,threadpool,cpu_detect}.c kernels/src/ukernel_portable.c \
+ *      $(every file of the variant: kernels/build_variants.py sources()) \
  *      kernels/tests/fuzz_gemm.c -lm -pthread && ./a.out 300
  */
 #include <math.h>
@@ -92,8 +92,8 @@ static void make_row(int t, int64_t k, uint8_t *row, double *ref, uint64_t *s) {
 /* The activation values the kernels use: x itself, its bf16 rounding (act type TL_BF16: round
  * to nearest even, e.g. avx512's vdpbf16ps path for bf16 weights), or its q8 quantisation (one
  * f32 scale per TL_QG values, tl_internal.h). */
-static void act_ref(int t, const float *x, int64_t k, double *out) {
-    if (tl_act_type(t) == TL_BF16) {
+static void act_ref(const tl_ctx *ctx, int t, const float *x, int64_t k, double *out) {
+    if (tl_act_type(ctx, t) == TL_BF16) {
         for (int64_t p = 0; p < k; p++) {
             uint32_t u = tl_f32_bits(x[p]);
             out[p] = tl_bits_f32((u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u);
@@ -116,6 +116,7 @@ static void act_ref(int t, const float *x, int64_t k, double *out) {
 static const int TYPES[] = {TL_F32, TL_F16, TL_BF16, TL_Q8_0, TL_Q4_0, TL_Q4_1};
 static int iterations = 200;
 static _Atomic int failures;
+static tl_ctx *ctx; /* one context shared by every caller */
 
 static void *run(void *arg) {
     uint64_t s = 0x9e3779b97f4a7c15ull ^ (uint64_t)(uintptr_t)arg * 0x100000001b3ull;
@@ -126,7 +127,7 @@ static void *run(void *arg) {
         if (!sc || ((uintptr_t)sc & 63)) failures++;
         else memset(sc, it, sb);
         int t = TYPES[rnd(&s, 0, 5)];
-        if (!tl_supports(t)) continue;
+        if (!tl_supports(ctx, t)) continue;
         int bs = tl_block_size(t);
         int64_t m = rnd(&s, 1, 70), n = rnd(&s, 1, rnd(&s, 0, 3) ? 12 : 40);
         int64_t k = bs == 1 ? rnd(&s, 1, 300) : 32 * rnd(&s, 1, 12);
@@ -140,14 +141,14 @@ static void *run(void *arg) {
         double *xr = malloc(sizeof(double) * (size_t)(n * k));
         for (int64_t j = 0; j < n; j++) {
             for (int64_t p = 0; p < k; p++) x[j * ldx + p] = (float)rnd(&s, -30000, 30000) / 7919.0f;
-            act_ref(t, x + j * ldx, k, xr + j * k);
+            act_ref(ctx, t, x + j * ldx, k, xr + j * k);
         }
-        size_t abytes = tl_act_bytes(t, n, k);
+        size_t abytes = tl_act_bytes(ctx, t, n, k);
         void *act = aligned_alloc(64, (abytes + 63) / 64 * 64); /* the ABI wants 64-byte aligned act */
         float *y = malloc(sizeof(float) * (size_t)((n - 1) * ldy + m));
         for (int64_t q = 0; q < (n - 1) * ldy + m; q++) y[q] = -12345.0f;
-        int rc1 = tl_act_prepare(t, x, ldx, n, k, act, rnd(&s, 1, 3));
-        int rc2 = tl_gemm(t, w, ldw, m, k, act, n, y, ldy, rnd(&s, 1, 4));
+        int rc1 = tl_act_prepare(ctx, t, x, ldx, n, k, act, rnd(&s, 1, 3));
+        int rc2 = tl_gemm(ctx, t, w, ldw, m, k, act, n, y, ldy, rnd(&s, 1, 4));
         int bad = rc1 != TL_OK || rc2 != TL_OK;
         for (int64_t j = 0; j < n && !bad; j++) {
             for (int64_t i = 0; i < m; i++) {
@@ -187,10 +188,13 @@ int main(int argc, char **argv) {
         printf("SKIP: variant %s cannot run here\n", tl_variant());
         return 0;
     }
+    ctx = tl_ctx_new(NULL);
+    if (!ctx) return 1;
     pthread_t th[16];
     if (nthreads > 16) nthreads = 16;
     for (int i = 0; i < nthreads; i++) pthread_create(&th[i], NULL, run, (void *)(uintptr_t)(i + 1));
     for (int i = 0; i < nthreads; i++) pthread_join(th[i], NULL);
+    tl_ctx_free(ctx);
     printf("%s: %d callers x %d iterations, %d failures\n", tl_variant(), nthreads, iterations, (int)failures);
     return failures != 0;
 }

@@ -1,10 +1,12 @@
-/* kquants.c — plain-C micro-kernels for q5_0, q4_K, q5_K and q6_K weights (see kquants.h for
- * the numerics; activations in the shared q8 act layout of tl_internal.h, one scale per 16). No intrinsics: weights are decoded per block
- * into small int8 arrays, then fixed-width integer dots the compiler vectorises. Compiled into
- * every variant (shared source); the portable variant's tl_uk_lookup hands these types here,
- * SIMD variants have their own kernels (kquants_<isa>.h) or let Python fall back to portable.
+/* portable_kquants.c — plain-C micro-kernels for q5_0, q4_K, q5_K and q6_K weights (see kquants.h
+ * for the numerics; activations in the shared q8 act layout of tl_internal.h, one scale per 16). No
+ * intrinsics: weights are decoded per block into small int8 arrays, then fixed-width integer dots
+ * the compiler vectorises. Compiled into every variant (shared source): the portable variant's
+ * table hands these types here, the SIMD K-quant kernels (<isa>_kquants.c) fall back to them when
+ * their scratch cannot be had.
  */
 #include "kquants.h"
+#include "portable.h"
 
 /* ---- weight decoding --------------------------------------------------------------------------- */
 /* q5_0 block -> 32 signed values q - 16 and d. */
@@ -140,31 +142,19 @@ TL_INLINE void kq_tile_impl(const tl_gemm_args *a, int64_t i0, int64_t j0, const
 #define q5_k_tile_impl(a, i0, j0, RM, RN) kq_tile_impl(a, i0, j0, RM, RN, TL_Q5_K)
 #define q6_k_tile_impl(a, i0, j0, RM, RN) kq_tile_impl(a, i0, j0, RM, RN, TL_Q6_K)
 
-#define KQ_DISPATCH(impl, a, i0, j0, rm, rn)                                           \
-    switch ((rm) * 8 + (rn)) {                                                         \
-    case 011: impl(a, i0, j0, 1, 1); break; case 012: impl(a, i0, j0, 1, 2); break;    \
-    case 013: impl(a, i0, j0, 1, 3); break; case 014: impl(a, i0, j0, 1, 4); break;    \
-    case 021: impl(a, i0, j0, 2, 1); break; case 022: impl(a, i0, j0, 2, 2); break;    \
-    case 023: impl(a, i0, j0, 2, 3); break; case 024: impl(a, i0, j0, 2, 4); break;    \
-    case 031: impl(a, i0, j0, 3, 1); break; case 032: impl(a, i0, j0, 3, 2); break;    \
-    case 033: impl(a, i0, j0, 3, 3); break; case 034: impl(a, i0, j0, 3, 4); break;    \
-    case 041: impl(a, i0, j0, 4, 1); break; case 042: impl(a, i0, j0, 4, 2); break;    \
-    case 043: impl(a, i0, j0, 4, 3); break; case 044: impl(a, i0, j0, 4, 4); break;    \
-    default: break;                                                                    \
+#define TILE_4X4(name)                                                                             \
+    static void name##_tile_4x4(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {  \
+        TL_DISPATCH(name##_tile_impl, a, i0, j0, rm, rn)                                          \
     }
-#define KQ_DEF_TILE(name)                                                                     \
-    static void name##_tile(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) { \
-        KQ_DISPATCH(name##_tile_impl, a, i0, j0, rm, rn)                                      \
-    }
-KQ_DEF_TILE(q5_0)
-KQ_DEF_TILE(q4_k)
-KQ_DEF_TILE(q5_k)
-KQ_DEF_TILE(q6_k)
+TILE_4X4(q5_0)
+TILE_4X4(q4_k)
+TILE_4X4(q5_k)
+TILE_4X4(q6_k)
 
-static const tl_ukernel uk_q5_0 = {4, 4, q5_0_tile, 0, NULL, NULL, NULL, NULL};
-static const tl_ukernel uk_q4_k = {4, 4, q4_k_tile, 0, NULL, NULL, NULL, NULL};
-static const tl_ukernel uk_q5_k = {4, 4, q5_k_tile, 0, NULL, NULL, NULL, NULL};
-static const tl_ukernel uk_q6_k = {4, 4, q6_k_tile, 0, NULL, NULL, NULL, NULL};
+static const tl_ukernel uk_q5_0 = {.rm = 4, .rn = 4, .tile = q5_0_tile_4x4};
+static const tl_ukernel uk_q4_k = {.rm = 4, .rn = 4, .tile = q4_k_tile_4x4};
+static const tl_ukernel uk_q5_k = {.rm = 4, .rn = 4, .tile = q5_k_tile_4x4};
+static const tl_ukernel uk_q6_k = {.rm = 4, .rn = 4, .tile = q6_k_tile_4x4};
 
 const tl_ukernel *tl_kq_portable_lookup(int wtype) {
     switch (wtype) {

@@ -1,13 +1,9 @@
-/* ukernel_avx2.c — AVX2 + FMA + F16C micro-kernels for f32, f16, bf16, q8_0, q4_0, q4_1.
+/* avx2_q8.c — AVX2 + FMA + F16C micro-kernels for the 32-block weights q8_0, q4_0 and q4_1, and the
+ * vectorised preparation of the shared q8 activations (used by avx2_kquants.c's kernels too).
  *
- * Float weights: register tile of 3 weight rows x 4 tokens = 12 ymm accumulators + 3 weight
- * vectors + 1 activation vector (16 registers). Element p of k goes to lane p % 8, lanes summed
- * in a fixed tree at the end (results depend only on k). f16 via vcvtph2ps, bf16 by
- * zero-extension and shift (exact), activations stay f32 (shared default layout).
- *
- * Quantized weights: 8-row panels packed into thread-local scratch, row in lane: per 32-block
- * 8 ymm of 8 rows x 4 bytes. A token's block dot is 8 vpmaddubsw against 4-byte broadcasts of
- * its int8 activations, then vpmaddwd with ones -> 8 rows' int32 dots in 8 lanes.
+ * 8-row panels packed into thread-local scratch, row in lane: per 32-block 8 ymm of 8 rows x 4
+ * bytes. A token's block dot is 8 vpmaddubsw against 4-byte broadcasts of its int8 activations,
+ * then vpmaddwd with ones -> 8 rows' int32 dots in 8 lanes.
  *   q4_0 / q4_1: weights as the raw nibble (unsigned 0..15): every 16-bit pair sum is at most
  *     2*15*127 and the 4 steps of a 16-value activation group at most 15240 < 32767, so the
  *     int16 sums are accumulated over the group and widened once; q4_0's -8 offset is removed
@@ -20,14 +16,8 @@
  */
 #include <immintrin.h>
 
-#include "tl_internal.h"
-#include "ukernel.h"
+#include "avx2.h"
 #include "x86_common.h"
-#include "kquants_avx2.h" /* q5_0, q4_K, q5_K, q6_K */
-
-const char tl_uk_name[] = "avx2";
-const uint64_t tl_uk_required = TL_CPU_AVX2 | TL_CPU_FMA | TL_CPU_F16C;
-int tl_uk_init(void) { return TL_OK; }
 
 /* ---- quantized activations (x86_common.h layout), vectorised: one 32-block = 4 ymm ------------- */
 /* q = roundf(v) for |v| <= 127 (half away from zero), exactly: t = trunc(v), v - t is exact. */
@@ -41,7 +31,7 @@ TL_INLINE __m256i round_half_away(__m256 v) {
     return q;
 }
 
-static void qa_prepare_avx2(const float *x, int64_t ldx, int64_t j0, int64_t j1, int64_t k, uint8_t *act,
+void tl_avx2_q8_act_prepare(const float *x, int64_t ldx, int64_t j0, int64_t j1, int64_t k, uint8_t *act,
                             int64_t ldact) {
     const int64_t ng = k / X86_QG;
     const __m256 lim = _mm256_set1_ps(127.0f), nlim = _mm256_set1_ps(-127.0f);
@@ -89,91 +79,6 @@ static void qa_prepare_avx2(const float *x, int64_t ldx, int64_t j0, int64_t j1,
         if (ldact > used) memset(row + used, 0, (size_t)(ldact - used));
     }
 }
-
-/* ---- float weights: 3 x 4 register tile ------------------------------------------------------ */
-#define F_RM 3
-#define F_RN 4
-
-TL_INLINE __m256 f_load(const int WT, const uint8_t *w, int64_t p) {
-    if (WT == TL_F32) return _mm256_loadu_ps((const float *)w + p);
-    __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)w + p));
-    if (WT == TL_F16) return _mm256_cvtph_ps(h);
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
-
-/* The last (k % 8) values of a row, widened to f32 and zero-padded to 8. */
-TL_INLINE __m256 f_load_tail(const int WT, const uint8_t *w, int64_t p, int64_t k) {
-    float buf[8] = {0};
-    for (int64_t q = p; q < k; q++) {
-        if (WT == TL_F32) memcpy(&buf[q - p], w + 4 * q, 4);
-        else if (WT == TL_F16) buf[q - p] = tl_f16_to_f32(tl_load_u16(w + 2 * q));
-        else buf[q - p] = tl_bf16_to_f32(tl_load_u16(w + 2 * q));
-    }
-    return _mm256_loadu_ps(buf);
-}
-
-/* Sums of the 8 lanes of a, b, c, d as (a, b, c, d), fixed tree. */
-TL_INLINE __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
-    __m256 abcd = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
-    return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
-}
-
-TL_INLINE void f_tile_impl(const int WT, const int RM, const int RN, const tl_gemm_args *a, int64_t i0, int64_t j0) {
-    __m256 acc[F_RM][F_RN];
-    const uint8_t *w[F_RM];
-    const float *x[F_RN];
-    for (int i = 0; i < RM; i++) w[i] = a->w + (i0 + i) * a->ldw;
-    for (int j = 0; j < RN; j++) x[j] = (const float *)(a->act + (j0 + j) * a->ldact);
-    for (int i = 0; i < RM; i++)
-        for (int j = 0; j < RN; j++) acc[i][j] = _mm256_setzero_ps();
-    const int64_t k = a->k;
-    int64_t p = 0;
-    for (; p + 8 <= k; p += 8) {
-        __m256 wv[F_RM];
-        for (int i = 0; i < RM; i++) wv[i] = f_load(WT, w[i], p);
-        for (int j = 0; j < RN; j++) {
-            __m256 xv = _mm256_load_ps(x[j] + p);
-            for (int i = 0; i < RM; i++) acc[i][j] = _mm256_fmadd_ps(wv[i], xv, acc[i][j]);
-        }
-    }
-    if (p < k) {
-        __m256 wv[F_RM];
-        for (int i = 0; i < RM; i++) wv[i] = f_load_tail(WT, w[i], p, k);
-        for (int j = 0; j < RN; j++) {
-            __m256 xv = _mm256_load_ps(x[j] + p); /* zero-padded row */
-            for (int i = 0; i < RM; i++) acc[i][j] = _mm256_fmadd_ps(wv[i], xv, acc[i][j]);
-        }
-    }
-    const __m256 z = _mm256_setzero_ps();
-    for (int j = 0; j < RN; j++) {
-        float s[4];
-        _mm_storeu_ps(s, hsum4(acc[0][j], RM > 1 ? acc[1][j] : z, RM > 2 ? acc[2][j] : z, z));
-        float *yp = a->y + (j0 + j) * a->ldy + i0;
-        for (int i = 0; i < RM; i++) yp[i] = s[i];
-    }
-}
-
-#define F_DISPATCH(CALL, rm, rn)                                                                   \
-    switch ((rm) * 8 + (rn)) {                                                                     \
-    case 011: CALL(1, 1); break; case 012: CALL(1, 2); break; case 013: CALL(1, 3); break;         \
-    case 014: CALL(1, 4); break;                                                                   \
-    case 021: CALL(2, 1); break; case 022: CALL(2, 2); break; case 023: CALL(2, 3); break;         \
-    case 024: CALL(2, 4); break;                                                                   \
-    case 031: CALL(3, 1); break; case 032: CALL(3, 2); break; case 033: CALL(3, 3); break;         \
-    case 034: CALL(3, 4); break;                                                                   \
-    default: break;                                                                                \
-    }
-
-#define F_FUNC(NAME, WT)                                                                           \
-    static void NAME##_tile(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {       \
-        F_DISPATCH(C_##NAME, rm, rn)                                                               \
-    }
-#define C_f32(M, N) f_tile_impl(TL_F32, M, N, a, i0, j0)
-#define C_f16(M, N) f_tile_impl(TL_F16, M, N, a, i0, j0)
-#define C_bf16(M, N) f_tile_impl(TL_BF16, M, N, a, i0, j0)
-F_FUNC(f32, TL_F32)
-F_FUNC(f16, TL_F16)
-F_FUNC(bf16, TL_BF16)
 
 /* ---- quantized weights: 8-row panels, row in lane --------------------------------------------- */
 #define Q_R 8
@@ -397,32 +302,17 @@ TL_INLINE void q_gemv_impl(const int WT, const tl_gemm_args *a, int64_t i0, int6
 }
 
 #define Q_FUNCS(NAME, WT)                                                                                   \
-    static void NAME##_block(const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {       \
+    static void NAME##_block_8x4(const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {   \
         q_block_impl(WT, a, i0, i1, j0, j1);                                                                \
     }                                                                                                       \
-    static void NAME##_tile(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {                \
+    static void NAME##_tile_8x4(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {            \
         q_block_impl(WT, a, i0, i0 + rm, j0, j0 + rn);                                                      \
     }                                                                                                       \
-    static void NAME##_gemv(const tl_gemm_args *a, int64_t i0, int64_t i1) { q_gemv_impl(WT, a, i0, i1); }
+    static void NAME##_gemv_8(const tl_gemm_args *a, int64_t i0, int64_t i1) { q_gemv_impl(WT, a, i0, i1); } \
+    const tl_ukernel tl_avx2_##NAME##_8x4 = {.rm = Q_R, .rn = Q_RN, .tile = NAME##_tile_8x4, .gemv_rows = Q_R,  \
+                                             .gemv = NAME##_gemv_8, .block = NAME##_block_8x4,                  \
+                                             .act_row_bytes = x86_qa_row_bytes,                                \
+                                             .act_prepare = tl_avx2_q8_act_prepare};
 Q_FUNCS(q8_0, TL_Q8_0)
 Q_FUNCS(q4_0, TL_Q4_0)
 Q_FUNCS(q4_1, TL_Q4_1)
-
-static const tl_ukernel uk_f32 = {F_RM, F_RN, f32_tile, 0, NULL, NULL, NULL, NULL};
-static const tl_ukernel uk_f16 = {F_RM, F_RN, f16_tile, 0, NULL, NULL, NULL, NULL};
-static const tl_ukernel uk_bf16 = {F_RM, F_RN, bf16_tile, 0, NULL, NULL, NULL, NULL};
-static const tl_ukernel uk_q8_0 = {Q_R, Q_RN, q8_0_tile, Q_R, q8_0_gemv, q8_0_block, x86_qa_row_bytes, qa_prepare_avx2};
-static const tl_ukernel uk_q4_0 = {Q_R, Q_RN, q4_0_tile, Q_R, q4_0_gemv, q4_0_block, x86_qa_row_bytes, qa_prepare_avx2};
-static const tl_ukernel uk_q4_1 = {Q_R, Q_RN, q4_1_tile, Q_R, q4_1_gemv, q4_1_block, x86_qa_row_bytes, qa_prepare_avx2};
-
-const tl_ukernel *tl_uk_lookup(int wtype) {
-    switch (wtype) {
-    case TL_F32: return &uk_f32;
-    case TL_F16: return &uk_f16;
-    case TL_BF16: return &uk_bf16;
-    case TL_Q8_0: return &uk_q8_0;
-    case TL_Q4_0: return &uk_q4_0;
-    case TL_Q4_1: return &uk_q4_1;
-    default: return tl_kq_avx2_lookup(wtype); /* q5_0 / K-quants (kquants_avx2.h) */
-    }
-}

@@ -1,5 +1,5 @@
-/* sme_kernels.h — SME / SME2 prompt-batch GEMM after MpGEMM (see docs/mpgemm.md), shared by
- * ukernel_sme.c (TL_SME2 = 0) and ukernel_sme2.c (TL_SME2 = 1).
+/* sme_mopa.c — SME / SME2 prompt-batch GEMM after MpGEMM (see docs/mpgemm.md), compiled into the sme
+ * variant (TL_SME2 = 0) and the sme2 variant (TL_SME2 = 1: its flags define __ARM_FEATURE_SME2).
  *
  * Problem: Y[j][i] = sum_k X[j][k] W[i][k], tokens j, features i, y row-major over tokens
  * (features contiguous). With L = SVL/32 (32-bit lanes per streaming vector: 4 … 64; 16 on
@@ -10,8 +10,8 @@
  *   64x16 ("tall"): 4L tokens x L features, za0..za3 = tokens [0,L) … [3L,4L) stacked;
  *          per k step ONE four-register A load, ONE B-vector load, FOUR MOPAs sharing B.
  * The shape is chosen per weight panel (fewer micro-kernel passes wins, ties go wide): tall
- * for the m-edge panel (<= 3L features left) or small m with many tokens. TILELLM_SME_TILE=
- * 16x64|64x16 forces one (test hook).
+ * for the m-edge panel (<= 3L features left) or small m with many tokens. The context's
+ * sme_tile option forces one (test hook).
  *
  * A "k step" is one 32-bit lane per operand: one k value (f32 FMOPA) or a PAIR of k values
  * (f16 widening FMOPA / BFMOPA: ZA[i][j] += a[2i]b[2j] + a[2i+1]b[2j+1], accumulated in f32).
@@ -23,7 +23,7 @@
  *       nothing overflows fp16 (max 65504) and few values go subnormal; s is applied to the
  *       row when its result leaves ZA (exact: a power of two);
  *   bf16 weights: f32 FMOPA (weights widened while packing, f32 activations) by default; with
- *       TILELLM_SME_BF16=bfmopa in the environment at load time, BFMOPA with activations rounded
+ *       the context's sme_bf16 option, BFMOPA with activations rounded
  *       to bf16 (act type TL_BF16, round to nearest even). Not the default: bf16 activations put
  *       llama2-micro-bf16 at mean |dlogit| 6.60e-3, just above llama.cpp's 6.59e-3, and on an M4
  *       BFMOPA has no more compute than f32 FMOPA (docs/mpgemm.md).
@@ -45,27 +45,25 @@
  * functions or macros; no NEON, no calls out, no malloc inside it (scratch comes from the
  * non-streaming caller). Vector-length agnostic: every stride is in units of L (svcntsw()).
  *
- * Small batches: n < TL_SME_MIN_N and n == 1 (gemv) run the NEON kernels (neon_kernels.h,
+ * Small batches: n < TL_SME_MIN_N and n == 1 (gemv) run the NEON kernels (neon.h,
  * compiled into this variant), so the SME unit is only started for prompt batches. For f16 /
  * bf16 weights they get f32 rows of the SAME rounded activations (s * h, bf16 widened), so a
  * token's result does not depend on the batch size's path.
  */
-#ifndef TL_SME_KERNELS_H
-#define TL_SME_KERNELS_H
-
 #include <arm_sme.h>
 #include <float.h>
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
-#include "neon_kernels.h"
+#include "neon.h"
+#include "sme.h"
 #include "threadpool.h"
 
-#ifndef TL_SME2
-#error "define TL_SME2 (0 or 1) before including sme_kernels.h"
-#endif
-#if TL_SME2 && !defined(__ARM_FEATURE_SME2)
-#error "the sme2 variant needs SME2 compiler flags"
+#if defined(__ARM_FEATURE_SME2)
+#define TL_SME2 1 /* four-register loads in the micro-kernel */
+#else
+#define TL_SME2 0
 #endif
 
 #define TL_SME_KC 1024  /* k steps per packed chunk: 4L x KC x 4 B panel = 256 KiB at SVL 512 */
@@ -78,7 +76,7 @@ enum { TL_SME_MOPA_F32, TL_SME_MOPA_F16, TL_SME_MOPA_BF16 };  /* MOPA flavour = 
 enum { TL_SME_ACT_F32, TL_SME_ACT_Q8, TL_SME_ACT_H16 };      /* prepared activation rows */
 enum { TL_SME_SHAPE_AUTO, TL_SME_SHAPE_WIDE, TL_SME_SHAPE_TALL };
 
-static int64_t tl_sme_L; /* 32-bit lanes per streaming vector, set by tl_uk_init */
+static int64_t tl_sme_L; /* 32-bit lanes per streaming vector (hardware), set by tl_sme_init */
 
 typedef struct {
     const tl_gemm_args *a;
@@ -411,11 +409,9 @@ __arm_locally_streaming __arm_new("za") static void tl_sme_block_run(const tl_sm
 
 /* ---- the non-streaming side: scratch, small-batch routing, the ukernel table --------------- */
 
-static int tl_sme_bf16_mopa; /* TILELLM_SME_BF16=bfmopa at init: bf16 weights on BFMOPA */
-
-static int tl_sme_mopa_of(int wtype) {
+static int tl_sme_mopa_of(const tl_ctx *ctx, int wtype) {
     if (wtype == TL_F16) return TL_SME_MOPA_F16;
-    if (wtype == TL_BF16 && tl_sme_bf16_mopa) return TL_SME_MOPA_BF16;
+    if (wtype == TL_BF16 && ctx->opt.sme_bf16) return TL_SME_MOPA_BF16;
     return TL_SME_MOPA_F32;
 }
 
@@ -424,7 +420,7 @@ static int tl_sme_mopa_of(int wtype) {
 static void tl_sme_neon_block(const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1, int gemv) {
     const tl_ukernel *nk = tl_neon_lookup(a->wtype);
     tl_gemm_args a2 = *a;
-    const int mopa = tl_sme_mopa_of(a->wtype);
+    const int mopa = tl_sme_mopa_of(a->ctx, a->wtype);
     if (mopa != TL_SME_MOPA_F32) {
         const int64_t k = a->k, ld = tl_round_up(4 * k, TL_ACT_ALIGN);
         uint8_t *buf = (uint8_t *)tl_scratch((size_t)(j1 * ld));
@@ -456,13 +452,10 @@ static void tl_sme_neon_block(const tl_gemm_args *a, int64_t i0, int64_t i1, int
 
 static void tl_sme_gemv(const tl_gemm_args *a, int64_t i0, int64_t i1) { tl_sme_neon_block(a, i0, i1, 0, 1, 1); }
 
-/* TILELLM_SME_TILE=16x64 | 64x16 forces the micro-kernel shape (tests); otherwise per panel. */
-static int tl_sme_shape(void) {
-    const char *e = getenv("TILELLM_SME_TILE");
-    if (!e) return TL_SME_SHAPE_AUTO;
-    if (!strcmp(e, "16x64")) return TL_SME_SHAPE_WIDE;
-    if (!strcmp(e, "64x16")) return TL_SME_SHAPE_TALL;
-    return TL_SME_SHAPE_AUTO;
+/* The context's sme_tile option forces the micro-kernel shape (tests); otherwise per panel. */
+static int tl_sme_shape(const tl_ctx *ctx) {
+    return ctx->opt.sme_tile == TL_SME_TILE_WIDE ? TL_SME_SHAPE_WIDE
+           : ctx->opt.sme_tile == TL_SME_TILE_TALL ? TL_SME_SHAPE_TALL : TL_SME_SHAPE_AUTO;
 }
 
 static void tl_sme_block(const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
@@ -478,11 +471,11 @@ static void tl_sme_block(const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t 
         tl_sme_neon_block(a, i0, i1, j0, j1, 0);
         return;
     }
-    const int mopa = tl_sme_mopa_of(a->wtype);
+    const int mopa = tl_sme_mopa_of(a->ctx, a->wtype);
     const int at = tl_default_act_type(a->wtype);
     tl_sme_job J = {a, i0, i1, j0, j1, scratch, scratch + at_n, mopa,
                     mopa != TL_SME_MOPA_F32 ? TL_SME_ACT_H16 : at == TL_F32 ? TL_SME_ACT_F32 : TL_SME_ACT_Q8,
-                    tl_sme_shape(), tl_type_size(a->wtype),
+                    tl_sme_shape(a->ctx), tl_type_size(a->wtype),
                     mopa != TL_SME_MOPA_F32 ? (a->k + 1) / 2 : a->k,
                     mopa == TL_SME_MOPA_F16 ? tl_sme_f16_soff(a->k) : 0};
     tl_sme_block_run(&J);
@@ -494,36 +487,37 @@ static void tl_sme_tile(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, i
     tl_sme_neon_block(a, i0, i0 + rm, j0, j0 + rn, 0);
 }
 
-static tl_ukernel tl_sme_uk[6];
+/* Kernel tables, filled once by tl_sme_init (they depend on the vector length): [1] with bf16
+ * weights on BFMOPA (the sme_bf16 option), [0] on f32 FMOPA. */
+static tl_ukernel tl_sme_uk[2][6];
 static const int tl_sme_types[6] = {TL_F32, TL_F16, TL_BF16, TL_Q8_0, TL_Q4_0, TL_Q4_1};
 
-int tl_uk_init(void) {
+int tl_sme_init(void) {
     /* only reached after tl_init saw HWCAP2_SME (and SME2 for sme2): rdsvl is legal here */
     const int64_t L = (int64_t)svcntsw();
-    const char *bf = getenv("TILELLM_SME_BF16");
-    tl_sme_bf16_mopa = bf != NULL && strcmp(bf, "bfmopa") == 0;
-    for (int t = 0; t < 6; t++) {
-        const int wt = tl_sme_types[t];
-        const tl_ukernel *nk = tl_neon_lookup(wt);
-        tl_ukernel u = {(int)(4 * L), TL_SME_RN, tl_sme_tile, nk->gemv_rows, nk->gemv, tl_sme_block, NULL, NULL,
-                        0 /* default act type */};
-        if (tl_sme_mopa_of(wt) != TL_SME_MOPA_F32) { /* 16-bit activations: widening FMOPA / BFMOPA */
-            u.gemv = tl_sme_gemv;
-            u.act_row_bytes = wt == TL_F16 ? tl_sme_act_bytes_f16 : tl_sme_act_bytes_bf16;
-            u.act_prepare = wt == TL_F16 ? tl_sme_prep_f16 : tl_sme_prep_bf16;
-            u.act_type = wt;
+    for (int bf = 0; bf < 2; bf++) {
+        const tl_ctx c = {.opt = {.sme_bf16 = bf}};
+        for (int t = 0; t < 6; t++) {
+            const int wt = tl_sme_types[t];
+            const tl_ukernel *nk = tl_neon_lookup(wt);
+            tl_ukernel u = {.rm = (int)(4 * L), .rn = TL_SME_RN, .tile = tl_sme_tile, .gemv_rows = nk->gemv_rows,
+                            .gemv = nk->gemv, .block = tl_sme_block};
+            if (tl_sme_mopa_of(&c, wt) != TL_SME_MOPA_F32) { /* 16-bit activations: widening FMOPA / BFMOPA */
+                u.gemv = tl_sme_gemv;
+                u.act_row_bytes = wt == TL_F16 ? tl_sme_act_bytes_f16 : tl_sme_act_bytes_bf16;
+                u.act_prepare = wt == TL_F16 ? tl_sme_prep_f16 : tl_sme_prep_bf16;
+                u.act_type = wt;
+            }
+            tl_sme_uk[bf][t] = u;
         }
-        tl_sme_uk[t] = u;
     }
     tl_sme_L = L;
     return TL_OK;
 }
 
-const tl_ukernel *tl_uk_lookup(int wtype) {
+const tl_ukernel *tl_sme_lookup(const tl_ctx *ctx, int wtype) {
     if (tl_sme_L == 0) return NULL; /* not initialised */
     for (int t = 0; t < 6; t++)
-        if (tl_sme_types[t] == wtype) return &tl_sme_uk[t];
+        if (tl_sme_types[t] == wtype) return &tl_sme_uk[ctx->opt.sme_bf16 != 0][t];
     return NULL;
 }
-
-#endif

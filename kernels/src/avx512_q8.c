@@ -1,9 +1,7 @@
-/* ukernel_avx512.c — AVX-512 (F/BW/VL/DQ + VNNI + BF16) micro-kernels for f32, f16, bf16,
- * q8_0, q4_0 and q4_1 weights.
+/* avx512_q8.c — AVX-512 VNNI micro-kernels for the 32-block weights q8_0, q4_0 and q4_1, and the
+ * vectorised preparation of the shared q8 activations (used by avx512_kquants.c's kernels too).
  *
- * Float weights (f32, f16, bf16): float_avx512.h.
- *
- * Quantized weights (q8_0, q4_0, q4_1): weights are repacked per 16-row panel into a
+ * weights are repacked per 16-row panel into a
  * thread-local buffer, "row in lane" layout: for each 32-block, 8 zmm of 16 rows x 4 bytes
  * (unsigned: q8_0 as q + 128, q4 as the raw nibble 0..15), then 16 f32 scales d and (q4_1)
  * 16 f32 mins m. One token's block is then 8 vpdpbusd against 4-byte broadcasts of its int8
@@ -20,19 +18,8 @@
 #include <stdlib.h>
 #include <time.h>
 
-#include "tl_internal.h"
-#include "ukernel.h"
+#include "avx512.h"
 #include "x86_common.h"
-#include "kquants_avx512.h" /* q5_0, q4_K, q5_K, q6_K */
-#include "float_avx512.h"   /* f32, f16, bf16 */
-
-const char tl_uk_name[] = "avx512";
-const uint64_t tl_uk_required = TL_CPU_AVX2 | TL_CPU_FMA | TL_CPU_F16C | TL_CPU_AVX512F | TL_CPU_AVX512BW |
-                                TL_CPU_AVX512VL | TL_CPU_AVX512DQ | TL_CPU_AVX512VNNI | TL_CPU_AVX512BF16;
-int tl_uk_init(void) {
-    fa_init();
-    return TL_OK;
-}
 
 /* ---- quantized activations (x86_common.h layout), vectorised: one 32-block = 2 zmm ------------- */
 /* q = roundf(v) for |v| <= 127 (half away from zero), exactly: t = trunc(v), v - t is exact. */
@@ -45,7 +32,7 @@ TL_INLINE __m512i round_half_away(__m512 v) {
     return q;
 }
 
-static void qa_prepare_avx512(const float *x, int64_t ldx, int64_t j0, int64_t j1, int64_t k, uint8_t *act,
+void tl_avx512_q8_act_prepare(const float *x, int64_t ldx, int64_t j0, int64_t j1, int64_t k, uint8_t *act,
                               int64_t ldact) {
     const int64_t ng = k / X86_QG;
     const __m512 lim = _mm512_set1_ps(127.0f), nlim = _mm512_set1_ps(-127.0f);
@@ -281,21 +268,21 @@ TL_INLINE void q_gemv_impl(const int WT, const tl_gemm_args *a, int64_t i0, int6
  * activation's dword grid, so its activations are shifted to match (sa: 2 zero bytes, the 16 int8
  * values, 2 zero bytes, for the low and the high nibbles); the scale bytes meet those zeros. Every
  * int32 group dot, and every float operation after it, is the panel's: bit-identical to q_gemv_impl. */
-#define Q4P_SA_BYTES 40 /* per pair: 5 dwords for the low nibbles, 5 for the high */
+#define Q4_0_PAIRS_SA_BYTES 40 /* per pair: 5 dwords for the low nibbles, 5 for the high */
 
 /* The shifted activations of every even block: sa[40 p ..] for blocks 2p. */
-static void q4p_shift_acts(const uint8_t *xr, int64_t pairs, uint8_t *sa) {
+static void q4_0_pairs_shift_acts(const uint8_t *xr, int64_t pairs, uint8_t *sa) {
     for (int64_t p = 0; p < pairs; p++) {
         const uint8_t *x = xr + 64 * p;
-        uint8_t *o = sa + Q4P_SA_BYTES * p;
-        memset(o, 0, Q4P_SA_BYTES);
+        uint8_t *o = sa + Q4_0_PAIRS_SA_BYTES * p;
+        memset(o, 0, Q4_0_PAIRS_SA_BYTES);
         memcpy(o + 2, x, 16);
         memcpy(o + 22, x + 16, 16);
     }
 }
 
 /* One block's two int32 group dots (offset removed), scaled by q_scale_dots. */
-TL_INLINE __m512 q4p_block(const __m512i *w, int nw, const int32_t *xlo, const int32_t *xhi, int32_t is0,
+TL_INLINE __m512 q4_0_pairs_block(const __m512i *w, int nw, const int32_t *xlo, const int32_t *xhi, int32_t is0,
                            int32_t is1, float dx0, float dx1) {
     const __m512i lo4 = _mm512_set1_epi8(0x0f);
     __m512i acc0 = _mm512_set1_epi32(-is0 * 8), acc1 = _mm512_set1_epi32(-is1 * 8);
@@ -307,7 +294,7 @@ TL_INLINE __m512 q4p_block(const __m512i *w, int nw, const int32_t *xlo, const i
 }
 
 /* Rows [i, i + 16) over blocks [0, 2 pairs): y0 += ... exactly as q_gemv_impl's loop. */
-TL_INLINE __m512 q4p_panel(const tl_gemm_args *a, int64_t i, int64_t pairs, const uint8_t *sa, const x86_pf *pf,
+TL_INLINE __m512 q4_0_pairs_panel(const tl_gemm_args *a, int64_t i, int64_t pairs, const uint8_t *sa, const x86_pf *pf,
                            __m512 y0) {
     const int64_t k = a->k;
     const uint8_t *xr = a->act;
@@ -326,30 +313,30 @@ TL_INLINE __m512 q4p_panel(const tl_gemm_args *a, int64_t i, int64_t pairs, cons
         q_src_advance(&R, 36);
         const __m512 d0 = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(w[0]));
         const __m512 d1 = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(w[4], 16)));
-        const int32_t *s = (const int32_t *)(sa + Q4P_SA_BYTES * p);
+        const int32_t *s = (const int32_t *)(sa + Q4_0_PAIRS_SA_BYTES * p);
         const int64_t b = 2 * p;
-        y0 = _mm512_fmadd_ps(q4p_block(w, 5, s, s + 5, is[2 * b], is[2 * b + 1], dx[2 * b], dx[2 * b + 1]), d0, y0);
-        y0 = _mm512_fmadd_ps(q4p_block(u, 4, xq + 8 * (b + 1), xq + 8 * (b + 1) + 4, is[2 * b + 2], is[2 * b + 3],
+        y0 = _mm512_fmadd_ps(q4_0_pairs_block(w, 5, s, s + 5, is[2 * b], is[2 * b + 1], dx[2 * b], dx[2 * b + 1]), d0, y0);
+        y0 = _mm512_fmadd_ps(q4_0_pairs_block(u, 4, xq + 8 * (b + 1), xq + 8 * (b + 1) + 4, is[2 * b + 2], is[2 * b + 3],
                                        dx[2 * b + 2], dx[2 * b + 3]),
                              d1, y0);
     }
     return y0;
 }
 
-static void q4_0_gemv_pairs(const tl_gemm_args *a, int64_t i0, int64_t i1) {
+static void q4_0_gemv_16(const tl_gemm_args *a, int64_t i0, int64_t i1) {
     const int64_t nb = a->k / TL_QK, pairs = nb / 2;
-    uint8_t *sa = pairs > 0 && i1 - i0 >= Q_R ? (uint8_t *)tl_scratch((size_t)(pairs * Q4P_SA_BYTES)) : NULL;
+    uint8_t *sa = pairs > 0 && i1 - i0 >= Q_R ? (uint8_t *)tl_scratch((size_t)(pairs * Q4_0_PAIRS_SA_BYTES)) : NULL;
     if (!sa || a->ldw > INT32_MAX / Q_R) {
         q_gemv_impl(TL_Q4_0, a, i0, i1);
         return;
     }
-    q4p_shift_acts(a->act, pairs, sa);
+    q4_0_pairs_shift_acts(a->act, pairs, sa);
     int64_t i = i0;
     for (; i + Q_R <= i1; i += Q_R) {
         const uint8_t *rp[16];
         const __m512i idx = q_rows(a, i, Q_R, rp);
         const x86_pf pf = x86_pf_next(a, i, i1, Q_R, nb);
-        __m512 y0 = q4p_panel(a, i, pairs, sa, &pf, _mm512_setzero_ps());
+        __m512 y0 = q4_0_pairs_panel(a, i, pairs, sa, &pf, _mm512_setzero_ps());
         if (nb % 2) { /* the last block alone, as q_gemv_impl does it */
             const q_src src = {rp, {NULL, NULL, NULL, NULL}, 0, 0};
             y0 = q_gemv_blocks(TL_Q4_0, 0, a, src, nb - 1, nb, (__mmask16)0xffff, idx, &pf, y0);
@@ -363,20 +350,20 @@ static void q4_0_gemv_pairs(const tl_gemm_args *a, int64_t i0, int64_t i1) {
  * How fast DRAM serves decode depends on the access pattern, and on this VM the best pattern changes
  * with the host's memory load: one stream per thread (each row front to back) beat the 16-row panel by
  * 5-18 % in slow-memory periods and lost by 5-15 % in fast ones (2 threads, q8_0 5632x2048, measured).
- * q8r_rows computes exactly what the panel computes for a row -- per block the exact int32 group dots
+ * q8_0_gemv_by_rows computes exactly what the panel computes for a row -- per block the exact int32 group dots
  * (two levels of pairwise lane sums after one vpdpbusd per 2 blocks), f = dot0 dx0 then fma(dot1, dx1, f),
- * and y = fma(f, d, y) block after block as a scalar chain, Q8R rows' chains interleaved -- so the two
- * are bit-identical and q8_0_gemv_auto may pick either per chunk: the one with the lower recent ns per
+ * and y = fma(f, d, y) block after block as a scalar chain, Q8_0_ROWS rows' chains interleaved -- so the two
+ * are bit-identical and q8_0_gemv_16 may pick either per chunk: the one with the lower recent ns per
  * byte, trying the other every 16th chunk. Results never depend on the choice. */
-#define Q8R 4
+#define Q8_0_ROWS 4
 
-TL_INLINE __m512i q8r_hadd(__m512i a, __m512i b) { /* pairwise lane sums: a's in lanes 0..7, b's in 8..15 */
+TL_INLINE __m512i q8_0_hadd_pairs(__m512i a, __m512i b) { /* pairwise lane sums: a's in lanes 0..7, b's in 8..15 */
     const __m512i ev = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
     const __m512i od = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
     return _mm512_add_epi32(_mm512_permutex2var_epi32(a, ev, b), _mm512_permutex2var_epi32(a, od, b));
 }
 
-TL_INLINE __m512i q8r_step(const uint8_t *w, int64_t b, const uint8_t *xq) { /* blocks b, b+1: lane dots */
+TL_INLINE __m512i q8_0_dots_2blocks(const uint8_t *w, int64_t b, const uint8_t *xq) { /* blocks b, b+1: lane dots */
     __m512i v = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(w + b * TL_Q8_0_BYTES + 2)));
     v = _mm512_inserti64x4(v, _mm256_loadu_si256((const __m256i *)(w + (b + 1) * TL_Q8_0_BYTES + 2)), 1);
     v = _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80));
@@ -384,15 +371,15 @@ TL_INLINE __m512i q8r_step(const uint8_t *w, int64_t b, const uint8_t *xq) { /* 
 }
 
 /* The panel's per-block f and the block scales d of row w into fb[nb], db[nb]. */
-static void q8r_row(const uint8_t *w, const uint8_t *xr, int64_t k, float *fb, float *db) {
+static void q8_0_row_terms(const uint8_t *w, const uint8_t *xr, int64_t k, float *fb, float *db) {
     const int64_t nb = k / TL_QK, ng8 = nb / 8;
     const float *dx = x86_qa_d(xr, k);
     const int16_t *is = x86_qa_isum(xr, k);
     for (int64_t g = 0; g < ng8; g++) {
         const int64_t b = 8 * g;
-        const __m512i c0 = q8r_hadd(q8r_step(w, b, xr), q8r_step(w, b + 2, xr));
-        const __m512i c1 = q8r_hadd(q8r_step(w, b + 4, xr), q8r_step(w, b + 6, xr));
-        __m512i dot = q8r_hadd(c0, c1); /* lane 2i + h: group h of block b + i; then the offset removed */
+        const __m512i c0 = q8_0_hadd_pairs(q8_0_dots_2blocks(w, b, xr), q8_0_dots_2blocks(w, b + 2, xr));
+        const __m512i c1 = q8_0_hadd_pairs(q8_0_dots_2blocks(w, b + 4, xr), q8_0_dots_2blocks(w, b + 6, xr));
+        __m512i dot = q8_0_hadd_pairs(c0, c1); /* lane 2i + h: group h of block b + i; then the offset removed */
         dot = _mm512_sub_epi32(dot, _mm512_slli_epi32(_mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i *)(is + 2 * b))), 7));
         const __m512 cf = _mm512_cvtepi32_ps(dot), dd = _mm512_loadu_ps(dx + 2 * b);
         const __m512 f = _mm512_fmadd_ps(_mm512_movehdup_ps(cf), _mm512_movehdup_ps(dd), _mm512_mul_ps(cf, dd));
@@ -419,15 +406,15 @@ static void q8r_row(const uint8_t *w, const uint8_t *xr, int64_t k, float *fb, f
 }
 
 /* Rows [i0, i1), or 0 if the scratch cannot be had. */
-static int q8r_rows(const tl_gemm_args *a, int64_t i0, int64_t i1) {
+static int q8_0_gemv_by_rows(const tl_gemm_args *a, int64_t i0, int64_t i1) {
     const int64_t k = a->k, nb = k / TL_QK;
-    float *buf = (float *)x86_scratch((size_t)(2 * Q8R * nb) * sizeof(float));
+    float *buf = (float *)x86_scratch((size_t)(2 * Q8_0_ROWS * nb) * sizeof(float));
     if (!buf) return 0;
-    for (int64_t i = i0; i < i1; i += Q8R) {
-        const int nr = (int)TL_MIN((int64_t)Q8R, i1 - i);
-        for (int r = 0; r < nr; r++) q8r_row(a->w + (i + r) * a->ldw, a->act, k, buf + 2 * r * nb, buf + (2 * r + 1) * nb);
-        float y[Q8R] = {0.0f, 0.0f, 0.0f, 0.0f};
-        if (nr == Q8R) {
+    for (int64_t i = i0; i < i1; i += Q8_0_ROWS) {
+        const int nr = (int)TL_MIN((int64_t)Q8_0_ROWS, i1 - i);
+        for (int r = 0; r < nr; r++) q8_0_row_terms(a->w + (i + r) * a->ldw, a->act, k, buf + 2 * r * nb, buf + (2 * r + 1) * nb);
+        float y[Q8_0_ROWS] = {0.0f, 0.0f, 0.0f, 0.0f};
+        if (nr == Q8_0_ROWS) {
             const float *f0 = buf, *d0 = buf + nb, *f1 = buf + 2 * nb, *d1 = buf + 3 * nb;
             const float *f2 = buf + 4 * nb, *d2 = buf + 5 * nb, *f3 = buf + 6 * nb, *d3 = buf + 7 * nb;
             for (int64_t b = 0; b < nb; b++) { /* four independent chains */
@@ -445,45 +432,34 @@ static int q8r_rows(const tl_gemm_args *a, int64_t i0, int64_t i1) {
     return 1;
 }
 
-/* TILELLM_Q8_GEMV=panel|rows forces one (tests compare them); default: by measured speed. */
-static int q8_force = -2; /* -2 unread, -1 auto, 0 panel, 1 rows */
-static _Atomic uint32_t q8_rate[2]; /* recent ns per 16 KiB of weights, 0 = not measured yet */
-static _Atomic uint32_t q8_tick;
-
-static int q8_mode(void) {
-    int f = __atomic_load_n(&q8_force, __ATOMIC_RELAXED);
-    if (f == -2) {
-        const char *e = getenv("TILELLM_Q8_GEMV");
-        f = e && !strcmp(e, "panel") ? 0 : e && !strcmp(e, "rows") ? 1 : -1;
-        __atomic_store_n(&q8_force, f, __ATOMIC_RELAXED);
-    }
-    return f;
-}
-
 static uint64_t q8_now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-static void q8_0_gemv_auto(const tl_gemm_args *a, int64_t i0, int64_t i1) {
-    int v = q8_mode();
-    if (v < 0) {
-        const uint32_t t = atomic_fetch_add_explicit(&q8_tick, 1, memory_order_relaxed) % 16;
-        const uint32_t r0 = atomic_load_explicit(&q8_rate[0], memory_order_relaxed);
-        const uint32_t r1 = atomic_load_explicit(&q8_rate[1], memory_order_relaxed);
+/* The context's q8_gemv option forces one path (tests compare them); AUTO picks by the context's
+ * measurements. */
+static void q8_0_gemv_16(const tl_gemm_args *a, int64_t i0, int64_t i1) {
+    tl_path_pick *pick = &a->ctx->q8_gemv;
+    const int mode = a->ctx->opt.q8_gemv;
+    int v = mode == TL_Q8_GEMV_ROWS;
+    if (mode == TL_Q8_GEMV_AUTO) {
+        const uint32_t t = atomic_fetch_add_explicit(&pick->tick, 1, memory_order_relaxed) % 16;
+        const uint32_t r0 = atomic_load_explicit(&pick->rate[0], memory_order_relaxed);
+        const uint32_t r1 = atomic_load_explicit(&pick->rate[1], memory_order_relaxed);
         v = t == 0 ? 0 : t == 8 ? 1 : (r1 != 0 && r1 < r0) ? 1 : 0;
     }
     const uint64_t t0 = q8_now_ns();
-    if (!(v == 1 && q8r_rows(a, i0, i1))) {
+    if (!(v == 1 && q8_0_gemv_by_rows(a, i0, i1))) {
         v = 0;
         q_gemv_impl(TL_Q8_0, a, i0, i1);
     }
     const uint64_t ns = q8_now_ns() - t0, bytes = (uint64_t)(i1 - i0) * (uint64_t)a->ldw;
     if (bytes >= 16384) {
         const uint64_t x = TL_MIN(ns * 16384 / bytes, (uint64_t)UINT32_MAX);
-        const uint32_t old = atomic_load_explicit(&q8_rate[v], memory_order_relaxed);
-        atomic_store_explicit(&q8_rate[v], old ? (uint32_t)((7 * (uint64_t)old + x) / 8) : (uint32_t)x, memory_order_relaxed);
+        const uint32_t old = atomic_load_explicit(&pick->rate[v], memory_order_relaxed);
+        atomic_store_explicit(&pick->rate[v], old ? (uint32_t)((7 * (uint64_t)old + x) / 8) : (uint32_t)x, memory_order_relaxed);
     }
 }
 
@@ -561,32 +537,23 @@ TL_INLINE void q_block_impl(const int WT, const tl_gemm_args *a, int64_t i0, int
 }
 
 #define Q_FUNCS(NAME, WT)                                                                                   \
-    static void NAME##_block(const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {       \
+    static void NAME##_block_16x8(const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {  \
         q_block_impl(WT, a, i0, i1, j0, j1);                                                                \
     }                                                                                                       \
-    static void NAME##_tile(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {                \
+    static void NAME##_tile_16x8(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {           \
         q_block_impl(WT, a, i0, i0 + rm, j0, j0 + rn);                                                      \
-    }                                                                                                       \
-    __attribute__((unused)) static void NAME##_gemv(const tl_gemm_args *a, int64_t i0, int64_t i1) {        \
-        q_gemv_impl(WT, a, i0, i1);                                                                         \
     }
 Q_FUNCS(q8_0, TL_Q8_0)
 Q_FUNCS(q4_0, TL_Q4_0)
 Q_FUNCS(q4_1, TL_Q4_1)
+static void q4_1_gemv_16(const tl_gemm_args *a, int64_t i0, int64_t i1) { q_gemv_impl(TL_Q4_1, a, i0, i1); }
 
-/* ---- table -------------------------------------------------------------------------------------- */
-static const tl_ukernel uk_q8_0 = {Q_R, Q_RN, q8_0_tile, Q_R, q8_0_gemv_auto, q8_0_block, x86_qa_row_bytes, qa_prepare_avx512};
-static const tl_ukernel uk_q4_0 = {Q_R, Q_RN, q4_0_tile, Q_R, q4_0_gemv_pairs, q4_0_block, x86_qa_row_bytes,
-                                   qa_prepare_avx512};
-static const tl_ukernel uk_q4_1 = {Q_R, Q_RN, q4_1_tile, Q_R, q4_1_gemv, q4_1_block, x86_qa_row_bytes, qa_prepare_avx512};
-
-const tl_ukernel *tl_uk_lookup(int wtype) {
-    const tl_ukernel *f = fa_lookup(wtype); /* f32 / f16 / bf16 (float_avx512.h) */
-    if (f) return f;
-    switch (wtype) {
-    case TL_Q8_0: return &uk_q8_0;
-    case TL_Q4_0: return &uk_q4_0;
-    case TL_Q4_1: return &uk_q4_1;
-    default: return tl_kq_avx512_lookup(wtype); /* q5_0 / K-quants (kquants_avx512.h) */
-    }
-}
+/* ---- table entries: q8_0 and q4_0 have their own n == 1 paths (above) ---------------------------- */
+#define Q_TABLE(NAME)                                                                                        \
+    const tl_ukernel tl_avx512_##NAME##_16x8 = {.rm = Q_R, .rn = Q_RN, .tile = NAME##_tile_16x8, .gemv_rows = Q_R, \
+                                                .gemv = NAME##_gemv_16, .block = NAME##_block_16x8,              \
+                                                .act_row_bytes = x86_qa_row_bytes,                               \
+                                                .act_prepare = tl_avx512_q8_act_prepare};
+Q_TABLE(q8_0)
+Q_TABLE(q4_0)
+Q_TABLE(q4_1)

@@ -1,5 +1,4 @@
-/* kquants_avx512.h — AVX-512 VNNI kernels for q5_0, q4_K, q5_K and q6_K weights (included by
- * ukernel_avx512.c; self-contained apart from x86_common.h and kquants.h).
+/* avx512_kquants.c — AVX-512 VNNI kernels for q5_0, q4_K, q5_K and q6_K weights.
  *
  * n > 1 (block): weights are decoded per 16-row panel into thread-local scratch, "row in lane":
  * per 4 consecutive k-values one zmm whose lane r holds row r's 4 unsigned quants (q5_0: q,
@@ -21,37 +20,31 @@
  * Exact integers per group, then f32 in group / super-block order: results depend only on k, not
  * on the thread count.
  */
-#ifndef TL_KQUANTS_AVX512_H
-#define TL_KQUANTS_AVX512_H
-
 #include <immintrin.h>
 
+#include "avx512.h"
 #include "kquants.h"
 #include "x86_common.h"
 
-#define KQ5_R 16  /* rows per panel */
-#define KQ5_RN 8  /* tokens per register tile */
-#define KQ5_Q50_BLK (512 + 64)                 /* q5_0 panel block: 8 zmm quants + 16 d */
-#define KQ5_KSB (4096 + 1024 + 512 + 64 + 64)  /* K panel super-block: W 64 zmm, SC 16, MN 8 (f32), D, DM */
+#define KQ_R 16  /* rows per panel */
+#define KQ_RN 8  /* tokens per register tile */
+#define KQ_Q50_BLK (512 + 64)                 /* q5_0 panel block: 8 zmm quants + 16 d */
+#define KQ_KSB (4096 + 1024 + 512 + 64 + 64)  /* K panel super-block: W 64 zmm, SC 16, MN 8 (f32), D, DM */
 
-TL_INLINE int kq5_bytes(const int WT) {
+TL_INLINE int kq_bytes(const int WT) {
     return WT == TL_Q5_0 ? TL_Q5_0_BYTES : WT == TL_Q4_K ? TL_Q4_K_BYTES : WT == TL_Q5_K ? TL_Q5_K_BYTES
                                                                                            : TL_Q6_K_BYTES;
 }
 
-/* ---- activations ------------------------------------------------------------------------------ */
-/* Every quantized type takes the shared q8 act layout (tl_internal.h: int8 qs | f32 d per 16 |
- * f32 s per 16 | int16 isum per 16; x86_common.h's x86_qa_* is the same bytes), converted by the
- * avx512 owner's vectorised qa_prepare_avx512 (defined later in ukernel_avx512.c), so one
- * Prepared serves q8_0 / q4_0 / q5_0 and the K-quants alike. */
-static void qa_prepare_avx512(const float *x, int64_t ldx, int64_t j0, int64_t j1, int64_t k, uint8_t *act,
-                              int64_t ldact);
+/* Activations: the shared q8 act layout (tl_internal.h; x86_common.h's x86_qa_* is the same bytes),
+ * converted by avx512_q8.c's tl_avx512_q8_act_prepare, so one Prepared serves q8_0 / q4_0 / q5_0 and
+ * the K-quants alike. */
 
 /* ---- 16-row register loads (row in lane) -------------------------------------------------------- */
 /* 16 rows' 16-byte chunks at rp[r] + off -> out[t] lane r = dword t of that chunk of row r. V[q]
  * holds rows q, q+4, q+8, q+12 in its 128-bit lanes, so after the 32- and 64-bit unpacks lane
  * 4L + q is row 4L + q. */
-TL_INLINE void kq5_t16(const uint8_t *const *rp, int64_t off, __m512i out[4]) {
+TL_INLINE void kq_t16(const uint8_t *const *rp, int64_t off, __m512i out[4]) {
     __m512i V[4];
     for (int q = 0; q < 4; q++) {
         __m512i v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(rp[q] + off)));
@@ -68,7 +61,7 @@ TL_INLINE void kq5_t16(const uint8_t *const *rp, int64_t off, __m512i out[4]) {
 }
 
 /* Row pointers of rows [r0, r0 + nr); dead rows repeat row r0 so every load stays in bounds. */
-TL_INLINE void kq5_rows(const tl_gemm_args *a, int64_t r0, int nr, const uint8_t *rp[16]) {
+TL_INLINE void kq_rows(const tl_gemm_args *a, int64_t r0, int nr, const uint8_t *rp[16]) {
     for (int r = 0; r < 16; r++) rp[r] = a->w + (r0 + (r < nr ? r : 0)) * a->ldw;
 }
 
@@ -76,11 +69,11 @@ TL_INLINE void kq5_rows(const tl_gemm_args *a, int64_t r0, int nr, const uint8_t
  * (0 in dead lanes). The block head (d, qh) comes from a transpose of each row's first 16 bytes;
  * the high bits 4t..4t+3 of qh become bit 4 of 4 bytes through a 16-entry vpermd table (vpermd
  * reads only the low 4 bits of each index lane, so qh >> 4t needs no mask). */
-TL_INLINE void kq5_q5_0_load16(const uint8_t *const *rp, __mmask16 live, int64_t b, __m512i w[8], __m512 *d) {
+TL_INLINE void kq_q5_0_load16(const uint8_t *const *rp, __mmask16 live, int64_t b, __m512i w[8], __m512 *d) {
     const int64_t o = b * TL_Q5_0_BYTES;
     __m512i hd[4], u[4];
-    kq5_t16(rp, o, hd);     /* dword 0 = d | qh[0..1] << 16, dword 1 = qh[2..3] | qs[0..1] << 16 */
-    kq5_t16(rp, o + 6, u);  /* the 16 quant bytes */
+    kq_t16(rp, o, hd);     /* dword 0 = d | qh[0..1] << 16, dword 1 = qh[2..3] | qs[0..1] << 16 */
+    kq_t16(rp, o + 6, u);  /* the 16 quant bytes */
     *d = _mm512_maskz_mov_ps(live, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(hd[0])));
     const __m512i qh = _mm512_or_si512(_mm512_srli_epi32(hd[0], 16), _mm512_slli_epi32(hd[1], 16));
     const __m512i lut = _mm512_setr_epi32(0x00000000, 0x00000010, 0x00001000, 0x00001010, 0x00100000, 0x00100010,
@@ -95,37 +88,37 @@ TL_INLINE void kq5_q5_0_load16(const uint8_t *const *rp, __mmask16 live, int64_t
         w[t] = _mm512_or_si512(w[t], _mm512_permutexvar_epi32(_mm512_srli_epi32(qh, 4 * t), lut));
 }
 
-/* DRAM prefetch of the next panel: x86_common.h (x86_pf_*), KQ5_R rows ahead. */
+/* DRAM prefetch of the next panel: x86_common.h (x86_pf_*), KQ_R rows ahead. */
 
 /* ---- panel packing ------------------------------------------------------------------------------ */
-static void kq5_pack_q5_0(const tl_gemm_args *a, int64_t r0, int nr, uint8_t *buf, const x86_pf *pf) {
+static void kq_pack_q5_0(const tl_gemm_args *a, int64_t r0, int nr, uint8_t *buf, const x86_pf *pf) {
     const int64_t nb = a->k / TL_QK;
     const uint8_t *rp[16];
-    kq5_rows(a, r0, nr, rp);
+    kq_rows(a, r0, nr, rp);
     const __mmask16 live = (__mmask16)((1u << nr) - 1);
     for (int64_t b = 0; b < nb; b++) {
-        uint8_t *o = buf + b * KQ5_Q50_BLK;
+        uint8_t *o = buf + b * KQ_Q50_BLK;
         x86_pf_block(pf, b);
         __m512i w[8];
         __m512 d;
-        kq5_q5_0_load16(rp, live, b, w, &d);
+        kq_q5_0_load16(rp, live, b, w, &d);
         for (int t = 0; t < 8; t++) _mm512_store_si512((void *)(o + 64 * t), w[t]);
         _mm512_store_ps((float *)(o + 512), d);
     }
 }
 /* K panel: 16-row register transposes of the quants and of the block heads (d, dmin, scale
  * fields), decoded in lanes; dead rows repeat a live row and get d = dmin = 0. */
-static void kq5_pack_k(const int WT, const tl_gemm_args *a, int64_t r0, int nr, uint8_t *buf, const x86_pf *pf) {
+static void kq_pack_k(const int WT, const tl_gemm_args *a, int64_t r0, int nr, uint8_t *buf, const x86_pf *pf) {
     const int64_t nb = a->k / TL_QK_K;
-    const int bytes = kq5_bytes(WT);
+    const int bytes = kq_bytes(WT);
     const uint8_t *rp[16];
-    kq5_rows(a, r0, nr, rp);
+    kq_rows(a, r0, nr, rp);
     const __m512i m4 = _mm512_set1_epi8(0x0f), m2 = _mm512_set1_epi8(0x03), m1 = _mm512_set1_epi8(0x01);
     const __mmask16 live = (__mmask16)((1u << nr) - 1);
     const __m512i b6 = _mm512_set1_epi32(63), b4 = _mm512_set1_epi32(15),
                   b2 = _mm512_set1_epi32(3);
     for (int64_t b = 0; b < nb; b++) {
-        __m512i *W = (__m512i *)(buf + b * KQ5_KSB);
+        __m512i *W = (__m512i *)(buf + b * KQ_KSB);
         __m512 *SC = (__m512 *)(W + 64), *MN = (__m512 *)(W + 80);
         float *D = (float *)(W + 88), *DM = (float *)(W + 89);
         const int64_t o = b * bytes;
@@ -133,13 +126,13 @@ static void kq5_pack_k(const int WT, const tl_gemm_args *a, int64_t r0, int nr, 
         __m512i S[4];
         if (WT == TL_Q6_K) {
             __m512i E[4];
-            kq5_t16(rp, o + 192, S);  /* int8 scales: dword t = sc[4t..4t+3] */
-            kq5_t16(rp, o + 194, E);  /* dword 3 = sc[14], sc[15], d */
+            kq_t16(rp, o + 192, S);  /* int8 scales: dword t = sc[4t..4t+3] */
+            kq_t16(rp, o + 194, E);  /* dword 3 = sc[14], sc[15], d */
             for (int s = 0; s < 16; s++)
                 SC[s] = _mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(S[s / 4], 24 - 8 * (s % 4)), 24));
             _mm512_store_ps(D, _mm512_maskz_mov_ps(live, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(E[3], 16)))));
         } else {
-            kq5_t16(rp, o, S);  /* dword 0 = d | dmin << 16; 1, 2, 3 = the 12 scale bytes */
+            kq_t16(rp, o, S);  /* dword 0 = d | dmin << 16; 1, 2, 3 = the 12 scale bytes */
             _mm512_store_ps(D, _mm512_maskz_mov_ps(live, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(S[0]))));
             _mm512_store_ps(DM, _mm512_maskz_mov_ps(live, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(S[0], 16)))));
             for (int j = 0; j < 4; j++) {
@@ -159,8 +152,8 @@ static void kq5_pack_k(const int WT, const tl_gemm_args *a, int64_t r0, int nr, 
         if (WT == TL_Q6_K) {
             for (int h = 0; h < 2; h++) {
                 __m512i L[16], H[8];
-                for (int c = 0; c < 4; c++) kq5_t16(rp, o + 64 * h + 16 * c, L + 4 * c);
-                for (int c = 0; c < 2; c++) kq5_t16(rp, o + 128 + 32 * h + 16 * c, H + 4 * c);
+                for (int c = 0; c < 4; c++) kq_t16(rp, o + 64 * h + 16 * c, L + 4 * c);
+                for (int c = 0; c < 2; c++) kq_t16(rp, o + 128 + 32 * h + 16 * c, H + 4 * c);
                 for (int t = 0; t < 8; t++) {
                     const __m512i h0 = _mm512_and_si512(H[t], m2), h1 = _mm512_and_si512(_mm512_srli_epi16(H[t], 2), m2);
                     const __m512i h2 = _mm512_and_si512(_mm512_srli_epi16(H[t], 4), m2);
@@ -177,13 +170,13 @@ static void kq5_pack_k(const int WT, const tl_gemm_args *a, int64_t r0, int nr, 
             const int64_t qo = o + (WT == TL_Q4_K ? 16 : 48);
             __m512i H[8];
             if (WT == TL_Q5_K) {
-                kq5_t16(rp, o + 16, H);
-                kq5_t16(rp, o + 32, H + 4);
+                kq_t16(rp, o + 16, H);
+                kq_t16(rp, o + 32, H + 4);
             }
             for (int c = 0; c < 4; c++) {
                 __m512i U[8];
-                kq5_t16(rp, qo + 32 * c, U);
-                kq5_t16(rp, qo + 32 * c + 16, U + 4);
+                kq_t16(rp, qo + 32 * c, U);
+                kq_t16(rp, qo + 32 * c + 16, U + 4);
                 for (int u = 0; u < 8; u++) {
                     __m512i lo = _mm512_and_si512(U[u], m4), hi = _mm512_and_si512(_mm512_srli_epi16(U[u], 4), m4);
                     if (WT == TL_Q5_K) {
@@ -199,26 +192,26 @@ static void kq5_pack_k(const int WT, const tl_gemm_args *a, int64_t r0, int nr, 
 }
 
 /* ---- panel x tokens --------------------------------------------------------------------------- */
-TL_INLINE void kq5_store(const int RN, const tl_gemm_args *a, const __m512 *y, int64_t i0, int nr, int64_t j0) {
+TL_INLINE void kq_store(const int RN, const tl_gemm_args *a, const __m512 *y, int64_t i0, int nr, int64_t j0) {
     const __mmask16 rmask = (__mmask16)((1u << nr) - 1);
     for (int j = 0; j < RN; j++) {
         float *yp = a->y + (j0 + j) * a->ldy + i0;
-        if (nr == KQ5_R) _mm512_storeu_ps(yp, y[j]);
+        if (nr == KQ_R) _mm512_storeu_ps(yp, y[j]);
         else _mm512_mask_storeu_ps(yp, rmask, y[j]);
     }
 }
 
-TL_INLINE void kq5_q5_0_tile(const int RN, const tl_gemm_args *a, const uint8_t *panel, int64_t i0, int nr,
+TL_INLINE void kq_q5_0_tile(const int RN, const tl_gemm_args *a, const uint8_t *panel, int64_t i0, int nr,
                              int64_t j0) {
     const int64_t k = a->k, nb = k / TL_QK;
-    __m512 y[KQ5_RN];
-    const uint8_t *xr[KQ5_RN];
+    __m512 y[KQ_RN];
+    const uint8_t *xr[KQ_RN];
     for (int j = 0; j < RN; j++) {
         y[j] = _mm512_setzero_ps();
         xr[j] = a->act + (j0 + j) * a->ldact;
     }
     const uint8_t *P = panel;
-    for (int64_t b = 0; b < nb; b++, P += KQ5_Q50_BLK) {
+    for (int64_t b = 0; b < nb; b++, P += KQ_Q50_BLK) {
         __m512i w[8];
         for (int t = 0; t < 8; t++) w[t] = _mm512_load_si512((const void *)(P + 64 * t));
         const __m512 d = _mm512_load_ps((const float *)(P + 512));
@@ -236,23 +229,23 @@ TL_INLINE void kq5_q5_0_tile(const int RN, const tl_gemm_args *a, const uint8_t 
             y[j] = _mm512_fmadd_ps(f, d, y[j]);
         }
     }
-    kq5_store(RN, a, y, i0, nr, j0);
+    kq_store(RN, a, y, i0, nr, j0);
 }
 
-TL_INLINE void kq5_k_tile(const int WT, const int RN, const tl_gemm_args *a, const uint8_t *panel, int64_t i0,
+TL_INLINE void kq_k_tile(const int WT, const int RN, const tl_gemm_args *a, const uint8_t *panel, int64_t i0,
                           int nr, int64_t j0) {
     const int64_t k = a->k, nb = k / TL_QK_K;
     const int NS = WT == TL_Q6_K ? 16 : 8; /* sub-blocks (runs with their own scale) */
     const int TS = 64 / NS;                /* zmm steps per sub-block: 4 per activation group */
-    __m512 y[KQ5_RN];
-    const uint8_t *xr[KQ5_RN];
+    __m512 y[KQ_RN];
+    const uint8_t *xr[KQ_RN];
     for (int j = 0; j < RN; j++) {
         y[j] = _mm512_setzero_ps();
         xr[j] = a->act + (j0 + j) * a->ldact;
     }
     const uint8_t *P = panel;
-    for (int64_t b = 0; b < nb; b++, P += KQ5_KSB) {
-        __m512 f[KQ5_RN];
+    for (int64_t b = 0; b < nb; b++, P += KQ_KSB) {
+        __m512 f[KQ_RN];
         for (int j = 0; j < RN; j++) f[j] = _mm512_setzero_ps();
         for (int s = 0; s < NS; s++) {
             __m512i w[8];
@@ -291,13 +284,13 @@ TL_INLINE void kq5_k_tile(const int WT, const int RN, const tl_gemm_args *a, con
             }
         }
     }
-    kq5_store(RN, a, y, i0, nr, j0);
+    kq_store(RN, a, y, i0, nr, j0);
 }
 
-#define KQ5_TOKENS(CALL)                                                                             \
+#define KQ_TOKENS(CALL)                                                                             \
     do {                                                                                             \
         int64_t j = j0;                                                                              \
-        for (; j + KQ5_RN <= j1; j += KQ5_RN) CALL(KQ5_RN);                                          \
+        for (; j + KQ_RN <= j1; j += KQ_RN) CALL(KQ_RN);                                          \
         switch ((int)(j1 - j)) {                                                                     \
         case 1: CALL(1); break; case 2: CALL(2); break; case 3: CALL(3); break;                      \
         case 4: CALL(4); break; case 5: CALL(5); break; case 6: CALL(6); break;                      \
@@ -305,8 +298,8 @@ TL_INLINE void kq5_k_tile(const int WT, const int RN, const tl_gemm_args *a, con
         }                                                                                            \
     } while (0)
 
-TL_INLINE void kq5_block_impl(const int WT, const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
-    const size_t need = WT == TL_Q5_0 ? (size_t)(a->k / TL_QK) * KQ5_Q50_BLK : (size_t)(a->k / TL_QK_K) * KQ5_KSB;
+TL_INLINE void kq_block_impl(const int WT, const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+    const size_t need = WT == TL_Q5_0 ? (size_t)(a->k / TL_QK) * KQ_Q50_BLK : (size_t)(a->k / TL_QK_K) * KQ_KSB;
     uint8_t *buf = x86_scratch(need);
     if (!buf) { /* no scratch: the plain-C kernels (same arithmetic; q5_0 reads only qs and d) */
         const tl_ukernel *uk = tl_kq_portable_lookup(WT);
@@ -315,18 +308,18 @@ TL_INLINE void kq5_block_impl(const int WT, const tl_gemm_args *a, int64_t i0, i
                 uk->tile(a, i, j, (int)TL_MIN((int64_t)uk->rm, i1 - i), (int)TL_MIN((int64_t)uk->rn, j1 - j));
         return;
     }
-    for (int64_t i = i0; i < i1; i += KQ5_R) {
-        const int nr = (int)TL_MIN((int64_t)KQ5_R, i1 - i);
-        const x86_pf pf = x86_pf_next(a, i, i1, KQ5_R, WT == TL_Q5_0 ? a->k / TL_QK : a->k / TL_QK_K);
+    for (int64_t i = i0; i < i1; i += KQ_R) {
+        const int nr = (int)TL_MIN((int64_t)KQ_R, i1 - i);
+        const x86_pf pf = x86_pf_next(a, i, i1, KQ_R, WT == TL_Q5_0 ? a->k / TL_QK : a->k / TL_QK_K);
         if (WT == TL_Q5_0) {
-            kq5_pack_q5_0(a, i, nr, buf, &pf);
-#define C_(N) kq5_q5_0_tile(N, a, buf, i, nr, j)
-            KQ5_TOKENS(C_);
+            kq_pack_q5_0(a, i, nr, buf, &pf);
+#define C_(N) kq_q5_0_tile(N, a, buf, i, nr, j)
+            KQ_TOKENS(C_);
 #undef C_
         } else {
-            kq5_pack_k(WT, a, i, nr, buf, &pf);
-#define C_(N) kq5_k_tile(WT, N, a, buf, i, nr, j)
-            KQ5_TOKENS(C_);
+            kq_pack_k(WT, a, i, nr, buf, &pf);
+#define C_(N) kq_k_tile(WT, N, a, buf, i, nr, j)
+            KQ_TOKENS(C_);
 #undef C_
         }
     }
@@ -334,7 +327,7 @@ TL_INLINE void kq5_block_impl(const int WT, const tl_gemm_args *a, int64_t i0, i
 
 /* ---- n == 1: row by row --------------------------------------------------------------------- */
 /* 32 q5_0 quants of one block (unsigned 0..31) in natural order. */
-TL_INLINE __m256i kq5_q5_0_w(const uint8_t *blk) {
+TL_INLINE __m256i kq_q5_0_w(const uint8_t *blk) {
     uint32_t qh;
     memcpy(&qh, blk + 2, 4);
     const __m128i qs = _mm_loadu_si128((const __m128i *)(blk + 6));
@@ -344,23 +337,23 @@ TL_INLINE __m256i kq5_q5_0_w(const uint8_t *blk) {
 }
 
 /* 16 rows at a time, straight from the GGUF rows into registers (same arithmetic as the panel). */
-static void kq5_gemv_q5_0(const tl_gemm_args *a, int64_t i0, int64_t i1) {
+static void kq_gemv_q5_0(const tl_gemm_args *a, int64_t i0, int64_t i1) {
     const int64_t k = a->k, nb = k / TL_QK;
     const int32_t *xq = (const int32_t *)a->act;
     const float *dx = tl_q8a_d(a->act, k);
     const int16_t *is = tl_q8a_isum(a->act, k);
-    for (int64_t i = i0; i < i1; i += KQ5_R) {
-        const int nr = (int)TL_MIN((int64_t)KQ5_R, i1 - i);
+    for (int64_t i = i0; i < i1; i += KQ_R) {
+        const int nr = (int)TL_MIN((int64_t)KQ_R, i1 - i);
         const uint8_t *rp[16];
-        kq5_rows(a, i, nr, rp);
+        kq_rows(a, i, nr, rp);
         const __mmask16 live = (__mmask16)((1u << nr) - 1);
-        const x86_pf pf = x86_pf_next(a, i, i1, KQ5_R, nb);
+        const x86_pf pf = x86_pf_next(a, i, i1, KQ_R, nb);
         __m512 y = _mm512_setzero_ps();
         for (int64_t b = 0; b < nb; b++) {
             x86_pf_block(&pf, b);
             __m512i w[8];
             __m512 d;
-            kq5_q5_0_load16(rp, live, b, w, &d);
+            kq_q5_0_load16(rp, live, b, w, &d);
             __m512i a0 = _mm512_set1_epi32(-16 * is[2 * b]), a1 = _mm512_set1_epi32(-16 * is[2 * b + 1]);
             for (int t = 0; t < 4; t++) {
                 a0 = _mm512_dpbusd_epi32(a0, w[t], _mm512_set1_epi32(xq[8 * b + t]));
@@ -370,59 +363,47 @@ static void kq5_gemv_q5_0(const tl_gemm_args *a, int64_t i0, int64_t i1) {
                                        _mm512_mul_ps(_mm512_cvtepi32_ps(a0), _mm512_set1_ps(dx[2 * b])));
             y = _mm512_fmadd_ps(f, d, y);
         }
-        if (nr == KQ5_R) _mm512_storeu_ps(a->y + i, y);
+        if (nr == KQ_R) _mm512_storeu_ps(a->y + i, y);
         else _mm512_mask_storeu_ps(a->y + i, live, y);
     }
 }
 
 /* K-quants, n == 1: each 16-row panel is decoded into scratch (vector code above) and run
  * through the panel kernel with one token: the same arithmetic as n > 1. */
-TL_INLINE void kq5_gemv_k(const int WT, const tl_gemm_args *a, int64_t i0, int64_t i1) {
+TL_INLINE void kq_gemv_k(const int WT, const tl_gemm_args *a, int64_t i0, int64_t i1) {
     /* the chunk's first panel was prefetched by nobody: all its lines at once (more misses in flight
      * than the 16 row streams' demand loads make; measured to pay for the K-quant gemv) */
-    x86_pf_rows(a, i0, TL_MIN(i0 + KQ5_R, i1));
-    kq5_block_impl(WT, a, i0, i1, 0, 1);
+    x86_pf_rows(a, i0, TL_MIN(i0 + KQ_R, i1));
+    kq_block_impl(WT, a, i0, i1, 0, 1);
 }
 
 /* ---- table entries ------------------------------------------------------------------------- */
-static void kq5_q5_0_block(const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
-    kq5_block_impl(TL_Q5_0, a, i0, i1, j0, j1);
+static void kq_q5_0_block(const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+    kq_block_impl(TL_Q5_0, a, i0, i1, j0, j1);
 }
-static void kq5_q5_0_tilefn(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {
-    kq5_block_impl(TL_Q5_0, a, i0, i0 + rm, j0, j0 + rn);
+static void kq_q5_0_tilefn(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {
+    kq_block_impl(TL_Q5_0, a, i0, i0 + rm, j0, j0 + rn);
 }
-#define KQ5_FUNCS(NAME, WT)                                                                           \
-    static void kq5_##NAME##_block(const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1) { \
-        kq5_block_impl(WT, a, i0, i1, j0, j1);                                                        \
+#define KQ_FUNCS(NAME, WT)                                                                           \
+    static void kq_##NAME##_block(const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1) { \
+        kq_block_impl(WT, a, i0, i1, j0, j1);                                                        \
     }                                                                                                 \
-    static void kq5_##NAME##_tilefn(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {  \
-        kq5_block_impl(WT, a, i0, i0 + rm, j0, j0 + rn);                                              \
+    static void kq_##NAME##_tilefn(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {  \
+        kq_block_impl(WT, a, i0, i0 + rm, j0, j0 + rn);                                              \
     }
-KQ5_FUNCS(q4_k, TL_Q4_K)
-KQ5_FUNCS(q5_k, TL_Q5_K)
-KQ5_FUNCS(q6_k, TL_Q6_K)
-static void kq5_gemv_q4_k(const tl_gemm_args *a, int64_t i0, int64_t i1) { kq5_gemv_k(TL_Q4_K, a, i0, i1); }
-static void kq5_gemv_q5_k(const tl_gemm_args *a, int64_t i0, int64_t i1) { kq5_gemv_k(TL_Q5_K, a, i0, i1); }
-static void kq5_gemv_q6_k(const tl_gemm_args *a, int64_t i0, int64_t i1) { kq5_gemv_k(TL_Q6_K, a, i0, i1); }
+KQ_FUNCS(q4_k, TL_Q4_K)
+KQ_FUNCS(q5_k, TL_Q5_K)
+KQ_FUNCS(q6_k, TL_Q6_K)
+static void kq_gemv_q4_k(const tl_gemm_args *a, int64_t i0, int64_t i1) { kq_gemv_k(TL_Q4_K, a, i0, i1); }
+static void kq_gemv_q5_k(const tl_gemm_args *a, int64_t i0, int64_t i1) { kq_gemv_k(TL_Q5_K, a, i0, i1); }
+static void kq_gemv_q6_k(const tl_gemm_args *a, int64_t i0, int64_t i1) { kq_gemv_k(TL_Q6_K, a, i0, i1); }
 
-static const tl_ukernel kq5_uk_q5_0 = {KQ5_R, KQ5_RN, kq5_q5_0_tilefn, KQ5_R, kq5_gemv_q5_0, kq5_q5_0_block,
-                                      x86_qa_row_bytes, qa_prepare_avx512};
-static const tl_ukernel kq5_uk_q4_k = {KQ5_R, KQ5_RN, kq5_q4_k_tilefn, KQ5_R, kq5_gemv_q4_k, kq5_q4_k_block,
-                                      x86_qa_row_bytes, qa_prepare_avx512};
-static const tl_ukernel kq5_uk_q5_k = {KQ5_R, KQ5_RN, kq5_q5_k_tilefn, KQ5_R, kq5_gemv_q5_k, kq5_q5_k_block,
-                                      x86_qa_row_bytes, qa_prepare_avx512};
-static const tl_ukernel kq5_uk_q6_k = {KQ5_R, KQ5_RN, kq5_q6_k_tilefn, KQ5_R, kq5_gemv_q6_k, kq5_q6_k_block,
-                                      x86_qa_row_bytes, qa_prepare_avx512};
-
-/* Kernel for q5_0 / q4_K / q5_K / q6_K, NULL for every other type. */
-static inline const tl_ukernel *tl_kq_avx512_lookup(int wtype) {
-    switch (wtype) {
-    case TL_Q5_0: return &kq5_uk_q5_0;
-    case TL_Q4_K: return &kq5_uk_q4_k;
-    case TL_Q5_K: return &kq5_uk_q5_k;
-    case TL_Q6_K: return &kq5_uk_q6_k;
-    default: return NULL;
-    }
-}
-
-#endif
+#define KQ_TABLE(NAME)                                                                                   \
+    const tl_ukernel tl_avx512_##NAME##_16x8 = {.rm = KQ_R, .rn = KQ_RN, .tile = kq_##NAME##_tilefn, .gemv_rows = KQ_R, \
+                                                .gemv = kq_gemv_##NAME, .block = kq_##NAME##_block,                \
+                                                .act_row_bytes = x86_qa_row_bytes,                                 \
+                                                .act_prepare = tl_avx512_q8_act_prepare};
+KQ_TABLE(q5_0)
+KQ_TABLE(q4_k)
+KQ_TABLE(q5_k)
+KQ_TABLE(q6_k)

@@ -1,5 +1,4 @@
-/* float_avx512.h — AVX-512 micro-kernels for float weights (f32, f16, bf16), included once by
- * ukernel_avx512.c (which owns the quantized kernels and the tl_uk_* symbols).
+/* avx512_float.c — AVX-512 micro-kernels for float weights (f32, f16, bf16) and their activations.
  *
  * Float weights (f32, f16, bf16-exact): tinyBLAS-style register tile of 4 weight rows x 6
  * tokens = 24 zmm accumulators; per 16 k-values 4 weight loads (f16 -> vcvtph2ps, bf16 ->
@@ -8,39 +7,23 @@
  *
  * bf16 weights (default): vdpbf16ps on activations rounded to bf16 (act type TL_BF16; what
  * llama.cpp does; 2x the FMA rate, products exact, f32 accumulation). Same 4 x 6 tile, per 32
- * k-values; lane l accumulates the pairs (32s + 2l, 32s + 2l + 1). TILELLM_BF16_EXACT=1: the
+ * k-values; lane l accumulates the pairs (32s + 2l, 32s + 2l + 1). Option bf16_exact: the
  * exact path above (f32 activations).
- *
- * Entry points for ukernel_avx512.c: fa_init() from tl_uk_init, fa_lookup(wtype) (NULL for
- * non-float types) from tl_uk_lookup.
  */
-#ifndef TL_FLOAT_AVX512_H
-#define TL_FLOAT_AVX512_H
-
 #include <immintrin.h>
-#include <stdlib.h>
 #include <string.h>
 
-#include "tl_internal.h"
-#include "ukernel.h"
-
-/* bf16 weights: by default vdpbf16ps on activations rounded to bf16 (act type TL_BF16, what
- * llama.cpp does: 2x the FMA rate); TILELLM_BF16_EXACT=1 in the environment at load time keeps
- * f32 activations and widens the weights instead (exact products, f32 speed). */
-static int bf16_exact;
-static void fa_init(void) {
-    const char *e = getenv("TILELLM_BF16_EXACT");
-    bf16_exact = e && e[0] == '1';
-}
+#include "avx512.h"
 
 /* ---- activation layouts -------------------------------------------------------------------------
  * TL_F32 (f32, f16 and exact-bf16 weights): f32 x[k], zero pad to 64 bytes (the tiles' last
  *   16-block reads the padding as zeros).
  * TL_BF16 (bf16 weights, vdpbf16ps): bf16(x)[k] round to nearest even (vcvtne2ps2bf16: nan stays
  *   nan; like vdpbf16ps it treats f32 denormal inputs as zero), zero pad to 64 bytes. */
-static int64_t fa_row_bytes(int64_t k) { return tl_round_up(4 * k, 64); }
+int64_t tl_avx512_f32_act_row_bytes(int64_t k) { return tl_round_up(4 * k, 64); }
 
-static void fa_prepare(const float *x, int64_t ldx, int64_t j0, int64_t j1, int64_t k, uint8_t *act, int64_t ldact) {
+void tl_avx512_f32_act_prepare(const float *x, int64_t ldx, int64_t j0, int64_t j1, int64_t k, uint8_t *act,
+                               int64_t ldact) {
     for (int64_t j = j0; j < j1; j++) {
         uint8_t *row = act + j * ldact;
         memcpy(row, x + j * ldx, (size_t)k * 4);
@@ -48,9 +31,10 @@ static void fa_prepare(const float *x, int64_t ldx, int64_t j0, int64_t j1, int6
     }
 }
 
-static int64_t ba_row_bytes(int64_t k) { return tl_round_up(2 * k, 64); }
+int64_t tl_avx512_bf16_act_row_bytes(int64_t k) { return tl_round_up(2 * k, 64); }
 
-static void ba_prepare(const float *x, int64_t ldx, int64_t j0, int64_t j1, int64_t k, uint8_t *act, int64_t ldact) {
+void tl_avx512_bf16_act_prepare(const float *x, int64_t ldx, int64_t j0, int64_t j1, int64_t k, uint8_t *act,
+                                int64_t ldact) {
     for (int64_t j = j0; j < j1; j++) {
         const float *xr = x + j * ldx;
         uint8_t *row = act + j * ldact;
@@ -70,23 +54,7 @@ static void ba_prepare(const float *x, int64_t ldx, int64_t j0, int64_t j1, int6
     }
 }
 
-/* ---- float weights: 4 x 6 register tile ----------------------------------------------------- */
-#define F_RM 4
-#define F_RN 6
-
-TL_INLINE __m512 f_load(const int WT, const uint8_t *w, int64_t p) {
-    if (WT == TL_F32) return _mm512_loadu_ps((const float *)w + p);
-    if (WT == TL_F16) return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)w + p)));
-    return _mm512_castsi512_ps(
-        _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)w + p))), 16));
-}
-TL_INLINE __m512 f_load_mask(const int WT, const uint8_t *w, int64_t p, __mmask16 mk) {
-    if (WT == TL_F32) return _mm512_maskz_loadu_ps(mk, (const float *)w + p);
-    __m256i h = _mm256_maskz_loadu_epi16(mk, (const uint16_t *)w + p);
-    if (WT == TL_F16) return _mm512_cvtph_ps(h);
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-
+/* ---- float weights: 4 x 6 register tile (F_RM x F_RN, avx512.h) ---------------------------- */
 /* Sums of the 16 lanes of a, b, c, d as one __m128 (a, b, c, d), fixed tree. */
 TL_INLINE __m128 hsum4(__m512 a, __m512 b, __m512 c, __m512 d) {
     __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
@@ -181,49 +149,49 @@ TL_INLINE void bf_tile_impl(const int RM, const int RN, const tl_gemm_args *a, i
     default: break;                                                                                \
     }
 
-static void f32_tile(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {
+void tl_avx512_f32_tile_4x6(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {
 #define C_(M, N) f_tile_impl(TL_F32, M, N, a, i0, j0)
     F_DISPATCH(C_, rm, rn)
 #undef C_
 }
-static void f16_tile(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {
+void tl_avx512_f16_tile_4x6(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {
 #define C_(M, N) f_tile_impl(TL_F16, M, N, a, i0, j0)
     F_DISPATCH(C_, rm, rn)
 #undef C_
 }
-static void bf16_tile(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {
+void tl_avx512_bf16_tile_4x6(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {
 #define C_(M, N) f_tile_impl(TL_BF16, M, N, a, i0, j0)
     F_DISPATCH(C_, rm, rn)
 #undef C_
 }
-/* bf16 weights x bf16-rounded activations (vdpbf16ps): the default, see fa_init. */
-static void bf16dp_tile(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {
+/* bf16 weights x bf16-rounded activations (vdpbf16ps): the default (variant_avx512.c's table). */
+void tl_avx512_bf16dp_tile_4x6(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {
 #define C_(M, N) bf_tile_impl(M, N, a, i0, j0)
     F_DISPATCH(C_, rm, rn)
 #undef C_
 }
 
-/* ---- n == 1 (decode), f16 and exact bf16: FG_R rows at a time, weights streamed from DRAM ------
+/* ---- n == 1 (decode), f16 and exact bf16: F_GEMV_R rows at a time, weights streamed from DRAM ------
  * A 16-bit weight row costs two loads, two conversions and two FMAs per 64-byte line, twice the
  * f32 / vdpbf16ps count, so the out-of-order window covers half as many lines and a core keeps
  * fewer misses in flight (one thread from DRAM: f16 ~21 GB/s vs ~30 for f32 and bf16-dp with
  * the same tile). Each step eats one 64-byte line of every row and prefetches the same line of
- * the next FG_R rows, which software prefetches keep in flight past the window. The arithmetic
+ * the next F_GEMV_R rows, which software prefetches keep in flight past the window. The arithmetic
  * per output is the tiles' with rn = 1 (lane p % 16, one accumulator per row, hsum4), so a
  * row's result is bit-identical to the n > 1 tiles' (not the packed prompt kernel's). f32 takes it
  * too (2 threads from DRAM vs the 4-row tiles, two rounds: 2048x2048 +3 / +14 %, 5632x2048 +2 /
  * +12 %, 32000x2048 +8 / +7 %, 2048x5632 -1 / -5 %; model tg ratio to llama.cpp 0.958 -> 0.990,
  * 0.993); vdpbf16ps bf16 streams as fast through its tile (measured), so it has no gemv.
- * One row at a time (FG_R = 1): each thread then reads one sequential stream, which the memory here
- * serves best; 2 threads from DRAM, f16, FG_R = 1 vs 4: +4 % to +22 % in all eight shape x round
- * comparisons (2048x2048 .. 32000x2048), 1 thread +10 to +20 %. The code still takes FG_R up to 4. */
-#define FG_R 1
+ * One row at a time (F_GEMV_R = 1): each thread then reads one sequential stream, which the memory here
+ * serves best; 2 threads from DRAM, f16, F_GEMV_R = 1 vs 4: +4 % to +22 % in all eight shape x round
+ * comparisons (2048x2048 .. 32000x2048), 1 thread +10 to +20 %. The code still takes F_GEMV_R up to 4. */
+#define F_GEMV_R 1
 
-TL_INLINE void fg_rows(const int WT, const int R, const tl_gemm_args *a, int64_t i0) {
+TL_INLINE void f_gemv_rows(const int WT, const int R, const tl_gemm_args *a, int64_t i0) {
     const int64_t k = a->k;
-    const uint8_t *w[FG_R];
-    const char *pf[FG_R];
-    __m512 acc[FG_R];
+    const uint8_t *w[4]; /* R <= 4: the ragged-end cases of f_gemv_impl instantiate R up to 3 */
+    const char *pf[4];
+    __m512 acc[4];
     for (int r = 0; r < R; r++) {
         w[r] = a->w + (i0 + r) * a->ldw;
         pf[r] = (const char *)(a->w + TL_MIN(i0 + R + r, a->m - 1) * a->ldw); /* next rows, clamped */
@@ -255,58 +223,36 @@ TL_INLINE void fg_rows(const int WT, const int R, const tl_gemm_args *a, int64_t
     else _mm_mask_storeu_ps(a->y + i0, (__mmask8)((1u << R) - 1), s);
 }
 
-TL_INLINE void fg_impl(const int WT, const tl_gemm_args *a, int64_t i0, int64_t i1) {
+TL_INLINE void f_gemv_impl(const int WT, const tl_gemm_args *a, int64_t i0, int64_t i1) {
     int64_t i = i0;
-    for (; i + FG_R <= i1; i += FG_R) fg_rows(WT, FG_R, a, i);
+    for (; i + F_GEMV_R <= i1; i += F_GEMV_R) f_gemv_rows(WT, F_GEMV_R, a, i);
     switch ((int)(i1 - i)) {
-    case 1: fg_rows(WT, 1, a, i); break;
-    case 2: fg_rows(WT, 2, a, i); break;
-    case 3: fg_rows(WT, 3, a, i); break;
+    case 1: f_gemv_rows(WT, 1, a, i); break;
+    case 2: f_gemv_rows(WT, 2, a, i); break;
+    case 3: f_gemv_rows(WT, 3, a, i); break;
     default: break;
     }
 }
-static void f32_gemv(const tl_gemm_args *a, int64_t i0, int64_t i1) { fg_impl(TL_F32, a, i0, i1); }
-static void f16_gemv(const tl_gemm_args *a, int64_t i0, int64_t i1) { fg_impl(TL_F16, a, i0, i1); }
-static void bf16_gemv(const tl_gemm_args *a, int64_t i0, int64_t i1) { fg_impl(TL_BF16, a, i0, i1); }
+static void f32_gemv_1(const tl_gemm_args *a, int64_t i0, int64_t i1) { f_gemv_impl(TL_F32, a, i0, i1); }
+static void f16_gemv_1(const tl_gemm_args *a, int64_t i0, int64_t i1) { f_gemv_impl(TL_F16, a, i0, i1); }
+static void bf16_gemv_1(const tl_gemm_args *a, int64_t i0, int64_t i1) { f_gemv_impl(TL_BF16, a, i0, i1); }
 
-#include "float_block_avx512.h"
-
-/* ---- table -------------------------------------------------------------------------------------- */
-/* f32 / f16 / bf16: the 4 x 6 dot-product tiles (and f16 / exact-bf16 gemv), and for prompts the
- * packed 32 x 12 kernel of float_block_avx512.h as their `big` (tile() there covers any rm <= 32,
- * rn <= 12 with 4 x 6 tiles, for the contract; the driver only calls its block()). */
-#define FB_TILE_ANY(NAME, TILE)                                                                       \
-    static void NAME(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {                 \
-        fb_tiles(TILE, a, i0, i0 + rm, j0, j0 + rn);                                                  \
-    }
-FB_TILE_ANY(f32_tile_any, f32_tile)
-FB_TILE_ANY(f16_tile_any, f16_tile)
-FB_TILE_ANY(bf16_tile_any, bf16_tile)
-FB_TILE_ANY(bf16dp_tile_any, bf16dp_tile)
-#define FB_PACKED(TILE_ANY, BLOCK, ROW_BYTES, PREPARE, ACT, KC)                                       \
-    {FB_MR, FB_NR, TILE_ANY, 0, NULL, BLOCK, ROW_BYTES, PREPARE, ACT, KC, NULL, 0}
-static const tl_ukernel uk_f32_packed = FB_PACKED(f32_tile_any, f32_block, fa_row_bytes, fa_prepare, 0, FB_KC);
-static const tl_ukernel uk_f16_packed = FB_PACKED(f16_tile_any, f16_block, fa_row_bytes, fa_prepare, 0, FB_KC);
-static const tl_ukernel uk_bf16_packed = FB_PACKED(bf16_tile_any, bf16_block, fa_row_bytes, fa_prepare, 0, FB_KC);
-static const tl_ukernel uk_bf16dp_packed =
-    FB_PACKED(bf16dp_tile_any, bf16dp_block, ba_row_bytes, ba_prepare, TL_BF16, 2 * FB_KC);
-
-static const tl_ukernel uk_f32 = {F_RM, F_RN, f32_tile, FG_R, f32_gemv, NULL, fa_row_bytes, fa_prepare, 0, 0,
-                                  &uk_f32_packed, FB_MIN_N};
-static const tl_ukernel uk_f16 = {F_RM, F_RN, f16_tile, FG_R, f16_gemv, NULL, fa_row_bytes, fa_prepare, 0, 0,
-                                  &uk_f16_packed, FB_MIN_N_F16};
-static const tl_ukernel uk_bf16 = {F_RM, F_RN, bf16_tile, FG_R, bf16_gemv, NULL, fa_row_bytes, fa_prepare, 0, 0,
-                                   &uk_bf16_packed, FB_MIN_N};
-static const tl_ukernel uk_bf16dp = {F_RM, F_RN, bf16dp_tile, 0, NULL, NULL, ba_row_bytes, ba_prepare, TL_BF16, 0,
-                                     &uk_bf16dp_packed, FB_MIN_N};
-
-static const tl_ukernel *fa_lookup(int wtype) {
-    switch (wtype) {
-    case TL_F32: return &uk_f32;
-    case TL_F16: return &uk_f16;
-    case TL_BF16: return bf16_exact ? &uk_bf16 : &uk_bf16dp;
-    default: return NULL;
-    }
-}
-
-#endif
+/* ---- table entries ---------------------------------------------------------------------------
+ * The 4 x 6 dot-product tiles (and f16 / exact-bf16 gemv); for prompts their `big` is the packed
+ * 32 x 12 kernel of avx512_float_packed.c. */
+const tl_ukernel tl_avx512_f32_4x6 = {
+    .rm = F_RM, .rn = F_RN, .tile = tl_avx512_f32_tile_4x6, .gemv_rows = F_GEMV_R, .gemv = f32_gemv_1,
+    .act_row_bytes = tl_avx512_f32_act_row_bytes, .act_prepare = tl_avx512_f32_act_prepare,
+    .big = &tl_avx512_f32_packed_32x12, .big_n = F_PACKED_MIN_N};
+const tl_ukernel tl_avx512_f16_4x6 = {
+    .rm = F_RM, .rn = F_RN, .tile = tl_avx512_f16_tile_4x6, .gemv_rows = F_GEMV_R, .gemv = f16_gemv_1,
+    .act_row_bytes = tl_avx512_f32_act_row_bytes, .act_prepare = tl_avx512_f32_act_prepare,
+    .big = &tl_avx512_f16_packed_32x12, .big_n = F_PACKED_MIN_N_F16};
+const tl_ukernel tl_avx512_bf16_4x6 = {
+    .rm = F_RM, .rn = F_RN, .tile = tl_avx512_bf16_tile_4x6, .gemv_rows = F_GEMV_R, .gemv = bf16_gemv_1,
+    .act_row_bytes = tl_avx512_f32_act_row_bytes, .act_prepare = tl_avx512_f32_act_prepare,
+    .big = &tl_avx512_bf16_packed_32x12, .big_n = F_PACKED_MIN_N};
+const tl_ukernel tl_avx512_bf16dp_4x6 = {
+    .rm = F_RM, .rn = F_RN, .tile = tl_avx512_bf16dp_tile_4x6, .act_row_bytes = tl_avx512_bf16_act_row_bytes,
+    .act_prepare = tl_avx512_bf16_act_prepare, .act_type = TL_BF16, .big = &tl_avx512_bf16dp_packed_32x12,
+    .big_n = F_PACKED_MIN_N};

@@ -1,6 +1,6 @@
-/* float_block_avx512.h — AVX-512 prompt GEMM for float weights (f32, f16, exact bf16) with
- * packed weight panels, included by float_avx512.h (it uses f_load / f_load_mask and the 4 x 6
- * tiles from there).
+/* avx512_float_packed.c — AVX-512 prompt GEMM for float weights (f32, f16, exact bf16) with
+ * packed weight panels (it uses avx512.h's f_load / f_load_mask and avx512_float.c's 4 x 6 tiles
+ * for edges).
  *
  * Why: the 4 x 6 dot-product tile loads 10 vectors per 24 FMAs, and for k >= ~1k neither its 4
  * weight rows nor its 6 activation rows stay in L1, so it streams ~50 bytes per cycle from L2
@@ -16,25 +16,22 @@
  * k: bit-identical for any thread count, tile or chunk position. It is a different order from
  * the n = 1 path (lanes p % 16, then a tree), so a prompt row and a decoded token differ in the
  * last bits, as they do in llama.cpp.
- * Small batches (fewer than FB_MIN_N tokens) don't repay the packing: the driver keeps them on
+ * Small batches (fewer than F_PACKED_MIN_N tokens, avx512.h) don't repay the packing: the driver keeps them on
  * the 4 x 6 (vdpbf16ps: 4 x 6 x 32) tiles' kernel, whose `big` this one is. bf16 weights x bf16 activations (the default for bf16) run the
  * same kernel on 32-bit words holding k pairs: vdpbf16ps adds both products in one lane.
  */
-#ifndef TL_FLOAT_BLOCK_AVX512_H
-#define TL_FLOAT_BLOCK_AVX512_H
+#include <immintrin.h>
 
-#define FB_MR 32    /* rows per packed panel: two zmm */
-#define FB_NR 12    /* tokens per micro-kernel */
-#define FB_KC 256   /* words (f32 values, bf16 pairs) per chunk: 12 tokens x 256 x 4 B = 12 KB of L1
+#include "avx512.h"
+#include "threadpool.h"
+
+#define PK_MR 32    /* rows per packed panel: two zmm */
+#define PK_NR 12    /* tokens per micro-kernel */
+#define PK_KC 256   /* words (f32 values, bf16 pairs) per chunk: 12 tokens x 256 x 4 B = 12 KB of L1
                      * (f32 128: -8 %, 512: -3 %) */
-/* Fewer tokens than this (the driver's big_n): the 4 x 6 tiles. f32 n = 24 / 32: -28 %, 64: even, 128: +5..15 %;
- * bf16 (vdpbf16ps) n = 128: +2..12 %; f16, whose tiles read half the bytes: n = 128: -2..-5 %,
- * 256: -1..+4 %, 512: +8..10 % (2048 x 2048, 2 threads, A/B in one process). */
-#define FB_MIN_N 96
-#define FB_MIN_N_F16 256
 
 /* 16 x 16 transpose of r[0..15] in place (r[i] lane j -> r[j] lane i). */
-TL_INLINE void fb_transpose16(__m512 r[16]) {
+TL_INLINE void packed_transpose16(__m512 r[16]) {
     __m512 t[16], u[16];
     for (int i = 0; i < 8; i++) {
         t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
@@ -64,18 +61,18 @@ TL_INLINE void fb_transpose16(__m512 r[16]) {
 /* The packing and the micro-kernel work on 32-bit words of k: one f32 value, or for DP (bf16
  * weights x bf16 activations, vdpbf16ps) a pair of bf16 values (k = 2q, 2q + 1), which vdpbf16ps
  * multiplies and adds in one lane. WT is the weight type; DP implies bf16 weights. */
-#define FB_VALS(DP) ((DP) ? 2 : 1) /* k values per word */
+#define PK_VALS(DP) ((DP) ? 2 : 1) /* k values per word */
 
 /* Pack rows [i0, i0 + rows) (rows <= 32) x words [q0, q0 + kw) into dst[q][32] (q < round_up(kw,
  * 16)) as f32 (or bf16 pairs); rows past `rows` and values past the chunk's nv values are zero. */
-TL_INLINE void fb_pack(const int WT, const int DP, const tl_gemm_args *a, int64_t i0, int rows, int64_t q0, int64_t nv,
+TL_INLINE void packed_pack(const int WT, const int DP, const tl_gemm_args *a, int64_t i0, int rows, int64_t q0, int64_t nv,
                        float *dst) {
     const __m512 z = _mm512_setzero_ps();
-    const int64_t kw = (nv + FB_VALS(DP) - 1) / FB_VALS(DP);
+    const int64_t kw = (nv + PK_VALS(DP) - 1) / PK_VALS(DP);
     for (int h = 0; h < 2; h++) {
         const int r0 = 16 * h;
         for (int64_t q = 0; q < kw; q += 16) {
-            const int64_t left = nv - q * FB_VALS(DP); /* values left in the chunk */
+            const int64_t left = nv - q * PK_VALS(DP); /* values left in the chunk */
             __m512 r[16];
             for (int i = 0; i < 16; i++) {
                 const uint8_t *w = a->w + (i0 + r0 + i) * a->ldw;
@@ -86,24 +83,24 @@ TL_INLINE void fb_pack(const int WT, const int DP, const tl_gemm_args *a, int64_
                 } else if (left >= 16) r[i] = f_load(WT, w, q0 + q);
                 else r[i] = f_load_mask(WT, w, q0 + q, (__mmask16)((1u << left) - 1));
             }
-            fb_transpose16(r);
-            for (int t = 0; t < 16; t++) _mm512_store_ps(dst + (q + t) * FB_MR + r0, r[t]);
+            packed_transpose16(r);
+            for (int t = 0; t < 16; t++) _mm512_store_ps(dst + (q + t) * PK_MR + r0, r[t]);
         }
     }
 }
 
 /* y[j][i0 .. i0+32) (+)= panel . x[j] over kw words, for NR tokens; m0/m1 mask the valid rows. */
-TL_INLINE void fb_micro(const int DP, const int NR, int64_t kw, const float *pw, const float *x, int64_t ldx, float *y,
+TL_INLINE void packed_micro(const int DP, const int NR, int64_t kw, const float *pw, const float *x, int64_t ldx, float *y,
                         int64_t ldy, int first, __mmask16 m0, __mmask16 m1) {
-    __m512 c0[FB_NR], c1[FB_NR];
-    const float *xj[FB_NR];
+    __m512 c0[PK_NR], c1[PK_NR];
+    const float *xj[PK_NR];
     for (int j = 0; j < NR; j++) {
         xj[j] = x + j * ldx;
         c0[j] = _mm512_setzero_ps();
         c1[j] = _mm512_setzero_ps();
     }
     for (int64_t p = 0; p < kw; p++) {
-        const __m512 w0 = _mm512_load_ps(pw + p * FB_MR), w1 = _mm512_load_ps(pw + p * FB_MR + 16);
+        const __m512 w0 = _mm512_load_ps(pw + p * PK_MR), w1 = _mm512_load_ps(pw + p * PK_MR + 16);
         for (int j = 0; j < NR; j++) {
             const __m512 b = _mm512_set1_ps(xj[j][p]); /* a bit copy: for DP two bf16 values */
             if (DP) {
@@ -125,10 +122,10 @@ TL_INLINE void fb_micro(const int DP, const int NR, int64_t kw, const float *pw,
     }
 }
 
-TL_INLINE void fb_micro_n(const int DP, int nr, int64_t kw, const float *pw, const float *x, int64_t ldx, float *y,
+TL_INLINE void packed_micro_n(const int DP, int nr, int64_t kw, const float *pw, const float *x, int64_t ldx, float *y,
                           int64_t ldy, int first, __mmask16 m0, __mmask16 m1) {
     switch (nr) {
-#define C_(N) case N: fb_micro(DP, N, kw, pw, x, ldx, y, ldy, first, m0, m1); break;
+#define C_(N) case N: packed_micro(DP, N, kw, pw, x, ldx, y, ldy, first, m0, m1); break;
     C_(1) C_(2) C_(3) C_(4) C_(5) C_(6) C_(7) C_(8) C_(9) C_(10) C_(11) C_(12)
 #undef C_
     default: break;
@@ -136,7 +133,7 @@ TL_INLINE void fb_micro_n(const int DP, int nr, int64_t kw, const float *pw, con
 }
 
 /* The 4 x 6 tiles over a block (small token counts, or no scratch memory). */
-static void fb_tiles(void (*tile)(const tl_gemm_args *, int64_t, int64_t, int, int), const tl_gemm_args *a,
+static void packed_tiles(void (*tile)(const tl_gemm_args *, int64_t, int64_t, int, int), const tl_gemm_args *a,
                      int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
     const int64_t n = j1 - j0, nt = (n + F_RN - 1) / F_RN; /* balanced token tiles, as the driver's */
     for (int64_t i = i0; i < i1; i += F_RM)
@@ -149,10 +146,10 @@ static void fb_tiles(void (*tile)(const tl_gemm_args *, int64_t, int64_t, int, i
 typedef struct {
     const uint8_t *row;
     int64_t ld, lpr, rows_left, line, per;
-} fb_prefetch;
+} packed_prefetch;
 
-static fb_prefetch fb_prefetch_plan(const uint8_t *base, int64_t ld, int64_t rows, int64_t bytes, int64_t steps) {
-    fb_prefetch f = {base, ld, 0, 0, 0, 0};
+static packed_prefetch packed_prefetch_plan(const uint8_t *base, int64_t ld, int64_t rows, int64_t bytes, int64_t steps) {
+    packed_prefetch f = {base, ld, 0, 0, 0, 0};
     if (rows <= 0 || bytes <= 0) return f;
     f.lpr = (bytes + 63) / 64 + 1; /* + 1: the rows need not start on a line */
     f.rows_left = rows;
@@ -160,7 +157,7 @@ static fb_prefetch fb_prefetch_plan(const uint8_t *base, int64_t ld, int64_t row
     return f;
 }
 
-TL_INLINE void fb_prefetch_some(fb_prefetch *f) {
+TL_INLINE void packed_prefetch_some(packed_prefetch *f) {
     for (int64_t c = 0; c < f->per && f->rows_left > 0; c++) {
         _mm_prefetch((const char *)(f->row + f->line * 64), _MM_HINT_T0);
         if (++f->line == f->lpr) {
@@ -171,57 +168,69 @@ TL_INLINE void fb_prefetch_some(fb_prefetch *f) {
     }
 }
 
-TL_INLINE void fb_block_impl(const int WT, const int DP, void (*tile)(const tl_gemm_args *, int64_t, int64_t, int, int),
+TL_INLINE void packed_block_impl(const int WT, const int DP, void (*tile)(const tl_gemm_args *, int64_t, int64_t, int, int),
                              const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
-    const int64_t k = a->k, rows = i1 - i0, panels = (rows + FB_MR - 1) / FB_MR;
-    float *pk = (float *)tl_scratch((size_t)(panels * FB_MR * FB_KC * 4));
+    const int64_t k = a->k, rows = i1 - i0, panels = (rows + PK_MR - 1) / PK_MR;
+    float *pk = (float *)tl_scratch((size_t)(panels * PK_MR * PK_KC * 4));
     if (!pk) { /* no memory for the panels: the dot-product tiles need none */
-        fb_tiles(tile, a, i0, i1, j0, j1);
+        packed_tiles(tile, a, i0, i1, j0, j1);
         return;
     }
     const int64_t ldx = a->ldact / 4; /* words */
-    for (int64_t q0 = 0; q0 * FB_VALS(DP) < k; q0 += FB_KC) {
-        const int64_t nv = TL_MIN((int64_t)FB_KC * FB_VALS(DP), k - q0 * FB_VALS(DP)); /* values in the chunk */
-        const int64_t kw = (nv + FB_VALS(DP) - 1) / FB_VALS(DP), kwp = (kw + 15) / 16 * 16;
+    for (int64_t q0 = 0; q0 * PK_VALS(DP) < k; q0 += PK_KC) {
+        const int64_t nv = TL_MIN((int64_t)PK_KC * PK_VALS(DP), k - q0 * PK_VALS(DP)); /* values in the chunk */
+        const int64_t kw = (nv + PK_VALS(DP) - 1) / PK_VALS(DP), kwp = (kw + 15) / 16 * 16;
         for (int64_t r = 0; r < panels; r++)
-            fb_pack(WT, DP, a, i0 + r * FB_MR, (int)TL_MIN((int64_t)FB_MR, rows - r * FB_MR), q0, nv, pk + r * FB_MR * kwp);
+            packed_pack(WT, DP, a, i0 + r * PK_MR, (int)TL_MIN((int64_t)PK_MR, rows - r * PK_MR), q0, nv, pk + r * PK_MR * kwp);
         /* the next chunk's weights and the next token tile's chunk of activations are prefetched a
          * slice per micro-kernel call, so packing and the first panel read cache, not DRAM / L3 */
-        const int vb = WT == TL_F32 ? 4 : 2, v1 = q0 * FB_VALS(DP) + nv;
-        fb_prefetch pw = fb_prefetch_plan(a->w + i0 * a->ldw + v1 * vb, a->ldw, rows,
-                                          TL_MIN((int64_t)FB_KC * FB_VALS(DP), k - v1) * vb,
-                                          ((j1 - j0 + FB_NR - 1) / FB_NR) * panels);
+        const int vb = WT == TL_F32 ? 4 : 2, v1 = q0 * PK_VALS(DP) + nv;
+        packed_prefetch pw = packed_prefetch_plan(a->w + i0 * a->ldw + v1 * vb, a->ldw, rows,
+                                          TL_MIN((int64_t)PK_KC * PK_VALS(DP), k - v1) * vb,
+                                          ((j1 - j0 + PK_NR - 1) / PK_NR) * panels);
         /* tokens outer: the 12 tokens' chunk stays in L1, panels come from L2 (rows outer: -4 to -8 %) */
-        for (int64_t j = j0; j < j1; j += FB_NR) {
-            fb_prefetch px = fb_prefetch_plan(a->act + (j + FB_NR) * a->ldact + q0 * 4, a->ldact,
-                                              TL_MIN((int64_t)FB_NR, j1 - j - FB_NR), kw * 4, panels);
+        for (int64_t j = j0; j < j1; j += PK_NR) {
+            packed_prefetch px = packed_prefetch_plan(a->act + (j + PK_NR) * a->ldact + q0 * 4, a->ldact,
+                                              TL_MIN((int64_t)PK_NR, j1 - j - PK_NR), kw * 4, panels);
             for (int64_t r = 0; r < panels; r++) {
-                fb_prefetch_some(&pw);
-                fb_prefetch_some(&px);
-                const int nr = (int)TL_MIN((int64_t)FB_NR, j1 - j);
+                packed_prefetch_some(&pw);
+                packed_prefetch_some(&px);
+                const int nr = (int)TL_MIN((int64_t)PK_NR, j1 - j);
                 const float *x = (const float *)(a->act + j * a->ldact) + q0;
-                const int64_t left = rows - r * FB_MR;
+                const int64_t left = rows - r * PK_MR;
                 const __mmask16 m0 = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
                 const __mmask16 m1 = left >= 32 ? (__mmask16)0xffff : left <= 16 ? 0 : (__mmask16)((1u << (left - 16)) - 1);
-                fb_micro_n(DP, nr, kw, pk + r * FB_MR * kwp, x, ldx, a->y + j * a->ldy + i0 + r * FB_MR, a->ldy, q0 == 0,
+                packed_micro_n(DP, nr, kw, pk + r * PK_MR * kwp, x, ldx, a->y + j * a->ldy + i0 + r * PK_MR, a->ldy, q0 == 0,
                            m0, m1);
             }
         }
     }
 }
 
-static void f32_block(const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
-    fb_block_impl(TL_F32, 0, f32_tile, a, i0, i1, j0, j1);
+static void f32_block_32x12(const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+    packed_block_impl(TL_F32, 0, tl_avx512_f32_tile_4x6, a, i0, i1, j0, j1);
 }
-static void f16_block(const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
-    fb_block_impl(TL_F16, 0, f16_tile, a, i0, i1, j0, j1);
+static void f16_block_32x12(const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+    packed_block_impl(TL_F16, 0, tl_avx512_f16_tile_4x6, a, i0, i1, j0, j1);
 }
-static void bf16_block(const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
-    fb_block_impl(TL_BF16, 0, bf16_tile, a, i0, i1, j0, j1);
-}
-
-static void bf16dp_block(const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
-    fb_block_impl(TL_BF16, 1, bf16dp_tile, a, i0, i1, j0, j1);
+static void bf16_block_32x12(const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+    packed_block_impl(TL_BF16, 0, tl_avx512_bf16_tile_4x6, a, i0, i1, j0, j1);
 }
 
-#endif
+static void bf16dp_block_32x12(const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+    packed_block_impl(TL_BF16, 1, tl_avx512_bf16dp_tile_4x6, a, i0, i1, j0, j1);
+}
+
+/* ---- table entries: tile() covers any rm <= 32, rn <= 12 with 4 x 6 tiles (for the contract; the
+ * driver only calls block()) ------------------------------------------------------------------- */
+#define PACKED(NAME, ROW_BYTES, PREPARE, ACT, KC)                                                       \
+    static void NAME##_tile_any(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {       \
+        packed_tiles(tl_avx512_##NAME##_tile_4x6, a, i0, i0 + rm, j0, j0 + rn);                          \
+    }                                                                                                   \
+    const tl_ukernel tl_avx512_##NAME##_packed_32x12 = {                                                \
+        .rm = PK_MR, .rn = PK_NR, .tile = NAME##_tile_any, .block = NAME##_block_32x12,                 \
+        .act_row_bytes = ROW_BYTES, .act_prepare = PREPARE, .act_type = ACT, .kc = KC};
+PACKED(f32, tl_avx512_f32_act_row_bytes, tl_avx512_f32_act_prepare, 0, PK_KC)
+PACKED(f16, tl_avx512_f32_act_row_bytes, tl_avx512_f32_act_prepare, 0, PK_KC)
+PACKED(bf16, tl_avx512_f32_act_row_bytes, tl_avx512_f32_act_prepare, 0, PK_KC)
+PACKED(bf16dp, tl_avx512_bf16_act_row_bytes, tl_avx512_bf16_act_prepare, TL_BF16, 2 * PK_KC)

@@ -1,7 +1,7 @@
-/* kquants_neon.h — ARMv8.2 NEON (dotprod + fp16) kernels for q5_0, q4_K, q5_K and q6_K weights.
- * Included by neon_kernels.h (its tl_neon_lookup hands these four types to tl_kq_neon_lookup),
- * so it is compiled into the neon variant and, unused, into sme / sme2; plain Advanced SIMD,
- * never run in streaming mode.
+/* neon_kquants.c — ARMv8.2 NEON (dotprod + fp16) kernels for q5_0, q4_K, q5_K and q6_K weights.
+ * Compiled into the neon variant and into sme / sme2 (whose tables do not list these types: the
+ * backend's fallback chain sends them to the neon library); plain Advanced SIMD, never run in
+ * streaming mode.
  *
  * Rows in lanes: 4 weight rows are decoded together into int8 vectors whose 32-bit lane l holds
  * 4 consecutive quants of row l (a 4x4 transpose of 32-bit words of the raw bytes, done before
@@ -22,21 +22,19 @@
  * so tile, gemv, token-tile width and thread count all give the same bits.
  *
  * Prompt path (block): each 4-row panel (all of k) is decoded once into
- * thread-local scratch (kqn_ksb / kqn_q50 records) when the block has more tokens than one
- * register tile; token tiles of up to KQN_RN tokens then read it from L1/L2 (two f32
+ * thread-local scratch (kq_ksb / kq_q50 records) when the block has more tokens than one
+ * register tile; token tiles of up to KQ_RN tokens then read it from L1/L2 (two f32
  * accumulators per token: y, and f inside a super-block). With one tile's worth of tokens (and for n == 1,
  * gemv) each super-block / block is decoded on the fly into a stack record and used at once.
  */
-#ifndef TL_KQUANTS_NEON_H
-#define TL_KQUANTS_NEON_H
-
 #include <arm_neon.h>
 
 #include "kquants.h"
+#include "neon.h"
 #include "threadpool.h"
 
-#define KQN_R 4  /* rows per panel: one per 32-bit lane */
-#define KQN_RN 6 /* tokens per register tile: 12 f32 accumulators + 8 weight vectors (8 tokens spill) */
+#define KQ_R 4  /* rows per panel: one per 32-bit lane */
+#define KQ_RN 6 /* tokens per register tile: 12 f32 accumulators + 8 weight vectors (8 tokens spill) */
 
 /* A decoded K-quant super-block of 4 rows. */
 typedef struct {
@@ -44,17 +42,17 @@ typedef struct {
     float32x4_t sc[16];  /* scale per run: q4_K / q5_K sub-block j (groups 2j, 2j+1); q6_K group g */
     float32x4_t mn[8];   /* q4_K / q5_K mins per sub-block */
     float32x4_t d, dm;   /* super-block scale, min scale */
-} kqn_ksb;
+} kq_ksb;
 
 /* A decoded q5_0 block of 4 rows: w[h] = the 16-value half h (signed q - 16). */
 typedef struct {
     int8x16_t w[2][4];
     float32x4_t d;
-} kqn_q50;
+} kq_q50;
 
 /* ---- decoding ---------------------------------------------------------------------------------- */
 /* The 16 bytes at rp[l] + off of 4 rows, transposed: T[q] lane l = row l's bytes 4q..4q+3. */
-TL_INLINE void kqn_ld4t(const uint8_t *const *rp, int64_t off, uint8x16_t T[4]) {
+TL_INLINE void kq_ld4t(const uint8_t *const *rp, int64_t off, uint8x16_t T[4]) {
     const uint32x4_t r0 = vreinterpretq_u32_u8(vld1q_u8(rp[0] + off)), r1 = vreinterpretq_u32_u8(vld1q_u8(rp[1] + off));
     const uint32x4_t r2 = vreinterpretq_u32_u8(vld1q_u8(rp[2] + off)), r3 = vreinterpretq_u32_u8(vld1q_u8(rp[3] + off));
     const uint64x2_t a = vreinterpretq_u64_u32(vtrn1q_u32(r0, r1)), b = vreinterpretq_u64_u32(vtrn2q_u32(r0, r1));
@@ -66,7 +64,7 @@ TL_INLINE void kqn_ld4t(const uint8_t *const *rp, int64_t off, uint8x16_t T[4]) 
 }
 
 /* 4 f16 fields at rp[l] + off -> f32 lanes. */
-TL_INLINE float32x4_t kqn_f16x4(const uint8_t *const *rp, int64_t off) {
+TL_INLINE float32x4_t kq_f16x4(const uint8_t *const *rp, int64_t off) {
     uint16_t h[4];
     for (int l = 0; l < 4; l++) h[l] = tl_load_u16(rp[l] + off);
     return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(h)));
@@ -75,13 +73,13 @@ TL_INLINE float32x4_t kqn_f16x4(const uint8_t *const *rp, int64_t off) {
 /* q5_0 block b of 4 rows. Bit t of qh is bit 4 of value t: the qh byte holding bits 4q..4q+3
  * (values 16h + 4q..) is copied to the 4 bytes of each lane by a table lookup, tested against
  * that nibble's bit masks, and the value made q - 16 = nibble - (bit clear ? 16 : 0). */
-TL_INLINE void kqn_dec_q50(const uint8_t *const *rp, int64_t b, kqn_q50 *o) {
+TL_INLINE void kq_dec_q50(const uint8_t *const *rp, int64_t b, kq_q50 *o) {
     const int64_t off = b * TL_Q5_0_BYTES;
     uint32_t qh[4];
     for (int l = 0; l < 4; l++) memcpy(&qh[l], rp[l] + off + 2, 4);
     const uint8x16_t qhv = vreinterpretq_u8_u32(vld1q_u32(qh));
     uint8x16_t T[4];
-    kqn_ld4t(rp, off + 6, T);
+    kq_ld4t(rp, off + 6, T);
     static const uint8_t lane_byte[16] = {0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12};
     static const uint8_t bits_lo[16] = {1, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8};
     const uint8x16_t idx = vld1q_u8(lane_byte), mlo = vld1q_u8(bits_lo), mhi = vshlq_n_u8(mlo, 4);
@@ -94,22 +92,22 @@ TL_INLINE void kqn_dec_q50(const uint8_t *const *rp, int64_t b, kqn_q50 *o) {
             const uint8x16_t set = vtstq_u8(hb, (bit % 8) ? mhi : mlo);
             o->w[h][q] = vreinterpretq_s8_u8(vaddq_u8(nib, vbicq_u8(m16, set)));
         }
-    o->d = kqn_f16x4(rp, off);
+    o->d = kq_f16x4(rp, off);
 }
 
 /* K-quant super-block b of 4 rows (WT constant after inlining). */
-TL_INLINE void kqn_dec_k(const int WT, const uint8_t *const *rp, int64_t b, kqn_ksb *o) {
+TL_INLINE void kq_dec_k(const int WT, const uint8_t *const *rp, int64_t b, kq_ksb *o) {
     const int64_t off = b * (WT == TL_Q4_K ? TL_Q4_K_BYTES : WT == TL_Q5_K ? TL_Q5_K_BYTES : TL_Q6_K_BYTES);
     const uint8x16_t m4 = vdupq_n_u8(0x0f);
     if (WT == TL_Q6_K) {
         /* int8 scales: S[q] lane l = row l's scales 4q..4q+3; scale 4q+p sign-extended from byte p */
         uint8x16_t S[4];
-        kqn_ld4t(rp, off + 192, S);
+        kq_ld4t(rp, off + 192, S);
         for (int g = 0; g < 16; g++) {
             const int32x4_t s = vshlq_s32(vreinterpretq_s32_u8(S[g / 4]), vdupq_n_s32(24 - 8 * (g % 4)));
             o->sc[g] = vcvtq_f32_s32(vshrq_n_s32(s, 24));
         }
-        o->d = kqn_f16x4(rp, off + 208);
+        o->d = kq_f16x4(rp, off + 208);
         o->dm = vdupq_n_f32(0.0f);
         /* half hh, 16-value chunk u: ql bytes feed groups 8hh+u (low nibble of L0), +2 (low of
          * L1), +4 (high of L0), +6 (high of L1); qh bits 0-1, 2-3, 4-5, 6-7 give bits 4-5 */
@@ -118,9 +116,9 @@ TL_INLINE void kqn_dec_k(const int WT, const uint8_t *const *rp, int64_t b, kqn_
         for (int hh = 0; hh < 2; hh++)
             for (int u = 0; u < 2; u++) {
                 uint8x16_t L0[4], L1[4], H[4];
-                kqn_ld4t(rp, off + 64 * hh + 16 * u, L0);
-                kqn_ld4t(rp, off + 64 * hh + 32 + 16 * u, L1);
-                kqn_ld4t(rp, off + 128 + 32 * hh + 16 * u, H);
+                kq_ld4t(rp, off + 64 * hh + 16 * u, L0);
+                kq_ld4t(rp, off + 64 * hh + 32 + 16 * u, L1);
+                kq_ld4t(rp, off + 128 + 32 * hh + 16 * u, H);
                 const int g = 8 * hh + u;
                 for (int q = 0; q < 4; q++) {
                     const uint8x16_t v0 = vorrq_u8(vandq_u8(L0[q], m4), vandq_u8(vshlq_n_u8(H[q], 4), m30));
@@ -138,7 +136,7 @@ TL_INLINE void kqn_dec_k(const int WT, const uint8_t *const *rp, int64_t b, kqn_
     /* q4_K / q5_K head: S[0] lane l = d | dmin << 16, S[1..3] = the 12 scale bytes (6-bit
      * scales and mins, tl_kq_scales_mins done in lanes) */
     uint8x16_t Sb[4];
-    kqn_ld4t(rp, off, Sb);
+    kq_ld4t(rp, off, Sb);
     const uint32x4_t S0 = vreinterpretq_u32_u8(Sb[0]), S1 = vreinterpretq_u32_u8(Sb[1]),
                      S2 = vreinterpretq_u32_u8(Sb[2]), S3 = vreinterpretq_u32_u8(Sb[3]);
     o->d = vcvt_f32_f16(vreinterpret_f16_u16(vmovn_u32(S0)));
@@ -158,14 +156,14 @@ TL_INLINE void kqn_dec_k(const int WT, const uint8_t *const *rp, int64_t b, kqn_
     const int64_t qo = off + (WT == TL_Q4_K ? 16 : 48);
     uint8x16_t QH[2][4];
     if (WT == TL_Q5_K) {
-        kqn_ld4t(rp, off + 16, QH[0]);
-        kqn_ld4t(rp, off + 32, QH[1]);
+        kq_ld4t(rp, off + 16, QH[0]);
+        kq_ld4t(rp, off + 32, QH[1]);
     }
     const uint8x16_t m10 = vdupq_n_u8(0x10);
     for (int c = 0; c < 4; c++)
         for (int h = 0; h < 2; h++) {
             uint8x16_t U[4];
-            kqn_ld4t(rp, qo + 32 * c + 16 * h, U);
+            kq_ld4t(rp, qo + 32 * c + 16 * h, U);
             for (int q = 0; q < 4; q++) {
                 uint8x16_t lo = vandq_u8(U[q], m4), hi = vshrq_n_u8(U[q], 4);
                 if (WT == TL_Q5_K) {
@@ -180,7 +178,7 @@ TL_INLINE void kqn_dec_k(const int WT, const uint8_t *const *rp, int64_t b, kqn_
 
 /* ---- arithmetic -------------------------------------------------------------------------------- */
 /* acc + the 4 rows' exact dots of one 16-value group with the activation quants x. */
-TL_INLINE int32x4_t kqn_dot16(int32x4_t acc, const int8x16_t w[4], const int8x16_t x) {
+TL_INLINE int32x4_t kq_dot16(int32x4_t acc, const int8x16_t w[4], const int8x16_t x) {
     acc = vdotq_laneq_s32(acc, w[0], x, 0);
     acc = vdotq_laneq_s32(acc, w[1], x, 1);
     acc = vdotq_laneq_s32(acc, w[2], x, 2);
@@ -188,9 +186,9 @@ TL_INLINE int32x4_t kqn_dot16(int32x4_t acc, const int8x16_t w[4], const int8x16
 }
 
 /* One K-quant super-block P against RN tokens: xq / dx / sx at the super-block's start. */
-TL_INLINE void kqn_k_sb(const int WT, const int RN, const kqn_ksb *P, const int8_t *const *xq,
+TL_INLINE void kq_k_sb(const int WT, const int RN, const kq_ksb *P, const int8_t *const *xq,
                         const float *const *dx, const float *const *sx, float32x4_t *y) {
-    float32x4_t f[KQN_RN];
+    float32x4_t f[KQ_RN];
     if (WT != TL_Q6_K)
         for (int j = 0; j < RN; j++) {
             float32x4_t ms = vmulq_n_f32(P->mn[0], sx[j][0] + sx[j][1]);
@@ -201,14 +199,14 @@ TL_INLINE void kqn_k_sb(const int WT, const int RN, const kqn_ksb *P, const int8
     if (WT == TL_Q6_K) {
         for (int g = 0; g < 16; g++)
             for (int j = 0; j < RN; j++) {
-                const int32x4_t d0 = kqn_dot16(vdupq_n_s32(0), P->w[g], vld1q_s8(xq[j] + 16 * g));
+                const int32x4_t d0 = kq_dot16(vdupq_n_s32(0), P->w[g], vld1q_s8(xq[j] + 16 * g));
                 f[j] = vfmaq_f32(f[j], vmulq_n_f32(vcvtq_f32_s32(d0), dx[j][g]), P->sc[g]);
             }
     } else {
         for (int s = 0; s < 8; s++)
             for (int j = 0; j < RN; j++) {
-                const int32x4_t d0 = kqn_dot16(vdupq_n_s32(0), P->w[2 * s], vld1q_s8(xq[j] + 32 * s));
-                const int32x4_t d1 = kqn_dot16(vdupq_n_s32(0), P->w[2 * s + 1], vld1q_s8(xq[j] + 32 * s + 16));
+                const int32x4_t d0 = kq_dot16(vdupq_n_s32(0), P->w[2 * s], vld1q_s8(xq[j] + 32 * s));
+                const int32x4_t d1 = kq_dot16(vdupq_n_s32(0), P->w[2 * s + 1], vld1q_s8(xq[j] + 32 * s + 16));
                 float32x4_t g = vmulq_n_f32(vcvtq_f32_s32(d0), dx[j][2 * s]);
                 g = vfmaq_n_f32(g, vcvtq_f32_s32(d1), dx[j][2 * s + 1]);
                 f[j] = vfmaq_f32(f[j], g, P->sc[s]);
@@ -218,11 +216,11 @@ TL_INLINE void kqn_k_sb(const int WT, const int RN, const kqn_ksb *P, const int8
 }
 
 /* One q5_0 block P against RN tokens: xq / dx at the block's start. */
-TL_INLINE void kqn_q50_blk(const int RN, const kqn_q50 *P, const int8_t *const *xq, const float *const *dx,
+TL_INLINE void kq_q50_blk(const int RN, const kq_q50 *P, const int8_t *const *xq, const float *const *dx,
                            float32x4_t *y) {
     for (int j = 0; j < RN; j++) {
-        const int32x4_t d0 = kqn_dot16(vdupq_n_s32(0), P->w[0], vld1q_s8(xq[j]));
-        const int32x4_t d1 = kqn_dot16(vdupq_n_s32(0), P->w[1], vld1q_s8(xq[j] + 16));
+        const int32x4_t d0 = kq_dot16(vdupq_n_s32(0), P->w[0], vld1q_s8(xq[j]));
+        const int32x4_t d1 = kq_dot16(vdupq_n_s32(0), P->w[1], vld1q_s8(xq[j] + 16));
         float32x4_t f = vmulq_n_f32(vcvtq_f32_s32(d0), dx[j][0]);
         f = vfmaq_n_f32(f, vcvtq_f32_s32(d1), dx[j][1]);
         y[j] = vfmaq_f32(y[j], f, P->d);
@@ -231,46 +229,46 @@ TL_INLINE void kqn_q50_blk(const int RN, const kqn_q50 *P, const int8_t *const *
 
 /* ---- tiles: 4 rows (nr live) x RN tokens over the whole k ---------------------------------------- */
 /* panel: the decoded records of these rows (all of k), or NULL to decode each one on the fly. */
-TL_INLINE void kqn_tile(const int WT, const int RN, const tl_gemm_args *a, const uint8_t *const *rp,
+TL_INLINE void kq_tile(const int WT, const int RN, const tl_gemm_args *a, const uint8_t *const *rp,
                         const void *panel, int64_t i0, int nr, int64_t j0) {
     const int64_t k = a->k;
-    float32x4_t y[KQN_RN];
-    const uint8_t *xr[KQN_RN];
-    const int8_t *xq[KQN_RN];
-    const float *dx[KQN_RN], *sx[KQN_RN];
+    float32x4_t y[KQ_RN];
+    const uint8_t *xr[KQ_RN];
+    const int8_t *xq[KQ_RN];
+    const float *dx[KQ_RN], *sx[KQ_RN];
     for (int j = 0; j < RN; j++) {
         y[j] = vdupq_n_f32(0.0f);
         xr[j] = a->act + (j0 + j) * a->ldact;
     }
     if (WT == TL_Q5_0) {
-        const kqn_q50 *pan = (const kqn_q50 *)panel;
+        const kq_q50 *pan = (const kq_q50 *)panel;
         for (int64_t b = 0; b < k / TL_QK; b++) {
-            kqn_q50 tmp;
-            const kqn_q50 *P = pan ? pan + b : &tmp;
-            if (!pan) kqn_dec_q50(rp, b, &tmp);
+            kq_q50 tmp;
+            const kq_q50 *P = pan ? pan + b : &tmp;
+            if (!pan) kq_dec_q50(rp, b, &tmp);
             for (int j = 0; j < RN; j++) {
                 xq[j] = tl_q8a_qs(xr[j]) + TL_QK * b;
                 dx[j] = tl_q8a_d(xr[j], k) + 2 * b;
             }
-            kqn_q50_blk(RN, P, xq, dx, y);
+            kq_q50_blk(RN, P, xq, dx, y);
         }
     } else {
-        const kqn_ksb *pan = (const kqn_ksb *)panel;
+        const kq_ksb *pan = (const kq_ksb *)panel;
         for (int64_t b = 0; b < k / TL_QK_K; b++) {
-            kqn_ksb tmp;
-            const kqn_ksb *P = pan ? pan + b : &tmp;
-            if (!pan) kqn_dec_k(WT, rp, b, &tmp);
+            kq_ksb tmp;
+            const kq_ksb *P = pan ? pan + b : &tmp;
+            if (!pan) kq_dec_k(WT, rp, b, &tmp);
             for (int j = 0; j < RN; j++) {
                 xq[j] = tl_q8a_qs(xr[j]) + TL_QK_K * b;
                 dx[j] = tl_q8a_d(xr[j], k) + 16 * b;
                 sx[j] = tl_q8a_s(xr[j], k) + 16 * b;
             }
-            kqn_k_sb(WT, RN, P, xq, dx, sx, y);
+            kq_k_sb(WT, RN, P, xq, dx, sx, y);
         }
     }
     for (int j = 0; j < RN; j++) {
         float *yp = a->y + (j0 + j) * a->ldy + i0;
-        if (nr == KQN_R) {
+        if (nr == KQ_R) {
             vst1q_f32(yp, y[j]);
         } else {
             float t[4];
@@ -282,59 +280,47 @@ TL_INLINE void kqn_tile(const int WT, const int RN, const tl_gemm_args *a, const
 
 /* Rows [i0, i1) x tokens [j0, j1), i0 a multiple of 4. Dead rows of the last panel repeat its
  * first row (in bounds, never stored). */
-TL_INLINE void kqn_block_impl(const int WT, const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+TL_INLINE void kq_block_impl(const int WT, const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
     const int64_t nrec = WT == TL_Q5_0 ? a->k / TL_QK : a->k / TL_QK_K;
-    const size_t rec = WT == TL_Q5_0 ? sizeof(kqn_q50) : sizeof(kqn_ksb);
+    const size_t rec = WT == TL_Q5_0 ? sizeof(kq_q50) : sizeof(kq_ksb);
     /* decode once into scratch only if more than one token tile reuses it (no scratch: on the fly) */
-    uint8_t *buf = j1 - j0 > KQN_RN ? (uint8_t *)tl_scratch((size_t)nrec * rec) : NULL;
-    for (int64_t i = i0; i < i1; i += KQN_R) {
-        const int nr = (int)TL_MIN((int64_t)KQN_R, i1 - i);
+    uint8_t *buf = j1 - j0 > KQ_RN ? (uint8_t *)tl_scratch((size_t)nrec * rec) : NULL;
+    for (int64_t i = i0; i < i1; i += KQ_R) {
+        const int nr = (int)TL_MIN((int64_t)KQ_R, i1 - i);
         const uint8_t *rp[4];
         for (int l = 0; l < 4; l++) rp[l] = a->w + (i + (l < nr ? l : 0)) * a->ldw;
         if (buf)
             for (int64_t b = 0; b < nrec; b++) {
-                if (WT == TL_Q5_0) kqn_dec_q50(rp, b, (kqn_q50 *)(void *)buf + b);
-                else kqn_dec_k(WT, rp, b, (kqn_ksb *)(void *)buf + b);
+                if (WT == TL_Q5_0) kq_dec_q50(rp, b, (kq_q50 *)(void *)buf + b);
+                else kq_dec_k(WT, rp, b, (kq_ksb *)(void *)buf + b);
             }
         int64_t j = j0;
-        for (; j + KQN_RN <= j1; j += KQN_RN) kqn_tile(WT, KQN_RN, a, rp, buf, i, nr, j);
+        for (; j + KQ_RN <= j1; j += KQ_RN) kq_tile(WT, KQ_RN, a, rp, buf, i, nr, j);
         switch ((int)(j1 - j)) {
-        case 1: kqn_tile(WT, 1, a, rp, buf, i, nr, j); break;
-        case 2: kqn_tile(WT, 2, a, rp, buf, i, nr, j); break;
-        case 3: kqn_tile(WT, 3, a, rp, buf, i, nr, j); break;
-        case 4: kqn_tile(WT, 4, a, rp, buf, i, nr, j); break;
-        case 5: kqn_tile(WT, 5, a, rp, buf, i, nr, j); break;
+        case 1: kq_tile(WT, 1, a, rp, buf, i, nr, j); break;
+        case 2: kq_tile(WT, 2, a, rp, buf, i, nr, j); break;
+        case 3: kq_tile(WT, 3, a, rp, buf, i, nr, j); break;
+        case 4: kq_tile(WT, 4, a, rp, buf, i, nr, j); break;
+        case 5: kq_tile(WT, 5, a, rp, buf, i, nr, j); break;
         default: break;
         }
     }
 }
 
-#define KQN_FUNCS(NAME, WT)                                                                             \
-    static void kqn_block_##NAME(const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1) { \
-        kqn_block_impl(WT, a, i0, i1, j0, j1);                                                          \
+#define KQ_FUNCS(NAME, WT)                                                                             \
+    static void kq_block_##NAME(const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1) { \
+        kq_block_impl(WT, a, i0, i1, j0, j1);                                                          \
     }                                                                                                   \
-    static void kqn_tile_##NAME(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {        \
-        kqn_block_impl(WT, a, i0, i0 + rm, j0, j0 + rn);                                                \
+    static void kq_tile_##NAME(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {        \
+        kq_block_impl(WT, a, i0, i0 + rm, j0, j0 + rn);                                                \
     }                                                                                                   \
-    static void kqn_gemv_##NAME(const tl_gemm_args *a, int64_t i0, int64_t i1) {                        \
-        kqn_block_impl(WT, a, i0, i1, 0, 1);                                                            \
+    static void kq_gemv_##NAME(const tl_gemm_args *a, int64_t i0, int64_t i1) {                        \
+        kq_block_impl(WT, a, i0, i1, 0, 1);                                                            \
     }                                                                                                   \
-    static const tl_ukernel kqn_uk_##NAME = {KQN_R, KQN_RN, kqn_tile_##NAME, KQN_R, kqn_gemv_##NAME,  \
-                                             kqn_block_##NAME, NULL, NULL, 0};
-KQN_FUNCS(q5_0, TL_Q5_0)
-KQN_FUNCS(q4_k, TL_Q4_K)
-KQN_FUNCS(q5_k, TL_Q5_K)
-KQN_FUNCS(q6_k, TL_Q6_K)
-
-/* Kernel for q5_0 / q4_K / q5_K / q6_K, NULL for every other type. */
-static inline const tl_ukernel *tl_kq_neon_lookup(int wtype) {
-    switch (wtype) {
-    case TL_Q5_0: return &kqn_uk_q5_0;
-    case TL_Q4_K: return &kqn_uk_q4_k;
-    case TL_Q5_K: return &kqn_uk_q5_k;
-    case TL_Q6_K: return &kqn_uk_q6_k;
-    default: return NULL;
-    }
-}
-
-#endif
+    const tl_ukernel tl_neon_##NAME##_4x6 = {.rm = KQ_R, .rn = KQ_RN, .tile = kq_tile_##NAME,         \
+                                             .gemv_rows = KQ_R, .gemv = kq_gemv_##NAME,                \
+                                             .block = kq_block_##NAME};
+KQ_FUNCS(q5_0, TL_Q5_0)
+KQ_FUNCS(q4_k, TL_Q4_K)
+KQ_FUNCS(q5_k, TL_Q5_K)
+KQ_FUNCS(q6_k, TL_Q6_K)
