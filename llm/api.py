@@ -327,19 +327,22 @@ class Model:
     @_locked
     def chat_prompt(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True,
                     template_name: str | None = None, *, template: str | None = None,
+                    chat_format: str | None = None,
                     **template_vars: Any) -> list[int]:
         """Token ids of `messages` rendered with the model's chat template (sandboxed jinja2).
 
         The template is the GGUF's `tokenizer.chat_template` (or `tokenizer.chat_template.<template_name>`;
-        LLaMA-2 format if the file has none), or the jinja source ``template`` if given. Control tokens in the
-        rendered text become their ids; BOS is added only if the model adds one and the template did not
-        already write it.
+        a built-in format detected from its tokens and architecture if the file has none), the built-in
+        `chat_format` (`"gemma"`, `"llama-3"`, `"chatml"` ...) if given, or the jinja source ``template`` if given.
+        Control tokens in the rendered text become their ids; BOS is added only if the model adds one and the
+        template did not already write it.
         """
         from .text.chat import get_chat_template, render_chat
 
         _check_strings(messages, "a chat message")  # before the render: the worker would only time out
         _check_strings(template_vars, "a chat template variable")
-        source = template if template is not None else get_chat_template(self.metadata, template_name)
+        source = template if template is not None else get_chat_template(self.metadata, template_name,
+                                                                            chat_format=chat_format)
         bos_id, eos_id = getattr(self._tok, "bos_id", None), getattr(self._tok, "eos_id", None)
 
         def piece(i: int | None) -> str:
@@ -370,7 +373,7 @@ class Model:
 
     @_locked
     def chat(self, messages: Sequence[Mapping[str, Any]], *, template_name: str | None = None,
-             **generate_kwargs: Any) -> GenerationResult | Iterator[GenerationChunk]:
+             chat_format: str | None = None, **generate_kwargs: Any) -> GenerationResult | Iterator[GenerationChunk]:
         """Reply to a conversation: `messages` = [{"role": "system"|"user"|"assistant", "content": str}, ...].
 
         Renders the model's chat template with the generation prompt appended, then `generate()`s
@@ -378,7 +381,8 @@ class Model:
         stops at the end-of-turn tokens the tokenizer knows (eos, eot, ...).
         """
         generate_kwargs.setdefault("temperature", 0.2)
-        return self.generate(self.chat_prompt(messages, template_name=template_name), **generate_kwargs)
+        prompt = self.chat_prompt(messages, template_name=template_name, chat_format=chat_format)
+        return self.generate(prompt, **generate_kwargs)
 
     @_locked
     def tokenize(self, text: str | bytes, add_bos: bool | None = None, special: bool = False) -> list[int]:

@@ -212,7 +212,7 @@ def test_no_model_and_no_demo_extra(monkeypatch) -> None:
     (["-m", "{model}", "-t", "0"], ">= 1", 2),
     (["-m", "{model}", "-r", "1,2"], "-r", 2),
     (["-m", "{model}", "--quick"], "--gemm", 2),
-    (["-m", "{model}", "-o", "csv"], "invalid choice", 2),
+    (["-m", "{model}", "-o", "xml"], "invalid choice", 2),  # csv is a format now
     (["-m", "/nonexistent/m.gguf", "-p", "1", "-n", "0", "-r", "1"], "m.gguf", 1),
     (["-m", "{model}", "-p", "1", "-n", "0", "-r", "1", "--backend", "warp9"], "warp9", 1),
     (["--gemm", "--types", "q9_9"], "q9_9", 1),

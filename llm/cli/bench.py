@@ -33,7 +33,7 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, NoReturn, Sequence, TextIO
 
 import numpy as np
@@ -84,6 +84,17 @@ def _str_list(s: str) -> list[str]:
     if not out:
         raise argparse.ArgumentTypeError(f"empty list {s!r}")
     return out
+
+
+def _pg_list(s: str) -> tuple[int, int]:
+    parts = s.split(",")
+    try:
+        pp, tg = (int(x) for x in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"-pg takes PP,TG (two integers), got {s!r}") from None
+    if pp < 0 or tg < 0:
+        raise argparse.ArgumentTypeError(f"-pg values must be >= 0, got {s!r}")
+    return pp, tg
 
 
 def _shape_list(s: str) -> list[tuple[int, int]]:
@@ -148,6 +159,7 @@ class ModelResult:
     n_threads: int
     n_prompt: int
     n_gen: int
+    n_depth: int
     avg_ns: float
     stddev_ns: float
     avg_ts: float
@@ -159,20 +171,23 @@ class ModelResult:
 
     @property
     def test(self) -> str:
-        return f"pp{self.n_prompt}" if self.n_prompt else f"tg{self.n_gen}"
+        if self.n_prompt and self.n_gen:
+            name = f"pp{self.n_prompt}+tg{self.n_gen}"
+        else:
+            name = f"pp{self.n_prompt}" if self.n_prompt else f"tg{self.n_gen}"
+        return f"{name} @ d{self.n_depth}" if self.n_depth else name
 
 
-def _time_pp(model: Any, tokens: list[int]) -> int:
+def _time_test(model: Any, depth: list[int], prompt: list[int], gen: list[int]) -> int:
+    """Nanoseconds to evaluate ``prompt`` in one call then ``gen`` one token at a time, after an untimed
+    ``depth`` context (llama-bench's -d)."""
     model.reset()
+    if depth:
+        model.eval(depth)
     t0 = time.perf_counter_ns()
-    model.eval(tokens)
-    return time.perf_counter_ns() - t0
-
-
-def _time_tg(model: Any, tokens: list[int]) -> int:
-    model.reset()
-    t0 = time.perf_counter_ns()
-    for t in tokens:
+    if prompt:
+        model.eval(prompt)
+    for t in gen:
         model.eval([t])
     return time.perf_counter_ns() - t0
 
@@ -188,12 +203,19 @@ def run_model_bench(
     warmup: bool = True,
     seed: int = 0,
     on_result: Callable[[ModelResult], None] | None = None,
+    n_pg: Sequence[tuple[int, int]] = (),
+    n_depth: Sequence[int] = (0,),
+    progress: TextIO | None = None,
 ) -> list[ModelResult]:
-    """Run the pp/tg tests; returns one ModelResult per test configuration."""
+    """Run the pp/tg (and pp+tg: ``n_pg``) tests at every depth; returns one ModelResult per configuration.
+
+    ``progress`` receives a llama-bench-style line before each test.
+    """
     from ..api import load
 
     threads = list(threads) if threads else [default_threads()]
-    n_ctx = max([*n_prompt, *n_gen, 1])
+    n_depth = list(n_depth) or [0]
+    n_ctx = max([*n_prompt, *n_gen, *(p + g for p, g in n_pg), 1]) + max(n_depth)
     rng = np.random.default_rng(seed)
     results: list[ModelResult] = []
     for be in _backend_names(backends):
@@ -208,26 +230,28 @@ def run_model_bench(
                             ids[0] = int(bos)  # like a real prompt
                         return ids
 
-                    tests: list[tuple[int, int]] = [(p, 0) for p in n_prompt if p > 0] + \
-                                                   [(0, g) for g in n_gen if g > 0]
-                    for p, g in tests:
+                    tests: list[tuple[int, int, int]] = [
+                        (p, g, d) for d in n_depth for p, g in
+                        [(p, 0) for p in n_prompt if p > 0] + [(0, g) for g in n_gen if g > 0] +
+                        [(p, g) for p, g in n_pg if p + g > 0]]
+                    for i_test, (p, g, d) in enumerate(tests):
+                        if progress is not None:
+                            name = f"pp{p}+tg{g}" if p and g else (f"pp{p}" if p else f"tg{g}")
+                            print(f"llm-bench: test {i_test + 1}/{len(tests)} ({name}, depth {d}, backend {be}, "
+                                  f"{t} threads, n_batch {nb})", file=progress, flush=True)
                         if warmup:
-                            if p:
-                                _time_pp(model, random_tokens(p))
-                            else:
-                                _time_tg(model, random_tokens(1))
+                            _time_test(model, random_tokens(d), random_tokens(p), random_tokens(1 if g else 0))
                         samples = []
                         for _ in range(reps):
-                            toks = random_tokens(p or g)
-                            samples.append(_time_pp(model, toks) if p else _time_tg(model, toks))
-                        n_tok = p or g
+                            samples.append(_time_test(model, random_tokens(d), random_tokens(p), random_tokens(g)))
+                        n_tok = p + g
                         ts = [n_tok * 1e9 / ns for ns in samples]
                         avg_ns, sd_ns = _mean_std(samples)
                         avg_ts, sd_ts = _mean_std(ts)
                         r = ModelResult(
                             model_filename=os.path.basename(model_path), model_type=model.desc,
                             model_size=model.model_size, model_n_params=model.n_params, backend=model.backend,
-                            n_batch=nb, n_threads=model.n_threads, n_prompt=p, n_gen=g,
+                            n_batch=nb, n_threads=model.n_threads, n_prompt=p, n_gen=g, n_depth=d,
                             avg_ns=avg_ns, stddev_ns=sd_ns, avg_ts=avg_ts, stddev_ts=sd_ts,
                             samples_ns=[int(s) for s in samples], samples_ts=ts, cpu_info=_cpu_info(),
                             test_time=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
@@ -245,6 +269,33 @@ def format_model_row(r: ModelResult) -> str:
     """One markdown row like llama-bench's."""
     return (f"| {r.model_type} | {_fmt_size(r.model_size)} | {_fmt_params(r.model_n_params)} | {r.backend} | "
             f"{r.n_threads} | {r.test} | {r.avg_ts:.2f} ± {r.stddev_ts:.2f} |")
+
+
+_FIELDS = [f.name for f in fields(ModelResult)]
+_SQL_TYPES = {"int": "INTEGER", "float": "REAL"}
+_SQL_CREATE = ("CREATE TABLE IF NOT EXISTS test (\n" + ",\n".join(
+    f"  {f.name} {_SQL_TYPES.get(str(f.type), 'TEXT')}" for f in fields(ModelResult)) + "\n);")
+
+
+def _cell(v: Any) -> str:
+    """A value as llama-bench writes it in CSV/SQL: lists space-separated, text quoted."""
+    if isinstance(v, list):
+        v = " ".join(str(x) for x in v)
+    return v if isinstance(v, str) else str(v)
+
+
+def _csv_row(r: ModelResult) -> str:
+    """One CSV line (fields in ``ModelResult`` order; every value double-quoted, like llama-bench)."""
+    return ",".join('"' + _cell(v).replace('"', '""') + '"' for v in asdict(r).values())
+
+
+def _sql_row(r: ModelResult) -> str:
+    """One ``INSERT`` statement for the table ``_SQL_CREATE`` makes (llama-bench's sql output)."""
+    vals = []
+    for f in fields(ModelResult):
+        v = getattr(r, f.name)
+        vals.append(str(v) if str(f.type) in _SQL_TYPES else "'" + _cell(v).replace("'", "''") + "'")
+    return f"INSERT INTO test ({', '.join(_FIELDS)}) VALUES ({', '.join(vals)});"
 
 
 # ----------------------------------------------------------------------------- peak
@@ -447,7 +498,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", "--threads", type=_int_list(1), default=None, help="threads (default: physical cores)")
     p.add_argument("--backend", type=_str_list, default=None,
                    help="backends, comma list or 'all' (default: auto; --gemm: all)")
-    p.add_argument("-o", "--output", choices=("md", "json"), default="md", help="output format (default md)")
+    p.add_argument("-o", "--output", choices=("md", "json", "jsonl", "csv", "sql"), default="md",
+                   help="output format: md, json, jsonl, csv, sql (default md)")
+    p.add_argument("-pg", dest="n_pg", type=_pg_list, action="append", default=[], metavar="PP,TG",
+                   help="a prompt + generation test: PP prompt tokens then TG generated (repeatable)")
+    p.add_argument("-d", "--n-depth", type=_int_list(0), default=[0], metavar="N",
+                   help="tokens already in the context before each test (default 0)")
+    p.add_argument("--progress", action="store_true", help="print a line to stderr before each test")
     p.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the warm-up run")
     p.add_argument("--seed", type=int, default=0, help="seed for the random tokens / weights (default 0)")
     g = p.add_argument_group("GEMM mode")
@@ -479,6 +536,8 @@ def _run(argv: Sequence[str] | None, out: TextIO, err: TextIO) -> int:
     if a.gemm:
         if a.model:
             raise _UsageError("--gemm does not take a model")
+        if a.output not in ("md", "json"):
+            raise _UsageError(f"--gemm writes -o md or json, not {a.output}")
         from tilellm.quant import type_from_any
 
         types = a.types or (QUICK["types"] if a.quick else DEFAULT_TYPES)
@@ -517,13 +576,20 @@ def _run(argv: Sequence[str] | None, out: TextIO, err: TextIO) -> int:
     if a.gemm_n or a.shapes or a.types or a.quick:
         raise _UsageError("--types/--shapes/--n/--quick need --gemm")
     reps = a.repetitions[0] if a.repetitions else 5
+    streamed = {"md": format_model_row, "jsonl": lambda r: json.dumps(asdict(r)), "csv": _csv_row,
+                "sql": _sql_row}.get(a.output)
     if md:
         _emit(out, MD_HEADER)
+    elif a.output == "csv":
+        _emit(out, ",".join(_FIELDS))
+    elif a.output == "sql":
+        _emit(out, _SQL_CREATE)
     results: list[ModelResult] = []
     for path in models:
         results += run_model_bench(path, a.n_prompt, a.n_gen, reps, a.threads, a.backend or ["auto"], a.batch_size,
-                                   a.warmup, a.seed, (lambda r: _emit(out, format_model_row(r))) if md else None)
-    if not md:
+                                   a.warmup, a.seed, (lambda r: _emit(out, streamed(r))) if streamed else None,
+                                   n_pg=a.n_pg, n_depth=a.n_depth, progress=err if a.progress else None)
+    if a.output == "json":
         _emit(out, json.dumps([asdict(r) for r in results], indent=2))
     return 0
 

@@ -10,7 +10,12 @@ The method (so the figures compare with llama.cpp's):
 5. after each chunk print ``[i]ppl`` with the running perplexity exp(mean nll); at the end
    ``Final estimate: PPL = exp(mean nll) +/- ppl * sqrt(var(nll) / (N - 1))``.
 
-    llm-perplexity -m MODEL.gguf -f TEXT.txt [-c 512] [-b 512] [-t N] [--backend NAME]
+    llm-perplexity -m MODEL.gguf -f TEXT.txt [-c 512] [-b 512] [-t N] [--chunks N] [--backend NAME]
+    llm-perplexity -m BASE.gguf -f TEXT.txt --kl-divergence-base base.kld             # save the base
+    llm-perplexity -m QUANT.gguf -f TEXT.txt --kl-divergence-base base.kld --kl-divergence   # compare
+
+``--kl-divergence`` follows llama.cpp (see ``kld.py``): per chunk the running PPL, ln(PPL(Q)/PPL(base)), mean KL
+divergence, RMS Δp and "same top p"; at the end the perplexity, KL-divergence and token-probability statistics.
 
 Without ``-m`` the embedded default model (Gemma 3 270M, the ``demo`` extra) is used.
 """
@@ -21,7 +26,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence, TextIO
+from typing import Any, Callable, NoReturn, Sequence, TextIO
 
 import numpy as np
 
@@ -64,11 +69,14 @@ def token_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 
 def perplexity(model: Any, tokens: Sequence[int], n_ctx: int, bos_id: int | None,
-               on_chunk: Callable[[int, PerplexityResult], None] | None = None) -> PerplexityResult:
+               on_chunk: Callable[[int, PerplexityResult], None] | None = None, n_max_chunks: int | None = None,
+               on_logits: Callable[[int, np.ndarray, np.ndarray], None] | None = None) -> PerplexityResult:
     """Run llama-perplexity's method over `tokens` (already tokenized, BOS first if the model adds it).
 
     `model` needs ``reset()`` and ``eval(tokens, logits_all)`` with a context of at least `n_ctx`.
     `bos_id`: the token that replaces each chunk's first token (None: leave chunks as they are).
+    `n_max_chunks`: evaluate at most this many chunks (``--chunks``). `on_logits(chunk, logits, targets)` sees every
+    scored slice (the KL-divergence mode).
     """
     toks = np.asarray(tokens, dtype=np.int64)
     if n_ctx < 4 or n_ctx % 2:
@@ -77,6 +85,8 @@ def perplexity(model: Any, tokens: Sequence[int], n_ctx: int, bos_id: int | None
         raise ValueError(f"you need at least {2 * n_ctx} tokens to evaluate perplexity with a context of {n_ctx} "
                          f"(the text has {toks.size})")
     n_chunks = toks.size // n_ctx
+    if n_max_chunks is not None and n_max_chunks > 0:
+        n_chunks = min(n_chunks, n_max_chunks)
     first = n_ctx // 2
     res = PerplexityResult(n_ctx=n_ctx, n_chunks=n_chunks, n_tokens_text=int(toks.size))
     t0 = time.perf_counter()
@@ -90,6 +100,8 @@ def perplexity(model: Any, tokens: Sequence[int], n_ctx: int, bos_id: int | None
             e = min(n_ctx - 1, s + SCORE_SLICE)
             logits = np.asarray(model.eval(chunk[s:e].tolist(), logits_all=True))
             nll = token_nll(logits, chunk[s + 1:e + 1])
+            if on_logits is not None:
+                on_logits(c, logits, chunk[s + 1:e + 1])
             res.nll_sum += float(nll.sum())
             res.nll2_sum += float(np.square(nll).sum())
             res.n_scored += int(nll.size)
@@ -100,14 +112,40 @@ def perplexity(model: Any, tokens: Sequence[int], n_ctx: int, bos_id: int | None
     return res
 
 
+class _UsageError(Exception):
+    """A command-line mistake (one line, exit 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    # argparse prints the usage block; the contract is one line
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(message)
+
+
+def _pos_int(s: str) -> int:
+    try:
+        v = int(s, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="llm-perplexity",
+    """The ``llm-perplexity`` argument parser."""
+    p = _Parser(prog="llm-perplexity",
                                 description="Perplexity of a text file, by llama.cpp's llama-perplexity method.")
     p.add_argument("-m", "--model", help="model file (default: the embedded Gemma 3 270M, the 'demo' extra)")
     p.add_argument("-f", "--file", required=True, help="text file (UTF-8)")
-    p.add_argument("-c", "--ctx-size", type=int, default=512, help="tokens per chunk (default 512, as llama.cpp)")
-    p.add_argument("-b", "--batch-size", type=int, default=512, help="n_batch (default 512)")
-    p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: physical cores)")
+    p.add_argument("-c", "--ctx-size", type=_pos_int, default=512, help="tokens per chunk (default 512, as llama.cpp)")
+    p.add_argument("-b", "--batch-size", type=_pos_int, default=512, help="n_batch (default 512)")
+    p.add_argument("-t", "--threads", type=_pos_int, default=None, help="threads (default: physical cores)")
+    p.add_argument("--chunks", type=_pos_int, default=None, metavar="N", help="evaluate at most N chunks")
+    p.add_argument("--kl-divergence-base", default=None, metavar="FILE",
+                   help="alone: save the base log-probabilities to FILE; with --kl-divergence: compare with them")
+    p.add_argument("--kl-divergence", action="store_true",
+                   help="compare this model with the base saved in --kl-divergence-base (KL divergence, Δp, ...)")
     p.add_argument("--backend", default="auto", help="matmul backend: auto, reference, portable, avx2, ...")
     p.add_argument("--numerics", choices=("default", "ggml"), default="default",
                    help="'ggml': llama.cpp's rounding (activation scales per 32/256 values, fp16-table GELU, "
@@ -116,7 +154,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(argv: Sequence[str] | None, out: TextIO, err: TextIO) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help
+        return int(e.code or 0)
+    if args.kl_divergence and not args.kl_divergence_base:
+        raise _UsageError("--kl-divergence needs --kl-divergence-base FILE (a base saved by a run without it)")
+    if args.ctx_size < 4 or args.ctx_size % 2:
+        raise _UsageError(f"-c must be an even number >= 4, got {args.ctx_size}")
+    base = None
+    if args.kl_divergence:
+        from .kld import BaseReader
+
+        base = BaseReader(args.kl_divergence_base)  # a bad file fails before the (slow) load
+        if base.n_ctx != args.ctx_size:
+            raise ValueError(f"the base was saved with -c {base.n_ctx}; run with the same -c")
     path = args.model
     if not path:
         from .default_model import default_model_path
@@ -133,18 +185,65 @@ def _run(argv: Sequence[str] | None, out: TextIO, err: TextIO) -> int:
         tokens = model.tokenize(text, add_bos=add_bos, special=False)
         bos = getattr(model.tokenizer, "bos_id", None) if add_bos else None
         n_chunks = len(tokens) // args.ctx_size
+        if args.chunks:
+            n_chunks = min(n_chunks, args.chunks)
         print(f"perplexity: {model.desc} on {model.backend}, {len(tokens)} tokens, calculating perplexity over "
               f"{n_chunks} chunks, n_ctx={args.ctx_size}, batch_size={args.batch_size}", file=err, flush=True)
+        on_logits = None
+        writer = None
+        stats = None
+        if base is not None:
+            from .kld import KLStats
+
+            used = np.asarray(tokens[:n_chunks * args.ctx_size], dtype=np.int32)
+            if base.n_vocab != model.n_vocab or not np.array_equal(base.tokens[:used.size], used) or \
+                    base.n_chunks < n_chunks:
+                raise ValueError("the base was saved for another text, vocabulary or fewer chunks; "
+                                 "use the same -f, the same tokenizer and no more --chunks")
+            stats = KLStats()
+            print("chunk        PPL  ln(PPL(Q)/PPL(base))  KL Divergence  Δp RMS  Same top p", file=out)
+
+            def compare(c: int, logits: np.ndarray, targets: np.ndarray) -> None:
+                assert stats is not None and base is not None
+                stats.add(base.take(len(targets)), logits, targets)
+
+            on_logits = compare
+        elif args.kl_divergence_base:
+            from .kld import BaseWriter
+
+            fh = open(args.kl_divergence_base, "wb")
+            writer = BaseWriter(fh, args.ctx_size, model.n_vocab, n_chunks, tokens[:n_chunks * args.ctx_size])
+
+            def save(c: int, logits: np.ndarray, targets: np.ndarray) -> None:
+                assert writer is not None
+                writer.add(logits)
+
+            on_logits = save
 
         def show(c: int, r: PerplexityResult) -> None:
             if c == 0:
                 print(f"perplexity: {r.seconds:.2f} seconds per pass - ETA {r.seconds * r.n_chunks / 60:.2f} minutes",
                       file=err, flush=True)
-            print(f"[{c + 1}]{r.running[-1]:.4f},", end="", file=out, flush=True)
+            if stats is not None:
+                print(stats.chunk_line(c), file=out, flush=True)
+            else:
+                print(f"[{c + 1}]{r.running[-1]:.4f},", end="", file=out, flush=True)
 
-        res = perplexity(model, tokens, args.ctx_size, bos, on_chunk=show)
-    print(file=out)
-    print(f"Final estimate: PPL = {res.ppl:.4f} +/- {res.ppl_error:.5f}", file=out, flush=True)
+        try:
+            res = perplexity(model, tokens, args.ctx_size, bos, on_chunk=show, n_max_chunks=args.chunks,
+                             on_logits=on_logits)
+        finally:
+            if writer is not None:
+                writer.f.close()
+    if stats is not None:
+        print(file=out)
+        stats.report(out)
+    else:
+        print(file=out)
+        print(f"Final estimate: PPL = {res.ppl:.4f} +/- {res.ppl_error:.5f}", file=out, flush=True)
+    if writer is not None:
+        print(f"perplexity: saved the base log-probabilities of {res.n_scored} positions to "
+              f"{args.kl_divergence_base}", file=err)
     print(f"perplexity: {res.n_scored} tokens scored in {res.seconds:.1f} s", file=err)
     return 0
 
@@ -154,14 +253,15 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
     out, err = stdout or sys.stdout, stderr or sys.stderr
     try:
         return _run(argv, out, err)
-    except SystemExit as e:  # argparse: usage errors / --help
-        return int(e.code or 0)
+    except _UsageError as e:
+        print(f"error: {' '.join(str(e).split())}", file=err)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=err)
         return 130
     except Exception as e:  # noqa: BLE001 - one line, never a traceback
         msg = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.filename and e.strerror else str(e)
-        print(f"error: {msg}", file=err)
+        print(f"error: {' '.join(msg.split())}", file=err)
         return 1
 
 

@@ -11,6 +11,13 @@ until an end-of-generation token or a full context, and so does ``-2`` (llama.cp
 context is full": there is no context shift here, so both stop when the context fills); ``0``
 only evaluates the prompt. ``-r/--reverse-prompt`` strings stop generation and are not printed.
 
+llama.cpp's multi-letter flags parse as llama.cpp parses them: ``-cnv`` / ``-i`` conversation mode (``/exit``
+or end of input quits, Ctrl-C ends the current reply), ``-ngl N`` is accepted and ignored with a note (CPU
+engine), ``-tb N`` sets the threads when ``-t`` is not given, ``-hf``, ``-ctk``/``-ctv`` and ``-pg`` are refused
+with a one-line reason; ``--chat-template NAME|FILE``, ``--grammar``, ``--grammar-file``, ``--json-schema``
+(``-j``), ``--json-schema-file`` (``-jf``), ``--version``, ``-v``, ``--color``, ``--jinja`` and ``-e`` are
+understood. The timings on stderr end with the backend, kernel variant and threads used.
+
 Any error (bad file, bad argument, unsupported model) is one ``error: ...`` line on stderr and
 exit status 1 (2 for command-line usage errors). Ctrl-C stops generation, ends the line, prints the
 timings so far (with ``--perf``) and exits with 130; a second Ctrl-C while it does so is ignored. A prompt
@@ -25,7 +32,8 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, NoReturn, Sequence, TextIO
+import warnings
+from typing import Any, Iterator, NoReturn, Sequence, TextIO
 
 __all__ = ["main", "run_main", "build_parser", "format_timings"]
 
@@ -65,7 +73,8 @@ def _float_arg(s: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``llm-run`` argument parser."""
-    p = _Parser(prog="llm-run", description="Generate text with a GGUF model on the CPU (tilellm).",
+    # allow_abbrev=False: llama.cpp's multi-letter single-dash flags (-ngl, -cnv, -ctk ...) are whole words
+    p = _Parser(prog="llm-run", description="Generate text with a GGUF model on the CPU (tilellm).", allow_abbrev=False,
                 epilog="-n: -1 (default) = until end of generation or full context; -2 = until the context is full "
                        "(the same here: no context shift); 0 = evaluate the prompt only.")
     p.add_argument("model_pos", nargs="?", metavar="MODEL.gguf", help="model file (or use -m)")
@@ -102,7 +111,110 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-escape", dest="escape", action="store_false",
                    help="do not process escapes (\\n, \\t, \\\\, ...) in -p")
     p.add_argument("--no-perf", dest="perf", action="store_false", help="do not print timings")
+    # conversation
+    p.add_argument("-cnv", "--conversation", action="store_true",
+                   help="conversation mode: read user turns from stdin, reply with the chat template; "
+                        "/exit or end of input quits, Ctrl-C ends the current reply (-p is the system message)")
+    p.add_argument("-i", "--interactive", action="store_true", help="the same as -cnv here")
+    p.add_argument("--chat-template", default=None, metavar="NAME|FILE",
+                   help="a built-in chat format (gemma, llama-3, chatml, ...) or a Jinja template file; implies --chat")
+    p.add_argument("--jinja", action="store_true", help="accepted (templates are always rendered with Jinja)")
+    # structured output
+    g = p.add_argument_group("structured output (one of)")
+    g.add_argument("--grammar", default=None, metavar="GBNF", help="constrain the output to a GBNF grammar")
+    g.add_argument("--grammar-file", default=None, metavar="FILE", help="read the GBNF grammar from FILE")
+    g.add_argument("-j", "--json-schema", default=None, metavar="SCHEMA",
+                   help="constrain the output to JSON valid for SCHEMA ('{}' = any JSON object)")
+    g.add_argument("-jf", "--json-schema-file", default=None, metavar="FILE", help="read the JSON schema from FILE")
+    # llama.cpp flags accepted for compatibility
+    p.add_argument("-ngl", "--gpu-layers", "--n-gpu-layers", dest="gpu_layers", default=None, metavar="N",
+                   help="accepted and ignored: tilellm runs on the CPU")
+    p.add_argument("-tb", "--threads-batch", type=_int_arg(1), default=None, metavar="N",
+                   help="threads for the prompt (default: -t; one thread pool serves both here)")
+    p.add_argument("--color", action="store_true", help="accepted (no colours); --color=on|off|auto too")
+    p.add_argument("-e", "--escape", dest="escape", action="store_true", default=True,
+                   help="process escapes in -p (the default)")
+    p.add_argument("-v", "--verbose", action="store_true", help="print model and run details to stderr")
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    # llama.cpp flags with a clear refusal (they would otherwise misparse as -p g, -c tk ...)
+    p.add_argument("-hf", "-hfr", "--hf-repo", dest="hf_repo", default=None, metavar="REPO",
+                   help="not supported: tilellm runs offline (download the GGUF and pass -m FILE)")
+    p.add_argument("-hff", "--hf-file", dest="hf_file", default=None, metavar="FILE", help="not supported (offline)")
+    p.add_argument("-ctk", "--cache-type-k", dest="cache_type_k", default=None, metavar="TYPE",
+                   help="not supported yet (the KV cache has one type)")
+    p.add_argument("-ctv", "--cache-type-v", dest="cache_type_v", default=None, metavar="TYPE",
+                   help="not supported yet (the KV cache has one type)")
+    p.add_argument("-pg", dest="pg", default=None, metavar="PP,TG", help="an llm-bench flag (not for llm-run)")
     return p
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("tilellm")
+    except Exception:  # noqa: BLE001 - not installed as a distribution
+        return "unknown"
+
+
+def _check_compat(args: argparse.Namespace, err: TextIO) -> None:
+    """Refuse llama.cpp flags that cannot work here; note the ones that are ignored."""
+    if args.hf_repo is not None or args.hf_file is not None:
+        raise _UsageError("-hf/--hf-repo is not supported: tilellm runs offline; download the GGUF and pass -m FILE")
+    if args.cache_type_k is not None or args.cache_type_v is not None:
+        raise _UsageError("-ctk/-ctv (KV cache types) are not supported yet: the KV cache has a single type")
+    if args.pg is not None:
+        raise _UsageError("-pg is an llm-bench flag (prompt + generation test), not an llm-run flag")
+    if args.gpu_layers is not None:
+        print(f"note: -ngl {args.gpu_layers} ignored: tilellm runs on the CPU", file=err)
+    if args.threads_batch is not None and args.threads is None:
+        args.threads = args.threads_batch  # one thread pool: -tb alone sets it
+    n_structured = sum(x is not None for x in (args.grammar, args.grammar_file, args.json_schema,
+                                                   args.json_schema_file))
+    if n_structured > 1:
+        raise _UsageError("give only one of --grammar, --grammar-file, --json-schema, --json-schema-file")
+
+
+def _structured(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The Constraint arguments the structured-output flags ask for (None: unconstrained)."""
+    if args.grammar is not None:
+        return {"grammar": args.grammar}
+    if args.grammar_file is not None:
+        with open(args.grammar_file, encoding="utf-8") as f:
+            return {"grammar": f.read()}
+    text = args.json_schema
+    if args.json_schema_file is not None:
+        with open(args.json_schema_file, encoding="utf-8") as f:
+            text = f.read()
+    if text is None:
+        return None
+    import json
+
+    try:
+        schema = json.loads(text)
+    except ValueError as e:
+        raise _UsageError(f"--json-schema is not valid JSON: {e}") from None
+    # llama.cpp: '{}' means any JSON object
+    return {"json_schema": schema if schema else {"type": "object"}}
+
+
+def _chat_format(args: argparse.Namespace) -> str | None:
+    """--chat-template: a built-in format name, or a file holding a Jinja template."""
+    spec = args.chat_template
+    if spec is None:
+        return None
+    if os.path.isfile(spec):
+        with open(spec, encoding="utf-8") as f:
+            source = f.read()
+        if "{{" not in source and "{%" not in source:
+            raise _UsageError(f"--chat-template file {spec!r} holds no Jinja template")
+        return source
+    from ..text.chat_formats import CHAT_FORMATS, chat_format_names
+
+    if spec.strip().lower() not in CHAT_FORMATS:
+        raise _UsageError(f"--chat-template {spec!r} is neither a file nor a built-in format "
+                          f"({', '.join(chat_format_names())})")
+    return spec
 
 
 _ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "'": "'", '"': '"', "\\": "\\", "a": "\a", "b": "\b", "f": "\f",
@@ -180,7 +292,10 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
     try:
         if out is None:  # started with stdout closed (`>&-`): Python leaves sys.stdout None
             raise OSError("stdout is closed: nowhere to write the completion")
-        return _run(argv, out, err, inp)
+        with warnings.catch_warnings():
+            # library warnings (e.g. the chat-format fallback) as one 'warning:' line, not Python's two
+            warnings.showwarning = lambda message, *a, **k: print(f"warning: {message}", file=err)
+            return _run(argv, out, err, inp)
     except _UsageError as e:
         print(f"error: {_one_line(e)}", file=err)
         return EXIT_USAGE
@@ -212,18 +327,29 @@ def _ignore_sigint() -> None:
 
 def _run(argv: Sequence[str] | None, out: TextIO, err: TextIO, inp: TextIO) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # llama.cpp's --color takes an optional on/off/auto; taking any word would swallow a model path
+    argv = [a for i, a in enumerate(argv) if not (a.startswith("--color=") or
+                                                  (a in ("on", "off", "auto") and i and argv[i - 1] == "--color"))]
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # -h / --help printed its text
         return int(e.code or 0)
+    if args.version:
+        print(f"tilellm {_version()}", file=out)
+        return 0
+    _check_compat(args, err)
     if args.model and args.model_pos and args.model != args.model_pos:
         raise _UsageError(f"two models given: {args.model_pos!r} and -m {args.model!r}")
+    conversation = args.conversation or args.interactive
+    chat_format = _chat_format(args)
+    structured = _structured(args)
     model_path = args.model or args.model_pos
     if not model_path:  # the embedded default (Gemma 3 270M, the 'demo' extra), or a one-line install hint
         from .default_model import default_model_path
 
         model_path = default_model_path(progress=err)
-    prompt = _read_prompt(args, inp)
+    prompt = None if conversation and args.prompt is None and args.file is None else _read_prompt(args, inp)
     # validate sampler flags before the (slow) load so a typo fails fast
     from ..text.sampling import SamplingParams
 
@@ -236,6 +362,18 @@ def _run(argv: Sequence[str] | None, out: TextIO, err: TextIO, inp: TextIO) -> i
                  backend=args.backend, seed=None if args.seed < 0 else args.seed)
     load_ms = (time.perf_counter() - t0) * 1e3
     with model:
+        if args.verbose:
+            print(f"model: {model.desc}, {model.arch}, {model.n_params} parameters, {model.weight_type}, "
+                  f"n_ctx {model.n_ctx}, n_vocab {model.n_vocab}", file=err)
+            print(_system_line(model, args), file=err)
+        constraint = None
+        if structured is not None:
+            from ..text.constrain import Constraint
+
+            constraint = Constraint(model.tokenizer, n_vocab=model.n_vocab, **structured)
+        if conversation:
+            return _conversation(model, args, prompt, chat_format, constraint, out, err, inp, load_ms)
+        assert prompt is not None
         if args.n_predict == 0:
             ids = model.tokenize(prompt, add_bos=bool(getattr(model.tokenizer, "add_bos", True)), special=True)
             if len(ids) > model.n_ctx:
@@ -253,21 +391,18 @@ def _run(argv: Sequence[str] | None, out: TextIO, err: TextIO, inp: TextIO) -> i
             out.flush()
             if args.perf:
                 print(format_timings(prompt_ms, len(ids), 0.0, 0, load_ms), file=err)
+                print(_system_line(model, args), file=err)
             return 0
         # generate() checks the arguments and the prompt length before returning the stream,
         # so such errors are reported before anything is printed
-        if args.chat or args.system_prompt is not None:
+        if args.chat or args.system_prompt is not None or chat_format is not None:
             messages = ([{"role": "system", "content": args.system_prompt}] if args.system_prompt else []) + [
                 {"role": "user", "content": prompt}]
-            prompt_ids: str | list[int] = model.chat_prompt(messages)
+            prompt_ids: str | list[int] = model.chat_prompt(messages, **_fmt_kw(chat_format))
             display = ""  # the rendered template is not echoed; the reply follows directly
         else:
             prompt_ids, display = prompt, prompt
-        stream = model.generate(
-            prompt_ids, max_tokens=None if args.n_predict < 0 else args.n_predict, temperature=args.temp,
-            top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, repeat_penalty=args.repeat_penalty,
-            repeat_last_n=args.repeat_last_n, stop=args.reverse_prompt or None, stream=True,
-            ignore_eos=args.ignore_eos)
+        stream = _generate(model, args, prompt_ids, constraint)
         if args.display_prompt and display:
             out.write(display)
             out.flush()
@@ -298,6 +433,106 @@ def _run(argv: Sequence[str] | None, out: TextIO, err: TextIO, inp: TextIO) -> i
             t = last.timings
             print(format_timings(t.prompt_ms, last.prompt_tokens, t.gen_ms, last.completion_tokens, load_ms),
                   file=err)
+            print(_system_line(model, args), file=err)
+    return 0
+
+
+def _fmt_kw(chat_format: str | None) -> dict[str, Any]:
+    return {"chat_format": chat_format} if chat_format is not None else {}
+
+
+def _system_line(model: Any, args: argparse.Namespace) -> str:
+    """Which backend, kernel variant and threads ran (llama.cpp prints its system info likewise)."""
+    variant = model.backend
+    kind = "reference (numpy)" if variant == "reference" else "kernels"
+    return f"system: backend = {kind} (requested {args.backend}), variant = {variant}, threads = {model.n_threads}"
+
+
+def _generate(model: Any, args: argparse.Namespace, prompt: str | list[int], constraint: Any) -> Iterator[Any]:
+    """The chunk stream of one generation; with a constraint, through ``generate``'s ``logits_processor`` when it
+    has one, else step by step (``constrain.iter_constrained``)."""
+    max_tokens = None if args.n_predict < 0 else args.n_predict
+    kw: dict[str, Any] = dict(max_tokens=max_tokens, temperature=args.temp, top_k=args.top_k, top_p=args.top_p,
+                              min_p=args.min_p, repeat_penalty=args.repeat_penalty, repeat_last_n=args.repeat_last_n,
+                              stop=args.reverse_prompt or None, stream=True, ignore_eos=args.ignore_eos)
+    if constraint is None:
+        return iter(model.generate(prompt, **kw))
+    import inspect
+
+    if "logits_processor" in inspect.signature(model.generate).parameters:
+        constraint.reset()
+        return iter(model.generate(prompt, logits_processor=constraint, **kw))
+    return _generate_stepwise(model, args, prompt, constraint, max_tokens)
+
+
+def _generate_stepwise(model: Any, args: argparse.Namespace, prompt: str | list[int], constraint: Any,
+                       max_tokens: int | None) -> Iterator[Any]:
+    from ..generation import GenerationChunk, Timings
+    from ..text.constrain import iter_constrained
+    from ..text.sampling import Sampler
+
+    ids = prompt if isinstance(prompt, list) else model.tokenize(
+        prompt, add_bos=bool(getattr(model.tokenizer, "add_bos", True)), special=True)
+    if len(ids) >= model.n_ctx:
+        from tilellm.quant.errors import ContextOverflowError
+
+        raise ContextOverflowError(f"Requested tokens ({len(ids)}) exceed context window of {model.n_ctx}")
+    budget = model.n_ctx - len(ids) if max_tokens is None else min(max_tokens, model.n_ctx - len(ids))
+    sampler = Sampler(args.temp, args.top_k, args.top_p, args.min_p, args.repeat_penalty, args.repeat_last_n,
+                      seed=None if args.seed < 0 else args.seed)
+    times: dict[str, float] = {}
+    n = 0
+    for tok, text, finish in iter_constrained(model, ids, constraint, sampler, budget, times):
+        n += tok is not None
+        timings = None
+        if finish is not None:
+            p_s, g_s = times.get("prompt_s", 0.0), times.get("gen_s", 0.0)
+            timings = Timings(prompt_ms=p_s * 1e3, gen_ms=g_s * 1e3, prompt_tps=len(ids) / p_s if p_s else 0.0,
+                              gen_tps=n / g_s if g_s and n else 0.0)
+        yield GenerationChunk(text, [tok] if tok is not None else [], finish, len(ids), n, timings)
+
+
+def _conversation(model: Any, args: argparse.Namespace, system: str | None, chat_format: str | None,
+                  constraint: Any, out: TextIO, err: TextIO, inp: TextIO, load_ms: float) -> int:
+    """llama.cpp's -cnv: '> ' prompts a user turn; /exit or end of input quits; Ctrl-C ends the current reply
+    (Ctrl-C at the prompt quits)."""
+    messages: list[dict[str, str]] = []
+    system = system if system is not None else args.system_prompt
+    if system:
+        messages.append({"role": "system", "content": system})
+    print("== conversation mode: type /exit (or end the input) to quit; Ctrl-C stops a reply ==", file=err)
+    last = None
+    while True:
+        out.write("\n> ")
+        out.flush()
+        try:
+            line = inp.readline()
+        except KeyboardInterrupt:
+            break
+        if not line or line.strip() == "/exit":
+            break
+        user = line.rstrip("\n")
+        if not user.strip():
+            continue
+        messages.append({"role": "user", "content": user})
+        reply = ""
+        try:  # Ctrl-C anywhere in the turn (rendering, prompt, reply) ends the turn
+            ids = model.chat_prompt(messages, **_fmt_kw(chat_format))
+            for chunk in _generate(model, args, ids, constraint):
+                if chunk.text:
+                    reply += chunk.text
+                    out.write(chunk.text)
+                    out.flush()
+                last = chunk
+        except KeyboardInterrupt:  # ends this reply, not the conversation
+            out.write("\n")
+        messages.append({"role": "assistant", "content": reply})
+    out.write("\n")
+    out.flush()
+    if args.perf and last is not None and last.timings is not None:
+        t = last.timings
+        print(format_timings(t.prompt_ms, last.prompt_tokens, t.gen_ms, last.completion_tokens, load_ms), file=err)
+        print(_system_line(model, args), file=err)
     return 0
 
 

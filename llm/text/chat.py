@@ -32,11 +32,12 @@ from typing import Any, Mapping, Sequence
 
 from tilellm.quant.errors import UnsupportedError
 
+from .chat_formats import CHAT_FORMATS, detect_chat_format, format_template, warn_fallback_once
 from .template_worker import TemplateRefused, TemplateWorker
 
 __all__ = [
     "ChatTemplateError", "ChatTemplateLimitError", "ChatTemplateSecurityError", "DEFAULT_CHAT_TEMPLATE",
-    "RENDER_TIMEOUT", "RENDER_MAX_CHARS", "get_chat_template", "render_chat",
+    "RENDER_TIMEOUT", "RENDER_MAX_CHARS", "builtin_template", "get_chat_template", "render_chat",
 ]
 
 RENDER_TIMEOUT = 0.5         # seconds one render may take (real templates take about a millisecond)
@@ -51,23 +52,9 @@ class ChatTemplateSecurityError(ChatTemplateError):
     """The chat template attempted an operation the sandbox forbids; nothing unsafe was executed."""
 
 
-#: Used when the GGUF has no ``tokenizer.chat_template``: the LLaMA-2 chat format
-#: (``<s>[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST] {assistant} </s><s>[INST] ...``).
-DEFAULT_CHAT_TEMPLATE = (
-    "{%- if messages and messages[0]['role'] == 'system' -%}"
-    "{%- set system = messages[0]['content'] | trim -%}{%- set turns = messages[1:] -%}"
-    "{%- else -%}{%- set system = '' -%}{%- set turns = messages -%}{%- endif -%}"
-    "{%- for m in turns -%}"
-    "{%- if m['role'] == 'user' -%}"
-    "{%- set sys = '<<SYS>>\\n' ~ system ~ '\\n<</SYS>>\\n\\n' if loop.first and system else '' -%}"
-    "{{ bos_token ~ '[INST] ' ~ sys ~ (m['content'] | trim) ~ ' [/INST]' }}"
-    "{%- elif m['role'] == 'assistant' -%}"
-    "{{ ' ' ~ (m['content'] | trim) ~ ' ' ~ eos_token }}"
-    "{%- else -%}"
-    "{{ raise_exception('the llama-2 chat format has no role ' ~ m['role'] ~ ' after the first message') }}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-)
+#: The LLaMA-2 chat format (``<s>[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST] {assistant} </s>...``): the
+#: last resort when a GGUF has no ``tokenizer.chat_template`` and nothing in it points at another format.
+DEFAULT_CHAT_TEMPLATE = CHAT_FORMATS["llama-2"]
 
 _worker = TemplateWorker()  # one child process renders every template of this process
 
@@ -76,19 +63,43 @@ class ChatTemplateLimitError(ChatTemplateError):
     """The chat template exceeded its render budget (time, memory or output size); it was stopped."""
 
 
-def get_chat_template(metadata: Mapping[str, Any], name: str | None = None) -> str:
-    """The chat template of a GGUF: ``tokenizer.chat_template`` (or ``tokenizer.chat_template.<name>``).
+def get_chat_template(metadata: Mapping[str, Any], name: str | None = None, *,
+                      chat_format: str | None = None) -> str:
+    """The chat template to render for a GGUF.
 
-    Falls back to ``DEFAULT_CHAT_TEMPLATE`` (LLaMA-2 format) when the file has none. A named template
-    that does not exist raises ``ChatTemplateError``.
+    * ``chat_format``: a built-in format by name (``gemma``, ``llama-3``, ``chatml`` ...; see
+      ``chat_formats.chat_format_names()``), whatever the file carries; ``ValueError`` if unknown. A string
+      holding Jinja tags (``{{`` / ``{%``) is taken as a template's source.
+    * ``name``: the file's ``tokenizer.chat_template.<name>``; ``ChatTemplateError`` if it does not exist.
+    * otherwise the file's ``tokenizer.chat_template``; if it has none, the built-in format detected from the
+      vocabulary's special tokens and the architecture (``detect_chat_format``), announced once with a warning
+      (LLaMA-2's format, ``DEFAULT_CHAT_TEMPLATE``, only when nothing points elsewhere).
     """
+    if chat_format:
+        if "{{" in chat_format or "{%" in chat_format:  # a Jinja template's source (--chat-template FILE)
+            return chat_format
+        return format_template(chat_format)
     if name:
         key = f"tokenizer.chat_template.{name}"
         if key not in metadata:
             raise ChatTemplateError(f"the model has no chat template named {name!r}")
         return str(metadata[key])
     value = metadata.get("tokenizer.chat_template")
-    return str(value) if value else DEFAULT_CHAT_TEMPLATE
+    if value:
+        return str(value)
+    fmt, last_resort = detect_chat_format(metadata)
+    how = "nothing in the file points at a format" if last_resort else "chosen from its tokens and architecture"
+    warn_fallback_once(f"the model has no chat template; using the built-in {fmt!r} chat format ({how}); "
+                       f"choose another with chat_format= / --chat-template")
+    return CHAT_FORMATS[fmt]
+
+
+def builtin_template(name: str) -> str:
+    """The Jinja source of the built-in chat format ``name`` (``gemma``, ``llama-3``, ``chatml`` ...; a string holding
+    Jinja tags is returned as it is); ``ValueError`` listing the names if unknown."""
+    if "{{" in name or "{%" in name:
+        return name
+    return format_template(name)
 
 
 def render_chat(template: str, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True,
