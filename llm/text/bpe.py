@@ -15,8 +15,6 @@ from __future__ import annotations
 import heapq
 from typing import Any, Mapping
 
-import regex
-
 from tilellm.quant.errors import GGUFError, UnsupportedError
 
 from ..gguf.metadata import as_list, as_str
@@ -147,6 +145,8 @@ class BPETokenizer(Tokenizer):
         super().__init__(md, default_add_bos=pre.add_bos, default_add_space_prefix=False,
                          clean_spaces=pre.clean_spaces, pre=pre_name)
         self.ignore_merges = pre.ignore_merges
+        import regex  # here, not at import: SentencePiece models (and the ARM test rootfs) need no `regex`
+
         self._regexes = [regex.compile(p) for p in pre.patterns]
 
         raw = md.get("tokenizer.ggml.merges")
