@@ -1,13 +1,11 @@
 """quant/: the type table and the reference codecs, checked against the gguf package."""
 import numpy as np
 import pytest
+from _qblocks import valid_blocks
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf import quants as gq
 
-from _qblocks import valid_blocks
-
-from tilellm.quant import (DEQUANTIZABLE, TYPE_INFO, GGMLType, TensorView, dequantize, quantize, row_bytes,
-                           type_from_any)
+from tilellm.quant import DEQUANTIZABLE, TYPE_INFO, GGMLType, TensorView, dequantize, quantize, row_bytes, type_from_any
 
 ROUND_TRIP = [GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0,
               GGMLType.Q5_1]
