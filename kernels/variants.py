@@ -24,7 +24,7 @@ _AVX512_FLAGS = ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx51
                  "-mf16c")
 _AVX2 = frozenset({"avx2", "fma", "f16c"})
 _NEON = frozenset({"neon", "dotprod", "fp16"})
-_NEON_SOURCES = ("neon_float.c", "neon_q8.c", "neon_kquants.c", "neon_table.c")
+_NEON_SOURCES = ("neon_float.c", "neon_q8.c", "neon_kquants.c", "neon_table.c", "neon_qx.c")
 
 # Best first: the order "auto" tries them in.
 TABLE: tuple[Variant, ...] = (
