@@ -40,6 +40,29 @@ def full_logit_checks(logits: np.ndarray, ref, src: str, i: int, atol: float) ->
     np.testing.assert_allclose(logits[-1], ref[f"{src}_last_logits_p{i}"], atol=atol, rtol=0)
 
 
+def check_prompt_logits(m, ref, prompts, src: str = "hfdq", atol: float = 1e-4) -> None:
+    """Every position's logits of each prompt against reference `src` (full_logit_checks) and its argmax."""
+    for i in prompts:
+        m.reset()
+        logits = m.eval(ref[f"token_ids_p{i}"], logits_all=True)
+        full_logit_checks(logits, ref, src, i, atol=atol)
+        assert np.array_equal(logits.argmax(-1), ref[f"{src}_top32_ids_p{i}"][:, 0])
+
+
+def check_greedy_continuation(m, ref, prompts, label: str = "", src: str = "hfdq") -> None:
+    """Greedy steps after each prompt equal reference `src`'s, up to the first near-tie (top-2 gap < 1e-3)."""
+    for i in prompts:
+        m.reset()
+        logits = m.eval(ref[f"token_ids_p{i}"])
+        want, gaps = ref[f"{src}_gen_ids_p{i}"], ref[f"{src}_gen_top2_gap_p{i}"]
+        for step in range(len(want)):
+            if gaps[step] < 1e-3:  # a near-tie: either token is right, and the rest diverges
+                break
+            got = int(np.argmax(logits))
+            assert got == want[step], f"{label} p{i} step {step}: {got} != {want[step]}"
+            logits = m.eval([got])
+
+
 _MODELS: dict = {}
 
 
