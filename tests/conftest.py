@@ -79,3 +79,31 @@ def fixture_model(name: str, be: str = "reference", n_batch: int = 512):
     m = _MODELS[key]
     m.reset()
     return m
+
+
+_SYNTH = None
+
+
+def synthetic_module():
+    """scripts/make_synthetic_gguf.py as a module (the scripts folder is not a package)."""
+    global _SYNTH
+    if _SYNTH is None:
+        import importlib.util
+
+        path = Path(__file__).resolve().parents[1] / "scripts" / "make_synthetic_gguf.py"
+        spec = importlib.util.spec_from_file_location("make_synthetic_gguf", path)
+        _SYNTH = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(_SYNTH)  # type: ignore[union-attr]
+    return _SYNTH
+
+
+def synthetic_gguf(path: Path, **kw) -> Path:
+    """A seeded random LLaMA-shaped GGUF written to `path` (make_synthetic_gguf.write_synthetic_gguf's arguments)."""
+    return Path(synthetic_module().write_synthetic_gguf(path, **kw))
+
+
+def need_data(p: Path) -> Path:
+    """`p`, or skip the test when that file is not in tests/data."""
+    if not p.exists():
+        pytest.skip(f"{p.name} not in tests/data")
+    return p

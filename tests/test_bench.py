@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import need_data, synthetic_gguf
 
 from tilellm.llm.cli import bench
 
@@ -18,23 +19,11 @@ DATA = Path(__file__).parent / "data"
 MODEL = DATA / "llama2-micro-q8_0.gguf"
 
 
-def _need(p: Path) -> Path:
-    if not p.exists():
-        pytest.skip(f"{p.name} not in tests/data")
-    return p
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     """A very small synthetic model: fast enough for multi-config runs."""
-    import importlib.util
-
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("make_synthetic_gguf", root / "scripts" / "make_synthetic_gguf.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     p = tmp_path_factory.mktemp("bench") / "tiny.gguf"
-    return mod.write_synthetic_gguf(p, hidden=64, ffn=64, heads=2, kv_heads=1, vocab=300, layers=1, ctx=64,
+    return synthetic_gguf(p, hidden=64, ffn=64, heads=2, kv_heads=1, vocab=300, layers=1, ctx=64,
                                     wtype="q8_0")
 
 
@@ -51,7 +40,7 @@ ROW = re.compile(r"^\| llama 3\.6M Q8_0 \| 3\.\d\d MiB \| 3\.57 M \| (\w+) \| (\
 # ----------------------------------------------------------------------------- model mode
 
 def test_markdown_rows_like_llama_bench() -> None:
-    code, out, err = run(["-m", str(_need(MODEL)), "-p", "16", "-n", "4", "-r", "1", "-t", "1",
+    code, out, err = run(["-m", str(need_data(MODEL)), "-p", "16", "-n", "4", "-r", "1", "-t", "1",
                           "--backend", "reference", "--no-warmup"])
     assert code == 0, err
     lines = out.strip().splitlines()
@@ -220,7 +209,7 @@ def test_no_model_and_no_demo_extra(monkeypatch) -> None:
     (["--gemm", "-m", "{model}"], "model", 2),
 ])
 def test_errors_one_line(argv, frag, code) -> None:
-    argv = [a.format(model=_need(MODEL)) for a in argv]
+    argv = [a.format(model=need_data(MODEL)) for a in argv]
     rc, out, err = run(argv)
     assert rc == code, err
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and frag in err

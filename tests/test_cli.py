@@ -1,7 +1,6 @@
 """llm-run: flags, streaming output, timings, one-line errors, Ctrl-C."""
 from __future__ import annotations
 
-import importlib.util
 import io
 import os
 import re
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import need_data, synthetic_gguf
 
 import tilellm
 from tilellm.llm.cli import run as cli
@@ -22,20 +22,11 @@ DATA = ROOT / "tests" / "data"
 MICRO = DATA / "llama2-micro-f32.gguf"
 
 
-def _need(p: Path) -> Path:
-    if not p.exists():
-        pytest.skip(f"{p.name} not in tests/data")
-    return p
-
-
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory) -> Path:
     """A tiny synthetic LLaMA GGUF with a long context (slow enough generation to interrupt)."""
-    spec = importlib.util.spec_from_file_location("make_synthetic_gguf", ROOT / "scripts" / "make_synthetic_gguf.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     p = tmp_path_factory.mktemp("synth") / "tiny.gguf"
-    mod.write_synthetic_gguf(p, hidden=64, ffn=128, heads=4, kv_heads=2, vocab=512, layers=2, ctx=8192,
+    synthetic_gguf(p, hidden=64, ffn=128, heads=4, kv_heads=2, vocab=512, layers=2, ctx=8192,
                              wtype="q8_0", seed=1)
     return p
 
@@ -57,7 +48,7 @@ EVAL_TIMING = re.compile(r"^ +eval time = +[\d.]+ ms / +(\d+) tokens "
 # ----------------------------------------------------------------------------- in-process
 
 def test_greedy_output_matches_api_and_timings_on_stderr() -> None:
-    model = _need(MICRO)
+    model = need_data(MICRO)
     prompt = "The capital of France is"
     code, out, err = run([str(model), "-p", prompt, "-n", "12", "--temp", "0", "--backend", "reference"])
     assert code == 0, err
@@ -70,7 +61,7 @@ def test_greedy_output_matches_api_and_timings_on_stderr() -> None:
 
 
 def test_no_display_prompt_no_perf_and_model_flag() -> None:
-    model = _need(MICRO)
+    model = need_data(MICRO)
     code, out, err = run(["-m", str(model), "-p", "Hello", "-n", "4", "--temp", "0", "--no-display-prompt",
                           "--no-perf", "--backend", "reference"])
     assert code == 0 and err == ""
@@ -78,7 +69,7 @@ def test_no_display_prompt_no_perf_and_model_flag() -> None:
 
 
 def test_reverse_prompt_stops_and_is_not_printed() -> None:
-    model = _need(MICRO)
+    model = need_data(MICRO)
     base = ["-m", str(model), "-p", "Once upon a time", "--temp", "0", "--no-display-prompt", "--no-perf",
             "--backend", "reference"]
     _, full, _ = run(base + ["-n", "24"])
@@ -91,7 +82,7 @@ def test_reverse_prompt_stops_and_is_not_printed() -> None:
 
 
 def test_prompt_from_file_and_stdin(tmp_path: Path) -> None:
-    model = _need(MICRO)
+    model = need_data(MICRO)
     f = tmp_path / "p.txt"
     f.write_text("Paris is", encoding="utf-8")
     base = [str(model), "-n", "5", "--temp", "0", "--backend", "reference", "--no-perf"]
@@ -104,14 +95,14 @@ def test_prompt_from_file_and_stdin(tmp_path: Path) -> None:
 
 def test_escapes_processed_unless_disabled() -> None:
     assert cli.unescape(r"a\nb\tc\\d\x41\q") == "a\nb\tc\\dA\\q"
-    model = _need(MICRO)
+    model = need_data(MICRO)
     base = [str(model), "-n", "1", "--temp", "0", "--backend", "reference", "--no-perf"]
     assert run(base + ["-p", r"a\nb"])[1].startswith("a\nb")
     assert run(base + ["-p", r"a\nb", "--no-escape"])[1].startswith("a\\nb")
 
 
 def test_n_predict_zero_only_evaluates_prompt() -> None:
-    model = _need(MICRO)
+    model = need_data(MICRO)
     code, out, err = run([str(model), "-p", "Hello there", "-n", "0", "--backend", "reference"])
     assert code == 0 and out == "Hello there\n"
     assert int(TIMING.search(err).group(1)) >= 3
@@ -127,7 +118,7 @@ def test_n_predict_minus_one_runs_to_context_end(synth: Path) -> None:
 
 
 def test_seed_reproduces() -> None:
-    model = _need(MICRO)
+    model = need_data(MICRO)
     base = [str(model), "-p", "Hello", "-n", "10", "--backend", "reference", "--no-perf", "--temp", "1.0"]
     a, b, c = run(base + ["-s", "7"]), run(base + ["-s", "7"]), run(base + ["-s", "8"])
     assert a[1] == b[1] and a[1] != c[1]
@@ -153,7 +144,7 @@ def test_seed_reproduces() -> None:
     (["-f", "/nonexistent/prompt.txt", "{model}"], "prompt.txt", 1),
 ])
 def test_errors_are_one_line(tmp_path: Path, argv, fragment, code) -> None:
-    model = _need(MICRO)
+    model = need_data(MICRO)
     (tmp_path / "garbage.gguf").write_bytes(b"this is not a gguf file at all" * 10)
     _write_arch_gguf(tmp_path / "fancy.gguf", "fancynet")
     argv = [a.format(model=model, tmp=tmp_path) for a in argv]
@@ -212,7 +203,7 @@ def _cmd(*args: str) -> list[str]:
 
 
 def test_subprocess_streams_and_errors_cleanly(tmp_path: Path) -> None:
-    model = _need(MICRO)
+    model = need_data(MICRO)
     r = subprocess.run(_cmd(str(model), "-p", "Hello", "-n", "6", "--temp", "0", "--backend", "reference"),
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr

@@ -10,6 +10,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from conftest import synthetic_gguf
 
 from tilellm.llm.cli import bench, perplexity
 
@@ -19,13 +20,8 @@ DATA = ROOT / "tests" / "data"
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("make_synthetic_gguf", ROOT / "scripts" / "make_synthetic_gguf.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     p = tmp_path_factory.mktemp("flags") / "tiny.gguf"
-    return mod.write_synthetic_gguf(p, hidden=64, ffn=64, heads=2, kv_heads=1, vocab=300, layers=1, ctx=256,
+    return synthetic_gguf(p, hidden=64, ffn=64, heads=2, kv_heads=1, vocab=300, layers=1, ctx=256,
                                     wtype="q8_0")
 
 

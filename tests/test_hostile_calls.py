@@ -3,7 +3,6 @@ by what the context can hold, bad prompt text and a vanishing temperature are ha
 survives /dev/zero, a closed stdout and repeated Ctrl-C."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import fixture_path
+from conftest import fixture_path, synthetic_gguf
 
 import tilellm
 from tilellm.llm.text.chat import ChatTemplateLimitError
@@ -197,11 +196,8 @@ def test_closed_stdout_is_a_clear_error() -> None:
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory) -> Path:
-    spec = importlib.util.spec_from_file_location("make_synthetic_gguf", ROOT / "scripts" / "make_synthetic_gguf.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)  # type: ignore[union-attr]
     p = tmp_path_factory.mktemp("synth") / "tiny.gguf"
-    mod.write_synthetic_gguf(p, hidden=64, ffn=128, heads=4, kv_heads=2, vocab=512, layers=2, ctx=8192,
+    synthetic_gguf(p, hidden=64, ffn=128, heads=4, kv_heads=2, vocab=512, layers=2, ctx=8192,
                              wtype="q8_0", seed=1)
     return p
 
