@@ -128,19 +128,19 @@ class _Walker:
         if self.record is not None:
             self.record.append((self.pos, n, label))
 
-    def u32(self, what: str, label: str = "u32") -> int:
-        self.need(4, what)
-        self._note(4, label)
-        (v,) = _U32.unpack_from(self.buf, self.pos)
-        self.pos += 4
+    def unpack(self, st: struct.Struct, what: str, label: str) -> Any:
+        """One fixed-size value at the cursor (bounds-checked), the cursor moved past it."""
+        self.need(st.size, what)
+        self._note(st.size, label)
+        (v,) = st.unpack_from(self.buf, self.pos)
+        self.pos += st.size
         return v
 
+    def u32(self, what: str, label: str = "u32") -> int:
+        return int(self.unpack(_U32, what, label))
+
     def u64(self, what: str, label: str = "u64") -> int:
-        self.need(8, what)
-        self._note(8, label)
-        (v,) = _U64.unpack_from(self.buf, self.pos)
-        self.pos += 8
-        return v
+        return int(self.unpack(_U64, what, label))
 
     def string(self, what: str, label: str = "str") -> str:
         n = self.u64(f"the length of {what}", label + ".len")
@@ -159,11 +159,7 @@ class _Walker:
         """Parse one value of GGUF type `vtype`."""
         fixed = _FIXED.get(vtype)
         if fixed is not None:
-            st = fixed[0]
-            self.need(st.size, what)
-            self._note(st.size, f"val.{_type_name(vtype)}")
-            (v,) = st.unpack_from(self.buf, self.pos)
-            self.pos += st.size
+            v = self.unpack(fixed[0], what, f"val.{_type_name(vtype)}")
             if vtype == _T_BOOL:
                 if v > 1:
                     raise self.fail(f"{what}: bool value {v} is neither 0 nor 1")
