@@ -7,12 +7,10 @@ Weights come from tilellm.quant.quantize where it quantizes the type, else from 
 are random valid blocks (tests/_qblocks.py)."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 from _qblocks import valid_blocks
+from conftest import synthetic_module
 from gguf import GGMLQuantizationType
 from gguf import quants as gq
 
@@ -31,14 +29,6 @@ def gguf_types() -> list[GGMLType]:
         if cls is not None and "dequantize_blocks" in vars(cls):
             out.append(GGMLType(int(q)))
     return out
-
-
-def _synth_module():
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("make_synthetic_gguf", root / "scripts" / "make_synthetic_gguf.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _matrix(t: GGMLType, rows: int, k: int, rng) -> tuple[np.ndarray, str]:
@@ -73,7 +63,7 @@ def every_type_gguf(tmp_path_factory):
     shapes = {"token_embd": (VOCAB, HIDDEN), "attn_q": (HIDDEN, HIDDEN), "attn_k": (kv, HIDDEN), "attn_v": (kv, HIDDEN),
               "attn_output": (HIDDEN, HIDDEN), "ffn_gate": (FFN, HIDDEN), "ffn_up": (FFN, HIDDEN),
               "ffn_down": (HIDDEN, FFN), "output": (VOCAB, HIDDEN)}
-    tokens, scores, ttypes = _synth_module().build_vocab(VOCAB)
+    tokens, scores, ttypes = synthetic_module().build_vocab(VOCAB)
     rng = np.random.default_rng(0)
     path = tmp_path_factory.mktemp("every") / "every-type.gguf"
     w = gguf.GGUFWriter(str(path), "llama")
