@@ -8,6 +8,7 @@ from tilellm.quant.errors import UnsupportedError
 from .deepseek2 import DeepSeek2Model
 from .gemma3 import Gemma3Model
 from .llama import LlamaModel, Qwen2Model
+from .qwen3 import Qwen3Model
 
 # factory(file, backend, n_ctx, n_batch, numerics) -> a decoder (eval, reset, n_past, n_ctx, n_vocab)
 ArchFactory = Callable[[Any, Any, int, int, str], Any]
@@ -15,6 +16,7 @@ ArchFactory = Callable[[Any, Any, int, int, str], Any]
 ARCHITECTURES: dict[str, ArchFactory] = {
     "llama": LlamaModel,
     "qwen2": Qwen2Model,
+    "qwen3": Qwen3Model,
     "gemma3": Gemma3Model,
     "deepseek2": DeepSeek2Model,
 }
