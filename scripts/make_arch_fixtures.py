@@ -68,7 +68,10 @@ SPECS: dict[str, dict] = {
         bos_token_id=1, eos_token_id=2, pad_token_id=0)),
     # phi3: fused qkv / gate_up, LongRoPE factors (short ones at these context sizes) with its attention factor,
     # half of each head rotated (like Phi-4 mini's partial rotary)
-    "phi3-micro": dict(cls="Phi3", tok="llama-spm-4k", spm_style="llama", pre="default", seed=3003, cfg=dict(
+    # (general.name must not say "phi3" / "phi-3": llama.cpp then looks up Phi-3's "<|endoftext|>", which the reused
+    # vocabulary does not have, to set tokenizer attributes)
+    "phi3-micro": dict(cls="Phi3", tok="llama-spm-4k", spm_style="llama", pre="default", seed=3003,
+                       model_name="micro-3003", cfg=dict(
         vocab_size=4096, hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=131072, rms_norm_eps=1e-5, partial_rotary_factor=0.5,
         rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "original_max_position_embeddings": 4096,
@@ -258,13 +261,14 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 '''
 
 
-def convert(hf_dir: Path, out: Path, outtype: str, src: str, pre: str) -> None:
+def convert(hf_dir: Path, out: Path, outtype: str, src: str, pre: str, model_name: str | None = None) -> None:
     """llama.cpp's converter, unmodified but for the pre-tokenizer name of a vocabulary it cannot identify."""
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
         f.write(CONVERT_WRAPPER)
     env = dict(os.environ, LCPP_CONVERT_SRC=src, FORCE_TOKPRE=pre)
-    subprocess.run([sys.executable, f.name, str(hf_dir), "--outtype", outtype, "--outfile", str(out)], env=env,
-                   check=True, stdout=subprocess.DEVNULL)
+    name = ["--model-name", model_name] if model_name else []
+    subprocess.run([sys.executable, f.name, str(hf_dir), "--outtype", outtype, "--outfile", str(out), *name],
+                   env=env, check=True, stdout=subprocess.DEVNULL)
     os.unlink(f.name)
 
 
@@ -424,7 +428,7 @@ def make(name: str, src: str, lcpp_python: str, work: Path) -> None:
     print(f"{name}: HF tokenizer vs llama.cpp ids on the parity texts: {n_bad} differ", file=sys.stderr)
     for outtype, ref_src in (("f32", "hf"), ("q8_0", "hfdq")):
         gguf = DATA / f"{name}-{outtype}.gguf"
-        convert(hf_dir, gguf, outtype, src, sp["pre"])
+        convert(hf_dir, gguf, outtype, src, sp["pre"], sp.get("model_name"))
         ref_model = model
         if ref_src == "hfdq":
             ref_model, n_q = dequantized_copy(model, src)

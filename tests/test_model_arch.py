@@ -22,7 +22,7 @@ from tilellm.llm.models.architectures import model_class
 from tilellm.llm.text import load_tokenizer
 
 # fixture model -> (GGUF architecture, the fixture vocabulary its tokenizer reuses)
-MODELS = {"qwen3-micro": ("qwen3", "bpe-qwen2-4k")}
+MODELS = {"qwen3-micro": ("qwen3", "bpe-qwen2-4k"), "gemma2-micro": ("gemma2", "llama-spm-4k")}
 FILES = [f"{m}-{t}" for m in MODELS for t in ("f32", "q8_0")]
 # HF tokenizer ids that differ from ours, by the shared parity files' known cause (tests/data/arch-fixtures.md)
 KNOWN_TOKENIZER_DIFFS = {"bpe-qwen2-4k": 2}  # HF applies NFC, llama.cpp (and we) do not
@@ -171,3 +171,35 @@ def test_supported_architectures_lists_exactly_the_table():
 
     assert set(tilellm.supported_architectures()) == set(ARCHITECTURES)
     assert {a for a, _ in MODELS.values()} <= set(ARCHITECTURES)
+
+
+def test_gemma2_softcaps_and_window_are_used():
+    """Dropping the attention cap, the window or the final cap changes the logits; the final cap bounds them."""
+    import dataclasses
+
+    ids = _ref("gemma2-micro-f32")["token_ids_p3"]  # longer than the 16-position window
+    f = open_gguf(fixture_path("gemma2-micro-f32.gguf"))
+    m = model_class("gemma2")(f, backends.get("reference"), n_ctx=256)
+    g = m.gparams
+    assert g.local_layers == (True, False, True) and g.window == 16
+    assert g.attn_softcap == 5.0 and g.final_softcap == 10.0
+    ok = m.eval(ids, logits_all=True)
+    assert np.abs(ok).max() < 10.0
+    for change in ({"attn_softcap": None}, {"window": 10**6}, {"final_softcap": None}):
+        m.reset()
+        m.gparams = dataclasses.replace(g, **change)
+        assert np.abs(m.eval(ids, logits_all=True) - ok).max() > 1e-2, change
+    m.gparams = g
+
+
+def test_gemma2_softcap_attention_matches_the_plain_one_without_cap():
+    from tilellm.backend.ops import causal_attention
+    from tilellm.llm.models.gemma2 import softcap_attention
+
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal(s).astype(np.float32) for s in ((5, 4, 8), (12, 2, 8), (12, 2, 8)))
+    for window in (None, 4):
+        want = causal_attention(q, k, v, 7, 0.3, window=window)
+        np.testing.assert_allclose(softcap_attention(q, k, v, 7, 0.3, None, window), want, atol=1e-6)
+    capped = softcap_attention(q * 100, k, v, 7, 0.3, 1e-3)  # scores squashed to ~0: a plain mean of the values
+    np.testing.assert_allclose(capped[-1], v.mean(0).repeat(2, 0), atol=1e-2)

@@ -6,6 +6,7 @@ from typing import Any, Callable
 from tilellm.quant.errors import UnsupportedError
 
 from .deepseek2 import DeepSeek2Model
+from .gemma2 import Gemma2Model
 from .gemma3 import Gemma3Model
 from .llama import LlamaModel, Qwen2Model
 from .qwen3 import Qwen3Model
@@ -17,6 +18,7 @@ ARCHITECTURES: dict[str, ArchFactory] = {
     "llama": LlamaModel,
     "qwen2": Qwen2Model,
     "qwen3": Qwen3Model,
+    "gemma2": Gemma2Model,
     "gemma3": Gemma3Model,
     "deepseek2": DeepSeek2Model,
 }
