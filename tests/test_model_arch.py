@@ -203,3 +203,18 @@ def test_gemma2_softcap_attention_matches_the_plain_one_without_cap():
         np.testing.assert_allclose(softcap_attention(q, k, v, 7, 0.3, None, window), want, atol=1e-6)
     capped = softcap_attention(q * 100, k, v, 7, 0.3, 1e-3)  # scores squashed to ~0: a plain mean of the values
     np.testing.assert_allclose(capped[-1], v.mean(0).repeat(2, 0), atol=1e-2)
+
+
+@pytest.mark.parametrize("pre", ["smollm", "refact", "starcoder"])
+def test_smollm_pre_tokenizer_matches_the_hf_tokenizer(pre):
+    """SmolLM's (llama.cpp's smollm / refact / starcoder) pre-tokenizer: each digit alone, then GPT-2's split.
+    The bpe-qwen2-4k vocabulary with that pre-tokenizer against an HF tokenizer built the same way (Digits +
+    ByteLevel, no normaliser) on the 300 shared parity texts."""
+    from _tokdata import vocab_metadata
+
+    md = dict(vocab_metadata("bpe-qwen2-4k"), **{"tokenizer.ggml.pre": pre})
+    tok = load_tokenizer(md)
+    cases = json.loads((DATA / "smollm-pre.hf_tok.json").read_text(encoding="utf-8"))["cases"]
+    assert len(cases) >= 300
+    bad = [c["text"][:40] for c in cases if tok.encode(c["text"], special=True) != c["hf_ids"]]
+    assert not bad, f"{len(bad)}/{len(cases)}: {bad[:5]}"
