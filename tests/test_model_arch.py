@@ -22,7 +22,8 @@ from tilellm.llm.models.architectures import model_class
 from tilellm.llm.text import load_tokenizer
 
 # fixture model -> (GGUF architecture, the fixture vocabulary its tokenizer reuses)
-MODELS = {"qwen3-micro": ("qwen3", "bpe-qwen2-4k"), "gemma2-micro": ("gemma2", "llama-spm-4k")}
+MODELS = {"qwen3-micro": ("qwen3", "bpe-qwen2-4k"), "gemma2-micro": ("gemma2", "llama-spm-4k"),
+          "phi3-micro": ("phi3", "llama-spm-4k")}
 FILES = [f"{m}-{t}" for m in MODELS for t in ("f32", "q8_0")]
 # HF tokenizer ids that differ from ours, by the shared parity files' known cause (tests/data/arch-fixtures.md)
 KNOWN_TOKENIZER_DIFFS = {"bpe-qwen2-4k": 2}  # HF applies NFC, llama.cpp (and we) do not
@@ -218,3 +219,27 @@ def test_smollm_pre_tokenizer_matches_the_hf_tokenizer(pre):
     assert len(cases) >= 300
     bad = [c["text"][:40] for c in cases if tok.encode(c["text"], special=True) != c["hf_ids"]]
     assert not bad, f"{len(bad)}/{len(cases)}: {bad[:5]}"
+
+
+def test_phi3_fused_tensors_are_split_views_and_longrope_follows_the_context():
+    """q/k/v and gate/up are zero-copy row views of attn_qkv / ffn_up; the short rope factors up to the original
+    context, the long ones beyond it (llama.cpp's rule), the attention factor on the rotated dims."""
+    from tilellm.llm.models.layers import Rope
+
+    f = open_gguf(fixture_path("phi3-micro-f32.gguf"))
+    md = f.metadata
+    m = model_class("phi3")(f, backends.get("reference"), n_ctx=256)
+    hp, B = m.hparams, m.blocks[0]
+    assert "blk.0.attn_q.weight" not in f.tensors and hp.n_rot == hp.head_dim // 2
+    qkv = f.tensors["blk.0.attn_qkv.weight"]
+    assert np.shares_memory(B.wq.data, qkv.data) and np.shares_memory(B.wv.data, qkv.data)
+    assert B.wq.n_rows + B.wk.n_rows + B.wv.n_rows == qkv.n_rows
+    assert np.shares_memory(B.ffn.gate.data, f.tensors["blk.0.ffn_up.weight"].data)
+    plain = Rope(hp.n_rot, hp.rope_base, "neox").inv_freq
+    short = f.tensors["rope_factors_short.weight"].dequantize().reshape(-1)
+    long = f.tensors["rope_factors_long.weight"].dequantize().reshape(-1)
+    np.testing.assert_allclose(m.rope.inv_freq, plain / short, rtol=1e-12)
+    assert m.rope_mscale == pytest.approx(md["phi3.rope.scaling.attn_factor"]) and m.rope_mscale > 1.0
+    n_orig = int(md["phi3.rope.scaling.original_context_length"])
+    big = model_class("phi3")(f, backends.get("reference"), n_ctx=n_orig + 1)
+    np.testing.assert_allclose(big.rope.inv_freq, plain / long, rtol=1e-12)

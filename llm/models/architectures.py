@@ -9,6 +9,7 @@ from .deepseek2 import DeepSeek2Model
 from .gemma2 import Gemma2Model
 from .gemma3 import Gemma3Model
 from .llama import LlamaModel, Qwen2Model
+from .phi3 import Phi3Model
 from .qwen3 import Qwen3Model
 
 # factory(file, backend, n_ctx, n_batch, numerics) -> a decoder (eval, reset, n_past, n_ctx, n_vocab)
@@ -18,6 +19,7 @@ ARCHITECTURES: dict[str, ArchFactory] = {
     "llama": LlamaModel,
     "qwen2": Qwen2Model,
     "qwen3": Qwen3Model,
+    "phi3": Phi3Model,
     "gemma2": Gemma2Model,
     "gemma3": Gemma3Model,
     "deepseek2": DeepSeek2Model,
