@@ -23,7 +23,7 @@ from tilellm.llm.text import load_tokenizer
 
 # fixture model -> (GGUF architecture, the fixture vocabulary its tokenizer reuses)
 MODELS = {"qwen3-micro": ("qwen3", "bpe-qwen2-4k"), "gemma2-micro": ("gemma2", "llama-spm-4k"),
-          "phi3-micro": ("phi3", "llama-spm-4k")}
+          "phi3-micro": ("phi3", "llama-spm-4k"), "granite-micro": ("granite", "llama-spm-4k")}
 FILES = [f"{m}-{t}" for m in MODELS for t in ("f32", "q8_0")]
 # HF tokenizer ids that differ from ours, by the shared parity files' known cause (tests/data/arch-fixtures.md)
 KNOWN_TOKENIZER_DIFFS = {"bpe-qwen2-4k": 2}  # HF applies NFC, llama.cpp (and we) do not
@@ -243,3 +243,18 @@ def test_phi3_fused_tensors_are_split_views_and_longrope_follows_the_context():
     n_orig = int(md["phi3.rope.scaling.original_context_length"])
     big = model_class("phi3")(f, backends.get("reference"), n_ctx=n_orig + 1)
     np.testing.assert_allclose(big.rope.inv_freq, plain / long, rtol=1e-12)
+
+
+def test_granite_multipliers_are_read_and_used():
+    """The four Granite scalars come from the file, and each changes the logits."""
+    ids = _ref("granite-micro-f32")["token_ids_p0"]
+    f = open_gguf(fixture_path("granite-micro-f32.gguf"))
+    m = model_class("granite")(f, backends.get("reference"), n_ctx=256)
+    assert (m.embd_scale, m.residual_scale, m.attn_scale, m.logit_scale) == pytest.approx((2.0, 0.5, 0.05, 2.0))
+    ok = m.eval(ids)
+    for attr, plain in (("embd_scale", 1.0), ("residual_scale", 1.0), ("attn_scale", None), ("logit_scale", 1.0)):
+        keep = getattr(m, attr)
+        setattr(m, attr, plain)
+        m.reset()
+        assert np.abs(m.eval(ids) - ok).max() > 1e-2, attr
+        setattr(m, attr, keep)

@@ -8,6 +8,7 @@ from tilellm.quant.errors import UnsupportedError
 from .deepseek2 import DeepSeek2Model
 from .gemma2 import Gemma2Model
 from .gemma3 import Gemma3Model
+from .granite import GraniteModel
 from .llama import LlamaModel, Qwen2Model
 from .phi3 import Phi3Model
 from .qwen3 import Qwen3Model
@@ -22,6 +23,7 @@ ARCHITECTURES: dict[str, ArchFactory] = {
     "phi3": Phi3Model,
     "gemma2": Gemma2Model,
     "gemma3": Gemma3Model,
+    "granite": GraniteModel,
     "deepseek2": DeepSeek2Model,
 }
 
