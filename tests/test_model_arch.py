@@ -12,7 +12,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import DATA, fixture_model, fixture_path, full_logit_checks, kernel_backends
+from conftest import DATA, check_greedy_continuation, check_prompt_logits, fixture_model, fixture_path, kernel_backends
 
 import tilellm
 from tilellm import backend as backends
@@ -43,30 +43,14 @@ def _meta(name: str) -> dict:
 
 @pytest.mark.parametrize("name", FILES)
 def test_reference_backend_matches_transformers(name):
-    ref, src = _ref(name), _src(name)
     m = fixture_model(name, "reference", n_batch=64)  # P3 needs two batches
     assert m.hparams.arch == MODELS[name.rsplit("-", 1)[0]][0]
-    for i in range(4):
-        m.reset()
-        logits = m.eval(ref[f"token_ids_p{i}"], logits_all=True)
-        full_logit_checks(logits, ref, src, i, atol=1e-4)
-        assert np.array_equal(logits.argmax(-1), ref[f"{src}_top32_ids_p{i}"][:, 0])
+    check_prompt_logits(m, _ref(name), range(4), _src(name))
 
 
 @pytest.mark.parametrize("name", FILES)
 def test_greedy_continuation_matches_transformers(name):
-    ref, src = _ref(name), _src(name)
-    m = fixture_model(name, "reference")
-    for i in range(4):
-        m.reset()
-        logits = m.eval(ref[f"token_ids_p{i}"])
-        want, gaps = ref[f"{src}_gen_ids_p{i}"], ref[f"{src}_gen_top2_gap_p{i}"]
-        for step in range(len(want)):
-            if gaps[step] < 1e-3:  # a near-tie: either token is right, and the rest diverges
-                break
-            got = int(np.argmax(logits))
-            assert got == want[step], f"{name} p{i} step {step}: {got} != {want[step]}"
-            logits = m.eval([got])
+    check_greedy_continuation(fixture_model(name, "reference"), _ref(name), range(4), name, _src(name))
 
 
 @pytest.mark.parametrize("be", kernel_backends())
