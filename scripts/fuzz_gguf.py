@@ -398,6 +398,11 @@ SCHEMA: dict[str, list[str]] = {
     "qwen2": LLAMA_KEYS,
     "gemma3": LLAMA_KEYS + ["attention.sliding_window", "attention.sliding_window_pattern", "rope.local_freq_base",
                             "attention.scale", "final_logit_softcapping"],
+    "qwen3": LLAMA_KEYS,
+    "phi3": LLAMA_KEYS + ["rope.scaling.attn_factor"],
+    "gemma2": LLAMA_KEYS + ["attention.sliding_window", "attention.sliding_window_pattern", "attention.scale",
+                            "attn_logit_softcapping", "final_logit_softcapping"],
+    "granite": LLAMA_KEYS + ["embedding_scale", "residual_scale", "attention.scale", "logit_scale"],
     "deepseek2": LLAMA_KEYS + [
         "attention.kv_lora_rank", "attention.q_lora_rank", "attention.key_length_mla", "attention.value_length_mla",
         "leading_dense_block_count", "expert_count", "expert_feed_forward_length", "expert_shared_count",

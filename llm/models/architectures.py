@@ -6,8 +6,12 @@ from typing import Any, Callable
 from tilellm.quant.errors import UnsupportedError
 
 from .deepseek2 import DeepSeek2Model
+from .gemma2 import Gemma2Model
 from .gemma3 import Gemma3Model
+from .granite import GraniteModel
 from .llama import LlamaModel, Qwen2Model
+from .phi3 import Phi3Model
+from .qwen3 import Qwen3Model
 
 # factory(file, backend, n_ctx, n_batch, numerics) -> a decoder (eval, reset, n_past, n_ctx, n_vocab)
 ArchFactory = Callable[[Any, Any, int, int, str], Any]
@@ -15,7 +19,11 @@ ArchFactory = Callable[[Any, Any, int, int, str], Any]
 ARCHITECTURES: dict[str, ArchFactory] = {
     "llama": LlamaModel,
     "qwen2": Qwen2Model,
+    "qwen3": Qwen3Model,
+    "phi3": Phi3Model,
+    "gemma2": Gemma2Model,
     "gemma3": Gemma3Model,
+    "granite": GraniteModel,
     "deepseek2": DeepSeek2Model,
 }
 

@@ -124,6 +124,10 @@ PRETOKENIZERS: dict[str, _Pre] = {
     "deepseek-coder": _Pre(_DS_CODER, clean_spaces=False),
     "deepseek-v3": _Pre(_DSV3, clean_spaces=False),
     "gpt-2": _Pre((_GPT2,), clean_spaces=True),
+    # each digit alone, then GPT-2's split (llama.cpp's STARCODER / REFACT / SMOLLM)
+    "smollm": _Pre((r"\p{N}", _GPT2), clean_spaces=False),
+    "refact": _Pre((r"\p{N}", _GPT2), clean_spaces=True),
+    "starcoder": _Pre((r"\p{N}", _GPT2), clean_spaces=True),
     "default": _Pre(_DEFAULT, clean_spaces=True),
 }
 
