@@ -20,7 +20,7 @@ from test_kernels import RUNNABLE, check_close, make, reference
 
 T = GGMLType
 FLOAT = [T.F32, T.F16, T.BF16]
-PACKED_MIN_N = 48  # AVX2_F_PACKED_MIN_N in kernels/src/avx2.h: from this many tokens the packed kernel runs
+PACKED_MIN_N = 64  # AVX2_F_PACKED_MIN_N in kernels/src/avx2.h: from this many tokens the packed kernel runs
 
 pytestmark = pytest.mark.skipif("avx2" not in RUNNABLE, reason="the avx2 variant does not run here")
 

@@ -3,8 +3,8 @@
  * Register tile of 3 weight rows x 4 tokens = 12 ymm accumulators + 3 weight vectors + 1
  * activation vector (16 registers). Element p of k goes to lane p % 8, lanes summed in a fixed
  * tree at the end (results depend only on k). f16 via vcvtph2ps, bf16 by zero-extension and shift
- * (exact), activations stay f32 (shared default layout). n == 1 has its own gemv (same arithmetic
- * per output, 4 rows at a time, software prefetch); prompts from AVX2_F_PACKED_MIN_N tokens take the
+ * (exact), activations stay f32 (shared default layout). f16 / bf16 n == 1 has its own gemv (same
+ * arithmetic per output, 4 rows at a time, software prefetch); prompts from AVX2_F_PACKED_MIN_N tokens take the
  * packed panels of avx2_float_packed.c.
  */
 #include <immintrin.h>
@@ -78,12 +78,14 @@ F_FUNC(f32, TL_F32)
 F_FUNC(f16, TL_F16)
 F_FUNC(bf16, TL_BF16)
 
-/* ---- n == 1 (decode): F_GEMV_R rows at a time, weights streamed from DRAM ------------------------
+/* ---- n == 1 (decode), f16 and bf16: F_GEMV_R rows at a time, weights streamed from DRAM -------------
  * The tile with rn = 1 keeps 3 rows' FMA chains in flight and leaves the memory to the hardware
  * prefetchers. Here each step eats 64 bytes of every row (f16 / bf16: 32 values, 4 FMAs on the row's
  * one accumulator; f32: 128 bytes) and software-prefetches the same bytes of the next F_GEMV_R rows.
  * Per output the arithmetic is the tile's (lane p % 8 in k order, the tail zero-padded, hsum4), so
- * a token decoded alone gives the bits of the same token in a small batch. */
+ * a token decoded alone gives the bits of the same token in a small batch. One thread from DRAM (CPU
+ * time, loaded machine, A/B): f16 5632x2048 8.2 / 10.9 -> 10.3 / 12.2 GB/s, 2048x5632 11.1 / 11.9 / 10.2 ->
+ * 15.5 / 10.8 / 13.5; bf16 5632x2048 10.3 / 11.7 -> 11.5 / 11.8. */
 #ifndef F_GEMV_R
 #define F_GEMV_R 4
 #endif
@@ -137,14 +139,14 @@ TL_INLINE void f_gemv_impl(const int WT, const tl_gemm_args *a, int64_t i0, int6
     default: break;
     }
 }
-static void f32_gemv(const tl_gemm_args *a, int64_t i0, int64_t i1) { f_gemv_impl(TL_F32, a, i0, i1); }
 static void f16_gemv(const tl_gemm_args *a, int64_t i0, int64_t i1) { f_gemv_impl(TL_F16, a, i0, i1); }
 static void bf16_gemv(const tl_gemm_args *a, int64_t i0, int64_t i1) { f_gemv_impl(TL_BF16, a, i0, i1); }
 
 /* ---- table entries: the 3 x 4 tiles, their gemv, and for prompts the packed 16 x 6 kernel ------- */
-const tl_ukernel tl_avx2_f32_3x4 = {.rm = F_RM, .rn = F_RN, .tile = tl_avx2_f32_tile_3x4, .gemv_rows = F_GEMV_R,
-                                    .gemv = f32_gemv, .big = &tl_avx2_f32_packed_16x6,
-                                    .big_n = AVX2_F_PACKED_MIN_N};
+/* f32 keeps the tile for n == 1: its gemv measured no better (one thread from DRAM, CPU time, loaded machine:
+ * 5632x2048 14.6 / 11.7 -> 12.1 / 10.2 GB/s, 2048x5632 even), and f32 decode was ahead of llama.cpp already. */
+const tl_ukernel tl_avx2_f32_3x4 = {.rm = F_RM, .rn = F_RN, .tile = tl_avx2_f32_tile_3x4,
+                                    .big = &tl_avx2_f32_packed_16x6, .big_n = AVX2_F_PACKED_MIN_N};
 const tl_ukernel tl_avx2_f16_3x4 = {.rm = F_RM, .rn = F_RN, .tile = tl_avx2_f16_tile_3x4, .gemv_rows = F_GEMV_R,
                                     .gemv = f16_gemv, .big = &tl_avx2_f16_packed_16x6,
                                     .big_n = AVX2_F_PACKED_MIN_N};
