@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_kernels import RUNNABLE, check_close, make, reference
 
 from tilellm import kernels
 from tilellm.quant import GGMLType
-
-from test_kernels import RUNNABLE, check_close, make, reference
 
 T = GGMLType
 FLOAT = [T.F32, T.F16, T.BF16]
