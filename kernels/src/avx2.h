@@ -19,10 +19,11 @@ void tl_avx2_bf16_tile_3x4(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm
 
 /* avx2_float_packed.c: packed 16-row panels x 6 tokens, the 3 x 4 kernels' `big` for prompts */
 extern const tl_ukernel tl_avx2_f32_packed_16x6, tl_avx2_f16_packed_16x6, tl_avx2_bf16_packed_16x6;
-/* Fewer tokens than this (the driver's big_n): the 3 x 4 tiles. 2048 x 2048, one thread, CPU time, A/B on a
- * machine at load 15 (noisy): n = 48 packed vs tiles even (f32 -3 %, f16 +4 %), n = 64 f16 +13 %, bf16 +3 %,
- * f32 -8 %, n = 96 +2 to +13 %; avx512 switches at 96 (f16 256). */
-#define AVX2_F_PACKED_MIN_N 64
+/* Fewer tokens than this (the driver's big_n): the 3 x 4 tiles. 96 as avx512 (for f16 too), which the models'
+ * batching assumes (llm/models/base.py SMALL_GEMM_ROWS: rows below it keep the tiles' bits whatever else is in
+ * their batch). 2048 x 2048, one thread, CPU time, A/B on a machine at load 15 (noisy): n = 48 packed vs tiles
+ * even (f32 -3 %, f16 +4 %), n = 64 f16 +13 %, bf16 +3 %, f32 -8 %, n = 96 +2 to +13 %. */
+#define AVX2_F_PACKED_MIN_N 96
 
 /* avx2_q8.c: 8-row panels x 4 tokens, n == 1 by 8 rows; and the shared q8 activations, vectorised */
 extern const tl_ukernel tl_avx2_q8_0_8x4, tl_avx2_q4_0_8x4, tl_avx2_q4_1_8x4;
