@@ -33,7 +33,8 @@ TABLE: tuple[Variant, ...] = (
             ("variant_avx512.c", "avx512_float.c", "avx512_float_packed.c", "avx512_q8.c", "avx512_kquants.c",
              "avx2_qx.c"), "avx2"),
     Variant("avx2", X86, ("-mavx2", "-mfma", "-mf16c"), _AVX2,
-            ("variant_avx2.c", "avx2_float.c", "avx2_q8.c", "avx2_kquants.c", "avx2_qx.c"), "portable"),
+            ("variant_avx2.c", "avx2_float.c", "avx2_float_packed.c", "avx2_q8.c", "avx2_kquants.c", "avx2_qx.c"),
+            "portable"),
     # SME: armv8.6-a (which has dotprod) + SME + fp16, never armv9-a: armv9-a implies SVE2 and the compiler would
     # auto-vectorise the non-streaming code with SVE, which an Apple M4 lacks (REFERENCE 3.6.5). fp16 is for the
     # NEON small-batch kernels linked into these variants.

@@ -3,35 +3,19 @@
  * Register tile of 3 weight rows x 4 tokens = 12 ymm accumulators + 3 weight vectors + 1
  * activation vector (16 registers). Element p of k goes to lane p % 8, lanes summed in a fixed
  * tree at the end (results depend only on k). f16 via vcvtph2ps, bf16 by zero-extension and shift
- * (exact), activations stay f32 (shared default layout).
+ * (exact), activations stay f32 (shared default layout). f16 / bf16 n == 1 has its own gemv (same
+ * arithmetic per output, 4 rows at a time, software prefetch); prompts from AVX2_F_PACKED_MIN_N tokens take the
+ * packed panels of avx2_float_packed.c.
  */
 #include <immintrin.h>
 
 #include "avx2.h"
 
 /* ---- float weights: 3 x 4 register tile ------------------------------------------------------ */
-#define F_RM 3
-#define F_RN 4
+#define F_RM AVX2_F_RM
+#define F_RN AVX2_F_RN
 
-TL_INLINE __m256 f_load(const int WT, const uint8_t *w, int64_t p) {
-    if (WT == TL_F32) return _mm256_loadu_ps((const float *)w + p);
-    __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)w + p));
-    if (WT == TL_F16) return _mm256_cvtph_ps(h);
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
-
-/* The last (k % 8) values of a row, widened to f32 and zero-padded to 8. */
-TL_INLINE __m256 f_load_tail(const int WT, const uint8_t *w, int64_t p, int64_t k) {
-    float buf[8] = {0};
-    for (int64_t q = p; q < k; q++) {
-        if (WT == TL_F32) memcpy(&buf[q - p], w + 4 * q, 4);
-        else if (WT == TL_F16) buf[q - p] = tl_f16_to_f32(tl_load_u16(w + 2 * q));
-        else buf[q - p] = tl_bf16_to_f32(tl_load_u16(w + 2 * q));
-    }
-    return _mm256_loadu_ps(buf);
-}
-
-/* Sums of the 8 lanes of a, b, c, d as (a, b, c, d), fixed tree. */
+/* Sums of the 8 lanes of a, b, c, d as (a, b, c, d), fixed tree: ((l0+l1)+(l2+l3)) + ((l4+l5)+(l6+l7)). */
 TL_INLINE __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
     __m256 abcd = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
     return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
@@ -49,7 +33,7 @@ TL_INLINE void f_tile_impl(const int WT, const int RM, const int RN, const tl_ge
     int64_t p = 0;
     for (; p + 8 <= k; p += 8) {
         __m256 wv[F_RM];
-        for (int i = 0; i < RM; i++) wv[i] = f_load(WT, w[i], p);
+        for (int i = 0; i < RM; i++) wv[i] = avx2_f_load(WT, w[i], p);
         for (int j = 0; j < RN; j++) {
             __m256 xv = _mm256_load_ps(x[j] + p);
             for (int i = 0; i < RM; i++) acc[i][j] = _mm256_fmadd_ps(wv[i], xv, acc[i][j]);
@@ -57,7 +41,7 @@ TL_INLINE void f_tile_impl(const int WT, const int RM, const int RN, const tl_ge
     }
     if (p < k) {
         __m256 wv[F_RM];
-        for (int i = 0; i < RM; i++) wv[i] = f_load_tail(WT, w[i], p, k);
+        for (int i = 0; i < RM; i++) wv[i] = avx2_f_load_part(WT, w[i], p, k);
         for (int j = 0; j < RN; j++) {
             __m256 xv = _mm256_load_ps(x[j] + p); /* zero-padded row */
             for (int i = 0; i < RM; i++) acc[i][j] = _mm256_fmadd_ps(wv[i], xv, acc[i][j]);
@@ -84,7 +68,7 @@ TL_INLINE void f_tile_impl(const int WT, const int RM, const int RN, const tl_ge
     }
 
 #define F_FUNC(NAME, WT)                                                                           \
-    static void NAME##_tile_3x4(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) {   \
+    void tl_avx2_##NAME##_tile_3x4(const tl_gemm_args *a, int64_t i0, int64_t j0, int rm, int rn) { \
         F_DISPATCH(C_##NAME, rm, rn)                                                               \
     }
 #define C_f32(M, N) f_tile_impl(TL_F32, M, N, a, i0, j0)
@@ -94,6 +78,78 @@ F_FUNC(f32, TL_F32)
 F_FUNC(f16, TL_F16)
 F_FUNC(bf16, TL_BF16)
 
-const tl_ukernel tl_avx2_f32_3x4 = {.rm = F_RM, .rn = F_RN, .tile = f32_tile_3x4};
-const tl_ukernel tl_avx2_f16_3x4 = {.rm = F_RM, .rn = F_RN, .tile = f16_tile_3x4};
-const tl_ukernel tl_avx2_bf16_3x4 = {.rm = F_RM, .rn = F_RN, .tile = bf16_tile_3x4};
+/* ---- n == 1 (decode), f16 and bf16: F_GEMV_R rows at a time, weights streamed from DRAM -------------
+ * The tile with rn = 1 keeps 3 rows' FMA chains in flight and leaves the memory to the hardware
+ * prefetchers. Here each step eats 64 bytes of every row (f16 / bf16: 32 values, 4 FMAs on the row's
+ * one accumulator; f32: 128 bytes) and software-prefetches the same bytes of the next F_GEMV_R rows.
+ * Per output the arithmetic is the tile's (lane p % 8 in k order, the tail zero-padded, hsum4), so
+ * a token decoded alone gives the bits of the same token in a small batch. One thread from DRAM (CPU
+ * time, loaded machine, A/B): f16 5632x2048 8.2 / 10.9 -> 10.3 / 12.2 GB/s, 2048x5632 11.1 / 11.9 / 10.2 ->
+ * 15.5 / 10.8 / 13.5; bf16 5632x2048 10.3 / 11.7 -> 11.5 / 11.8. */
+#ifndef F_GEMV_R
+#define F_GEMV_R 4
+#endif
+
+TL_INLINE void f_gemv_rows(const int WT, const int R, const tl_gemm_args *a, int64_t i0) {
+    const int64_t k = a->k;
+    const uint8_t *w[4];
+    const char *pf[4];
+    __m256 acc[4];
+    for (int r = 0; r < R; r++) {
+        w[r] = a->w + (i0 + r) * a->ldw;
+        pf[r] = (const char *)(a->w + TL_MIN(i0 + R + r, a->m - 1) * a->ldw); /* next rows, clamped */
+        acc[r] = _mm256_setzero_ps();
+    }
+    const float *x = (const float *)a->act;
+    const int vb = WT == TL_F32 ? 4 : 2;
+    const int64_t kb = k / 32 * 32, k8 = k / 8 * 8;
+    for (int64_t p = 0; p < kb; p += 32) {
+        const __m256 x0 = _mm256_load_ps(x + p), x1 = _mm256_load_ps(x + p + 8);
+        const __m256 x2 = _mm256_load_ps(x + p + 16), x3 = _mm256_load_ps(x + p + 24);
+        for (int r = 0; r < R; r++) {
+            _mm_prefetch(pf[r] + vb * p, _MM_HINT_T0);
+            if (WT == TL_F32) _mm_prefetch(pf[r] + vb * p + 64, _MM_HINT_T0);
+            acc[r] = _mm256_fmadd_ps(avx2_f_load(WT, w[r], p), x0, acc[r]);
+            acc[r] = _mm256_fmadd_ps(avx2_f_load(WT, w[r], p + 8), x1, acc[r]);
+            acc[r] = _mm256_fmadd_ps(avx2_f_load(WT, w[r], p + 16), x2, acc[r]);
+            acc[r] = _mm256_fmadd_ps(avx2_f_load(WT, w[r], p + 24), x3, acc[r]);
+        }
+    }
+    for (int64_t p = kb; p < k8; p += 8) {
+        const __m256 xv = _mm256_load_ps(x + p);
+        for (int r = 0; r < R; r++) acc[r] = _mm256_fmadd_ps(avx2_f_load(WT, w[r], p), xv, acc[r]);
+    }
+    if (k8 < k) {
+        const __m256 xv = _mm256_load_ps(x + k8); /* zero-padded row */
+        for (int r = 0; r < R; r++) acc[r] = _mm256_fmadd_ps(avx2_f_load_part(WT, w[r], k8, k), xv, acc[r]);
+    }
+    const __m256 z = _mm256_setzero_ps();
+    float s[4];
+    _mm_storeu_ps(s, hsum4(acc[0], R > 1 ? acc[1] : z, R > 2 ? acc[2] : z, R > 3 ? acc[3] : z));
+    for (int r = 0; r < R; r++) a->y[i0 + r] = s[r];
+}
+
+TL_INLINE void f_gemv_impl(const int WT, const tl_gemm_args *a, int64_t i0, int64_t i1) {
+    int64_t i = i0;
+    for (; i + F_GEMV_R <= i1; i += F_GEMV_R) f_gemv_rows(WT, F_GEMV_R, a, i);
+    switch ((int)(i1 - i)) {
+    case 1: f_gemv_rows(WT, 1, a, i); break;
+    case 2: f_gemv_rows(WT, 2, a, i); break;
+    case 3: f_gemv_rows(WT, 3, a, i); break;
+    default: break;
+    }
+}
+static void f16_gemv(const tl_gemm_args *a, int64_t i0, int64_t i1) { f_gemv_impl(TL_F16, a, i0, i1); }
+static void bf16_gemv(const tl_gemm_args *a, int64_t i0, int64_t i1) { f_gemv_impl(TL_BF16, a, i0, i1); }
+
+/* ---- table entries: the 3 x 4 tiles, their gemv, and for prompts the packed 16 x 6 kernel ------- */
+/* f32 keeps the tile for n == 1: its gemv measured no better (one thread from DRAM, CPU time, loaded machine:
+ * 5632x2048 14.6 / 11.7 -> 12.1 / 10.2 GB/s, 2048x5632 even), and f32 decode was ahead of llama.cpp already. */
+const tl_ukernel tl_avx2_f32_3x4 = {.rm = F_RM, .rn = F_RN, .tile = tl_avx2_f32_tile_3x4,
+                                    .big = &tl_avx2_f32_packed_16x6, .big_n = AVX2_F_PACKED_MIN_N};
+const tl_ukernel tl_avx2_f16_3x4 = {.rm = F_RM, .rn = F_RN, .tile = tl_avx2_f16_tile_3x4, .gemv_rows = F_GEMV_R,
+                                    .gemv = f16_gemv, .big = &tl_avx2_f16_packed_16x6,
+                                    .big_n = AVX2_F_PACKED_MIN_N};
+const tl_ukernel tl_avx2_bf16_3x4 = {.rm = F_RM, .rn = F_RN, .tile = tl_avx2_bf16_tile_3x4,
+                                     .gemv_rows = F_GEMV_R, .gemv = bf16_gemv, .big = &tl_avx2_bf16_packed_16x6,
+                                     .big_n = AVX2_F_PACKED_MIN_N};
