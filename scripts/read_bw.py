@@ -43,7 +43,8 @@ static double now(void) {
 
 static void *run(void *arg) {
     int i = (int)(intptr_t)arg;
-    const __m256i *p = (const __m256i *)(buf + (size_t)i * share), *e = (const __m256i *)(buf + (size_t)(i + 1) * share);
+    const __m256i *p = (const __m256i *)(buf + (size_t)i * share);
+    const __m256i *e = (const __m256i *)(buf + (size_t)(i + 1) * share);
     pthread_barrier_wait(&bar);
     __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
     for (; p < e; p += 4) {
