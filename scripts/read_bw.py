@@ -3,7 +3,8 @@
 
 The yardstick for the decode (gemv) kernels, which read every weight once per token. Compiles a tiny C program
 with the system compiler (cc) into a temporary directory and runs it; prints GB/s (10^9 bytes/s), best and
-median of the repetitions. Two sizes by default: 1 GiB (DRAM) and 136 MiB (what the bench model's q4_0 weights
+median of the repetitions, wall-clock and per CPU-second (bytes over the threads' mean CPU time: on a shared,
+loaded machine the rate while the threads actually run, comparable with a kernel's per-CPU rate). Two sizes by default: 1 GiB (DRAM) and 136 MiB (what the bench model's q4_0 weights
 take per token: on a host with a large L3 that is partly cache, which is what the decode sees too).
 
     python scripts/read_bw.py                 # 2 threads, 1024 and 136 MiB, 5 reps
@@ -32,20 +33,22 @@ static const uint8_t *buf;
 static size_t share;
 static int nth;
 static pthread_barrier_t bar;
-static double t_end[256];
+static double t_end[256], t_cpu[256];
 static volatile uint64_t sink;
 
-static double now(void) {
+static double clk(clockid_t c) {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(c, &ts);
     return ts.tv_sec + 1e-9 * ts.tv_nsec;
 }
+static double now(void) { return clk(CLOCK_MONOTONIC); }
 
 static void *run(void *arg) {
     int i = (int)(intptr_t)arg;
     const __m256i *p = (const __m256i *)(buf + (size_t)i * share);
     const __m256i *e = (const __m256i *)(buf + (size_t)(i + 1) * share);
     pthread_barrier_wait(&bar);
+    const double c0 = clk(CLOCK_THREAD_CPUTIME_ID);
     __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
     for (; p < e; p += 4) {
         a0 = _mm256_add_epi64(a0, _mm256_load_si256(p));
@@ -55,6 +58,7 @@ static void *run(void *arg) {
     }
     __m256i s = _mm256_add_epi64(_mm256_add_epi64(a0, a1), _mm256_add_epi64(a2, a3));
     t_end[i] = now();
+    t_cpu[i] = clk(CLOCK_THREAD_CPUTIME_ID) - c0;
     sink += (uint64_t)_mm256_extract_epi64(s, 0);
     return NULL;
 }
@@ -77,7 +81,11 @@ int main(int argc, char **argv) {
         for (int i = 0; i < nth; i++) pthread_join(th[i], NULL);
         for (int i = 0; i < nth; i++) t1 = t_end[i] > t1 ? t_end[i] : t1;
         pthread_barrier_destroy(&bar);
-        if (r > 0) printf("%.3f\n", (double)(share * nth) / (t1 - t0) / 1e9); /* rep 0 warms up (page faults) */
+        double cpu = 0.0;
+        for (int i = 0; i < nth; i++) cpu += t_cpu[i] / nth;
+        /* wall GB/s, and per CPU-second (the threads' mean CPU time: what a loaded machine gives them while they
+         * run); rep 0 warms up (page faults) */
+        if (r > 0) printf("%.3f %.3f\n", (double)(share * nth) / (t1 - t0) / 1e9, (double)(share * nth) / cpu / 1e9);
     }
     free(b);
     return 0;
@@ -99,12 +107,13 @@ def build(tmp: str) -> str:
     return exe
 
 
-def measure(exe: str, mib: int, threads: int, reps: int) -> list[float]:
-    """GB/s of each repetition."""
+def measure(exe: str, mib: int, threads: int, reps: int) -> tuple[list[float], list[float]]:
+    """GB/s of each repetition: wall-clock, and per CPU-second."""
     r = subprocess.run([exe, str(mib), str(threads), str(reps)], capture_output=True, text=True, timeout=600)
     if r.returncode != 0:
         sys.exit(f"read_bw: the probe failed (exit {r.returncode}; out of memory?)")
-    return [float(v) for v in r.stdout.split()]
+    rows = [line.split() for line in r.stdout.splitlines() if line.strip()]
+    return [float(w) for w, _ in rows], [float(c) for _, c in rows]
 
 
 def main() -> None:
@@ -118,9 +127,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         exe = build(tmp)
         for mib in a.mib:
-            v = measure(exe, mib, a.threads, a.reps)
-            print(f"{mib} MiB, {a.threads} threads: best {max(v):.1f} GB/s, median {statistics.median(v):.1f} GB/s "
-                  f"({len(v)} reps; load {os.getloadavg()[0]:.1f})")
+            w, c = measure(exe, mib, a.threads, a.reps)
+            print(f"{mib} MiB, {a.threads} threads: best {max(w):.1f} GB/s, median {statistics.median(w):.1f} GB/s; "
+                  f"per CPU-second best {max(c):.1f}, median {statistics.median(c):.1f} "
+                  f"({len(w)} reps; load {os.getloadavg()[0]:.1f})")
 
 
 if __name__ == "__main__":

@@ -346,7 +346,20 @@ TL_INLINE void q_block_impl(const int WT, const tl_gemm_args *a, int64_t i0, int
  * q_panel_tile's arithmetic (RN = 1) on the transposed registers directly, the scales converted by
  * F16C from a transposed column of the block heads (q_dw8; exact, like the software conversion), so
  * a token's outputs are the same bits alone and in a batch. Full 8-row panels; a ragged last panel
- * goes the panel way. The next panel is prefetched linearly, a slice per block (x86_pf_next). */
+ * goes the panel way. The next panel is prefetched linearly, a slice per block (q_pf_slice). */
+
+/* The gemv's DRAM prefetch of the next panel (the 8 rows after the current one, contiguous when the rows
+ * are): per block of the current panel a fixed slice of ceil(8 * bs / 64) lines, at least the next
+ * panel's bytes of one block, so the slices cover it by the current panel's end (then run on into the
+ * following rows: prefetches never fault). No bounds or per-block arithmetic beyond one add: x86_pf's
+ * general slices cost ~15 instructions per block here, 15 % of a q4_0 block. */
+TL_INLINE int q_pf_lines(const int WT) { return (8 * x86_q_bytes(WT) + 63) / 64; }
+TL_INLINE const char *q_pf_start(const tl_gemm_args *a, int64_t i) { return (const char *)(a->w + (i + Q_R) * a->ldw); }
+TL_INLINE const char *q_pf_slice(const int WT, const char *p, int64_t end_ok) {
+    if (end_ok)
+        for (int l = 0; l < q_pf_lines(WT); l++) __builtin_prefetch(p + 64 * l, 0, 3);
+    return p + 64 * q_pf_lines(WT);
+}
 
 /* Block b (at byte o of each row) of 8 rows x the token: y += its contribution. */
 TL_INLINE __m256 q_gemv_block(const int WT, const uint8_t *const *rp, int64_t o, int64_t b, const int32_t *xq,
@@ -392,10 +405,11 @@ TL_INLINE void q_gemv_impl(const int WT, const tl_gemm_args *a, int64_t i0, int6
     for (; i + Q_R <= i1; i += Q_R) {
         const uint8_t *rp[8];
         for (int r = 0; r < 8; r++) rp[r] = a->w + (i + r) * a->ldw;
-        const x86_pf pf = x86_pf_next(a, i, i1, Q_R, nb); /* the next panel, from DRAM */
+        const char *pf = q_pf_start(a, i); /* the next panel, from DRAM */
+        const int64_t more = i + Q_R < a->m;
         __m256 y = _mm256_setzero_ps();
         for (int64_t b = 0; b < nb; b++) {
-            x86_pf_block(&pf, b);
+            pf = q_pf_slice(WT, pf, more);
             y = q_gemv_block(WT, rp, b * bs, b, xq, dx, sx, is, y);
         }
         _mm256_storeu_ps(a->y + i, y);
@@ -436,16 +450,15 @@ static void q4_0_gemv_8(const tl_gemm_args *a, int64_t i0, int64_t i1) {
     for (; i + Q_R <= i1; i += Q_R) {
         const uint8_t *rp[8];
         for (int r = 0; r < 8; r++) rp[r] = a->w + (i + r) * a->ldw;
-        const x86_pf pf = x86_pf_next(a, i, i1, Q_R, nb); /* the next panel, from DRAM */
+        const char *pf = q_pf_start(a, i); /* the next panel, from DRAM */
+        const int64_t more = i + Q_R < a->m;
         __m256 y = _mm256_setzero_ps();
         for (int64_t p = 0; p < pairs; p++) {
             const int64_t b = 2 * p, o = 36 * p;
-            x86_pf_block(&pf, b);
-            x86_pf_block(&pf, b + 1);
+            pf = q_pf_slice(TL_Q4_0, q_pf_slice(TL_Q4_0, pf, more), more);
             __m256i W[5], U[4], wl[5], wh[5];
             q_transpose8(rp, o, W);     /* dwords 0..3 */
             W[4] = q_dw8(rp, o + 16);   /* dword 4 */
-            q_transpose8(rp, o + 20, U); /* dwords 5..8 */
             __m256 d0, d1;
             q_f16_halves(W[0], W[4], &d0, &d1);
             for (int t = 0; t < 5; t++) {
@@ -456,6 +469,7 @@ static void q4_0_gemv_8(const tl_gemm_args *a, int64_t i0, int64_t i1) {
             __m256i ip = q_isum_pair(is, b);
             __m256i acc0 = q_dot_u4n(1, 5, wl, s, q_off_ip(ip, 0, -8)), acc1 = q_dot_u4n(1, 5, wh, s + 5, q_off_ip(ip, 1, -8));
             y = _mm256_fmadd_ps(q_scale_dots(acc0, acc1, dx[2 * b], dx[2 * b + 1]), d0, y);
+            q_transpose8(rp, o + 20, U); /* dwords 5..8 (after block a: fewer live registers) */
             for (int t = 0; t < 4; t++) {
                 wl[t] = _mm256_and_si256(U[t], lo4);
                 wh[t] = _mm256_and_si256(_mm256_srli_epi16(U[t], 4), lo4);
@@ -466,7 +480,7 @@ static void q4_0_gemv_8(const tl_gemm_args *a, int64_t i0, int64_t i1) {
             y = _mm256_fmadd_ps(q_scale_dots(acc0, acc1, dx[2 * b + 2], dx[2 * b + 3]), d1, y);
         }
         if (nb % 2) { /* the last block alone */
-            x86_pf_block(&pf, nb - 1);
+            q_pf_slice(TL_Q4_0, pf, more);
             y = q_gemv_block(TL_Q4_0, rp, (nb - 1) * TL_Q4_0_BYTES, nb - 1, xq, dx, sx, is, y);
         }
         _mm256_storeu_ps(a->y + i, y);
