@@ -4,8 +4,9 @@
 The yardstick for the decode (gemv) kernels, which read every weight once per token. Compiles a tiny C program
 with the system compiler (cc) into a temporary directory and runs it; prints GB/s (10^9 bytes/s), best and
 median of the repetitions, wall-clock and per CPU-second (bytes over the threads' mean CPU time: on a shared,
-loaded machine the rate while the threads actually run, comparable with a kernel's per-CPU rate). Two sizes by default: 1 GiB (DRAM) and 136 MiB (what the bench model's q4_0 weights
-take per token: on a host with a large L3 that is partly cache, which is what the decode sees too).
+loaded machine the rate while the threads actually run, comparable with a kernel's per-CPU rate). Two sizes by
+default: 1 GiB (DRAM) and 136 MiB (what the bench model's q4_0 weights take per token: on a host with a large L3
+that is partly cache, which is what the decode sees too).
 
     python scripts/read_bw.py                 # 2 threads, 1024 and 136 MiB, 5 reps
     python scripts/read_bw.py --mib 512 --threads 1 --reps 9
