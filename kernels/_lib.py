@@ -27,7 +27,7 @@ FEATURE_BITS = {
     "avx2": 1 << 0, "fma": 1 << 1, "f16c": 1 << 2,
     "avx512f": 1 << 3, "avx512bw": 1 << 4, "avx512vl": 1 << 5, "avx512dq": 1 << 6,
     "avx512vnni": 1 << 7, "avx512bf16": 1 << 8,
-    "amx_tile": 1 << 9, "amx_int8": 1 << 10, "amx_bf16": 1 << 11,
+    "amx_tile": 1 << 9, "amx_int8": 1 << 10, "amx_bf16": 1 << 11, "avx_vnni": 1 << 12,
     "neon": 1 << 16, "dotprod": 1 << 17, "fp16": 1 << 18,
     "sme": 1 << 19, "sme2": 1 << 20, "i8mm": 1 << 21, "bf16": 1 << 22,
 }

@@ -60,6 +60,9 @@ __arm_locally_streaming __arm_new("za") void tl_probe(float *p) {
 PROBE_SOURCES: dict[str, str] = {
     "neon": "#include <arm_neon.h>\nint32x4_t tl_probe(int32x4_t a, int8x16_t b) { return vdotq_s32(a, b, b); }\n"
             "float32x4_t tl_probe2(float16x4_t h) { return vcvt_f32_f16(h); }\n",
+    # gcc < 11 / clang < 12 know -mavxvnni only partly: the build needs the VEX intrinsic
+    "avxvnni": "#include <immintrin.h>\n"
+               "__m256i tl_probe(__m256i a, __m256i b) { return _mm256_dpbusd_avx_epi32(a, a, b); }\n",
     "sme": _PROBE_SME,
     "sme2": _PROBE_SME + """__arm_locally_streaming void tl_probe2(float *p) {
     svfloat32x4_t v = svld1_f32_x4(svptrue_c32(), p);
@@ -191,6 +194,10 @@ def ffi_avx2():
 
 def ffi_avx512():
     return make_ffi("avx512")
+
+
+def ffi_avxvnni():
+    return make_ffi("avxvnni")
 
 
 def ffi_neon():

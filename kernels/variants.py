@@ -23,6 +23,8 @@ class Variant(NamedTuple):
 _AVX512_FLAGS = ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni", "-mavx512bf16", "-mfma",
                  "-mf16c")
 _AVX2 = frozenset({"avx2", "fma", "f16c"})
+_AVX2_FLAGS = ("-mavx2", "-mfma", "-mf16c")
+_AVX2_FLOAT_SOURCES = ("avx2_float.c", "avx2_float_packed.c")  # avx2's float kernels, also the avxvnni variant's
 _NEON = frozenset({"neon", "dotprod", "fp16"})
 _NEON_SOURCES = ("neon_float.c", "neon_q8.c", "neon_kquants.c", "neon_table.c", "neon_qx.c")
 
@@ -32,9 +34,14 @@ TABLE: tuple[Variant, ...] = (
             _AVX2 | {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vnni", "avx512bf16"},
             ("variant_avx512.c", "avx512_float.c", "avx512_float_packed.c", "avx512_q8.c", "avx512_kquants.c",
              "avx2_qx.c"), "avx2"),
-    Variant("avx2", X86, ("-mavx2", "-mfma", "-mf16c"), _AVX2,
-            ("variant_avx2.c", "avx2_float.c", "avx2_float_packed.c", "avx2_q8.c", "avx2_kquants.c", "avx2_qx.c"),
-            "portable"),
+    # AVX-VNNI (vpdpbusd on ymm; Alder Lake+, Zen 5): the integer types' group dots (avx2_q8.c and avx2_kquants.c
+    # built again with -mavxvnni), avx2's float kernels; the types added later (avx2_qx.c) come from avx2. Not a
+    # subset of avx512's features, so on an AVX-512 CPU avx512 (listed first) wins in "auto"; the cap "avx2" hides it
+    # (an AVX2-only CPU has no AVX-VNNI).
+    Variant("avxvnni", X86, _AVX2_FLAGS + ("-mavxvnni",), _AVX2 | {"avx_vnni"},
+            ("variant_avxvnni.c",) + _AVX2_FLOAT_SOURCES + ("avxvnni_q8.c", "avxvnni_kquants.c"), "avx2"),
+    Variant("avx2", X86, _AVX2_FLAGS, _AVX2,
+            ("variant_avx2.c",) + _AVX2_FLOAT_SOURCES + ("avx2_q8.c", "avx2_kquants.c", "avx2_qx.c"), "portable"),
     # SME: armv8.6-a (which has dotprod) + SME + fp16, never armv9-a: armv9-a implies SVE2 and the compiler would
     # auto-vectorise the non-streaming code with SVE, which an Apple M4 lacks (REFERENCE 3.6.5). fp16 is for the
     # NEON small-batch kernels linked into these variants.

@@ -59,9 +59,10 @@ def test_defaults_are_the_plain_steps():
 
 
 # the order and fallbacks the registry had as literals before they were derived from kernels.VARIANTS / REQUIRES
-OLD_ORDER = ["amx", "avx512", "avx2", "sme2", "sme", "neon", "portable"]
-OLD_FALLBACK = {"amx": "avx512", "avx512": "avx2", "avx2": "portable", "sme2": "sme", "sme": "neon",
-                "neon": "portable", "portable": None}
+# (+ avxvnni, added later: after avx512, falling back to avx2)
+OLD_ORDER = ["amx", "avx512", "avxvnni", "avx2", "sme2", "sme", "neon", "portable"]
+OLD_FALLBACK = {"amx": "avx512", "avx512": "avx2", "avxvnni": "avx2", "avx2": "portable", "sme2": "sme",
+                "sme": "neon", "neon": "portable", "portable": None}
 
 
 def test_registry_order_and_fallbacks_follow_the_kernel_variants():

@@ -558,7 +558,8 @@ def test_cpu_features_match_proc_cpuinfo():
                 break
     names = {"avx2": "avx2", "fma": "fma", "f16c": "f16c", "avx512f": "avx512f", "avx512bw": "avx512bw",
              "avx512vl": "avx512vl", "avx512dq": "avx512dq", "avx512vnni": "avx512_vnni",
-             "avx512bf16": "avx512_bf16", "amx_tile": "amx_tile", "amx_int8": "amx_int8", "amx_bf16": "amx_bf16"}
+             "avx512bf16": "avx512_bf16", "amx_tile": "amx_tile", "amx_int8": "amx_int8", "amx_bf16": "amx_bf16",
+             "avx_vnni": "avx_vnni"}
     feats = kernels.detected_cpu_features()
     for ours, linux in names.items():
         assert (ours in feats) == (linux in flags), ours
@@ -573,12 +574,62 @@ def test_cpu_cap_limits_features_and_backends():
     assert r.returncode == 0, r.stderr
     feats, avail = r.stdout.splitlines()
     assert set(eval(feats)) <= {"avx2", "fma", "f16c"}
-    assert not any(v in avail for v in ("avx512", "amx", "neon", "sme"))
+    assert not any(v in avail for v in ("avx512", "avxvnni", "amx", "neon", "sme"))
     if {"avx2", "fma", "f16c"} <= kernels.detected_cpu_features() and "avx2" in kernels.compiled():
         assert "'avx2'" in avail
     bad = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TILELLM_CPU_CAP": "avx9"},
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "TILELLM_CPU_CAP" in bad.stderr
+
+
+def test_avxvnni_is_chosen_without_avx512():
+    """An AVX-VNNI CPU without AVX-512 (capped to avxvnni here, in a child: the cap is read once) runs the avxvnni
+    variant in "auto", with avx2 behind it for what it lacks; an AVX-512 CPU keeps avx512 first."""
+    from tilellm import backend as backends
+    from tilellm.backend import registry
+
+    assert registry.fallback_of("avxvnni") == "avx2"
+    if "avx_vnni" not in kernels.detected_cpu_features() or "avxvnni" not in kernels.compiled():
+        pytest.skip("no AVX-VNNI here, or the avxvnni variant was not built")
+    if {"avx512", "avxvnni"} <= set(RUNNABLE):
+        assert backends.available().index("avx512") < backends.available().index("avxvnni")
+    code = ("from tilellm import backend, kernels; be = backend.get('auto', n_threads=1); "
+            "print(backend.available()); print(be.lib.variant, be.fallback.lib.variant)")
+    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TILELLM_CPU_CAP": "avxvnni"},
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    avail, chosen = r.stdout.splitlines()
+    assert eval(avail) == ["avxvnni", "avx2", "portable", "reference"]
+    assert chosen == "avxvnni avx2"
+
+
+def _extreme_q(t: GGMLType, m: int, k: int, rng) -> np.ndarray:
+    """Blocks of q8_0 / q4_0 / q4_1 whose quants all sit at one end of their range (q8_0 -128 or 127, the
+    nibbles 0 or 15), chosen per block, with random scales: the widest integer sums a group dot meets."""
+    raw, _ = make(t, m, k, 1, seed=int(rng.integers(1 << 30)))
+    bs = TYPE_INFO[t].type_size
+    blocks = raw.reshape(m, k // 32, bs)
+    head = {T.Q8_0: 2, T.Q4_0: 2, T.Q4_1: 4}[t]
+    ends = np.array([0x80, 0x7F] if t == T.Q8_0 else [0x00, 0xFF], np.uint8)
+    blocks[..., head:] = rng.choice(ends, size=(m, k // 32, 1))
+    return raw
+
+
+@pytest.mark.parametrize("t", [T.Q8_0, T.Q4_0, T.Q4_1], ids=lambda t: t.name)
+@pytest.mark.parametrize("n", [1, 5])
+def test_extreme_quants_exact(lib, t, n):
+    """Extreme quants against +-127 activations (row 0 all +, row 1 all -, then random signs, so the groups'
+    activation sums reach +-2032): an int16 sum that overflowed (x86 q4_0 folds -8 * isum into the vpmaddubsw
+    sums) or a saturating step would be far off."""
+    rng = np.random.default_rng(5 + n)
+    m, k = 21, 512
+    raw = _extreme_q(t, m, k, rng)
+    x = (rng.choice([-1.0, 1.0], size=(n, k)) * rng.uniform(0.5, 2.0, size=(n, 1))).astype(np.float32)
+    x[0] = abs(x[0])
+    if n > 1:
+        x[1] = -abs(x[1])
+    y = lib.gemm(t, raw, k, lib.prepare(t, x))
+    check_close(y, *reference(lib, t, raw, k, x))
 
 
 # ---- sanitizers (slow: compiles the C fuzz harness once per variant and sanitizer) ---------------

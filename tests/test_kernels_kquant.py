@@ -303,6 +303,26 @@ def test_avx2_bit_identical_to_avx512(t):
         assert np.array_equal(a2.gemm(t, raw, k, a2.prepare(t, x)), a5.gemm(t, raw, k, a5.prepare(t, x))), (m, n)
 
 
+@pytest.mark.parametrize("t", [T.Q8_0, T.Q4_0, T.Q4_1, *NEW_TYPES], ids=lambda t: t.name)
+def test_avxvnni_bit_identical_to_avx2(t):
+    """The avxvnni variant is avx2's integer kernels with the group dots on vpdpbusd: the same exact int32
+    dots and f32 operations, so the same bits, for the gemv, the panel path and ragged shapes."""
+    if not {"avx2", "avxvnni"} <= set(RUNNABLE):
+        pytest.skip("needs both avx2 and avxvnni")
+    a2, av = kernels.load("avx2"), kernels.load("avxvnni")
+    k = 256 if t == T.Q5_0 else 1024
+    for m, n in [(37, 1), (37, 9), (300, 1), (20, 70), (8, 1), (9, 3)]:
+        if t in (T.Q8_0, T.Q4_0, T.Q4_1):
+            rng = np.random.default_rng(m + n)
+            w = (rng.standard_normal((m, k)) * rng.uniform(0.1, 3.0, size=(m, 1))).astype(np.float32)
+            raw, x = quantize(w, t), rng.standard_normal((n, k)).astype(np.float32)
+        else:
+            raw, x = make(t, m, k, n, seed=m + n)
+        y2, yv = a2.gemm(t, raw, k, a2.prepare(t, x)), av.gemm(t, raw, k, av.prepare(t, x))
+        assert np.array_equal(y2, yv), (m, n)
+        check_close(yv, *reference(t, raw, k, x))
+
+
 # ---- ggml activation rounding (kernels.load(..., act_rounding="ggml")) ------------------------
 
 def ggml_act_ref(x: np.ndarray, span: int) -> np.ndarray:

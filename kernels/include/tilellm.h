@@ -34,7 +34,7 @@ enum tl_status {
     TL_ENOMEM = 3
 };
 
-/* Name of this variant: "portable", "avx2", "avx512", "neon", "sme", "sme2". */
+/* Name of this variant: "portable", "avx2", "avxvnni", "avx512", "neon", "sme", "sme2". */
 const char *tl_variant(void);
 
 /* CPU features of the running machine as a bitmask of TL_CPU_* (only meaningful when called
@@ -44,6 +44,7 @@ enum tl_cpu_feature {
     TL_CPU_AVX512F = 1 << 3, TL_CPU_AVX512BW = 1 << 4, TL_CPU_AVX512VL = 1 << 5,
     TL_CPU_AVX512DQ = 1 << 6, TL_CPU_AVX512VNNI = 1 << 7, TL_CPU_AVX512BF16 = 1 << 8,
     TL_CPU_AMX_TILE = 1 << 9, TL_CPU_AMX_INT8 = 1 << 10, TL_CPU_AMX_BF16 = 1 << 11,
+    TL_CPU_AVX_VNNI = 1 << 12,
     TL_CPU_NEON = 1 << 16, TL_CPU_DOTPROD = 1 << 17, TL_CPU_FP16 = 1 << 18,
     TL_CPU_SME = 1 << 19, TL_CPU_SME2 = 1 << 20, TL_CPU_I8MM = 1 << 21, TL_CPU_BF16 = 1 << 22
 };

@@ -30,6 +30,18 @@
 #include "kquants.h"
 #include "x86_common.h"
 
+/* Built twice: as the avx2 kernels, and #included by avxvnni_kquants.c (compiled with -mavxvnni) as
+ * the avxvnni ones, where KQ_VNNI makes a group dot 4 vpdpbusd (int32 accumulation) instead of
+ * vpmaddubsw + vpaddw + vpmaddwd. The int32 group dots are exact either way: the same bits. */
+#ifndef KQ_VNNI
+#define KQ_VNNI 0
+#endif
+#if KQ_VNNI
+#define KQ_NAME(n) tl_avxvnni_##n
+#else
+#define KQ_NAME(n) tl_avx2_##n
+#endif
+
 #define KQ_R 8   /* rows per panel (ymm lanes) */
 #define KQ_RN 4  /* tokens per register tile */
 #define KQ_Q50_BLK (256 + 32)                /* q5_0 panel block: 8 ymm quants + 8 d */
@@ -223,6 +235,12 @@ TL_INLINE void kq_store(const int RN, const tl_gemm_args *a, const __m256 *y, in
 /* Sum of 4 vpmaddubsw steps (w[0..3] x the 4 dwords at xq) as 8 int32 lanes; NW = 2 widens after
  * every 2 steps (q6_K's 0..63 quants), NW = 4 once (quants <= 31). */
 TL_INLINE __m256i kq_dot16(const int NW, const __m256i *w, const int32_t *xq) {
+#if KQ_VNNI
+    (void)NW;
+    __m256i acc = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), w[0], _mm256_set1_epi32(xq[0]));
+    for (int t = 1; t < 4; t++) acc = _mm256_dpbusd_avx_epi32(acc, w[t], _mm256_set1_epi32(xq[t]));
+    return acc;
+#endif
     const __m256i ones = _mm256_set1_epi16(1);
     __m256i p0 = _mm256_add_epi16(_mm256_maddubs_epi16(w[0], _mm256_set1_epi32(xq[0])),
                                   _mm256_maddubs_epi16(w[1], _mm256_set1_epi32(xq[1])));
@@ -440,7 +458,7 @@ static void kq_gemv_q5_k(const tl_gemm_args *a, int64_t i0, int64_t i1) { kq_gem
 static void kq_gemv_q6_k(const tl_gemm_args *a, int64_t i0, int64_t i1) { kq_gemv_k(TL_Q6_K, a, i0, i1); }
 
 #define KQ_TABLE(NAME)                                                                                  \
-    const tl_ukernel tl_avx2_##NAME##_8x4 = {.rm = KQ_R, .rn = KQ_RN, .tile = kq_##NAME##_tilefn, .gemv_rows = KQ_R, \
+    const tl_ukernel KQ_NAME(NAME##_8x4) = {.rm = KQ_R, .rn = KQ_RN, .tile = kq_##NAME##_tilefn, .gemv_rows = KQ_R, \
                                              .gemv = kq_gemv_##NAME, .block = kq_##NAME##_block,                \
                                              .act_row_bytes = x86_qa_row_bytes,                                 \
                                              .act_prepare = tl_avx2_q8_act_prepare};

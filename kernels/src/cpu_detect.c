@@ -50,6 +50,7 @@ static uint64_t detect(void) {
         if (max_sub >= 1) {
             __cpuid_count(7, 1, a, b, c, d);
             if (zmm_ok && ((a >> 5) & 1)) f |= TL_CPU_AVX512BF16;
+            if (ymm_ok && ((a >> 4) & 1)) f |= TL_CPU_AVX_VNNI; /* vpdpbusd on ymm without EVEX */
         }
     }
     return f;
