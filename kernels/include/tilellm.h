@@ -31,7 +31,10 @@ enum tl_status {
     TL_OK = 0,
     TL_UNSUPPORTED = 1, /* "not handled": this variant has no kernel for it; caller falls back */
     TL_EINVAL = 2,      /* defensive check failed (Python should have caught it) */
-    TL_ENOMEM = 3
+    TL_ENOMEM = 3,
+    TL_ENONFINITE = 4   /* a NaN or inf reached activations quantized to int8, which cannot hold it: the
+                         * act buffer is written all the same, the groups concerned with scale NaN (so
+                         * products with them are NaN, never a silent 0), but the caller should stop */
 };
 
 /* Name of this variant: "portable", "avx2", "avx512", "neon", "sme", "sme2". */
@@ -97,7 +100,9 @@ size_t tl_act_bytes(const tl_ctx *ctx, int wtype, int64_t n, int64_t k);
 /* Convert n rows of k floats (rows ldx floats apart) into the activation type for wtype,
  * written densely to act (tl_act_bytes bytes; act must be 64-byte aligned, kernels use aligned
  * vector loads on it). Done once, reusable for every weight of the
- * same type and k (q/k/v, gate/up). */
+ * same type and k (q/k/v, gate/up). Returns TL_ENONFINITE if x holds a NaN or inf and wtype is
+ * quantized (float activation types keep the values; their products are non-finite as in numpy).
+ * The _rms and _swiglu forms below check their computed rows the same way. */
 int tl_act_prepare(tl_ctx *ctx, int wtype, const float *x, int64_t ldx, int64_t n, int64_t k,
                    void *act, int nthreads);
 
@@ -152,7 +157,8 @@ typedef struct {
  * v are written at position n_past). Exactly the library's separate steps: RMS norm + activations,
  * q/k/v, biases, rope, attention, o, residual, RMS norm + activations, gate/up, SwiGLU + activations,
  * down, residual. q/k/v must share an activation type, gate/up too. TL_ENOMEM if its scratch (one
- * allocation per call) cannot be had. */
+ * allocation per call) cannot be had; TL_ENONFINITE (from a step's activation preparation) if a value on
+ * the way to a quantized product was NaN or inf: h and the caches are then partly updated. */
 int tl_decode_layer(tl_ctx *ctx, const tl_layer *L, float *h, const float *cosv, const float *sinv, float *kc, float *vc,
                     int64_t n_past, float scale, int nthreads);
 
