@@ -322,6 +322,14 @@ def gemm_table(rows, peak) -> str:
 
 # ----------------------------------------------------------------------------------------- plots
 
+def _bars(ax, labels: list[str], series: dict[str, list[float]]) -> None:
+    """Grouped bars: one group per label, one bar per series in each group."""
+    w = 0.8 / max(len(series), 1)
+    for i, (name, vals) in enumerate(series.items()):
+        ax.bar(np.arange(len(labels)) + i * w, vals, w, label=name)
+    ax.set_xticks(np.arange(len(labels)) + 0.4 - w / 2, labels)
+
+
 def plot(model_rows, gemm_rows, peak, d: Path, n_pp, n_tg):
     import matplotlib
 
@@ -337,11 +345,8 @@ def plot(model_rows, gemm_rows, peak, d: Path, n_pp, n_tg):
         types = [t for t in TYPES if any(r["type"] == t for r in model_rows)]
         fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
         for ax, key, title in ((axes[0], "pp", f"pp{n_pp}"), (axes[1], "tg", f"tg{n_tg}")):
-            w = 0.8 / len(engines)
-            for ei, e in enumerate(engines):
-                vals = [next((r[key] for r in model_rows if r["type"] == t and r["engine"] == e), 0) for t in types]
-                ax.bar(np.arange(len(types)) + ei * w, vals, w, label=e)
-            ax.set_xticks(np.arange(len(types)) + 0.4 - w / 2, types)
+            _bars(ax, types, {e: [next((r[key] for r in model_rows if r["type"] == t and r["engine"] == e), 0)
+                                  for t in types] for e in engines})
             ax.set_ylabel("tokens/s")
             ax.set_title(f"{title}, {THREADS} threads, TinyLlama-shaped 4 layers")
             ax.legend()
@@ -354,17 +359,14 @@ def plot(model_rows, gemm_rows, peak, d: Path, n_pp, n_tg):
         shape = max({(r["m"], r["k"]) for r in gemm_rows}, key=lambda s: (s == (5632, 2048), s))
         engines = [e for e in dict.fromkeys(r["engine"] for r in gemm_rows) if e != "numpy"]
         fig, ax = plt.subplots(figsize=(10, 4.5))
-        w = 0.8 / max(len(engines), 1)
-        for ei, e in enumerate(engines):
-            vals = [next((r["gflops_cpu"] for r in gemm_rows if r["engine"] == e and r["type"] == t and r["n"] == nmax
-                          and (r["m"], r["k"]) == shape), 0) for t in TYPES]
-            ax.bar(np.arange(len(TYPES)) + ei * w, vals, w, label=f"tilellm {e}")
+        at_shape = [r for r in gemm_rows if r["n"] == nmax and (r["m"], r["k"]) == shape]
+        _bars(ax, TYPES, {f"tilellm {e}": [next((r["gflops_cpu"] for r in at_shape if r["engine"] == e
+                                                 and r["type"] == t), 0) for t in TYPES] for e in engines})
         npv = next((r["gflops_cpu"] for r in gemm_rows if r["engine"] == "numpy" and r["n"] == nmax
                     and (r["m"], r["k"]) == shape), None)
         if npv:
             ax.axhline(npv, color="gray", ls="--", label="numpy f32 matmul")
         ax.axhline(peak, color="red", ls=":", label="FP32 FMA peak")
-        ax.set_xticks(np.arange(len(TYPES)) + 0.4 - w / 2, TYPES)
         ax.set_ylabel("GFLOP/s (per CPU)")
         ax.set_title(f"GEMM m×k = {shape[0]}×{shape[1]}, n = {nmax}, {THREADS} threads")
         ax.legend()
