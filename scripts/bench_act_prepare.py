@@ -7,7 +7,8 @@ matmul it feeds, for each kernel variant: what the non-finite check of issue #14
                                                               # that PYTHONPATH and this one, medians per side
 
 Shapes are LLM ones of bench_peer.py's --gemm --quick (k = 2048 and 5632 for n = 1, decode; k = 2048 for n = 512,
-a prompt), q8_0; per (variant, type, k, n): microseconds per prepare, per fused RMS-norm prepare, and per matmul
+a prompt), q8_0; per (variant, type, k, n): CPU microseconds (1 thread) per prepare, per fused RMS-norm prepare, and per
+matmul
 (m = 2048) with the prepared activations. Prints JSON lines (one per measurement) or, with --ab, a markdown table.
 """
 from __future__ import annotations
@@ -25,21 +26,22 @@ import numpy as np
 SHAPES = [(2048, 1), (5632, 1), (2048, 512)]
 TYPES = ("q8_0",)  # every quantized weight type shares one int8 quantizer per variant (K-quants too)
 M = 2048
-THREADS = 2
+THREADS = 1  # the quantizer's own cost, without thread wake-ups
 
 
-def _best_us(fn, min_s: float = 0.1) -> float:
-    """Best of 5 batches, microseconds per call."""
+def _best_us(fn, min_s: float = 0.05) -> float:
+    """Best of 9 batches, microseconds of process CPU time per call: on a shared machine the CPU time a call
+    takes moves far less than its wall time (one thread, so the two are the same on an idle one)."""
     fn()
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     fn()
-    reps = max(1, int(min_s / 5 / max(time.perf_counter() - t0, 1e-7)))
+    reps = max(1, int(min_s / max(time.process_time() - t0, 1e-6)))
     best = float("inf")
-    for _ in range(5):
-        t0 = time.perf_counter()
+    for _ in range(9):
+        t0 = time.process_time()
         for _ in range(reps):
             fn()
-        best = min(best, (time.perf_counter() - t0) / reps)
+        best = min(best, (time.process_time() - t0) / reps)
     return best * 1e6
 
 
