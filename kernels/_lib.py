@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tilellm.quant import TYPE_INFO, GGMLType, type_from_any
-from tilellm.quant.errors import BackendUnavailableError, ShapeError, UnsupportedError
+from tilellm.quant.errors import BackendUnavailableError, NumericalError, ShapeError, UnsupportedError
 
 from .threads import MAX_THREADS, default_threads
 from .variants import BY_NAME, NAMES
@@ -38,7 +38,7 @@ REQUIRES: dict[str, frozenset[str]] = {v.name: v.requires for v in BY_NAME.value
 # Where a variant hands the weight types it lacks (None: the reference backend).
 FALLBACK: dict[str, str | None] = {v.name: v.fallback for v in BY_NAME.values()}
 
-TL_OK, TL_UNSUPPORTED, TL_EINVAL, TL_ENOMEM = 0, 1, 2, 3
+TL_OK, TL_UNSUPPORTED, TL_EINVAL, TL_ENOMEM, TL_ENONFINITE = 0, 1, 2, 3, 4
 _ALIGN = 64  # prepared activation rows are 64-byte aligned (see kernels/src/tl_internal.h)
 
 _CACHEABLE = (GGMLType, int, str)  # KernelLib._info's cache keys
@@ -397,7 +397,7 @@ class KernelLib:
         buf, bufp = self._act_buffer(t, n, k)
         rc = self.lib.tl_act_prepare(self.ctx, int(t), xp, ldx, n, k, bufp, nth)
         if rc:
-            self._check_rc(rc, "tl_act_prepare")
+            self._check_rc(rc, "tl_act_prepare", t, (("activations", x),))
         return Prepared(self, t, at, n, k, buf, bufp)
 
     def _act_input(self, t: GGMLType, x: np.ndarray) -> tuple[int, int, int, Any]:
@@ -452,7 +452,8 @@ class KernelLib:
         rc = self.lib.tl_act_prepare_rms(self.ctx, int(t), xp, ldx, ffi.from_buffer("float[]", w), float(eps), n, k,
                                          ffi.from_buffer("float[]", xn), bufp, nth)
         if rc:
-            self._check_rc(rc, "tl_act_prepare_rms")
+            self._check_rc(rc, "tl_act_prepare_rms", t, (("input rows of the RMS norm", x), ("RMS norm weights", w),
+                                                         ("RMS-normalised rows", xn)))
         return Prepared(self, t, at, n, k, buf, bufp), xn
 
     def prepare_swiglu(self, weight_type: Any, g: np.ndarray, u: np.ndarray,
@@ -480,7 +481,8 @@ class KernelLib:
                                             ffi.from_buffer("float[]", u, require_writable=False), n, k,
                                             ffi.from_buffer("float[]", xn), bufp, nth)
         if rc:
-            self._check_rc(rc, "tl_act_prepare_swiglu")
+            self._check_rc(rc, "tl_act_prepare_swiglu", t, (("gate activations", g), ("up activations", u),
+                                                            ("SwiGLU rows silu(gate) * up", xn)))
         return Prepared(self, t, at, n, k, buf, bufp), xn
 
     def gemm(self, weight_type: Any, w2d: np.ndarray, k: Any, prepared: Prepared, out: np.ndarray | None = None,
@@ -651,12 +653,33 @@ class KernelLib:
         """Measured FP32 FMA peak in GFLOP/s of this variant's vector unit (about 0.2 s)."""
         return float(self.lib.tl_fma_peak(_threads(n_threads, self.n_threads)))
 
-    def _check_rc(self, rc: int, what: str) -> None:
+    def _check_rc(self, rc: int, what: str, t: GGMLType | None = None,
+                  inputs: Sequence[tuple[str, np.ndarray]] = ()) -> None:
+        """Raise the documented error for a C status (TL_OK: nothing). For TL_ENONFINITE, `inputs` (name, array)
+        are searched, in order, for the first non-finite value to name in the message (`t`: the weight type)."""
         if rc == TL_OK:
             return
+        if rc == TL_ENONFINITE:
+            raise NumericalError(_nonfinite_message(what, t, inputs))
         if rc == TL_UNSUPPORTED:
             raise UnsupportedError(f"{what}: not supported by variant {self.variant!r}")
         if rc == TL_ENOMEM:
             raise MemoryError(f"{what}: out of memory")
         raise ShapeError(f"{what}: rejected arguments (status {rc}); this is a tilellm bug: "
                          "Python should have caught it")
+
+
+def _nonfinite_message(what: str, t: GGMLType | None, inputs: Sequence[tuple[str, np.ndarray]]) -> str:
+    """One line for TL_ENONFINITE: which input held the first NaN / inf, where, and how many (only on the error
+    path, so the search may cost what it likes)."""
+    for name, a in inputs:
+        bad = ~np.isfinite(a)
+        if bad.any():
+            at = tuple(int(i) for i in np.argwhere(bad)[0])
+            n_nan = int(np.isnan(a).sum())
+            where = ", ".join(map(str, at))
+            return (f"{what}: the {name} are not finite: [{where}] is {float(a[at])} ({n_nan} NaN and "
+                    f"{int(bad.sum()) - n_nan} inf among {a.size} values); the int8 activations of "
+                    f"{t.name if t is not None else 'quantized'} weights cannot hold them (corrupt weights upstream?)")
+    return (f"{what}: activations on their way to int8 are not finite (NaN or inf): corrupt weights or a "
+            "numerical overflow in the model")

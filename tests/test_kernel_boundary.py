@@ -25,7 +25,7 @@ from test_kernels import QTYPES, RUNNABLE, TYPES, T, reference
 
 from tilellm import kernels
 from tilellm.backend.ops import causal_attention
-from tilellm.errors import BackendUnavailableError, ShapeError, TileLLMError, UnsupportedError
+from tilellm.errors import BackendUnavailableError, NumericalError, ShapeError, TileLLMError, UnsupportedError
 from tilellm.kernels.attention import attention
 from tilellm.quant import TYPE_INFO, GGMLType, quantize
 
@@ -404,11 +404,19 @@ def test_valid_unusual_layouts_match_contiguous(lib):
 
 
 def test_nonfinite_activations_do_not_trip_c(lib):
-    """inf / nan / huge activations go through the q8 conversion (float->int casts) without UB."""
+    """inf / nan / huge activations go through the q8 conversion (float->int casts) without UB; quantized weights
+    refuse the non-finite rows (NumericalError, issue #14: int8 cannot hold them), float weights keep them."""
     k = 64
     x = np.array([[np.inf] * 32 + [1.0] * 32, [np.nan] * 32 + [-np.inf] * 32, [3e38] * 32 + [-3e38] * 32,
                   [1e-45] * 64], np.float32)
     for t in TYPES:
+        if t in QTYPES:
+            with pytest.raises(NumericalError, match=r"\[0, 0\] is inf"):
+                lib.prepare(t, x)
+            y = lib.gemm(t, weights(t, 3, k), k, lib.prepare(t, x[2:]))
+            assert y.shape == (2, 3)
+            assert np.isfinite(y[1]).all()
+            continue
         y = lib.gemm(t, weights(t, 3, k), k, lib.prepare(t, x))
         assert y.shape == (4, 3)
         assert np.isfinite(y[3]).all()

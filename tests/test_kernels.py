@@ -47,12 +47,13 @@ def q8_act_groups(x: np.ndarray):
     n, k = x.shape
     b = x.reshape(n, k // 16, 16)
     a = np.abs(b)
-    amax = np.where(np.isnan(a), np.float32(0), a).max(axis=-1, keepdims=True)  # nan skipped, as in C
-    d = (amax / np.float32(127)).astype(np.float32)
+    bad = ~np.isfinite(a).all(axis=-1, keepdims=True)  # a group holding nan / inf: d = NaN, q = 0 (act.c)
+    amax = np.where(np.isfinite(a), a, np.float32(0)).max(axis=-1, keepdims=True)
+    d = np.where(bad, np.float32(np.nan), amax / np.float32(127)).astype(np.float32)
     with np.errstate(divide="ignore", invalid="ignore"):
         inv = np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
         v = (b * inv).astype(np.float32).astype(np.float64)
-    v = np.nan_to_num(v, nan=0.0)
+    v = np.where(bad, 0.0, v)
     q = np.clip(np.sign(v) * np.floor(np.abs(v) + 0.5), -127, 127)  # roundf: half away from zero
     return q.astype(np.int8).reshape(n, k), d.reshape(n, k // 16)
 

@@ -17,6 +17,7 @@ from test_kernels import RUNNABLE, check_close, q8_act_groups, q8_act_ref
 
 from tilellm import backend as backends
 from tilellm import kernels
+from tilellm.errors import NumericalError
 from tilellm.quant import TYPE_INFO, GGMLType, dequantize, quantize, row_bytes
 
 T = GGMLType
@@ -118,7 +119,8 @@ QTYPES_ALL = [T.Q8_0, T.Q4_0, T.Q4_1, *NEW_TYPES]
 def test_q8_act_layout(lib):
     """Prepared rows = int8 qs[k] | f32 d[k/16] | f32 s[k/16] | int16 isum[k/16] | zero pad to 64
     (tl_internal.h), byte for byte, identical for every quantized weight type; incl. an all-zero
-    group, halves (round half away from zero), a group whose largest |x| is negative, nan."""
+    group, halves (round half away from zero), a group whose largest |x| is negative. A nan is refused
+    (test_nonfinite.py checks the bytes C writes for it)."""
     ts = [t for t in QTYPES_ALL if lib.supports(t)]
     rng = np.random.default_rng(5)
     n, k = 5, 768
@@ -127,6 +129,10 @@ def test_q8_act_layout(lib):
     x[1, 528:544] = 0.0
     x[2, :16] = [-127.0, 2.5, 3.5, -2.5, 0.5, -0.5, 126.5, -126.5, 1.5, 0, 0, 0, 0, 0, 0, 0]
     x[3, 40] = np.nan
+    for t in ts:
+        with pytest.raises(NumericalError, match=r"\[3, 40\] is nan"):
+            lib.prepare(t, x)
+    x[3, 40] = 0.0
     ng = k // 16
     used = k + 10 * ng
     ld = (used + 63) // 64 * 64

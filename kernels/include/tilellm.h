@@ -31,7 +31,10 @@ enum tl_status {
     TL_OK = 0,
     TL_UNSUPPORTED = 1, /* "not handled": this variant has no kernel for it; caller falls back */
     TL_EINVAL = 2,      /* defensive check failed (Python should have caught it) */
-    TL_ENOMEM = 3
+    TL_ENOMEM = 3,
+    TL_ENONFINITE = 4   /* a NaN or inf reached activations quantized to int8, which cannot hold it: the
+                         * act buffer is written all the same, the groups concerned with scale NaN (so
+                         * products with them are NaN, never a silent 0), but the caller should stop */
 };
 
 /* Name of this variant: "portable", "avx2", "avxvnni", "avx512", "neon", "sme", "sme2". */
@@ -98,7 +101,9 @@ size_t tl_act_bytes(const tl_ctx *ctx, int wtype, int64_t n, int64_t k);
 /* Convert n rows of k floats (rows ldx floats apart) into the activation type for wtype,
  * written densely to act (tl_act_bytes bytes; act must be 64-byte aligned, kernels use aligned
  * vector loads on it). Done once, reusable for every weight of the
- * same type and k (q/k/v, gate/up). */
+ * same type and k (q/k/v, gate/up). Returns TL_ENONFINITE if x holds a NaN or inf and wtype is
+ * quantized (float activation types keep the values; their products are non-finite as in numpy).
+ * The _rms and _swiglu forms below check their computed rows the same way. */
 int tl_act_prepare(tl_ctx *ctx, int wtype, const float *x, int64_t ldx, int64_t n, int64_t k,
                    void *act, int nthreads);
 
@@ -210,7 +215,9 @@ int tl_layer_check(const tl_ctx *ctx, tl_program *p);
 
 /* n tokens through layer p: h [n, n_embd] (updated in place), rope angles cosv / sinv [n, n_rot / 2], token j
  * at position pos[j] of cache slot slot[j] (its keys and values are written there first; it attends to
- * positions 0..pos[j] of that slot). TL_ENOMEM if its scratch (allocated per call) cannot be had. */
+ * positions 0..pos[j] of that slot). TL_ENOMEM if its scratch (allocated per call) cannot be had;
+ * TL_ENONFINITE (from a step's activation preparation) if a value on the way to a quantized product was NaN
+ * or inf: h and the caches are then partly updated. */
 int tl_layer_run(tl_ctx *ctx, const tl_program *p, int64_t n, float *h, const float *cosv, const float *sinv,
                  const int64_t *pos, const int64_t *slot, int nthreads);
 

@@ -4,6 +4,7 @@
  * type family and k (q/k/v, gate/up): f32 copy for float weights, int8 with one f32 scale per
  * 16 values for every quantized weight type. Parallel over token rows.
  */
+#include <float.h>
 #include <math.h>
 #include <stdatomic.h>
 
@@ -16,7 +17,11 @@
  * int16 isum[ng] | zero pad, ng = k/16. The scale d = amax/127 is taken over `span` values (16 by
  * default; 32 or 256 in the ggml rounding mode, tl_options.act_rounding) and repeated for each
  * 16-value group of the span, so the kernels read every mode the same way. Span 32 stores the
- * scale rounded to fp16 as ggml's q8_0 / q8_1 blocks do. */
+ * scale rounded to fp16 as ggml's q8_0 / q8_1 blocks do.
+ * Non-finite input (issue #14): int8 cannot hold nan or inf, so a span holding one gets d = NaN (and
+ * q = 0, keeping the float->int conversion defined): a product with it is NaN, never a quiet 0, and
+ * act_rows finds it among the row's scales (q8a_row_finite) to report TL_ENONFINITE. Every
+ * vectorised writer of this layout (x86 act_prepare) does the same. */
 /* fp16 rounding of a finite non-negative float (round to nearest even), for ggml's q8_0 / q8_1
  * scales, which it stores as fp16 (the quants are computed with the f32 scale, as ggml does). */
 static float round_to_f16(float f) {
@@ -39,18 +44,20 @@ static void q8a_quant_row_span(const float *TL_RESTRICT x, int64_t k, uint8_t *T
     int16_t *is = (int16_t *)(ss + ng);
     for (int64_t s0 = 0; s0 < k; s0 += span) {
         float amax = 0.0f;
+        int bad = 0;
         for (int t = 0; t < span; t++) {
             float a = fabsf(x[s0 + t]);
             amax = a > amax ? a : amax;
+            bad |= !(a <= FLT_MAX); /* nan or inf */
         }
-        const float d = amax / 127.0f;
-        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        const float d = bad ? NAN : amax / 127.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f; /* NaN when d is: every v below is then nan -> q = 0 */
         for (int64_t g = s0 / TL_QG; g < (s0 + span) / TL_QG; g++) {
             const float *xg = x + g * TL_QG;
             int sum = 0;
             for (int t = 0; t < TL_QG; t++) {
                 float v = xg[t] * id;
-                v = v != v ? 0.0f : v; /* nan/inf inputs: keep the conversion defined */
+                v = v != v ? 0.0f : v; /* a non-finite group (id NaN): keep the conversion defined */
                 v = v > 127.0f ? 127.0f : v;
                 v = v < -127.0f ? -127.0f : v;
                 /* roundf (half away from zero) without libm so the loop vectorises: v - trunc(v)
@@ -75,6 +82,15 @@ void tl_q8a_quant_row(const float *TL_RESTRICT x, int64_t k, uint8_t *TL_RESTRIC
     q8a_quant_row_span(x, k, row, ldact, TL_QG);
 }
 
+/* 1 if every scale of a prepared q8 row is finite, i.e. its k inputs were (see above): k/16 floats, next to
+ * nothing beside the quantisation that just wrote them. */
+static int q8a_row_finite(const uint8_t *row, int64_t k) {
+    const float *d = tl_q8a_d(row, k);
+    int bad = 0;
+    for (int64_t g = 0; g < k / TL_QG; g++) bad |= (tl_f32_bits(d[g]) & 0x7f800000u) == 0x7f800000u;
+    return !bad;
+}
+
 static void copy_row_f32(const float *x, int64_t k, uint8_t *row, int64_t ldact) {
     memcpy(row, x, (size_t)k * 4);
     if (ldact > 4 * k) memset(row + 4 * k, 0, (size_t)(ldact - 4 * k));
@@ -89,6 +105,7 @@ typedef struct {
     uint8_t *act;
     int64_t ldact;
     _Atomic int64_t next; /* next row to hand out */
+    _Atomic int nonfinite; /* set when a q8 row got a non-finite input (its scale is NaN) */
     /* tl_act_prepare_rms: rows normalised from src (rows ldsrc apart) into x (= xn, dense) first;
      * tl_act_prepare_swiglu (src2 set): x = silu(src) * src2, dense rows */
     const float *src, *w, *src2;
@@ -131,30 +148,36 @@ static void swiglu_row(const float *TL_RESTRICT g, const float *TL_RESTRICT u, i
     }
 }
 
-static void act_rows(const act_ctx *c, int64_t j0, int64_t j1) {
+static void act_rows(act_ctx *c, int64_t j0, int64_t j1) {
     if (c->src2)
         for (int64_t j = j0; j < j1; j++) swiglu_row(c->src + j * c->k, c->src2 + j * c->k, c->k, (float *)c->x + j * c->k);
     else if (c->src)
         for (int64_t j = j0; j < j1; j++) rms_row(c->src + j * c->ldsrc, c->w, c->eps, c->k, (float *)c->x + j * c->k);
     const int at0 = tl_default_act_type(c->wtype);
-    if (c->rounding == TL_ACT_ROUND_GGML && c->uk->act_type == 0 &&
-        (at0 == TL_Q8_0 || at0 == TL_Q8_1 || at0 == TL_Q8_K)) {
+    /* the shared q8 layout, whoever writes it */
+    const int q8 = c->uk->act_type == 0 && (at0 == TL_Q8_0 || at0 == TL_Q8_1 || at0 == TL_Q8_K);
+    if (c->rounding == TL_ACT_ROUND_GGML && q8) {
         /* the variant's own quantizer (if any) writes this same layout with span 16 */
         const int span = at0 == TL_Q8_K ? TL_QK_K : TL_QK;
         for (int64_t j = j0; j < j1; j++) q8a_quant_row_span(c->x + j * c->ldx, c->k, c->act + j * c->ldact, c->ldact, span);
-        return;
-    }
-    if (c->uk->act_prepare) {
+    } else if (c->uk->act_prepare) {
         c->uk->act_prepare(c->x, c->ldx, j0, j1, c->k, c->act, c->ldact);
-        return;
+    } else {
+        for (int64_t j = j0; j < j1; j++) {
+            const float *xr = c->x + j * c->ldx;
+            uint8_t *row = c->act + j * c->ldact;
+            if (at0 == TL_F32) copy_row_f32(xr, c->k, row, c->ldact);
+            else tl_q8a_quant_row(xr, c->k, row, c->ldact); /* every quantized weight type */
+        }
     }
-    int at = tl_default_act_type(c->wtype);
-    for (int64_t j = j0; j < j1; j++) {
-        const float *xr = c->x + j * c->ldx;
-        uint8_t *row = c->act + j * c->ldact;
-        if (at == TL_F32) copy_row_f32(xr, c->k, row, c->ldact);
-        else tl_q8a_quant_row(xr, c->k, row, c->ldact); /* every quantized weight type */
-    }
+    /* Float layouts keep nan / inf (the products are then non-finite, as in numpy); q8 rows cannot,
+     * so a non-finite input is reported. */
+    if (q8)
+        for (int64_t j = j0; j < j1; j++)
+            if (!q8a_row_finite(c->act + j * c->ldact, c->k)) {
+                atomic_store_explicit(&c->nonfinite, 1, memory_order_relaxed);
+                break;
+            }
 }
 
 /* Rows handed out dynamically in chunks (a pool worker may not take part: threadpool.c). */
@@ -173,31 +196,33 @@ int64_t tl_act_ldact(const tl_ukernel *uk, int wtype, int64_t k) {
     return uk->act_row_bytes ? uk->act_row_bytes(k) : tl_act_row_bytes_default(wtype, k);
 }
 
-static void act_go(act_ctx *c, int nthreads) {
+/* TL_OK, or TL_ENONFINITE if a quantized row had a nan or inf input (act is written all the same). */
+static int act_go(act_ctx *c, int nthreads) {
     /* ~16k values per thread at least: below that the wake-up costs more than it saves */
     int64_t useful = (c->n * c->k) / 16384;
     int nth = (int)TL_MIN((int64_t)nthreads, TL_MIN(c->n, TL_MAX(useful, 1)));
     tl_parallel_for(nth, act_task, c);
+    return atomic_load_explicit(&c->nonfinite, memory_order_relaxed) ? TL_ENONFINITE : TL_OK;
 }
 
-void tl_act_run_rms(const tl_ctx *ctx, const tl_ukernel *uk, int wtype, const float *x, int64_t ldx, const float *w,
+int tl_act_run_rms(const tl_ctx *ctx, const tl_ukernel *uk, int wtype, const float *x, int64_t ldx, const float *w,
                     float eps, int64_t n, int64_t k, float *xn, void *act, int nthreads) {
     act_ctx c = {.wtype = wtype, .rounding = ctx->opt.act_rounding, .uk = uk, .x = xn, .ldx = k, .n = n, .k = k,
                  .act = (uint8_t *)act, .ldact = tl_act_ldact(uk, wtype, k), .src = x, .w = w,
                  .ldsrc = n > 1 ? ldx : k, .eps = eps};
-    act_go(&c, nthreads);
+    return act_go(&c, nthreads);
 }
 
-void tl_act_run_swiglu(const tl_ctx *ctx, const tl_ukernel *uk, int wtype, const float *g, const float *u, int64_t n,
+int tl_act_run_swiglu(const tl_ctx *ctx, const tl_ukernel *uk, int wtype, const float *g, const float *u, int64_t n,
                        int64_t k, float *xn, void *act, int nthreads) {
     act_ctx c = {.wtype = wtype, .rounding = ctx->opt.act_rounding, .uk = uk, .x = xn, .ldx = k, .n = n, .k = k,
                  .act = (uint8_t *)act, .ldact = tl_act_ldact(uk, wtype, k), .src = g, .src2 = u, .ldsrc = k};
-    act_go(&c, nthreads);
+    return act_go(&c, nthreads);
 }
 
-void tl_act_run(const tl_ctx *ctx, const tl_ukernel *uk, int wtype, const float *x, int64_t ldx, int64_t n,
+int tl_act_run(const tl_ctx *ctx, const tl_ukernel *uk, int wtype, const float *x, int64_t ldx, int64_t n,
                 int64_t k, void *act, int nthreads) {
     act_ctx c = {.wtype = wtype, .rounding = ctx->opt.act_rounding, .uk = uk, .x = x, .ldx = ldx, .n = n, .k = k,
                  .act = (uint8_t *)act, .ldact = tl_act_ldact(uk, wtype, k)};
-    act_go(&c, nthreads);
+    return act_go(&c, nthreads);
 }

@@ -7,11 +7,11 @@
 #include "ukernel.h"
 
 int64_t tl_act_ldact(const tl_ukernel *uk, int wtype, int64_t k);
-void tl_act_run(const tl_ctx *ctx, const tl_ukernel *uk, int wtype, const float *x, int64_t ldx, int64_t n,
+int tl_act_run(const tl_ctx *ctx, const tl_ukernel *uk, int wtype, const float *x, int64_t ldx, int64_t n,
                 int64_t k, void *act, int nthreads);
-void tl_act_run_swiglu(const tl_ctx *ctx, const tl_ukernel *uk, int wtype, const float *g, const float *u, int64_t n,
+int tl_act_run_swiglu(const tl_ctx *ctx, const tl_ukernel *uk, int wtype, const float *g, const float *u, int64_t n,
                        int64_t k, float *xn, void *act, int nthreads);
-void tl_act_run_rms(const tl_ctx *ctx, const tl_ukernel *uk, int wtype, const float *x, int64_t ldx, const float *w,
+int tl_act_run_rms(const tl_ctx *ctx, const tl_ukernel *uk, int wtype, const float *x, int64_t ldx, const float *w,
                     float eps, int64_t n, int64_t k, float *xn, void *act, int nthreads);
 
 /* 1 once tl_init succeeded (per-process setup, not arithmetic): no context exists before it. */
@@ -67,8 +67,7 @@ int tl_act_prepare(tl_ctx *ctx, int wtype, const float *x, int64_t ldx, int64_t 
     if (!x || !act || n < 1 || k < 1 || k % tl_block_size(wtype) != 0 || (n > 1 && ldx < k) || nthreads < 1 ||
         ((uintptr_t)act & (TL_ACT_ALIGN - 1)) != 0)
         return TL_EINVAL;
-    tl_act_run(ctx, uk, wtype, x, ldx, n, k, act, nthreads);
-    return TL_OK;
+    return tl_act_run(ctx, uk, wtype, x, ldx, n, k, act, nthreads); /* TL_OK or TL_ENONFINITE */
 }
 
 /* Checks one product's arguments and fills its kernel and driver arguments. */
@@ -104,8 +103,7 @@ int tl_act_prepare_rms(tl_ctx *ctx, int wtype, const float *x, int64_t ldx, cons
     if (!x || !w || !xn || !act || n < 1 || k < 1 || k % tl_block_size(wtype) != 0 || (n > 1 && ldx < k) ||
         nthreads < 1 || ((uintptr_t)act & (TL_ACT_ALIGN - 1)) != 0)
         return TL_EINVAL;
-    tl_act_run_rms(ctx, uk, wtype, x, ldx, w, eps, n, k, xn, act, nthreads);
-    return TL_OK;
+    return tl_act_run_rms(ctx, uk, wtype, x, ldx, w, eps, n, k, xn, act, nthreads);
 }
 
 int tl_act_prepare_swiglu(tl_ctx *ctx, int wtype, const float *g, const float *u, int64_t n, int64_t k, float *xn,
@@ -115,8 +113,7 @@ int tl_act_prepare_swiglu(tl_ctx *ctx, int wtype, const float *g, const float *u
     if (!g || !u || !xn || !act || n < 1 || k < 1 || k % tl_block_size(wtype) != 0 || nthreads < 1 ||
         ((uintptr_t)act & (TL_ACT_ALIGN - 1)) != 0)
         return TL_EINVAL;
-    tl_act_run_swiglu(ctx, uk, wtype, g, u, n, k, xn, act, nthreads);
-    return TL_OK;
+    return tl_act_run_swiglu(ctx, uk, wtype, g, u, n, k, xn, act, nthreads);
 }
 
 int tl_gemm(tl_ctx *ctx, int wtype, const void *w, int64_t ldw, int64_t m, int64_t k, const void *act, int64_t n,

@@ -14,7 +14,9 @@
  * d_w * (d_x0 * dot(0..15) + d_x1 * dot(16..31)) (+ m_w * (s_x0 + s_x1) for q4_1) in f32,
  * blocks in order.
  */
+#include <float.h>
 #include <immintrin.h>
+#include <math.h>
 
 #include "avx2.h"
 #include "x86_common.h"
@@ -48,6 +50,7 @@ void tl_avx2_q8_act_prepare(const float *x, int64_t ldx, int64_t j0, int64_t j1,
     const int64_t ng = k / X86_QG;
     const __m256 lim = _mm256_set1_ps(127.0f), nlim = _mm256_set1_ps(-127.0f);
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256 fmax = _mm256_set1_ps(FLT_MAX);
     for (int64_t j = j0; j < j1; j++) {
         const float *xr = x + j * ldx;
         uint8_t *row = act + j * ldact;
@@ -55,16 +58,19 @@ void tl_avx2_q8_act_prepare(const float *x, int64_t ldx, int64_t j0, int64_t j1,
         float *ss = dd + ng;
         int16_t *is = (int16_t *)(ss + ng);
         for (int64_t g = 0; g < ng; g++) {
-            __m256 xv[2], am = _mm256_setzero_ps();
+            __m256 xv[2], am = _mm256_setzero_ps(), nf = _mm256_setzero_ps();
             for (int u = 0; u < 2; u++) {
                 xv[u] = _mm256_loadu_ps(xr + 16 * g + 8 * u);
-                am = _mm256_max_ps(_mm256_and_ps(xv[u], absmask), am); /* nan skipped, as scalar */
+                const __m256 a = _mm256_and_ps(xv[u], absmask);
+                am = _mm256_max_ps(a, am);                                /* nan skipped here... */
+                nf = _mm256_or_ps(nf, _mm256_cmp_ps(a, fmax, _CMP_NLE_UQ)); /* ...and flagged (inf too) */
             }
             __m128 h = _mm_max_ps(_mm256_castps256_ps128(am), _mm256_extractf128_ps(am, 1));
             h = _mm_max_ps(h, _mm_movehl_ps(h, h));
             h = _mm_max_ss(h, _mm_movehdup_ps(h));
             const float amax = _mm_cvtss_f32(h);
-            const float d = amax / 127.0f;
+            /* a non-finite group: d = NaN, q = 0 (act.c's rule; it reports TL_ENONFINITE) */
+            const float d = _mm256_testz_ps(nf, nf) ? amax / 127.0f : NAN;
             const float id = d != 0.0f ? 1.0f / d : 0.0f;
             const __m256 vid = _mm256_set1_ps(id);
             __m256i q[2];

@@ -12,6 +12,7 @@
  * saturation is possible (vpdpbusd accumulates u8*s8 products in int32). A panel is packed
  * once and reused for every token of the driver's block (and for n == 1, gemv).
  */
+#include <float.h>
 #include <immintrin.h>
 #include <math.h>
 #include <stdatomic.h>
@@ -37,6 +38,7 @@ void tl_avx512_q8_act_prepare(const float *x, int64_t ldx, int64_t j0, int64_t j
     const int64_t ng = k / X86_QG;
     const __m512 lim = _mm512_set1_ps(127.0f), nlim = _mm512_set1_ps(-127.0f);
     const __m512i absmask = _mm512_set1_epi32(0x7fffffff);
+    const __m512 fmax = _mm512_set1_ps(FLT_MAX);
     for (int64_t j = j0; j < j1; j++) {
         const float *xr = x + j * ldx;
         uint8_t *row = act + j * ldact;
@@ -48,7 +50,8 @@ void tl_avx512_q8_act_prepare(const float *x, int64_t ldx, int64_t j0, int64_t j
             /* max_ps(a, b) returns b when a is nan: nan inputs are skipped, as in the scalar code */
             __m512 a0 = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(x0), absmask));
             const float amax = _mm512_reduce_max_ps(_mm512_max_ps(a0, _mm512_setzero_ps()));
-            const float d = amax / 127.0f;
+            /* nan or inf in the group: d = NaN, q = 0 (act.c's rule; it reports TL_ENONFINITE) */
+            const float d = _mm512_cmp_ps_mask(a0, fmax, _CMP_NLE_UQ) ? NAN : amax / 127.0f;
             const float id = d != 0.0f ? 1.0f / d : 0.0f;
             __m512 v0 = _mm512_mul_ps(x0, _mm512_set1_ps(id));
             v0 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v0, v0, _CMP_ORD_Q), v0); /* nan -> 0 */

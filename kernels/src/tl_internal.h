@@ -90,11 +90,13 @@ TL_INLINE int64_t tl_row_bytes(int t, int64_t k) {
  *     bytes [k+4ng, k+8ng)      float s[ng]     d * (sum of the group's 16 quants)
  *     bytes [k+8ng, k+10ng)     int16 isum[ng]  sum of the group's 16 quants (|isum| <= 2032)
  *     then zero padding;        ldact = round_up(k + 10ng, 64).
- * Quantisation (ggml's reference rounding, f32 scale): amax = max |x| of the group (nan skipped),
- * d = amax/127, id = 1/d (0 if d == 0), q = roundf(x*id) (half away from zero; nan -> 0, clamped
- * to +-127); an all-zero group has d = 0, q = 0. One scale per 16 (llama.cpp: per 32, per 256
- * for K-quants) lowers the activation rounding error (measured: docs/kernels.md). The act type ids (Q8_0 for q8_0/q4_0/q5_0/iq4_nl, Q8_1 for q4_1/q5_1, Q8_K for the
- * K-quants and iq4_xs) name which weight families may share a prepared buffer; the bytes are this layout.
+ * Quantisation (ggml's reference rounding, f32 scale): amax = max |x| of the group,
+ * d = amax/127, id = 1/d (0 if d == 0), q = roundf(x*id) (half away from zero, clamped
+ * to +-127); an all-zero group has d = 0, q = 0; a group holding a nan or inf has d = NaN, q = 0
+ * (int8 cannot hold it: tl_act_prepare reports TL_ENONFINITE, act.c). One scale per 16 (llama.cpp: per 32, per 256
+ * for K-quants) lowers the activation rounding error (measured: docs/kernels.md). The act type ids (Q8_0 for
+ * q8_0/q4_0/q5_0/iq4_nl, Q8_1 for q4_1/q5_1, Q8_K for the K-quants and iq4_xs) name which weight families may share
+ * a prepared buffer; the bytes are this layout.
  * Block math (exact int32 dot inside each 16-group, then f32): a 32-value weight block b with
  * scale d_w adds d_w * (d[2b] * dot(0..15) + d[2b+1] * dot(16..31)) (+ m_w * (s[2b] + s[2b+1])
  * for q4_1); K-quant sub-blocks fold the group scale into their sub-block sums and take their

@@ -40,11 +40,13 @@ __attribute__((unused)) static void x86_qa_prepare(const float *x, int64_t ldx, 
         for (int64_t g = 0; g < ng; g++) {
             const float *xb = xr + g * X86_QG;
             float amax = 0.0f;
+            int bad = 0;
             for (int t = 0; t < X86_QG; t++) {
                 float v = xb[t] < 0 ? -xb[t] : xb[t];
                 amax = v > amax ? v : amax;
+                bad |= !(v <= 3.40282347e+38f); /* nan or inf: d = NaN, q = 0 (act.c) */
             }
-            const float d = amax / 127.0f;
+            const float d = bad ? __builtin_nanf("") : amax / 127.0f;
             const float id = d != 0.0f ? 1.0f / d : 0.0f;
             int sum = 0;
             for (int t = 0; t < X86_QG; t++) {
