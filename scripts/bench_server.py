@@ -101,7 +101,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def server_cmd(name: str, path: Path, port: int, slots: int, ctx: int, threads: int, args: argparse.Namespace) -> list[str]:
+def server_cmd(name: str, path: Path, port: int, slots: int, ctx: int, threads: int,
+               args: argparse.Namespace) -> list[str]:
     if name == "tilellm":
         return [sys.executable, "-m", "tilellm.llm.server", "-m", str(path), "--port", str(port), "-np", str(slots),
                 "-c", str(ctx), "-t", str(threads), "--log-level", "warning"]
@@ -289,7 +290,8 @@ def table(rows: list[dict[str, Any]]) -> str:
         if "error" in r:
             out.append(f"| {r['model']} | {r['concurrency']} | {r['server']} | error: {r['error'][:60]} | | | | | |")
             continue
-        out.append(f"| {r['model']} | {r['concurrency']} | {r['server']} | {r['agg_tps']:.1f} | {r['decode_tps']:.1f} | "
+        out.append(f"| {r['model']} | {r['concurrency']} | {r['server']} | {r['agg_tps']:.1f} | "
+                   f"{r['decode_tps']:.1f} | "
                    f"{r['tpot_p50_ms']:.1f} / {r['tpot_p99_ms']:.1f} | {r['ttft_p50_ms']:.0f} | "
                    f"{r['tokens_per_request']:.0f} | {r['load_before']:.1f} |")
     ok = [r for r in rows if "error" not in r]
@@ -303,7 +305,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             if base is not None:
                 s += f" = {mine[c]['agg_tps'] / base['agg_tps']:.2f}x its c={base['concurrency']}"
             if c in peer:
-                s += f"; llama-server {peer[c]['agg_tps']:.1f} t/s, tilellm/llama-server {mine[c]['agg_tps'] / peer[c]['agg_tps']:.2f}x"
+                ratio = mine[c]["agg_tps"] / peer[c]["agg_tps"]
+                s += f"; llama-server {peer[c]['agg_tps']:.1f} t/s, tilellm/llama-server {ratio:.2f}x"
             lines.append(s)
     return "\n".join(out) + ("\n\n" + "\n".join(lines) if lines else "")
 
