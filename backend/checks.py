@@ -1,7 +1,6 @@
-"""Argument checks the backends share: activations in, results out, SwiGLU operand pairs.
-
-Each check runs once per call on the way down; the kernel library checks again only what C relies on.
-"""
+"""Argument checks of the numpy side: activations in and results out (the reference backend), SwiGLU operand pairs
+(the Backend defaults). The kernel backend does not use them: its KernelLib validates every argument once, at the
+Python-C boundary."""
 from __future__ import annotations
 
 from typing import Any

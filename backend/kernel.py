@@ -15,9 +15,7 @@ from tilellm.kernels.attention import attention as kernel_attention
 from tilellm.quant import GGMLType, TensorView
 from tilellm.quant.errors import ShapeError, UnsupportedError
 
-from .checks import check_activations, check_out, check_same_shape
-from .layer import DecoderLayerSpec
-from .ops import silu
+from .layer import OPS, PRE, LayerProgram
 from .protocol import Activations, Backend, LayerPlan
 
 # The six weight types of the card; a variant may support more (its tl_supports decides).
@@ -55,12 +53,12 @@ class KernelBackend(Backend):
         return self.fallback
 
     def prepare(self, x: np.ndarray, weight_type: GGMLType) -> Activations:
-        x = check_activations(x)
         t = GGMLType(weight_type)
         other = self._route(t)
         if other is not None:
             return other.prepare(x, t)
-        return Activations(x, t, self.name, self.lib.prepare(t, x))
+        x = _c_order(x)
+        return Activations(x, t, self.name, self.lib.prepare(t, x))  # KernelLib validates x
 
     def prepare_rms_norm(self, h: np.ndarray, w: np.ndarray, eps: float, weight_type: GGMLType) -> Activations:
         """prepare(rms_norm(h, w, eps), weight_type) in one C call (decode runs this before q/k/v and gate/up);
@@ -69,100 +67,53 @@ class KernelBackend(Backend):
         if (self._route(t) is not None or not isinstance(w, np.ndarray) or w.dtype != np.float32 or w.ndim != 1
                 or not w.flags.c_contiguous):
             return super().prepare_rms_norm(h, w, eps, t)  # the two steps
-        h = check_activations(h)
-        payload, xn = self.lib.prepare_rms(t, h, w, eps)
+        payload, xn = self.lib.prepare_rms(t, _c_order(h), w, eps)  # KernelLib validates h
         return Activations(xn, t, self.name, payload)
 
     def prepare_swiglu(self, g: np.ndarray, u: np.ndarray, weight_type: GGMLType) -> Activations:
         """prepare(silu(g) * u, weight_type) in one C call (before the down projection); .x holds silu(g) * u.
         Types this library lacks take numpy's SwiGLU and the other backend's prepare."""
         t = GGMLType(weight_type)
-        check_same_shape(g, u)
         if self._route(t) is not None:
-            return self.prepare(silu(g) * u, t)
-        payload, xn = self.lib.prepare_swiglu(t, np.ascontiguousarray(g), np.ascontiguousarray(u))
+            return super().prepare_swiglu(g, u, t)  # numpy's SwiGLU (shapes checked there), the fallback's prepare
+        payload, xn = self.lib.prepare_swiglu(t, _c_order(g), _c_order(u))  # KernelLib validates g and u
         return Activations(xn, t, self.name, payload)
 
-    def plan_layer(self, layer: DecoderLayerSpec, k_cache: np.ndarray, v_cache: np.ndarray) -> LayerPlan | None:
-        """A checked C tl_layer for `layer` (caches float32 [n_ctx, n_head_kv, head_dim]) for decode_layer, or None
-        when this library cannot run it in one call (a weight type it lacks, q/k/v or gate/up needing different
-        activations): the caller then takes the step-by-step path."""
-        s = layer.shape
-        n_embd, n_head, n_head_kv, head_dim, n_rot, n_ff = s.n_embd, s.n_head, s.n_head_kv, s.head_dim, s.n_rot, s.n_ff
-        lib, ffi = self.lib, self.lib.ffi
-        ws = [layer.wq, layer.wk, layer.wv, layer.wo, layer.w_gate, layer.w_up, layer.w_down]
-        if any(w is None or w.type not in self.native_types for w in ws):
+    def plan_layer(self, program: LayerProgram) -> LayerPlan | None:
+        """The layer program lowered to C (tl_program) and checked once (tl_layer_check), for decode_layer; None
+        when this library lacks one of its weight types (the caller then takes the step-by-step path)."""
+        if any(w.type not in self.native_types for w in program.weights()):
             return None
-        at = lib.act_type
-        if len({at(w.type) for w in ws[:3]}) != 1 or at(layer.w_gate.type) != at(layer.w_up.type):
-            return None
-        if n_rot % 2 or not 0 <= n_rot <= head_dim:
-            return None
-        keep: list[Any] = []
+        return _lower(self, program)
 
-        def vec(a: Any, n: int, name: str, writable: bool = False) -> Any:
-            if a is None:
-                return ffi.NULL
-            if (not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.size != n or not a.flags.c_contiguous
-                    or (writable and not a.flags.writeable)):
-                raise ShapeError(f"{name} must be a C-contiguous float32 array of {n} values")
-            p = ffi.from_buffer("float[]", a, require_writable=writable)
-            keep.append(p)
-            return p
-
-        n_ctx = k_cache.shape[0] if isinstance(k_cache, np.ndarray) and k_cache.ndim == 3 else -1
-        if (n_ctx < 1 or k_cache.shape != (n_ctx, n_head_kv, head_dim)
-                or getattr(v_cache, "shape", None) != k_cache.shape):
-            raise ShapeError(f"k/v caches must be float32 [n_ctx, {n_head_kv}, {head_dim}]")
-        L = ffi.new("tl_layer *")
-        L.n_embd, L.n_head, L.n_head_kv, L.head_dim, L.n_rot, L.n_ff = n_embd, n_head, n_head_kv, head_dim, n_rot, n_ff
-        L.rope_neox, L.eps = int(bool(s.rope_neox)), float(s.eps)
-        L.attn_norm, L.ffn_norm = vec(layer.attn_norm, n_embd, "attn_norm"), vec(layer.ffn_norm, n_embd, "ffn_norm")
-        qd, kvd = n_head * head_dim, n_head_kv * head_dim
-        L.bq = vec(layer.bq, qd, "bq")
-        L.bk = vec(layer.bk, kvd, "bk")
-        L.bv = vec(layer.bv, kvd, "bv")
-        shapes = [(n_embd, qd), (n_embd, kvd), (n_embd, kvd), (qd, n_embd), (n_embd, n_ff), (n_embd, n_ff),
-                  (n_ff, n_embd)]
-        for field, w, (k, m) in zip(("wq", "wk", "wv", "wo", "gate", "up", "down"), ws, shapes):
-            if w.k != k or w.n_rows != m:
-                raise ShapeError(f"{w.name!r} is [{w.n_rows}, {w.k}], a layer of this shape needs [{m}, {k}]")
-            pl = self._plan(w)
-            keep.append(pl)
-            tw = getattr(L, field)
-            tw.wtype, tw.w, tw.ldw, tw.m = int(pl.t), pl.wp, pl.ldw, pl.m
-        L.kv_stride = kvd
-        kc, vc = vec(k_cache, k_cache.size, "k cache", True), vec(v_cache, v_cache.size, "v cache", True)
-        return KernelLayerPlan(self, L, kc, vc, n_ctx, n_embd, n_rot // 2, keep)
-
-    @property
-    def fma_contracted(self) -> bool:
-        """Whether this variant's C rounds `a * b + c` once (FMA contraction: every variant but `portable`, which
-        is built with -ffp-contract=off). `decode_layer`'s rope rounds so; a batched forward whose decode rows
-        must equal it rounds alike (`Rope.apply_like_decode_layer`)."""
-        return self.name != "portable"
-
-    def decode_layer(self, plan: LayerPlan, h: np.ndarray, cos: np.ndarray, sin: np.ndarray, n_past: int,
-                     scale: float) -> None:
-        """One token through a planned layer: h (float32, n_embd values, C-contiguous) updated in place; the
-        token's k and v written to the plan's caches at position n_past."""
+    def decode_layer(self, plan: LayerPlan, h: np.ndarray, cos: np.ndarray, sin: np.ndarray,
+                     positions: Sequence[int] | np.ndarray, slots: Sequence[int] | np.ndarray | None = None) -> None:
+        """n tokens through a planned layer in one C call (tl_layer_run): h float32 [n, n_embd] (or [n_embd] for
+        one) updated in place, rope angles cos / sin [n, n_rot / 2]; token j at positions[j] of cache slot
+        slots[j] (default 0), its keys and values written there."""
         if type(plan) is not KernelLayerPlan or plan.backend is not self:
             raise ShapeError("plan must come from this backend's plan_layer")
-        n_past = int(n_past)
-        if not 0 <= n_past < plan.n_ctx:
-            raise ShapeError(f"position {n_past} is outside the cache of {plan.n_ctx} positions")
-        ffi = self.lib.ffi
-        for name, a, n in (("h", h, plan.n_embd), ("cos", cos, plan.half), ("sin", sin, plan.half)):
-            if (not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.size != n or not a.flags.c_contiguous):
-                raise ShapeError(f"{name} must be a C-contiguous float32 array of {n} values")
+        pos = np.ascontiguousarray(positions, dtype=np.int64).reshape(-1)
+        n = pos.size
+        slot = np.zeros(n, np.int64) if slots is None else np.ascontiguousarray(slots, dtype=np.int64).reshape(-1)
+        if n < 1 or slot.size != n:
+            raise ShapeError(f"decode_layer needs one position and one slot per token, got {n} and {slot.size}")
+        if pos.min() < 0 or pos.max() >= plan.n_ctx:
+            raise ShapeError(f"position {int(pos.max() if pos.max() >= plan.n_ctx else pos.min())} is outside the "
+                             f"cache of {plan.n_ctx} positions")
+        if slot.min() < 0 or slot.max() >= plan.n_slots:
+            raise ShapeError(f"cache slot {int(slot.max())} is outside the {plan.n_slots} slots of the plan's caches")
+        lib, ffi = self.lib, self.lib.ffi
+        for name, a, k in (("h", h, plan.n_embd), ("cos", cos, plan.half), ("sin", sin, plan.half)):
+            if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.size != n * k or not a.flags.c_contiguous:
+                raise ShapeError(f"{name} must be a C-contiguous float32 array of {n} x {k} values")
         if not h.flags.writeable:
             raise ShapeError("h is read-only")
-        rc = self.lib.lib.tl_decode_layer(self.lib.ctx, plan.c, ffi.from_buffer("float[]", h),
-                                          ffi.from_buffer("float[]", cos),
-                                          ffi.from_buffer("float[]", sin), plan.kc, plan.vc, n_past, float(scale),
-                                          self.lib.n_threads)
+        rc = lib.lib.tl_layer_run(lib.ctx, plan.c, n, ffi.from_buffer("float[]", h), ffi.from_buffer("float[]", cos),
+                                  ffi.from_buffer("float[]", sin), ffi.from_buffer("int64_t[]", pos),
+                                  ffi.from_buffer("int64_t[]", slot), lib.n_threads)
         if rc:
-            self.lib._check_rc(rc, "tl_decode_layer")
+            lib._check_rc(rc, "tl_layer_run")
 
     def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, n_past: int, scale: float,
                   window: int | None = None) -> np.ndarray:
@@ -210,17 +161,106 @@ class KernelBackend(Backend):
         prep = self._prepared_for(weight, x)
         if out is None:
             return self.lib.run([self._plan(weight)], prep.payload)[0]
-        res = check_out(out, prep.n, weight.n_rows)
-        self.lib.gemm(t, weight.data, weight.k, prep.payload, out=res)
-        return res
+        return self.lib.gemm(t, weight.data, weight.k, prep.payload, out=out)  # KernelLib validates out
+
+
+def _c_order(x: Any) -> Any:
+    """A numpy array in C order (copied only when it is not); anything else as given. Not a check: KernelLib
+    validates every argument once, at the Python-C boundary."""
+    return np.ascontiguousarray(x) if isinstance(x, np.ndarray) and not x.flags.c_contiguous else x
 
 
 class KernelLayerPlan(LayerPlan):
-    """A layer checked once by KernelBackend.plan_layer: the C tl_layer and everything it points into."""
+    """A layer program checked once by KernelBackend.plan_layer: the C tl_program and everything it points into."""
 
-    __slots__ = ("backend", "c", "kc", "vc", "n_ctx", "n_embd", "half", "_keep")
+    __slots__ = ("backend", "c", "n_embd", "half", "n_ctx", "n_slots", "_keep")
 
-    def __init__(self, backend: KernelBackend, c: Any, kc: Any, vc: Any, n_ctx: int, n_embd: int, half: int,
+    def __init__(self, backend: KernelBackend, c: Any, n_embd: int, half: int, n_ctx: int, n_slots: int,
                  keep: list[Any]) -> None:
-        self.backend, self.c, self.kc, self.vc = backend, c, kc, vc
-        self.n_ctx, self.n_embd, self.half, self._keep = n_ctx, n_embd, half, keep
+        self.backend, self.c, self.n_embd, self.half = backend, c, n_embd, half
+        self.n_ctx, self.n_slots, self._keep = n_ctx, n_slots, keep
+
+
+_OP_IDS = {op: i + 1 for i, op in enumerate(OPS)}  # tl_op of tilellm.h
+_CACHE_ERROR = "caches must be float32 [n_slots, n_ctx, ...] arrays, each slot's positions contiguous, of one n_ctx"
+
+
+def _lower(be: KernelBackend, program: LayerProgram) -> KernelLayerPlan:
+    """program as a C tl_program (checked by tl_layer_check); every array it points into is kept by the plan."""
+    lib, ffi = be.lib, be.lib.ffi
+    keep: list[Any] = []
+
+    def new(ctype: str, init: Any) -> Any:
+        p = ffi.new(ctype, init)
+        keep.append(p)
+        return p
+
+    def vec(a: np.ndarray, n: int, what: str) -> Any:
+        keep.append(a)
+        return lib.float_pointer(a, what, size=n)
+
+    def weights(ws: Sequence[TensorView]) -> Any:
+        out = new("tl_weight[]", len(ws))
+        for c, w in zip(out, ws):
+            if len(w.shape) != 2:
+                raise ShapeError(f"{w.name!r} is not a matrix")
+            p = be._plan(w)
+            keep.append(p)
+            c.wtype, c.w, c.ldw, c.m = int(p.t), p.wp, p.ldw, p.m
+        return out
+
+    def stacked(t: TensorView, count: int) -> tuple[Any, int]:
+        """A 3-D weight of `count` matrices: matrix 0 as a tl_weight[1] and the bytes between matrices."""
+        if len(t.shape) != 3 or t.shape[2] != count:
+            raise ShapeError(f"{t.name!r} has shape {list(t.shape)}, expected {count} matrices")
+        keep.append(t)
+        return weights([t.matrix(0)]), t.shape[1] * int(t.data.strides[0])
+
+    n_ctx = n_slots = -1
+    ptrs, lds, strides = [], [], []
+    for i, a in enumerate(program.caches):
+        if (not isinstance(a, np.ndarray) or a.ndim < 2 or a.strides[0] % 4 or not a[0].flags.c_contiguous
+                or n_ctx not in (-1, a.shape[1])):
+            raise ShapeError(_CACHE_ERROR)
+        n_slots, n_ctx = a.shape[0], a.shape[1]
+        ptrs.append(lib.float_pointer(a, f"cache {i}", writable=True))
+        lds.append(int(np.prod(a.shape[2:], dtype=np.int64)))
+        strides.append(a.strides[0] // 4)
+        keep.append(a)
+    steps = new("tl_step[]", max(1, len(program.steps)))
+    for c, s in zip(steps, program.steps):
+        c.op = _OP_IDS[s.op]
+        c.mode = PRE.index(s.pre) if s.op == "matmul" else int(s.neox)
+        c.dst, c.src, c.src2, c.rows, c.ld_dst, c.ld_src, c.n = s.dst, s.src, s.src2, s.rows, s.ld_dst, s.ld_src, s.n
+        if s.op == "matmul_heads":
+            c.w, c.w_stride = stacked(s.weights[0], s.rows)
+        elif s.weights:
+            c.w, c.count = weights(s.weights), len(s.weights)
+        if s.vec is not None:
+            c.vec = vec(s.vec, s.n, f"{s.op} vector")
+        c.eps, c.scale, c.cache, c.cache2, c.c_off, c.c_ld = s.eps, s.scale, s.cache, s.cache2, s.c_off, s.c_ld
+        c.n_head, c.n_head_kv, c.dk, c.dv, c.window = s.n_head, s.n_head_kv, s.dk, s.dv, s.window
+        if s.moe is not None:
+            m, spec = new("tl_moe *", None), s.moe
+            E = spec.router.n_rows
+            m.router = weights([spec.router])[0]
+            m.bias = vec(spec.bias, E, "expert selection bias") if spec.bias is not None else ffi.NULL
+            m.n_expert, m.n_used, m.gating, m.n_group, m.n_group_used = E, spec.n_used, spec.gating, spec.n_group, \
+                spec.n_group_used
+            m.norm, m.scale = int(bool(spec.norm)), float(spec.scale)
+            (g, m.gate_stride), (u, m.up_stride), (d, m.down_stride) = (stacked(t, E) for t in (
+                spec.gate_exps, spec.up_exps, spec.down_exps))
+            m.gate, m.up, m.down = g[0], u[0], d[0]
+            c.moe = m
+    prog = new("tl_program *", None)
+    prog.n_embd, prog.row, prog.n_rot = program.n_embd, program.row, program.n_rot
+    prog.n_ctx, prog.n_slots = max(n_ctx, 1), max(n_slots, 1)
+    prog.n_steps, prog.steps = len(program.steps), steps
+    prog.n_caches = len(ptrs)
+    prog.caches, prog.cache_ld, prog.slot_stride = (new("float *[]", ptrs), new("int64_t[]", lds),
+                                                    new("int64_t[]", strides))
+    rc = lib.lib.tl_layer_check(lib.ctx, prog)
+    if rc:
+        raise ShapeError(f"the layer program was refused by tl_layer_check (status {rc}): a step's sizes, offsets, "
+                         "weights or caches do not fit together")
+    return KernelLayerPlan(be, prog, program.n_embd, program.n_rot // 2, prog.n_ctx, prog.n_slots, keep)

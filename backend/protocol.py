@@ -18,7 +18,7 @@ from tilellm.quant import GGMLType, TensorView
 from tilellm.quant.errors import UnsupportedError
 
 from .checks import check_same_shape
-from .layer import DecoderLayerSpec
+from .layer import LayerProgram
 from .ops import causal_attention, rms_norm, silu
 
 
@@ -45,7 +45,7 @@ class Activations:
 
 
 class LayerPlan:
-    """An opaque handle from `Backend.plan_layer`: one layer checked once, for `decode_layer` calls."""
+    """An opaque handle from `Backend.plan_layer`: one layer program checked once, for `decode_layer` calls."""
 
 
 class Backend(abc.ABC):
@@ -97,13 +97,14 @@ class Backend(abc.ABC):
         query at position p sees keys p-window+1..p only."""
         return causal_attention(q, k, v, n_past, scale, window=window)
 
-    def plan_layer(self, layer: DecoderLayerSpec, k_cache: np.ndarray, v_cache: np.ndarray) -> LayerPlan | None:
-        """A plan for running `layer` one token at a time with `decode_layer` (caches float32
-        [n_ctx, n_head_kv, head_dim], written in place), or None: not handled, take the steps."""
+    def plan_layer(self, program: LayerProgram) -> LayerPlan | None:
+        """A plan for running the layer `program` describes one call per step of tokens with `decode_layer`, or
+        None: not handled, take the steps (the default)."""
         return None
 
-    def decode_layer(self, plan: LayerPlan, h: np.ndarray, cos: np.ndarray, sin: np.ndarray, n_past: int,
-                     scale: float) -> None:
-        """One token through a planned layer: h (float32 [n_embd]) updated in place, its k and v written to the
-        plan's caches at position n_past. Only called with a plan this backend's `plan_layer` returned."""
+    def decode_layer(self, plan: LayerPlan, h: np.ndarray, cos: np.ndarray, sin: np.ndarray,
+                     positions: Sequence[int] | np.ndarray, slots: Sequence[int] | np.ndarray | None = None) -> None:
+        """n tokens through a planned layer: h (float32 [n, n_embd]) updated in place, cos / sin [n, n_rot / 2]
+        their rope angles; token j's keys and values written to its cache slot (default 0) at positions[j]. Only
+        called with a plan this backend's `plan_layer` returned."""
         raise UnsupportedError(f"backend {self.name!r} has no one-call decode step (plan_layer returns None)")

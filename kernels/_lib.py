@@ -17,6 +17,7 @@ import numpy as np
 from tilellm.quant import TYPE_INFO, GGMLType, type_from_any
 from tilellm.quant.errors import BackendUnavailableError, ShapeError, UnsupportedError
 
+from .threads import MAX_THREADS, default_threads
 from .variants import BY_NAME, NAMES
 
 VARIANTS: tuple[str, ...] = NAMES  # best first
@@ -38,7 +39,6 @@ REQUIRES: dict[str, frozenset[str]] = {v.name: v.requires for v in BY_NAME.value
 FALLBACK: dict[str, str | None] = {v.name: v.fallback for v in BY_NAME.values()}
 
 TL_OK, TL_UNSUPPORTED, TL_EINVAL, TL_ENOMEM = 0, 1, 2, 3
-MAX_THREADS = 1024  # (the C pool caps at 256; more is surely a mistake)
 _ALIGN = 64  # prepared activation rows are 64-byte aligned (see kernels/src/tl_internal.h)
 
 _CACHEABLE = (GGMLType, int, str)  # KernelLib._info's cache keys
@@ -108,14 +108,6 @@ def cpu_features() -> set[str]:
     feats = detected_cpu_features()
     cap = cpu_cap()
     return feats & REQUIRES[cap] if cap is not None else feats
-
-
-def default_threads() -> int:
-    """Cores this process may run on: the one default of every n_threads."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS
-        return max(1, os.cpu_count() or 1)
 
 
 # ---- options of a KernelLib (tl_options of tilellm.h) ------------------------------------------------
@@ -469,13 +461,14 @@ class KernelLib:
         float32 [n, k] of the same shape."""
         t, _, _, at = self._info(weight_type)
         nth = self.n_threads if n_threads is None else _threads(n_threads, self.n_threads)
+        if getattr(g, "shape", None) != getattr(u, "shape", None):  # first: numpy would broadcast some silently
+            raise ShapeError(f"gate and up activations differ in shape: {getattr(g, 'shape', g)} vs "
+                             f"{getattr(u, 'shape', u)}")
         for name, a in (("gate", g), ("up", u)):
             if (not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.ndim != 2 or not a.flags.c_contiguous
                     or not a.flags.aligned):
                 raise ShapeError(f"{name} activations must be a C-contiguous float32 [n, k] array")
             _check_inside(a, f"{name} activations")
-        if g.shape != u.shape:
-            raise ShapeError(f"gate and up activations differ in shape: {g.shape} vs {u.shape}")
         n, k = g.shape
         if n < 1:
             raise ShapeError(f"activations have n = {n} rows; need at least 1")
@@ -637,6 +630,22 @@ class KernelLib:
         if np.may_share_memory(out, w2d) or np.may_share_memory(out, prepared.buf):
             raise ShapeError("out overlaps the weights or the activations")
         return out
+
+    def float_pointer(self, a: Any, what: str, *, size: int | None = None, writable: bool = False) -> Any:
+        """A C `float *` to a's first element, for an array C reads (or writes, `writable`) whole: float32, aligned,
+        non-negative strides with a contiguous last axis, `size` elements if given, inside the memory it views.
+        What the layer program (tl_layer_check / tl_layer_run) points at: norm vectors, biases, KV caches."""
+        if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.ndim < 1:
+            raise ShapeError(f"{what} must be a float32 numpy array")
+        if size is not None and a.size != size:
+            raise ShapeError(f"{what} has {a.size} values, expected {size}")
+        if (not a.flags.aligned or a.strides[-1] != 4 or any(st < 0 for st in a.strides)
+                or (writable and not a.flags.writeable)):
+            raise ShapeError(f"{what} must be an aligned{', writable' if writable else ''} float32 array with "
+                             f"contiguous rows (strides {a.strides})")
+        _check_inside(a, what)
+        span = a if a.flags.c_contiguous else _byte_span(a)
+        return self.ffi.cast("float *", self.ffi.from_buffer(span, require_writable=writable))
 
     def fma_peak(self, n_threads: int | None = None) -> float:
         """Measured FP32 FMA peak in GFLOP/s of this variant's vector unit (about 0.2 s)."""

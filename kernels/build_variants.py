@@ -29,7 +29,7 @@ HEADER = os.path.join(INCLUDE, "tilellm.h")
 # Compiled into every variant (with its flags). portable_kquants.c: the portable variant's K-quant kernels, and
 # the SIMD K-quant kernels' fallback when their scratch cannot be had.
 SHARED_SOURCES = ["api.c", "gemm.c", "act.c", "threadpool.c", "cpu_detect.c", "fma_peak.c", "attention.c", "decode.c",
-                  "portable_kquants.c"]
+                  "portable_kquants.c", "portable_qx.c"]
 
 
 def _load_table():

@@ -24,15 +24,16 @@ _AVX512_FLAGS = ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx51
                  "-mf16c")
 _AVX2 = frozenset({"avx2", "fma", "f16c"})
 _NEON = frozenset({"neon", "dotprod", "fp16"})
-_NEON_SOURCES = ("neon_float.c", "neon_q8.c", "neon_kquants.c", "neon_table.c")
+_NEON_SOURCES = ("neon_float.c", "neon_q8.c", "neon_kquants.c", "neon_table.c", "neon_qx.c")
 
 # Best first: the order "auto" tries them in.
 TABLE: tuple[Variant, ...] = (
     Variant("avx512", X86, _AVX512_FLAGS,
             _AVX2 | {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vnni", "avx512bf16"},
-            ("variant_avx512.c", "avx512_float.c", "avx512_float_packed.c", "avx512_q8.c", "avx512_kquants.c"), "avx2"),
+            ("variant_avx512.c", "avx512_float.c", "avx512_float_packed.c", "avx512_q8.c", "avx512_kquants.c",
+             "avx2_qx.c"), "avx2"),
     Variant("avx2", X86, ("-mavx2", "-mfma", "-mf16c"), _AVX2,
-            ("variant_avx2.c", "avx2_float.c", "avx2_q8.c", "avx2_kquants.c"), "portable"),
+            ("variant_avx2.c", "avx2_float.c", "avx2_q8.c", "avx2_kquants.c", "avx2_qx.c"), "portable"),
     # SME: armv8.6-a (which has dotprod) + SME + fp16, never armv9-a: armv9-a implies SVE2 and the compiler would
     # auto-vectorise the non-streaming code with SVE, which an Apple M4 lacks (REFERENCE 3.6.5). fp16 is for the
     # NEON small-batch kernels linked into these variants.

@@ -32,7 +32,7 @@ from __future__ import annotations
 import functools
 import os
 import threading
-from typing import Any, Callable, Iterator, Literal, Mapping, Sequence, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Mapping, Sequence, TypedDict, TypeVar, overload
 
 import numpy as np
 
@@ -56,6 +56,9 @@ from .models.base import Decoder, check_numerics
 from .text.factory import load_tokenizer
 from .text.sampling import Sampler
 from .text.tokenizer import StreamDecoder
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = [
     "load", "Model", "GenerationResult", "GenerationChunk", "Timings", "TokenLogprob", "ModelState",
@@ -176,6 +179,24 @@ def _cache_arrays(decoder: Any) -> dict[str, np.ndarray] | None:
                 return None
             out[name] = v
     return out or None
+
+
+class GenerateOptions(TypedDict, total=False):
+    """The keyword-only arguments of :meth:`Model.generate` (typing only: the overloads share them)."""
+
+    repeat_last_n: int
+    add_bos: bool | None
+    ignore_eos: bool
+    presence_penalty: float
+    frequency_penalty: float
+    typical_p: float
+    logit_bias: Mapping[Any, float] | None
+    logits_processor: LogitsProcessors | None
+    stopping_criteria: StoppingCriteria | None
+    logprobs: int | None
+    mirostat_mode: int
+    mirostat_tau: float
+    mirostat_eta: float
 
 
 # ----------------------------------------------------------------------------- model
@@ -523,82 +544,22 @@ class Model:
 
     # -- generation ----------------------------------------------------------------------
     @overload
-    def generate(
-        self,
-        prompt: str | Sequence[int],
-        max_tokens: int | None = 16,
-        temperature: float = 0.8,
-        top_k: int = 40,
-        top_p: float = 0.95,
-        min_p: float = 0.05,
-        repeat_penalty: float = 1.0,
-        stop: str | Sequence[str] | None = None,
-        seed: int | None = None,
-        stream: Literal[False] = False,
-        *,
-        repeat_last_n: int = 64,
-        add_bos: bool | None = None,
-        ignore_eos: bool = False,
-        presence_penalty: float = 0.0,
-        frequency_penalty: float = 0.0,
-        typical_p: float = 1.0,
-        logit_bias: Mapping[Any, float] | None = None,
-        logits_processor: LogitsProcessors | None = None,
-        stopping_criteria: StoppingCriteria | None = None,
-        logprobs: int | None = None,
-    ) -> GenerationResult: ...
+    def generate(self, prompt: str | Sequence[int], max_tokens: int | None = 16, temperature: float = 0.8,
+                 top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
+                 stop: str | Sequence[str] | None = None, seed: int | None = None, stream: Literal[False] = False,
+                 **options: Unpack[GenerateOptions]) -> GenerationResult: ...
 
     @overload
-    def generate(
-        self,
-        prompt: str | Sequence[int],
-        max_tokens: int | None = 16,
-        temperature: float = 0.8,
-        top_k: int = 40,
-        top_p: float = 0.95,
-        min_p: float = 0.05,
-        repeat_penalty: float = 1.0,
-        stop: str | Sequence[str] | None = None,
-        seed: int | None = None,
-        stream: Literal[True] = ...,
-        *,
-        repeat_last_n: int = 64,
-        add_bos: bool | None = None,
-        ignore_eos: bool = False,
-        presence_penalty: float = 0.0,
-        frequency_penalty: float = 0.0,
-        typical_p: float = 1.0,
-        logit_bias: Mapping[Any, float] | None = None,
-        logits_processor: LogitsProcessors | None = None,
-        stopping_criteria: StoppingCriteria | None = None,
-        logprobs: int | None = None,
-    ) -> Iterator[GenerationChunk]: ...
+    def generate(self, prompt: str | Sequence[int], max_tokens: int | None = 16, temperature: float = 0.8,
+                 top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
+                 stop: str | Sequence[str] | None = None, seed: int | None = None, stream: Literal[True] = ...,
+                 **options: Unpack[GenerateOptions]) -> Iterator[GenerationChunk]: ...
 
     @overload
-    def generate(
-        self,
-        prompt: str | Sequence[int],
-        max_tokens: int | None = 16,
-        temperature: float = 0.8,
-        top_k: int = 40,
-        top_p: float = 0.95,
-        min_p: float = 0.05,
-        repeat_penalty: float = 1.0,
-        stop: str | Sequence[str] | None = None,
-        seed: int | None = None,
-        stream: bool = False,
-        *,
-        repeat_last_n: int = 64,
-        add_bos: bool | None = None,
-        ignore_eos: bool = False,
-        presence_penalty: float = 0.0,
-        frequency_penalty: float = 0.0,
-        typical_p: float = 1.0,
-        logit_bias: Mapping[Any, float] | None = None,
-        logits_processor: LogitsProcessors | None = None,
-        stopping_criteria: StoppingCriteria | None = None,
-        logprobs: int | None = None,
-    ) -> GenerationResult | Iterator[GenerationChunk]: ...
+    def generate(self, prompt: str | Sequence[int], max_tokens: int | None = 16, temperature: float = 0.8,
+                 top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
+                 stop: str | Sequence[str] | None = None, seed: int | None = None, stream: bool = False,
+                 **options: Unpack[GenerateOptions]) -> GenerationResult | Iterator[GenerationChunk]: ...
 
     @_locked
     def generate(
@@ -624,6 +585,9 @@ class Model:
         logits_processor: LogitsProcessors | None = None,
         stopping_criteria: StoppingCriteria | None = None,
         logprobs: int | None = None,
+        mirostat_mode: int = 0,
+        mirostat_tau: float = 5.0,
+        mirostat_eta: float = 0.1,
     ) -> GenerationResult | Iterator[GenerationChunk]:
         """Continue ``prompt`` (text, or token ids used as given) and return the completion.
 
@@ -642,6 +606,8 @@ class Model:
         list of them, applied first at each step: the hook grammar constraints use),
         ``stopping_criteria`` (``f(input_ids, logits) -> bool``: true ends generation) and ``logprobs``
         (n: each token's log-probability and the n most likely alternatives, in ``.logprobs``).
+        ``mirostat_mode`` 1 or 2 samples with Mirostat (target surprise ``mirostat_tau`` in bits, learning rate
+        ``mirostat_eta``) instead of top-k / top-p / min-p / typical-p, as llama.cpp does.
 
         The prompt reuses the longest prefix it shares with the tokens already in the KV cache.
 
@@ -651,7 +617,8 @@ class Model:
         decoder = self._live()
         sampler = Sampler(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n,
                           seed=self._rng if seed is None else seed, presence_penalty=presence_penalty,
-                          frequency_penalty=frequency_penalty, typical_p=typical_p, logit_bias=logit_bias)
+                          frequency_penalty=frequency_penalty, typical_p=typical_p, logit_bias=logit_bias,
+                          mirostat_mode=mirostat_mode, mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta)
         if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, (int, np.integer))
                                      or logprobs < 0):
             raise ValueError(f"logprobs must be an integer >= 0 or None, got {logprobs!r}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Collection, Iterator, Sequence, Union
+from typing import Any, Callable, Collection, Iterator, Protocol, Sequence, Union
 
 import numpy as np
 
@@ -116,6 +116,71 @@ def check_stops(stop: str | Sequence[str] | None) -> list[str]:
     return out
 
 
+class TextDecoder(Protocol):
+    """Incremental detokenizer: ``feed`` never returns half a UTF-8 character."""
+
+    def feed(self, token_id: int) -> str: ...
+    def flush(self) -> str: ...
+
+
+class TextStream:
+    """Text of one generated sequence, handed out piece by piece (``generate``'s and the server's).
+
+    ``feed(token)`` returns the new text that is final (possibly ``""``: never half a UTF-8 character, never
+    the beginning of a stop string that may still complete) and sets :attr:`stopped` when a stop string
+    appeared; ``finish()`` returns the rest once generation has ended. The stop string and what follows it
+    are left out.
+    """
+
+    def __init__(self, decoder: TextDecoder, stops: Sequence[str] = ()) -> None:
+        self._decoder = decoder
+        self._stops = [s for s in stops if s]
+        self._max_stop = max((len(s) for s in self._stops), default=0)
+        self._text = ""
+        self._sent = 0                 # characters of _text already handed out
+        self._cut: int | None = None   # where a stop string starts in _text
+        self.stopped = False
+
+    @property
+    def text(self) -> str:
+        """All final text so far (without any stop string)."""
+        return self._text[: self._cut] if self._cut is not None else self._text
+
+    def _append(self, piece: str) -> None:
+        start = max(0, len(self._text) - self._max_stop + 1)
+        self._text += piece
+        if self._stops:
+            self._cut = find_stop(self._text, self._stops, start)
+            self.stopped = self._cut is not None
+
+    def feed(self, token_id: int) -> str:
+        """Add one sampled token; the text now safe to send."""
+        if self.stopped:
+            raise RuntimeError("feed() after a stop string ended the text")
+        piece = self._decoder.feed(token_id)
+        if not piece:
+            return ""
+        self._append(piece)
+        if self.stopped:
+            return ""  # finish() hands out what precedes the stop string
+        safe = len(self._text) - (held_back(self._text, self._stops) if self._stops else 0)
+        if safe <= self._sent:
+            return ""
+        out, self._sent = self._text[self._sent:safe], safe
+        return out
+
+    def finish(self) -> str:
+        """End of generation: the text still held back (up to any stop string)."""
+        if self._cut is None:
+            tail = self._decoder.flush()
+            if tail:
+                self._append(tail)
+        end = len(self._text) if self._cut is None else self._cut
+        out = self._text[self._sent:max(end, self._sent)]
+        self._sent = max(end, self._sent)
+        return out
+
+
 def as_processors(hooks: Any, what: str) -> list[Callable[[np.ndarray, np.ndarray], Any]]:
     """A callable or a list of callables (llama-cpp-python's LogitsProcessorList / StoppingCriteriaList) as a list."""
     if hooks is None:
@@ -163,14 +228,11 @@ def generation_loop(prefill: Callable[[list[int]], tuple[np.ndarray, int]], step
     logits, n_cached = prefill(ids)
     t1 = time.perf_counter()
     history = list(ids)
-    max_stop = max((len(s) for s in stops), default=0)
-    text = ""
-    emitted = 0  # characters of `text` already handed out
+    text = TextStream(stream, stops)
     pending: list[int] = []  # tokens not yet handed out with a chunk
     pending_lp: list[TokenLogprob] = []
     n_gen = 0
     finish = "length"
-    cut: int | None = None  # where a stop string starts in `text`
     banned = np.array(sorted(eog), dtype=np.int64) if ignore_eos and eog else None
     while n_gen < budget:
         input_ids = np.asarray(history if processors or criteria else (), dtype=np.intc)
@@ -191,34 +253,20 @@ def generation_loop(prefill: Callable[[list[int]], tuple[np.ndarray, int]], step
         pending.append(tok)
         if logprobs is not None:
             pending_lp.append(top_logprobs(logits, tok, logprobs))
-        piece = stream.feed(tok)
+        piece = text.feed(tok)
+        if text.stopped:
+            break
         if piece:
-            start = max(0, len(text) - max_stop + 1)
-            text += piece
-            if stops:
-                cut = find_stop(text, stops, start)
-                if cut is not None:
-                    finish = "stop"
-                    break
-            safe = len(text) - (held_back(text, stops) if stops else 0)
-            if safe > emitted:
-                yield GenerationChunk(text[emitted:safe], pending, None, len(ids), n_gen,
-                                      logprobs=pending_lp if logprobs is not None else None, cached_tokens=n_cached)
-                emitted, pending, pending_lp = safe, [], []
+            yield GenerationChunk(piece, pending, None, len(ids), n_gen,
+                                  logprobs=pending_lp if logprobs is not None else None, cached_tokens=n_cached)
+            pending, pending_lp = [], []
         if n_gen >= budget:
             break
         check_current()
         logits = step(tok)
-    if cut is None:
-        tail = stream.flush()
-        if tail:
-            start = max(0, len(text) - max_stop + 1)
-            text += tail
-            if stops:
-                cut = find_stop(text, stops, start)
-                if cut is not None:
-                    finish = "stop"
-    end = len(text) if cut is None else cut
+    tail = text.finish()
+    if text.stopped:
+        finish = "stop"
     t2 = time.perf_counter()
     prompt_s, gen_s = t1 - t0, t2 - t1
     timings = Timings(
@@ -227,5 +275,5 @@ def generation_loop(prefill: Callable[[list[int]], tuple[np.ndarray, int]], step
         prompt_tps=(len(ids) - n_cached) / prompt_s if prompt_s > 0 else 0.0,
         gen_tps=n_gen / gen_s if gen_s > 0 and n_gen else 0.0,
     )
-    yield GenerationChunk(text[emitted:max(end, emitted)], pending, finish, len(ids), n_gen, timings,
+    yield GenerationChunk(tail, pending, finish, len(ids), n_gen, timings,
                           logprobs=pending_lp if logprobs is not None else None, cached_tokens=n_cached)

@@ -10,7 +10,7 @@ llama-cpp-python runs with only its import changed::
 
 The forward pass, sampling and the KV cache (with prefix reuse) are the native ``Model``'s; this module only
 translates arguments and results. What a CPU engine has no use for (GPU offload) is accepted with a warning;
-what tilellm does not implement (LoRA, mirostat, infill ``suffix``, ...) raises ``UnsupportedError``.
+what tilellm does not implement (LoRA, speculative decoding, ...) raises ``UnsupportedError``.
 """
 from __future__ import annotations
 
@@ -29,6 +29,8 @@ from tilellm.quant.errors import UnsupportedError
 
 from .api import Model, ModelState, load
 from .generation import GenerationChunk, LogitsProcessors, StoppingCriteria, TokenLogprob
+from .text.chat_tools import ToolCall, resolve_tools, template_uses_tools, tool_call_delta, tool_call_message
+from .text.infill import FimTokens, fim_tokens
 
 __all__ = ["Llama", "LlamaState", "LLAMA_POOLING_TYPE_UNSPECIFIED", "LLAMA_POOLING_TYPE_NONE",
            "LLAMA_POOLING_TYPE_MEAN", "LLAMA_POOLING_TYPE_CLS", "LLAMA_POOLING_TYPE_LAST"]
@@ -104,6 +106,7 @@ class Llama:
         tokenizer: Any = None,
         type_k: int | None = None,
         type_v: int | None = None,
+        spm_infill: bool = False,
         verbose: bool = True,
         backend: str = "auto",
         **kwargs: Any,
@@ -112,6 +115,7 @@ class Llama:
         ``n_batch=512``, ``n_threads=None`` (physical cores), ``seed`` (0xFFFFFFFF = random), ``verbose``).
 
         ``n_threads_batch`` is accepted; one thread count serves prompt and generation here (the larger wins).
+        ``spm_infill``: infill prompts put the suffix before the prefix (``<SUF> suffix <PRE> prefix <MID>``).
         GPU arguments (``n_gpu_layers``, ``main_gpu``, ``tensor_split``, ``offload_kqv``, ``flash_attn``) are
         accepted with a one-time warning. ``backend`` (tilellm's own) picks the kernel variant.
         """
@@ -152,6 +156,7 @@ class Llama:
         self.embedding = bool(embedding)
         self.pooling_type = int(pooling_type)
         self.chat_format = chat_format
+        self.spm_infill = bool(spm_infill)
         self._metadata: dict[str, str] | None = None
         self._scores = np.zeros((0, self.model.n_vocab), np.float32)
 
@@ -249,14 +254,13 @@ class Llama:
         from .generation import as_processors
         from .text.sampling import Sampler
 
-        if mirostat_mode:
-            raise UnsupportedError("mirostat sampling is not supported by tilellm")
         procs = as_processors(self._join_processors(logits_processor, self._constraint(grammar, None)) or None,
                               "logits_processor")
         criteria = as_processors(stopping_criteria, "stopping_criteria")
         sampler = Sampler(temp, top_k, top_p, min_p, repeat_penalty, self.last_n_tokens_size, seed=self.model._rng,
                           presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
-                          typical_p=typical_p, logit_bias=logit_bias)
+                          typical_p=typical_p, logit_bias=logit_bias, mirostat_mode=mirostat_mode,
+                          mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta)
         ids = list(tokens)
         logits = self.model._prefill(ids)[0] if reset else self.model.eval(ids)
         while True:
@@ -383,13 +387,16 @@ class Llama:
 
         ``echo`` puts the prompt in front of the text; ``logprobs`` = n gives each token's log-probability and
         the n most likely alternatives (``{"tokens", "text_offset", "token_logprobs", "top_logprobs"}``).
+        ``suffix``: fill in the middle between ``prompt`` and ``suffix`` where the model has FIM tokens (the GGUF's
+        ``tokenizer.ggml.fim_pre/suf/mid_token_id``, or their well-known texts); without them the suffix is
+        appended to the returned text, as llama-cpp-python does.
         """
-        if suffix is not None:
-            raise UnsupportedError("create_completion(suffix=...): infill is not supported by tilellm")
-        if mirostat_mode:
-            raise UnsupportedError("mirostat sampling is not supported by tilellm")
         procs = self._join_processors(logits_processor, self._constraint(grammar, None))
-        ids = self._prompt_ids(prompt)
+        fim = fim_tokens(self.model.metadata) if suffix is not None else None
+        infill = fim is not None and fim.complete
+        if suffix is not None and not isinstance(suffix, str):
+            raise ValueError(f"suffix must be a string or None, got {type(suffix).__name__}")
+        ids = self._infill_ids(prompt, str(suffix), fim) if infill and fim is not None else self._prompt_ids(prompt)
         prompt_text = self.detokenize(ids).decode("utf-8", "replace") if not isinstance(prompt, str) else prompt
         prompt_lps = self._prompt_logprobs(ids, logprobs) if echo and logprobs is not None else None
         it = self.model.generate(ids, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
@@ -397,10 +404,12 @@ class Llama:
                                  repeat_last_n=self.last_n_tokens_size, presence_penalty=presence_penalty,
                                  frequency_penalty=frequency_penalty, typical_p=typical_p, logit_bias=logit_bias,
                                  logits_processor=procs or None, stopping_criteria=stopping_criteria,
-                                 logprobs=logprobs)
+                                 logprobs=logprobs, mirostat_mode=mirostat_mode, mirostat_tau=mirostat_tau,
+                                 mirostat_eta=mirostat_eta)
         head = {"id": f"cmpl-{uuid.uuid4()}", "object": "text_completion", "created": int(time.time()),
                 "model": model or self.model_path}
-        chunks = self._completion_chunks(it, head, ids, prompt_text, echo, logprobs, prompt_lps)
+        tail = suffix if suffix is not None and not infill else ""
+        chunks = self._completion_chunks(it, head, ids, prompt_text, echo, logprobs, prompt_lps, tail)
         if stream:
             return chunks
         text = ""
@@ -426,6 +435,38 @@ class Llama:
         if isinstance(prompt, (list, tuple)):
             return list(prompt)
         raise ValueError(f"prompt must be a string or a list of token ids, got {type(prompt).__name__}")
+
+    def _infill_ids(self, prompt: str | list[int], suffix: str, fim: FimTokens) -> list[int]:
+        """llama-cpp-python's FIM prompt: [BOS] <PRE> prefix <SUF> suffix <MID> (suffix first with ``spm_infill``);
+        the texts are tokenized without special-token parsing."""
+        tok = self.model.tokenizer
+        bos = [self.token_bos()] if getattr(tok, "add_bos", False) and self.token_bos() >= 0 else []
+        if isinstance(prompt, str):
+            pre = self.model.tokenize(prompt, add_bos=False, special=False) if prompt else []
+        else:
+            pre = self._prompt_ids(prompt)
+        suf = self._text_ids(suffix)
+        head, body = [fim.pre] + pre, [fim.suf] + suf
+        return bos + (body + head if self.spm_infill else head + body) + [fim.mid]
+
+    def _text_ids(self, text: str) -> list[int]:
+        """Token ids of `text` as it continues other text: without SentencePiece's dummy-prefix space (tokenized
+        behind a marker character whose tokens are then dropped, llama-cpp-python's way)."""
+        if not text:
+            return []
+        tok = self.model.tokenizer
+        if not getattr(tok, "add_space_prefix", False):
+            return self.model.tokenize(text, add_bos=False, special=False)
+        marker = "\u263a"
+        ids = self.model.tokenize(marker + text, add_bos=False, special=False)
+        want, got = (" " + marker).encode(), b""
+        for k, t in enumerate(ids):
+            got += tok.token_to_piece(t, special=False)
+            if got == want:
+                return ids[k + 1:]
+            if not want.startswith(got):
+                break
+        return self.model.tokenize(text, add_bos=False, special=False)  # the marker merged with the text
 
     def _piece(self, t: int) -> str:
         return self.detokenize([t]).decode("utf-8", "ignore")
@@ -459,7 +500,7 @@ class Llama:
 
     def _completion_chunks(self, it: Iterator[GenerationChunk], head: dict[str, Any], ids: list[int],
                            prompt_text: str, echo: bool, logprobs: int | None,
-                           prompt_lps: list[TokenLogprob | None] | None) -> Iterator[dict[str, Any]]:
+                           prompt_lps: list[TokenLogprob | None] | None, tail: str = "") -> Iterator[dict[str, Any]]:
         offset = len(prompt_text)  # text_offset counts from the start of the prompt, as in llama-cpp-python
         if echo:
             lp = self._lp_dict(prompt_lps, ids, 0)[0] if prompt_lps is not None else None
@@ -471,8 +512,9 @@ class Llama:
             if c.finish_reason is None:
                 yield {**head, "choices": [{"text": c.text, "index": 0, "logprobs": lp, "finish_reason": None}]}
             else:
-                if c.text or (lp and lp["tokens"]):
-                    yield {**head, "choices": [{"text": c.text, "index": 0, "logprobs": lp, "finish_reason": None}]}
+                text = c.text + tail  # a suffix the model could not infill ends the text
+                if text or (lp and lp["tokens"]):
+                    yield {**head, "choices": [{"text": text, "index": 0, "logprobs": lp, "finish_reason": None}]}
                 usage = {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
                          "total_tokens": c.prompt_tokens + c.completion_tokens}
                 yield {**head, "choices": [{"text": "", "index": 0, "logprobs": None,
@@ -528,24 +570,38 @@ class Llama:
     ) -> Any:
         """Reply to ``messages`` with the model's chat template (or ``chat_format``): a ``chat.completion``
         dict, or with ``stream=True`` an iterator of ``chat.completion.chunk`` dicts (a role delta, content
-        deltas, then an empty delta with the finish reason)."""
-        if functions is not None or tools is not None:
-            raise UnsupportedError("create_chat_completion(): tools / functions are not supported by tilellm yet")
-        if mirostat_mode:
-            raise UnsupportedError("mirostat sampling is not supported by tilellm")
+        deltas, then an empty delta with the finish reason).
+
+        ``tools`` are given to the template (as Hugging Face's ``tools``); ``tool_choice={"type": "function",
+        "function": {"name": N}}`` constrains the reply to N's JSON arguments and returns it as
+        ``message["tool_calls"]`` with ``finish_reason`` ``"tool_calls"`` (``"length"`` if cut short);
+        ``"auto"`` / ``"none"`` give an ordinary reply (llama-cpp-python's generic chat formats). ``functions`` /
+        ``function_call`` are the legacy spellings.
+        """
         if not isinstance(messages, list) or not all(isinstance(m, Mapping) for m in messages):
             raise ValueError("messages must be a list of {'role': ..., 'content': ...} dicts")
+        tool_list, call = resolve_tools(tools, tool_choice, functions, function_call)
+        template = self._chat_template()
+        if tool_list and call is None:
+            source = template if template is not None else self._file_template()
+            if not template_uses_tools(source):
+                warnings.warn("the chat template does not use `tools`: the model is not shown them", UserWarning,
+                              stacklevel=2)
+        if call is not None:
+            grammar, response_format = None, call.response_format  # the call's arguments, whatever else was asked
         procs = self._join_processors(logits_processor, self._constraint(grammar, response_format))
-        ids = self.model.chat_prompt(messages, template=self._chat_template())
+        extra: dict[str, Any] = {"tools": tool_list} if tool_list else {}
+        ids = self.model.chat_prompt(messages, template=template, **extra)
         n_lp = (top_logprobs or 0) if logprobs else None
         it = self.model.generate(ids, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                                  min_p=min_p, repeat_penalty=repeat_penalty, stop=stop, seed=seed, stream=True,
                                  repeat_last_n=self.last_n_tokens_size, presence_penalty=presence_penalty,
                                  frequency_penalty=frequency_penalty, typical_p=typical_p, logit_bias=logit_bias,
-                                 logits_processor=procs or None, logprobs=n_lp)
+                                 logits_processor=procs or None, logprobs=n_lp, mirostat_mode=mirostat_mode,
+                                 mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta)
         head = {"id": f"chatcmpl-{uuid.uuid4()}", "created": int(time.time()), "model": model or self.model_path}
         if stream:
-            return self._chat_chunks(it, head, n_lp)
+            return self._chat_chunks(it, head, n_lp, call)
         text = ""
         lps: list[dict[str, Any]] = []
         finish, usage = None, {}
@@ -556,10 +612,20 @@ class Llama:
                 finish = c.finish_reason
                 usage = {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
                          "total_tokens": c.prompt_tokens + c.completion_tokens}
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if call is not None:
+            message = tool_call_message(call, text)
+            finish = "tool_calls" if finish == "stop" else finish
         return {**head, "object": "chat.completion",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                "choices": [{"index": 0, "message": message,
                              "logprobs": {"content": lps} if n_lp is not None else None, "finish_reason": finish}],
                 "usage": usage}
+
+    def _file_template(self) -> str:
+        """The chat template the model file gives (or the built-in format chosen for it)."""
+        from .text.chat import get_chat_template
+
+        return get_chat_template(self.model.metadata)
 
     def _chat_lp(self, c: GenerationChunk, n_lp: int | None) -> list[dict[str, Any]]:
         if n_lp is None or not c.logprobs:
@@ -572,20 +638,24 @@ class Llama:
                                          for i, v in lp.top.items()]})
         return out
 
-    def _chat_chunks(self, it: Iterator[GenerationChunk], head: dict[str, Any], n_lp: int | None
-                     ) -> Iterator[dict[str, Any]]:
+    def _chat_chunks(self, it: Iterator[GenerationChunk], head: dict[str, Any], n_lp: int | None,
+                     call: ToolCall | None = None) -> Iterator[dict[str, Any]]:
         head = {**head, "object": "chat.completion.chunk"}
-        yield {**head, "choices": [{"index": 0, "delta": {"role": "assistant"}, "logprobs": None,
-                                    "finish_reason": None}]}
+        if call is None:
+            yield {**head, "choices": [{"index": 0, "delta": {"role": "assistant"}, "logprobs": None,
+                                        "finish_reason": None}]}
+        first = True  # a tool call's first delta carries the role, the call id and the function name
         for c in it:
             lp = self._chat_lp(c, n_lp)
-            if c.text:
-                yield {**head, "choices": [{"index": 0, "delta": {"content": c.text},
+            if c.text or (call is not None and first):
+                delta: dict[str, Any] = {"content": c.text} if call is None else tool_call_delta(call, c.text, first)
+                first = False
+                yield {**head, "choices": [{"index": 0, "delta": delta,
                                             "logprobs": {"content": lp} if n_lp is not None else None,
                                             "finish_reason": None}]}
             if c.finish_reason is not None:
-                yield {**head, "choices": [{"index": 0, "delta": {}, "logprobs": None,
-                                            "finish_reason": c.finish_reason}]}
+                finish = "tool_calls" if call is not None and c.finish_reason == "stop" else c.finish_reason
+                yield {**head, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}]}
 
     # -- lifetime ---------------------------------------------------------------------------
     def close(self) -> None:

@@ -23,7 +23,20 @@ class GGMLType(IntEnum):
     Q5_K = 13
     Q6_K = 14
     Q8_K = 15
+    IQ2_XXS = 16
+    IQ2_XS = 17
+    IQ3_XXS = 18
+    IQ1_S = 19
+    IQ4_NL = 20
+    IQ3_S = 21
+    IQ2_S = 22
+    IQ4_XS = 23
+    IQ1_M = 29
     BF16 = 30
+    TQ1_0 = 34
+    TQ2_0 = 35
+    MXFP4 = 39
+    NVFP4 = 40
 
 
 @dataclass(frozen=True)
@@ -61,6 +74,20 @@ TYPE_INFO: dict[GGMLType, TypeInfo] = {
         _info(GGMLType.Q5_K, QK_K, 176),  # d f16, dmin f16, scales u8[12], qh u8[32], qs u8[128]
         _info(GGMLType.Q6_K, QK_K, 210),  # ql u8[128], qh u8[64], scales i8[16], d f16
         _info(GGMLType.Q8_K, QK_K, 292),  # d f32, qs i8[256], bsums i16[16]
+        _info(GGMLType.IQ4_NL, 32, 18),  # d f16, qs u8[16] (q4_0's nibble order): d * KVALUES[nibble]
+        _info(GGMLType.IQ4_XS, QK_K, 136),  # d f16, scales_h u16, scales_l u8[4], qs u8[128]
+        # the grid / ternary / fp4 types (read through gguf.quants; see codec.py)
+        _info(GGMLType.IQ2_XXS, QK_K, 66),
+        _info(GGMLType.IQ2_XS, QK_K, 74),
+        _info(GGMLType.IQ2_S, QK_K, 82),
+        _info(GGMLType.IQ3_XXS, QK_K, 98),
+        _info(GGMLType.IQ3_S, QK_K, 110),
+        _info(GGMLType.IQ1_S, QK_K, 50),
+        _info(GGMLType.IQ1_M, QK_K, 56),
+        _info(GGMLType.TQ1_0, QK_K, 54),
+        _info(GGMLType.TQ2_0, QK_K, 66),
+        _info(GGMLType.MXFP4, 32, 17),  # e8m0 scale u8, qs u8[16] (e2m1 nibbles)
+        _info(GGMLType.NVFP4, 64, 36),
     )
 }
 

@@ -20,7 +20,7 @@ latter shows what the kernel does when it runs, the former what a user sees.
     python scripts/bench_peer.py --gemm                # 8 shapes, n = 1, 16, 128, 512
 
 --json FILE saves everything; --plot DIR writes the PNGs (needs matplotlib, a bench-only
-dependency). Types: f32 f16 bf16 q8_0 q4_0 q4_1.
+dependency). Types: f32 f16 bf16 q8_0 q4_0 q4_1 (default), q5_1 iq4_nl iq4_xs q2_k q3_k.
 """
 from __future__ import annotations
 
@@ -38,7 +38,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
-TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1")
+TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1")  # the default set
+# --types may also name these (bench models quantized by tilellm.quant.quantize; q2_k, q3_k, iq4_*: its own
+# quantizers, not llama-quantize's)
+MORE_TYPES = ("q5_1", "iq4_nl", "iq4_xs", "q2_k", "q3_k")
+ALL_TYPES = TYPES + MORE_TYPES
 GEMM_SHAPES = [(2048, 2048), (5632, 2048), (2048, 5632), (4096, 4096), (11008, 4096), (7168, 2048),
                (2112, 7168), (24576, 1536)]
 GEMM_NS = [1, 16, 128, 512]
@@ -293,9 +297,10 @@ def gemm_bench(types, backends, shapes, ns) -> tuple[list[dict], float]:
 
 
 def gemm_table(rows, peak) -> str:
+    gtypes = [t for t in ALL_TYPES if any(r["type"] == t for r in rows)]
     out = [f"FP32 FMA peak (tl_fma_peak, {THREADS} threads): {peak:.0f} GFLOP/s. Cells: wall GFLOP/s "
            f"(per-CPU GFLOP/s, % of peak per CPU).", "",
-           "| m×k | n | engine | " + " | ".join(TYPES) + " |", "|---|---:|---|" + "---:|" * len(TYPES)]
+           "| m×k | n | engine | " + " | ".join(gtypes) + " |", "|---|---:|---|" + "---:|" * len(gtypes)]
     keys = sorted({(r["m"], r["k"], r["n"]) for r in rows}, key=lambda s: (GEMM_SHAPES.index((s[0], s[1]))
                                                                        if (s[0], s[1]) in GEMM_SHAPES else 99, s[2]))
     engines = []
@@ -305,7 +310,7 @@ def gemm_table(rows, peak) -> str:
     for m, k, n in keys:
         for e in engines:
             cells = []
-            for t in TYPES:
+            for t in gtypes:
                 rr = [r for r in rows if (r["m"], r["k"], r["n"], r["engine"], r["type"]) == (m, k, n, e, t)]
                 if not rr:
                     cells.append("")
@@ -322,6 +327,14 @@ def gemm_table(rows, peak) -> str:
 
 # ----------------------------------------------------------------------------------------- plots
 
+def _bars(ax, labels: list[str], series: dict[str, list[float]]) -> None:
+    """Grouped bars: one group per label, one bar per series in each group."""
+    w = 0.8 / max(len(series), 1)
+    for i, (name, vals) in enumerate(series.items()):
+        ax.bar(np.arange(len(labels)) + i * w, vals, w, label=name)
+    ax.set_xticks(np.arange(len(labels)) + 0.4 - w / 2, labels)
+
+
 def plot(model_rows, gemm_rows, peak, d: Path, n_pp, n_tg):
     import matplotlib
 
@@ -334,14 +347,11 @@ def plot(model_rows, gemm_rows, peak, d: Path, n_pp, n_tg):
         for r in model_rows:
             if r["engine"] not in engines:
                 engines.append(r["engine"])
-        types = [t for t in TYPES if any(r["type"] == t for r in model_rows)]
+        types = [t for t in ALL_TYPES if any(r["type"] == t for r in model_rows)]
         fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
         for ax, key, title in ((axes[0], "pp", f"pp{n_pp}"), (axes[1], "tg", f"tg{n_tg}")):
-            w = 0.8 / len(engines)
-            for ei, e in enumerate(engines):
-                vals = [next((r[key] for r in model_rows if r["type"] == t and r["engine"] == e), 0) for t in types]
-                ax.bar(np.arange(len(types)) + ei * w, vals, w, label=e)
-            ax.set_xticks(np.arange(len(types)) + 0.4 - w / 2, types)
+            _bars(ax, types, {e: [next((r[key] for r in model_rows if r["type"] == t and r["engine"] == e), 0)
+                                  for t in types] for e in engines})
             ax.set_ylabel("tokens/s")
             ax.set_title(f"{title}, {THREADS} threads, TinyLlama-shaped 4 layers")
             ax.legend()
@@ -354,17 +364,14 @@ def plot(model_rows, gemm_rows, peak, d: Path, n_pp, n_tg):
         shape = max({(r["m"], r["k"]) for r in gemm_rows}, key=lambda s: (s == (5632, 2048), s))
         engines = [e for e in dict.fromkeys(r["engine"] for r in gemm_rows) if e != "numpy"]
         fig, ax = plt.subplots(figsize=(10, 4.5))
-        w = 0.8 / max(len(engines), 1)
-        for ei, e in enumerate(engines):
-            vals = [next((r["gflops_cpu"] for r in gemm_rows if r["engine"] == e and r["type"] == t and r["n"] == nmax
-                          and (r["m"], r["k"]) == shape), 0) for t in TYPES]
-            ax.bar(np.arange(len(TYPES)) + ei * w, vals, w, label=f"tilellm {e}")
+        at_shape = [r for r in gemm_rows if r["n"] == nmax and (r["m"], r["k"]) == shape]
+        _bars(ax, TYPES, {f"tilellm {e}": [next((r["gflops_cpu"] for r in at_shape if r["engine"] == e
+                                                 and r["type"] == t), 0) for t in TYPES] for e in engines})
         npv = next((r["gflops_cpu"] for r in gemm_rows if r["engine"] == "numpy" and r["n"] == nmax
                     and (r["m"], r["k"]) == shape), None)
         if npv:
             ax.axhline(npv, color="gray", ls="--", label="numpy f32 matmul")
         ax.axhline(peak, color="red", ls=":", label="FP32 FMA peak")
-        ax.set_xticks(np.arange(len(TYPES)) + 0.4 - w / 2, TYPES)
         ax.set_ylabel("GFLOP/s (per CPU)")
         ax.set_title(f"GEMM m×k = {shape[0]}×{shape[1]}, n = {nmax}, {THREADS} threads")
         ax.legend()
@@ -399,7 +406,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
 
     types = [t.strip() for t in a.types.split(",") if t.strip()]
-    bad = [t for t in types if t not in TYPES]
+    bad = [t for t in types if t not in ALL_TYPES]
     if bad:
         ap.error(f"unknown types {bad}")
     backends = [b.strip() for b in a.backends.split(",")] if a.backends else kernel_backends()

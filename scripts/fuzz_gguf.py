@@ -127,33 +127,36 @@ def _pick_field(rng: random.Random, t: Template, labels: list[str]) -> tuple[int
     return rng.choice(t.by_label[rng.choice(cands)])
 
 
-def m_u64(rng: random.Random, t: Template, buf: bytearray) -> str:
-    f = _pick_field(rng, t, ["header.n_tensors", "header.n_kv", "kv.key.len", "val.str.len", "arr.count",
-                             "ti.name.len", "ti.ne", "ti.offset", "val.u64", "val.i64"])
+def _set_int_field(rng: random.Random, t: Template, buf: bytearray, fmt: str, fields: list[str],
+                   new_value: Callable[[int], int]) -> str:
+    """Overwrite one integer field of the given kinds (struct format `fmt`) with new_value(old)."""
+    size = struct.calcsize(fmt)
+    f = _pick_field(rng, t, fields)
     if f is None:
-        return "no u64 field"
+        return f"no {8 * size}-bit field"
     pos = f[0]
-    if pos + 8 > len(buf):
-        return "u64 field gone"
-    old = struct.unpack_from("<Q", buf, pos)[0]
-    how = rng.random()
-    v = rng.choice(U64_EXTREMES) if how < 0.6 else max(0, old + rng.choice([-64, -32, -1, 1, 32, 64, 4096]))
-    v = min(v, 2**64 - 1)
-    struct.pack_into("<Q", buf, pos, v)
+    if pos + size > len(buf):
+        return f"{8 * size}-bit field gone"
+    old = struct.unpack_from(fmt, buf, pos)[0]
+    v = new_value(old)
+    struct.pack_into(fmt, buf, pos, v)
     return f"{f[2]}@{pos} {old} -> {v}"
+
+
+def m_u64(rng: random.Random, t: Template, buf: bytearray) -> str:
+    def new(old: int) -> int:
+        near = rng.random() >= 0.6
+        v = max(0, old + rng.choice([-64, -32, -1, 1, 32, 64, 4096])) if near else rng.choice(U64_EXTREMES)
+        return min(v, 2**64 - 1)
+    return _set_int_field(rng, t, buf, "<Q", ["header.n_tensors", "header.n_kv", "kv.key.len", "val.str.len",
+                                                "arr.count", "ti.name.len", "ti.ne", "ti.offset", "val.u64", "val.i64"],
+                          new)
 
 
 def m_u32(rng: random.Random, t: Template, buf: bytearray) -> str:
-    f = _pick_field(rng, t, ["header.version", "kv.type", "arr.type", "ti.n_dims", "ti.type", "val.u32", "val.i32"])
-    if f is None:
-        return "no u32 field"
-    pos = f[0]
-    if pos + 4 > len(buf):
-        return "u32 field gone"
-    old = struct.unpack_from("<I", buf, pos)[0]
-    v = rng.choice(U32_EXTREMES) if rng.random() < 0.6 else rng.randrange(0, 40)
-    struct.pack_into("<I", buf, pos, v)
-    return f"{f[2]}@{pos} {old} -> {v}"
+    return _set_int_field(rng, t, buf, "<I", ["header.version", "kv.type", "arr.type", "ti.n_dims", "ti.type",
+                                                "val.u32", "val.i32"],
+                          lambda old: rng.choice(U32_EXTREMES) if rng.random() < 0.6 else rng.randrange(0, 40))
 
 
 def m_value(rng: random.Random, t: Template, buf: bytearray) -> str:

@@ -5,7 +5,9 @@ The file carries everything llama.cpp needs to load an ``llama`` model: the hype
 a SentencePiece-style ("llama") vocabulary of the requested size with scores and token types
 (``<unk>`` 0, ``<s>`` 1, ``</s>`` 2, byte-fallback pieces ``<0x00>``..``<0xFF>`` 3..258, then
 ordinary pieces), and every tensor of the LLaMA graph. Every 2-D matrix is stored in the chosen
-type; the RMSNorm weights stay F32 (as llama.cpp's quantizer keeps them).
+type; the RMSNorm weights stay F32 (as llama.cpp's quantizer keeps them). The quantization is
+``tilellm.quant.quantize``: ggml's reference rounding for q8_0 … q5_1, tilellm's own quantizers for
+q2_k, q3_k, iq4_nl and iq4_xs (valid blocks of those types, not what llama-quantize would choose).
 
 Defaults give the TinyLlama-1.1B shape with 4 layers (about 307 M parameters)::
 
@@ -27,10 +29,11 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-WEIGHT_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1")
+WEIGHT_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_1", "iq4_nl", "iq4_xs", "q2_k", "q3_k")
 
 # general.file_type values (llama.cpp's llama_ftype numbering)
-_FILE_TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7, "bf16": 32}
+_FILE_TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7, "bf16": 32, "q5_1": 9, "q2_k": 10, "q3_k": 11,
+              "iq4_nl": 25, "iq4_xs": 30}
 
 # SentencePiece token types as stored in GGUF
 _NORMAL, _UNKNOWN, _CONTROL, _BYTE = 1, 2, 3, 6

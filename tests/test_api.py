@@ -7,6 +7,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import pytest
+from conftest import need_data, stub_gguf, synthetic_module
 
 import tilellm
 from tilellm.errors import ContextOverflowError, TileLLMError, UnsupportedError
@@ -426,21 +427,8 @@ def test_load_bad_arguments(tmp_path: Path, kw, frag) -> None:
         tilellm.load(tmp_path / "x.gguf", **kw)
 
 
-def _write_gguf(path: Path, arch: str) -> Path:
-    import gguf
-
-    w = gguf.GGUFWriter(str(path), arch)
-    w.add_context_length(128)
-    w.add_tensor("token_embd.weight", np.zeros((8, 32), np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
-
-
 def test_load_unknown_architecture(tmp_path: Path) -> None:
-    p = _write_gguf(tmp_path / "m.gguf", "fancynet")
+    p = stub_gguf(tmp_path / "m.gguf", "fancynet", ctx=128, rows=8)
     with pytest.raises(UnsupportedError, match="fancynet") as ei:
         tilellm.load(p, backend="reference")
     assert isinstance(ei.value, TileLLMError)
@@ -460,7 +448,7 @@ def test_architecture_registry(tmp_path: Path, monkeypatch) -> None:
     assert "toynet" in api.supported_architectures()
     monkeypatch.setattr("tilellm.llm.api.load_tokenizer", lambda md: ByteTokenizer(),
                         raising=False)
-    p = _write_gguf(tmp_path / "t.gguf", "toynet")
+    p = stub_gguf(tmp_path / "t.gguf", "toynet", ctx=128, rows=8)
     m = tilellm.load(p, n_ctx=0, n_batch=7, backend="reference")
     assert seen == {"arch": "toynet", "n_ctx": 128, "n_batch": 7, "backend": "reference"}
     assert m.n_batch == 7
@@ -489,15 +477,9 @@ def test_default_threads() -> None:
 MICRO = DATA / "llama2-micro-f32.gguf"
 
 
-def _need(p: Path) -> Path:
-    if not p.exists():
-        pytest.skip(f"{p.name} not in tests/data")
-    return p
-
-
 @pytest.fixture(scope="module")
 def micro() -> Model:
-    m = tilellm.load(_need(MICRO), backend="reference", n_ctx=256)
+    m = tilellm.load(need_data(MICRO), backend="reference", n_ctx=256)
     yield m
     m.close()
 
@@ -528,47 +510,37 @@ def test_real_stream_equals_plain_and_roundtrip(micro: Model) -> None:
 
 
 def test_real_context_and_defaults() -> None:
-    with tilellm.load(_need(MICRO), backend="reference", n_ctx=16) as m:
+    with tilellm.load(need_data(MICRO), backend="reference", n_ctx=16) as m:
         with pytest.raises(ContextOverflowError, match=r"exceed context window of 16"):
             m.generate("word " * 40)
         r = m.generate("Hi", max_tokens=None, temperature=0, ignore_eos=True)
         assert r.finish_reason == "length" and r.prompt_tokens + r.completion_tokens == 16
         assert m.n_batch == 512 and m.backend == "reference"
-    with tilellm.load(_need(MICRO), backend="reference") as m:
+    with tilellm.load(need_data(MICRO), backend="reference") as m:
         ctx_train = m.metadata["llama.context_length"]
         assert m.n_ctx == min(ctx_train, 4096)
         assert m.n_threads == tilellm.backend.default_threads()
         assert m.n_vocab == 4096 and m.arch == "llama"
         assert m.desc.startswith("llama 3.6M F32")
-    with tilellm.load(_need(MICRO), backend="reference", n_ctx=0) as m:
+    with tilellm.load(need_data(MICRO), backend="reference", n_ctx=0) as m:
         assert m.n_ctx == ctx_train
 
 
 def test_real_prompt_batches(micro: Model) -> None:
     # a prompt longer than n_batch gives the same next-token logits as one batch
     ids = micro.tokenize("The quick brown fox jumps over the lazy dog " * 3)
-    with tilellm.load(_need(MICRO), backend="reference", n_ctx=256, n_batch=7) as small:
+    with tilellm.load(need_data(MICRO), backend="reference", n_ctx=256, n_batch=7) as small:
         a = small.eval(ids)
     micro.reset()
     b = micro.eval(ids)
     np.testing.assert_allclose(a, b, atol=1e-4)
 
 
-def _synth_module():
-    import importlib.util
-
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("make_synthetic_gguf", root / "scripts" / "make_synthetic_gguf.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.mark.parametrize("wtype", ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1"])
 def test_synthetic_gguf_loads_and_runs(tmp_path: Path, wtype: str) -> None:
     import gguf
 
-    mod = _synth_module()
+    mod = synthetic_module()
     p = mod.write_synthetic_gguf(tmp_path / f"s-{wtype}.gguf", hidden=64, ffn=96, heads=4, kv_heads=2,
                                  vocab=300, layers=2, ctx=128, wtype=wtype, seed=0)
     r = gguf.GGUFReader(str(p))
@@ -588,7 +560,7 @@ def test_synthetic_gguf_loads_and_runs(tmp_path: Path, wtype: str) -> None:
 
 
 def test_synthetic_vocab_and_validation(tmp_path: Path) -> None:
-    mod = _synth_module()
+    mod = synthetic_module()
     tokens, scores, types = mod.build_vocab(32000)
     assert len(tokens) == len(set(tokens)) == len(scores) == len(types) == 32000
     assert tokens[:3] == ["<unk>", "<s>", "</s>"] and tokens[3] == "<0x00>" and tokens[258] == "<0xFF>"
@@ -609,7 +581,7 @@ def test_synthetic_vocab_and_validation(tmp_path: Path) -> None:
 def test_synthetic_gguf_loads_in_llama_cpp(tmp_path: Path) -> None:
     """The peer loads our synthetic file, tokenizes like us and computes the same logits."""
     llama_cpp = pytest.importorskip("llama_cpp")
-    mod = _synth_module()
+    mod = synthetic_module()
     p = mod.write_synthetic_gguf(tmp_path / "peer.gguf", hidden=64, ffn=128, heads=4, kv_heads=2, vocab=600,
                                  layers=2, ctx=128, wtype="f32", seed=2)
     peer = llama_cpp.Llama(str(p), n_ctx=64, n_threads=1, logits_all=True, verbose=False)

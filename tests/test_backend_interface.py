@@ -9,7 +9,7 @@ import pytest
 
 from tilellm import backend as backends
 from tilellm import kernels
-from tilellm.backend import Backend, KernelBackend, ReferenceBackend
+from tilellm.backend import Backend, KernelBackend, LayerProgram, ReferenceBackend
 from tilellm.backend.ops import causal_attention, rms_norm, silu
 from tilellm.errors import ShapeError, UnsupportedError
 from tilellm.quant import GGMLType, TensorView, quantize
@@ -51,9 +51,11 @@ def test_defaults_are_the_plain_steps():
     assert np.array_equal(a, be.matmul(w, h)) and np.array_equal(b, a)
     q, kv = rng.standard_normal((3, 4, 8)).astype(np.float32), rng.standard_normal((5, 2, 8)).astype(np.float32)
     assert np.array_equal(be.attention(q, kv, kv, 2, 0.3), causal_attention(q, kv, kv, 2, 0.3))
-    assert be.plan_layer(None, np.zeros((1, 1, 1), np.float32), np.zeros((1, 1, 1), np.float32)) is None  # type: ignore[arg-type]
+    prog = LayerProgram(k, 0)
+    prog.matmul([w], LayerProgram.H, prog.buffer(5), k)
+    assert be.plan_layer(prog) is None
     with pytest.raises(UnsupportedError):
-        be.decode_layer(None, h[0], h[0], h[0], 0, 1.0)  # type: ignore[arg-type]
+        be.decode_layer(None, h[0], h[0], h[0], [0])  # type: ignore[arg-type]
 
 
 # the order and fallbacks the registry had as literals before they were derived from kernels.VARIANTS / REQUIRES
@@ -82,3 +84,18 @@ def test_one_thread_count_and_its_check():
     for bad in (0, -1, 1025, 2.0, True):
         with pytest.raises(ValueError, match="n_threads"):
             backends.get("reference", n_threads=bad)  # type: ignore[arg-type]
+
+
+def test_one_thread_default_and_one_range_check():
+    """n_threads has one default (the physical cores this process may use) and one range check, the kernels',
+    which the backend registry re-exports; a kernel library loaded without a count takes that default."""
+    from tilellm.backend import threads as backend_threads
+    from tilellm.kernels import threads as kernel_threads
+
+    assert backends.default_threads is kernels.default_threads is kernel_threads.default_threads
+    assert backend_threads.resolve_threads is kernel_threads.resolve_threads
+    runnable = [v for v in kernels.compiled() if kernels.REQUIRES[v] <= kernels.cpu_features()]
+    if runnable:
+        assert kernels.load(runnable[-1]).n_threads == kernels.default_threads()
+    with pytest.raises(ValueError, match="n_threads"):
+        backends.get("reference", n_threads=0)

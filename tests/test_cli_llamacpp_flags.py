@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import need_data, synthetic_gguf
 
 from tilellm.llm.cli import run as cli
 
@@ -20,12 +21,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
 MICRO = DATA / "llama2-micro-f32.gguf"
 QWEN = DATA / "qwen2-micro-q8_0.gguf"
-
-
-def _need(p: Path) -> str:
-    if not p.exists():
-        pytest.skip(f"{p.name} not in tests/data")
-    return str(p)
 
 
 def run(argv: list[str], stdin: str = "") -> tuple[int, str, str]:
@@ -41,7 +36,7 @@ def _one_error(err: str, *needles: str) -> None:
 
 
 def test_ngl_is_accepted_with_a_note_not_read_as_n() -> None:
-    m = _need(MICRO)
+    m = str_need(MICRO)
     code, out, err = run([m, "-p", "Hi", "-n", "3", "--temp", "0", "-ngl", "99"])
     assert code == 0, err
     assert "note: -ngl 99 ignored: tilellm runs on the CPU" in err
@@ -51,7 +46,7 @@ def test_ngl_is_accepted_with_a_note_not_read_as_n() -> None:
 
 
 def test_system_line_names_backend_variant_and_threads() -> None:
-    m = _need(MICRO)
+    m = str_need(MICRO)
     code, _, err = run([m, "-p", "Hi", "-n", "2", "--temp", "0", "-t", "1", "--backend", "reference"])
     assert code == 0
     assert "system: backend = reference (numpy) (requested reference), variant = reference, threads = 1" in err
@@ -59,6 +54,10 @@ def test_system_line_names_backend_variant_and_threads() -> None:
     assert code == 0 and re.search(r"variant = \S+, threads = 1$", err, re.M), err
     code, _, err = run([m, "-p", "Hi", "-n", "0", "-t", "1", "--backend", "reference"])
     assert code == 0 and "threads = 1" in err
+
+
+def str_need(p: Path) -> str:
+    return str(need_data(p))
 
 
 @pytest.mark.parametrize("argv,needle", [
@@ -80,7 +79,7 @@ def test_refused_flags_are_one_line_usage_errors(argv, needle) -> None:
 def test_version_verbose_color_jinja_escape() -> None:
     code, out, err = run(["--version"])
     assert code == 0 and re.fullmatch(r"tilellm \S+\n", out)
-    m = _need(MICRO)
+    m = str_need(MICRO)
     code, out, err = run([m, "-p", "a\\tb", "-n", "1", "--temp", "0", "-v", "--color", "--jinja", "-e"])
     assert code == 0, err
     assert out.startswith("a\tb")  # -e: escapes processed
@@ -92,7 +91,7 @@ def test_version_verbose_color_jinja_escape() -> None:
 
 
 def test_conversation_mode_reads_turns_until_exit() -> None:
-    m = _need(QWEN)
+    m = str_need(QWEN)
     code, out, err = run([m, "-cnv", "-n", "4", "--temp", "0", "--no-perf"], stdin="Hi\n\nHow are you?\n/exit\nlost\n")
     assert code == 0, err
     # three prompts read lines (a blank line asks again), the fourth read /exit; the line after it is never read
@@ -107,7 +106,7 @@ def test_conversation_replies_follow_the_chat_history() -> None:
     """Each turn is the whole conversation rendered by the template: the same as Model.chat on that history."""
     from tilellm import load
 
-    m = _need(QWEN)
+    m = str_need(QWEN)
     code, out, err = run([m, "-cnv", "-n", "5", "--temp", "0", "--no-perf", "--chat-template", "chatml"],
                          stdin="Hi\nMore\n/exit\n")
     assert code == 0, err
@@ -120,12 +119,7 @@ def test_conversation_replies_follow_the_chat_history() -> None:
 
 
 def test_ctrl_c_ends_the_turn_not_the_conversation(tmp_path: Path) -> None:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("make_synthetic_gguf", ROOT / "scripts" / "make_synthetic_gguf.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    synth = mod.write_synthetic_gguf(tmp_path / "tiny.gguf", hidden=64, ffn=128, heads=4, kv_heads=2, vocab=512,
+    synth = synthetic_gguf(tmp_path / "tiny.gguf", hidden=64, ffn=128, heads=4, kv_heads=2, vocab=512,
                                      layers=2, ctx=8192, wtype="q8_0", seed=1)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     p = subprocess.Popen([sys.executable, "-m", "tilellm.llm.cli.run", str(synth), "-cnv", "-c", "8192",
@@ -160,7 +154,7 @@ def test_ctrl_c_ends_the_turn_not_the_conversation(tmp_path: Path) -> None:
 
 
 def test_chat_template_name_and_file(tmp_path: Path) -> None:
-    m = _need(MICRO)
+    m = str_need(MICRO)
     code, out, err = run([m, "-p", "Hi", "-n", "2", "--temp", "0", "--chat-template", "gemma", "--no-perf"])
     assert code == 0 and "warning" not in err, err
     from tilellm.llm.text import chat_formats
@@ -182,7 +176,7 @@ def test_chat_template_name_and_file(tmp_path: Path) -> None:
 
 def test_json_schema_and_grammar_flags_constrain_the_output(tmp_path: Path) -> None:
     pytest.importorskip("llguidance")
-    m = _need(QWEN)
+    m = str_need(QWEN)
     schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
               "additionalProperties": False}
     code, out, err = run([m, "-p", "x", "-n", "30", "--temp", "1", "-s", "3", "--no-display-prompt",

@@ -518,7 +518,7 @@ def test_unknown_tensor_types(tmp_path: Path) -> None:
     rejects(tmp_path, one_tensor(ttype=99), "tensor 'w' has unknown ggml type id 99")
     rejects(tmp_path, one_tensor(ttype=2**32 - 1), "unknown ggml type id 4294967295")
     # A real ggml type we have no table entry for: a valid file, an unsupported type.
-    rejects(tmp_path, one_tensor(ttype=16), "tensor 'w'", "IQ2_XXS", "id 16", exc=UnsupportedError)
+    rejects(tmp_path, one_tensor(ttype=24), "tensor 'w'", "I8", "id 24", exc=UnsupportedError)
 
 
 def test_supported_table_types_load_even_without_kernels(tmp_path: Path) -> None:

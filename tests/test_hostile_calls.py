@@ -3,7 +3,6 @@ by what the context can hold, bad prompt text and a vanishing temperature are ha
 survives /dev/zero, a closed stdout and repeated Ctrl-C."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -195,20 +194,9 @@ def test_closed_stdout_is_a_clear_error() -> None:
     assert r.stderr.startswith("error: ") and "stdout is closed" in r.stderr and "AttributeError" not in r.stderr
 
 
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory) -> Path:
-    spec = importlib.util.spec_from_file_location("make_synthetic_gguf", ROOT / "scripts" / "make_synthetic_gguf.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)  # type: ignore[union-attr]
-    p = tmp_path_factory.mktemp("synth") / "tiny.gguf"
-    mod.write_synthetic_gguf(p, hidden=64, ffn=128, heads=4, kv_heads=2, vocab=512, layers=2, ctx=8192,
-                             wtype="q8_0", seed=1)
-    return p
-
-
-def test_ctrl_c_twice_prints_timings_and_exits_130(synth: Path) -> None:
+def test_ctrl_c_twice_prints_timings_and_exits_130(long_synth: Path) -> None:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    p = subprocess.Popen(_cmd(str(synth), "-p", "start:", "-c", "8192", "--ignore-eos", "--backend", "reference",
+    p = subprocess.Popen(_cmd(str(long_synth), "-p", "start:", "-c", "8192", "--ignore-eos", "--backend", "reference",
                               "-s", "1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     try:
         got = b""

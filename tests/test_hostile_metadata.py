@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _gguf_copy import write_gguf
 from conftest import fixture_path
 
 import tilellm
@@ -45,8 +46,6 @@ def _rows(name: str = LLAMA) -> int:
 def _write(dst: Path, edits: dict[str, Any], src: str = LLAMA) -> Path:
     """A copy of fixture `src` (all metadata, tensors as raw bytes) with metadata `edits` (None deletes a key),
     each value written with the GGUF type its Python type implies."""
-    import gguf
-
     f = open_gguf(fixture_path(f"{src}.gguf"))
     md = {k: v for k, v in f.metadata.items() if k != "general.architecture"}
     for k, v in edits.items():
@@ -54,30 +53,7 @@ def _write(dst: Path, edits: dict[str, Any], src: str = LLAMA) -> Path:
             md.pop(k, None)
         else:
             md[k] = v
-    w = gguf.GGUFWriter(str(dst), f.arch)
-    for k, v in md.items():
-        if isinstance(v, bool):
-            w.add_bool(k, v)
-        elif isinstance(v, int):
-            w.add_uint32(k, v) if 0 <= v < 2**32 else w.add_int64(k, v)
-        elif isinstance(v, float):
-            w.add_float32(k, v)
-        elif isinstance(v, str):
-            w.add_string(k, v)
-        else:
-            w.add_array(k, v.tolist() if isinstance(v, np.ndarray) else list(v))
-    for name, t in f.tensors.items():
-        raw = np.ascontiguousarray(t.data)
-        if t.type.name in ("F32", "F16"):
-            w.add_tensor(name, raw.view(np.float32 if t.type.name == "F32" else np.float16)
-                         .reshape(tuple(reversed(t.shape))))
-        else:
-            w.add_tensor(name, raw.reshape(tuple(reversed(t.shape[1:])) + (t.row_bytes,)),
-                         raw_dtype=gguf.GGMLQuantizationType(int(t.type)))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    write_gguf(dst, f.arch, md, dict(f.tensors))
     f.close()
     return dst
 

@@ -19,18 +19,15 @@ import textwrap
 
 import numpy as np
 import pytest
-from test_kernels import reference  # the exact reference, kept in step with the activation layout
+
+# the exact reference (kept in step with the activation layout) and the kernel types and variants
+from test_kernels import QTYPES, RUNNABLE, TYPES, T, reference
 
 from tilellm import kernels
 from tilellm.backend.ops import causal_attention
 from tilellm.errors import BackendUnavailableError, ShapeError, TileLLMError, UnsupportedError
 from tilellm.kernels.attention import attention
 from tilellm.quant import TYPE_INFO, GGMLType, quantize
-
-T = GGMLType
-TYPES = [T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1]
-QTYPES = {T.Q8_0, T.Q4_0, T.Q4_1}
-RUNNABLE = [v for v in kernels.compiled() if kernels.REQUIRES[v] <= kernels.cpu_features()]
 
 
 @pytest.fixture(scope="module", params=RUNNABLE)

@@ -12,7 +12,15 @@ import math
 
 import numpy as np
 import pytest
-from conftest import fixture_model, fixture_path, full_logit_checks, kernel_backends
+from _gguf_copy import write_gguf
+from conftest import (
+    check_greedy_continuation,
+    check_prompt_logits,
+    fixture_model,
+    fixture_path,
+    full_logit_checks,
+    kernel_backends,
+)
 
 from tilellm import backend as backends
 from tilellm.backend.ops import causal_attention
@@ -46,27 +54,12 @@ def test_reference_backend_matches_transformers(name):
     ref = _ref(name)
     m = _model(name, n_batch=64)  # P3 (110 tokens) needs two batches
     assert m.hparams.absorbed and m.kv_cache.shape[-1] == m.hparams.kv_lora + m.hparams.n_rot
-    for i in PROMPTS:
-        m.reset()
-        logits = m.eval(ref[f"token_ids_p{i}"], logits_all=True)
-        full_logit_checks(logits, ref, "hfdq", i, atol=1e-4)
-        assert np.array_equal(logits.argmax(-1), ref[f"hfdq_top32_ids_p{i}"][:, 0])
+    check_prompt_logits(m, ref, PROMPTS)
 
 
 @pytest.mark.parametrize("name", FIXTURES)
 def test_reference_greedy_continuation(name):
-    ref = _ref(name)
-    m = _model(name)
-    for i in (0, 3):
-        m.reset()
-        logits = m.eval(ref[f"token_ids_p{i}"])
-        want, gaps = ref[f"hfdq_gen_ids_p{i}"], ref[f"hfdq_gen_top2_gap_p{i}"]
-        for step in range(len(want)):
-            if gaps[step] < 1e-3:  # a near-tie: either token is right, and the rest diverges
-                break
-            got = int(np.argmax(logits))
-            assert got == want[step], f"p{i} step {step}: {got} != {want[step]}"
-            logits = m.eval([got])
+    check_greedy_continuation(_model(name), _ref(name), (0, 3), name)
 
 
 def test_batching_and_incremental_eval_agree():
@@ -94,37 +87,12 @@ def test_chunked_mqa_attention_equals_generic(n_past, T, chunk):
 # ---------------------------------------------------------------- rewritten files (old layout, YaRN)
 def _rewrite(src_name: str, dst, meta_edit, tensor_edit) -> None:
     """Copy a fixture GGUF (model keys, tensors as raw bytes) with metadata and tensors edited."""
-    import gguf
-
     f = open_gguf(fixture_path(f"{src_name}.gguf"))
     md = {k: v for k, v in f.metadata.items() if not k.startswith(("tokenizer.", "general."))}
     meta_edit(md)
-    w = gguf.GGUFWriter(str(dst), "deepseek2")
-    for k, v in md.items():
-        if isinstance(v, bool):
-            w.add_bool(k, v)
-        elif isinstance(v, int):
-            w.add_uint32(k, v)
-        elif isinstance(v, float):
-            w.add_float32(k, v)
-        else:
-            w.add_string(k, str(v))
     tensors = dict(f.tensors)
     extra = tensor_edit(tensors)
-    for name, t in tensors.items():
-        raw = np.ascontiguousarray(t.data)
-        if t.type.name in ("F32", "F16"):
-            w.add_tensor(name, raw.view(np.float32 if t.type.name == "F32" else np.float16)
-                         .reshape(tuple(reversed(t.shape))))
-        else:
-            w.add_tensor(name, raw.reshape(tuple(reversed(t.shape[1:])) + (t.row_bytes,)),
-                         raw_dtype=gguf.GGMLQuantizationType(int(t.type)))
-    for name, arr in extra.items():
-        w.add_tensor(name, arr)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    write_gguf(dst, "deepseek2", md, tensors, extra)
 
 
 def _to_kv_b_layout(md: dict) -> None:

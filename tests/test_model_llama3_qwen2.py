@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import fixture_model, fixture_path, full_logit_checks, kernel_backends
+from conftest import (
+    check_greedy_continuation,
+    check_prompt_logits,
+    fixture_model,
+    fixture_path,
+    kernel_backends,
+)
 
 from tilellm import backend as backends
 from tilellm.llm.gguf.reader import open_gguf
@@ -26,29 +32,12 @@ def _ref(name: str):
 
 @pytest.mark.parametrize("name", FILES)
 def test_reference_backend_matches_transformers(name):
-    ref = _ref(name)
-    m = _model(name, "reference", n_batch=64)  # P3 needs two batches
-    for i in range(4):
-        m.reset()
-        logits = m.eval(ref[f"token_ids_p{i}"], logits_all=True)
-        full_logit_checks(logits, ref, "hfdq", i, atol=1e-4)
-        assert np.array_equal(logits.argmax(-1), ref[f"hfdq_top32_ids_p{i}"][:, 0])
+    check_prompt_logits(_model(name, "reference", n_batch=64), _ref(name), range(4))  # P3 needs two batches
 
 
 @pytest.mark.parametrize("name", FILES)
 def test_greedy_continuation_matches_transformers(name):
-    ref = _ref(name)
-    m = _model(name, "reference")
-    for i in range(4):
-        m.reset()
-        logits = m.eval(ref[f"token_ids_p{i}"])
-        want, gaps = ref[f"hfdq_gen_ids_p{i}"], ref[f"hfdq_gen_top2_gap_p{i}"]
-        for step in range(len(want)):
-            if gaps[step] < 1e-3:  # a near-tie: either token is right, and the rest diverges
-                break
-            got = int(np.argmax(logits))
-            assert got == want[step], f"{name} p{i} step {step}: {got} != {want[step]}"
-            logits = m.eval([got])
+    check_greedy_continuation(_model(name, "reference"), _ref(name), range(4), name)
 
 
 @pytest.mark.parametrize("be", kernel_backends())

@@ -1,12 +1,14 @@
 """quant/: the type table and the reference codecs, checked against the gguf package."""
 import numpy as np
 import pytest
+from _qblocks import valid_blocks
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf import quants as gq
 
-from tilellm.quant import TYPE_INFO, GGMLType, TensorView, dequantize, quantize, row_bytes, type_from_any
+from tilellm.quant import DEQUANTIZABLE, TYPE_INFO, GGMLType, TensorView, dequantize, quantize, row_bytes, type_from_any
 
-ROUND_TRIP = [GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0]
+ROUND_TRIP = [GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0,
+              GGMLType.Q5_1]
 
 
 def _data(rng, rows, k):
@@ -20,7 +22,11 @@ def test_type_table_matches_gguf():
     for t, info in TYPE_INFO.items():
         if t == GGMLType.Q8_1:
             continue  # gguf-py lists q8_1 with f32 d and s (40 B); ggml's block_q8_1 has f16 d, s (36 B)
-        block, size = GGML_QUANT_SIZES[GGMLQuantizationType(int(t))]
+        try:
+            q = GGMLQuantizationType(int(t))
+        except ValueError:  # newer than the installed gguf (nvfp4: gguf 0.19)
+            continue
+        block, size = GGML_QUANT_SIZES[q]
         assert (info.block_size, info.type_size) == (block, size), t
 
 
@@ -45,25 +51,34 @@ def test_quantize_bit_exact_with_gguf(t):
     np.testing.assert_array_equal(ours, np.ascontiguousarray(theirs).view(np.uint8).reshape(ours.shape))
 
 
-@pytest.mark.parametrize(
-    "t", ROUND_TRIP + [GGMLType.Q5_1, GGMLType.Q8_1, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K, GGMLType.Q8_K]
-)
+QUANTIZED = [t for t in TYPE_INFO if TYPE_INFO[t].quantized]
+
+
+def test_every_gguf_dequantizable_type_is_known():
+    """Every type the installed gguf.quants can dequantize is in the type table and dequantizes here
+    (the reference backend's weight types); nothing else is claimed."""
+    knows = {GGMLType(int(q)) for q in GGMLQuantizationType
+             if (cls := getattr(gq, q.name, None)) is not None and "dequantize_blocks" in vars(cls)}
+    assert knows <= set(TYPE_INFO)
+    assert knows <= DEQUANTIZABLE
+    from tilellm.backend.reference import ReferenceBackend
+    assert knows <= ReferenceBackend.weight_types
+    for t in (GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.IQ4_NL, GGMLType.IQ4_XS, GGMLType.IQ2_XXS, GGMLType.TQ2_0,
+              GGMLType.MXFP4):
+        assert t in DEQUANTIZABLE, t
+
+
+@pytest.mark.parametrize("t", list(dict.fromkeys(ROUND_TRIP + QUANTIZED)), ids=lambda t: t.name)
 def test_dequantize_bit_exact_with_gguf(t):
+    if t not in DEQUANTIZABLE:
+        pytest.skip(f"the installed gguf cannot dequantize {t.name}")
     rng = np.random.default_rng(100 + int(t))
     info = TYPE_INFO[t]
-    raw = rng.integers(0, 256, (4, 2 * info.type_size), dtype=np.uint8)
     if t in (GGMLType.F16, GGMLType.BF16, GGMLType.F32):
-        raw = quantize(rng.standard_normal((4, 2 * info.type_size // info.type_size)).astype(np.float32), t)
-        raw = raw.reshape(4, -1)
+        raw = quantize(rng.standard_normal((4, 2)).astype(np.float32), t).reshape(4, -1)
     else:
-        # random bytes, but keep the f16 scale fields finite so the comparison is meaningful
-        f16_fields = {GGMLType.Q6_K: [208], GGMLType.Q8_K: []}.get(t, [0, 2] if t in (
-            GGMLType.Q4_1, GGMLType.Q5_1, GGMLType.Q8_1, GGMLType.Q4_K, GGMLType.Q5_K) else [0])
-        blocks = raw.reshape(-1, info.type_size)
-        for off in f16_fields:
-            blocks[:, off:off + 2] = np.float16(rng.uniform(-2, 2, len(blocks))).view(np.uint8).reshape(-1, 2)
-        if t == GGMLType.Q8_K:
-            blocks[:, 0:4] = np.float32(rng.uniform(-2, 2, len(blocks))).view(np.uint8).reshape(-1, 4)
+        # random bytes, but the scale fields finite so the comparison is meaningful
+        raw = valid_blocks(t, 4 * 3, rng, mag=2.0).reshape(4, 3 * info.type_size)
     if t in (GGMLType.Q8_1, GGMLType.Q8_K):  # gguf-py has no (matching) codec: check against the layout directly
         ours = dequantize(raw, t)
         blocks = raw.reshape(-1, info.type_size)
@@ -74,18 +89,46 @@ def test_dequantize_bit_exact_with_gguf(t):
         np.testing.assert_array_equal(ours, (d * q.view(np.int8)).reshape(4, -1))
         return
     ours = dequantize(raw, t)
+    assert ours.shape == (4, raw.shape[1] // info.type_size * info.block_size) and ours.dtype == np.float32
     theirs = gq.dequantize(raw, GGMLQuantizationType(int(t)))
     np.testing.assert_array_equal(ours, theirs.reshape(ours.shape))
+    assert np.isfinite(ours).all()
+    # TensorView.rows (embeddings) goes the same way
+    v = TensorView.from_bytes("w", (ours.shape[1], 4), t, raw.reshape(-1))
+    np.testing.assert_array_equal(v.rows([3, 0]), ours[[3, 0]])
 
 
-@pytest.mark.parametrize("t", [GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0])
+# tilellm's own quantizers (gguf.quants has none for these): valid blocks, error within a bound per type
+# (relative RMS error over all values: a 2/3/4-bit code of Gaussian data)
+OWN_QUANT_RMS = {GGMLType.Q2_K: 0.45, GGMLType.Q3_K: 0.25, GGMLType.IQ4_NL: 0.12, GGMLType.IQ4_XS: 0.12}
+
+
+@pytest.mark.parametrize("t", list(OWN_QUANT_RMS), ids=lambda t: t.name)
+def test_own_quantizers_round_trip(t):
+    x = np.random.default_rng(int(t)).standard_normal((16, 512)).astype(np.float32)
+    x[0, :256] = 0.0  # an all-zero block
+    x[1] *= 1e3
+    raw = quantize(x, t)
+    assert raw.shape == (16, row_bytes(t, 512)) and raw.dtype == np.uint8
+    y = dequantize(raw, t)
+    assert np.isfinite(y).all()
+    assert not y[0, :256].any()
+    rel = np.sqrt(((y - x) ** 2).mean(axis=1) / (x ** 2).mean(axis=1).clip(1e-30))
+    assert rel[1:].max() < OWN_QUANT_RMS[t], rel
+    # and the blocks are what gguf reads too
+    np.testing.assert_array_equal(y, gq.dequantize(raw, GGMLQuantizationType(int(t))).reshape(y.shape))
+    # the coarser the code, the larger the error: each type is a real quantizer, not a copy
+    assert rel[1:].mean() > 0.01
+
+
+@pytest.mark.parametrize("t", [GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1])
 def test_round_trip_error_bounded(t):
     x = np.random.default_rng(7).standard_normal((16, 128)).astype(np.float32)
     y = dequantize(quantize(x, t), t)
     amax = np.abs(x.reshape(-1, 32)).max(axis=1, keepdims=True)
     # worst case per block: half a step, except the clipped end of q4_0/q5_0 (a whole step)
     bound = {GGMLType.Q8_0: amax / 127 * 0.5, GGMLType.Q4_0: amax / 8, GGMLType.Q4_1: amax * 2 / 15 * 0.5,
-             GGMLType.Q5_0: amax / 16}[t]
+             GGMLType.Q5_0: amax / 16, GGMLType.Q5_1: amax * 2 / 31 * 0.5}[t]
     err = np.abs((y - x).reshape(-1, 32))
     assert np.all(err <= bound * 1.01 + amax * 2e-3)  # + f16 rounding of the scales
 
@@ -157,3 +200,12 @@ def test_q8_k_quantize_matches_ggml_reference_rule():
     y = dequantize(raw, GGMLType.Q8_K)
     step = np.abs(blocks[:, :4].copy().view(np.float32))
     assert np.all(np.abs(y - x).reshape(-1, 256) <= step * 0.5 * 1.0001 + 1e-30)
+
+
+def test_type_the_installed_gguf_cannot_read_is_a_clear_error(monkeypatch):
+    """A delegated type whose gguf.quants class is missing (an older gguf) is an UnsupportedError naming it."""
+    from tilellm.errors import UnsupportedError
+    monkeypatch.delattr(gq, "TQ2_0")
+    raw = valid_blocks(GGMLType.TQ2_0, 2, np.random.default_rng(0))
+    with pytest.raises(UnsupportedError, match="TQ2_0"):
+        dequantize(raw, GGMLType.TQ2_0)

@@ -6,6 +6,7 @@ LLaMA fixture; greedy answers are compared with ``tilellm.load(...).generate(...
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -150,15 +151,36 @@ def test_completion_stream_with_usage(client: Any, ref: Any) -> None:
     assert all(c.usage is None for c in chunks[:-1])
 
 
-def test_chat_greedy_and_stream_equal_generate(client: Any, ref: Any) -> None:
+def _common(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def test_chat_greedy_and_stream_equal_generate(client: Any, ref: Any, served: tuple[_Server, Engine],
+                                               http: Any) -> None:
     messages = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name a colour."}]
-    want = ref.generate(ref.chat_prompt(messages), max_tokens=10, temperature=0)
+    ids = ref.chat_prompt(messages)
+    want = ref.generate(ids, max_tokens=10, temperature=0)
+    engine = served[1]
+    _wait_idle(http)
+    # the batched runner (the default) reuses the longest prefix any free slot's cache shares with the prompt
+    shared = max(engine.runner.reusable(slot, ids) for slot in range(engine.n_slots))
     r = client.chat.completions.create(model="micro", messages=messages, max_tokens=10, temperature=0)
     assert r.choices[0].message.role == "assistant" and r.choices[0].message.content == want.text
     assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (want.prompt_tokens, want.completion_tokens)
-    # a fresh conversation: at most the BOS its slot's earlier prompt shares with it (the batched runner, the
-    # default, reuses any common prefix of a slot's cache)
-    assert r.usage.prompt_tokens_details.cached_tokens <= 1
+    assert r.usage.prompt_tokens_details.cached_tokens == shared
+    # the next turn extends this conversation: its slot holds the prompt and the reply, but for a reply cut by
+    # max_tokens its last token (sampled, never evaluated), so exactly their common prefix with the new prompt is
+    # reused
+    turn2 = messages + [{"role": "assistant", "content": want.text}, {"role": "user", "content": "Another?"}]
+    ids2 = ref.chat_prompt(turn2)
+    # (after an end-of-generation token every reply token was evaluated)
+    held = ids + (want.tokens if want.finish_reason == "stop" else want.tokens[:-1])
+    r2 = client.chat.completions.create(model="micro", messages=turn2, max_tokens=4, temperature=0)
+    assert r2.usage.prompt_tokens_details.cached_tokens == min(_common(held, ids2), len(ids2) - 1)
+    assert r2.usage.prompt_tokens_details.cached_tokens > len(ids) // 2
     stream = client.chat.completions.create(model="micro", messages=messages, max_completion_tokens=10,
                                             temperature=0, stream=True, stream_options={"include_usage": True})
     chunks = list(stream)
@@ -199,6 +221,84 @@ def test_token_prompts_batches_and_echo(client: Any, ref: Any) -> None:
     assert r.usage.completion_tokens == 12
 
 
+def test_penalties_logit_bias_and_seed_equal_generate(client: Any, ref: Any) -> None:
+    want = ref.generate(PROMPTS[3], max_tokens=12, temperature=0.9, seed=5, presence_penalty=0.6,
+                        frequency_penalty=0.4, logit_bias={17: 4.0, 29: -100.0})
+    r = client.completions.create(model="micro", prompt=PROMPTS[3], max_tokens=12, temperature=0.9, seed=5,
+                                  presence_penalty=0.6, frequency_penalty=0.4, logit_bias={"17": 4, "29": -100})
+    assert r.choices[0].text == want.text
+    messages = [{"role": "user", "content": "Count: one one one"}]
+    want = ref.generate(ref.chat_prompt(messages), max_tokens=10, temperature=0, frequency_penalty=1.5,
+                        presence_penalty=-0.5)
+    stream = client.chat.completions.create(model="micro", messages=messages, max_tokens=10, temperature=0,
+                                            frequency_penalty=1.5, presence_penalty=-0.5, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream) == want.text
+    # a ban: the greedy first token, biased by -100, is never chosen
+    first = ref.generate(PROMPTS[0], max_tokens=1, temperature=0).tokens[0]
+    want = ref.generate(PROMPTS[0], max_tokens=8, temperature=0, logit_bias={first: -100.0})
+    r = client.completions.create(model="micro", prompt=PROMPTS[0], max_tokens=8, temperature=0,
+                                  logit_bias={str(first): -100})
+    assert r.choices[0].text == want.text and first not in want.tokens
+
+
+def test_logprobs_equal_generate(client: Any, ref: Any) -> None:
+    want = ref.generate(PROMPTS[1], max_tokens=8, temperature=0, logprobs=3)
+    r = client.completions.create(model="micro", prompt=PROMPTS[1], max_tokens=8, temperature=0, logprobs=3)
+    lp = r.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 8
+    assert lp.token_logprobs == pytest.approx([x.logprob for x in want.logprobs], abs=1e-9)
+    for got, w in zip(lp.top_logprobs, want.logprobs):  # keyed by text: tokens spelled alike share a key
+        assert all(any(v == pytest.approx(t, abs=1e-9) for t in w.top.values()) for v in got.values())
+        assert max(got.values()) == pytest.approx(max(w.top.values()), abs=1e-9)  # greedy took the best
+    assert lp.text_offset[0] == len(PROMPTS[1])  # offsets count from the start of the prompt
+    assert [b - a for a, b in zip(lp.text_offset, lp.text_offset[1:])] == [len(t) for t in lp.tokens[:-1]]
+    chunks = list(client.completions.create(model="micro", prompt=PROMPTS[1], max_tokens=8, temperature=0,
+                                            logprobs=3, stream=True))
+    streamed = [v for c in chunks if c.choices[0].logprobs for v in c.choices[0].logprobs.token_logprobs]
+    assert streamed == lp.token_logprobs
+    # chat: {"content": [{"token", "logprob", "bytes", "top_logprobs"}]}
+    messages = [{"role": "user", "content": "Say something."}]
+    want = ref.generate(ref.chat_prompt(messages), max_tokens=6, temperature=0, logprobs=2)
+    r = client.chat.completions.create(model="micro", messages=messages, max_tokens=6, temperature=0, logprobs=True,
+                                       top_logprobs=2)
+    content = r.choices[0].logprobs.content
+    assert [c.logprob for c in content] == pytest.approx([x.logprob for x in want.logprobs], abs=1e-9)
+    assert [c.bytes for c in content] == [list(ref.tokenizer.token_to_piece(t, special=False)) for t in want.tokens]
+    assert [[t.logprob for t in c.top_logprobs] for c in content] == \
+        [pytest.approx(list(x.top.values()), abs=1e-9) for x in want.logprobs]
+    stream = client.chat.completions.create(model="micro", messages=messages, max_tokens=6, temperature=0,
+                                            logprobs=True, top_logprobs=2, stream=True)
+    streamed = [e.logprob for c in stream if c.choices and c.choices[0].logprobs
+                for e in c.choices[0].logprobs.content or []]
+    assert streamed == [c.logprob for c in content]
+    # without the request, no log-probabilities
+    r = client.chat.completions.create(model="micro", messages=messages, max_tokens=2, temperature=0)
+    assert r.choices[0].logprobs is None
+
+
+PERSON = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 10},
+                                           "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+          "required": ["name", "age"], "additionalProperties": False}
+
+
+def test_response_format_outputs_parse_and_validate(client: Any) -> None:
+    import jsonschema
+
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
+    for seed in range(3):
+        r = client.chat.completions.create(model="micro", messages=[{"role": "user", "content": "A person?"}],
+                                           temperature=1.0, seed=seed, n=4, max_tokens=64, response_format=fmt)
+        for c in r.choices:
+            assert c.finish_reason == "stop"
+            jsonschema.validate(json.loads(c.message.content), PERSON)
+    # llama-cpp-python's json_object + schema, on /v1/completions (an extension), streamed
+    for seed in range(3):
+        s = client.completions.create(model="micro", prompt="Person as JSON:", max_tokens=64, temperature=1.0,
+                                      seed=seed, stream=True,
+                                      extra_body={"response_format": {"type": "json_object", "schema": PERSON}})
+        jsonschema.validate(json.loads("".join(c.choices[0].text for c in s if c.choices)), PERSON)
+
+
 def test_tokenize_detokenize(http: Any, ref: Any) -> None:
     ids = http.post("/tokenize", json={"content": "Hello world", "add_special": True}).json()["tokens"]
     assert ids == ref.tokenize("Hello world", add_bos=None, special=True)
@@ -230,11 +330,21 @@ def test_bad_requests_are_400(http: Any, served: tuple[_Server, Engine]) -> None
     assert "max_tokens" in _err(http.post("/v1/chat/completions", json={
         "messages": [{"role": "user", "content": "hi"}], "max_tokens": -1}), 400)
     _err(http.post("/v1/completions", json={"prompt": "x", "temperature": "hot"}), 400)
-    _err(http.post("/v1/completions", json={"prompt": "x", "presence_penalty": 0.5}), 400)
+    _err(http.post("/v1/completions", json={"prompt": "x", "presence_penalty": 2.5}), 400)  # OpenAI's [-2, 2]
     _err(http.post("/v1/completions", json={"prompt": "x", "temperature": "0.5"}), 400)  # a number, not a string
     _err(http.post("/v1/chat/completions", json={"messages": []}), 400)
-    _err(http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "logprobs": True}),
-         400)
+    chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    assert "logprobs" in _err(http.post("/v1/chat/completions", json={**chat, "top_logprobs": 2}), 400)
+    _err(http.post("/v1/chat/completions", json={**chat, "logprobs": True, "top_logprobs": 21}), 400)
+    _err(http.post("/v1/completions", json={"prompt": "x", "logprobs": 3, "echo": True}), 400)
+    _err(http.post("/v1/completions", json={"prompt": "x", "logit_bias": {"abc": 1}}), 400)
+    _err(http.post("/v1/completions", json={"prompt": "x", "logit_bias": {"5": 101}}), 400)
+    assert "out of range" in _err(http.post("/v1/completions", json={"prompt": "x", "logit_bias": {"999999": 1}}),
+                                  400)
+    _err(http.post("/v1/chat/completions", json={**chat, "response_format": {"type": "json_schema"}}), 400)
+    _err(http.post("/v1/chat/completions", json={**chat, "response_format": {"type": "yaml"}}), 400)
+    assert "no-such-type" in _err(http.post("/v1/chat/completions", json={
+        **chat, "response_format": {"type": "json_object", "schema": {"type": "no-such-type"}}}), 400)
     _err(http.post("/v1/completions", json={"prompt": ["a", "b", "c"], "n": 8}), 400)  # 24 sequences > 16
     # null means the default, as OpenAI's API has it
     r = http.post("/v1/completions", json={"prompt": "x", "max_tokens": 2, "temperature": None, "stop": None})

@@ -312,3 +312,53 @@ def test_16_concurrent_greedy_requests_equal_each_alone(backend: str, kind: str,
         eng.close()
         for m in models:
             m.close()
+
+
+@pytest.mark.parametrize("n_slots", [1, 4, 8])
+def test_penalties_bias_logprobs_and_constraints_beside_others_equal_generate(ref: Any, n_slots: int) -> None:
+    """The new per-sequence features (penalties, logit bias, log-probabilities, a JSON-schema constraint) keep each
+    sequence equal to ``generate`` alone, whatever runs beside it in the batched runner."""
+    import json
+
+    from tilellm.llm.text.constrain import logits_processor
+
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 99}},
+              "required": ["n"], "additionalProperties": False}
+    prompts = ["Once upon a time", "The cat sat on", "In a galaxy far", "Hello world"]
+    ids = {p: ref.tokenize(p, add_bos=None, special=True) for p in prompts}
+    kinds = [dict(temperature=0.9, seed=21, presence_penalty=0.7, frequency_penalty=0.3),
+             dict(temperature=0.0, logit_bias=((13, 3.0), (29, -100.0))),
+             dict(temperature=1.0, seed=5)]
+
+    def sampling(i: int) -> SamplingParams:
+        k = dict(kinds[i % 3])
+        return SamplingParams(**k)
+
+    def want(i: int) -> Any:
+        k = dict(kinds[i % 3])
+        if "logit_bias" in k:
+            k["logit_bias"] = dict(k["logit_bias"])
+        constrained = i % 3 == 2
+        ref.reset()  # evaluate the prompt afresh, as the engine's empty slots do
+        proc = logits_processor(ref.tokenizer, json_schema=schema, n_vocab=ref.n_vocab) if constrained else None
+        return ref.generate(ids[prompts[i % 4]], max_tokens=16, logprobs=2, logits_processor=proc, **k)
+
+    wants = [want(i) for i in range(8)]
+    eng = Engine(tilellm.load(MODEL, n_threads=1), n_slots=n_slots).start()
+    try:
+        async def main() -> list[Any]:
+            reqs = [GenerationRequest(ids[prompts[i % 4]], 16, sampling(i), logprobs=2, logits_processor=(
+                logits_processor(ref.tokenizer, json_schema=schema, n_vocab=ref.n_vocab) if i % 3 == 2 else None))
+                for i in range(8)]
+            hs = eng.submit_many(reqs)
+            return list(await asyncio.gather(*(h.collect() for h in hs)))
+
+        for i, (r, w) in enumerate(zip(asyncio.run(main()), wants)):
+            assert (list(r.token_ids), r.text, r.finish_reason) == (w.tokens, w.text, w.finish_reason), i
+            assert [x.logprob for x in r.logprobs] == [x.logprob for x in w.logprobs]
+            assert [tuple(v for _, v in x.top) for x in r.logprobs] == [tuple(x.top.values()) for x in w.logprobs]
+            if i % 3 == 2:
+                assert json.loads(r.text)["n"] in range(100)
+    finally:
+        eng.close()
+        eng.model.close()

@@ -24,7 +24,7 @@
 enum tl_type {
     TL_F32 = 0, TL_F16 = 1, TL_Q4_0 = 2, TL_Q4_1 = 3, TL_Q5_0 = 6, TL_Q5_1 = 7,
     TL_Q8_0 = 8, TL_Q8_1 = 9, TL_Q2_K = 10, TL_Q3_K = 11, TL_Q4_K = 12, TL_Q5_K = 13,
-    TL_Q6_K = 14, TL_Q8_K = 15, TL_BF16 = 30
+    TL_Q6_K = 14, TL_Q8_K = 15, TL_IQ4_NL = 20, TL_IQ4_XS = 23, TL_BF16 = 30
 };
 
 enum tl_status {
@@ -129,32 +129,89 @@ int tl_gemm_many(tl_ctx *ctx, int count, const int *wtype, const void *const *w,
                  const int64_t *m, int64_t k, const void *act, int64_t n, float *const *y, const int64_t *ldy,
                  int nthreads);
 
-/* One weight matrix for tl_decode_layer: m rows of its k values, rows ldw bytes apart. */
+/* ---- one decoder layer for a few tokens: a layer program -----------------------------------------
+ * Any decoder architecture (llama, qwen2, gemma3, deepseek2's dense and MoE layers) describes one layer
+ * as a short list of steps (tl_step) over a scratch row of `row` floats per token, whose first n_embd
+ * floats are the token's residual stream h. tl_layer_run runs n tokens through it in one call, each at
+ * its own position and in its own cache slot (one sequence's decode step, or one step of several
+ * sequences). The steps are the library's own entry points (tl_act_prepare*, tl_gemm_many, tl_attention)
+ * plus small f32 loops; a token's result does not depend on the other tokens of the call while n is
+ * below the kernels' packed-panel threshold (96 rows). */
+
+/* One weight matrix: m rows of its k values, rows ldw bytes apart. */
 typedef struct {
     int wtype;
     const void *w;
     int64_t ldw, m;
 } tl_weight;
 
-/* A LLaMA-shaped decoder layer (qwen2: with q/k/v biases and NEOX rope). */
-typedef struct {
-    int64_t n_embd, n_head, n_head_kv, head_dim, n_rot, n_ff;
-    int rope_neox; /* 0: rotate adjacent pairs (llama GGUF), 1: the two halves (neox) */
-    float eps;     /* RMS norm epsilon */
-    const float *attn_norm, *ffn_norm; /* [n_embd] */
-    const float *bq, *bk, *bv;         /* [n_head * head_dim], [n_head_kv * head_dim] x 2, or NULL */
-    tl_weight wq, wk, wv, wo, gate, up, down;
-    int64_t kv_stride; /* floats between positions of the k and v caches (>= n_head_kv * head_dim) */
-} tl_layer;
+enum tl_op {
+    TL_OP_RMS_NORM = 1,     /* row r of dst = rms_norm(row r of src) * vec (rows rows of n; in place allowed) */
+    TL_OP_MATMUL = 2,       /* src (k floats, `pre` applied) times count weights; outputs one after another at dst */
+    TL_OP_MATMUL_HEADS = 3, /* for r < rows: dst row r = W_r * src row r (W_r: w[0] + r * w_stride bytes) */
+    TL_OP_ADD = 4,          /* dst rows += vec (if set) or src rows (n floats each) */
+    TL_OP_COPY = 5,         /* dst rows = src rows */
+    TL_OP_ROPE = 6,         /* rotate the first n (= n_rot) floats of each src row, in place (mode 1: NEOX) */
+    TL_OP_STORE = 7,        /* src rows into cache `cache` at the token's position, c_off + r * c_ld */
+    TL_OP_ATTENTION = 8,    /* causal attention of q (src, n_head rows) over caches `cache` (k) and `cache2` (v) */
+    TL_OP_MOE = 9           /* dst (n floats) = sum over the chosen experts of weight * expert(src) */
+};
+enum tl_pre { TL_PRE_NONE = 0, TL_PRE_RMS = 1, TL_PRE_SWIGLU = 2, TL_PRE_GEGLU = 3 };
+enum tl_gating { TL_GATING_SOFTMAX = 1, TL_GATING_SIGMOID = 2 };
 
-/* One token through layer L: h [n_embd] (the residual stream, updated in place), rope angles cos / sin
- * [n_rot / 2] of its position n_past, k and v caches [n_past + 1 positions, kv_stride] (the token's k and
- * v are written at position n_past). Exactly the library's separate steps: RMS norm + activations,
- * q/k/v, biases, rope, attention, o, residual, RMS norm + activations, gate/up, SwiGLU + activations,
- * down, residual. q/k/v must share an activation type, gate/up too. TL_ENOMEM if its scratch (one
- * allocation per call) cannot be had. */
-int tl_decode_layer(tl_ctx *ctx, const tl_layer *L, float *h, const float *cosv, const float *sinv, float *kc, float *vc,
-                    int64_t n_past, float scale, int nthreads);
+/* A mixture-of-experts FFN (DeepSeek routing): scores = softmax or sigmoid of router * x; experts chosen on
+ * scores + bias (bias may be NULL), within the n_group_used best groups (a group's score: its two best);
+ * weights = the chosen scores (divided by their sum if norm) times scale; expert e is
+ * down_e(silu(gate_e x) * up_e x), its matrices `stride` bytes after expert e - 1's. */
+typedef struct {
+    tl_weight router;
+    const float *bias;
+    int n_expert, n_used, gating, n_group, n_group_used, norm;
+    float scale;
+    tl_weight gate, up, down; /* expert 0 */
+    int64_t gate_stride, up_stride, down_stride;
+} tl_moe;
+
+/* One step. Offsets (dst, src, src2) are floats into the token's scratch row; a step over heads has
+ * `rows` rows ld_dst / ld_src floats apart (ld_src 0: the same row every time). */
+typedef struct {
+    int op, mode;            /* mode: MATMUL tl_pre; ROPE 0 adjacent pairs, 1 NEOX halves */
+    int64_t dst, src, src2;  /* src2: the up half of a PRE_SWIGLU / PRE_GEGLU */
+    int64_t rows, ld_dst, ld_src;
+    int64_t n;               /* floats per row; MATMUL / MATMUL_HEADS: k */
+    int count;               /* MATMUL: weights (1..TL_GEMM_MANY_MAX) */
+    const tl_weight *w;      /* MATMUL: count weights; MATMUL_HEADS: head 0's */
+    int64_t w_stride;        /* MATMUL_HEADS: bytes between heads' matrices */
+    const float *vec;        /* RMS_NORM, PRE_RMS: norm weights [n]; ADD: added vector [n] or NULL */
+    float eps, scale;        /* RMS eps; ATTENTION scale */
+    int cache, cache2;       /* STORE: cache; ATTENTION: k and v caches */
+    int64_t c_off, c_ld;     /* STORE: where row 0 goes in a cache position, floats between rows */
+    int64_t n_head, n_head_kv, dk, dv, window; /* ATTENTION: heads (rows), head sizes, sliding window (0: none) */
+    const tl_moe *moe;
+} tl_step;
+
+/* A layer: its steps and the caches they write and read. Cache c holds n_slots slots slot_stride[c]
+ * floats apart, each n_ctx positions of cache_ld[c] floats. */
+typedef struct {
+    int64_t n_embd, row, n_rot, n_ctx, n_slots;
+    int n_steps;
+    const tl_step *steps;
+    int n_caches;
+    float *const *caches;
+    const int64_t *cache_ld, *slot_stride;
+    int64_t max_k; /* set by tl_layer_check */
+    int checked;   /* set by tl_layer_check */
+} tl_program;
+
+/* Checks every step of p (ops, sizes, every offset inside the row, weights' shapes, caches) once, and
+ * marks p runnable: TL_OK, TL_EINVAL, or TL_UNSUPPORTED (a weight type this variant lacks). */
+int tl_layer_check(const tl_ctx *ctx, tl_program *p);
+
+/* n tokens through layer p: h [n, n_embd] (updated in place), rope angles cosv / sinv [n, n_rot / 2], token j
+ * at position pos[j] of cache slot slot[j] (its keys and values are written there first; it attends to
+ * positions 0..pos[j] of that slot). TL_ENOMEM if its scratch (allocated per call) cannot be had. */
+int tl_layer_run(tl_ctx *ctx, const tl_program *p, int64_t n, float *h, const float *cosv, const float *sinv,
+                 const int64_t *pos, const int64_t *slot, int nthreads);
 
 /* Measured FP32 FMA throughput (GFLOP/s) of this variant's widest vector unit on nthreads pool
  * threads: independent FMA chains for ~0.2 s (the "peak" that GEMM efficiency is quoted against). */

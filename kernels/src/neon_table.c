@@ -1,5 +1,6 @@
 /* neon_table.c — the NEON kernels by weight type: the neon variant's table, and the small-batch
  * kernels of the SME variants. */
+#include "kquants.h"
 #include "neon.h"
 
 const tl_ukernel *tl_neon_lookup(int wtype) {
@@ -14,6 +15,11 @@ const tl_ukernel *tl_neon_lookup(int wtype) {
     case TL_Q4_K: return &tl_neon_q4_k_4x6;
     case TL_Q5_K: return &tl_neon_q5_k_4x6;
     case TL_Q6_K: return &tl_neon_q6_k_4x6;
+    case TL_Q5_1: return &tl_neon_q5_1_4x4; /* neon_qx.c */
+    case TL_IQ4_NL: return &tl_neon_iq4_nl_4x4;
+    case TL_IQ4_XS: return &tl_neon_iq4_xs_4x4;
+    case TL_Q2_K: return &tl_neon_q2_k_4x4;
+    case TL_Q3_K: return &tl_neon_q3_k_4x4;
     default: return NULL;
     }
 }

@@ -35,13 +35,19 @@
 #define TL_Q4_K_BYTES 144 /* d f16, dmin f16, scales u8[12] (6-bit sc/m x 8), qs u8[128] */
 #define TL_Q5_K_BYTES 176 /* d f16, dmin f16, scales u8[12], qh u8[32], qs u8[128] */
 #define TL_Q6_K_BYTES 210 /* ql u8[128], qh u8[64], scales i8[16], d f16 */
+/* the types of kquants.h's second part (portable_qx.c, <isa>_qx.c) */
+#define TL_Q5_1_BYTES 24   /* d f16, m f16, qh u8[4], qs u8[16] as q5_0; d*q + m */
+#define TL_IQ4_NL_BYTES 18 /* d f16, qs u8[16] as q4_0; d * tl_iq4_values[nibble] */
+#define TL_Q2_K_BYTES 84   /* scales u8[16] (sc | m << 4), qs u8[64] (2 bits), d f16, dmin f16 */
+#define TL_Q3_K_BYTES 110  /* hmask u8[32], qs u8[64] (2 bits), scales u8[12] (6-bit, +32), d f16 */
+#define TL_IQ4_XS_BYTES 136 /* d f16, scales_h u16, scales_l u8[4], qs u8[128] */
 
 /* Elements per block and bytes per block; 0/0 for types this library has no layout for. */
 TL_INLINE int tl_block_size(int t) {
     switch (t) {
     case TL_F32: case TL_F16: case TL_BF16: return 1;
-    case TL_Q4_0: case TL_Q4_1: case TL_Q8_0: case TL_Q5_0: return TL_QK;
-    case TL_Q4_K: case TL_Q5_K: case TL_Q6_K: return TL_QK_K;
+    case TL_Q4_0: case TL_Q4_1: case TL_Q8_0: case TL_Q5_0: case TL_Q5_1: case TL_IQ4_NL: return TL_QK;
+    case TL_Q4_K: case TL_Q5_K: case TL_Q6_K: case TL_Q2_K: case TL_Q3_K: case TL_IQ4_XS: return TL_QK_K;
     default: return 0;
     }
 }
@@ -56,6 +62,11 @@ TL_INLINE int tl_type_size(int t) {
     case TL_Q4_K: return TL_Q4_K_BYTES;
     case TL_Q5_K: return TL_Q5_K_BYTES;
     case TL_Q6_K: return TL_Q6_K_BYTES;
+    case TL_Q5_1: return TL_Q5_1_BYTES;
+    case TL_IQ4_NL: return TL_IQ4_NL_BYTES;
+    case TL_Q2_K: return TL_Q2_K_BYTES;
+    case TL_Q3_K: return TL_Q3_K_BYTES;
+    case TL_IQ4_XS: return TL_IQ4_XS_BYTES;
     default: return 0;
     }
 }
@@ -71,7 +82,7 @@ TL_INLINE int64_t tl_row_bytes(int t, int64_t k) {
  *
  * TL_F32 act (for f32 / f16 / bf16 weights): row j = k floats, then zero padding;
  *     ldact = round_up(4k, 64).
- * Quantized weights (q8_0, q4_0, q4_1, q5_0, q4_K, q5_K, q6_K) all take ONE activation layout,
+ * Quantized weights (q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, q2_K..q6_K, iq4_xs) all take ONE activation layout,
  * "q8 act, scales per 16" (not ggml's block_q8_0 / q8_1 / q8_K): per row, structure-of-arrays,
  * ng = k/16 groups of 16 values each with its own f32 scale:
  *     bytes [0, k)              int8  qs[k]     group g = qs[16g .. 16g+15]
@@ -82,8 +93,8 @@ TL_INLINE int64_t tl_row_bytes(int t, int64_t k) {
  * Quantisation (ggml's reference rounding, f32 scale): amax = max |x| of the group (nan skipped),
  * d = amax/127, id = 1/d (0 if d == 0), q = roundf(x*id) (half away from zero; nan -> 0, clamped
  * to +-127); an all-zero group has d = 0, q = 0. One scale per 16 (llama.cpp: per 32, per 256
- * for K-quants) lowers the activation rounding error (measured: docs/kernels.md). The act type ids (Q8_0 for q8_0/q4_0/q5_0, Q8_1 for q4_1, Q8_K for the
- * K-quants) name which weight families may share a prepared buffer; the bytes are this layout.
+ * for K-quants) lowers the activation rounding error (measured: docs/kernels.md). The act type ids (Q8_0 for q8_0/q4_0/q5_0/iq4_nl, Q8_1 for q4_1/q5_1, Q8_K for the
+ * K-quants and iq4_xs) name which weight families may share a prepared buffer; the bytes are this layout.
  * Block math (exact int32 dot inside each 16-group, then f32): a 32-value weight block b with
  * scale d_w adds d_w * (d[2b] * dot(0..15) + d[2b+1] * dot(16..31)) (+ m_w * (s[2b] + s[2b+1])
  * for q4_1); K-quant sub-blocks fold the group scale into their sub-block sums and take their
@@ -95,9 +106,9 @@ TL_INLINE int64_t tl_round_up(int64_t v, int64_t a) { return (v + a - 1) / a * a
 TL_INLINE int tl_default_act_type(int wtype) {
     switch (wtype) {
     case TL_F32: case TL_F16: case TL_BF16: return TL_F32;
-    case TL_Q8_0: case TL_Q4_0: case TL_Q5_0: return TL_Q8_0;
-    case TL_Q4_1: return TL_Q8_1;
-    case TL_Q4_K: case TL_Q5_K: case TL_Q6_K: return TL_Q8_K;
+    case TL_Q8_0: case TL_Q4_0: case TL_Q5_0: case TL_IQ4_NL: return TL_Q8_0;
+    case TL_Q4_1: case TL_Q5_1: return TL_Q8_1;
+    case TL_Q4_K: case TL_Q5_K: case TL_Q6_K: case TL_Q2_K: case TL_Q3_K: case TL_IQ4_XS: return TL_Q8_K;
     default: return -1;
     }
 }

@@ -1,5 +1,6 @@
 /* variant_avx512.c — the `avx512` variant: AVX-512 F/BW/VL/DQ + VNNI + BF16, every weight type. */
 #include "avx512.h"
+#include "kquants.h"
 
 const char tl_uk_name[] = "avx512";
 const uint64_t tl_uk_required = TL_CPU_AVX2 | TL_CPU_FMA | TL_CPU_F16C | TL_CPU_AVX512F | TL_CPU_AVX512BW |
@@ -19,6 +20,11 @@ const tl_ukernel *tl_uk_lookup(const tl_ctx *ctx, int wtype) {
     case TL_Q4_K: return &tl_avx512_q4_k_16x8;
     case TL_Q5_K: return &tl_avx512_q5_k_16x8;
     case TL_Q6_K: return &tl_avx512_q6_k_16x8;
+    case TL_Q5_1: return &tl_avx512_q5_1_16x8; /* avx2_qx.c, 16-row zmm panels + VNNI */
+    case TL_IQ4_NL: return &tl_avx512_iq4_nl_16x8;
+    case TL_IQ4_XS: return &tl_avx512_iq4_xs_16x8;
+    case TL_Q2_K: return &tl_avx512_q2_k_16x8;
+    case TL_Q3_K: return &tl_avx512_q3_k_16x8;
     default: return NULL;
     }
 }

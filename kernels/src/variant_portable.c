@@ -17,6 +17,8 @@ const tl_ukernel *tl_uk_lookup(const tl_ctx *ctx, int wtype) {
     case TL_Q8_0: return &tl_portable_q8_0_4x4;
     case TL_Q4_0: return &tl_portable_q4_0_4x4;
     case TL_Q4_1: return &tl_portable_q4_1_4x4;
+    case TL_Q5_1: case TL_IQ4_NL: case TL_IQ4_XS: case TL_Q2_K: case TL_Q3_K:
+        return tl_qx_portable_lookup(wtype); /* portable_qx.c */
     default: return tl_kq_portable_lookup(wtype); /* q5_0, q4_K, q5_K, q6_K (portable_kquants.c) */
     }
 }

@@ -34,11 +34,12 @@ import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Callable, NoReturn, Sequence, TextIO
+from typing import Any, Callable, Sequence, TextIO
 
 import numpy as np
 
 from tilellm.backend import default_threads
+from tilellm.llm.cli.common import Parser, UsageError, guarded_main
 
 __all__ = ["main", "run_model_bench", "run_gemm_bench", "fma_peak", "DEFAULT_SHAPES", "QUICK"]
 
@@ -50,15 +51,6 @@ DEFAULT_N = (1, 16, 128, 512)
 # --quick: a subset small enough for tests and smoke runs
 QUICK: dict[str, Any] = {"types": ("f32", "q8_0", "q4_0"), "shapes": ((256, 256), (512, 256)), "n": (1, 16), "reps": 2,
          "min_sample_s": 0.002}
-
-
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise _UsageError(message)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -489,7 +481,7 @@ def format_gemm_row(r: GemmResult) -> str:
 # ----------------------------------------------------------------------------- CLI
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="llm-bench", description="Benchmark tilellm like llama-bench (model mode) or its GEMMs (--gemm).")
+    p = Parser(prog="llm-bench", description="Benchmark tilellm like llama-bench (model mode) or its GEMMs (--gemm).")
     p.add_argument("-m", "--model", action="append", default=[], help="model file (repeatable or comma list)")
     p.add_argument("-p", "--n-prompt", type=_int_list(0), default=[512], help="prompt tokens per pp test (default 512)")
     p.add_argument("-n", "--n-gen", type=_int_list(0), default=[128], help="tokens per tg test (default 128)")
@@ -531,13 +523,13 @@ def _run(argv: Sequence[str] | None, out: TextIO, err: TextIO) -> int:
     except SystemExit as e:
         return int(e.code or 0)
     if a.repetitions is not None and len(a.repetitions) != 1:
-        raise _UsageError("-r takes a single value")
+        raise UsageError("-r takes a single value")
     md = a.output == "md"
     if a.gemm:
         if a.model:
-            raise _UsageError("--gemm does not take a model")
+            raise UsageError("--gemm does not take a model")
         if a.output not in ("md", "json"):
-            raise _UsageError(f"--gemm writes -o md or json, not {a.output}")
+            raise UsageError(f"--gemm writes -o md or json, not {a.output}")
         from tilellm.quant import type_from_any
 
         types = a.types or (QUICK["types"] if a.quick else DEFAULT_TYPES)
@@ -574,7 +566,7 @@ def _run(argv: Sequence[str] | None, out: TextIO, err: TextIO) -> int:
 
         models = [default_model_path(progress=err)]
     if a.gemm_n or a.shapes or a.types or a.quick:
-        raise _UsageError("--types/--shapes/--n/--quick need --gemm")
+        raise UsageError("--types/--shapes/--n/--quick need --gemm")
     reps = a.repetitions[0] if a.repetitions else 5
     streamed = {"md": format_model_row, "jsonl": lambda r: json.dumps(asdict(r)), "csv": _csv_row,
                 "sql": _sql_row}.get(a.output)
@@ -596,27 +588,7 @@ def _run(argv: Sequence[str] | None, out: TextIO, err: TextIO) -> int:
 
 def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     """Run ``llm-bench``; returns the exit status (errors are one ``error:`` line on stderr)."""
-    out = stdout or sys.stdout
-    err = stderr or sys.stderr
-    try:
-        return _run(argv, out, err)
-    except _UsageError as e:
-        print(f"error: {e}", file=err)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        return 141
-    except Exception as e:  # noqa: BLE001 - one line, no traceback
-        if os.environ.get("TILELLM_DEBUG"):
-            raise
-        from tilellm.quant.errors import TileLLMError
-
-        known = isinstance(e, (TileLLMError, OSError, ValueError))
-        msg = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.filename and e.strerror else str(e)
-        prefix = "" if known else f"internal error ({type(e).__name__}): "
-        print(f"error: {prefix}{' '.join(msg.split())}", file=err)
-        return 1
+    return guarded_main(_run, argv, stdout or sys.stdout, stderr or sys.stderr)
 
 
 if __name__ == "__main__":

@@ -26,9 +26,11 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, NoReturn, Sequence, TextIO
+from typing import Any, Callable, Sequence, TextIO
 
 import numpy as np
+
+from tilellm.llm.cli.common import Parser, UsageError, guarded_main
 
 # logits are scored in slices of this many positions (bounds memory with 262k-token vocabularies)
 SCORE_SLICE = 128
@@ -112,16 +114,6 @@ def perplexity(model: Any, tokens: Sequence[int], n_ctx: int, bos_id: int | None
     return res
 
 
-class _UsageError(Exception):
-    """A command-line mistake (one line, exit 2)."""
-
-
-class _Parser(argparse.ArgumentParser):
-    # argparse prints the usage block; the contract is one line
-    def error(self, message: str) -> NoReturn:
-        raise _UsageError(message)
-
-
 def _pos_int(s: str) -> int:
     try:
         v = int(s, 0)
@@ -134,7 +126,7 @@ def _pos_int(s: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``llm-perplexity`` argument parser."""
-    p = _Parser(prog="llm-perplexity",
+    p = Parser(prog="llm-perplexity",
                                 description="Perplexity of a text file, by llama.cpp's llama-perplexity method.")
     p.add_argument("-m", "--model", help="model file (default: the embedded Gemma 3 270M, the 'demo' extra)")
     p.add_argument("-f", "--file", required=True, help="text file (UTF-8)")
@@ -159,9 +151,9 @@ def _run(argv: Sequence[str] | None, out: TextIO, err: TextIO) -> int:
     except SystemExit as e:  # --help
         return int(e.code or 0)
     if args.kl_divergence and not args.kl_divergence_base:
-        raise _UsageError("--kl-divergence needs --kl-divergence-base FILE (a base saved by a run without it)")
+        raise UsageError("--kl-divergence needs --kl-divergence-base FILE (a base saved by a run without it)")
     if args.ctx_size < 4 or args.ctx_size % 2:
-        raise _UsageError(f"-c must be an even number >= 4, got {args.ctx_size}")
+        raise UsageError(f"-c must be an even number >= 4, got {args.ctx_size}")
     base = None
     if args.kl_divergence:
         from .kld import BaseReader
@@ -250,19 +242,7 @@ def _run(argv: Sequence[str] | None, out: TextIO, err: TextIO) -> int:
 
 def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     """Run ``llm-perplexity``; errors are one ``error:`` line on stderr and exit status 1."""
-    out, err = stdout or sys.stdout, stderr or sys.stderr
-    try:
-        return _run(argv, out, err)
-    except _UsageError as e:
-        print(f"error: {' '.join(str(e).split())}", file=err)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=err)
-        return 130
-    except Exception as e:  # noqa: BLE001 - one line, never a traceback
-        msg = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.filename and e.strerror else str(e)
-        print(f"error: {' '.join(msg.split())}", file=err)
-        return 1
+    return guarded_main(_run, argv, stdout or sys.stdout, stderr or sys.stderr, interrupted="interrupted")
 
 
 if __name__ == "__main__":

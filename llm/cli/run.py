@@ -97,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat-penalty", type=_float_arg, default=1.0, help="repeat penalty, 1.0 = off (default 1.0)")
     p.add_argument("--repeat-last-n", type=_int_arg(), default=64,
                    help="tokens the penalty looks back over; 0 = off, -1 = whole context (default 64)")
+    p.add_argument("--mirostat", type=_int_arg(0), default=0, metavar="N",
+                   help="Mirostat sampling: 0 = off, 1 = Mirostat, 2 = Mirostat 2.0; replaces top-k/top-p/min-p "
+                        "(default 0)")
+    p.add_argument("--mirostat-lr", type=_float_arg, default=0.1, metavar="N",
+                   help="Mirostat learning rate, eta (default 0.1)")
+    p.add_argument("--mirostat-ent", type=_float_arg, default=5.0, metavar="N",
+                   help="Mirostat target entropy (surprise in bits), tau (default 5.0)")
     p.add_argument("-s", "--seed", type=_int_arg(-1), default=-1, help="sampling seed, -1 = random (default -1)")
     p.add_argument("-r", "--reverse-prompt", action="append", default=[], metavar="TEXT",
                    help="stop when TEXT is generated (repeatable; the text is not printed)")
@@ -353,7 +360,8 @@ def _run(argv: Sequence[str] | None, out: TextIO, err: TextIO, inp: TextIO) -> i
     # validate sampler flags before the (slow) load so a typo fails fast
     from ..text.sampling import SamplingParams
 
-    SamplingParams(args.temp, args.top_k, args.top_p, args.min_p, args.repeat_penalty, args.repeat_last_n)
+    SamplingParams(args.temp, args.top_k, args.top_p, args.min_p, args.repeat_penalty, args.repeat_last_n,
+                   **_mirostat_kw(args))
 
     from ..api import load
 
@@ -448,13 +456,18 @@ def _system_line(model: Any, args: argparse.Namespace) -> str:
     return f"system: backend = {kind} (requested {args.backend}), variant = {variant}, threads = {model.n_threads}"
 
 
+def _mirostat_kw(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(mirostat_mode=args.mirostat, mirostat_tau=args.mirostat_ent, mirostat_eta=args.mirostat_lr)
+
+
 def _generate(model: Any, args: argparse.Namespace, prompt: str | list[int], constraint: Any) -> Iterator[Any]:
     """The chunk stream of one generation; with a constraint, through ``generate``'s ``logits_processor`` when it
     has one, else step by step (``constrain.iter_constrained``)."""
     max_tokens = None if args.n_predict < 0 else args.n_predict
     kw: dict[str, Any] = dict(max_tokens=max_tokens, temperature=args.temp, top_k=args.top_k, top_p=args.top_p,
                               min_p=args.min_p, repeat_penalty=args.repeat_penalty, repeat_last_n=args.repeat_last_n,
-                              stop=args.reverse_prompt or None, stream=True, ignore_eos=args.ignore_eos)
+                              stop=args.reverse_prompt or None, stream=True, ignore_eos=args.ignore_eos,
+                              **_mirostat_kw(args))
     if constraint is None:
         return iter(model.generate(prompt, **kw))
     import inspect
@@ -479,7 +492,7 @@ def _generate_stepwise(model: Any, args: argparse.Namespace, prompt: str | list[
         raise ContextOverflowError(f"Requested tokens ({len(ids)}) exceed context window of {model.n_ctx}")
     budget = model.n_ctx - len(ids) if max_tokens is None else min(max_tokens, model.n_ctx - len(ids))
     sampler = Sampler(args.temp, args.top_k, args.top_p, args.min_p, args.repeat_penalty, args.repeat_last_n,
-                      seed=None if args.seed < 0 else args.seed)
+                      seed=None if args.seed < 0 else args.seed, **_mirostat_kw(args))
     times: dict[str, float] = {}
     n = 0
     for tok, text, finish in iter_constrained(model, ids, constraint, sampler, budget, times):

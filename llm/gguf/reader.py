@@ -24,7 +24,7 @@ import os
 import stat
 import struct
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Container, Iterator
 
 import numpy as np
 
@@ -128,19 +128,19 @@ class _Walker:
         if self.record is not None:
             self.record.append((self.pos, n, label))
 
-    def u32(self, what: str, label: str = "u32") -> int:
-        self.need(4, what)
-        self._note(4, label)
-        (v,) = _U32.unpack_from(self.buf, self.pos)
-        self.pos += 4
+    def unpack(self, st: struct.Struct, what: str, label: str) -> Any:
+        """One fixed-size value at the cursor (bounds-checked), the cursor moved past it."""
+        self.need(st.size, what)
+        self._note(st.size, label)
+        (v,) = st.unpack_from(self.buf, self.pos)
+        self.pos += st.size
         return v
 
+    def u32(self, what: str, label: str = "u32") -> int:
+        return int(self.unpack(_U32, what, label))
+
     def u64(self, what: str, label: str = "u64") -> int:
-        self.need(8, what)
-        self._note(8, label)
-        (v,) = _U64.unpack_from(self.buf, self.pos)
-        self.pos += 8
-        return v
+        return int(self.unpack(_U64, what, label))
 
     def string(self, what: str, label: str = "str") -> str:
         n = self.u64(f"the length of {what}", label + ".len")
@@ -154,16 +154,21 @@ class _Walker:
         self.pos += n
         return s
 
+    def unique_name(self, seen: Container[str], owner: str, noun: str, kind: str, label: str) -> str:
+        """A non-empty string not in `seen` (a metadata key or a tensor name), else a GGUFError saying which."""
+        name = self.string(f"the {noun} of {owner}", label)
+        if not name:
+            raise self.fail(f"{owner} has an empty {noun}")
+        if name in seen:
+            raise self.fail(f"duplicate {kind} {name!r}")
+        return name
+
     # -- metadata values ------------------------------------------------------------------------
     def value(self, vtype: int, what: str, depth: int = 0) -> Any:
         """Parse one value of GGUF type `vtype`."""
         fixed = _FIXED.get(vtype)
         if fixed is not None:
-            st = fixed[0]
-            self.need(st.size, what)
-            self._note(st.size, f"val.{_type_name(vtype)}")
-            (v,) = st.unpack_from(self.buf, self.pos)
-            self.pos += st.size
+            v = self.unpack(fixed[0], what, f"val.{_type_name(vtype)}")
             if vtype == _T_BOOL:
                 if v > 1:
                     raise self.fail(f"{what}: bool value {v} is neither 0 nor 1")
@@ -278,11 +283,7 @@ def _parse_kv(w: _Walker, n_kv: int) -> dict[str, Any]:
     metadata: dict[str, Any] = {}
     for i in range(n_kv):
         w.where = f"metadata entry #{i}"
-        key = w.string(f"the key of metadata entry #{i}", "kv.key")
-        if not key:
-            raise w.fail(f"metadata entry #{i} has an empty key")
-        if key in metadata:
-            raise w.fail(f"duplicate metadata key {key!r}")
+        key = w.unique_name(metadata, f"metadata entry #{i}", "key", "metadata key", "kv.key")
         w.where = f"metadata entry #{i} {key!r}"
         vtype = w.u32(f"the value type of key {key!r}", "kv.type")
         metadata[key] = w.value(vtype, f"key {key!r}")
@@ -324,11 +325,7 @@ def _parse_tensor_infos(w: _Walker, n_tensors: int) -> list[tuple[str, tuple[int
     seen: set[str] = set()
     for i in range(n_tensors):
         w.where = f"tensor info #{i}"
-        name = w.string(f"the name of tensor #{i}", "ti.name")
-        if not name:
-            raise w.fail(f"tensor #{i} has an empty name")
-        if name in seen:
-            raise w.fail(f"duplicate tensor name {name!r}")
+        name = w.unique_name(seen, f"tensor #{i}", "name", "tensor name", "ti.name")
         seen.add(name)
         w.where = f"tensor info #{i} {name!r}"
         n_dims = w.u32(f"n_dims of tensor {name!r}", "ti.n_dims")

@@ -5,7 +5,7 @@ from typing import Any, Literal, Protocol, Sequence, overload
 
 import numpy as np
 
-from tilellm.backend import Backend
+from tilellm.backend import Backend, LayerPlan, LayerProgram
 from tilellm.backend.ops import rms_norm
 from tilellm.quant import GGMLType, TensorView
 from tilellm.quant.errors import ContextOverflowError, GGUFError, NumericalError, UnsupportedError
@@ -57,6 +57,8 @@ class DecoderModel:
     hparams: Any
     out_norm: np.ndarray
     output: TensorView
+    tok_embd: TensorView
+    rope: Any
     n_ctx: int
     n_batch: int
     n_past: int
@@ -198,6 +200,72 @@ class DecoderModel:
         """Run the new tokens `ids` through the blocks; hidden states [T, n_embd]; advances n_past."""
         raise NotImplementedError
 
+    # ------------------------------------------------------------------ one-call decode (layer programs)
+    def _embed(self, ids: np.ndarray) -> np.ndarray:
+        """The token embeddings the first layer takes, float32 [T, n_embd]."""
+        return np.asarray(self.tok_embd.rows(ids), dtype=np.float32)
+
+    def _cache_arrays(self) -> dict[str, np.ndarray]:
+        """This model's own KV caches by name, `[n_layer, n_ctx, ...]` each (the names of `_slot_arrays`)."""
+        return {}
+
+    def _layer_program(self, li: int, caches: dict[str, np.ndarray]) -> LayerProgram | None:
+        """Layer li as a layer program over `caches` (name -> this layer's `[n_slots, n_ctx, ...]` array), or None:
+        the layer has no one-call decode step."""
+        return None
+
+    def _layer_rope(self, li: int) -> Any:
+        """The `Rope` of layer li (its angles are passed to each one-call step)."""
+        return self.rope
+
+    def _program_key(self) -> Any:
+        """What the layer programs depend on besides the backend (re-planned when it changes)."""
+        return None
+
+    def _plans_over(self, arrays: dict[str, np.ndarray], slotted: bool,
+                    store: dict[Any, Any]) -> list[LayerPlan] | None:
+        """The backend's plans of every layer's program over `arrays` (`[n_slots, n_layer, ...]` when `slotted`, else
+        the model's own `[n_layer, ...]`), made once and kept in `store`; None when the backend does not run a
+        layer in one call, or numerics="ggml" (whose fp16 K/V rounding the programs lack)."""
+        key = (self.backend, self._program_key())
+        if key in store:
+            return store[key]
+        plans: list[LayerPlan] | None = None
+        if self.numerics == "default" and arrays:
+            plans = []
+            for li in range(self.hparams.n_layer):
+                caches = {name: (a[:, li] if slotted else a[li][None]) for name, a in arrays.items()}
+                prog = self._layer_program(li, caches)
+                plan = self.backend.plan_layer(prog) if prog is not None else None
+                if plan is None:
+                    plans = None
+                    break
+                plans.append(plan)
+        store.clear()
+        store[key] = plans
+        return plans
+
+    def _layer_plans(self) -> list[LayerPlan] | None:
+        """Plans of every layer over the model's own caches (see `_plans_over`)."""
+        store = self.__dict__.setdefault("_plans_store", {})
+        return self._plans_over(self._cache_arrays(), False, store)
+
+    def _decode_planned(self, plans: list[LayerPlan], h: np.ndarray, pos: np.ndarray,
+                        slots: np.ndarray | None = None) -> np.ndarray:
+        """Tokens h [n, n_embd] (each a sequence's next token: at pos[j] of cache slot slots[j]) through every
+        layer, one backend call per layer."""
+        h = np.ascontiguousarray(h, dtype=np.float32)
+        pos = np.asarray(pos, dtype=np.int64)
+        tables: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for li, plan in enumerate(plans):
+            rope = self._layer_rope(li)
+            cs = tables.get(id(rope))
+            if cs is None:
+                p0 = int(pos[0])
+                cs = tables[id(rope)] = rope.span(p0, p0 + 1) if pos.size == 1 else rope.tables(pos)
+            self.backend.decode_layer(plan, h, cs[0], cs[1], pos, slots)
+        return h
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # Several sequences in one forward pass (continuous batching; docs/serving.md, "Batching")
@@ -306,7 +374,7 @@ class BatchedDecoder:
             r += s.n
         for s in psegs:
             cache.lengths[s.slot] = s.p0  # keep: positions >= p0 are overwritten
-        h = self._forward_rows(cache, ids[perm], ps[perm], psegs, _row_groups(psegs))
+        h = self._rows(cache, ids[perm], ps[perm], psegs)
         for s in psegs:
             cache.lengths[s.slot] = s.p0 + s.n
         if not rows:
@@ -315,6 +383,30 @@ class BatchedDecoder:
         if not np.isfinite(out).all():
             raise NumericalError("the forward pass produced non-finite logits")
         return out
+
+    def _rows(self, cache: SlotCache, ids: np.ndarray, pos: np.ndarray, segs: list[Segment]) -> np.ndarray:
+        """Hidden states of the (permuted) rows: each one-token segment through the one-call layers with the
+        other one-token segments (what a sequence's decode step alone runs, so its bits are that step's), in
+        calls of fewer than SMALL_GEMM_ROWS tokens; the longer segments through `_forward_rows`."""
+        plans = self._plans_over(cache.arrays, True, cache.plans)  # type: ignore[attr-defined]
+        if plans is None:
+            return self._forward_rows(cache, ids, pos, segs, _row_groups(segs))
+        one = [s for s in segs if s.n == 1]
+        rest = [s for s in segs if s.n > 1]
+        h = np.empty((ids.size, self.hparams.n_embd), np.float32)  # type: ignore[attr-defined]
+        if rest:
+            rows = np.concatenate([np.arange(s.r0, s.r1) for s in rest])
+            moved, r = [], 0
+            for s in rest:
+                moved.append(Segment(s.slot, s.p0, r, r + s.n))
+                r += s.n
+            h[rows] = self._forward_rows(cache, ids[rows], pos[rows], moved, _row_groups(moved))
+        for i in range(0, len(one), SMALL_GEMM_ROWS - 1):
+            part = one[i:i + SMALL_GEMM_ROWS - 1]
+            rows = np.array([s.r0 for s in part], np.int64)
+            h[rows] = self._decode_planned(plans, self._embed(ids[rows]), pos[rows],  # type: ignore[attr-defined]
+                                           np.array([s.slot for s in part], np.int64))
+        return h
 
     def _head_rows(self, h: np.ndarray) -> np.ndarray:
         """The output layer on the rows that need logits, in GEMMs of fewer than SMALL_GEMM_ROWS rows (the

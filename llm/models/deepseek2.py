@@ -25,7 +25,7 @@ from typing import Any, Literal, Mapping, overload
 
 import numpy as np
 
-from tilellm.backend import Backend
+from tilellm.backend import Backend, LayerProgram, MoESpec
 from tilellm.backend.ops import causal_attention, rms_norm
 from tilellm.quant import TensorView
 from tilellm.quant.errors import GGUFError, UnsupportedError
@@ -340,10 +340,82 @@ class DeepSeek2Model(DecoderModel, BatchedDecoder):
             y += swiglu(be, x, B.gate_sh, B.up_sh, B.down_sh)
         return y
 
+    def _cache_arrays(self) -> dict[str, np.ndarray]:
+        if self.hparams.absorbed:
+            return {"kv": self.kv_cache}
+        return {"k": self.k_cache, "v": self.v_cache}
+
+    def _layer_program(self, li: int, caches: dict[str, np.ndarray]) -> LayerProgram:
+        """The deepseek2 block as a layer program: MLA (as `_mla` computes it) and the dense or MoE FFN."""
+        hp, B = self.hparams, self.blocks[li]
+        E, H, nope, rot, lora, vh, eps = hp.n_embd, hp.n_head, hp.qk_nope, hp.n_rot, hp.kv_lora, hp.v_head, hp.rms_eps
+        qh = nope + rot  # a query head: [q_nope | q_pe]
+        P = LayerProgram(E, rot)
+        x = P.buffer(E)
+        P.rms_norm(x, P.H, B.attn_norm, eps, E)
+        if B.wq is None:  # low-rank q: q_a (normed), then q_b; kv_a from the same prepared x
+            qa, kv, q = P.buffer(hp.q_lora), P.buffer(lora + rot), P.buffer(H * qh)
+            P.matmul([B.wq_a, B.wkv_a], x, qa, E)
+            P.rms_norm(qa, qa, B.q_a_norm, eps, hp.q_lora)
+            P.matmul([B.wq_b], qa, q, hp.q_lora)
+        else:
+            q, kv = P.buffer(H * qh), P.buffer(lora + rot)
+            P.matmul([B.wq, B.wkv_a], x, q, E)
+        P.rope(q + nope, H, qh, neox=False)
+        P.rms_norm(kv, kv, B.kv_a_norm, eps, lora)  # the latent
+        P.rope(kv + lora, 1, 0, neox=False)  # the one rope key all heads share
+        o = P.buffer(H * vh)
+        if hp.absorbed:
+            # each head's query in latent space (K_h^T q_nope_h | q_pe_h) attends over the cached [latent | k_pe];
+            # the values are the latents: attention over the whole cached row, of which the first kv_lora are kept
+            dk = lora + rot
+            qa_, ctx = P.buffer(H * dk), P.buffer(H * dk)
+            P.matmul_heads(B.wk_b, H, q, qh, nope, qa_, dk)
+            P.copy(qa_ + lora, q + nope, rot, rows=H, ld_dst=dk, ld_src=qh)
+            c = P.cache(caches["kv"])
+            P.store(c, kv, dk)
+            P.attention(qa_, ctx, c, c, H, 1, dk, dk, self.kq_scale)
+            P.matmul_heads(B.wv_b, H, ctx, dk, lora, o, vh)
+        else:  # decompress the new position into per-head keys and values
+            kvb = P.buffer(H * (nope + vh))
+            P.matmul([B.wkv_b], kv, kvb, lora)
+            kc, vc = P.cache(caches["k"]), P.cache(caches["v"])
+            P.store(kc, kvb, nope, rows=H, ld_src=nope + vh, c_ld=qh)
+            P.store(kc, kv + lora, rot, rows=H, ld_src=0, c_off=nope, c_ld=qh)
+            P.store(vc, kvb + nope, vh, rows=H, ld_src=nope + vh, c_ld=vh)
+            P.attention(q, o, kc, vc, H, H, qh, vh, self.kq_scale)
+        out = P.buffer(E)
+        P.matmul([B.wo], o, out, H * vh)
+        P.add(P.H, E, src=out)
+        x2, y = P.buffer(E), P.buffer(E)
+        P.rms_norm(x2, P.H, B.ffn_norm, eps, E)
+        if B.router is None:
+            gu = P.buffer(2 * hp.n_ff)
+            P.matmul([B.w_gate, B.w_up], x2, gu, E)
+            P.matmul([B.w_down], gu, y, hp.n_ff, pre="swiglu", src2=gu + hp.n_ff)
+        else:
+            r = hp.router
+            assert r is not None  # MoE blocks exist only with a router config
+            P.moe(x2, y, E, MoESpec(B.router, B.probs_bias, r.n_used, r.gating, r.n_group, r.n_group_used, r.norm,
+                                    r.scale, B.gate_exps, B.up_exps, B.down_exps))
+            if B.gate_sh is not None:
+                fs = hp.n_ff_exp * hp.n_expert_shared
+                gus, y2 = P.buffer(2 * fs), P.buffer(E)
+                P.matmul([B.gate_sh, B.up_sh], x2, gus, E)
+                P.matmul([B.down_sh], gus, y2, fs, pre="swiglu", src2=gus + fs)
+                P.add(y, E, src=y2)
+        P.add(P.H, E, src=y)
+        return P
+
     def _forward(self, ids: np.ndarray) -> np.ndarray:
         hp = self.hparams
         T, p0 = ids.size, self.n_past
         h = self.tok_embd.rows(ids)
+        plans = self._layer_plans() if T == 1 else None
+        if plans is not None:  # one token: each layer in one backend call
+            h = self._decode_planned(plans, h, np.array([p0]))
+            self.n_past = p0 + 1
+            return h
         cos, sin = self.rope.tables(np.arange(p0, p0 + T))
         for li, B in enumerate(self.blocks):
             h = h + self._mla(li, B, rms_norm(h, B.attn_norm, hp.rms_eps), cos, sin)

@@ -33,7 +33,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from tilellm.backend import Backend
+from tilellm.backend import Backend, LayerProgram
 from tilellm.backend.ops import rms_norm
 from tilellm.quant import TensorView
 from tilellm.quant.errors import GGUFError
@@ -170,6 +170,43 @@ class Gemma3Model(LlamaModel):
             self.layers.append(L)
         self._head_views = _row_blocks(self.output, HEAD_BLOCK_ROWS)
 
+    def _embed(self, ids: np.ndarray) -> np.ndarray:
+        return self.tok_embd.rows(ids) * np.float32(self.gparams.embd_scale)
+
+    def _layer_rope(self, li: int) -> Rope:
+        return self.rope_local if self.layers[li].local else self.rope_global
+
+    def _program_key(self) -> Any:
+        return self.gparams  # the window is part of the programs (a test shrinks it after loading)
+
+    def _layer_program(self, li: int, caches: dict[str, np.ndarray]) -> LayerProgram:
+        """The Gemma 3 block as a layer program: RMS norm + q/k/v, per-head q/k norms, NEOX rope (the layer's
+        base), cache, attention (sliding window on local layers), o, post-attention norm, residual, RMS norm +
+        gate/up, GELU(tanh) gating + down, post-FFN norm, residual."""
+        hp, g, L = self.hparams, self.gparams, self.layers[li]
+        E, H, Hkv, D, F, eps = hp.n_embd, hp.n_head, hp.n_head_kv, hp.head_dim, hp.n_ff, hp.rms_eps
+        qd, kvd = H * D, Hkv * D
+        P = LayerProgram(E, hp.n_rot)
+        qkv, att, o, gu, y = P.buffer(qd + 2 * kvd), P.buffer(qd), P.buffer(E), P.buffer(2 * F), P.buffer(E)
+        kc, vc = P.cache(caches["k"]), P.cache(caches["v"])
+        P.matmul([L.wq, L.wk, L.wv], P.H, qkv, E, pre="rms", norm=L.attn_norm, eps=eps)
+        P.rms_norm(qkv, qkv, L.q_norm, eps, D, rows=H, ld=D)
+        P.rms_norm(qkv + qd, qkv + qd, L.k_norm, eps, D, rows=Hkv, ld=D)
+        P.rope(qkv, H, D, neox=True)
+        P.rope(qkv + qd, Hkv, D, neox=True)
+        P.store(kc, qkv + qd, kvd)
+        P.store(vc, qkv + qd + kvd, kvd)
+        window = g.sliding_window if L.local and g.sliding_window is not None else 0
+        P.attention(qkv, att, kc, vc, H, Hkv, D, D, g.attn_scale, window=window)
+        P.matmul([L.wo], att, o, qd)
+        P.rms_norm(o, o, L.post_attn_norm, eps, E)
+        P.add(P.H, E, src=o)
+        P.matmul([L.w_gate, L.w_up], P.H, gu, E, pre="rms", norm=L.ffn_norm, eps=eps)
+        P.matmul([L.w_down], gu, y, F, pre="geglu", src2=gu + F)
+        P.rms_norm(y, y, L.post_ffn_norm, eps, E)
+        P.add(P.H, E, src=y)
+        return P
+
     def _head(self, h: np.ndarray) -> np.ndarray:
         """Final norm, tied output projection (in row blocks: bounded memory on the dequantizing path), softcap."""
         x = rms_norm(h, self.out_norm, self.hparams.rms_eps)
@@ -194,7 +231,12 @@ class Gemma3Model(LlamaModel):
         T, p0 = ids.size, self.n_past
         H, Hkv, D = hp.n_head, hp.n_head_kv, hp.head_dim
         eps = hp.rms_eps
-        h = self.tok_embd.rows(ids) * np.float32(g.embd_scale)  # [T, n_embd]
+        h = self._embed(ids)  # [T, n_embd]
+        plans = self._layer_plans() if T == 1 else None
+        if plans is not None:  # one token: each layer in one backend call
+            h = self._decode_planned(plans, h, np.array([p0]))
+            self.n_past = p0 + 1
+            return h
         pos = np.arange(p0, p0 + T)
         tables = {False: self.rope_global.tables(pos), True: self.rope_local.tables(pos)}
         for li, L in enumerate(self.layers):
@@ -238,7 +280,7 @@ class Gemma3Model(LlamaModel):
         T = ids.size
         H, Hkv, D = hp.n_head, hp.n_head_kv, hp.head_dim
         eps = hp.rms_eps
-        h = self.tok_embd.rows(ids) * np.float32(g.embd_scale)
+        h = self._embed(ids)
         tables = {False: self.rope_global.tables(pos), True: self.rope_local.tables(pos)}
         kc, vc = cache.arrays["k"], cache.arrays["v"]
         for li, L in enumerate(self.layers):

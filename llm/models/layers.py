@@ -118,21 +118,3 @@ class Rope:
             x[..., :h] = a * c - b * s
             x[..., h:r] = a * s + b * c
         return x
-
-    def apply_like_decode_layer(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray, fma: bool) -> np.ndarray:
-        """x [T, H, D] rotated in place with the arithmetic of the kernels' one-call decode layer (decode.c:
-        x0 c - x1 s, x0 s + x1 c in float32, FMA-contracted when `fma`, as numpy's complex multiply is), so a
-        token in a batch gets the bits `tl_decode_layer` gives it alone."""
-        r, half = self.n_rot, self.n_rot // 2
-        ia, ib = (slice(0, r, 2), slice(1, r, 2)) if self.mode == "norm" else (slice(0, half), slice(half, r))
-        if fma:
-            z = np.empty(x.shape[:-1] + (half,), np.complex64)
-            z.real, z.imag = x[..., ia], x[..., ib]
-            z *= self._cis(cos, sin)[:, None, :]
-            x[..., ia], x[..., ib] = z.real, z.imag
-            return x
-        a, b = x[..., ia].copy(), x[..., ib].copy()
-        c, s = cos[:, None, :], sin[:, None, :]
-        x[..., ia] = a * c - b * s
-        x[..., ib] = a * s + b * c
-        return x

@@ -6,11 +6,13 @@ Every linear layer (q, k, v, o, gate, up, down, output) goes through `backend.ma
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from tilellm.backend import Backend, DecoderLayerSpec, LayerPlan, LayerShape
+from tilellm.backend import Backend, LayerProgram
+from tilellm.quant import TensorView
 from tilellm.quant.errors import GGUFError, UnsupportedError
 
 from ..gguf.hparams import HParams, check_block_count
@@ -19,6 +21,25 @@ from .base import BatchedDecoder, DecoderModel, Segment, SlotCache, check_numeri
 from .layers import Rope
 from .memory import check_kv_cache
 from .yarn import YarnParams, yarn_inv_freq
+
+
+@dataclass(frozen=True)
+class LlamaLayer:
+    """One LLaMA block's tensors: h += o(attn(rope(q), rope(k), v)) over RMSNorm(h, attn_norm), then
+    h += down(silu(gate x) * up x) over x = RMSNorm(h, ffn_norm). Norms and biases are float32 vectors."""
+
+    attn_norm: np.ndarray
+    wq: TensorView
+    wk: TensorView
+    wv: TensorView
+    wo: TensorView
+    ffn_norm: np.ndarray
+    w_gate: TensorView
+    w_up: TensorView
+    w_down: TensorView
+    bq: np.ndarray | None = None
+    bk: np.ndarray | None = None
+    bv: np.ndarray | None = None
 
 
 class LlamaModel(DecoderModel, BatchedDecoder):
@@ -77,17 +98,14 @@ class LlamaModel(DecoderModel, BatchedDecoder):
         self.out_norm = vector(self._tensor("output_norm.weight", (d,)))
         self.output = self._linear("output.weight", d, hp.n_vocab, optional=True) or self._linear(
             "token_embd.weight", d, hp.n_vocab)  # tied embeddings
-        shape = LayerShape(n_embd=d, n_head=hp.n_head, n_head_kv=hp.n_head_kv, head_dim=hd, n_rot=hp.n_rot,
-                           n_ff=hp.n_ff, rope_neox=self.rope_mode == "neox", eps=hp.rms_eps)
-        self.layers: list[DecoderLayerSpec] = []
+        self.layers: list[LlamaLayer] = []
         for i in range(hp.n_layer):
             p = f"blk.{i}."
             biases = {}
             for b, dim in (("bq", q_dim), ("bk", kv_dim), ("bv", kv_dim)):
                 t = self._tensor(p + f"attn_{b[1]}.bias", (dim,), optional=True)
                 biases[b] = vector(t) if t is not None else None
-            self.layers.append(DecoderLayerSpec(
-                shape=shape,
+            self.layers.append(LlamaLayer(
                 attn_norm=vector(self._tensor(p + "attn_norm.weight", (d,))),
                 wq=self._linear(p + "attn_q.weight", d, q_dim),
                 wk=self._linear(p + "attn_k.weight", d, kv_dim),
@@ -99,38 +117,46 @@ class LlamaModel(DecoderModel, BatchedDecoder):
                 w_down=self._linear(p + "ffn_down.weight", hp.n_ff, d),
                 **biases))
 
-    def _layer_plans(self) -> list[LayerPlan] | None:
-        """Per-layer plans for the backend's one-call decode step (`Backend.plan_layer`), made once; None when
-        the backend does not handle a layer, or numerics="ggml" (whose fp16 K/V rounding it lacks)."""
-        be = self.backend
-        cached = getattr(self, "_plans_cache", None)
-        if cached is not None and cached[0] is be:
-            return cached[1]
-        out: list[LayerPlan] | None = None
-        if self.numerics == "default":
-            out = []
-            for li, L in enumerate(self.layers):
-                p = be.plan_layer(L, self.k_cache[li], self.v_cache[li])
-                if p is None:
-                    out = None
-                    break
-                out.append(p)
-        self._plans_cache = (be, out)
-        return out
+    def _cache_arrays(self) -> dict[str, np.ndarray]:
+        return {"k": self.k_cache, "v": self.v_cache}
+
+    def _layer_program(self, li: int, caches: dict[str, np.ndarray]) -> LayerProgram:
+        """The LLaMA block as a layer program: RMS norm + q/k/v, biases, rope, cache, attention, o, residual,
+        RMS norm + gate/up, SwiGLU + down, residual."""
+        hp, L = self.hparams, self.layers[li]
+        E, H, Hkv, D, F = hp.n_embd, hp.n_head, hp.n_head_kv, hp.head_dim, hp.n_ff
+        qd, kvd = H * D, Hkv * D
+        P = LayerProgram(E, hp.n_rot)
+        qkv, att, o, gu, d = P.buffer(qd + 2 * kvd), P.buffer(qd), P.buffer(E), P.buffer(2 * F), P.buffer(E)
+        kc, vc = P.cache(caches["k"]), P.cache(caches["v"])
+        P.matmul([L.wq, L.wk, L.wv], P.H, qkv, E, pre="rms", norm=L.attn_norm, eps=hp.rms_eps)
+        for off, b, n in ((qkv, L.bq, qd), (qkv + qd, L.bk, kvd), (qkv + qd + kvd, L.bv, kvd)):
+            if b is not None:
+                P.add(off, n, vec=b)
+        neox = self.rope_mode == "neox"
+        P.rope(qkv, H, D, neox)
+        P.rope(qkv + qd, Hkv, D, neox)
+        P.store(kc, qkv + qd, kvd)
+        P.store(vc, qkv + qd + kvd, kvd)
+        P.attention(qkv, att, kc, vc, H, Hkv, D, D, self.kq_mult / np.sqrt(hp.head_dim))
+        P.matmul([L.wo], att, o, qd)
+        P.add(P.H, E, src=o)
+        P.matmul([L.w_gate, L.w_up], P.H, gu, E, pre="rms", norm=L.ffn_norm, eps=hp.rms_eps)
+        P.matmul([L.w_down], gu, d, F, pre="swiglu", src2=gu + F)
+        P.add(P.H, E, src=d)
+        return P
 
     def _forward(self, ids: np.ndarray) -> np.ndarray:
         hp, be = self.hparams, self.backend
         T, p0 = ids.size, self.n_past
         h = self.tok_embd.rows(ids)  # [T, n_embd]
-        cos, sin = self.rope.span(p0, p0 + T)
-        scale = self.kq_mult / np.sqrt(hp.head_dim)
         plans = self._layer_plans() if T == 1 else None
-        if plans is not None:  # one token: each layer in one C call (the same steps as below)
-            h = np.ascontiguousarray(h, dtype=np.float32)
-            for P in plans:
-                be.decode_layer(P, h, cos, sin, p0, scale)
+        if plans is not None:  # one token: each layer in one backend call (the same steps as below)
+            h = self._decode_planned(plans, h, np.array([p0]))
             self.n_past = p0 + 1
             return h
+        cos, sin = self.rope.span(p0, p0 + T)
+        scale = self.kq_mult / np.sqrt(hp.head_dim)
         for li, L in enumerate(self.layers):
             xp = be.prepare_rms_norm(h, L.attn_norm, hp.rms_eps, L.wq.type)  # normed and quantized once, for q, k, v
             q, k, v = be.matmul_many([L.wq, L.wk, L.wv], xp)
@@ -158,58 +184,20 @@ class LlamaModel(DecoderModel, BatchedDecoder):
         shape = (n_slots, hp.n_layer, n_ctx, hp.n_head_kv, hp.head_dim)
         return {"k": np.zeros(shape, np.float32), "v": np.zeros(shape, np.float32)}
 
-    def _slot_plans(self, cache: SlotCache, slot: int) -> list[LayerPlan] | None:
-        """`_layer_plans` over slot `slot`'s caches (made once per slot), or None where `_forward` has none."""
-        if self._layer_plans() is None:
-            return None
-        key = (self.backend, slot)
-        if key not in cache.plans:
-            kc, vc = cache.arrays["k"], cache.arrays["v"]
-            made = [self.backend.plan_layer(L, kc[slot, li], vc[slot, li]) for li, L in enumerate(self.layers)]
-            cache.plans[key] = None if any(p is None for p in made) else made
-        return cache.plans[key]
-
-    def _row_rope(self, segs: list[Segment], cos: np.ndarray, sin: np.ndarray) -> Any:
-        """Rope of the batch's rows [T, H, D], in place: a one-token segment with the arithmetic of the one-call
-        decode layer when `_forward` would use it for that token (its rope rounds differently from numpy's),
-        the others as `_forward` does for several tokens."""
-        fused = self.numerics == "default" and self._layer_plans() is not None
-        one = np.array([s.r0 for s in segs if s.n == 1], np.int64) if fused else np.empty(0, np.int64)
-        T = cos.shape[0]
-        fma = bool(getattr(self.backend, "fma_contracted", True))
-        if one.size == 0:
-            return lambda x: self.rope.apply(x, cos, sin)
-        if one.size == T:
-            return lambda x: self.rope.apply_like_decode_layer(x, cos, sin, fma)
-        rest = np.setdiff1d(np.arange(T), one)
-        c1, s1, c2, s2 = cos[one], sin[one], cos[rest], sin[rest]
-
-        def mixed(x: np.ndarray) -> np.ndarray:
-            x[one] = self.rope.apply_like_decode_layer(x[one], c1, s1, fma)
-            x[rest] = self.rope.apply(np.ascontiguousarray(x[rest]), c2, s2)
-            return x
-        return mixed
-
     def _forward_rows(self, cache: SlotCache, ids: np.ndarray, pos: np.ndarray, segs: list[Segment],
                       groups: list[slice]) -> np.ndarray:
-        """`_forward`'s unfused steps over the rows of several sequences (the one-call decode layer takes one
-        token; its bits are kept by `_row_rope`: its GEMMs and attention are the separate calls')."""
+        """`_forward`'s steps over the rows of several sequences (a one-token segment goes through the one-call
+        layers instead when the backend plans them: `BatchedDecoder._rows`)."""
         hp, be = self.hparams, self.backend
         T = ids.size
         h = self.tok_embd.rows(ids)
         scale = self.kq_mult / np.sqrt(hp.head_dim)
         kc, vc = cache.arrays["k"], cache.arrays["v"]
-        plans = self._slot_plans(cache, segs[0].slot) if T == 1 else None
-        if plans is not None:  # one token (a sequence alone): `_forward`'s one-call layers, on its slot's cache
-            p0 = segs[0].p0
-            c1, s1 = self.rope.span(p0, p0 + 1)
-            h = np.ascontiguousarray(h, dtype=np.float32)
-            for P in plans:
-                be.decode_layer(P, h, c1, s1, p0, scale)
-            return h
         cos, sin = self.rope.span(0, int(pos.max()) + 1)
         cos, sin = cos[pos], sin[pos]
-        rope = self._row_rope(segs, cos, sin)
+
+        def rope(x: np.ndarray) -> np.ndarray:
+            return self.rope.apply(x, cos, sin)
         for li, L in enumerate(self.layers):
             q, k, v = self._gemm(groups, [L.wq, L.wk, L.wv], be.prepare_rms_norm, (h,), L.attn_norm, hp.rms_eps,
                                  L.wq.type)

@@ -1,7 +1,7 @@
 """An OpenAI-compatible HTTP server for tilellm models (``llm-server``; the ``server`` extra).
 
 Layout: ``engine.py`` (scheduler: slots, queue, steps), ``runner.py`` (the step function's forward
-pass), ``sampling.py`` / ``text.py`` (per-sequence sampling and text), ``app.py`` (routes),
+pass), ``sampling.py`` (per-sequence sampling; the text is ``generation.TextStream``), ``app.py`` (routes),
 ``schemas.py`` (request/response bodies), ``middleware.py`` (API key, body limit, counting),
 ``metrics.py`` (Prometheus), ``cli.py`` (``llm-server``). See docs/serving.md.
 
@@ -20,13 +20,14 @@ from .engine import (
     QueueFullError,
     RequestHandle,
     TokenEvent,
+    TokenLogprobs,
     Usage,
 )
 from .runner import BatchedRunner, BatchEntry, ForwardRunner, ModelPerSlotRunner, SerialRunner
 from .sampling import SamplingParams
 
 __all__ = [
-    "Engine", "EngineStats", "GenerationRequest", "TokenEvent", "Usage", "Completion", "RequestHandle",
+    "Engine", "EngineStats", "GenerationRequest", "TokenEvent", "TokenLogprobs", "Usage", "Completion", "RequestHandle",
     "QueueFullError", "EngineClosedError", "BatchEntry", "ForwardRunner", "SerialRunner", "ModelPerSlotRunner",
     "BatchedRunner",
     "SamplingParams",

@@ -7,19 +7,13 @@
 """
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
 from tilellm.llm.cli.default_model import default_model_path as _default_model_path
+from tilellm.llm.generation import TextDecoder
 from tilellm.llm.text.tokenizer import StreamDecoder
 
 __all__ = ["TextDecoder", "stream_decoder", "default_model_path"]
-
-
-class TextDecoder(Protocol):
-    """Incremental detokenizer: ``feed`` never returns half a UTF-8 character."""
-
-    def feed(self, token_id: int) -> str: ...
-    def flush(self) -> str: ...
 
 
 def stream_decoder(model: Any) -> TextDecoder:

@@ -20,7 +20,16 @@ from pydantic import BaseModel, ValidationError
 from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .engine import Completion, Engine, EngineClosedError, GenerationRequest, QueueFullError, RequestHandle, TokenEvent
+from .engine import (
+    Completion,
+    Engine,
+    EngineClosedError,
+    GenerationRequest,
+    QueueFullError,
+    RequestHandle,
+    TokenEvent,
+    TokenLogprobs,
+)
 from .errors import APIError, error_response, validation_message
 from .metrics import Metrics
 from .middleware import Guard
@@ -30,8 +39,11 @@ from .schemas import (
     ChatChoice,
     ChatCompletionRequest,
     ChatCompletionResponse,
+    ChatLogprobs,
     ChatMessageOut,
+    ChatTokenLogprob,
     CompletionChoice,
+    CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
     DetokenizeRequest,
@@ -41,6 +53,7 @@ from .schemas import (
     PromptTokensDetails,
     TokenizeRequest,
     TokenizeResponse,
+    TopLogprob,
     UsageInfo,
 )
 
@@ -233,6 +246,103 @@ def _sse(obj: Any) -> dict[str, str]:
     return {"data": json.dumps(obj, ensure_ascii=False, separators=(",", ":"))}
 
 
+class _Shape:
+    """What differs between the two generation routes: the id prefix, the object names, and how a sequence's
+    output becomes a choice (whole, or streamed as chunk choices)."""
+
+    prefix = ""
+    chunk_object = ""
+
+    def __init__(self, req: Any) -> None:
+        self.req = req
+        self.n_lp = req.n_logprobs
+
+    def choice(self, i: int, c: Completion, finish: Finish) -> Any:
+        raise NotImplementedError
+
+    def response(self, rid: str, created: int, model: str, choices: list[Any], usage: UsageInfo) -> Any:
+        raise NotImplementedError
+
+    def opening(self, i: int) -> dict[str, Any] | None:
+        """The choice fields of sequence i's first chunk, if it has one before any token."""
+        return None
+
+    def pieces(self, i: int, ev: TokenEvent, lps: Sequence[TokenLogprobs]) -> list[dict[str, Any]]:
+        """The choice fields of the chunks one event gives (``lps``: log-probabilities not sent yet)."""
+        raise NotImplementedError
+
+
+class _CompletionShape(_Shape):
+    prefix = "cmpl"
+    chunk_object = "text_completion"
+
+    def __init__(self, req: CompletionRequest, echoes: list[str], prompt_chars: list[int]) -> None:
+        super().__init__(req)
+        self.echoes = echoes
+        self.offsets = [prompt_chars[i // req.n] for i in range(len(prompt_chars) * req.n)]
+
+    def _lp(self, i: int, lps: Sequence[TokenLogprobs]) -> CompletionLogprobs | None:
+        if self.n_lp is None:
+            return None
+        tokens = [t.token.decode("utf-8", "replace") for t in lps]
+        offsets = []
+        for t in tokens:  # text_offset counts from the start of the prompt, as OpenAI's does
+            offsets.append(self.offsets[i])
+            self.offsets[i] += len(t)
+        return CompletionLogprobs(tokens=tokens, token_logprobs=[t.logprob for t in lps],
+                                  top_logprobs=[{b.decode("utf-8", "replace"): v for b, v in t.top} for t in lps],
+                                  text_offset=offsets)
+
+    def choice(self, i: int, c: Completion, finish: Finish) -> CompletionChoice:
+        return CompletionChoice(index=i, text=self.echoes[i // self.req.n] + c.text, finish_reason=finish,
+                                logprobs=self._lp(i, c.logprobs))
+
+    def response(self, rid: str, created: int, model: str, choices: list[Any], usage: UsageInfo) -> Any:
+        return CompletionResponse(id=rid, created=created, model=model, choices=choices, usage=usage)
+
+    def opening(self, i: int) -> dict[str, Any] | None:
+        return {"text": self.echoes[i // self.req.n], "logprobs": None} if self.req.echo else None
+
+    def pieces(self, i: int, ev: TokenEvent, lps: Sequence[TokenLogprobs]) -> list[dict[str, Any]]:
+        if not (ev.text or ev.finish_reason):
+            return []
+        lp = self._lp(i, lps)
+        return [{"text": ev.text, "logprobs": lp.model_dump() if lp is not None else None}]
+
+
+def _chat_lp(lps: Sequence[TokenLogprobs]) -> ChatLogprobs:
+    def top(b: bytes, v: float) -> TopLogprob:
+        return TopLogprob(token=b.decode("utf-8", "replace"), logprob=v, bytes=list(b))
+
+    return ChatLogprobs(content=[ChatTokenLogprob(**top(t.token, t.logprob).model_dump(),
+                                                  top_logprobs=[top(b, v) for b, v in t.top]) for t in lps])
+
+
+class _ChatShape(_Shape):
+    prefix = "chatcmpl"
+    chunk_object = "chat.completion.chunk"
+
+    def choice(self, i: int, c: Completion, finish: Finish) -> ChatChoice:
+        return ChatChoice(index=i, message=ChatMessageOut(content=c.text), finish_reason=finish,
+                          logprobs=_chat_lp(c.logprobs) if self.n_lp is not None else None)
+
+    def response(self, rid: str, created: int, model: str, choices: list[Any], usage: UsageInfo) -> Any:
+        return ChatCompletionResponse(id=rid, created=created, model=model, choices=choices, usage=usage)
+
+    def opening(self, i: int) -> dict[str, Any] | None:
+        return {"delta": {"role": "assistant", "content": ""}, "logprobs": None}
+
+    def pieces(self, i: int, ev: TokenEvent, lps: Sequence[TokenLogprobs]) -> list[dict[str, Any]]:
+        lp = _chat_lp(lps).model_dump() if self.n_lp is not None and lps else None
+        out = []
+        if ev.text:
+            out.append({"delta": {"content": ev.text}, "logprobs": lp})
+            lp = None
+        if ev.finish_reason:
+            out.append({"delta": {}, "logprobs": lp})  # log-probabilities of tokens that added no text (a stop)
+        return out
+
+
 class _Routes:
     """The two generation routes (they share tokenization, budget checks, submission and streaming)."""
 
@@ -256,20 +366,43 @@ class _Routes:
                            code="context_length_exceeded", param="max_tokens")
         return limit
 
-    def _submit(self, prompts: list[list[int]], limit: int | None, req: Any) -> list[RequestHandle]:
+    async def _processors(self, req: Any, count: int) -> list[Any]:
+        """One structured-output constraint per sequence (each keeps its own grammar state), or Nones."""
+        fmt = req.structured
+        if fmt is None:
+            return [None] * count
+
+        def build(m: Any) -> list[Any]:
+            from tilellm.llm.text.constrain import logits_processor
+
+            return [logits_processor(m.tokenizer, response_format=fmt, n_vocab=m.n_vocab) for _ in range(count)]
+
+        return await _on_engine(self.engine, build)
+
+    async def _submit(self, prompts: list[list[int]], limit: int | None, req: Any) -> list[RequestHandle]:
         """One sequence per (prompt, choice), in OpenAI's order: index = prompt_index * n + choice."""
         if len(prompts) * req.n > MAX_N:
             raise APIError(400, f"at most {MAX_N} sequences per request (prompts x n)", param="n")
-        seqs = []
+        bias = req.bias_pairs()
+        bad = [t for t, _ in bias if t >= self.engine.n_vocab]
+        if bad:
+            raise APIError(400, f"logit_bias: token id {bad[0]} is out of range for a vocabulary of "
+                           f"{self.engine.n_vocab}", code="invalid_value", param="logit_bias")
+        budgets = []
         for ids in prompts:
             if not ids:
                 raise APIError(400, "the prompt is empty", code="invalid_value", param="prompt")
-            budget = self._budget(len(ids), limit)
+            budgets.append(self._budget(len(ids), limit))
+        procs = iter(await self._processors(req, len(prompts) * req.n))
+        seqs = []
+        for ids, budget in zip(prompts, budgets):
             for j in range(req.n):
                 seed = None if req.seed is None else (req.seed + j) % (1 << 64)
                 sp = SamplingParams(temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
-                                    min_p=req.min_p, seed=seed)
-                seqs.append(GenerationRequest(ids, budget, sp, tuple(req.stop or ())))
+                                    min_p=req.min_p, seed=seed, presence_penalty=req.presence_penalty,
+                                    frequency_penalty=req.frequency_penalty, logit_bias=bias)
+                seqs.append(GenerationRequest(ids, budget, sp, tuple(req.stop or ()), logprobs=req.n_logprobs,
+                                              logits_processor=next(procs)))
         try:
             return self.engine.submit_many(seqs)
         except QueueFullError as e:
@@ -287,6 +420,58 @@ class _Routes:
         return _usage(sum(u.prompt_tokens for u in first), sum(u.completion_tokens for u in usages),
                       sum(u.cached_tokens for u in first))
 
+    async def _respond(self, request: Request, req: Any, shape: _Shape, prompts: list[list[int]],
+                       handles: list[RequestHandle]) -> Any:
+        """The answer to a submitted request: one body, or server-sent events ending in ``[DONE]``."""
+        rid, created, model = f"{shape.prefix}-{uuid.uuid4().hex}", int(time.time()), self.settings.model_id
+        if not req.stream:
+            results = await _collect_or_cancel(request, handles)
+            if results is None:
+                return Response(status_code=CLIENT_CLOSED)  # nobody is listening
+            finish = _check_failed(results)
+            choices = [shape.choice(i, c, finish[i]) for i, c in enumerate(results)]
+            usage = self._total_usage(prompts, req.n, [c.usage for c in results])
+            return shape.response(rid, created, model, choices, usage)
+
+        head = {"id": rid, "object": shape.chunk_object, "created": created, "model": model}
+
+        def chunk(index: int, fields: dict[str, Any], finish: str | None) -> dict[str, Any]:
+            body: dict[str, Any] = {**head, "choices": [{"index": index, **fields, "finish_reason": finish}]}
+            if req.include_usage:
+                body["usage"] = None
+            return body
+
+        async def events() -> AsyncIterator[dict[str, str]]:
+            usages: list[Any] = [None] * len(handles)
+            held: list[list[TokenLogprobs]] = [[] for _ in handles]  # log-probabilities not sent yet
+            try:
+                for i in range(len(handles)):
+                    first = shape.opening(i)
+                    if first is not None:
+                        yield _sse(chunk(i, first, None))
+                async for i, ev in _merge(handles):
+                    if ev.finish_reason in ("error", "cancelled"):
+                        yield _sse({"error": {"message": ev.error or ev.finish_reason, "type": "server_error",
+                                              "param": None, "code": None}})
+                        return
+                    held[i].extend(ev.logprobs)
+                    out = shape.pieces(i, ev, held[i])
+                    if out:
+                        held[i] = []
+                    for k, fields in enumerate(out):
+                        yield _sse(chunk(i, fields, ev.finish_reason if k == len(out) - 1 else None))
+                    if ev.finish_reason:
+                        usages[i] = ev.usage
+                if req.include_usage:
+                    usage = self._total_usage(prompts, req.n, usages)
+                    yield _sse({**head, "choices": [], "usage": usage.model_dump()})
+                yield {"data": "[DONE]"}
+            finally:
+                for h in handles:
+                    h.cancel()
+
+        return EventSourceResponse(events(), sep="\n", ping=15)
+
     # -------------------------------------------------------------- /v1/completions
     async def completions(self, request: Request) -> Any:
         req = await _parse(request, CompletionRequest)
@@ -297,103 +482,17 @@ class _Routes:
 
         prompts = await _on_engine(self.engine, tokenize_all)
         echoes: list[str] = [""] * len(prompts)
-        if req.echo:
+        if req.echo or req.logprobs is not None:
             echoes = await _on_engine(self.engine, lambda m: [
                 p if isinstance(p, str) else m.detokenize(p) for p in texts])
-        handles = self._submit(prompts, req.max_tokens, req)
-        rid, created, model = f"cmpl-{uuid.uuid4().hex}", int(time.time()), self.settings.model_id
-        if not req.stream:
-            results = await _collect_or_cancel(request, handles)
-            if results is None:
-                return Response(status_code=CLIENT_CLOSED)  # nobody is listening
-            finish = _check_failed(results)
-            choices = [CompletionChoice(index=i, text=echoes[i // req.n] + c.text, finish_reason=finish[i])
-                       for i, c in enumerate(results)]
-            usage = self._total_usage(prompts, req.n, [c.usage for c in results])
-            return CompletionResponse(id=rid, created=created, model=model, choices=choices, usage=usage)
-
-        def chunk(index: int, text: str, finish: str | None) -> dict[str, Any]:
-            body: dict[str, Any] = {"id": rid, "object": "text_completion", "created": created, "model": model,
-                                    "choices": [{"index": index, "text": text, "logprobs": None,
-                                                 "finish_reason": finish}]}
-            if req.include_usage:
-                body["usage"] = None
-            return body
-
-        async def events() -> AsyncIterator[dict[str, str]]:
-            usages: list[Any] = [None] * len(handles)
-            try:
-                if req.echo:
-                    for i in range(len(handles)):
-                        yield _sse(chunk(i, echoes[i // req.n], None))
-                async for i, ev in _merge(handles):
-                    if ev.finish_reason in ("error", "cancelled"):
-                        yield _sse({"error": {"message": ev.error or ev.finish_reason, "type": "server_error",
-                                              "param": None, "code": None}})
-                        return
-                    if ev.text or ev.finish_reason:
-                        yield _sse(chunk(i, ev.text, ev.finish_reason))
-                    if ev.usage is not None:
-                        usages[i] = ev.usage
-                if req.include_usage:
-                    usage = self._total_usage(prompts, req.n, usages)
-                    yield _sse({"id": rid, "object": "text_completion", "created": created, "model": model,
-                                "choices": [], "usage": usage.model_dump()})
-                yield {"data": "[DONE]"}
-            finally:
-                for h in handles:
-                    h.cancel()
-
-        return EventSourceResponse(events(), sep="\n", ping=15)
+        shape = _CompletionShape(req, echoes if req.echo else [""] * len(prompts), [len(e) for e in echoes])
+        handles = await self._submit(prompts, req.max_tokens, req)
+        return await self._respond(request, req, shape, prompts, handles)
 
     # -------------------------------------------------------------- /v1/chat/completions
     async def chat_completions(self, request: Request) -> Any:
         req = await _parse(request, ChatCompletionRequest)
         messages = [m.as_template_message() for m in req.messages]
         ids = await _on_engine(self.engine, lambda m: list(m.chat_prompt(messages)))
-        prompts = [ids]
-        handles = self._submit(prompts, req.token_limit, req)
-        rid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), self.settings.model_id
-        if not req.stream:
-            results = await _collect_or_cancel(request, handles)
-            if results is None:
-                return Response(status_code=CLIENT_CLOSED)  # nobody is listening
-            finish = _check_failed(results)
-            choices = [ChatChoice(index=i, message=ChatMessageOut(content=c.text), finish_reason=finish[i])
-                       for i, c in enumerate(results)]
-            usage = self._total_usage(prompts, req.n, [c.usage for c in results])
-            return ChatCompletionResponse(id=rid, created=created, model=model, choices=choices, usage=usage)
-
-        def chunk(index: int, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
-            body: dict[str, Any] = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-                                    "choices": [{"index": index, "delta": delta, "logprobs": None,
-                                                 "finish_reason": finish}]}
-            if req.include_usage:
-                body["usage"] = None
-            return body
-
-        async def events() -> AsyncIterator[dict[str, str]]:
-            usages: list[Any] = [None] * len(handles)
-            try:
-                for i in range(len(handles)):
-                    yield _sse(chunk(i, {"role": "assistant", "content": ""}, None))
-                async for i, ev in _merge(handles):
-                    if ev.finish_reason in ("error", "cancelled"):
-                        yield _sse({"error": {"message": ev.error or ev.finish_reason, "type": "server_error",
-                                              "param": None, "code": None}})
-                        return
-                    if ev.text:
-                        yield _sse(chunk(i, {"content": ev.text}, None))
-                    if ev.finish_reason:
-                        yield _sse(chunk(i, {}, ev.finish_reason))
-                        usages[i] = ev.usage
-                if req.include_usage:
-                    usage = self._total_usage(prompts, req.n, usages)
-                    yield _sse({"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-                                "choices": [], "usage": usage.model_dump()})
-                yield {"data": "[DONE]"}
-            finally:
-                for h in handles:
-                    h.cancel()
-
-        return EventSourceResponse(events(), sep="\n", ping=15)
+        handles = await self._submit([ids], req.token_limit, req)
+        return await self._respond(request, req, _ChatShape(req), [ids], handles)

@@ -36,14 +36,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Sequence, TypeVar
 
+import numpy as np
+
+from tilellm.llm.generation import TextStream, top_logprobs
+
 from ._compat import stream_decoder
 from .runner import BatchEntry, ForwardRunner, default_runner
 from .sampling import SamplingParams, SequenceSampler
-from .text import TextStream
 
 __all__ = [
-    "Engine", "EngineStats", "GenerationRequest", "TokenEvent", "Usage", "RequestHandle", "Completion",
-    "QueueFullError", "EngineClosedError",
+    "Engine", "EngineStats", "GenerationRequest", "TokenEvent", "TokenLogprobs", "Usage", "RequestHandle",
+    "Completion", "QueueFullError", "EngineClosedError",
 ]
 
 T = TypeVar("T")
@@ -59,12 +62,30 @@ class EngineClosedError(RuntimeError):
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """One sequence to generate: prompt token ids, a token budget, sampling and stop strings."""
+    """One sequence to generate: prompt token ids, a token budget, sampling and stop strings.
+
+    ``logprobs`` = n: each token's log-probability and the n most likely alternatives ride on its event.
+    ``logits_processor``: ``f(input_ids int32 [n], logits float32 [n_vocab]) -> logits`` run on every step's
+    logits before sampling (llama-cpp-python's signature; a structured-output ``Constraint``); it belongs to
+    this sequence alone and runs on the scheduler thread.
+    """
 
     prompt: Sequence[int]
     max_tokens: int
     sampling: SamplingParams = field(default_factory=SamplingParams)
     stop: Sequence[str] = ()
+    logprobs: int | None = None
+    logits_processor: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+
+
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """A sampled token's bytes and log-probability, and the most likely alternatives (most likely first), from
+    the model's distribution after the ``logits_processor`` and before bias, penalties and filters."""
+
+    token: bytes
+    logprob: float
+    top: tuple[tuple[bytes, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -89,6 +110,7 @@ class TokenEvent:
     finish_reason: str | None = None
     usage: Usage | None = None
     error: str | None = None
+    logprobs: tuple[TokenLogprobs, ...] = ()  # for token_ids, when the request asked for them
 
 
 @dataclass(frozen=True)
@@ -100,6 +122,7 @@ class Completion:
     finish_reason: str
     usage: Usage
     error: str | None = None
+    logprobs: tuple[TokenLogprobs, ...] = ()
 
 
 class RequestHandle:
@@ -134,12 +157,14 @@ class RequestHandle:
         """Wait for the whole sequence."""
         texts: list[str] = []
         ids: list[int] = []
+        lps: list[TokenLogprobs] = []
         async for ev in self:
             texts.append(ev.text)
             ids.extend(ev.token_ids)
+            lps.extend(ev.logprobs)
             if ev.finish_reason is not None:
                 return Completion("".join(texts), tuple(ids), ev.finish_reason,
-                                  ev.usage or Usage(0, 0), ev.error)
+                                  ev.usage or Usage(0, 0), ev.error, tuple(lps))
         raise EngineClosedError("the sequence ended without a final event")
 
 
@@ -178,6 +203,7 @@ class _Seq:
         self.slot = -1
         self.order = 0                   # admission order
         self.pending: list[int] = []     # sampled ids not yet sent with an event
+        self.pending_lp: list[TokenLogprobs] = []  # their log-probabilities, when asked for
         self.sampler: SequenceSampler | None = None
         self.text: TextStream | None = None
 
@@ -438,7 +464,15 @@ class Engine:
     def _advance(self, seq: _Seq, logits: Any) -> None:
         """Sample seq's next token from ``logits`` and send what it adds."""
         assert seq.sampler is not None and seq.text is not None
-        tok = seq.sampler.sample(logits)
+        proc = seq.req.logits_processor
+        try:
+            if proc is not None:
+                logits = np.asarray(proc(np.asarray(seq.tokens, dtype=np.intc), np.array(logits, dtype=np.float32)),
+                                    dtype=np.float32)
+            tok = seq.sampler.sample(logits, seq.tokens)
+        except Exception as e:  # a failing constraint ends its sequence, not the server
+            self._end(seq, "error", "", error=f"{type(e).__name__}: {e}")
+            return
         if tok in self._eog:
             self._end(seq, "stop", "")
             return
@@ -446,22 +480,30 @@ class Engine:
         seq.n_gen += 1
         self._n_gen += 1
         seq.pending.append(tok)
+        if seq.req.logprobs is not None:
+            seq.pending_lp.append(self._logprobs(logits, tok, seq.req.logprobs))
         piece = seq.text.feed(tok)
         if seq.text.stopped:
             self._end(seq, "stop", piece)
         elif seq.n_gen >= seq.req.max_tokens or len(seq.tokens) >= self.n_ctx:
             self._end(seq, "length", piece)
         elif piece:
-            seq.handle._push(TokenEvent(piece, tuple(seq.pending)))
-            seq.pending = []
+            seq.handle._push(TokenEvent(piece, tuple(seq.pending), logprobs=tuple(seq.pending_lp)))
+            seq.pending, seq.pending_lp = [], []
+
+    def _logprobs(self, logits: Any, tok: int, n: int) -> TokenLogprobs:
+        lp = top_logprobs(np.asarray(logits, dtype=np.float32).reshape(-1), tok, n)
+        piece = self.model.tokenizer.token_to_piece
+        return TokenLogprobs(bytes(piece(tok, special=False)), lp.logprob,
+                             tuple((bytes(piece(i, special=False)), v) for i, v in lp.top.items()))
 
     def _end(self, seq: _Seq, reason: str, text: str, error: str | None = None) -> None:
         """Send seq's final event and free its slot."""
         if seq.text is not None and reason in ("stop", "length"):
             text += seq.text.finish()
         usage = Usage(seq.n_prompt, seq.n_gen, seq.n_cached)
-        seq.handle._push(TokenEvent(text, tuple(seq.pending), reason, usage, error))
-        seq.pending = []
+        seq.handle._push(TokenEvent(text, tuple(seq.pending), reason, usage, error, tuple(seq.pending_lp)))
+        seq.pending, seq.pending_lp = [], []
         self._finished[reason] = self._finished.get(reason, 0) + 1
         if seq in self._active:
             self._active.remove(seq)

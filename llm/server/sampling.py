@@ -2,19 +2,23 @@
 
 One :class:`SequenceSampler` per generated sequence, each with its own random generator, so a
 request's draws never depend on what else the engine is running. The chain is ``Model.generate``'s
-(top-k, then top-p over the unscaled softmax, then min-p, then temperature; ``temperature <= 0`` is
-the argmax), so a seeded request gives the tokens ``generate(..., seed=s)`` gives with the same
-settings and ``repeat_penalty=1``. The batched engine will call :meth:`SequenceSampler.sample` on
-one row of its logits per sequence.
+own sampler (``tilellm.llm.text.sampling.Sampler``: logit bias, presence / frequency penalties over
+the last ``repeat_last_n`` tokens of prompt + output, then top-k, top-p over the unscaled softmax,
+min-p and temperature; ``temperature <= 0`` is the argmax), so a seeded request gives the tokens
+``generate(..., seed=s)`` gives with the same settings and ``repeat_penalty=1``.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
+from tilellm.llm.text.sampling import Sampler
+
 __all__ = ["SamplingParams", "SequenceSampler"]
+
+_TINY_TOP_P = 1e-300  # OpenAI allows top_p = 0, the sampler (0, 1]; both keep only the most likely token
 
 
 @dataclass(frozen=True)
@@ -22,7 +26,7 @@ class SamplingParams:
     """Sampling settings of one request (already validated by the HTTP layer); ``generate``'s defaults.
 
     ``top_k = 0``, ``top_p = 1`` and ``min_p = 0`` switch the filter off; ``seed = None`` draws from
-    fresh OS entropy.
+    fresh OS entropy; ``logit_bias`` is ``((token id, bias), ...)``.
     """
 
     temperature: float = 0.8
@@ -30,16 +34,14 @@ class SamplingParams:
     top_k: int = 40
     min_p: float = 0.05
     seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    repeat_last_n: int = 64
 
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0.0
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    z = np.asarray(x, dtype=np.float64)
-    e = np.exp(z - z.max())
-    return e / e.sum()
 
 
 class SequenceSampler:
@@ -47,28 +49,12 @@ class SequenceSampler:
 
     def __init__(self, params: SamplingParams) -> None:
         self.params = params
-        self._rng = np.random.default_rng(params.seed)
+        self._sampler = Sampler(params.temperature, params.top_k, max(params.top_p, _TINY_TOP_P), params.min_p,
+                                1.0, params.repeat_last_n, seed=params.seed,
+                                presence_penalty=params.presence_penalty,
+                                frequency_penalty=params.frequency_penalty, logit_bias=dict(params.logit_bias))
 
-    def sample(self, logits: np.ndarray) -> int:
-        """The next token id for the logits ``[n_vocab]`` of the sequence's last position."""
-        x = np.asarray(logits, dtype=np.float32).reshape(-1)
-        p = self.params
-        if p.greedy:
-            return int(np.argmax(x))
-        n = x.shape[0]
-        ids = np.argpartition(-x, p.top_k - 1)[: p.top_k] if 0 < p.top_k < n else np.arange(n)
-        ids = ids[np.argsort(-x[ids], kind="stable")]  # equal logits keep id order
-        vals = x[ids].astype(np.float64)
-        if p.top_p < 1.0:
-            cum = np.cumsum(_softmax(vals))
-            keep = max(1, min(int(np.searchsorted(cum, p.top_p, side="left")) + 1, len(ids)))
-            ids, vals = ids[:keep], vals[:keep]
-        if p.min_p > 0.0:
-            mask = vals >= vals[0] + math.log(p.min_p)
-            mask[0] = True
-            ids, vals = ids[mask], vals[mask]
-        if len(ids) == 1:
-            return int(ids[0])
-        cum = np.cumsum(_softmax(vals / p.temperature))
-        j = int(np.searchsorted(cum, self._rng.random() * cum[-1], side="right"))
-        return int(ids[min(j, len(ids) - 1)])
+    def sample(self, logits: np.ndarray, history: Sequence[int] = ()) -> int:
+        """The next token id for the logits ``[n_vocab]`` of the sequence's last position; ``history`` (prompt +
+        generated ids) is what the penalties look at."""
+        return self._sampler.sample(np.asarray(logits, dtype=np.float32).reshape(-1), history)

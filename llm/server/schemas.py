@@ -1,10 +1,11 @@
 """Request and response bodies (pydantic), in OpenAI's shapes.
 
 Requests forbid unknown fields (HTTP 400 naming the field). Fields of OpenAI's API that we accept but
-do not implement are allowed only at their neutral value (``presence_penalty: 0``, ``logit_bias: {}``,
-``logprobs: null`` ...), so a client that sends defaults works and one that relies on them is told.
-``top_k`` and ``min_p`` are extensions (llama-server has them too). Unset sampling fields take
-``Model.generate``'s defaults (temperature 0.8, top_k 40, top_p 0.95, min_p 0.05), as llama-server does.
+do not implement are allowed only at their neutral value (``best_of: 1``, ``suffix: null``, ``tools: []``
+...), so a client that sends defaults works and one that relies on them is told. ``top_k`` and ``min_p``
+are extensions (llama-server has them too), and so is ``response_format`` on /v1/completions. Unset
+sampling fields take ``Model.generate``'s defaults (temperature 0.8, top_k 40, top_p 0.95, min_p 0.05),
+as llama-server does.
 """
 from __future__ import annotations
 
@@ -26,12 +27,15 @@ __all__ = [
     "CompletionRequest", "ChatCompletionRequest", "ChatMessage", "TokenizeRequest", "DetokenizeRequest",
     "StreamOptions", "UsageInfo", "CompletionResponse", "CompletionChoice", "ChatCompletionResponse",
     "ChatChoice", "ChatMessageOut", "ChatCompletionChunk", "ChatChunkChoice", "ChatDelta",
-    "ModelCard", "ModelList", "TokenizeResponse", "DetokenizeResponse", "ErrorBody", "ErrorDetail",
+    "ModelCard", "ModelList", "TokenizeResponse", "DetokenizeResponse", "ErrorBody", "ErrorDetail", "ResponseFormat",
+    "CompletionLogprobs", "ChatLogprobs", "ChatTokenLogprob", "TopLogprob",
 ]
 
 MAX_STOPS = 16
 MAX_STOP_CHARS = 1024
 MAX_N = 16
+MAX_LOGPROBS = 20     # alternatives per token (OpenAI: 5 for completions, 20 for chat)
+MAX_LOGIT_BIAS = 1024  # entries of logit_bias (OpenAI: 300)
 
 # a JSON number (int or float), not a numeric string or a boolean
 Number = Annotated[float, Strict()]
@@ -53,6 +57,37 @@ class StreamOptions(_Request):
     include_usage: StrictBool = False
 
 
+class JsonSchemaSpec(_Request):
+    name: StrictStr | None = None
+    description: StrictStr | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: StrictBool | None = None
+
+
+class ResponseFormat(_Request):
+    """``{"type": "text" | "json_object" | "json_schema"}``; ``json_schema: {"name", "schema", "strict"}``
+    (OpenAI), or ``schema`` beside ``json_object`` (llama-cpp-python's spelling)."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaSpec | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+
+    @model_validator(mode="after")
+    def _needs_schema(self) -> "ResponseFormat":
+        if self.type == "json_schema" and (self.json_schema is None or self.json_schema.schema_ is None):
+            raise ValueError("response_format json_schema needs json_schema.schema")
+        return self
+
+    def as_dict(self) -> dict[str, Any] | None:
+        """The form the structured-output module takes; None for plain text."""
+        if self.type == "text":
+            return None
+        if self.type == "json_schema":
+            assert self.json_schema is not None
+            return {"type": "json_schema", "json_schema": {"schema": self.json_schema.schema_}}
+        return {"type": "json_object", **({"schema": self.schema_} if self.schema_ is not None else {})}
+
+
 class _Sampling(_Request):
     """Fields shared by /v1/completions and /v1/chat/completions."""
 
@@ -68,9 +103,10 @@ class _Sampling(_Request):
     stop: StrictStr | list[StrictStr] | None = None
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    presence_penalty: Number = 0.0
-    frequency_penalty: Number = 0.0
+    presence_penalty: Number = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: Number = Field(0.0, ge=-2.0, le=2.0)
     logit_bias: dict[str, Number] | None = None
+    response_format: ResponseFormat | None = None
     user: StrictStr | None = None
 
     @field_validator("stop")
@@ -83,14 +119,33 @@ class _Sampling(_Request):
             raise ValueError(f"a stop string may have at most {MAX_STOP_CHARS} characters")
         return [s for s in stops if s]
 
-    @model_validator(mode="after")
-    def _neutral(self) -> "_Sampling":
-        for name in ("presence_penalty", "frequency_penalty"):
-            if getattr(self, name) != 0.0:
-                raise ValueError(f"{name} is not supported (only 0)")
-        if self.logit_bias:
-            raise ValueError("logit_bias is not supported (only an empty map)")
-        return self
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if not v:
+            return None
+        if len(v) > MAX_LOGIT_BIAS:
+            raise ValueError(f"logit_bias may have at most {MAX_LOGIT_BIAS} entries")
+        for k, b in v.items():
+            if not k.isascii() or not k.isdigit():
+                raise ValueError(f"logit_bias keys must be token ids, got {k!r}")
+            if not -100.0 <= b <= 100.0:
+                raise ValueError(f"logit_bias values must be in [-100, 100], got {b}")
+        return v
+
+    def bias_pairs(self) -> tuple[tuple[int, float], ...]:
+        """``logit_bias`` as sorted ``(token id, bias)`` pairs."""
+        return tuple(sorted((int(k), float(b)) for k, b in (self.logit_bias or {}).items()))
+
+    @property
+    def structured(self) -> dict[str, Any] | None:
+        """The response format for the structured-output module (None: plain text)."""
+        return self.response_format.as_dict() if self.response_format is not None else None
+
+    @property
+    def n_logprobs(self) -> int | None:
+        """Alternatives per token when log-probabilities are asked for, else None."""
+        return None
 
     @property
     def include_usage(self) -> bool:
@@ -105,7 +160,17 @@ class CompletionRequest(_Sampling):
     echo: StrictBool = False
     suffix: None = None
     best_of: Literal[1] | None = None
-    logprobs: None = None
+    logprobs: StrictInt | None = Field(None, ge=0, le=MAX_LOGPROBS)
+
+    @model_validator(mode="after")
+    def _echo_logprobs(self) -> "CompletionRequest":
+        if self.echo and self.logprobs is not None:
+            raise ValueError("logprobs with echo (the prompt's log-probabilities) is not supported")
+        return self
+
+    @property
+    def n_logprobs(self) -> int | None:
+        return self.logprobs
 
     @field_validator("prompt")
     @classmethod
@@ -144,22 +209,27 @@ class ChatMessage(_Request):
         return {"role": "system" if self.role == "developer" else self.role, "content": content or ""}
 
 
-class ResponseFormat(_Request):
-    type: Literal["text"]
-
-
 class ChatCompletionRequest(_Sampling):
     """POST /v1/chat/completions."""
 
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: StrictInt | None = Field(None, ge=1)
     max_completion_tokens: StrictInt | None = Field(None, ge=1)
-    logprobs: Literal[False] | None = None
-    top_logprobs: None = None
-    response_format: ResponseFormat | None = None
+    logprobs: StrictBool | None = None
+    top_logprobs: StrictInt | None = Field(None, ge=0, le=MAX_LOGPROBS)
     tools: list[Any] | None = Field(None, max_length=0)
     tool_choice: Literal["none"] | None = None
     parallel_tool_calls: StrictBool | None = None
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self) -> "ChatCompletionRequest":
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
+
+    @property
+    def n_logprobs(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     @property
     def token_limit(self) -> int | None:
@@ -194,21 +264,42 @@ class UsageInfo(BaseModel):
     prompt_tokens_details: PromptTokensDetails = Field(default_factory=PromptTokensDetails)
 
 
-class CompletionChoice(BaseModel):
+Finish = Literal["stop", "length"]
+
+
+class CompletionLogprobs(BaseModel):
+    """/v1/completions ``logprobs``: per generated token its text, log-probability, alternatives and offset."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class ChatTokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    """/v1/chat/completions ``logprobs``: ``{"content": [{"token", "logprob", "bytes", "top_logprobs"}]}``."""
+
+    content: list[ChatTokenLogprob] | None = None
+
+
+class _Choice(BaseModel):
     index: int
+    finish_reason: Finish | None = None
+
+
+class CompletionChoice(_Choice):
     text: str
-    logprobs: None = None
-    finish_reason: Literal["stop", "length"] | None = None
-
-
-class CompletionResponse(BaseModel):
-    id: str
-    object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
-    system_fingerprint: str | None = None
-    choices: list[CompletionChoice]
-    usage: UsageInfo | None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class ChatMessageOut(BaseModel):
@@ -216,21 +307,9 @@ class ChatMessageOut(BaseModel):
     content: str
 
 
-class ChatChoice(BaseModel):
-    index: int
+class ChatChoice(_Choice):
     message: ChatMessageOut
-    logprobs: None = None
-    finish_reason: Literal["stop", "length"] | None = None
-
-
-class ChatCompletionResponse(BaseModel):
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    system_fingerprint: str | None = None
-    choices: list[ChatChoice]
-    usage: UsageInfo
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatDelta(BaseModel):
@@ -238,19 +317,33 @@ class ChatDelta(BaseModel):
     content: str | None = None
 
 
-class ChatChunkChoice(BaseModel):
-    index: int
+class ChatChunkChoice(_Choice):
     delta: ChatDelta
-    logprobs: None = None
-    finish_reason: Literal["stop", "length"] | None = None
+    logprobs: ChatLogprobs | None = None
 
 
-class ChatCompletionChunk(BaseModel):
+class _Response(BaseModel):
     id: str
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    object: str
     created: int
     model: str
     system_fingerprint: str | None = None
+
+
+class CompletionResponse(_Response):
+    object: Literal["text_completion"] = "text_completion"
+    choices: list[CompletionChoice]
+    usage: UsageInfo | None = None
+
+
+class ChatCompletionResponse(_Response):
+    object: Literal["chat.completion"] = "chat.completion"
+    choices: list[ChatChoice]
+    usage: UsageInfo
+
+
+class ChatCompletionChunk(_Response):
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     choices: list[ChatChunkChoice]
     usage: UsageInfo | None = None
 

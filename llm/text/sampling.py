@@ -18,6 +18,14 @@ The chain, in order (the same order as llama-cpp-python's default sampler):
 6. divide by ``temperature``, softmax, and draw with a ``numpy.random.Generator``.
 
 Every filter keeps at least one token.
+
+Mirostat (``mirostat_mode`` 1 or 2, Basu et al. 2020, as llama.cpp runs it) replaces steps 3-6: after the
+bias, the penalties and the temperature, it truncates the distribution so that the *surprise* of the drawn
+token (-log2 of its probability) stays near the target ``mirostat_tau``, adapting a running threshold ``mu``
+(starting at 2 tau) by ``mirostat_eta`` times each step's error. Mode 2 keeps the tokens whose surprise is at
+most ``mu``; mode 1 estimates the distribution's Zipf exponent from its 100 most likely tokens and keeps the
+top k that exponent predicts for ``mu``. ``top_k``, ``top_p``, ``min_p`` and ``typical_p`` are not used then
+(as in llama.cpp / llama-cpp-python); ``temperature <= 0`` is still greedy.
 """
 from __future__ import annotations
 
@@ -27,7 +35,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["SamplingParams", "Sampler", "softmax", "log_softmax"]
+__all__ = ["SamplingParams", "Sampler", "softmax", "log_softmax", "MIROSTAT_M"]
+
+MIROSTAT_M = 100  # tokens mode 1 fits its Zipf exponent on (llama.cpp's m)
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -97,6 +107,9 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     typical_p: float = 1.0
     logit_bias: tuple[tuple[int, float], ...] = ()
+    mirostat_mode: int = 0
+    mirostat_tau: float = 5.0
+    mirostat_eta: float = 0.1
 
     def __post_init__(self) -> None:
         temperature = _check_finite("temperature", self.temperature)
@@ -123,11 +136,19 @@ class SamplingParams:
         if not 0.0 < typical_p <= 1.0:
             raise ValueError(f"typical_p must be in (0, 1] (1.0 disables it), got {typical_p}")
         bias = self.logit_bias if isinstance(self.logit_bias, tuple) else _check_bias(self.logit_bias)
+        mode = _check_int("mirostat_mode", self.mirostat_mode)
+        if mode not in (0, 1, 2):
+            raise ValueError(f"mirostat_mode must be 0 (off), 1 or 2, got {mode}")
+        tau = _check_finite("mirostat_tau", self.mirostat_tau)
+        eta = _check_finite("mirostat_eta", self.mirostat_eta)
+        if tau < 0.0 or eta < 0.0:
+            raise ValueError(f"mirostat_tau and mirostat_eta must be >= 0, got {tau} and {eta}")
         # frozen dataclass: normalise types through object.__setattr__
         for name, v in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p),
                         ("min_p", min_p), ("repeat_penalty", repeat_penalty),
                         ("repeat_last_n", repeat_last_n), ("presence_penalty", presence),
-                        ("frequency_penalty", frequency), ("typical_p", typical_p), ("logit_bias", bias)):
+                        ("frequency_penalty", frequency), ("typical_p", typical_p), ("logit_bias", bias),
+                        ("mirostat_mode", mode), ("mirostat_tau", tau), ("mirostat_eta", eta)):
             object.__setattr__(self, name, v)
 
     @property
@@ -141,6 +162,9 @@ class Sampler:
 
     ``seed`` may be an int (reproducible), ``None`` (fresh OS entropy) or an existing
     ``numpy.random.Generator`` (shared state, e.g. one generator per model).
+
+    With mirostat the sampler has state: ``mu``, the running surprise threshold (``2 * mirostat_tau`` at
+    first), updated by every :meth:`sample`; ``last_surprise`` is the surprise of the last drawn token.
     """
 
     def __init__(
@@ -157,9 +181,15 @@ class Sampler:
         frequency_penalty: float = 0.0,
         typical_p: float = 1.0,
         logit_bias: Mapping[Any, float] | None = None,
+        mirostat_mode: int = 0,
+        mirostat_tau: float = 5.0,
+        mirostat_eta: float = 0.1,
     ) -> None:
         self.params = SamplingParams(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n,
-                                     presence_penalty, frequency_penalty, typical_p, _check_bias(logit_bias))
+                                     presence_penalty, frequency_penalty, typical_p, _check_bias(logit_bias),
+                                     mirostat_mode, mirostat_tau, mirostat_eta)
+        self.mu = 2.0 * self.params.mirostat_tau
+        self.last_surprise: float | None = None
         if isinstance(seed, np.random.Generator):
             self.rng = seed
         else:
@@ -205,6 +235,8 @@ class Sampler:
         if p.greedy:
             i = int(np.argmax(x))
             return np.array([i], dtype=np.int64), np.array([1.0])
+        if p.mirostat_mode:
+            return self._mirostat_candidates(x)
         n = x.shape[0]
         # top-k: argpartition avoids sorting the whole vocabulary
         if 0 < p.top_k < n:
@@ -237,15 +269,67 @@ class Sampler:
         probs = softmax(scaled)
         return ids, probs
 
+    def _mirostat_candidates(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mirostat's truncation of softmax(`x` / temperature) for the current ``mu``: ids by decreasing
+        probability and their renormalised probabilities."""
+        p = self.params
+        with np.errstate(over="ignore", invalid="ignore"):
+            scaled = x.astype(np.float64) / p.temperature
+        if np.isnan(scaled).any() or not np.isfinite(scaled.max()):
+            i = int(np.argmax(x))  # a temperature so small that the logits overflow: greedy in the limit
+            return np.array([i], dtype=np.int64), np.ones(1)
+        n = scaled.shape[0]
+        if p.mirostat_mode == 2:
+            # keep every token whose surprise -log2(p) is at most mu (at least the most likely one)
+            logp = scaled - scaled.max()
+            logp -= np.log(np.exp(logp).sum())
+            keep = np.flatnonzero(-logp / math.log(2.0) <= self.mu)
+            if keep.size == 0:
+                keep = np.array([int(np.argmax(scaled))])
+            ids = keep[np.argsort(-scaled[keep], kind="stable")]
+        else:
+            m = min(MIROSTAT_M, n)
+            top = np.argpartition(-scaled, m - 1)[:m] if m < n else np.arange(n)
+            top = top[np.argsort(-scaled[top], kind="stable")]
+            top = top[np.isfinite(scaled[top])]  # masked tokens (-inf) say nothing about the distribution's shape
+            k = self._mirostat1_k(scaled[top], n)
+            if k <= len(top):
+                ids = top[:k]
+            else:
+                ids = np.argpartition(-scaled, k - 1)[:k] if k < n else np.arange(n)
+                ids = ids[np.argsort(-scaled[ids], kind="stable")]
+        return ids.astype(np.int64), softmax(scaled[ids])
+
+    def _mirostat1_k(self, top_logits: np.ndarray, n_vocab: int) -> int:
+        """Mode 1's k: fit the Zipf exponent s of the most likely tokens (log-ratios of neighbouring
+        probabilities against log-ratios of their ranks), then the k whose expected surprise is ``mu``."""
+        if top_logits.shape[0] < 2:
+            return 1
+        i = np.arange(top_logits.shape[0] - 1, dtype=np.float64)
+        t = np.log((i + 2.0) / (i + 1.0))
+        b = top_logits[:-1] - top_logits[1:]  # log(p_i / p_{i+1}): the softmax's normaliser cancels
+        s_hat = np.float64((t * b).sum() / (t * t).sum())
+        eps = s_hat - 1.0
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # numpy scalars: inf / nan, no raise
+            k = ((eps * np.float64(2.0) ** self.mu) / (1.0 - np.float64(n_vocab) ** -eps)) ** (1.0 / s_hat)
+        if np.isnan(k) or k >= n_vocab:  # a flat head (s = 0): nothing says where to cut
+            return n_vocab
+        return max(1, int(k))
+
     def sample(self, logits: np.ndarray, history: Sequence[int] = ()) -> int:
-        """Pick the next token id from ``logits`` given the token ``history``."""
+        """Pick the next token id from ``logits`` given the token ``history`` (mirostat: and update ``mu``)."""
         ids, probs = self.candidates(logits, history)
         if len(ids) == 1:
-            return int(ids[0])
-        cum = np.cumsum(probs)
-        u = self.rng.random() * cum[-1]
-        j = int(np.searchsorted(cum, u, side="right"))
-        return int(ids[min(j, len(ids) - 1)])
+            j = 0
+        else:
+            cum = np.cumsum(probs)
+            u = self.rng.random() * cum[-1]
+            j = min(int(np.searchsorted(cum, u, side="right")), len(ids) - 1)
+        if self.params.mirostat_mode and not self.params.greedy:
+            # the drawn token's surprise in the truncated distribution steers mu towards tau
+            self.last_surprise = float(-math.log2(max(float(probs[j]), 1e-300)))
+            self.mu -= self.params.mirostat_eta * (self.last_surprise - self.params.mirostat_tau)
+        return int(ids[j])
 
     __call__ = sample
 
