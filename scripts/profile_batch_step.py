@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     import tilellm
-    from tilellm.llm.server.runner import BatchEntry, BatchedRunner
+    from tilellm.llm.server.runner import BatchedRunner, BatchEntry
 
     if args.model:
         path = Path(args.model)
