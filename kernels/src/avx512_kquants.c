@@ -398,9 +398,12 @@ static void kq_gemv_q4_k(const tl_gemm_args *a, int64_t i0, int64_t i1) { kq_gem
 static void kq_gemv_q5_k(const tl_gemm_args *a, int64_t i0, int64_t i1) { kq_gemv_k(TL_Q5_K, a, i0, i1); }
 static void kq_gemv_q6_k(const tl_gemm_args *a, int64_t i0, int64_t i1) { kq_gemv_k(TL_Q6_K, a, i0, i1); }
 
+#include "avx512_kquants_small.h" /* 2 <= n <= 16: the gemv's scheme for every token */
+
 #define KQ_TABLE(NAME)                                                                                   \
     const tl_ukernel tl_avx512_##NAME##_16x8 = {.rm = KQ_R, .rn = KQ_RN, .tile = kq_##NAME##_tilefn, .gemv_rows = KQ_R, \
                                                 .gemv = kq_gemv_##NAME, .block = kq_##NAME##_block,                \
+                                                .small = kq_##NAME##_small, .small_n = KQ_SMALL_N,                 \
                                                 .act_row_bytes = x86_qa_row_bytes,                                 \
                                                 .act_prepare = tl_avx512_q8_act_prepare};
 KQ_TABLE(q5_0)

@@ -551,10 +551,13 @@ Q_FUNCS(q4_0, TL_Q4_0)
 Q_FUNCS(q4_1, TL_Q4_1)
 static void q4_1_gemv_16(const tl_gemm_args *a, int64_t i0, int64_t i1) { q_gemv_impl(TL_Q4_1, a, i0, i1); }
 
+#include "avx512_q8_small.h" /* 2 <= n <= 16: the weights streamed once, tokens in registers */
+
 /* ---- table entries: q8_0 and q4_0 have their own n == 1 paths (above) ---------------------------- */
 #define Q_TABLE(NAME)                                                                                        \
     const tl_ukernel tl_avx512_##NAME##_16x8 = {.rm = Q_R, .rn = Q_RN, .tile = NAME##_tile_16x8, .gemv_rows = Q_R, \
                                                 .gemv = NAME##_gemv_16, .block = NAME##_block_16x8,              \
+                                                .small = NAME##_small_16, .small_n = Q_SMALL_N,                  \
                                                 .act_row_bytes = x86_qa_row_bytes,                               \
                                                 .act_prepare = tl_avx512_q8_act_prepare};
 Q_TABLE(q8_0)

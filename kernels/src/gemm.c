@@ -9,6 +9,8 @@
  *                neighbouring jobs share weight rows; handed out dynamically (atomic counter).
  *   n == 1       matrix-vector: memory bound, so only m is split, in chunks handed out
  *                dynamically; the kernel's gemv if it has one, else tiles of rn = 1.
+ *   2..small_n   the kernel's `small` if it has one (batched decode): split like n == 1, every
+ *                chunk for all n tokens, so each weight is read once.
  *   several    tl_gemm_many: products sharing one activation; for n == 1 their row chunks form one
  *                list, so q/k/v (gate/up) cost one dispatch and share the ragged end.
  */
@@ -101,7 +103,9 @@ static void gemv_task(void *vctx, int ith, int nth) {
         const tl_ukernel *uk = g->uk[p];
         const tl_gemm_args *a = &g->a[p];
         int64_t i0 = ch * g->unit[p], i1 = TL_MIN(i0 + g->unit[p], a->m);
-        if (uk->gemv) {
+        if (a->n > 1) {
+            uk->small(a, i0, i1); /* only planned when every product has it (small_path) */
+        } else if (uk->gemv) {
             uk->gemv(a, i0, i1);
         } else {
             for (int64_t i = i0; i < i1; i += uk->rm) uk->tile(a, i, 0, (int)TL_MIN((int64_t)uk->rm, i1 - i), 1);
@@ -117,7 +121,7 @@ static int gemv_plan(int count, const tl_ukernel *const *uk, const tl_gemm_args 
     for (int p = 0; p < count; p++) {
         gran[p] = uk[p]->gemv ? TL_MAX(uk[p]->gemv_rows, 1) : uk[p]->rm;
         units[p] = (a[p].m + gran[p] - 1) / gran[p];
-        macs += a[p].m * a[p].k;
+        macs += a[p].m * a[p].k * a[p].n;
         all += units[p];
     }
     int nth = threads_for(nthreads, macs, all);
@@ -180,8 +184,15 @@ static void gemm_many_task(void *vctx, int ith, int nth) {
     for (int64_t job; (job = next_item(&c->next, c->first, c->count, &p)) >= 0;) run_job(&c->g[p], job);
 }
 
+/* Whether n tokens of all count products take the kernels' small-n path (gemv-like split). */
+static int small_path(int count, const tl_ukernel *const *uk, const tl_gemm_args *a) {
+    for (int p = 0; p < count; p++)
+        if (!uk[p]->small || !uk[p]->gemv || a[p].n < 2 || a[p].n > uk[p]->small_n) return 0;
+    return 1;
+}
+
 void tl_gemm_drive_many(int count, const tl_ukernel *const *uk, const tl_gemm_args *a, int nthreads) {
-    if (a[0].n != 1) {
+    if (a[0].n != 1 && !small_path(count, uk, a)) {
         gemm_many_ctx c;
         int nth = 1;
         c.count = count;
@@ -208,7 +219,7 @@ void tl_gemm_drive_many(int count, const tl_ukernel *const *uk, const tl_gemm_ar
 
 void tl_gemm_drive(const tl_ukernel *uk, const tl_gemm_args *a, int nthreads) {
     if (uk->big && a->n >= uk->big_n) uk = uk->big;
-    if (a->n == 1) {
+    if (a->n == 1 || small_path(1, &uk, a)) {
         gemv_ctx g;
         int nth = gemv_plan(1, &uk, a, nthreads, &g);
         tl_parallel_for(nth, gemv_task, &g);

@@ -54,6 +54,9 @@
  *       sizes token and row blocks for one chunk rather than whole rows.
  *   big, big_n                 OPTIONAL: for n >= big_n the driver runs `big` instead (same weight
  *       type and activation layout; e.g. avx512's packed float panels, avx512_float_packed.c).
+ *   small(a, i0, i1), small_n  OPTIONAL, for 2 <= n <= small_n: like gemv (the driver splits only m,
+ *       in chunks of gemv_rows multiples) but for every token of the call; it must give each token's
+ *       outputs the same bits as gemv would (e.g. avx512_q8_small.h). Needs gemv.
  *
  * Rules:
  *   - Thread safety: every function may run concurrently on disjoint outputs; no globals
@@ -120,6 +123,11 @@ typedef struct tl_ukernel {
                              * so the driver sizes its token and row blocks for one chunk */
     const struct tl_ukernel *big; /* NULL, or a kernel the driver runs instead when n >= big_n */
     int big_n;              /* (e.g. packed panels that only pay for themselves on prompts) */
+    void (*small)(const tl_gemm_args *a, int64_t i0, int64_t i1);
+                            /* NULL, or for 2 <= n <= small_n: rows [i0, i1) (i0 a multiple of
+                             * gemv_rows) x all n tokens, the gemv's per-row arithmetic (batched
+                             * decode: one weight stream for a few tokens) */
+    int small_n;
 } tl_ukernel;
 
 /* Block sizes and cache budgets of the shared driver (gemm.c) for one ISA, as BLIS's per-CPU config. */
