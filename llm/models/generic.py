@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from tilellm.backend import Backend, LayerPlan
+from tilellm.backend import Backend, LayerPlan, LayerProgram
 from tilellm.backend.ops import rms_norm
 from tilellm.quant import TensorView
 
@@ -122,8 +122,13 @@ class GenericModel(LlamaModel):
         """The input rows of token ids [T, n_embd]."""
         return self.tok_embd.rows(ids)
 
+    def _layer_program(self, li: int, caches: dict[str, np.ndarray]) -> LayerProgram | None:
+        """None: these blocks are not described as layer programs yet (q/k norms, soft-caps, fused tensors), so
+        neither the one-call decode nor the batched path's one-call layers are planned for them."""
+        return None
+
     def _layer_plans(self) -> list[LayerPlan] | None:
-        """Never: the backend's one-call layer has no q/k norms nor routed FFNs (see the module docstring)."""
+        """Never: see `_layer_program`."""
         return None
 
     def _block(self, li: int, B: Block, h: np.ndarray, cos: np.ndarray, sin: np.ndarray,

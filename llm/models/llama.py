@@ -120,7 +120,7 @@ class LlamaModel(DecoderModel, BatchedDecoder):
     def _cache_arrays(self) -> dict[str, np.ndarray]:
         return {"k": self.k_cache, "v": self.v_cache}
 
-    def _layer_program(self, li: int, caches: dict[str, np.ndarray]) -> LayerProgram:
+    def _layer_program(self, li: int, caches: dict[str, np.ndarray]) -> LayerProgram | None:
         """The LLaMA block as a layer program: RMS norm + q/k/v, biases, rope, cache, attention, o, residual,
         RMS norm + gate/up, SwiGLU + down, residual."""
         hp, L = self.hparams, self.layers[li]
