@@ -83,11 +83,21 @@ def test_portable_supports_all_and_act_types():
 
 
 def test_x86_variants_are_native():
-    """The types have their own kernels on avx2 and avx512 (not a hand-down to portable)."""
-    for v in ("avx2", "avx512"):
+    """The types have their own kernels on avx2 and avx512 (not a hand-down to portable), and avxvnni links avx2's
+    in (one library for every type a file mixes)."""
+    for v in ("avx2", "avx512", "avxvnni"):
         if v in RUNNABLE:
             lb = kernels.load(v)
             assert all(lb.supports(t) for t in QX_TYPES), v
+
+
+def test_neon_and_sme_variants_are_native():
+    """neon has its own kernels for these types and the K-quants; the SME variants serve them with the NEON kernels
+    linked in (not a hand-down to another library), so a Q4_K_M layer stays one C call there too."""
+    for v in ("neon", "sme", "sme2"):
+        if v in RUNNABLE:
+            lb = kernels.load(v)
+            assert all(lb.supports(t) for t in (*QX_TYPES, T.Q5_0, T.Q4_K, T.Q5_K, T.Q6_K)), v
 
 
 @pytest.mark.parametrize("t", QX_TYPES, ids=lambda t: t.name)
