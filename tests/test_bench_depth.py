@@ -1,11 +1,13 @@
 """llm-bench -d (llama-bench's --n-depth): tests run after DEPTH tokens already in the context, the fill untimed and
-evaluated once per depth (restored from a saved state afterwards)."""
+evaluated once per depth (restored from a saved state afterwards); and scripts/bench_depth.py's own parts."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from pathlib import Path
 
+import pytest
 from conftest import run_main
 
 from tilellm.llm.cli import bench
@@ -84,3 +86,41 @@ def test_bench_depth_rows(tiny_synth: Path) -> None:
                                            "-t", "1", "--backend", "reference"])
     assert code == 0, err
     assert re.search(r"\| pp8 @ d32 \| +[\d.]+ ± [\d.]+ \|$", out, re.M)
+
+
+# ----------------------------------------------------------------------------- scripts/bench_depth.py
+def _script():
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_depth.py"
+    spec = importlib.util.spec_from_file_location("bench_depth", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    return mod
+
+
+def test_bench_depth_script_runs_ours(tiny_synth: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """--no-peer on a tiny model (the script's own bookkeeping: depth states, table, JSON, reproducing command);
+    the llama.cpp columns need llama-cpp-python, which the test environment does not have."""
+    bd = _script()
+    monkeypatch.setattr(bd.bp, "synth_path", lambda d, t: tiny_synth)
+    monkeypatch.setattr(bd.bp, "SETTLE_S", 0.0)
+    out_json = tmp_path / "d.json"
+    argv = ["--no-peer", "--backends", "reference", "--depths", "0,24", "--pp", "8", "--tg", "4", "--reps", "1",
+            "--tg-reps", "1", "--tg-slice", "2", "--json", str(out_json)]
+    assert bd.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "| 24 | reference |" in text and "reproduce: python scripts/bench_depth.py --no-peer" in text
+    doc = json.loads(out_json.read_text())
+    assert [(r["depth"], r["engine"]) for r in doc["rows"]] == [(0, "reference"), (24, "reference")]
+    assert all(r["pp"] > 0 and r["tg"] > 0 for r in doc["rows"])
+
+
+def test_bench_depth_table_ratios() -> None:
+    bd = _script()
+    rows = [{"depth": d, "engine": e, "pp": pp, "pp_median": pp, "tg": tg, "tg_median": tg}
+            for d, e, pp, tg in ((0, bd.PEER_FA, 100.0, 10.0), (0, "avx2", 150.0, 12.0),
+                                 (1024, bd.PEER_FA, 80.0, 8.0), (1024, "avx2", 120.0, 10.0))]
+    t = bd.table(rows, 512, 128)
+    assert "| 1024 | avx2 | 120 (120) | 1.50x | 0.80 | 10.0 (10.0) | 1.25x |" in t
+    assert "| 1024 | llama.cpp FA | 80 (80) | – | 0.80 | 8.0 (8.0) | – |" in t
+    with pytest.raises(SystemExit):
+        bd.main(["--depths", "0,-1"])
