@@ -109,6 +109,9 @@ class Llama:
         spm_infill: bool = False,
         verbose: bool = True,
         backend: str = "auto",
+        context_shift: bool = False,
+        n_keep: int = 0,
+        n_discard: int = 0,
         **kwargs: Any,
     ) -> None:
         """Load ``model_path`` (llama-cpp-python's arguments and defaults: ``n_ctx=512`` (0 = the model's),
@@ -118,6 +121,10 @@ class Llama:
         ``spm_infill``: infill prompts put the suffix before the prefix (``<SUF> suffix <PRE> prefix <MID>``).
         GPU arguments (``n_gpu_layers``, ``main_gpu``, ``tensor_split``, ``offload_kqv``, ``flash_attn``) are
         accepted with a one-time warning. ``backend`` (tilellm's own) picks the kernel variant.
+        ``context_shift``, ``n_keep``, ``n_discard`` (llama.cpp's ``--context-shift``, ``--keep`` and the server's
+        ``n_discard``; not in llama-cpp-python, which always ends a completion at a full context with
+        ``finish_reason`` "length", as the default False does): completions shift a full context instead
+        (:meth:`tilellm.Model.generate`).
         """
         gpu = [n for n, v, d in (("n_gpu_layers", n_gpu_layers, 0), ("main_gpu", main_gpu, 0),
                                  ("tensor_split", tensor_split, None), ("offload_kqv", offload_kqv, True),
@@ -157,6 +164,8 @@ class Llama:
         self.pooling_type = int(pooling_type)
         self.chat_format = chat_format
         self.spm_infill = bool(spm_infill)
+        self._shift_kw: dict[str, Any] = {"context_shift": bool(context_shift), "n_keep": n_keep,
+                                          "n_discard": n_discard}
         self._metadata: dict[str, str] | None = None
         self._scores = np.zeros((0, self.model.n_vocab), np.float32)
 
@@ -405,7 +414,7 @@ class Llama:
                                  frequency_penalty=frequency_penalty, typical_p=typical_p, logit_bias=logit_bias,
                                  logits_processor=procs or None, stopping_criteria=stopping_criteria,
                                  logprobs=logprobs, mirostat_mode=mirostat_mode, mirostat_tau=mirostat_tau,
-                                 mirostat_eta=mirostat_eta)
+                                 mirostat_eta=mirostat_eta, **self._shift_kw)
         head = {"id": f"cmpl-{uuid.uuid4()}", "object": "text_completion", "created": int(time.time()),
                 "model": model or self.model_path}
         tail = suffix if suffix is not None and not infill else ""
@@ -598,7 +607,7 @@ class Llama:
                                  repeat_last_n=self.last_n_tokens_size, presence_penalty=presence_penalty,
                                  frequency_penalty=frequency_penalty, typical_p=typical_p, logit_bias=logit_bias,
                                  logits_processor=procs or None, logprobs=n_lp, mirostat_mode=mirostat_mode,
-                                 mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta)
+                                 mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta, **self._shift_kw)
         head = {"id": f"chatcmpl-{uuid.uuid4()}", "created": int(time.time()), "model": model or self.model_path}
         if stream:
             return self._chat_chunks(it, head, n_lp, call)
