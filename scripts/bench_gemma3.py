@@ -3,6 +3,7 @@
 
     python scripts/bench_gemma3.py                          # pp512, tg128, backend auto, 3 rounds
     python scripts/bench_gemma3.py --backends avx512,avx2 --pp 512 --tg 32 --reps 3
+    TILELLM_CPU_CAP=avx2 python scripts/bench_gemma3.py --backends avx2 --peer-isa avx2   # issue 19's AVX2 run
 
 Uses the Peer / Ours engines and timers of scripts/bench_peer.py (2 threads, llama.cpp through
 llama-cpp-python with n_batch = n_ubatch = 512). Prints best (median) t/s and the ratios.
@@ -20,6 +21,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_peer import Ours, Peer, time_pp, time_tg  # noqa: E402
 
+ROOT = Path(__file__).resolve().parent.parent
+
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -28,7 +31,16 @@ def main() -> None:
     ap.add_argument("--tg", type=int, default=128)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--peer-isa", default=None, choices=["native", "avx2"],
+                    help="use the llama.cpp built by scripts/build_peer.sh ISA (.peers/ISA), as bench_peer.py does; "
+                         "avx2 = the AVX2-only build, the fair peer of a run capped with TILELLM_CPU_CAP=avx2")
     args = ap.parse_args()
+    if not args.no_peer and args.peer_isa:
+        lib = ROOT / ".peers" / args.peer_isa / "llama_cpp" / "lib"  # as bench_peer.py --peer-isa
+        if not lib.is_dir():
+            ap.error(f"no peer build at {lib.parent.parent}: run scripts/build_peer.sh {args.peer_isa}")
+        os.environ["LLAMA_CPP_LIB_PATH"] = str(lib)  # read by llama_cpp at import (Peer imports it)
+        sys.path.insert(0, str(lib.parent.parent))
     from tilellm.llm.cli.default_model import default_model_path
 
     path = Path(default_model_path())
@@ -53,7 +65,8 @@ def main() -> None:
         for e in engines:
             tg[e.name].append(args.tg / time_tg(e, prompt, ids))
     peer = "llama.cpp"
-    print(f"load average (1 min) at start {load0:.2f}, at end {os.getloadavg()[0]:.2f}")
+    print(f"load average (1 min) at start {load0:.2f}, at end {os.getloadavg()[0]:.2f}; "
+          f"peer: {args.peer_isa or 'installed llama-cpp-python'}")
     print(f"| engine | pp{args.pp} t/s best (median) | ratio | tg{args.tg} t/s best (median) | ratio |")
     print("|---|---:|---:|---:|---:|")
     for e in engines:

@@ -184,7 +184,10 @@ TL_INLINE void pk_block_impl(const int WT, pk_tile_fn tile, const tl_gemm_args *
             const int64_t nrows = last_group ? TL_MIN(gp * PK_MR, rows) : TL_MIN(gp * PK_MR, i1 - nr0);
             pk_prefetch pw = pk_prefetch_plan(a->w + nr0 * a->ldw + nq0 * vb, a->ldw, nq0 < k ? nrows : 0,
                                               TL_MIN((int64_t)PK_KC, k - nq0) * vb, tiles * ng);
-            /* tokens outer: the 6 tokens' chunk stays in L1, the group's panels come from L2 */
+            /* tokens outer: the 6 tokens' chunk stays in L1, the group's panels come from L2. Measured against
+             * (2048 x 2048 and 5632 x 2048, n = 512, one thread, CPU time vs the FMA peak, alternating, loaded
+             * machine): panels outer (a panel in L1, the tokens' broadcasts from L2) 71-76 % of the peak vs 82-89 %
+             * here; blocks of 3 token tiles inside the group (both in L1, 34 KB) even within the noise. */
             for (int64_t j = j0; j < j1; j += PK_NR) {
                 pk_prefetch px = pk_prefetch_plan(a->act + (j + PK_NR) * a->ldact + q0 * 4, a->ldact,
                                                   TL_MIN((int64_t)PK_NR, j1 - j - PK_NR), nv * 4, ng);
