@@ -30,13 +30,13 @@ GEMM="gemm_matches or float_types_any or threads_bit or sme_tile_shapes"
 BF="BF16 or bf16 or 16bit or sme_tile_shapes"
 # name | qemu | -cpu | expected tilellm.backend.available() | SVL bits (0 = no SME) | extra env | pytest files -k selection
 PROFILES=(
-  "m4-like|$Q|max,sve=off,sme512=on|sme2,sme,neon,portable,reference|512|-|$KT tests/test_model_llama.py -k (sme and not test_model_llama) or (as_close_as_llama_cpp and sme2 and bf16)"
+  "m4-like|$Q|max,sve=off,sme512=on|sme2,sme,neon,portable,reference|512|-|$KT tests/test_model_llama.py tests/test_kernels_qtypes.py -k (sme and not test_model_llama) or (as_close_as_llama_cpp and sme2 and bf16)"
   "m4-bfmopa|$Q|max,sve=off,sme512=on|sme2,sme,neon,portable,reference|512|TILELLM_SME_BF16=bfmopa|$KT -k sme and ($BF)"
   "sme2-svl128|$Q|max,sme256=off,sme_fa64=off|sme2,sme,neon,portable,reference|128|-|$KT -k sme2 and ($GEMM)"
   "sme2-svl256|$Q|max,sme_fa64=off|sme2,sme,neon,portable,reference|256|-|$KT -k sme2 and ($GEMM)"
   "sme2-svl2048|$Q|max,sme2048=on,sme_fa64=off|sme2,sme,neon,portable,reference|2048|-|$KT -k sme2 and ($GEMM)"
   "sme1-only|$Q7|max,sme512=on|sme,neon,portable,reference|512|-|$KT -k sme and not sme2 and ($GEMM)"
-  "armv8.2-no-sme|$Q|neoverse-n1|neon,portable,reference|0|-|$KT tests/test_kernels_kquant.py tests/test_decode_paths.py tests/test_decode_layer.py -k neon or portable or reference"
+  "armv8.2-no-sme|$Q|neoverse-n1|neon,portable,reference|0|-|$KT tests/test_kernels_kquant.py tests/test_kernels_qtypes.py tests/test_decode_paths.py tests/test_decode_layer.py -k neon or portable or reference"
 )
 
 profile() {  # one profile, output to its log; non-zero exit on any failure

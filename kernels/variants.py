@@ -35,11 +35,11 @@ TABLE: tuple[Variant, ...] = (
             ("variant_avx512.c", "avx512_float.c", "avx512_float_packed.c", "avx512_q8.c", "avx512_kquants.c",
              "avx2_qx.c"), "avx2"),
     # AVX-VNNI (vpdpbusd on ymm; Alder Lake+, Zen 5): the integer types' group dots (avx2_q8.c and avx2_kquants.c
-    # built again with -mavxvnni), avx2's float kernels; the types added later (avx2_qx.c) come from avx2. Not a
-    # subset of avx512's features, so on an AVX-512 CPU avx512 (listed first) wins in "auto"; the cap "avx2" hides it
-    # (an AVX2-only CPU has no AVX-VNNI).
+    # built again with -mavxvnni), avx2's float kernels and avx2_qx.c's (q5_1, iq4_*, q2_K, q3_K, on vpmaddubsw as in
+    # avx2) linked in, so one library holds every type. Not a subset of avx512's features, so on an AVX-512 CPU avx512
+    # (listed first) wins in "auto"; the cap "avx2" hides it (an AVX2-only CPU has no AVX-VNNI).
     Variant("avxvnni", X86, _AVX2_FLAGS + ("-mavxvnni",), _AVX2 | {"avx_vnni"},
-            ("variant_avxvnni.c",) + _AVX2_FLOAT_SOURCES + ("avxvnni_q8.c", "avxvnni_kquants.c"), "avx2"),
+            ("variant_avxvnni.c",) + _AVX2_FLOAT_SOURCES + ("avxvnni_q8.c", "avxvnni_kquants.c", "avx2_qx.c"), "avx2"),
     Variant("avx2", X86, _AVX2_FLAGS, _AVX2,
             ("variant_avx2.c",) + _AVX2_FLOAT_SOURCES + ("avx2_q8.c", "avx2_kquants.c", "avx2_qx.c"), "portable"),
     # SME: armv8.6-a (which has dotprod) + SME + fp16, never armv9-a: armv9-a implies SVE2 and the compiler would

@@ -54,13 +54,13 @@ def test_make_case_is_deterministic(templates: list) -> None:
 def test_fuzz_in_process(templates: list, tmp_path: Path) -> None:
     """A thousand mutated files: every one loads or raises a TileLLMError, none hangs."""
     n = 1000
-    t0 = time.perf_counter()
+    t0 = time.process_time()  # CPU time: a loaded machine must not fail a no-hang check
     results = [(i, *fz.run_case_guarded(templates, SEED, i, str(tmp_path), timeout_s=10.0)) for i in range(n)]
     counts = _assert_clean(results)
     # The mutations must have teeth, and must not reject everything (loaded cases exercise the views).
     assert counts.get("rejected", 0) > n // 2, counts
     assert counts.get("loaded", 0) > 0, counts
-    assert time.perf_counter() - t0 < 45
+    assert time.process_time() - t0 < 45
 
 
 def test_fuzz_deep_in_process(templates: list, tmp_path: Path) -> None:

@@ -122,10 +122,10 @@ def test_block_count_beyond_the_tensors_is_refused_at_once(tmp_path: Path) -> No
     from tilellm import backend as backends
     from tilellm.llm.models.gemma3 import Gemma3Model
 
-    t0 = time.monotonic()
+    t0 = time.process_time()  # CPU time: load from other processes must not count
     with pytest.raises(GGUFError, match=r"gemma3.block_count' is 2147483647 but the file has tensors for 2 blocks"):
         Gemma3Model(View(), backends.get("reference"), 32)
-    assert time.monotonic() - t0 < 5
+    assert time.process_time() - t0 < 5
     f.close()
 
 

@@ -319,14 +319,14 @@ def test_speed_10k_tokens(name):
     # trim to ~10k tokens worth of text
     text = text[: int(len(text) * 10000 / len(ids))]
     tok2 = load_tokenizer(vocab_metadata(name))  # fresh: no warm caches
-    t0 = time.perf_counter()
+    t0 = time.process_time()  # CPU time: load from other processes must not count
     ids = tok2.encode(text, special=True)
-    dt = time.perf_counter() - t0
+    dt = time.process_time() - t0
     assert len(ids) >= 9000
     assert dt < 0.5, f"{len(ids)} tokens in {dt:.3f} s"
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     assert tok2.decode(ids[1:], skip_special=True) == text or name != "llama-spm-4k"
-    assert time.perf_counter() - t0 < 0.5
+    assert time.process_time() - t0 < 0.5
 
 
 # --------------------------------------------------------------------------- from the GGUF itself

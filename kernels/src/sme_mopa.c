@@ -515,9 +515,12 @@ int tl_sme_init(void) {
     return TL_OK;
 }
 
+/* The six MOPA types, then the NEON kernels linked into this variant for the rest (q5_0, the K-quants, q5_1,
+ * iq4_nl, iq4_xs, q2_K, q3_K): one library holds every type a model file mixes (a Q4_K_M file has q4_K and q6_K),
+ * so its layers stay one C call (plan_layer needs all of a layer's weights native). */
 const tl_ukernel *tl_sme_lookup(const tl_ctx *ctx, int wtype) {
     if (tl_sme_L == 0) return NULL; /* not initialised */
     for (int t = 0; t < 6; t++)
         if (tl_sme_types[t] == wtype) return &tl_sme_uk[ctx->opt.sme_bf16 != 0][t];
-    return NULL;
+    return tl_neon_lookup(wtype);
 }

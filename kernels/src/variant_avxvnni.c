@@ -1,8 +1,9 @@
 /* variant_avxvnni.c — the `avxvnni` variant: AVX2 + FMA + F16C + AVX-VNNI (Alder Lake and later, Zen 5 without
- * its AVX-512 in use): the integer types on vpdpbusd (ymm), the float types on avx2's kernels (compiled in, so a
- * model's decode layer stays one C call). "auto" prefers avx512 where the CPU has it; $TILELLM_CPU_CAP=avx2 hides
- * this variant (an AVX2-only CPU has no AVX-VNNI). */
+ * its AVX-512 in use): the integer types on vpdpbusd (ymm), the float types and avx2_qx.c's types on avx2's
+ * kernels (compiled in, so a model's decode layer stays one C call). "auto" prefers avx512 where the CPU has it;
+ * $TILELLM_CPU_CAP=avx2 hides this variant (an AVX2-only CPU has no AVX-VNNI). */
 #include "avxvnni.h"
+#include "kquants.h"
 
 const char tl_uk_name[] = "avxvnni";
 const uint64_t tl_uk_required = TL_CPU_AVX2 | TL_CPU_FMA | TL_CPU_F16C | TL_CPU_AVX_VNNI;
@@ -22,6 +23,11 @@ const tl_ukernel *tl_uk_lookup(const tl_ctx *ctx, int wtype) {
     case TL_Q4_K: return &tl_avxvnni_q4_k_8x4;
     case TL_Q5_K: return &tl_avxvnni_q5_k_8x4;
     case TL_Q6_K: return &tl_avxvnni_q6_k_8x4;
+    case TL_Q5_1: return &tl_avx2_q5_1_8x4; /* avx2_qx.c, linked in (vpmaddubsw, as in avx2) */
+    case TL_IQ4_NL: return &tl_avx2_iq4_nl_8x4;
+    case TL_IQ4_XS: return &tl_avx2_iq4_xs_8x4;
+    case TL_Q2_K: return &tl_avx2_q2_k_8x4;
+    case TL_Q3_K: return &tl_avx2_q3_k_8x4;
     default: return NULL;
     }
 }
