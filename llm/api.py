@@ -25,12 +25,13 @@ sequence of calls atomic (``reset`` then ``eval``), hold ``model.lock`` (re-entr
 
 Context budget: prompt tokens + generated tokens never exceed ``n_ctx``. A prompt longer than the
 context raises ``ContextOverflowError``; generation that fills the context ends with
-``finish_reason == "length"``.
+``finish_reason == "length"`` — unless ``generate(context_shift=True)`` shifts the context as llama.cpp does.
 """
 from __future__ import annotations
 
 import functools
 import os
+import sys
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Mapping, Sequence, TypedDict, TypeVar, overload
 
@@ -198,6 +199,9 @@ class GenerateOptions(TypedDict, total=False):
     mirostat_mode: int
     mirostat_tau: float
     mirostat_eta: float
+    context_shift: bool
+    n_keep: int
+    n_discard: int
 
 
 # ----------------------------------------------------------------------------- model
@@ -591,6 +595,9 @@ class Model:
         mirostat_mode: int = 0,
         mirostat_tau: float = 5.0,
         mirostat_eta: float = 0.1,
+        context_shift: bool = False,
+        n_keep: int = 0,
+        n_discard: int = 0,
     ) -> GenerationResult | Iterator[GenerationChunk]:
         """Continue ``prompt`` (text, or token ids used as given) and return the completion.
 
@@ -614,6 +621,13 @@ class Model:
 
         The prompt reuses the longest prefix it shares with the tokens already in the KV cache.
 
+        ``context_shift`` (llama.cpp's ``--context-shift``; off by default, as in llama.cpp and llama-cpp-python,
+        where generation ends at a full context with ``finish_reason`` "length"): when the next token would pass
+        ``n_ctx``, keep the first ``n_keep`` prompt tokens (llama.cpp's ``--keep``: 0 by default, -1 = the whole
+        prompt; a BOS the prompt starts with is kept besides), discard the next ``n_discard`` (0: half of what
+        follows the kept ones, llama.cpp's rule) and move the rest down, their cached keys re-rotated to their new
+        positions; generation goes on, so ``max_tokens`` None or <= 0 then means until an end-of-generation token.
+
         With ``stream=True`` returns an iterator of :class:`GenerationChunk`; arguments are
         checked and the prompt tokenized before it is returned.
         """
@@ -632,10 +646,11 @@ class Model:
             raise ContextOverflowError(f"Requested tokens ({len(ids)}) exceed context window of {n_ctx}")
         if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, (int, np.integer))):
             raise ValueError(f"max_tokens must be an integer or None, got {max_tokens!r}")
-        room = n_ctx - len(ids)
+        shift = self._shift_plan(decoder, ids, n_keep, n_discard) if context_shift else None
+        room = n_ctx - len(ids) if shift is None else sys.maxsize  # a shift always makes room
         budget = room if max_tokens is None or max_tokens <= 0 else min(int(max_tokens), room)
         self._epoch += 1
-        it = self._run(ids, budget, sampler, stops, self._epoch, bool(ignore_eos),
+        it = self._run(ids, budget, sampler, stops, self._epoch, bool(ignore_eos), shift,
                        logits_processor=logits_processor, stopping_criteria=stopping_criteria,
                        logprobs=None if logprobs is None else int(logprobs))
         if stream:
@@ -684,16 +699,52 @@ class Model:
                 raise ValueError("empty prompt: the model adds no BOS token, so there is nothing to condition on")
         return ids
 
-    def _run(self, ids: list[int], budget: int, sampler: Sampler, stops: list[str],
-             epoch: int, ignore_eos: bool = False, **hooks: Any) -> Iterator[GenerationChunk]:
+    def _shift_plan(self, decoder: Decoder, ids: list[int], n_keep: Any, n_discard: Any) -> tuple[int, int]:
+        """(tokens kept, tokens discarded or 0 for half) of a context shift for prompt `ids`, checked: the decoder
+        can shift, and a full context leaves something to discard (llama.cpp's --keep rules: -1 or more than the
+        prompt = the whole prompt, and a leading BOS is kept besides)."""
+        if getattr(decoder, "shift_context", None) is None:
+            raise UnsupportedError(f"the {self.arch} model cannot shift its context (context_shift=True)")
+        for name, v, lo in (("n_keep", n_keep, -1), ("n_discard", n_discard, 0)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+        n_ctx = int(decoder.n_ctx)
+        if n_keep >= n_ctx:
+            raise ValueError(f"n_keep ({n_keep}) must be below n_ctx ({n_ctx}) for a context shift")
+        bos = getattr(self._tok, "bos_id", None)
+        keep = len(ids) if n_keep < 0 or n_keep > len(ids) else min(len(ids), int(n_keep) + int(ids[0] == bos))
+        need = 1 if n_discard else 2  # a full context then discards n_discard, or half of n_ctx - keep
+        if keep > n_ctx - need:
+            raise ValueError(f"a context shift keeping {keep} tokens leaves nothing to discard in a context of {n_ctx} "
+                             f"(keep at most {n_ctx - need}: a smaller n_keep or a larger n_ctx)")
+        return keep, int(n_discard)
+
+    def _shift(self, keep: int, n_discard: int) -> None:
+        """Shift the full context: `keep` tokens stay, `n_discard` (0: half the rest) go, the rest move down."""
+        decoder = self._live()
+        n_left = int(decoder.n_past) - keep
+        drop = min(n_discard, n_left) if n_discard else n_left // 2
+        tracked = len(self._ctx_tokens) == decoder.n_past
+        decoder.shift_context(keep, drop)  # type: ignore[attr-defined]
+        if tracked:
+            del self._ctx_tokens[keep:keep + drop]
+        else:
+            self._ctx_tokens = []
+
+    def _run(self, ids: list[int], budget: int, sampler: Sampler, stops: list[str], epoch: int,
+             ignore_eos: bool = False, shift: tuple[int, int] | None = None,
+             **hooks: Any) -> Iterator[GenerationChunk]:
         """The generation loop shared by streamed and plain calls; it stops with a RuntimeError once a later call
-        touches the KV cache."""
+        touches the KV cache. `shift`: (keep, n_discard) of a context shift when the context is full."""
         def check_current() -> None:
             if self._epoch != epoch or self.decoder is None:
                 raise RuntimeError("this generation was interrupted by a later generate(), eval(), reset() "
                                    "or close() on the same model")
 
         def step(tok: int) -> np.ndarray:
+            decoder = self._live()
+            if shift is not None and decoder.n_past >= decoder.n_ctx:
+                self._shift(*shift)
             return self._eval_tracked([tok])
 
         return generation_loop(self._prefill, step, ids, budget, sampler, stops, self._stream_decoder(self._tok),

@@ -109,6 +109,9 @@ class Llama:
         spm_infill: bool = False,
         verbose: bool = True,
         backend: str = "auto",
+        context_shift: bool = False,
+        n_keep: int = 0,
+        n_discard: int = 0,
         **kwargs: Any,
     ) -> None:
         """Load ``model_path`` (llama-cpp-python's arguments and defaults: ``n_ctx=512`` (0 = the model's),
@@ -119,6 +122,10 @@ class Llama:
         GPU arguments (``n_gpu_layers``, ``main_gpu``, ``tensor_split``, ``offload_kqv``, ``flash_attn``) are
         accepted with a one-time warning. ``backend`` (tilellm's own) picks the kernel variant.
         ``type_k`` / ``type_v``: the KV cache types as ggml ids (0 f32, 1 f16, 8 q8_0, 30 bf16) or names; None: f16.
+        ``context_shift``, ``n_keep``, ``n_discard`` (llama.cpp's ``--context-shift``, ``--keep`` and the server's
+        ``n_discard``; not in llama-cpp-python, which always ends a completion at a full context with
+        ``finish_reason`` "length", as the default False does): completions shift a full context instead
+        (:meth:`tilellm.Model.generate`).
         """
         gpu = [n for n, v, d in (("n_gpu_layers", n_gpu_layers, 0), ("main_gpu", main_gpu, 0),
                                  ("tensor_split", tensor_split, None), ("offload_kqv", offload_kqv, True),
@@ -161,6 +168,8 @@ class Llama:
         self.pooling_type = int(pooling_type)
         self.chat_format = chat_format
         self.spm_infill = bool(spm_infill)
+        self._shift_kw: dict[str, Any] = {"context_shift": bool(context_shift), "n_keep": n_keep,
+                                          "n_discard": n_discard}
         self._metadata: dict[str, str] | None = None
         self._scores = np.zeros((0, self.model.n_vocab), np.float32)
 
@@ -409,7 +418,7 @@ class Llama:
                                  frequency_penalty=frequency_penalty, typical_p=typical_p, logit_bias=logit_bias,
                                  logits_processor=procs or None, stopping_criteria=stopping_criteria,
                                  logprobs=logprobs, mirostat_mode=mirostat_mode, mirostat_tau=mirostat_tau,
-                                 mirostat_eta=mirostat_eta)
+                                 mirostat_eta=mirostat_eta, **self._shift_kw)
         head = {"id": f"cmpl-{uuid.uuid4()}", "object": "text_completion", "created": int(time.time()),
                 "model": model or self.model_path}
         tail = suffix if suffix is not None and not infill else ""
@@ -602,7 +611,7 @@ class Llama:
                                  repeat_last_n=self.last_n_tokens_size, presence_penalty=presence_penalty,
                                  frequency_penalty=frequency_penalty, typical_p=typical_p, logit_bias=logit_bias,
                                  logits_processor=procs or None, logprobs=n_lp, mirostat_mode=mirostat_mode,
-                                 mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta)
+                                 mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta, **self._shift_kw)
         head = {"id": f"chatcmpl-{uuid.uuid4()}", "created": int(time.time()), "model": model or self.model_path}
         if stream:
             return self._chat_chunks(it, head, n_lp, call)

@@ -403,6 +403,9 @@ SCHEMA: dict[str, list[str]] = {
     "gemma2": LLAMA_KEYS + ["attention.sliding_window", "attention.sliding_window_pattern", "attention.scale",
                             "attn_logit_softcapping", "final_logit_softcapping"],
     "granite": LLAMA_KEYS + ["embedding_scale", "residual_scale", "attention.scale", "logit_scale"],
+    "qwen3moe": LLAMA_KEYS + ["expert_count", "expert_used_count", "expert_feed_forward_length"],
+    "qwen2moe": LLAMA_KEYS + ["expert_count", "expert_used_count", "expert_feed_forward_length",
+                              "expert_shared_feed_forward_length"],
     "deepseek2": LLAMA_KEYS + [
         "attention.kv_lora_rank", "attention.q_lora_rank", "attention.key_length_mla", "attention.value_length_mla",
         "leading_dense_block_count", "expert_count", "expert_feed_forward_length", "expert_shared_count",

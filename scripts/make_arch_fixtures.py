@@ -80,12 +80,24 @@ SPECS: dict[str, dict] = {
         sliding_window=None, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=None)),
     # (router gain 4: sharper routing, so that q8_0 noise seldom flips a near-tie; at the shared recipe's 2 a few
     # flipped experts dominate the whole-vocabulary mean |Δ| of llama.cpp and of our kernels alike)
-    "qwen3moe-micro": dict(cls="Qwen3Moe", tok="bpe-qwen2-4k", pre="qwen2", seed=3005, router_gain=4.0, cfg=dict(
+    "qwen3moe-micro": dict(cls="Qwen3Moe", tok="bpe-qwen2-4k", pre="qwen2", seed=3005, router_gain=4.0,
+                           extra_prompts=16, cfg=dict(
         vocab_size=4160, hidden_size=128, intermediate_size=384, moe_intermediate_size=64, num_experts=8,
         num_experts_per_tok=2, norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[],
         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
         max_position_embeddings=2048, rms_norm_eps=1e-6, rope_parameters=ROPE, use_sliding_window=False,
         tie_word_embeddings=True, bos_token_id=4097, eos_token_id=4096)),
+    # qwen2moe: q/k/v biases, 8 experts top-2 (weights not renormalised), a sigmoid-gated shared expert; untied
+    # output (llama.cpp's qwen2moe requires output.weight, as Qwen1.5-MoE has), hence hidden 64 to keep it small;
+    # router (and shared-expert gate) gain 4 as for qwen3moe
+    "qwen2moe-micro": dict(cls="Qwen2Moe", tok="bpe-qwen2-4k", pre="qwen2", seed=3004, router_gain=4.0,
+                           extra_prompts=16, cfg=dict(
+        vocab_size=4160, hidden_size=64, intermediate_size=192, moe_intermediate_size=32,
+        shared_expert_intermediate_size=96, num_experts=8, num_experts_per_tok=2, norm_topk_prob=False,
+        decoder_sparse_step=1, mlp_only_layers=[], num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=2048, rms_norm_eps=1e-6, rope_parameters=ROPE,
+        use_sliding_window=False, qkv_bias=True, tie_word_embeddings=False, bos_token_id=4097,
+        eos_token_id=4096)),
     # granite: embedding, residual, attention and logit multipliers (not Granite's own values: ones that keep the
     # activations of order one with these random weights), llama's permuted q/k
     "granite-micro": dict(cls="Granite", tok="llama-spm-4k", spm_style="llama", pre="default", seed=3006, cfg=dict(
@@ -341,8 +353,9 @@ def lcpp_logits(gguf: Path, prompts: list[list[int]], python: str) -> list[np.nd
 
 
 def write_npz(path: Path, gguf: Path, src: str, model, prompts: list[list[int]], lcpp: list[np.ndarray],
-              versions: dict) -> dict:
-    """The compact references of `model` (source name `src`) and llama.cpp's agreement with them."""
+              versions: dict, extra: list[list[int]] | None = None, lcpp_extra: list[np.ndarray] | None = None) -> dict:
+    """The compact references of `model` (source name `src`) and llama.cpp's agreement with them; with `extra`
+    prompts (MoE models), their compact references and llama.cpp's agreement over them too."""
     rng = np.random.default_rng(12345)
     V = model.config.vocab_size
     sample = np.unique(np.concatenate([[0, 1, 2, V - 1], rng.choice(V, 60, replace=False)]))[:64].astype(np.int32)
@@ -368,9 +381,30 @@ def write_npz(path: Path, gguf: Path, src: str, model, prompts: list[list[int]],
             f"lcpp_vs_{src}_max_abs": d_max, f"lcpp_vs_{src}_mean_abs": d_sum / d_n,
             f"lcpp_vs_{src}_min_argmax_agree": min(agree), "versions": versions,
             "n_tokens": [len(p) for p in prompts]}
+    if extra:  # the extra prompts: pinning data for our reference backend and llama.cpp's distance over them
+        lgs = [hf_logits(model, ids) for ids in extra]
+        top = [np.argsort(-lg, axis=-1, kind="stable")[:, :8] for lg in lgs]
+        out["extra_ids"] = np.array(extra, np.int32)
+        out[f"{src}_extra_top8_ids"] = np.array(top, np.int32)
+        out[f"{src}_extra_top8_logits"] = np.array([np.take_along_axis(lg, t, -1) for lg, t in zip(lgs, top)])
+        out[f"{src}_extra_logsumexp"] = np.array([lse(lg) for lg in lgs], np.float32)
+        d = np.abs(np.array(lcpp_extra, np.float64) - np.array(lgs, np.float64))
+        meta.update({f"lcpp_vs_{src}_extra_max_abs": float(d.max()), f"lcpp_vs_{src}_extra_mean_abs": float(d.mean()),
+                     "n_extra_tokens": int(d.shape[0] * d.shape[1])})
     out["meta_json"] = np.array(json.dumps(meta))
     np.savez_compressed(path, **out)
     return meta
+
+
+def extra_prompts(tok, seed: int, n: int, length: int = 64) -> list[list[int]]:
+    """n seeded prompts of BOS + random ordinary tokens. A mixture of experts' whole-vocabulary mean |Δ| over the four
+    prompts alone rests on a handful of routing near-ties (an expert pair within the activations' rounding noise,
+    then every later position through attention), so MoE fixtures measure llama.cpp's distance, and the kernel
+    backends', over these too."""
+    special = set(tok.all_special_ids) | set(tok.added_tokens_decoder)
+    normal = np.array(sorted(set(tok.get_vocab().values()) - special))
+    rng = np.random.default_rng(seed)
+    return [[tok.bos_token_id] + [int(t) for t in rng.choice(normal, length - 1)] for _ in range(n)]
 
 
 def tokenizer_parity(hf_dir: Path, tok: str, out: Path) -> int:
@@ -418,6 +452,7 @@ def make(name: str, src: str, lcpp_python: str, work: Path) -> None:
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(str(hf_dir))
     prompts = [tok.encode(p) for p in PROMPTS]
+    extra = extra_prompts(tok, sp["seed"], sp.get("extra_prompts", 0))
     n_bad = tokenizer_parity(hf_dir, sp["tok"], DATA / f"{name}.hf_tok.json")
     print(f"{name}: HF tokenizer vs llama.cpp ids on the parity texts: {n_bad} differ", file=sys.stderr)
     for outtype, ref_src in (("f32", "hf"), ("q8_0", "hfdq")):
@@ -427,8 +462,9 @@ def make(name: str, src: str, lcpp_python: str, work: Path) -> None:
         if ref_src == "hfdq":
             ref_model, n_q = dequantized_copy(model, src)
             print(f"{name}: {n_q} tensors quantized for hfdq", file=sys.stderr)
-        lc = lcpp_logits(gguf, prompts, lcpp_python)
-        meta = write_npz(DATA / f"{name}-{outtype}.npz", gguf, ref_src, ref_model, prompts, lc, versions)
+        lc = lcpp_logits(gguf, prompts + extra, lcpp_python)
+        meta = write_npz(DATA / f"{name}-{outtype}.npz", gguf, ref_src, ref_model, prompts, lc[:len(prompts)],
+                         versions, extra, lc[len(prompts):])
         print(f"{gguf.name}: {gguf.stat().st_size} bytes; " + ", ".join(
             f"{k} {v:.3g}" for k, v in meta.items() if k.startswith("lcpp")), file=sys.stderr)
 

@@ -23,7 +23,8 @@ from tilellm.llm.text import load_tokenizer
 
 # fixture model -> (GGUF architecture, the fixture vocabulary its tokenizer reuses)
 MODELS = {"qwen3-micro": ("qwen3", "bpe-qwen2-4k"), "gemma2-micro": ("gemma2", "llama-spm-4k"),
-          "phi3-micro": ("phi3", "llama-spm-4k"), "granite-micro": ("granite", "llama-spm-4k")}
+          "phi3-micro": ("phi3", "llama-spm-4k"), "granite-micro": ("granite", "llama-spm-4k"),
+          "qwen3moe-micro": ("qwen3moe", "bpe-qwen2-4k"), "qwen2moe-micro": ("qwen2moe", "bpe-qwen2-4k")}
 FILES = [f"{m}-{t}" for m in MODELS for t in ("f32", "q8_0")]
 # HF tokenizer ids that differ from ours, by the shared parity files' known cause (tests/data/arch-fixtures.md)
 KNOWN_TOKENIZER_DIFFS = {"bpe-qwen2-4k": 2}  # HF applies NFC, llama.cpp (and we) do not
@@ -41,11 +42,26 @@ def _meta(name: str) -> dict:
     return json.loads(str(_ref(name)["meta_json"]))
 
 
+def _prompts(ref) -> list[np.ndarray]:
+    """The four shared prompts' token ids, then the fixture's extra prompts (MoE fixtures: see `extra_prompts` in
+    scripts/make_arch_fixtures.py)."""
+    return [ref[f"token_ids_p{i}"] for i in range(4)] + (list(ref["extra_ids"]) if "extra_ids" in ref else [])
+
+
 @pytest.mark.parametrize("name", FILES)
 def test_reference_backend_matches_transformers(name):
     m = fixture_model(name, "reference", n_batch=64)  # P3 needs two batches
+    ref, src = _ref(name), _src(name)
     assert m.hparams.arch == MODELS[name.rsplit("-", 1)[0]][0]
-    check_prompt_logits(m, _ref(name), range(4), _src(name))
+    check_prompt_logits(m, ref, range(4), src)
+    for j, ids in enumerate(_prompts(ref)[4:]):  # the extra prompts: top 8, logsumexp, argmax
+        m.reset()
+        lg = m.eval(ids, logits_all=True)
+        top = ref[f"{src}_extra_top8_ids"][j]
+        np.testing.assert_allclose(np.take_along_axis(lg, top, -1), ref[f"{src}_extra_top8_logits"][j], atol=1e-4)
+        lse = np.logaddexp.reduce(lg.astype(np.float64), axis=-1)
+        np.testing.assert_allclose(lse, ref[f"{src}_extra_logsumexp"][j], atol=1e-4)
+        assert np.array_equal(lg.argmax(-1), top[:, 0])
 
 
 @pytest.mark.parametrize("name", FILES)
@@ -57,14 +73,14 @@ def test_greedy_continuation_matches_transformers(name):
 @pytest.mark.parametrize("name", FILES)
 def test_kernel_backends_as_close_as_llama_cpp(name, be):
     """Whole-vocabulary |Δ| against the reference backend (pinned to hf/hfdq above): f32 at float32 round-off,
-    q8_0 within llama.cpp's own distance from hfdq (mean) and twice its largest."""
+    q8_0 within llama.cpp's own distance from hfdq (mean) and twice its largest, over every position of the
+    fixture's prompts (the four shared ones and, for MoE models, the extra ones)."""
     ref = _ref(name)
     mref, m = fixture_model(name, "reference"), fixture_model(name, be)
     mx, tot, cnt = 0.0, 0.0, 0
-    for i in range(4):
+    for ids in _prompts(ref):
         mref.reset()
         m.reset()
-        ids = ref[f"token_ids_p{i}"]
         d = np.abs(m.eval(ids, logits_all=True) - mref.eval(ids, logits_all=True))
         mx, tot, cnt = max(mx, float(d.max())), tot + float(d.sum(dtype=np.float64)), cnt + d.size
     if name.endswith("-f32"):
@@ -72,6 +88,10 @@ def test_kernel_backends_as_close_as_llama_cpp(name, be):
         return
     meta = _meta(name)
     lmx, lmean = meta["lcpp_vs_hfdq_max_abs"], meta["lcpp_vs_hfdq_mean_abs"]
+    if "n_extra_tokens" in meta:  # llama.cpp's distance over the same positions: the token-weighted mean
+        n4, ne = sum(meta["n_tokens"]), meta["n_extra_tokens"]
+        lmean = (lmean * n4 + meta["lcpp_vs_hfdq_extra_mean_abs"] * ne) / (n4 + ne)
+        lmx = max(lmx, meta["lcpp_vs_hfdq_extra_max_abs"])
     assert tot / cnt <= lmean, f"{be}/{name}: mean |Δ| {tot / cnt:.4g} > llama.cpp's {lmean:.4g}"
     assert mx <= 2 * lmx, f"{be}/{name}: max |Δ| {mx:.3g} > 2 x llama.cpp's {lmx:.3g}"
 
@@ -242,3 +262,57 @@ def test_granite_multipliers_are_read_and_used():
         m.reset()
         assert np.abs(m.eval(ids) - ok).max() > 1e-2, attr
         setattr(m, attr, keep)
+
+
+def test_qwen3moe_routing_renormalises_and_uses_the_q_k_norms():
+    """qwen3moe renormalises its top-k weights (llama.cpp's rule for it); dropping that changes the logits."""
+    ids = _ref("qwen3moe-micro-f32")["token_ids_p0"]
+    f = open_gguf(fixture_path("qwen3moe-micro-f32.gguf"))
+    m = model_class("qwen3moe")(f, backends.get("reference"), n_ctx=256)
+    B = m.blocks[0]
+    assert B.ffn.cfg.norm and B.ffn.cfg.n_used == 2 and B.ffn.cfg.n_expert == 8 and B.q_norm is not None
+    ok = m.eval(ids)
+    from dataclasses import replace
+    for blk in m.blocks:
+        blk.ffn.cfg = replace(blk.ffn.cfg, norm=False)
+    m.reset()
+    assert np.abs(m.eval(ids) - ok).max() > 1e-2
+
+
+def test_qwen2moe_shared_expert_and_plain_top_k_are_read_and_used():
+    """qwen2moe: expert and shared-expert sizes from the file, q/k/v biases, top-k weights not renormalised and
+    a sigmoid-gated shared expert; renormalising or dropping the shared expert changes the logits."""
+    from dataclasses import replace
+
+    ids = _ref("qwen2moe-micro-f32")["token_ids_p0"]
+    f = open_gguf(fixture_path("qwen2moe-micro-f32.gguf"))
+    m = model_class("qwen2moe")(f, backends.get("reference"), n_ctx=256)
+    B, md = m.blocks[0], f.metadata
+    n_ff, n_sh = md["qwen2moe.expert_feed_forward_length"], md["qwen2moe.expert_shared_feed_forward_length"]
+    assert not B.ffn.cfg.norm and B.ffn.cfg.n_used == 2 and B.ffn.cfg.n_expert == 8 and B.bq is not None
+    assert B.ffn.gate.shape[1] == n_ff and B.ffn.shared.down.k == n_sh and n_ff != n_sh
+    assert B.q_norm is None and "output.weight" in f.tensors  # untied head, as llama.cpp's qwen2moe requires
+    ok = m.eval(ids)
+    for change in ("renormalise", "no shared expert"):
+        m2 = model_class("qwen2moe")(f, backends.get("reference"), n_ctx=256)
+        for blk in m2.blocks:
+            if change == "renormalise":
+                blk.ffn.cfg = replace(blk.ffn.cfg, norm=True)
+            else:
+                blk.ffn.shared = None
+        assert np.abs(m2.eval(ids) - ok).max() > 1e-2, change
+
+
+def test_qwen_moe_bad_files_are_refused_with_a_clear_error():
+    f = open_gguf(fixture_path("qwen2moe-micro-f32.gguf"))
+    f.tensors["blk.1.ffn_gate_inp_shexp.weight"] = f.tensors["blk.1.attn_k.bias"]  # 32 values, n_embd is 64
+    with pytest.raises(GGUFError, match="ffn_gate_inp_shexp"):
+        model_class("qwen2moe")(f, backends.get("reference"), n_ctx=256)
+    f = open_gguf(fixture_path("qwen3moe-micro-f32.gguf"))
+    f.metadata["qwen3moe.expert_used_count"] = 9  # of 8 experts
+    with pytest.raises(GGUFError, match="expert_used_count"):
+        model_class("qwen3moe")(f, backends.get("reference"), n_ctx=256)
+    f = open_gguf(fixture_path("qwen3moe-micro-f32.gguf"))
+    del f.tensors["blk.0.ffn_down_exps.weight"]
+    with pytest.raises(GGUFError, match="ffn_down_exps"):
+        model_class("qwen3moe")(f, backends.get("reference"), n_ctx=256)

@@ -6,7 +6,10 @@ Model mode (mirrors llama-bench)::
 
 For every model × backend × threads × n_batch: ``pp<P>`` evaluates P random tokens after a reset
 (the model splits them into batches of n_batch) and ``tg<N>`` evaluates N single tokens after a
-reset. One warm-up run per test (``--no-warmup`` skips it), then ``-r`` timed repetitions;
+reset. ``-d D`` (comma list, like llama-bench's ``--n-depth``) runs every test after D random tokens
+already in the context: the depth fill is not timed, and it is evaluated once per depth and then
+restored from a saved copy of its KV rows (as llama-bench restores its cached state); rows are
+labelled ``pp512 @ d1024``. One warm-up run per test (``--no-warmup`` skips it), then ``-r`` timed repetitions;
 per-rep t/s = 1e9·tokens/ns, reported as mean ± sample standard deviation. Tokenization and
 sampling are not measured. JSON fields follow llama-bench (``model_type, model_size,
 model_n_params, n_batch, n_threads, n_prompt, n_gen, avg_ns, stddev_ns, avg_ts, stddev_ts,
@@ -170,12 +173,25 @@ class ModelResult:
         return f"{name} @ d{self.n_depth}" if self.n_depth else name
 
 
-def _time_test(model: Any, depth: list[int], prompt: list[int], gen: list[int]) -> int:
-    """Nanoseconds to evaluate ``prompt`` in one call then ``gen`` one token at a time, after an untimed
-    ``depth`` context (llama-bench's -d)."""
+def _fill_depth(model: Any, n_depth: int, tokens: Callable[[int], list[int]], states: dict[int, Any]) -> None:
+    """Reset, then put ``n_depth`` tokens in the context (llama-bench's -d), untimed: evaluated once per depth and
+    saved, restored from ``states`` afterwards (llama-bench's cached depth state: a depth of 4096 is not
+    re-evaluated for every repetition)."""
     model.reset()
-    if depth:
-        model.eval(depth)
+    if n_depth <= 0:
+        return
+    state = states.get(n_depth)
+    if state is not None:
+        model.load_state(state)
+        return
+    model.eval(tokens(n_depth))
+    if hasattr(model, "save_state"):
+        states.clear()  # one depth's rows at a time
+        states[n_depth] = model.save_state()
+
+
+def _time_test(model: Any, prompt: list[int], gen: list[int]) -> int:
+    """Nanoseconds to evaluate ``prompt`` in one call then ``gen`` one token at a time (after `_fill_depth`)."""
     t0 = time.perf_counter_ns()
     if prompt:
         model.eval(prompt)
@@ -216,6 +232,8 @@ def run_model_bench(
                 with load(model_path, n_ctx=n_ctx, n_threads=t, n_batch=nb, backend=be, tokenizer=None) as model:
                     bos = getattr(model.tokenizer, "bos_id", None)
 
+                    states: dict[int, Any] = {}
+
                     def random_tokens(n: int) -> list[int]:
                         ids = rng.integers(0, model.n_vocab, n).tolist()
                         if bos is not None and ids:
@@ -232,10 +250,12 @@ def run_model_bench(
                             print(f"llm-bench: test {i_test + 1}/{len(tests)} ({name}, depth {d}, backend {be}, "
                                   f"{t} threads, n_batch {nb})", file=progress, flush=True)
                         if warmup:
-                            _time_test(model, random_tokens(d), random_tokens(p), random_tokens(1 if g else 0))
+                            _fill_depth(model, d, random_tokens, states)
+                            _time_test(model, random_tokens(p), random_tokens(1 if g else 0))
                         samples = []
                         for _ in range(reps):
-                            samples.append(_time_test(model, random_tokens(d), random_tokens(p), random_tokens(g)))
+                            _fill_depth(model, d, random_tokens, states)
+                            samples.append(_time_test(model, random_tokens(p), random_tokens(g)))
                         n_tok = p + g
                         ts = [n_tok * 1e9 / ns for ns in samples]
                         avg_ns, sd_ns = _mean_std(samples)

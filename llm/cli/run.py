@@ -75,8 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``llm-run`` argument parser."""
     # allow_abbrev=False: llama.cpp's multi-letter single-dash flags (-ngl, -cnv, -ctk ...) are whole words
     p = Parser(prog="llm-run", description="Generate text with a GGUF model on the CPU (tilellm).", allow_abbrev=False,
-                epilog="-n: -1 (default) = until end of generation or full context; -2 = until the context is full "
-                       "(the same here: no context shift); 0 = evaluate the prompt only.")
+               epilog="-n: -1 (default) = until end of generation or full context (with --context-shift: until end "
+                      "of generation); -2 = until the context is full (never shifted); 0 = evaluate the prompt only.")
     p.add_argument("model_pos", nargs="?", metavar="MODEL.gguf", help="model file (or use -m)")
     p.add_argument("-m", "--model", help="model file")
     src = p.add_mutually_exclusive_group()
@@ -88,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="context size (default: min(model's, 4096); 0 = the model's)")
     p.add_argument("-t", "--threads", type=_int_arg(1), default=None, metavar="N",
                    help="threads (default: physical cores)")
+    p.add_argument("--context-shift", dest="context_shift", action="store_true", default=False,
+                   help="when the context is full, keep --keep tokens, drop half of the rest and go on (default: off, "
+                        "generation ends at a full context)")
+    p.add_argument("--no-context-shift", dest="context_shift", action="store_false", help="the default")
+    p.add_argument("--keep", type=_int_arg(-1), default=0, metavar="N",
+                   help="prompt tokens a context shift keeps, besides BOS (default 0, -1 = the whole prompt)")
     p.add_argument("-b", "--batch-size", type=_int_arg(1), default=512, metavar="N",
                    help="prompt tokens per forward pass (default 512)")
     p.add_argument("--temp", type=_float_arg, default=0.8, help="temperature; <= 0 is greedy (default 0.8)")
@@ -450,6 +456,8 @@ def _generate(model: Any, args: argparse.Namespace, prompt: str | list[int], con
                               min_p=args.min_p, repeat_penalty=args.repeat_penalty, repeat_last_n=args.repeat_last_n,
                               stop=args.reverse_prompt or None, stream=True, ignore_eos=args.ignore_eos,
                               **_mirostat_kw(args))
+    if args.context_shift and args.n_predict != -2:  # -2: until the context is full, never shifted
+        kw.update(context_shift=True, n_keep=args.keep)
     if constraint is None:
         return iter(model.generate(prompt, **kw))
     import inspect

@@ -12,6 +12,7 @@ from .granite import GraniteModel
 from .llama import LlamaModel, Qwen2Model
 from .phi3 import Phi3Model
 from .qwen3 import Qwen3Model
+from .qwenmoe import Qwen2MoeModel, Qwen3MoeModel
 
 # factory(file, backend, n_ctx, n_batch, numerics) -> a decoder (eval, reset, n_past, n_ctx, n_vocab)
 ArchFactory = Callable[[Any, Any, int, int, str], Any]
@@ -20,6 +21,8 @@ ARCHITECTURES: dict[str, ArchFactory] = {
     "llama": LlamaModel,
     "qwen2": Qwen2Model,
     "qwen3": Qwen3Model,
+    "qwen2moe": Qwen2MoeModel,
+    "qwen3moe": Qwen3MoeModel,
     "phi3": Phi3Model,
     "gemma2": Gemma2Model,
     "gemma3": Gemma3Model,

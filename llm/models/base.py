@@ -11,6 +11,8 @@ from tilellm.quant import GGMLType, TensorView
 from tilellm.quant.errors import ContextOverflowError, GGUFError, NumericalError, UnsupportedError
 from tilellm.quant.kv import DEFAULT_KV_TYPE, kv_name, kv_store, kv_type, kv_zeros
 
+from .kvshift import RopedKeys, check_shift, shift_arrays
+
 
 class Decoder(Protocol):
     """What `tilellm.Model` needs of a forward pass (every `DecoderModel`, or a registered factory's result)."""
@@ -92,6 +94,7 @@ class DecoderModel:
         parts = ", ".join(f"{name} {fmt_bytes(n)}" for name, n in sizes.items())
         return (f"KV cache: {self.n_ctx} positions, K {kv_name(self.type_k)}, V {kv_name(self.type_v)}: "
                 f"{total / max(1, self.n_ctx) / 1024:.2f} KiB per token, {fmt_bytes(total)} in all ({parts})")
+    ggml_f16_cache = False  # numerics="ggml" rounds the cached K and V to fp16 (so does a context shift then)
 
     def _init_context(self, n_ctx: int | None, n_batch: int) -> None:
         """Validate and store n_ctx (None: min(trained, 4096); 0: trained) and n_batch."""
@@ -179,6 +182,23 @@ class DecoderModel:
         if not 0 <= int(n_keep) <= self.n_past:
             raise ValueError(f"truncate() needs 0 <= n_keep <= n_past ({self.n_past}), got {n_keep}")
         self.n_past = int(n_keep)
+
+    def shift_context(self, n_keep: int, n_discard: int) -> None:
+        """llama.cpp's context shift: forget positions n_keep .. n_keep+n_discard-1 and move the later cached ones
+        down by n_discard, their rope'd keys re-rotated by -n_discard positions with each layer's own rope
+        (`_roped_keys`); the next token then goes at n_past - n_discard. ValueError unless n_keep >= 0,
+        n_discard >= 1 and n_keep + n_discard <= n_past."""
+        n_keep, n_discard = check_shift(n_keep, n_discard, self.n_past)
+        arrays = self._cache_arrays()
+        if not arrays:
+            raise UnsupportedError(f"the {self.hparams.arch} model cannot shift its context (no KV cache arrays)")
+        shift_arrays(arrays, self._roped_keys(), n_keep, n_discard, self.n_past,
+                     round_f16=self.ggml_f16_cache and self.numerics == "ggml")
+        self.n_past -= n_discard
+
+    def _roped_keys(self) -> list[RopedKeys]:
+        """Where `_cache_arrays` hold rope'd keys (what a context shift re-rotates)."""
+        return []
 
     def eval_hidden(self, tokens: Sequence[int] | np.ndarray) -> np.ndarray:
         """Append `tokens` to the context; their final-normed hidden states `[T, n_embd]` (what the output head

@@ -34,6 +34,7 @@ from tilellm.quant.kv import kv_check_dims, kv_load, kv_nbytes
 from ..gguf.hparams import arch_of, check_block_count, check_vocab, dim, rope_base
 from ..gguf.metadata import bool_of, float_in, nonneg_int
 from .base import BatchedDecoder, DecoderModel, Segment, SlotCache, check_numerics, vector
+from .kvshift import RopedKeys
 from .layers import Rope, softmax
 from .memory import check_kv_cache
 from .moe import GATING_SIGMOID, GATING_SOFTMAX, RouterConfig, moe_ffn, route, swiglu
@@ -353,6 +354,14 @@ class DeepSeek2Model(DecoderModel, BatchedDecoder):
         if self.hparams.absorbed:
             return {"kv": self.kv_cache}
         return {"k": self.k_cache, "v": self.v_cache}
+
+    def _roped_keys(self) -> list[RopedKeys]:
+        """k_pe: after the latent in the MLA cache row, after each head's k_nope in the expanded keys."""
+        hp = self.hparams
+        layers = tuple(range(hp.n_layer))
+        if hp.absorbed:
+            return [RopedKeys("kv", layers, hp.kv_lora, self.rope)]
+        return [RopedKeys("k", layers, hp.qk_nope, self.rope)]
 
     def _layer_program(self, li: int, caches: dict[str, np.ndarray]) -> LayerProgram:
         """The deepseek2 block as a layer program: MLA (as `_mla` computes it) and the dense or MoE FFN."""

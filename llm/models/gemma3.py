@@ -41,6 +41,7 @@ from tilellm.quant.errors import GGUFError
 from ..gguf.hparams import rope_base
 from ..gguf.metadata import as_list, float_in, nonneg_int, pos_float, pos_int, str_of
 from .base import Segment, SlotCache, vector
+from .kvshift import RopedKeys
 from .layers import Rope, gelu_tanh_ggml, gelu_tanh_mul
 from .llama import LlamaModel
 
@@ -172,6 +173,13 @@ class Gemma3Model(LlamaModel):
 
     def _layer_rope(self, li: int) -> Rope:
         return self.rope_local if self.layers[li].local else self.rope_global
+
+    def _roped_keys(self) -> list[RopedKeys]:
+        """The keys of the local layers turned by the local rope base, the global layers' by the global rope."""
+        n = self.hparams.n_layer
+        local = tuple(li for li in range(n) if self.layers[li].local)
+        glob = tuple(li for li in range(n) if not self.layers[li].local)
+        return [RopedKeys("k", local, 0, self.rope_local), RopedKeys("k", glob, 0, self.rope_global)]
 
     def _program_key(self) -> Any:
         return self.gparams  # the window is part of the programs (a test shrinks it after loading)

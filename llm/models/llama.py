@@ -19,6 +19,7 @@ from tilellm.quant.kv import kv_check_dims, kv_nbytes
 from ..gguf.hparams import HParams, check_block_count
 from ..gguf.metadata import float_in, str_of
 from .base import BatchedDecoder, DecoderModel, Segment, SlotCache, check_numerics, vector
+from .kvshift import RopedKeys
 from .layers import Rope, add_qkv_biases
 from .memory import check_kv_cache
 from .yarn import YarnParams, yarn_inv_freq
@@ -47,6 +48,7 @@ class LlamaModel(DecoderModel, BatchedDecoder):
     """A decoder-only transformer of the LLaMA shape; its KV cache holds `type_k` / `type_v` (default f16)."""
 
     rope_mode = "norm"  # llama GGUF files: q/k are stored permuted for adjacent-pair rotation
+    ggml_f16_cache = True
 
     def __init__(self, file: Any, backend: Backend, n_ctx: int | None = None, n_batch: int = 512,
                  numerics: str = "default", *, type_k: Any = "f16", type_v: Any = "f16") -> None:
@@ -118,6 +120,10 @@ class LlamaModel(DecoderModel, BatchedDecoder):
 
     def _cache_arrays(self) -> dict[str, np.ndarray]:
         return {"k": self.k_cache, "v": self.v_cache}
+
+    def _roped_keys(self) -> list[RopedKeys]:
+        """Every layer's keys, their first n_rot values rotated by `self.rope`."""
+        return [RopedKeys("k", tuple(range(self.hparams.n_layer)), 0, self.rope)]
 
     def _layer_program(self, li: int, caches: dict[str, np.ndarray]) -> LayerProgram | None:
         """The LLaMA block as a layer program: RMS norm + q/k/v, biases, rope, cache, attention, o, residual,
