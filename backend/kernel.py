@@ -12,8 +12,10 @@ import numpy as np
 
 from tilellm.kernels import KernelLib
 from tilellm.kernels.attention import attention as kernel_attention
+from tilellm.kernels.attention import kv_pointer
 from tilellm.quant import GGMLType, TensorView
 from tilellm.quant.errors import ShapeError, UnsupportedError
+from tilellm.quant.kv import QK, kv_type_of
 
 from .layer import OPS, PRE, LayerProgram
 from .protocol import Activations, Backend, LayerPlan
@@ -117,7 +119,8 @@ class KernelBackend(Backend):
 
     def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, n_past: int, scale: float,
                   window: int | None = None) -> np.ndarray:
-        """Causal grouped-query attention in C (f32, online softmax): q [T, H, D], k/v [n_past+T, Hkv, D];
+        """Causal grouped-query attention in C (online softmax): q [T, H, D] float32, k/v [n_past+T, Hkv, D] KV
+        cache slices of any cache type (tilellm.quant.kv), read as stored;
         `window`: sliding-window attention (the query at position p sees keys p-window+1..p)."""
         return kernel_attention(self.lib, q, k, v, n_past, scale, self.lib.n_threads, window=window)
 
@@ -182,7 +185,8 @@ class KernelLayerPlan(LayerPlan):
 
 
 _OP_IDS = {op: i + 1 for i, op in enumerate(OPS)}  # tl_op of tilellm.h
-_CACHE_ERROR = "caches must be float32 [n_slots, n_ctx, ...] arrays, each slot's positions contiguous, of one n_ctx"
+_CACHE_ERROR = ("caches must be KV cache arrays (tilellm.quant.kv: float32, float16, bf16, q8_0) "
+                "[n_slots, n_ctx, ...], each slot's positions contiguous, of one n_ctx")
 
 
 def _lower(be: KernelBackend, program: LayerProgram) -> KernelLayerPlan:
@@ -217,15 +221,18 @@ def _lower(be: KernelBackend, program: LayerProgram) -> KernelLayerPlan:
         return weights([t.matrix(0)]), t.shape[1] * int(t.data.strides[0])
 
     n_ctx = n_slots = -1
-    ptrs, lds, strides = [], [], []
+    ptrs, lds, strides, types = [], [], [], []
     for i, a in enumerate(program.caches):
-        if (not isinstance(a, np.ndarray) or a.ndim < 2 or a.strides[0] % 4 or not a[0].flags.c_contiguous
+        t = kv_type_of(a) if isinstance(a, np.ndarray) else None
+        if (t is None or a.ndim < 2 or a.strides[0] % a.itemsize or not a[0].flags.c_contiguous
                 or n_ctx not in (-1, a.shape[1])):
             raise ShapeError(_CACHE_ERROR)
         n_slots, n_ctx = a.shape[0], a.shape[1]
-        ptrs.append(lib.float_pointer(a, f"cache {i}", writable=True))
-        lds.append(int(np.prod(a.shape[2:], dtype=np.int64)))
-        strides.append(a.strides[0] // 4)
+        per = QK if t == GGMLType.Q8_0 else 1  # values per element (a q8_0 block holds 32)
+        ptrs.append(kv_pointer(lib, a, f"cache {i}"))
+        lds.append(int(np.prod(a.shape[2:], dtype=np.int64)) * per)
+        strides.append(a.strides[0] // a.itemsize * per)
+        types.append(int(t))
         keep.append(a)
     steps = new("tl_step[]", max(1, len(program.steps)))
     for c, s in zip(steps, program.steps):
@@ -257,8 +264,9 @@ def _lower(be: KernelBackend, program: LayerProgram) -> KernelLayerPlan:
     prog.n_ctx, prog.n_slots = max(n_ctx, 1), max(n_slots, 1)
     prog.n_steps, prog.steps = len(program.steps), steps
     prog.n_caches = len(ptrs)
-    prog.caches, prog.cache_ld, prog.slot_stride = (new("float *[]", ptrs), new("int64_t[]", lds),
+    prog.caches, prog.cache_ld, prog.slot_stride = (new("void *[]", ptrs), new("int64_t[]", lds),
                                                     new("int64_t[]", strides))
+    prog.cache_type = new("int[]", types) if types else ffi.NULL
     rc = lib.lib.tl_layer_check(lib.ctx, prog)
     if rc:
         raise ShapeError(f"the layer program was refused by tl_layer_check (status {rc}): a step's sizes, offsets, "

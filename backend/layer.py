@@ -73,7 +73,8 @@ class Step:
 class LayerProgram:
     """The steps of one decoder layer for one token (or a few tokens of different sequences), built by the model.
 
-    `caches` are float32 arrays `[n_slots, n_ctx, ...]` (one sequence: a leading axis of 1), each slot's positions
+    `caches` are KV cache arrays of any cache type (tilellm.quant.kv) `[n_slots, n_ctx, ...]` (one sequence: a leading
+    axis of 1), each slot's positions
     contiguous; a token's keys and values are written at its position in its slot."""
 
     H = 0  # offset of the residual stream in the row

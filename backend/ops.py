@@ -9,6 +9,8 @@ import math
 
 import numpy as np
 
+from tilellm.quant.kv import kv_load
+
 
 def _f32(v: float) -> float:
     """v rounded to float32 (as a Python float)."""
@@ -51,10 +53,12 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, n_past: int, s
     q [T, H, D] for positions n_past..n_past+T-1; k, v [S, Hkv, D] for positions k_start..k_start+S-1
     (normally k_start = 0 and S = n_past+T). With `window`, the query at position p sees only keys at
     positions p-window+1..p (llama.cpp's "standard" sliding window).
+    k and v may be KV cache slices of any cache type (tilellm.quant.kv): they are read as float32 first.
     Returns [T, H, D]. Queries go in chunks that only see the keys they may attend to (causality
     halves the work of a long prefill), and operands are contiguous per kv head so every product
     is one BLAS sgemm (a broadcast matmul over transposed views falls back to numpy's slow loop).
     """
+    k, v = kv_load(k), kv_load(v)
     T, H, D = q.shape
     S, Hkv, Dv = v.shape
     g = H // Hkv

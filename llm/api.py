@@ -39,6 +39,7 @@ import numpy as np
 
 from tilellm import backend as backends
 from tilellm.quant.errors import ContextOverflowError, GGUFFileNotFoundError, UnsupportedError
+from tilellm.quant.kv import DEFAULT_KV_TYPE, kv_type
 
 from .generation import (
     GenerationChunk,
@@ -53,7 +54,7 @@ from .generation import (
 from .gguf.reader import open_gguf
 from .models import architectures
 from .models.architectures import ArchFactory
-from .models.base import Decoder, check_numerics
+from .models.base import Decoder, DecoderModel, check_numerics
 from .text.factory import load_tokenizer
 from .text.sampling import Sampler
 from .text.tokenizer import StreamDecoder
@@ -508,6 +509,8 @@ class Model:
         n = len(state.tokens)
         if arrays is not None and set(arrays) == set(state.arrays) and state.n_ctx == decoder.n_ctx:
             for k, v in arrays.items():
+                if v.dtype != state.arrays[k].dtype:
+                    raise ValueError("load_state(): the state was saved with another KV cache type")
                 if v.shape[2:] != state.arrays[k].shape[2:] or state.arrays[k].shape[1] != n:
                     raise ValueError("load_state(): the state was saved from a different model")
             for k, v in arrays.items():
@@ -806,6 +809,8 @@ def load(
     *,
     tokenizer: bool | None = True,
     numerics: str = "default",
+    type_k: str | int = "f16",
+    type_v: str | int = "f16",
 ) -> Model:
     """Open a GGUF model for inference.
 
@@ -821,6 +826,9 @@ def load(
     scale per 32 values stored in fp16 (per 256 for K-quants; this model's backend only,
     ``tilellm.kernels.load(act_rounding=...)``), GELU looked up in an fp16 table, and K, V and q rounded to
     fp16 as llama.cpp's default f16 KV cache does. The activation rounding needs a kernel backend.
+    ``type_k`` / ``type_v``: the KV cache's storage types, "f16" (default, as llama.cpp), "f32", "bf16" or
+    "q8_0" (ggml's 32-value blocks; head sizes must be multiples of 32), or the ggml type ids 1, 0, 30, 8 that
+    llama-cpp-python's ``type_k`` / ``type_v`` take. Attention reads the stored type directly.
 
     Raises FileNotFoundError (naming the path; also a ``GGUFError``), ``GGUFError`` for a malformed file,
     ``UnsupportedError`` naming an architecture/tensor type/tokenizer we do not handle,
@@ -834,6 +842,7 @@ def load(
     if seed is not None:
         seed = _check_int_arg("seed", seed, 0)
     check_numerics(numerics)
+    kv_types = {"type_k": kv_type(type_k, "type_k"), "type_v": kv_type(type_v, "type_v")}
     p = os.fspath(path)
     if not os.path.exists(p):
         raise GGUFFileNotFoundError(2, "Model path does not exist", p)  # also a TileLLMError
@@ -854,7 +863,13 @@ def load(
             tok = _NoTokenizer()
         else:
             tok = load_tokenizer(file.metadata)
-        decoder = factory(file, be, n_ctx, n_batch, numerics)
+        make: Any = factory
+        if isinstance(factory, type) and issubclass(factory, DecoderModel):  # the built-in models take the types
+            decoder = make(file, be, n_ctx, n_batch, numerics, **kv_types)
+        elif any(t != DEFAULT_KV_TYPE for t in kv_types.values()):
+            raise UnsupportedError(f"the factory registered for {arch!r} takes no type_k / type_v")
+        else:
+            decoder = make(file, be, n_ctx, n_batch, numerics)
     except BaseException:
         file.close()
         raise

@@ -121,6 +121,7 @@ class Llama:
         ``spm_infill``: infill prompts put the suffix before the prefix (``<SUF> suffix <PRE> prefix <MID>``).
         GPU arguments (``n_gpu_layers``, ``main_gpu``, ``tensor_split``, ``offload_kqv``, ``flash_attn``) are
         accepted with a one-time warning. ``backend`` (tilellm's own) picks the kernel variant.
+        ``type_k`` / ``type_v``: the KV cache types as ggml ids (0 f32, 1 f16, 8 q8_0, 30 bf16) or names; None: f16.
         ``context_shift``, ``n_keep``, ``n_discard`` (llama.cpp's ``--context-shift``, ``--keep`` and the server's
         ``n_discard``; not in llama-cpp-python, which always ends a completion at a full context with
         ``finish_reason`` "length", as the default False does): completions shift a full context instead
@@ -133,8 +134,7 @@ class Llama:
             _warn_gpu(gpu)
         unsupported = [n for n, v in (("lora_path", lora_path), ("lora_base", lora_base),
                                       ("kv_overrides", kv_overrides), ("chat_handler", chat_handler),
-                                      ("draft_model", draft_model), ("tokenizer", tokenizer),
-                                      ("type_k", type_k), ("type_v", type_v)) if v is not None]
+                                      ("draft_model", draft_model), ("tokenizer", tokenizer)) if v is not None]
         unsupported += [n for n, v in (("rope_freq_base", rope_freq_base), ("rope_freq_scale", rope_freq_scale))
                         if v != 0.0]
         if vocab_only:
@@ -152,11 +152,15 @@ class Llama:
         self.verbose = bool(verbose)
         t0 = time.perf_counter()
         self.model: Model = load(model_path, n_ctx=n_ctx, n_threads=threads, n_batch=n_batch, backend=backend,
-                                 seed=self._seed)
+                                 seed=self._seed, type_k="f16" if type_k is None else type_k,
+                                 type_v="f16" if type_v is None else type_v)
         if self.verbose:
             print(f"tilellm: loaded {self.model.desc} from {self.model_path} in {time.perf_counter() - t0:.2f}s "
                   f"(n_ctx={self.model.n_ctx}, backend={self.model.backend}, threads={self.model.n_threads})",
                   file=sys.stderr)
+            summary = getattr(self.model.decoder, "kv_summary", None)
+            if summary is not None:
+                print(f"tilellm: {summary()}", file=sys.stderr)
         self.n_batch = int(n_batch)
         self.last_n_tokens_size = int(last_n_tokens_size)
         self.context_params_logits_all = bool(logits_all)

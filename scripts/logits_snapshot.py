@@ -7,7 +7,8 @@ commit, then compare on the new one, on the same machine.
     python scripts/logits_snapshot.py compare before.npz      # exit 1 on any difference
 
 Only the public API is used (``tilellm.load``, ``eval(logits_all=True)``, ``generate``), so the
-script keeps working across refactors of everything below it.
+script keeps working across refactors of everything below it. The KV cache is pinned to f32 (the type every
+snapshot before the KV cache types had), so a snapshot compares like with like.
 """
 from __future__ import annotations
 
@@ -38,7 +39,10 @@ def snapshot(numerics: tuple[str, ...] = ("default", "ggml")) -> dict[str, np.nd
     for path in fixtures():
         for be in backends.available():
             for num in numerics:
-                kw = {} if num == "default" else {"numerics": num}
+                # f32 KV pinned: the snapshot compares like with like (the default KV type is f16 since issue #18)
+                kw: dict[str, str] = {"type_k": "f32", "type_v": "f32"}
+                if num != "default":
+                    kw["numerics"] = num
                 key = f"{path.stem}|{be}|{num}"
                 with tilellm.load(str(path), backend=be, n_threads=2, n_ctx=256, **kw) as m:
                     ids = [i % m.n_vocab for i in PROMPT_IDS]

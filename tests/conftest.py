@@ -76,7 +76,9 @@ def fixture_model(name: str, be: str = "reference", n_batch: int = 512):
     key = (name, be, n_batch)
     if key not in _MODELS:
         f = open_gguf(fixture_path(f"{name}.gguf"))
-        _MODELS[key] = model_class(f.arch)(f, backends.get(be, n_threads=2), n_ctx=256, n_batch=n_batch)
+        # the fixtures' references (transformers, llama.cpp) were made with an f32 KV cache: compare like with like
+        _MODELS[key] = model_class(f.arch)(f, backends.get(be, n_threads=2), n_ctx=256, n_batch=n_batch,
+                                           type_k="f32", type_v="f32")
     m = _MODELS[key]
     m.reset()
     return m

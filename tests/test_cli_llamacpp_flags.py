@@ -63,8 +63,8 @@ def str_need(p: Path) -> str:
 @pytest.mark.parametrize("argv,needle", [
     (["-hf", "ggml-org/gemma-3-1b-it-GGUF"], "not supported: tilellm runs offline"),
     (["--hf-repo", "x/y"], "runs offline"),
-    (["-ctk", "q8_0"], "-ctk/-ctv (KV cache types) are not supported yet"),
-    (["-ctv", "f16"], "not supported yet"),
+    (["-ctk", "q4_0"], "must be one of f32, f16, bf16, q8_0, got 'q4_0'"),
+    (["-ctv", "f8"], "must be one of f32, f16, bf16, q8_0"),
     (["-pg", "512,128"], "-pg is an llm-bench flag"),
     (["--grammar", "root ::= \"a\"", "-j", "{}"], "only one of"),
     (["--chat-template", "klingon"], "neither a file nor a built-in format"),

@@ -163,9 +163,11 @@ def model_path(name: str, tmp_path_factory: Any) -> Path:
     return _PATHS[name]
 
 
-def decoder(name: str, be: str, tmp_path_factory: Any, n_ctx: int = N_CTX) -> Any:
+def decoder(name: str, be: str, tmp_path_factory: Any, n_ctx: int = N_CTX, kv: str = "f32") -> Any:
+    """The model on backend be; its KV cache f32 by default (these float64 references compare at 1e-6: the
+    configuration they were written for), or of type `kv`."""
     f = open_gguf(model_path(name, tmp_path_factory))
-    return model_class(f.arch)(f, backends.get(be, n_threads=2), n_ctx=n_ctx)
+    return model_class(f.arch)(f, backends.get(be, n_threads=2), n_ctx=n_ctx, type_k=kv, type_v=kv)
 
 
 def _prompt(dec: Any) -> list[int]:
@@ -381,3 +383,22 @@ def test_llm_run_flags(tmp_path):
     assert code == 1 and err.startswith("error: n_keep (30) must be below n_ctx (24)") and err.count("\n") == 1
     code, _, err = run_main(main, base + ["--keep", "-2"])
     assert code == 2 and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("kv", ["f16", "bf16", "q8_0"])
+def test_shift_over_each_cache_type(kv, tmp_path_factory):
+    """A shift over an f16 / bf16 / q8_0 cache (kvshift reads and writes the stored type): the values move exactly,
+    the rotated keys keep each rope pair's length to the type's rounding, and decoding goes on."""
+    from tilellm.quant.kv import kv_load
+
+    dec = decoder("llama2", "reference", tmp_path_factory, kv=kv)
+    dec.reset()
+    dec.eval(list(range(1, N_CTX + 1)))
+    k0, v0 = kv_load(dec.k_cache).copy(), kv_load(dec.v_cache).copy()
+    dec.shift_context(5, 11)
+    v1, k1 = kv_load(dec.v_cache), kv_load(dec.k_cache)
+    assert np.array_equal(v1[:, 5:N_CTX - 11], v0[:, 16:N_CTX]) and np.array_equal(k1[:, :5], k0[:, :5])
+    norms = [np.hypot(k[..., 0::2].astype(np.float64), k[..., 1::2]) for k in (k1[:, 5:N_CTX - 11], k0[:, 16:N_CTX])]
+    tol = {"f16": 2e-3, "bf16": 1.6e-2, "q8_0": 0.05}[kv]
+    np.testing.assert_allclose(norms[0], norms[1], rtol=tol, atol=tol * float(np.abs(k0).max()))
+    assert np.isfinite(dec.eval([3])).all()

@@ -436,7 +436,8 @@ def test_attention_rejects_bad_input(lib):
     ro = np.zeros_like(q)
     ro.setflags(write=False)
     bad = [
-        dict(q=q.astype(np.float64)), dict(k=k.astype(np.float16)), dict(v=v.tolist()), dict(q=q[0]),
+        dict(q=q.astype(np.float64)), dict(k=k.astype(np.float64)), dict(k=k.astype(np.int16)),  # not a KV cache type
+        dict(q=q.astype(np.float16)), dict(v=v.tolist()), dict(q=q[0]),
         dict(k=k[:, :1].repeat(3, axis=1)),                       # H % Hkv != 0
         dict(k=k[1:], v=v[1:]), dict(v=v[1:]), dict(n_past=-1), dict(n_past=2.0), dict(n_past="2"),
         dict(q=np.asfortranarray(q)), dict(q=q[::-1]), dict(k=k[:, ::-1]), dict(v=v[..., ::2].repeat(2, -1)[..., ::2]),

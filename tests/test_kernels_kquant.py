@@ -246,7 +246,7 @@ def _llama_logits(be: str, ids) -> np.ndarray:
     from tilellm.llm.models.llama import LlamaModel
 
     f = open_gguf(fixture_path("llama2-micro-q4_k_m.gguf"))
-    m = LlamaModel(f, backends.get(be, n_threads=2), n_ctx=256, n_batch=512)
+    m = LlamaModel(f, backends.get(be, n_threads=2), n_ctx=256, n_batch=512, type_k="f32", type_v="f32")
     return m.eval(ids, logits_all=True)
 
 

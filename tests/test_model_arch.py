@@ -143,14 +143,14 @@ def test_qwen3_q_k_norms_are_required_and_used():
     """Without attn_q_norm the file is refused; with the norms set to one the logits change (they are used)."""
     f = open_gguf(fixture_path("qwen3-micro-f32.gguf"))
     ids = _ref("qwen3-micro-f32")["token_ids_p0"]
-    ok = model_class("qwen3")(f, backends.get("reference"), n_ctx=256).eval(ids)
-    m = model_class("qwen3")(f, backends.get("reference"), n_ctx=256)
+    ok = model_class("qwen3")(f, backends.get("reference"), n_ctx=256, type_k="f32", type_v="f32").eval(ids)
+    m = model_class("qwen3")(f, backends.get("reference"), n_ctx=256, type_k="f32", type_v="f32")
     for B in m.blocks:
         B.q_norm = np.ones_like(B.q_norm)
     assert np.abs(m.eval(ids) - ok).max() > 1e-2
     del f.tensors["blk.1.attn_q_norm.weight"]
     with pytest.raises(GGUFError, match="attn_q_norm"):
-        model_class("qwen3")(f, backends.get("reference"), n_ctx=256)
+        model_class("qwen3")(f, backends.get("reference"), n_ctx=256, type_k="f32", type_v="f32")
 
 
 @pytest.mark.parametrize("model", list(MODELS))
@@ -184,7 +184,7 @@ def test_gemma2_softcaps_and_window_are_used():
 
     ids = _ref("gemma2-micro-f32")["token_ids_p3"]  # longer than the 16-position window
     f = open_gguf(fixture_path("gemma2-micro-f32.gguf"))
-    m = model_class("gemma2")(f, backends.get("reference"), n_ctx=256)
+    m = model_class("gemma2")(f, backends.get("reference"), n_ctx=256, type_k="f32", type_v="f32")
     g = m.gparams
     assert g.local_layers == (True, False, True) and g.window == 16
     assert g.attn_softcap == 5.0 and g.final_softcap == 10.0
@@ -232,7 +232,7 @@ def test_phi3_fused_tensors_are_split_views_and_longrope_follows_the_context():
 
     f = open_gguf(fixture_path("phi3-micro-f32.gguf"))
     md = f.metadata
-    m = model_class("phi3")(f, backends.get("reference"), n_ctx=256)
+    m = model_class("phi3")(f, backends.get("reference"), n_ctx=256, type_k="f32", type_v="f32")
     hp, B = m.hparams, m.blocks[0]
     assert "blk.0.attn_q.weight" not in f.tensors and hp.n_rot == hp.head_dim // 2
     qkv = f.tensors["blk.0.attn_qkv.weight"]
@@ -245,7 +245,7 @@ def test_phi3_fused_tensors_are_split_views_and_longrope_follows_the_context():
     np.testing.assert_allclose(m.rope.inv_freq, plain / short, rtol=1e-12)
     assert m.rope_mscale == pytest.approx(md["phi3.rope.scaling.attn_factor"]) and m.rope_mscale > 1.0
     n_orig = int(md["phi3.rope.scaling.original_context_length"])
-    big = model_class("phi3")(f, backends.get("reference"), n_ctx=n_orig + 1)
+    big = model_class("phi3")(f, backends.get("reference"), n_ctx=n_orig + 1, type_k="f32", type_v="f32")
     np.testing.assert_allclose(big.rope.inv_freq, plain / long, rtol=1e-12)
 
 
@@ -253,7 +253,7 @@ def test_granite_multipliers_are_read_and_used():
     """The four Granite scalars come from the file, and each changes the logits."""
     ids = _ref("granite-micro-f32")["token_ids_p0"]
     f = open_gguf(fixture_path("granite-micro-f32.gguf"))
-    m = model_class("granite")(f, backends.get("reference"), n_ctx=256)
+    m = model_class("granite")(f, backends.get("reference"), n_ctx=256, type_k="f32", type_v="f32")
     assert (m.embd_scale, m.residual_scale, m.attn_scale, m.logit_scale) == pytest.approx((2.0, 0.5, 0.05, 2.0))
     ok = m.eval(ids)
     for attr, plain in (("embd_scale", 1.0), ("residual_scale", 1.0), ("attn_scale", None), ("logit_scale", 1.0)):

@@ -120,7 +120,7 @@ def test_kv_b_layout_matches_transformers(tmp_path):
     name = FIXTURES[0]
     path = tmp_path / "ds2-kvb.gguf"
     _rewrite(name, path, _to_kv_b_layout, _join_kv_b)
-    m = DeepSeek2Model(open_gguf(path), backends.get("reference"), n_ctx=128, n_batch=16)
+    m = DeepSeek2Model(open_gguf(path), backends.get("reference"), n_ctx=128, n_batch=16, type_k="f32", type_v="f32")
     assert not m.hparams.absorbed and m.k_cache.shape[2] == m.hparams.n_head
     ref = _ref(name)
     for i in (0, 2):
@@ -155,7 +155,7 @@ def test_yarn_file_is_applied(tmp_path):
 
     path = tmp_path / "ds2-yarn.gguf"
     _rewrite(FIXTURES[0], path, add_yarn, lambda t: {})
-    m = DeepSeek2Model(open_gguf(path), backends.get("reference"), n_ctx=64)
+    m = DeepSeek2Model(open_gguf(path), backends.get("reference"), n_ctx=64, type_k="f32", type_v="f32")
     hp = m.hparams
     assert hp.yarn == YarnParams(4.0, 32, log_multiplier=pytest.approx(0.1))
     np.testing.assert_allclose(m.rope.inv_freq, yarn_inv_freq(16, 10000.0, hp.yarn))

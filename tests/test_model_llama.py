@@ -24,7 +24,8 @@ def _model(t: str, be: str, n_batch: int = 512) -> LlamaModel:
     key = (t, be, n_batch)
     if key not in _models:
         f = open_gguf(fixture_path(f"llama2-micro-{t}.gguf"))
-        _models[key] = LlamaModel(f, backends.get(be, n_threads=2), n_ctx=256, n_batch=n_batch)
+        _models[key] = LlamaModel(f, backends.get(be, n_threads=2), n_ctx=256, n_batch=n_batch,
+                                    type_k="f32", type_v="f32")
     m = _models[key]
     m.reset()
     return m
@@ -166,7 +167,8 @@ def _bf16_rounding_floor(refs) -> float:
         for in_k_order in (False, True):
             be = _Bf16Acts()
             be.in_k_order = in_k_order
-            emu = LlamaModel(open_gguf(fixture_path("llama2-micro-bf16.gguf")), be, n_ctx=256, n_batch=512)
+            emu = LlamaModel(open_gguf(fixture_path("llama2-micro-bf16.gguf")), be, n_ctx=256, n_batch=512,
+                             type_k="f32", type_v="f32")
             tot, cnt = 0.0, 0
             for i in PROMPTS:
                 emu.reset()

@@ -72,7 +72,7 @@ def _with_scaling(name: str, **keys):
     f = open_gguf(fixture_path(f"{name}.gguf"))
     for k, v in keys.items():
         f.metadata[f"{f.arch}.rope.scaling.{k}"] = v
-    return model_class(f.arch)(f, backends.get("reference"), n_ctx=256)
+    return model_class(f.arch)(f, backends.get("reference"), n_ctx=256, type_k="f32", type_v="f32")
 
 
 def test_rope_scaling_keys():

@@ -191,20 +191,24 @@ typedef struct {
     const float *vec;        /* RMS_NORM, PRE_RMS: norm weights [n]; ADD: added vector [n] or NULL */
     float eps, scale;        /* RMS eps; ATTENTION scale */
     int cache, cache2;       /* STORE: cache; ATTENTION: k and v caches */
-    int64_t c_off, c_ld;     /* STORE: where row 0 goes in a cache position, floats between rows */
+    int64_t c_off, c_ld;     /* STORE: where row 0 goes in a cache position, values between rows */
     int64_t n_head, n_head_kv, dk, dv, window; /* ATTENTION: heads (rows), head sizes, sliding window (0: none) */
     const tl_moe *moe;
 } tl_step;
 
 /* A layer: its steps and the caches they write and read. Cache c holds n_slots slots slot_stride[c]
- * floats apart, each n_ctx positions of cache_ld[c] floats. */
+ * values apart, each n_ctx positions of cache_ld[c] values, stored as cache_type[c] (TL_F32, TL_F16, TL_BF16,
+ * TL_Q8_0; cache_type NULL: all f32). A q8_0 cache is stored in whole blocks of 32: its strides, the offsets and
+ * lengths of the rows stored into it and the head sizes read from it are multiples of 32. A store rounds the
+ * token's floats to the cache's type; attention reads the stored type directly. */
 typedef struct {
     int64_t n_embd, row, n_rot, n_ctx, n_slots;
     int n_steps;
     const tl_step *steps;
     int n_caches;
-    float *const *caches;
+    void *const *caches;
     const int64_t *cache_ld, *slot_stride;
+    const int *cache_type;
     int64_t max_k; /* set by tl_layer_check */
     int checked;   /* set by tl_layer_check */
 } tl_program;
@@ -233,5 +237,16 @@ double tl_fma_peak(int nthreads);
 int tl_attention(const float *q, int64_t ldq, const float *k, int64_t ldk, const float *v, int64_t ldv,
                  float *out, int64_t ldo, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t D,
                  int64_t n_past, int64_t window, float scale, int nthreads);
+
+/* tl_attention over K and V stored as KV cache types (ktype / vtype: TL_F32, TL_F16, TL_BF16, or TL_Q8_0 in
+ * ggml's blocks of 32, D then a multiple of 32), read directly: key s, kv head c at byte s * ldk + c * bytes(D)
+ * of k (values alike, ldv bytes; a multiple of 4 for f32). The scores and sums are the f32 kernel's on the
+ * stored values. */
+int tl_attention_kv(const float *q, int64_t ldq, const void *k, int ktype, int64_t ldk, const void *v, int vtype,
+                    int64_t ldv, float *out, int64_t ldo, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t D,
+                    int64_t n_past, int64_t window, float scale, int nthreads);
+
+/* Bytes of n values of KV cache type t, or -1 if t is not one (or n is not whole q8_0 blocks). */
+int64_t tl_kv_bytes(int type, int64_t n);
 
 #endif

@@ -1,19 +1,23 @@
-/* attention.c — causal grouped-query attention in f32, the non-linear-layer hot spot of a prefill.
+/* attention.c — causal grouped-query attention, the non-linear-layer hot spot of a prefill.
  *
  * Flash-attention style: for each (kv head, block of queries) the scores against one block of
  * keys are computed, folded into a running (max, sum) per query row with an online softmax, and
  * the value rows accumulated, so the [T x S] score matrix never exists in memory. Plain C written
  * for auto-vectorisation: each variant compiles it with its own ISA flags.
  *
- * Layouts (floats): q token t, head h at q[t*ldq + h*D]; k, v key s, kv head c at k[s*ldk + c*D];
- * out like q with ldo. Query t sits at absolute position n_past + t and sees keys 0..n_past+t.
- * Query head h reads kv head h / (H / Hkv).
+ * Layouts: q token t, head h at q[t*ldq + h*D] (floats); out like q with ldo. K and V are KV cache rows of
+ * any cache type (kv.h: f32, f16, bf16, q8_0): key s, kv head c at byte s*ldk + c*bytes(D) of k (v alike).
+ * They are read straight from the cache: each key block is converted to floats while it is transposed into
+ * the tile (the copy f32 keys take anyway), each value block once per task into a float tile, and the
+ * arithmetic after that is the f32 kernel's. Query t sits at absolute position n_past + t and sees keys
+ * 0..n_past+t. Query head h reads kv head h / (H / Hkv).
  */
 #include <math.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "kv.h"
 #include "threadpool.h"
 #include "tilellm.h"
 #include "vmath.h"
@@ -50,9 +54,11 @@ static inline float hsum(vf v) {
 }
 
 typedef struct {
-    const float *q, *k, *v;
+    const float *q;
+    const uint8_t *k, *v;
     float *out;
-    int64_t ldq, ldk, ldv, ldo;
+    int ktype, vtype;
+    int64_t ldq, ldk, ldv, ldo; /* ldk, ldv: bytes */
     int64_t T, S, H, Hkv, D, n_past, window; /* window 0 = unlimited */
     float scale;
     int64_t n_tasks;
@@ -103,6 +109,9 @@ static void attn_task(const attn_args *a, int64_t c, int64_t t0, int64_t t1, flo
     float *sum = mx + Mp;                /* [Mp] running sum of exp */
     float *s = sum + Mp;                 /* [RT][KB] probabilities of a row group */
     float *qs = s + RT * KB;             /* [Mp][D] scaled queries */
+    float *vt = qs + Mp * D;             /* [KB][D] a value block as floats (types other than f32) */
+    float *kr1 = vt + KB * D;            /* [D] one key as floats (types other than f32) */
+    const int64_t hk = tl_kv_bytes_of(a->ktype, D), hv = tl_kv_bytes_of(a->vtype, D); /* bytes of a head */
     memset(o, 0, sizeof(float) * (size_t)(Mp * D));
     for (int64_t r = 0; r < Mp; r++) {
         mx[r] = -INFINITY;
@@ -123,8 +132,17 @@ static void attn_task(const attn_args *a, int64_t c, int64_t t0, int64_t t1, flo
     for (int64_t s0 = s_beg / KB * KB; s0 < s_end; s0 += KB) {
         const int nk = (int)(s_end - s0 < KB ? s_end - s0 : KB);
         for (int j = 0; j < nk; j++) {
-            const float *kr = a->k + (s0 + j) * a->ldk + c * D;
+            const uint8_t *src = a->k + (s0 + j) * a->ldk + c * hk;
+            const float *kr = (const float *)src;
+            if (a->ktype != TL_F32) tl_kv_load(src, a->ktype, D, kr1), kr = kr1;
             for (int64_t d = 0; d < D; d++) kt[d * KB + j] = kr[d];
+        }
+        /* the block's values as float rows ldvf apart: the cache itself (f32) or converted once into vt */
+        const float *vb = (const float *)(a->v + s0 * a->ldv + c * hv);
+        int64_t ldvf = a->ldv / 4;
+        if (a->vtype != TL_F32) {
+            for (int j = 0; j < nk; j++) tl_kv_load(a->v + (s0 + j) * a->ldv + c * hv, a->vtype, D, vt + j * D);
+            vb = vt, ldvf = D;
         }
         for (int j = nk; j < KB; j++)
             for (int64_t d = 0; d < D; d++) kt[d * KB + j] = 0.0f;
@@ -175,13 +193,12 @@ static void attn_task(const attn_args *a, int64_t c, int64_t t0, int64_t t1, flo
                 if (corr != 1.0f)
                     for (int64_t d = 0; d < D; d++) o[r * D + d] *= corr;
             }
-            const float *vb = a->v + s0 * a->ldv + c * D;
             int64_t d0 = 0;
-            for (; d0 + KB <= D; d0 += KB) pv_tile(s, vb, a->ldv, nk, o + r0 * D, D, d0);
+            for (; d0 + KB <= D; d0 += KB) pv_tile(s, vb, ldvf, nk, o + r0 * D, D, d0);
             for (int64_t d = d0; d < D; d++) /* a head size that is not a multiple of NV * VW */
                 for (int i = 0; i < RT; i++) {
                     float acc = o[(r0 + i) * D + d];
-                    for (int j = 0; j < nk; j++) acc += s[i * KB + j] * vb[j * a->ldv + d];
+                    for (int j = 0; j < nk; j++) acc += s[i * KB + j] * vb[j * ldvf + d];
                     o[(r0 + i) * D + d] = acc;
                 }
         }
@@ -196,7 +213,7 @@ static void attn_task(const attn_args *a, int64_t c, int64_t t0, int64_t t1, flo
 
 static size_t scratch_floats(const attn_args *a) {
     const int64_t M = ((a->H / a->Hkv) * QB + RT - 1) / RT * RT;
-    return ((size_t)(a->D * KB + M * a->D * 2 + 2 * M + RT * KB) + 15) & ~(size_t)15; /* 64-B multiples */
+    return ((size_t)(a->D * KB + M * a->D * 2 + 2 * M + RT * KB + KB * a->D + a->D) + 15) & ~(size_t)15; /* 64 B */
 }
 
 static void attn_worker(void *ctx, int ith, int nth) {
@@ -214,12 +231,27 @@ static void attn_worker(void *ctx, int ith, int nth) {
     }
 }
 
+int64_t tl_kv_bytes(int type, int64_t n) {
+    if (!tl_kv_type_ok(type) || n < 0 || n % tl_kv_granule(type)) return -1;
+    return tl_kv_bytes_of(type, n);
+}
+
 int tl_attention(const float *q, int64_t ldq, const float *k, int64_t ldk, const float *v, int64_t ldv,
                  float *out, int64_t ldo, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t D,
                  int64_t n_past, int64_t window, float scale, int nthreads) {
-    if (T < 1 || H < 1 || Hkv < 1 || D < 1 || H % Hkv || n_past < 0 || S != n_past + T || window < 0)
+    return tl_attention_kv(q, ldq, k, TL_F32, ldk * 4, v, TL_F32, ldv * 4, out, ldo, T, S, H, Hkv, D, n_past, window,
+                           scale, nthreads);
+}
+
+int tl_attention_kv(const float *q, int64_t ldq, const void *k, int ktype, int64_t ldk, const void *v, int vtype,
+                    int64_t ldv, float *out, int64_t ldo, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t D,
+                    int64_t n_past, int64_t window, float scale, int nthreads) {
+    if (T < 1 || H < 1 || Hkv < 1 || D < 1 || H % Hkv || n_past < 0 || S != n_past + T || window < 0 ||
+        !tl_kv_type_ok(ktype) || !tl_kv_type_ok(vtype) || D % tl_kv_granule(ktype) || D % tl_kv_granule(vtype) ||
+        (vtype == TL_F32 && ldv % 4))
         return TL_EINVAL;
-    attn_args a = {q, k, v, out, ldq, ldk, ldv, ldo, T, S, H, Hkv, D, n_past, window, scale, 0, NULL, 0};
+    attn_args a = {q, (const uint8_t *)k, (const uint8_t *)v, out, ktype, vtype, ldq, ldk, ldv, ldo,
+                   T, S, H, Hkv, D, n_past, window, scale, 0, NULL, 0};
     a.n_tasks = ((T + QB - 1) / QB) * Hkv;
     int nth = nthreads < 1 ? 1 : nthreads;
     if (nth > a.n_tasks) nth = (int)a.n_tasks;

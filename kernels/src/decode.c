@@ -11,6 +11,7 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "kv.h"
 #include "tl_internal.h"
 
 #define CHECKED 0x4c415952 /* tl_program.checked once tl_layer_check accepted it ("LAYR") */
@@ -54,27 +55,33 @@ static void geglu_row(const float *g, const float *u, int64_t k, float *y) {
 }
 
 /* Causal attention of one token at position S - 1 over keys k0..S-1, any head sizes: q [H] rows ldq apart,
- * keys [S, Hkv, dk] (positions ldk apart), values [S, Hkv, dv], out [H] rows ldo apart. */
-static int attention_plain(const float *q, int64_t ldq, const float *kc, int64_t ldk, const float *vc, int64_t ldv,
-                           float *out, int64_t ldo, int64_t H, int64_t Hkv, int64_t dk, int64_t dv, int64_t k0,
-                           int64_t S, float scale) {
-    float *sc = (float *)malloc(sizeof(float) * (size_t)(S - k0));
+ * keys [S, Hkv, dk] (positions ldk bytes apart, of cache type kt), values [S, Hkv, dv] (ldv bytes, type vt), out
+ * [H] rows ldo apart. Each cached row is read as floats (kv.h) into a small buffer first. */
+static int attention_plain(const float *q, int64_t ldq, const uint8_t *kc, int kt, int64_t ldk, const uint8_t *vc,
+                           int vt, int64_t ldv, float *out, int64_t ldo, int64_t H, int64_t Hkv, int64_t dk,
+                           int64_t dv, int64_t k0, int64_t S, float scale) {
+    float *sc = (float *)malloc(sizeof(float) * (size_t)(S - k0 + dk + dv));
     if (!sc) return TL_ENOMEM;
-    const int64_t g = H / Hkv;
+    float *kr = sc + (S - k0), *vr = kr + dk;
+    const int64_t g = H / Hkv, hk = tl_kv_bytes_of(kt, dk), hv = tl_kv_bytes_of(vt, dv);
     for (int64_t h = 0; h < H; h++) {
-        const float *qh = q + h * ldq, *kh = kc + (h / g) * dk, *vh = vc + (h / g) * dv;
+        const float *qh = q + h * ldq;
+        const uint8_t *kh = kc + (h / g) * hk, *vh = vc + (h / g) * hv;
         float mx = -INFINITY, sum = 0.0f;
         for (int64_t s = k0; s < S; s++) {
             float d = 0.0f;
-            for (int64_t i = 0; i < dk; i++) d += qh[i] * kh[s * ldk + i];
+            tl_kv_load(kh + s * ldk, kt, dk, kr);
+            for (int64_t i = 0; i < dk; i++) d += qh[i] * kr[i];
             sc[s - k0] = d * scale;
             mx = sc[s - k0] > mx ? sc[s - k0] : mx;
         }
         for (int64_t s = k0; s < S; s++) sum += (sc[s - k0] = expf(sc[s - k0] - mx));
         float *o = out + h * ldo;
         for (int64_t i = 0; i < dv; i++) o[i] = 0.0f;
-        for (int64_t s = k0; s < S; s++)
-            for (int64_t i = 0; i < dv; i++) o[i] += sc[s - k0] * vh[s * ldv + i];
+        for (int64_t s = k0; s < S; s++) {
+            tl_kv_load(vh + s * ldv, vt, dv, vr);
+            for (int64_t i = 0; i < dv; i++) o[i] += sc[s - k0] * vr[i];
+        }
         const float inv = 1.0f / sum;
         for (int64_t i = 0; i < dv; i++) o[i] *= inv;
     }
@@ -283,6 +290,14 @@ static int weight_ok(const tl_ctx *ctx, const tl_weight *w, int64_t k) {
 
 static int cache_ok(const tl_program *p, int c) { return c >= 0 && c < p->n_caches && p->caches[c]; }
 
+static int cache_type(const tl_program *p, int c) { return p->cache_type ? p->cache_type[c] : TL_F32; }
+
+/* bytes of n values of cache c (n a multiple of its granule: checked by tl_layer_check) */
+static int64_t cache_bytes(const tl_program *p, int c, int64_t n) { return tl_kv_bytes_of(cache_type(p, c), n); }
+
+/* n, a value count or offset into cache c, covers whole units of its type */
+static int cache_whole(const tl_program *p, int c, int64_t n) { return n % tl_kv_granule(cache_type(p, c)) == 0; }
+
 static int moe_ok(const tl_ctx *ctx, const tl_moe *m, int64_t k) {
     const int E = m->n_expert;
     if (E < 1 || E > 1024 || m->n_used < 1 || m->n_used > E || m->n_group < 1 || m->n_group > 256 || E % m->n_group ||
@@ -303,7 +318,9 @@ int tl_layer_check(const tl_ctx *ctx, tl_program *p) {
         return TL_EINVAL;
     int64_t max_k = 1;
     for (int c = 0; c < p->n_caches; c++)
-        if (p->cache_ld[c] < 1 || p->slot_stride[c] < 0) return TL_EINVAL;
+        if (p->cache_ld[c] < 1 || p->slot_stride[c] < 0 || !tl_kv_type_ok(cache_type(p, c)) ||
+            !cache_whole(p, c, p->cache_ld[c]) || !cache_whole(p, c, p->slot_stride[c]))
+            return TL_EINVAL;
     for (int i = 0; i < p->n_steps; i++) {
         const tl_step *st = &p->steps[i];
         int ok = 0;
@@ -321,12 +338,15 @@ int tl_layer_check(const tl_ctx *ctx, tl_program *p) {
             break;
         case TL_OP_STORE:
             ok = cache_ok(p, st->cache) && span_ok(p, st->src, st->rows, st->ld_src, st->n) && st->c_off >= 0 &&
-                 st->c_ld >= 0 && st->c_off + (st->rows - 1) * st->c_ld + st->n <= p->cache_ld[st->cache];
+                 st->c_ld >= 0 && st->c_off + (st->rows - 1) * st->c_ld + st->n <= p->cache_ld[st->cache] &&
+                 cache_whole(p, st->cache, st->c_off) && cache_whole(p, st->cache, st->c_ld) &&
+                 cache_whole(p, st->cache, st->n);
             break;
         case TL_OP_ATTENTION:
             ok = st->n_head >= 1 && st->n_head_kv >= 1 && st->n_head % st->n_head_kv == 0 && st->dk >= 1 &&
                  st->dv >= 1 && st->window >= 0 && cache_ok(p, st->cache) && cache_ok(p, st->cache2) &&
                  st->n_head_kv * st->dk <= p->cache_ld[st->cache] && st->n_head_kv * st->dv <= p->cache_ld[st->cache2] &&
+                 cache_whole(p, st->cache, st->dk) && cache_whole(p, st->cache2, st->dv) &&
                  span_ok(p, st->src, st->n_head, st->ld_src, st->dk) && span_ok(p, st->dst, st->n_head, st->ld_dst, st->dv);
             break;
         case TL_OP_MATMUL: {
@@ -403,25 +423,30 @@ static int run_step(tl_ctx *ctx, const tl_program *p, const tl_step *st, int64_t
             rope(t + st->src, st->rows, st->ld_src, st->n, st->mode, cosv + j * half, sinv + j * half);
             break;
         }
-        case TL_OP_STORE: {
-            float *c = p->caches[st->cache] + slot[j] * p->slot_stride[st->cache] + pos[j] * p->cache_ld[st->cache] + st->c_off;
-            for (int64_t r = 0; r < st->rows; r++) memcpy(c + r * st->c_ld, t + st->src + r * st->ld_src, (size_t)st->n * 4);
+        case TL_OP_STORE: { /* rounded to the cache's type */
+            const int ct = cache_type(p, st->cache);
+            uint8_t *c = (uint8_t *)p->caches[st->cache] + cache_bytes(p, st->cache, slot[j] * p->slot_stride[st->cache]) +
+                         cache_bytes(p, st->cache, pos[j] * p->cache_ld[st->cache]);
+            for (int64_t r = 0; r < st->rows; r++)
+                tl_kv_store(t + st->src + r * st->ld_src, ct, st->n, c + cache_bytes(p, st->cache, st->c_off + r * st->c_ld));
             break;
         }
         case TL_OP_ATTENTION: {
-            const int64_t ldk = p->cache_ld[st->cache], ldv = p->cache_ld[st->cache2];
-            const float *kc = p->caches[st->cache] + slot[j] * p->slot_stride[st->cache];
-            const float *vc = p->caches[st->cache2] + slot[j] * p->slot_stride[st->cache2];
+            const int kt = cache_type(p, st->cache), vt = cache_type(p, st->cache2);
+            const int64_t ldk = cache_bytes(p, st->cache, p->cache_ld[st->cache]);
+            const int64_t ldv = cache_bytes(p, st->cache2, p->cache_ld[st->cache2]);
+            const uint8_t *kc = (const uint8_t *)p->caches[st->cache] + cache_bytes(p, st->cache, slot[j] * p->slot_stride[st->cache]);
+            const uint8_t *vc = (const uint8_t *)p->caches[st->cache2] + cache_bytes(p, st->cache2, slot[j] * p->slot_stride[st->cache2]);
             /* a sliding window starts the keys at its oldest visible position (relative positions from there) */
             const int64_t k0 = st->window > 0 && pos[j] - st->window + 1 > 0 ? pos[j] - st->window + 1 : 0;
             int rc;
             if (st->dk == st->dv && st->ld_src == st->dk && st->ld_dst == st->dv)
-                rc = tl_attention(t + st->src, st->n_head * st->dk, kc + k0 * ldk, ldk, vc + k0 * ldv, ldv, t + st->dst,
-                                  st->n_head * st->dv, 1, pos[j] - k0 + 1, st->n_head, st->n_head_kv, st->dk, pos[j] - k0,
-                                  st->window, st->scale, nth);
+                rc = tl_attention_kv(t + st->src, st->n_head * st->dk, kc + k0 * ldk, kt, ldk, vc + k0 * ldv, vt, ldv,
+                                     t + st->dst, st->n_head * st->dv, 1, pos[j] - k0 + 1, st->n_head, st->n_head_kv,
+                                     st->dk, pos[j] - k0, st->window, st->scale, nth);
             else
-                rc = attention_plain(t + st->src, st->ld_src, kc, ldk, vc, ldv, t + st->dst, st->ld_dst, st->n_head,
-                                     st->n_head_kv, st->dk, st->dv, k0, pos[j] + 1, st->scale);
+                rc = attention_plain(t + st->src, st->ld_src, kc, kt, ldk, vc, vt, ldv, t + st->dst, st->ld_dst,
+                                     st->n_head, st->n_head_kv, st->dk, st->dv, k0, pos[j] + 1, st->scale);
             if (rc) return rc;
             break;
         }

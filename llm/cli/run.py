@@ -55,6 +55,15 @@ def _int_arg(lo: int | None = None) -> Any:
     return conv
 
 
+def _kv_type_arg(s: str) -> str:
+    """A -ctk / -ctv value: one of the KV cache types (argparse reports anything else as a usage error)."""
+    from tilellm.quant.kv import KV_TYPES
+
+    if s.lower() not in KV_TYPES:
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(KV_TYPES)}, got {s!r}")
+    return s.lower()
+
+
 def _float_arg(s: str) -> float:
     try:
         return float(s)
@@ -144,10 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-hf", "-hfr", "--hf-repo", dest="hf_repo", default=None, metavar="REPO",
                    help="not supported: tilellm runs offline (download the GGUF and pass -m FILE)")
     p.add_argument("-hff", "--hf-file", dest="hf_file", default=None, metavar="FILE", help="not supported (offline)")
-    p.add_argument("-ctk", "--cache-type-k", dest="cache_type_k", default=None, metavar="TYPE",
-                   help="not supported yet (the KV cache has one type)")
-    p.add_argument("-ctv", "--cache-type-v", dest="cache_type_v", default=None, metavar="TYPE",
-                   help="not supported yet (the KV cache has one type)")
+    p.add_argument("-ctk", "--cache-type-k", dest="cache_type_k", type=_kv_type_arg, default="f16", metavar="TYPE",
+                   help="KV cache type of the keys: f16 (default), f32, bf16, q8_0")
+    p.add_argument("-ctv", "--cache-type-v", dest="cache_type_v", type=_kv_type_arg, default="f16", metavar="TYPE",
+                   help="KV cache type of the values: f16 (default), f32, bf16, q8_0")
     p.add_argument("-pg", dest="pg", default=None, metavar="PP,TG", help="an llm-bench flag (not for llm-run)")
     return p
 
@@ -165,8 +174,6 @@ def _check_compat(args: argparse.Namespace, err: TextIO) -> None:
     """Refuse llama.cpp flags that cannot work here; note the ones that are ignored."""
     if args.hf_repo is not None or args.hf_file is not None:
         raise UsageError("-hf/--hf-repo is not supported: tilellm runs offline; download the GGUF and pass -m FILE")
-    if args.cache_type_k is not None or args.cache_type_v is not None:
-        raise UsageError("-ctk/-ctv (KV cache types) are not supported yet: the KV cache has a single type")
     if args.pg is not None:
         raise UsageError("-pg is an llm-bench flag (prompt + generation test), not an llm-run flag")
     if args.gpu_layers is not None:
@@ -344,12 +351,16 @@ def _run(argv: Sequence[str] | None, out: TextIO, err: TextIO, inp: TextIO) -> i
 
     t0 = time.perf_counter()
     model = load(model_path, n_ctx=args.ctx_size, n_threads=args.threads, n_batch=args.batch_size,
-                 backend=args.backend, seed=None if args.seed < 0 else args.seed)
+                 backend=args.backend, seed=None if args.seed < 0 else args.seed, type_k=args.cache_type_k,
+                 type_v=args.cache_type_v)
     load_ms = (time.perf_counter() - t0) * 1e3
     with model:
         if args.verbose:
             print(f"model: {model.desc}, {model.arch}, {model.n_params} parameters, {model.weight_type}, "
                   f"n_ctx {model.n_ctx}, n_vocab {model.n_vocab}", file=err)
+            summary = getattr(model.decoder, "kv_summary", None)
+            if summary is not None:
+                print(summary(), file=err)
             print(_system_line(model, args), file=err)
         constraint = None
         if structured is not None:

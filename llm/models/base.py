@@ -9,6 +9,7 @@ from tilellm.backend import Backend, LayerPlan, LayerProgram
 from tilellm.backend.ops import rms_norm
 from tilellm.quant import GGMLType, TensorView
 from tilellm.quant.errors import ContextOverflowError, GGUFError, NumericalError, UnsupportedError
+from tilellm.quant.kv import DEFAULT_KV_TYPE, kv_name, kv_store, kv_type, kv_zeros
 
 from .kvshift import RopedKeys, check_shift, shift_arrays
 
@@ -64,6 +65,35 @@ class DecoderModel:
     n_ctx: int
     n_batch: int
     n_past: int
+    type_k: GGMLType = DEFAULT_KV_TYPE
+    type_v: GGMLType = DEFAULT_KV_TYPE
+
+    def _init_kv_types(self, type_k: Any, type_v: Any) -> None:
+        """Validate and store the KV cache types (names "f32" / "f16" / "bf16" / "q8_0" or ggml type ids)."""
+        self.type_k, self.type_v = kv_type(type_k, "type_k"), kv_type(type_v, "type_v")
+
+    def _kv_zeros(self, shape: tuple[int, ...], which: str) -> np.ndarray:
+        """A zeroed cache of `shape` values of this model's K ("k") or V ("v") type."""
+        return kv_zeros(shape, self.type_k if which == "k" else self.type_v)
+
+    @staticmethod
+    def _kv_put(dst: np.ndarray, x: np.ndarray) -> None:
+        """Write float32 keys / values into a cache slice, rounded to its type."""
+        kv_store(dst, x)
+
+    def kv_sizes(self) -> dict[str, int]:
+        """Bytes of this model's KV caches by name (their full n_ctx)."""
+        return {name: int(a.nbytes) for name, a in self._cache_arrays().items()}
+
+    def kv_summary(self) -> str:
+        """One line on the KV cache: its types, bytes per token and in total."""
+        from .memory import fmt_bytes
+
+        sizes = self.kv_sizes()
+        total = sum(sizes.values())
+        parts = ", ".join(f"{name} {fmt_bytes(n)}" for name, n in sizes.items())
+        return (f"KV cache: {self.n_ctx} positions, K {kv_name(self.type_k)}, V {kv_name(self.type_v)}: "
+                f"{total / max(1, self.n_ctx) / 1024:.2f} KiB per token, {fmt_bytes(total)} in all ({parts})")
     ggml_f16_cache = False  # numerics="ggml" rounds the cached K and V to fp16 (so does a context shift then)
 
     def _init_context(self, n_ctx: int | None, n_batch: int) -> None:

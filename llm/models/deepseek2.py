@@ -29,6 +29,7 @@ from tilellm.backend import Backend, LayerProgram, MoESpec
 from tilellm.backend.ops import causal_attention, rms_norm
 from tilellm.quant import TensorView
 from tilellm.quant.errors import GGUFError, UnsupportedError
+from tilellm.quant.kv import kv_check_dims, kv_load, kv_nbytes
 
 from ..gguf.hparams import arch_of, check_block_count, check_vocab, dim, rope_base
 from ..gguf.metadata import bool_of, float_in, nonneg_int
@@ -199,10 +200,11 @@ class DeepSeek2Model(DecoderModel, BatchedDecoder):
     """deepseek2 decoder with an MLA KV cache (see the module docstring for which cache and why)."""
 
     def __init__(self, file: Any, backend: Backend, n_ctx: int | None = None, n_batch: int = 512,
-                 numerics: str = "default") -> None:
+                 numerics: str = "default", *, type_k: Any = "f16", type_v: Any = "f16") -> None:
         self.file = file
         self.backend = backend
         self.numerics = check_numerics(numerics)
+        self._init_kv_types(type_k, type_v)
         self.hparams = hp = DeepSeek2HParams.from_file(file.metadata, file.tensors, self._vocab_size(file))
         check_block_count(file.metadata, file.tensors, hp.n_layer)
         self._init_context(n_ctx, n_batch)
@@ -213,13 +215,21 @@ class DeepSeek2Model(DecoderModel, BatchedDecoder):
         self.kq_scale = yarn_mscale(hp.yarn) ** 2 / math.sqrt(hp.qk_nope + hp.n_rot)
         if not (math.isfinite(self.kq_scale) and self.kq_scale > 0):
             raise GGUFError(f"the rope.scaling.yarn_* metadata gives an attention scale of {self.kq_scale}")
-        per_pos = hp.kv_lora + hp.n_rot if hp.absorbed else hp.n_head * (hp.qk_nope + hp.n_rot + hp.v_head)
-        check_kv_cache(4 * hp.n_layer * self.n_ctx * per_pos, self.n_ctx, hp.n_ctx_train)
+        n_pos = hp.n_layer * self.n_ctx
+        if hp.absorbed:  # one cache of [latent | k_pe] rows, of type_k (the values are its latent part)
+            kv_check_dims(self.type_k, {"kv_lora_rank + rope dims": hp.kv_lora + hp.n_rot}, "type_k")
+            need = kv_nbytes(n_pos * (hp.kv_lora + hp.n_rot), self.type_k)
+        else:  # per-head keys [k_nope | k_pe] (stored in two parts by the one-call layer) and values
+            kv_check_dims(self.type_k, {"qk_nope_head_dim": hp.qk_nope, "rope dims": hp.n_rot}, "type_k")
+            kv_check_dims(self.type_v, {"v_head_dim": hp.v_head}, "type_v")
+            need = (kv_nbytes(n_pos * hp.n_head * (hp.qk_nope + hp.n_rot), self.type_k)
+                    + kv_nbytes(n_pos * hp.n_head * hp.v_head, self.type_v))
+        check_kv_cache(need, self.n_ctx, hp.n_ctx_train)
+        arrays = self._slot_arrays(1, self.n_ctx)
         if hp.absorbed:
-            self.kv_cache = np.zeros((hp.n_layer, self.n_ctx, hp.kv_lora + hp.n_rot), np.float32)
+            self.kv_cache = arrays["kv"][0]
         else:
-            self.k_cache = np.zeros((hp.n_layer, self.n_ctx, hp.n_head, hp.qk_nope + hp.n_rot), np.float32)
-            self.v_cache = np.zeros((hp.n_layer, self.n_ctx, hp.n_head, hp.v_head), np.float32)
+            self.k_cache, self.v_cache = arrays["k"][0], arrays["v"][0]
 
     # ------------------------------------------------------------------ loading
     @overload
@@ -311,9 +321,9 @@ class DeepSeek2Model(DecoderModel, BatchedDecoder):
             ctx = np.empty((T, H, lora), np.float32)
             for cache, p0, r0, r1 in spans:  # each sequence over its own cache, with the same code
                 S = p0 + r1 - r0
-                cache[p0:S, :lora] = latent[r0:r1]
-                cache[p0:S, lora:] = k_pe[r0:r1]
-                ctx[r0:r1] = mqa_attention(qa[r0:r1], cache[:S], cache[:S, :lora], p0, self.kq_scale)  # [n, H, lora]
+                self._kv_put(cache[p0:S], np.concatenate([latent[r0:r1], k_pe[r0:r1]], axis=1))
+                kv = kv_load(cache[:S])
+                ctx[r0:r1] = mqa_attention(qa[r0:r1], kv, kv[:, :lora], p0, self.kq_scale)  # [n, H, lora]
             o = np.empty((T, H * hp.v_head), np.float32)
             for h in range(H):
                 o[:, h * hp.v_head:(h + 1) * hp.v_head] = be.matmul(B.wv_b.matrix(h), np.ascontiguousarray(ctx[:, h]))
@@ -322,9 +332,11 @@ class DeepSeek2Model(DecoderModel, BatchedDecoder):
             o = np.empty((T, H * hp.v_head), np.float32)
             for (kc, vc), p0, r0, r1 in spans:
                 S = p0 + r1 - r0
-                kc[p0:S, :, :nope] = kvb[r0:r1, :, :nope]
-                kc[p0:S, :, nope:] = k_pe[r0:r1, None, :]
-                vc[p0:S] = kvb[r0:r1, :, nope:]
+                kn = np.empty((r1 - r0, H, nope + hp.n_rot), np.float32)
+                kn[:, :, :nope] = kvb[r0:r1, :, :nope]
+                kn[:, :, nope:] = k_pe[r0:r1, None, :]
+                self._kv_put(kc[p0:S], kn)
+                self._kv_put(vc[p0:S], kvb[r0:r1, :, nope:])
                 o[r0:r1] = causal_attention(q[r0:r1], kc[:S], vc[:S], p0, self.kq_scale).reshape(r1 - r0, -1)
         return be.matmul(B.wo, o)
 
@@ -433,9 +445,9 @@ class DeepSeek2Model(DecoderModel, BatchedDecoder):
     def _slot_arrays(self, n_slots: int, n_ctx: int) -> dict[str, np.ndarray]:
         hp = self.hparams
         if hp.absorbed:  # the compressed latent and the rope key per position
-            return {"kv": np.zeros((n_slots, hp.n_layer, n_ctx, hp.kv_lora + hp.n_rot), np.float32)}
-        return {"k": np.zeros((n_slots, hp.n_layer, n_ctx, hp.n_head, hp.qk_nope + hp.n_rot), np.float32),
-                "v": np.zeros((n_slots, hp.n_layer, n_ctx, hp.n_head, hp.v_head), np.float32)}
+            return {"kv": self._kv_zeros((n_slots, hp.n_layer, n_ctx, hp.kv_lora + hp.n_rot), "k")}
+        return {"k": self._kv_zeros((n_slots, hp.n_layer, n_ctx, hp.n_head, hp.qk_nope + hp.n_rot), "k"),
+                "v": self._kv_zeros((n_slots, hp.n_layer, n_ctx, hp.n_head, hp.v_head), "v")}
 
     def _forward_rows(self, cache: SlotCache, ids: np.ndarray, pos: np.ndarray, segs: list[Segment],
                       groups: list[slice]) -> np.ndarray:

@@ -25,6 +25,7 @@ import numpy as np
 
 from tilellm.backend import Backend
 from tilellm.backend.ops import rms_norm
+from tilellm.quant.kv import kv_load
 
 from ..gguf.metadata import float_in, pos_float, pos_int
 from .base import vector
@@ -145,10 +146,11 @@ class Gemma2Model(GenericModel):
         att = np.empty((T, H * D), np.float32)
         for kc, vc, p0, r0, r1 in spans:
             p1 = p0 + r1 - r0
-            kc[p0:p1] = self._f16_if_ggml(k[r0:r1])
-            vc[p0:p1] = self._f16_if_ggml(v[r0:r1])
+            self._kv_put(kc[p0:p1], self._f16_if_ggml(k[r0:r1]))
+            self._kv_put(vc[p0:p1], self._f16_if_ggml(v[r0:r1]))
             k0 = 0 if window is None else max(0, p0 - window + 1)  # older keys are outside every query's window
-            a = softcap_attention(self._f16_if_ggml(q[r0:r1]), kc[k0:p1], vc[k0:p1], p0 - k0, g.attn_scale,
+            a = softcap_attention(self._f16_if_ggml(q[r0:r1]), kv_load(kc[k0:p1]), kv_load(vc[k0:p1]), p0 - k0,
+                                  g.attn_scale,
                                   g.attn_softcap, window)
             att[r0:r1] = a.reshape(r1 - r0, -1)
         h = h + rms_norm(be.matmul(B.wo, att), self.post_attn_norms[li], eps)

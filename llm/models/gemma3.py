@@ -123,13 +123,13 @@ class _GemmaLayer:
 
 
 class Gemma3Model(LlamaModel):
-    """Gemma 3 text decoder over the LLaMA model's loading, batching and float32 KV cache."""
+    """Gemma 3 text decoder over the LLaMA model's loading, batching and KV cache (`type_k` / `type_v`)."""
 
     rope_mode = "neox"
 
     def __init__(self, file: Any, backend: Backend, n_ctx: int | None = None, n_batch: int = 512,
-                 numerics: str = "default") -> None:
-        super().__init__(file, backend, n_ctx, n_batch, numerics)
+                 numerics: str = "default", *, type_k: Any = "f16", type_v: Any = "f16") -> None:
+        super().__init__(file, backend, n_ctx, n_batch, numerics, type_k=type_k, type_v=type_v)
         hp, g = self.hparams, self.gparams
         # the base class built `self.rope` with the global base; the global layers may be linearly scaled
         scale = g.rope_scale_global
@@ -255,8 +255,8 @@ class Gemma3Model(LlamaModel):
             cos, sin = tables[L.local]
             rope.apply(qk, cos, sin)
             q = qk[:, :H]
-            self.k_cache[li, p0:p0 + T] = self._f16_if_ggml(qk[:, H:])
-            self.v_cache[li, p0:p0 + T] = self._f16_if_ggml(v.reshape(T, Hkv, D))
+            self._kv_put(self.k_cache[li, p0:p0 + T], self._f16_if_ggml(qk[:, H:]))
+            self._kv_put(self.v_cache[li, p0:p0 + T], self._f16_if_ggml(v.reshape(T, Hkv, D)))
             q = self._f16_if_ggml(q)
             if L.local and g.sliding_window is not None:
                 k0 = max(0, p0 - g.sliding_window + 1)  # older keys are outside every query's window
@@ -299,8 +299,8 @@ class Gemma3Model(LlamaModel):
             att = np.empty((T, H * D), np.float32)
             for s in segs:  # each sequence over its own cache (and window), as a single sequence would
                 p0, p1 = s.p0, s.p0 + s.n
-                kc[s.slot, li, p0:p1] = self._f16_if_ggml(qk[s.r0:s.r1, H:])
-                vc[s.slot, li, p0:p1] = self._f16_if_ggml(v[s.r0:s.r1])
+                self._kv_put(kc[s.slot, li, p0:p1], self._f16_if_ggml(qk[s.r0:s.r1, H:]))
+                self._kv_put(vc[s.slot, li, p0:p1], self._f16_if_ggml(v[s.r0:s.r1]))
                 qs = self._f16_if_ggml(qk[s.r0:s.r1, :H])
                 if L.local and g.sliding_window is not None:
                     k0 = max(0, p0 - g.sliding_window + 1)

@@ -148,8 +148,8 @@ class GenericModel(LlamaModel):
         att = np.empty((T, H * D), np.float32)
         for kc, vc, p0, r0, r1 in spans:
             p1 = p0 + r1 - r0
-            kc[p0:p1] = self._f16_if_ggml(k[r0:r1])
-            vc[p0:p1] = self._f16_if_ggml(v[r0:r1])
+            self._kv_put(kc[p0:p1], self._f16_if_ggml(k[r0:r1]))
+            self._kv_put(vc[p0:p1], self._f16_if_ggml(v[r0:r1]))
             a = self._attention(self._f16_if_ggml(q[r0:r1]), kc[:p1], vc[:p1], p0, scale)
             att[r0:r1] = a.reshape(r1 - r0, -1)
         o = be.matmul(B.wo, att)

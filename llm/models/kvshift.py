@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from tilellm.quant.errors import UnsupportedError
+from tilellm.quant.kv import kv_load, kv_store, kv_type_of
 
 # float64 bytes per chunk of moved rows (bounds the temporary of a long, wide cache)
 CHUNK_BYTES = 32 << 20
@@ -35,16 +36,21 @@ class RopedKeys:
 
 
 def load_rows(a: np.ndarray) -> np.ndarray:
-    """Cache rows as float64 (the storage type's decoding)."""
-    if a.dtype.kind != "f":
+    """Cache rows as float64 (the storage type's decoding: tilellm.quant.kv)."""
+    if a.dtype.kind == "f":
+        return a.astype(np.float64)
+    if kv_type_of(a) is None:
         raise UnsupportedError(f"context shift over a KV cache stored as {a.dtype} is not supported")
-    return a.astype(np.float64)
+    return kv_load(a).astype(np.float64)  # bf16, q8_0
 
 
 def store_rows(dst: np.ndarray, x: np.ndarray, round_f16: bool = False) -> None:
     """float64 rows `x` into cache rows `dst`, rounded to its type once (`round_f16`: to fp16 first, as the
     numerics="ggml" models keep their float32 caches)."""
-    dst[...] = x.astype(np.float16) if round_f16 else x
+    if dst.dtype.kind == "f":  # one rounding from float64, as before
+        dst[...] = x.astype(np.float16) if round_f16 else x
+    else:  # bf16, q8_0: through float32 (the values were float32 before the rotation)
+        kv_store(dst, (x.astype(np.float16) if round_f16 else x).astype(np.float32))
 
 
 def rotate(x: np.ndarray, start: int, n_rot: int, mode: str, theta: np.ndarray) -> None:

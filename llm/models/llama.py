@@ -14,6 +14,7 @@ import numpy as np
 from tilellm.backend import Backend, LayerProgram
 from tilellm.quant import TensorView
 from tilellm.quant.errors import GGUFError, UnsupportedError
+from tilellm.quant.kv import kv_check_dims, kv_nbytes
 
 from ..gguf.hparams import HParams, check_block_count
 from ..gguf.metadata import float_in, str_of
@@ -44,16 +45,17 @@ class LlamaLayer:
 
 
 class LlamaModel(DecoderModel, BatchedDecoder):
-    """A decoder-only transformer of the LLaMA shape with a float32 KV cache."""
+    """A decoder-only transformer of the LLaMA shape; its KV cache holds `type_k` / `type_v` (default f16)."""
 
     rope_mode = "norm"  # llama GGUF files: q/k are stored permuted for adjacent-pair rotation
     ggml_f16_cache = True
 
     def __init__(self, file: Any, backend: Backend, n_ctx: int | None = None, n_batch: int = 512,
-                 numerics: str = "default") -> None:
+                 numerics: str = "default", *, type_k: Any = "f16", type_v: Any = "f16") -> None:
         self.file = file
         self.backend = backend
         self.numerics = check_numerics(numerics)
+        self._init_kv_types(type_k, type_v)
         md = file.metadata
         self.hparams = hp = HParams.from_metadata(md, self._vocab_size(file))
         check_block_count(md, file.tensors, hp.n_layer)
@@ -65,9 +67,12 @@ class LlamaModel(DecoderModel, BatchedDecoder):
         if not (math.isfinite(self.kq_mult) and self.kq_mult > 0):
             raise GGUFError(f"the rope.scaling metadata gives an attention scale of {self.kq_mult}")
         kv_shape = (hp.n_layer, self.n_ctx, hp.n_head_kv, hp.head_dim)
-        check_kv_cache(2 * 4 * math.prod(kv_shape), self.n_ctx, hp.n_ctx_train)  # float32 K and V
-        self.k_cache = np.zeros(kv_shape, np.float32)
-        self.v_cache = np.zeros(kv_shape, np.float32)
+        kv_check_dims(self.type_k, {"head_dim": hp.head_dim}, "type_k")
+        kv_check_dims(self.type_v, {"head_dim": hp.head_dim}, "type_v")
+        n = math.prod(kv_shape)
+        check_kv_cache(kv_nbytes(n, self.type_k) + kv_nbytes(n, self.type_v), self.n_ctx, hp.n_ctx_train)
+        self.k_cache = self._kv_zeros(kv_shape, "k")
+        self.v_cache = self._kv_zeros(kv_shape, "v")
         self.n_past = 0
 
     def _rope_scaling(self, md: Any) -> float:
@@ -163,8 +168,8 @@ class LlamaModel(DecoderModel, BatchedDecoder):
             add_qkv_biases(L, q, k, v)
             q = self.rope.apply(q.reshape(T, hp.n_head, hp.head_dim), cos, sin)
             k = self.rope.apply(k.reshape(T, hp.n_head_kv, hp.head_dim), cos, sin)
-            self.k_cache[li, p0:p0 + T] = self._f16_if_ggml(k)
-            self.v_cache[li, p0:p0 + T] = self._f16_if_ggml(v.reshape(T, hp.n_head_kv, hp.head_dim))
+            self._kv_put(self.k_cache[li, p0:p0 + T], self._f16_if_ggml(k))
+            self._kv_put(self.v_cache[li, p0:p0 + T], self._f16_if_ggml(v.reshape(T, hp.n_head_kv, hp.head_dim)))
             att = self._attention(self._f16_if_ggml(q), self.k_cache[li, :p0 + T], self.v_cache[li, :p0 + T], p0, scale)
             h = h + be.matmul(L.wo, att.reshape(T, -1))
             xp = be.prepare_rms_norm(h, L.ffn_norm, hp.rms_eps, L.w_gate.type)  # shared by gate and up
@@ -177,7 +182,7 @@ class LlamaModel(DecoderModel, BatchedDecoder):
     def _slot_arrays(self, n_slots: int, n_ctx: int) -> dict[str, np.ndarray]:
         hp = self.hparams
         shape = (n_slots, hp.n_layer, n_ctx, hp.n_head_kv, hp.head_dim)
-        return {"k": np.zeros(shape, np.float32), "v": np.zeros(shape, np.float32)}
+        return {"k": self._kv_zeros(shape, "k"), "v": self._kv_zeros(shape, "v")}
 
     def _forward_rows(self, cache: SlotCache, ids: np.ndarray, pos: np.ndarray, segs: list[Segment],
                       groups: list[slice]) -> np.ndarray:
@@ -203,8 +208,8 @@ class LlamaModel(DecoderModel, BatchedDecoder):
             att = np.empty((T, hp.n_head * hp.head_dim), np.float32)
             for s in segs:  # each sequence over its own cache, as a single sequence would
                 p1 = s.p0 + s.n
-                kc[s.slot, li, s.p0:p1] = self._f16_if_ggml(k[s.r0:s.r1])
-                vc[s.slot, li, s.p0:p1] = self._f16_if_ggml(v[s.r0:s.r1])
+                self._kv_put(kc[s.slot, li, s.p0:p1], self._f16_if_ggml(k[s.r0:s.r1]))
+                self._kv_put(vc[s.slot, li, s.p0:p1], self._f16_if_ggml(v[s.r0:s.r1]))
                 a = self._attention(self._f16_if_ggml(q[s.r0:s.r1]), kc[s.slot, li, :p1], vc[s.slot, li, :p1],
                                     s.p0, scale)
                 att[s.r0:s.r1] = a.reshape(s.n, -1)
