@@ -405,6 +405,38 @@ def test_disconnect_mid_stream_frees_the_slot(http: Any, url: str, ref: Any) -> 
     assert r["choices"][0]["text"] == want.text
 
 
+def test_event_stream_pings_while_silent_and_stops_when_the_client_leaves() -> None:
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    from tilellm.llm.server.sse import EventStream, sse_data
+
+    closed = threading.Event()
+
+    async def gen() -> Any:
+        try:
+            yield sse_data({"n": 1})
+            await asyncio.sleep(0.35)  # silence: keep-alive comments
+            yield sse_data("[DONE]")
+            await asyncio.sleep(30)    # the client hangs up meanwhile
+        finally:
+            closed.set()
+
+    async def route(request: Any) -> Any:
+        return EventStream(gen(), ping=0.1)
+
+    with _Server(Starlette(routes=[Route("/s", route)])) as srv, httpx.Client(timeout=10) as c:
+        with c.stream("GET", srv.url + "/s") as r:
+            assert r.headers["content-type"].startswith("text/event-stream")
+            lines = []
+            for line in r.iter_lines():
+                lines.append(line)
+                if line == "data: [DONE]":
+                    break
+        assert lines[0] == 'data: {"n":1}' and lines.count(": ping") >= 2, lines
+        assert closed.wait(5), "the generator still runs after the client left"
+
+
 @pytest.fixture(scope="module")
 def per_slot_url() -> Iterator[str]:
     for srv, _ in _serve(n_slots=4, max_queue=128, per_slot=True):

@@ -17,7 +17,6 @@ from typing import Any, AsyncIterator, Callable, Literal, Sequence, TypeVar, cas
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ValidationError
-from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tilellm.llm.text.chat_tools import ToolCall, resolve_tools, tool_call_delta
@@ -60,6 +59,7 @@ from .schemas import (
     TopLogprob,
     UsageInfo,
 )
+from .sse import EventStream, sse_data
 
 __all__ = ["create_app", "ServerSettings"]
 
@@ -246,8 +246,8 @@ def _check_failed(results: Sequence[Completion]) -> list[Finish]:
     return [cast(Finish, c.finish_reason) for c in results]
 
 
-def _sse(obj: Any) -> dict[str, str]:
-    return {"data": json.dumps(obj, ensure_ascii=False, separators=(",", ":"))}
+def _sse(obj: Any) -> bytes:
+    return sse_data(obj)
 
 
 class _Shape:
@@ -474,7 +474,7 @@ class _Routes:
                 body["usage"] = None
             return body
 
-        async def events() -> AsyncIterator[dict[str, str]]:
+        async def events() -> AsyncIterator[bytes]:
             usages: list[Any] = [None] * len(handles)
             held: list[list[TokenLogprobs]] = [[] for _ in handles]  # log-probabilities not sent yet
             try:
@@ -498,12 +498,12 @@ class _Routes:
                 if req.include_usage:
                     usage = self._total_usage(prompts, req.n, usages)
                     yield _sse({**head, "choices": [], "usage": usage.model_dump()})
-                yield {"data": "[DONE]"}
+                yield sse_data("[DONE]")
             finally:
                 for h in handles:
                     h.cancel()
 
-        return EventSourceResponse(events(), sep="\n", ping=15)
+        return EventStream(events(), ping=15)
 
     # -------------------------------------------------------------- /v1/completions
     async def completions(self, request: Request) -> Any:

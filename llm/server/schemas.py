@@ -3,10 +3,10 @@
 Requests forbid unknown fields (HTTP 400 naming the field). Fields of OpenAI's API that we accept but
 do not implement are allowed only at their neutral value (``best_of: 1``, ``suffix: null`` ...), so a client
 that sends defaults works and one that relies on them is told. ``tools`` / ``tool_choice`` (and the legacy
-``functions`` / ``function_call``) are checked by ``tilellm.llm.text.chat_tools.resolve_tools`` in the route. ``top_k`` and ``min_p``
-are extensions (llama-server has them too), and so is ``response_format`` on /v1/completions. Unset
-sampling fields take ``Model.generate``'s defaults (temperature 0.8, top_k 40, top_p 0.95, min_p 0.05),
-as llama-server does.
+``functions`` / ``function_call``) are checked by ``tilellm.llm.text.chat_tools.resolve_tools`` in the route.
+``top_k`` and ``min_p`` are extensions (llama-server has them too), and so is ``response_format`` on
+/v1/completions. Unset sampling fields take ``Model.generate``'s defaults (temperature 0.8, top_k 40, top_p 0.95,
+min_p 0.05), as llama-server does.
 """
 from __future__ import annotations
 
