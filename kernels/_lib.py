@@ -321,6 +321,21 @@ class GemmPlan:
         return f"GemmPlan({self.lib.variant}, {self.t.name}, m={self.m}, k={self.k})"
 
 
+
+def _matrix_shape(a: Any, what: str, dtype: Any, dtype_says: str, dims: tuple[str, str]) -> tuple[int, int]:
+    """Checks that `a` is a 2-D numpy array of `dtype` with at least one row: its (rows, columns), or a
+    ShapeError naming `what` was wrong (`dims`: the two axes' names, as the error says them)."""
+    if not isinstance(a, np.ndarray):
+        raise ShapeError(f"{what} must be a numpy array, got {type(a).__name__}")
+    if a.dtype != dtype:
+        raise ShapeError(f"{what} must be {dtype_says}, got {a.dtype}")
+    if a.ndim != 2:
+        raise ShapeError(f"{what} must be 2-D [{dims[0]}, {dims[1]}], got shape {a.shape}")
+    rows, cols = a.shape
+    if rows < 1:
+        raise ShapeError(f"{what} have {dims[0]} = {rows} rows; need at least 1")
+    return int(rows), int(cols)
+
 class KernelLib:
     """One loaded variant. All methods validate their arguments and raise ShapeError
     (bad arrays/sizes) or UnsupportedError (weight type without a kernel here)."""
@@ -403,15 +418,7 @@ class KernelLib:
     def _act_input(self, t: GGMLType, x: np.ndarray) -> tuple[int, int, int, Any]:
         """Checks float32 activations x [n, k] (rows contiguous, any row stride) for weights of type t:
         (n, k, row stride in floats, C pointer)."""
-        if not isinstance(x, np.ndarray):
-            raise ShapeError(f"activations must be a numpy array, got {type(x).__name__}")
-        if x.dtype != np.float32:
-            raise ShapeError(f"activations must be float32, got {x.dtype}")
-        if x.ndim != 2:
-            raise ShapeError(f"activations must be 2-D [n, k], got shape {x.shape}")
-        n, k = x.shape
-        if n < 1:
-            raise ShapeError(f"activations have n = {n} rows; need at least 1")
+        n, k = _matrix_shape(x, "activations", np.float32, "float32", ("n", "k"))
         k = self._check_k(t, k)
         sx0, sx1 = x.strides
         if sx1 != 4 or not x.flags.aligned:
@@ -552,15 +559,7 @@ class KernelLib:
         t, bs, ts, at = self._info(weight_type)
         k = self._check_k(t, k)
         rb = k // bs * ts
-        if not isinstance(w2d, np.ndarray):
-            raise ShapeError(f"weights must be a numpy array, got {type(w2d).__name__}")
-        if w2d.dtype != np.uint8:
-            raise ShapeError(f"weights must be raw uint8 bytes, got {w2d.dtype}")
-        if w2d.ndim != 2:
-            raise ShapeError(f"weights must be 2-D [m, row_bytes], got shape {w2d.shape}")
-        m, wb = w2d.shape
-        if m < 1:
-            raise ShapeError(f"weights have m = {m} rows; need at least 1")
+        m, wb = _matrix_shape(w2d, "weights", np.uint8, "raw uint8 bytes", ("m", "row_bytes"))
         if wb != rb:
             raise ShapeError(f"weight rows are {wb} bytes but {t.name} with k = {k} needs {rb}")
         sw0, sw1 = w2d.strides

@@ -87,12 +87,19 @@ def _q4_0_dequant(r: np.ndarray) -> np.ndarray:
     return _f16(r[:, :2]) * (_split_nibbles(r[:, 2:]).astype(np.float32) - 8)
 
 
-def _q4_1_quant(b: np.ndarray) -> np.ndarray:
+def _min_scale(b: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ggml's min/scale blocks (q4_1, q5_1): per row the min `lo`, the step d = (max - min) / top and its
+    inverse (0 where d is 0), float32 columns."""
     lo = b.min(axis=1, keepdims=True)
     hi = b.max(axis=1, keepdims=True)
-    d = (hi - lo) / np.float32(15)
+    d = (hi - lo) / np.float32(top)
     with np.errstate(divide="ignore"):
         inv = np.where(d == 0, np.float32(0), np.float32(1) / d).astype(np.float32)
+    return lo, d, inv
+
+
+def _q4_1_quant(b: np.ndarray) -> np.ndarray:
+    lo, d, inv = _min_scale(b, 15)
     q = np.minimum(np.trunc((b - lo) * inv + np.float32(0.5)), 15).astype(np.uint8)
     return np.concatenate([_f16_bytes(d), _f16_bytes(lo), _pack_nibbles(q)], axis=1)
 
@@ -205,11 +212,7 @@ def _q8_k_quant(b: np.ndarray) -> np.ndarray:
 # ---- q5_1 (ggml's reference quantizer, so gguf.quants' too) -------------------------------------
 
 def _q5_1_quant(b: np.ndarray) -> np.ndarray:
-    lo = b.min(axis=1, keepdims=True)
-    hi = b.max(axis=1, keepdims=True)
-    d = (hi - lo) / np.float32(31)
-    with np.errstate(divide="ignore"):
-        inv = np.where(d == 0, np.float32(0), np.float32(1) / d).astype(np.float32)
+    lo, d, inv = _min_scale(b, 31)
     q = np.clip(np.trunc((b - lo) * inv + np.float32(0.5)), 0, 31).astype(np.uint8)
     qh = np.packbits((q >> 4) & 1, axis=1, bitorder="little")
     return np.concatenate([_f16_bytes(d), _f16_bytes(lo), qh, _pack_nibbles(q & 0x0F)], axis=1)

@@ -49,6 +49,27 @@ __arm_sme_state:
         ret
         .size   __arm_sme_state, . - __arm_sme_state
 
+// The body both share: check the block at \blk (reserved fields zero, else abort), then move its
+// num_za_slices ZA rows with \op (str: save, ldr: restore) to or from its buffer, one SVL row at a time.
+        .macro  za_slices op, blk
+        ldrh    w14, [\blk, #10]
+        cbnz    w14, 8f
+        ldr     w14, [\blk, #12]
+        cbnz    w14, 8f
+        ldrh    w14, [\blk, #8]
+        ldr     x16, [\blk]
+        mov     w15, #0
+        cbz     w14, 9f
+1:      \op     za[w15, 0], [x16]
+        addsvl  x16, x16, #1
+        add     w15, w15, #1
+        cmp     w15, w14
+        b.lo    1b
+9:      ret
+8:      smstop
+        b       abort
+        .endm
+
 // Commit a pending lazy save: TPIDR2_EL0 -> {u64 buffer, u16 num_za_slices, u8 reserved[6]}.
 // Uses only x14-x16 (callers assume a preserve-most convention).
         .globl  __arm_tpidr2_save
@@ -57,22 +78,7 @@ __arm_sme_state:
 __arm_tpidr2_save:
         mrs     x16, TPIDR2_EL0
         cbz     x16, 9f
-        ldrh    w14, [x16, #10]
-        cbnz    w14, 8f
-        ldr     w14, [x16, #12]
-        cbnz    w14, 8f
-        ldrh    w14, [x16, #8]
-        ldr     x16, [x16]
-        mov     w15, #0
-        cbz     w14, 9f
-1:      str     za[w15, 0], [x16]
-        addsvl  x16, x16, #1
-        add     w15, w15, #1
-        cmp     w15, w14
-        b.lo    1b
-9:      ret
-8:      smstop
-        b       abort
+        za_slices str, x16
         .size   __arm_tpidr2_save, . - __arm_tpidr2_save
 
         .globl  __arm_tpidr2_restore
@@ -81,22 +87,7 @@ __arm_tpidr2_save:
 __arm_tpidr2_restore:
         mrs     x16, TPIDR2_EL0
         cbnz    x16, 8f
-        ldrh    w14, [x0, #10]
-        cbnz    w14, 8f
-        ldr     w14, [x0, #12]
-        cbnz    w14, 8f
-        ldrh    w14, [x0, #8]
-        ldr     x16, [x0]
-        mov     w15, #0
-        cbz     w14, 9f
-1:      ldr     za[w15, 0], [x16]
-        addsvl  x16, x16, #1
-        add     w15, w15, #1
-        cmp     w15, w14
-        b.lo    1b
-9:      ret
-8:      smstop
-        b       abort
+        za_slices ldr, x0
         .size   __arm_tpidr2_restore, . - __arm_tpidr2_restore
 
         .globl  __arm_za_disable

@@ -25,9 +25,12 @@ import itertools
 import string
 import sys
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import gguf
 
 WEIGHT_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_1", "iq4_nl", "iq4_xs", "q2_k", "q3_k")
 
@@ -83,6 +86,23 @@ def _matrix(rng: np.random.Generator, rows: int, k: int, gain: float = 1.0) -> n
     return w
 
 
+def add_llama_vocab(w: gguf.GGUFWriter, n_vocab: int) -> None:
+    """`build_vocab(n_vocab)` written as a SentencePiece ("llama") tokenizer: <unk> 0, <s> 1, </s> 2, BOS added,
+    a space prefix."""
+    tokens, scores, types = build_vocab(n_vocab)
+    w.add_tokenizer_model("llama")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_unk_token_id(0)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_add_bos_token(True)
+    w.add_add_eos_token(False)
+    w.add_add_space_prefix(True)
+
+
 def write_synthetic_gguf(
     path: str | Path,
     *,
@@ -122,8 +142,6 @@ def write_synthetic_gguf(
     for label, k in (("hidden", hidden), ("ffn", ffn)):
         if k % block:
             raise ValueError(f"--{label} {k} must be a multiple of {block} for {wtype}")
-    tokens, scores, types = build_vocab(vocab)
-
     rng = np.random.default_rng(seed)
     path = Path(path)
     w = gguf.GGUFWriter(str(path), "llama")
@@ -141,17 +159,7 @@ def write_synthetic_gguf(
     w.add_file_type(_FILE_TYPE[wtype])
     if wtype not in ("f32", "f16", "bf16"):
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    w.add_tokenizer_model("llama")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(tokens)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    w.add_unk_token_id(0)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_add_bos_token(True)
-    w.add_add_eos_token(False)
-    w.add_add_space_prefix(True)
+    add_llama_vocab(w, vocab)
 
     qtype = gguf.GGMLQuantizationType(int(gt))
 

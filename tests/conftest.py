@@ -8,6 +8,7 @@ import pytest
 
 DATA = Path(__file__).parent / "data"
 LLAMA2_TYPES = ["f32", "bf16", "q8_0", "q4_0", "q4_1"]
+MICRO_Q8 = DATA / "llama2-micro-q8_0.gguf"  # the serving tests' model
 
 
 def fixture_path(name: str) -> Path:
@@ -145,3 +146,13 @@ def stub_gguf(path: Path, arch: str, ctx: int = 64, rows: int = 4) -> Path:
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+@pytest.fixture(scope="module")
+def micro_q8_ref():
+    """The llama2-micro q8_0 fixture loaded once per module on one thread: the single-sequence reference the
+    serving tests compare their engines with."""
+    import tilellm
+
+    with tilellm.load(str(MICRO_Q8), n_threads=1) as m:
+        yield m

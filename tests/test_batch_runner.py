@@ -2,24 +2,23 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Any
 
 import numpy as np
 import pytest
+from conftest import MICRO_Q8
 
 import tilellm
 from tilellm.llm.server import BatchedRunner, BatchEntry, Engine, GenerationRequest, SamplingParams
 from tilellm.llm.server.runner import default_runner
 
-MODEL = os.path.join(os.path.dirname(__file__), "data", "llama2-micro-q8_0.gguf")
+MODEL = str(MICRO_Q8)
 GREEDY = SamplingParams(temperature=0.0)
 
 
 @pytest.fixture(scope="module")
-def ref() -> Any:
-    with tilellm.load(MODEL, n_threads=1) as m:
-        yield m
+def ref(micro_q8_ref: Any) -> Any:
+    return micro_q8_ref
 
 
 def test_default_runner_is_batched_and_sized_for_a_chunk_beside_every_slot(ref: Any) -> None:

@@ -63,7 +63,6 @@ def every_type_gguf(tmp_path_factory):
     shapes = {"token_embd": (VOCAB, HIDDEN), "attn_q": (HIDDEN, HIDDEN), "attn_k": (kv, HIDDEN), "attn_v": (kv, HIDDEN),
               "attn_output": (HIDDEN, HIDDEN), "ffn_gate": (FFN, HIDDEN), "ffn_up": (FFN, HIDDEN),
               "ffn_down": (HIDDEN, FFN), "output": (VOCAB, HIDDEN)}
-    tokens, scores, ttypes = synthetic_module().build_vocab(VOCAB)
     rng = np.random.default_rng(0)
     path = tmp_path_factory.mktemp("every") / "every-type.gguf"
     w = gguf.GGUFWriter(str(path), "llama")
@@ -77,17 +76,7 @@ def every_type_gguf(tmp_path_factory):
     w.add_rope_freq_base(10000.0)
     w.add_rope_dimension_count(head_dim)
     w.add_vocab_size(VOCAB)
-    w.add_tokenizer_model("llama")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(tokens)
-    w.add_token_scores(scores)
-    w.add_token_types(ttypes)
-    w.add_unk_token_id(0)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_add_bos_token(True)
-    w.add_add_eos_token(False)
-    w.add_add_space_prefix(True)
+    synthetic_module().add_llama_vocab(w, VOCAB)
     made = {}
     for i, name in enumerate(names):
         t = types[i % len(types)]

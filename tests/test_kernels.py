@@ -566,20 +566,24 @@ def test_cpu_features_match_proc_cpuinfo():
         assert (ours in feats) == (linux in flags), ours
 
 
+def _capped_child(code: str, cap: str) -> subprocess.CompletedProcess:
+    """Python `code` run in a child with $TILELLM_CPU_CAP=cap (the cap is read once, at start)."""
+    return subprocess.run([sys.executable, "-c", code], env={**os.environ, "TILELLM_CPU_CAP": cap},
+                          capture_output=True, text=True, timeout=120)
+
+
 def test_cpu_cap_limits_features_and_backends():
     """$TILELLM_CPU_CAP=avx2 (read once at start, so in a child) hides everything beyond AVX2 from the registry."""
     code = ("from tilellm import kernels, backend; "
             "print(sorted(kernels.cpu_features())); print(backend.available())")
-    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TILELLM_CPU_CAP": "avx2"},
-                       capture_output=True, text=True, timeout=120)
+    r = _capped_child(code, "avx2")
     assert r.returncode == 0, r.stderr
     feats, avail = r.stdout.splitlines()
     assert set(eval(feats)) <= {"avx2", "fma", "f16c"}
     assert not any(v in avail for v in ("avx512", "avxvnni", "amx", "neon", "sme"))
     if {"avx2", "fma", "f16c"} <= kernels.detected_cpu_features() and "avx2" in kernels.compiled():
         assert "'avx2'" in avail
-    bad = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TILELLM_CPU_CAP": "avx9"},
-                         capture_output=True, text=True, timeout=120)
+    bad = _capped_child(code, "avx9")
     assert bad.returncode != 0 and "TILELLM_CPU_CAP" in bad.stderr
 
 
@@ -596,8 +600,7 @@ def test_avxvnni_is_chosen_without_avx512():
         assert backends.available().index("avx512") < backends.available().index("avxvnni")
     code = ("from tilellm import backend, kernels; be = backend.get('auto', n_threads=1); "
             "print(backend.available()); print(be.lib.variant, be.fallback.lib.variant)")
-    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TILELLM_CPU_CAP": "avxvnni"},
-                       capture_output=True, text=True, timeout=120)
+    r = _capped_child(code, "avxvnni")
     assert r.returncode == 0, r.stderr
     avail, chosen = r.stdout.splitlines()
     assert eval(avail) == ["avxvnni", "avx2", "portable", "reference"]

@@ -30,7 +30,8 @@ def lib(request):
     return kernels.load(request.param, n_threads=2)
 
 
-def _need(lib, t):
+def need(lib, t):
+    """Skips the test where this variant has no kernel of type t (portable must have every one)."""
     if not lib.supports(t):
         assert lib.variant != "portable", f"portable must support {t.name}"
         pytest.skip(f"{lib.variant} has no {t.name} kernel (Python falls back to a lower variant)")
@@ -56,12 +57,17 @@ def make_weights(t: GGMLType, m: int, k: int, rng) -> np.ndarray:
     return raw.reshape(m, k // 256 * ts)
 
 
-def make(t: GGMLType, m: int, k: int, n: int, seed: int):
+def make_from(make_weights, t: GGMLType, m: int, k: int, n: int, seed: int):
+    """Weights [m, k] of type t by `make_weights(t, m, k, rng)` (raw bytes) and float32 activations [n, k]."""
     rng = np.random.default_rng(seed)
     raw = make_weights(t, m, k, rng)
     x = (rng.standard_normal((n, k)) * rng.uniform(0.5, 2.0, size=(n, 1))).astype(np.float32)
     assert raw.dtype == np.uint8 and raw.shape == (m, row_bytes(t, k))
     return raw, x
+
+
+def make(t: GGMLType, m: int, k: int, n: int, seed: int):
+    return make_from(make_weights, t, m, k, n, seed)
 
 
 def reference(t: GGMLType, raw: np.ndarray, k: int, x: np.ndarray):
@@ -80,7 +86,7 @@ Q5_SHAPES = [(1, 32, 1), (1, 32, 2), (3, 32, 1), (5, 64, 3), (7, 96, 1), (13, 12
 @pytest.mark.parametrize("t", KTYPES, ids=lambda t: t.name)
 @pytest.mark.parametrize("shape", K_SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_kquant_gemm_matches_reference(lib, t, shape):
-    _need(lib, t)
+    need(lib, t)
     m, k, n = shape
     raw, x = make(t, m, k, n, seed=m * 1000 + k + n + int(t))
     y = lib.gemm(t, raw, k, lib.prepare(t, x))
@@ -90,7 +96,7 @@ def test_kquant_gemm_matches_reference(lib, t, shape):
 
 @pytest.mark.parametrize("shape", Q5_SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_q5_0_gemm_matches_reference(lib, shape):
-    _need(lib, T.Q5_0)
+    need(lib, T.Q5_0)
     m, k, n = shape
     raw, x = make(T.Q5_0, m, k, n, seed=m * 1000 + k + n)
     y = lib.gemm(T.Q5_0, raw, k, lib.prepare(T.Q5_0, x))
@@ -109,7 +115,7 @@ def test_portable_supports_all_and_act_types():
 
 @pytest.mark.parametrize("t", NEW_TYPES, ids=lambda t: t.name)
 def test_act_types(lib, t):
-    _need(lib, t)
+    need(lib, t)
     assert lib.act_type(t) == (T.Q8_0 if t == T.Q5_0 else T.Q8_K)
 
 
@@ -153,9 +159,9 @@ def test_q8_act_layout(lib):
         assert rows[3, 40] == 0
 
 
-@pytest.mark.parametrize("t", NEW_TYPES, ids=lambda t: t.name)
-def test_threads_bit_identical(lib, t):
-    _need(lib, t)
+def check_threads_bit_identical(lib, t: GGMLType, make) -> None:
+    """The same bits on 1, 2, 3 and 7 threads, for a batch and for one token (`make` as `make` here)."""
+    need(lib, t)
     k = 512
     for m, n in [(301, 37), (513, 1)]:
         raw, x = make(t, m, k, n, seed=m + n)
@@ -165,13 +171,11 @@ def test_threads_bit_identical(lib, t):
             assert np.array_equal(y1, lib.gemm(t, raw, k, p, n_threads=nth)), (m, n, nth)
 
 
-@pytest.mark.parametrize("t", NEW_TYPES, ids=lambda t: t.name)
-def test_token_result_independent_of_batch(lib, t):
+def check_batch_independent(lib, t: GGMLType, k: int, make) -> None:
     """A token's outputs are the same bits alone (gemv), in a batch of at most one register tile and in a
     large batch: kernels take different paths there (neon: decode on the fly vs a panel decoded once into
     scratch), which must not change the arithmetic (kquants.h: results depend only on k)."""
-    _need(lib, t)
-    k = 160 if t == T.Q5_0 else 768
+    need(lib, t)
     m, n = 23, 19
     raw, x = make(t, m, k, n, seed=77 + int(t))
     big = lib.gemm(t, raw, k, lib.prepare(t, x))
@@ -182,9 +186,19 @@ def test_token_result_independent_of_batch(lib, t):
         assert np.array_equal(y, big[j0:j1]), (j0, j1)
 
 
+@pytest.mark.parametrize("t", NEW_TYPES, ids=lambda t: t.name)
+def test_threads_bit_identical(lib, t):
+    check_threads_bit_identical(lib, t, make)
+
+
+@pytest.mark.parametrize("t", NEW_TYPES, ids=lambda t: t.name)
+def test_token_result_independent_of_batch(lib, t):
+    check_batch_independent(lib, t, 160 if t == T.Q5_0 else 768, make)
+
+
 def test_q5_0_shares_prepared_with_q4_0_and_q8_0(lib):
     """q5_0 takes the q8_0 activations: one Prepared serves q4_0, q8_0 and q5_0 weights."""
-    _need(lib, T.Q5_0)
+    need(lib, T.Q5_0)
     rng = np.random.default_rng(9)
     k, n = 256, 6
     x = rng.standard_normal((n, k)).astype(np.float32)
@@ -209,7 +223,7 @@ def test_kquants_share_prepared(lib):
 
 
 def test_strided_rows_and_k_checks(lib):
-    _need(lib, T.Q4_K)
+    need(lib, T.Q4_K)
     rng = np.random.default_rng(2)
     raw = make_weights(T.Q4_K, 20, 512, rng)
     x = rng.standard_normal((3, 512)).astype(np.float32)
@@ -284,7 +298,7 @@ def _extreme_weights(t: GGMLType, m: int, k: int, rng) -> np.ndarray:
 @pytest.mark.parametrize("t", NEW_TYPES, ids=lambda t: t.name)
 @pytest.mark.parametrize("n", [1, 5])
 def test_extreme_quants_no_int16_saturation(lib, t, n):
-    _need(lib, t)
+    need(lib, t)
     rng = np.random.default_rng(11 + n)
     m, k = 19, 512
     raw = _extreme_weights(t, m, k, rng)
@@ -351,7 +365,7 @@ def ggml_act_ref(x: np.ndarray, span: int) -> np.ndarray:
 def test_ggml_act_rounding(lib, t):
     """In ggml mode every variant quantizes activations with one scale per 32 values (per 256 for the
     K-quants) — and the result must NOT also match the default per-16 rounding at this tolerance."""
-    _need(lib, t)
+    need(lib, t)
     lib = kernels.load(lib.variant, n_threads=2, act_rounding="ggml")
     span = 256 if t in KTYPES else 32
     for m, k, n in [(5, 256, 1), (17, 512, 3), (33, 768, 9), (3, 256, 40)]:

@@ -11,11 +11,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_kernels import RUNNABLE, check_close, q8_act_ref
-from test_kernels_kquant import ggml_act_ref
+from test_kernels import RUNNABLE, check_close
+from test_kernels_kquant import (
+    check_batch_independent,
+    check_threads_bit_identical,
+    ggml_act_ref,
+    make_from,
+    need,
+    reference,
+)
 
 from tilellm import kernels
-from tilellm.quant import TYPE_INFO, GGMLType, dequantize, row_bytes
+from tilellm.quant import TYPE_INFO, GGMLType, dequantize
 
 T = GGMLType
 QX_TYPES = [T.Q5_1, T.IQ4_NL, T.IQ4_XS, T.Q2_K, T.Q3_K]
@@ -36,12 +43,6 @@ def lib(request):
     return kernels.load(request.param, n_threads=2)
 
 
-def _need(lib, t):
-    if not lib.supports(t):
-        assert lib.variant != "portable", f"portable must support {t.name}"
-        pytest.skip(f"{lib.variant} has no {t.name} kernel (Python falls back to a lower variant)")
-
-
 def make_weights(t: GGMLType, m: int, k: int, rng) -> np.ndarray:
     ts, bs = TYPE_INFO[t].type_size, TYPE_INFO[t].block_size
     nb = m * k // bs
@@ -53,17 +54,7 @@ def make_weights(t: GGMLType, m: int, k: int, rng) -> np.ndarray:
 
 
 def make(t: GGMLType, m: int, k: int, n: int, seed: int):
-    rng = np.random.default_rng(seed)
-    raw = make_weights(t, m, k, rng)
-    x = (rng.standard_normal((n, k)) * rng.uniform(0.5, 2.0, size=(n, 1))).astype(np.float32)
-    assert raw.dtype == np.uint8 and raw.shape == (m, row_bytes(t, k))
-    return raw, x
-
-
-def reference(t: GGMLType, raw: np.ndarray, k: int, x: np.ndarray):
-    wd = dequantize(raw, t, k).astype(np.float64).reshape(-1, k)
-    xd = q8_act_ref(x)
-    return xd @ wd.T, np.abs(xd) @ np.abs(wd).T
+    return make_from(make_weights, t, m, k, n, seed)
 
 
 # (m, k, n): ragged against 4- and 8-row tiles and any token tile, n = 1, k = one block
@@ -76,7 +67,7 @@ CASES = [(t, s) for t in QX_TYPES for s in (B32_SHAPES if t in SMALL_BLOCK else 
 
 @pytest.mark.parametrize("t,shape", CASES, ids=[f"{t.name}-{'x'.join(map(str, s))}" for t, s in CASES])
 def test_gemm_matches_reference(lib, t, shape):
-    _need(lib, t)
+    need(lib, t)
     m, k, n = shape
     raw, x = make(t, m, k, n, seed=m * 1000 + k + n + int(t))
     y = lib.gemm(t, raw, k, lib.prepare(t, x))
@@ -101,36 +92,18 @@ def test_x86_variants_are_native():
 
 @pytest.mark.parametrize("t", QX_TYPES, ids=lambda t: t.name)
 def test_act_types(lib, t):
-    _need(lib, t)
+    need(lib, t)
     assert lib.act_type(t) == ACT[t]
 
 
 @pytest.mark.parametrize("t", QX_TYPES, ids=lambda t: t.name)
 def test_threads_bit_identical(lib, t):
-    _need(lib, t)
-    k = 512
-    for m, n in [(301, 37), (513, 1)]:
-        raw, x = make(t, m, k, n, seed=m + n)
-        p = lib.prepare(t, x)
-        y1 = lib.gemm(t, raw, k, p, n_threads=1)
-        for nth in (2, 3, 7):
-            assert np.array_equal(y1, lib.gemm(t, raw, k, p, n_threads=nth)), (m, n, nth)
+    check_threads_bit_identical(lib, t, make)
 
 
 @pytest.mark.parametrize("t", QX_TYPES, ids=lambda t: t.name)
 def test_token_result_independent_of_batch(lib, t):
-    """A token's outputs are the same bits alone (gemv), in a batch of at most one register tile and in a
-    large batch (panel decoded once into scratch): the arithmetic depends only on k."""
-    _need(lib, t)
-    k = 160 if t in SMALL_BLOCK else 768
-    m, n = 23, 19
-    raw, x = make(t, m, k, n, seed=77 + int(t))
-    big = lib.gemm(t, raw, k, lib.prepare(t, x))
-    ref, scale = reference(t, raw, k, x)
-    check_close(big, ref, scale)
-    for j0, j1 in [(0, 1), (5, 6), (18, 19), (3, 7), (8, 14), (1, 18)]:
-        y = lib.gemm(t, raw, k, lib.prepare(t, x[j0:j1]))
-        assert np.array_equal(y, big[j0:j1]), (j0, j1)
+    check_batch_independent(lib, t, 160 if t in SMALL_BLOCK else 768, make)
 
 
 def _extreme_weights(t: GGMLType, m: int, k: int, rng) -> np.ndarray:
@@ -157,7 +130,7 @@ def _extreme_weights(t: GGMLType, m: int, k: int, rng) -> np.ndarray:
 @pytest.mark.parametrize("t", QX_TYPES, ids=lambda t: t.name)
 @pytest.mark.parametrize("n", [1, 5])
 def test_extreme_quants_no_int16_saturation(lib, t, n):
-    _need(lib, t)
+    need(lib, t)
     rng = np.random.default_rng(11 + n)
     m, k = 19, 512
     raw = _extreme_weights(t, m, k, rng)
@@ -202,7 +175,7 @@ def test_avx2_bit_identical_to_avx512(t):
 @pytest.mark.parametrize("t", QX_TYPES, ids=lambda t: t.name)
 def test_ggml_act_rounding(lib, t):
     """In ggml mode activations take ggml's partner type's granularity (q8_0 / q8_1: per 32, q8_K: per 256)."""
-    _need(lib, t)
+    need(lib, t)
     lib = kernels.load(lib.variant, n_threads=2, act_rounding="ggml")
     span = 256 if ACT[t] == T.Q8_K else 32
     for m, k, n in [(5, 256, 1), (17, 512, 3), (33, 768, 9)]:

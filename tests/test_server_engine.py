@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import time
 from typing import Any
 
 import pytest
+from conftest import MICRO_Q8
 
 import tilellm
 import tilellm.backend
@@ -22,14 +22,13 @@ from tilellm.llm.server import (
     SerialRunner,
 )
 
-MODEL = os.path.join(os.path.dirname(__file__), "data", "llama2-micro-q8_0.gguf")
+MODEL = str(MICRO_Q8)
 GREEDY = SamplingParams(temperature=0.0)
 
 
 @pytest.fixture(scope="module")
-def ref() -> Any:
-    with tilellm.load(MODEL, n_threads=1) as m:
-        yield m
+def ref(micro_q8_ref: Any) -> Any:
+    return micro_q8_ref
 
 
 def _engine(**kw: Any) -> Engine:

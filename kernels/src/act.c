@@ -114,8 +114,9 @@ typedef struct {
 } act_ctx;
 
 /* y = x / sqrt(mean(x^2) + eps) * w for one row: the sum of squares in double (exact enough that the
- * order does not matter), mean rounded to f32, then f32 operations as written (layers.rms_norm's). */
-static void rms_row(const float *TL_RESTRICT x, const float *TL_RESTRICT w, float eps, int64_t k, float *TL_RESTRICT y) {
+ * order does not matter), mean rounded to f32, then f32 operations as written (layers.rms_norm's).
+ * x and y may be the same row (decode.c normalises in place): no restrict. */
+void tl_rms_row(const float *x, const float *w, float eps, int64_t k, float *y) {
     double ss0 = 0.0, ss1 = 0.0, ss2 = 0.0, ss3 = 0.0;
     int64_t p = 0;
     for (; p + 4 <= k; p += 4) {
@@ -152,7 +153,7 @@ static void act_rows(act_ctx *c, int64_t j0, int64_t j1) {
     if (c->src2)
         for (int64_t j = j0; j < j1; j++) swiglu_row(c->src + j * c->k, c->src2 + j * c->k, c->k, (float *)c->x + j * c->k);
     else if (c->src)
-        for (int64_t j = j0; j < j1; j++) rms_row(c->src + j * c->ldsrc, c->w, c->eps, c->k, (float *)c->x + j * c->k);
+        for (int64_t j = j0; j < j1; j++) tl_rms_row(c->src + j * c->ldsrc, c->w, c->eps, c->k, (float *)c->x + j * c->k);
     const int at0 = tl_default_act_type(c->wtype);
     /* the shared q8 layout, whoever writes it */
     const int q8 = c->uk->act_type == 0 && (at0 == TL_Q8_0 || at0 == TL_Q8_1 || at0 == TL_Q8_K);

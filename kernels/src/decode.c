@@ -21,23 +21,6 @@ static void add_to(float *TL_RESTRICT y, const float *TL_RESTRICT x, int64_t n) 
     for (int64_t i = 0; i < n; i++) y[i] += x[i];
 }
 
-/* y = x / sqrt(mean(x^2) + eps) * w (act.c's rms_row: the sum of squares in double, then f32). In place allowed. */
-static void rms_row(const float *x, const float *w, float eps, int64_t k, float *y) {
-    double ss0 = 0.0, ss1 = 0.0, ss2 = 0.0, ss3 = 0.0;
-    int64_t p = 0;
-    for (; p + 4 <= k; p += 4) {
-        ss0 += (double)x[p] * x[p];
-        ss1 += (double)x[p + 1] * x[p + 1];
-        ss2 += (double)x[p + 2] * x[p + 2];
-        ss3 += (double)x[p + 3] * x[p + 3];
-    }
-    for (; p < k; p++) ss0 += (double)x[p] * x[p];
-    const float m = (float)((ss0 + ss1 + ss2 + ss3) / (double)k);
-    const float v = m + eps;
-    const float r = 1.0f / sqrtf(v);
-    for (p = 0; p < k; p++) y[p] = (x[p] * r) * w[p];
-}
-
 /* Rotate the first n_rot dims of each of nh heads of x (heads ld floats apart) by angles with cos c / sin s
  * [n_rot / 2]: adjacent pairs, or the two halves (neox). */
 static void rope(float *x, int64_t nh, int64_t ld, int64_t n_rot, int neox, const float *c, const float *s) {
@@ -407,7 +390,7 @@ static int run_step(tl_ctx *ctx, const tl_program *p, const tl_step *st, int64_t
         switch (st->op) {
         case TL_OP_RMS_NORM:
             for (int64_t r = 0; r < st->rows; r++)
-                rms_row(t + st->src + r * st->ld_src, st->vec, st->eps, st->n, t + st->dst + r * st->ld_dst);
+                tl_rms_row(t + st->src + r * st->ld_src, st->vec, st->eps, st->n, t + st->dst + r * st->ld_dst);
             break;
         case TL_OP_ADD:
             for (int64_t r = 0; r < st->rows; r++) add_to(t + st->dst + r * st->ld_dst, st->vec ? st->vec : t + st->src + r * st->ld_src, st->n);

@@ -165,5 +165,7 @@ struct tl_gemm_args;
 void tl_gemm_drive(const struct tl_ukernel *uk, const struct tl_gemm_args *a, int nthreads);
 /* count products sharing one activation; n == 1: one parallel job over all their rows. */
 void tl_gemm_drive_many(int count, const struct tl_ukernel *const *uk, const struct tl_gemm_args *a, int nthreads);
+/* act.c: y = x / sqrt(mean(x^2) + eps) * w for one row of k (in place allowed); the one RMS norm of the C side. */
+void tl_rms_row(const float *x, const float *w, float eps, int64_t k, float *y);
 
 #endif

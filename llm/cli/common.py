@@ -40,9 +40,10 @@ def error_line(e: BaseException) -> str:
 
 
 def guarded_main(run: Callable[[Sequence[str] | None, TextIO, TextIO], int], argv: Sequence[str] | None,
-                 out: TextIO, err: TextIO, *, interrupted: str | None = None) -> int:
-    """Run a tool's `run(argv, out, err)` under the one-line error contract; `interrupted` is printed on Ctrl-C.
-    ``TILELLM_DEBUG=1`` lets unexpected exceptions through with their traceback."""
+                 out: TextIO, err: TextIO, *, interrupted: str | None = None,
+                 on_interrupt: Callable[[], None] | None = None) -> int:
+    """Run a tool's `run(argv, out, err)` under the one-line error contract; on Ctrl-C `interrupted` is printed
+    and `on_interrupt` called. ``TILELLM_DEBUG=1`` lets unexpected exceptions through with their traceback."""
     try:
         return run(argv, out, err)
     except UsageError as e:
@@ -51,6 +52,8 @@ def guarded_main(run: Callable[[Sequence[str] | None, TextIO, TextIO], int], arg
     except KeyboardInterrupt:
         if interrupted:
             print(interrupted, file=err)
+        if on_interrupt is not None:
+            on_interrupt()
         return EXIT_SIGINT
     except BrokenPipeError:
         return EXIT_PIPE

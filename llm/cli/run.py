@@ -33,23 +33,14 @@ import sys
 import threading
 import time
 import warnings
-from typing import Any, Iterator, NoReturn, Sequence, TextIO
+from typing import Any, Iterator, Sequence, TextIO
+
+from .common import EXIT_PIPE, Parser, UsageError, guarded_main
 
 __all__ = ["main", "run_main", "build_parser", "format_timings"]
 
-EXIT_ERROR, EXIT_USAGE, EXIT_SIGINT, EXIT_PIPE = 1, 2, 130, 141
 # No context holds a prompt this long (1M tokens of ~4 bytes each); reading stops there (e.g. -f /dev/zero).
 MAX_PROMPT_BYTES = 1 << 26
-
-
-class _UsageError(Exception):
-    """A command-line mistake (reported as one line, exit 2)."""
-
-
-class _Parser(argparse.ArgumentParser):
-    # argparse prints the whole usage block and exits; we want one line and control of the exit
-    def error(self, message: str) -> NoReturn:
-        raise _UsageError(message)
 
 
 def _int_arg(lo: int | None = None) -> Any:
@@ -74,7 +65,7 @@ def _float_arg(s: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     """The ``llm-run`` argument parser."""
     # allow_abbrev=False: llama.cpp's multi-letter single-dash flags (-ngl, -cnv, -ctk ...) are whole words
-    p = _Parser(prog="llm-run", description="Generate text with a GGUF model on the CPU (tilellm).", allow_abbrev=False,
+    p = Parser(prog="llm-run", description="Generate text with a GGUF model on the CPU (tilellm).", allow_abbrev=False,
                 epilog="-n: -1 (default) = until end of generation or full context; -2 = until the context is full "
                        "(the same here: no context shift); 0 = evaluate the prompt only.")
     p.add_argument("model_pos", nargs="?", metavar="MODEL.gguf", help="model file (or use -m)")
@@ -167,11 +158,11 @@ def _version() -> str:
 def _check_compat(args: argparse.Namespace, err: TextIO) -> None:
     """Refuse llama.cpp flags that cannot work here; note the ones that are ignored."""
     if args.hf_repo is not None or args.hf_file is not None:
-        raise _UsageError("-hf/--hf-repo is not supported: tilellm runs offline; download the GGUF and pass -m FILE")
+        raise UsageError("-hf/--hf-repo is not supported: tilellm runs offline; download the GGUF and pass -m FILE")
     if args.cache_type_k is not None or args.cache_type_v is not None:
-        raise _UsageError("-ctk/-ctv (KV cache types) are not supported yet: the KV cache has a single type")
+        raise UsageError("-ctk/-ctv (KV cache types) are not supported yet: the KV cache has a single type")
     if args.pg is not None:
-        raise _UsageError("-pg is an llm-bench flag (prompt + generation test), not an llm-run flag")
+        raise UsageError("-pg is an llm-bench flag (prompt + generation test), not an llm-run flag")
     if args.gpu_layers is not None:
         print(f"note: -ngl {args.gpu_layers} ignored: tilellm runs on the CPU", file=err)
     if args.threads_batch is not None and args.threads is None:
@@ -179,7 +170,7 @@ def _check_compat(args: argparse.Namespace, err: TextIO) -> None:
     n_structured = sum(x is not None for x in (args.grammar, args.grammar_file, args.json_schema,
                                                    args.json_schema_file))
     if n_structured > 1:
-        raise _UsageError("give only one of --grammar, --grammar-file, --json-schema, --json-schema-file")
+        raise UsageError("give only one of --grammar, --grammar-file, --json-schema, --json-schema-file")
 
 
 def _structured(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -200,7 +191,7 @@ def _structured(args: argparse.Namespace) -> dict[str, Any] | None:
     try:
         schema = json.loads(text)
     except ValueError as e:
-        raise _UsageError(f"--json-schema is not valid JSON: {e}") from None
+        raise UsageError(f"--json-schema is not valid JSON: {e}") from None
     # llama.cpp: '{}' means any JSON object
     return {"json_schema": schema if schema else {"type": "object"}}
 
@@ -214,12 +205,12 @@ def _chat_format(args: argparse.Namespace) -> str | None:
         with open(spec, encoding="utf-8") as f:
             source = f.read()
         if "{{" not in source and "{%" not in source:
-            raise _UsageError(f"--chat-template file {spec!r} holds no Jinja template")
+            raise UsageError(f"--chat-template file {spec!r} holds no Jinja template")
         return source
     from ..text.chat_formats import CHAT_FORMATS, chat_format_names
 
     if spec.strip().lower() not in CHAT_FORMATS:
-        raise _UsageError(f"--chat-template {spec!r} is neither a file nor a built-in format "
+        raise UsageError(f"--chat-template {spec!r} is neither a file nor a built-in format "
                           f"({', '.join(chat_format_names())})")
     return spec
 
@@ -266,14 +257,6 @@ def format_timings(prompt_ms: float, n_prompt: int, gen_ms: float, n_gen: int,
     return "\n".join(lines)
 
 
-def _one_line(e: BaseException) -> str:
-    if isinstance(e, OSError) and e.filename is not None and e.strerror:
-        msg = f"{e.strerror}: {e.filename}"
-    else:
-        msg = str(e) or type(e).__name__
-    return " ".join(msg.split())  # exactly one line
-
-
 def _read_prompt(args: argparse.Namespace, stdin: TextIO) -> str:
     if args.prompt is not None:
         return unescape(args.prompt) if args.escape else args.prompt
@@ -287,7 +270,7 @@ def _read_prompt(args: argparse.Namespace, stdin: TextIO) -> str:
             raise ValueError(f"prompt file {args.file!r} is longer than {MAX_PROMPT_BYTES} characters "
                              "(no context holds that much)")
         return text
-    raise _UsageError("no prompt: use -p TEXT or -f FILE")
+    raise UsageError("no prompt: use -p TEXT or -f FILE")
 
 
 def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None,
@@ -296,35 +279,23 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
     out = stdout or sys.stdout
     err = stderr or sys.stderr or open(os.devnull, "w")
     inp = stdin or sys.stdin
-    try:
+
+    def run(argv: Sequence[str] | None, out: TextIO, err: TextIO) -> int:
         if out is None:  # started with stdout closed (`>&-`): Python leaves sys.stdout None
             raise OSError("stdout is closed: nowhere to write the completion")
         with warnings.catch_warnings():
             # library warnings (e.g. the chat-format fallback) as one 'warning:' line, not Python's two
             warnings.showwarning = lambda message, *a, **k: print(f"warning: {message}", file=err)
             return _run(argv, out, err, inp)
-    except _UsageError as e:
-        print(f"error: {_one_line(e)}", file=err)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
+
+    def interrupted() -> None:
         _ignore_sigint()  # a second Ctrl-C must not cut the clean exit short with a traceback
         try:
             out.write("\n")
             out.flush()
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):
             pass
-        return EXIT_SIGINT
-    except BrokenPipeError:
-        return EXIT_PIPE
-    except Exception as e:  # noqa: BLE001 - the CLI contract: one line, never a traceback
-        if os.environ.get("TILELLM_DEBUG"):
-            raise
-        from tilellm.quant.errors import TileLLMError
-
-        known = isinstance(e, (TileLLMError, OSError, ValueError, UnicodeError))
-        prefix = "" if known else f"internal error ({type(e).__name__}): "
-        print(f"error: {prefix}{_one_line(e)}", file=err)
-        return EXIT_ERROR
+    return guarded_main(run, argv, out, err, on_interrupt=interrupted)
 
 
 def _ignore_sigint() -> None:
@@ -347,7 +318,7 @@ def _run(argv: Sequence[str] | None, out: TextIO, err: TextIO, inp: TextIO) -> i
         return 0
     _check_compat(args, err)
     if args.model and args.model_pos and args.model != args.model_pos:
-        raise _UsageError(f"two models given: {args.model_pos!r} and -m {args.model!r}")
+        raise UsageError(f"two models given: {args.model_pos!r} and -m {args.model!r}")
     conversation = args.conversation or args.interactive
     chat_format = _chat_format(args)
     structured = _structured(args)

@@ -116,6 +116,24 @@ class DecoderModel:
                                    f"does not support")
         return t
 
+    def _load_embeddings(self) -> None:
+        """token_embd, output_norm and the output head, which is the embedding matrix itself when tied."""
+        d, n_vocab = self.hparams.n_embd, self.hparams.n_vocab
+        self.tok_embd = self._tensor("token_embd.weight", (d, n_vocab))
+        self.out_norm = vector(self._tensor("output_norm.weight", (d,)))
+        self.output = self._linear("output.weight", d, n_vocab, optional=True) or self._linear(
+            "token_embd.weight", d, n_vocab)
+
+    def _attn_biases(self, prefix: str) -> dict[str, np.ndarray | None]:
+        """Layer `prefix`'s optional q/k/v biases (Qwen2's), as "bq"/"bk"/"bv" -> vector or None."""
+        hp = self.hparams
+        q_dim, kv_dim = hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim
+        out: dict[str, np.ndarray | None] = {}
+        for b, dim in (("bq", q_dim), ("bk", kv_dim), ("bv", kv_dim)):
+            t = self._tensor(prefix + f"attn_{b[1]}.bias", (dim,), optional=True)
+            out[b] = vector(t) if t is not None else None
+        return out
+
     # ------------------------------------------------------------------ running
     @property
     def n_vocab(self) -> int:

@@ -238,10 +238,7 @@ class DeepSeek2Model(DecoderModel, BatchedDecoder):
     def _load_tensors(self) -> None:
         hp = self.hparams
         d, H, nope, rot, lora = hp.n_embd, hp.n_head, hp.qk_nope, hp.n_rot, hp.kv_lora
-        self.tok_embd = self._tensor("token_embd.weight", (d, hp.n_vocab))
-        self.out_norm = vector(self._tensor("output_norm.weight", (d,)))
-        self.output = self._linear("output.weight", d, hp.n_vocab, optional=True) or self._linear(
-            "token_embd.weight", d, hp.n_vocab)
+        self._load_embeddings()
         self.blocks: list[_Block] = []
         for i in range(hp.n_layer):
             p = f"blk.{i}."

@@ -141,10 +141,7 @@ class Gemma3Model(LlamaModel):
         self.gparams = Gemma3Params.from_metadata(self.file.metadata, hp.n_layer, hp.n_embd, hp.n_head, hp.head_dim)
         d, hd = hp.n_embd, hp.head_dim
         q_dim, kv_dim = hp.n_head * hd, hp.n_head_kv * hd
-        self.tok_embd = self._tensor("token_embd.weight", (d, hp.n_vocab))
-        self.out_norm = vector(self._tensor("output_norm.weight", (d,)))
-        self.output = self._linear("output.weight", d, hp.n_vocab, optional=True) or self._linear(
-            "token_embd.weight", d, hp.n_vocab)  # tied embeddings
+        self._load_embeddings()
         self.layers: list[_GemmaLayer] = []  # type: ignore[assignment]
         for i in range(hp.n_layer):
             p = f"blk.{i}."

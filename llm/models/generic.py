@@ -19,6 +19,7 @@ from tilellm.backend.ops import rms_norm
 from tilellm.quant import TensorView
 
 from .base import Segment, SlotCache, vector
+from .layers import add_qkv_biases
 from .llama import LlamaModel
 
 # one sequence's rows r0..r1-1 at positions p0.., with that sequence's K and V cache of this layer
@@ -95,18 +96,12 @@ class GenericModel(LlamaModel):
     def _load_tensors(self) -> None:
         hp = self.hparams
         d, hd = hp.n_embd, hp.head_dim
-        q_dim, kv_dim = hp.n_head * hd, hp.n_head_kv * hd
-        self.tok_embd = self._tensor("token_embd.weight", (d, hp.n_vocab))
-        self.out_norm = vector(self._tensor("output_norm.weight", (d,)))
-        self.output = self._linear("output.weight", d, hp.n_vocab, optional=True) or self._linear(
-            "token_embd.weight", d, hp.n_vocab)  # tied embeddings
+        q_dim = hp.n_head * hd
+        self._load_embeddings()
         self.blocks: list[Block] = []
         for i in range(hp.n_layer):
             p = f"blk.{i}."
-            opt = {}
-            for b, dim in (("bq", q_dim), ("bk", kv_dim), ("bv", kv_dim)):
-                t = self._tensor(p + f"attn_{b[1]}.bias", (dim,), optional=True)
-                opt[b] = vector(t) if t is not None else None
+            opt: dict[str, Any] = self._attn_biases(p)
             if self.qk_norm is not False:
                 for n in ("q", "k"):
                     t = self._tensor(p + f"attn_{n}_norm.weight", (hd,), optional=not self.qk_norm)
@@ -138,9 +133,7 @@ class GenericModel(LlamaModel):
         T, H, Hkv, D = h.shape[0], hp.n_head, hp.n_head_kv, hp.head_dim
         xp = be.prepare_rms_norm(h, B.attn_norm, hp.rms_eps, B.wq.type)  # normed and quantized once, for q, k, v
         q, k, v = be.matmul_many([B.wq, B.wk, B.wv], xp)
-        for x, b in ((q, B.bq), (k, B.bk), (v, B.bv)):
-            if b is not None:
-                x += b
+        add_qkv_biases(B, q, k, v)
         q, k, v = q.reshape(T, H, D), k.reshape(T, Hkv, D), v.reshape(T, Hkv, D)
         if B.q_norm is not None:
             q = rms_norm(q, B.q_norm, hp.rms_eps)

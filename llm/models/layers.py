@@ -1,10 +1,19 @@
-"""The float32 building blocks of the forward pass that only models use: rope, GELU, softmax.
+"""The float32 building blocks of the forward pass that only models use: rope, GELU, softmax, biases.
 
 The ones a backend also needs (RMSNorm, SiLU, causal attention) live in `tilellm.backend.ops`.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+
+
+def add_qkv_biases(layer: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> None:
+    """The layer's optional q/k/v biases (`bq`/`bk`/`bv`, Qwen2's; None where absent) added in place."""
+    for x, b in ((q, layer.bq), (k, layer.bk), (v, layer.bv)):
+        if b is not None:
+            x += b
 
 
 def gelu_tanh(x: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ from tilellm.quant.errors import GGUFError, UnsupportedError
 from ..gguf.hparams import HParams, check_block_count
 from ..gguf.metadata import float_in, str_of
 from .base import BatchedDecoder, DecoderModel, Segment, SlotCache, check_numerics, vector
-from .layers import Rope
+from .layers import Rope, add_qkv_biases
 from .memory import check_kv_cache
 from .yarn import YarnParams, yarn_inv_freq
 
@@ -94,17 +94,11 @@ class LlamaModel(DecoderModel, BatchedDecoder):
         hp = self.hparams
         d, hd = hp.n_embd, hp.head_dim
         q_dim, kv_dim = hp.n_head * hd, hp.n_head_kv * hd
-        self.tok_embd = self._tensor("token_embd.weight", (d, hp.n_vocab))
-        self.out_norm = vector(self._tensor("output_norm.weight", (d,)))
-        self.output = self._linear("output.weight", d, hp.n_vocab, optional=True) or self._linear(
-            "token_embd.weight", d, hp.n_vocab)  # tied embeddings
+        self._load_embeddings()
         self.layers: list[LlamaLayer] = []
         for i in range(hp.n_layer):
             p = f"blk.{i}."
-            biases = {}
-            for b, dim in (("bq", q_dim), ("bk", kv_dim), ("bv", kv_dim)):
-                t = self._tensor(p + f"attn_{b[1]}.bias", (dim,), optional=True)
-                biases[b] = vector(t) if t is not None else None
+            biases = self._attn_biases(p)
             self.layers.append(LlamaLayer(
                 attn_norm=vector(self._tensor(p + "attn_norm.weight", (d,))),
                 wq=self._linear(p + "attn_q.weight", d, q_dim),
@@ -160,12 +154,7 @@ class LlamaModel(DecoderModel, BatchedDecoder):
         for li, L in enumerate(self.layers):
             xp = be.prepare_rms_norm(h, L.attn_norm, hp.rms_eps, L.wq.type)  # normed and quantized once, for q, k, v
             q, k, v = be.matmul_many([L.wq, L.wk, L.wv], xp)
-            if L.bq is not None:
-                q += L.bq
-            if L.bk is not None:
-                k += L.bk
-            if L.bv is not None:
-                v += L.bv
+            add_qkv_biases(L, q, k, v)
             q = self.rope.apply(q.reshape(T, hp.n_head, hp.head_dim), cos, sin)
             k = self.rope.apply(k.reshape(T, hp.n_head_kv, hp.head_dim), cos, sin)
             self.k_cache[li, p0:p0 + T] = self._f16_if_ggml(k)
@@ -201,12 +190,7 @@ class LlamaModel(DecoderModel, BatchedDecoder):
         for li, L in enumerate(self.layers):
             q, k, v = self._gemm(groups, [L.wq, L.wk, L.wv], be.prepare_rms_norm, (h,), L.attn_norm, hp.rms_eps,
                                  L.wq.type)
-            if L.bq is not None:
-                q += L.bq
-            if L.bk is not None:
-                k += L.bk
-            if L.bv is not None:
-                v += L.bv
+            add_qkv_biases(L, q, k, v)
             q = rope(q.reshape(T, hp.n_head, hp.head_dim))
             k = rope(k.reshape(T, hp.n_head_kv, hp.head_dim))
             v = v.reshape(T, hp.n_head_kv, hp.head_dim)
