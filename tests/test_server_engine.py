@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import MICRO_Q8
+from conftest import MICRO_Q8, fixture_path
 
 import tilellm
 import tilellm.backend
@@ -291,7 +291,7 @@ def _runner_engine(kind: str, backend: str, n_slots: int, path: str = MODEL) -> 
     return Engine(models[0], n_slots=n_slots, runner=runner).start(), models
 
 
-Q4_0 = os.path.join(os.path.dirname(__file__), "data", "llama2-micro-q4_0.gguf")
+Q4_0 = str(fixture_path("llama2-micro-q4_0.gguf"))
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)

@@ -8,7 +8,6 @@ JSON object valid for the function's parameters, constrained token by token.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -21,6 +20,7 @@ pytest.importorskip("uvicorn")
 jsonschema = pytest.importorskip("jsonschema")
 
 from _gguf_copy import write_gguf  # noqa: E402
+from conftest import MICRO_Q8  # noqa: E402
 from test_server import _Server  # noqa: E402
 
 import tilellm  # noqa: E402
@@ -29,7 +29,7 @@ from tilellm.llm.gguf.reader import open_gguf  # noqa: E402
 from tilellm.llm.server import Engine  # noqa: E402
 from tilellm.llm.server.app import ServerSettings, create_app  # noqa: E402
 
-SRC = os.path.join(os.path.dirname(__file__), "data", "llama2-micro-q8_0.gguf")
+SRC = str(MICRO_Q8)
 TEMPLATE = ("{% if tools %}<tools>{% for t in tools %}{{ t['function']['name'] }} {% endfor %}</tools>\n{% endif %}"
             "{% for m in messages %}{{ m['role'] }}: "
             "{% if m['tool_calls'] %}{% for c in m['tool_calls'] %}call {{ c['function']['name'] }}"
