@@ -405,6 +405,38 @@ def test_disconnect_mid_stream_frees_the_slot(http: Any, url: str, ref: Any) -> 
     assert r["choices"][0]["text"] == want.text
 
 
+def test_event_stream_pings_while_silent_and_stops_when_the_client_leaves() -> None:
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    from tilellm.llm.server.sse import EventStream, sse_data
+
+    closed = threading.Event()
+
+    async def gen() -> Any:
+        try:
+            yield sse_data({"n": 1})
+            await asyncio.sleep(0.35)  # silence: keep-alive comments
+            yield sse_data("[DONE]")
+            await asyncio.sleep(30)    # the client hangs up meanwhile
+        finally:
+            closed.set()
+
+    async def route(request: Any) -> Any:
+        return EventStream(gen(), ping=0.1)
+
+    with _Server(Starlette(routes=[Route("/s", route)])) as srv, httpx.Client(timeout=10) as c:
+        with c.stream("GET", srv.url + "/s") as r:
+            assert r.headers["content-type"].startswith("text/event-stream")
+            lines = []
+            for line in r.iter_lines():
+                lines.append(line)
+                if line == "data: [DONE]":
+                    break
+        assert lines[0] == 'data: {"n":1}' and lines.count(": ping") >= 2, lines
+        assert closed.wait(5), "the generator still runs after the client left"
+
+
 @pytest.fixture(scope="module")
 def per_slot_url() -> Iterator[str]:
     for srv, _ in _serve(n_slots=4, max_queue=128, per_slot=True):
@@ -415,21 +447,26 @@ def per_slot_url() -> Iterator[str]:
 def test_64_concurrent_clients_each_equal_their_request_alone(runner: str, request: Any, ref: Any) -> None:
     url = request.getfixturevalue("url" if runner == "batched" else "per_slot_url")
     n_tok = 10
-    chat_msgs = [[{"role": "user", "content": p}] for p in PROMPTS]
-    want_text = [ref.generate(p, max_tokens=n_tok, temperature=0).text for p in PROMPTS]
-    want_chat = [ref.generate(ref.chat_prompt(m), max_tokens=n_tok, temperature=0).text for m in chat_msgs]
+    # 64 distinct prompts, so an answer given to the wrong client cannot pass for its own
+    prompts = [f"{PROMPTS[i % len(PROMPTS)]} {i}" for i in range(64)]
+    chat_msgs = [[{"role": "user", "content": p}] for p in prompts]
+    want_text = [ref.generate(p, max_tokens=n_tok, temperature=0).text if i % 2 == 0 else ""
+                 for i, p in enumerate(prompts)]
+    want_chat = [ref.generate(ref.chat_prompt(m), max_tokens=n_tok, temperature=0).text if i % 2 else ""
+                 for i, m in enumerate(chat_msgs)]
+    assert len(set(want_text) | set(want_chat)) > 32  # the answers differ, not only the prompts
 
     async def one(c: Any, i: int) -> tuple[str, str, int]:
-        k, kind = i % len(PROMPTS), i % 4
+        k, kind = i, i % 4
         if kind == 0:
-            r = await c.completions.create(model="micro", prompt=PROMPTS[k], max_tokens=n_tok, temperature=0)
+            r = await c.completions.create(model="micro", prompt=prompts[k], max_tokens=n_tok, temperature=0)
             return r.choices[0].text, want_text[k], r.usage.completion_tokens
         if kind == 1:
             r = await c.chat.completions.create(model="micro", messages=chat_msgs[k], max_tokens=n_tok,
                                                 temperature=0)
             return r.choices[0].message.content, want_chat[k], r.usage.completion_tokens
         if kind == 2:
-            s = await c.completions.create(model="micro", prompt=PROMPTS[k], max_tokens=n_tok, temperature=0,
+            s = await c.completions.create(model="micro", prompt=prompts[k], max_tokens=n_tok, temperature=0,
                                            stream=True, stream_options={"include_usage": True})
             parts, usage = [], None
             async for ch in s:

@@ -497,6 +497,8 @@ static void q4_0_gemv_8(const tl_gemm_args *a, int64_t i0, int64_t i1) {
 static void q8_0_gemv_8(const tl_gemm_args *a, int64_t i0, int64_t i1) { q_gemv_impl(TL_Q8_0, a, i0, i1); }
 static void q4_1_gemv_8(const tl_gemm_args *a, int64_t i0, int64_t i1) { q_gemv_impl(TL_Q4_1, a, i0, i1); }
 
+#include "avx2_q8_small.h" /* 2 <= n <= 16: each block decoded once for every token (batched decode) */
+
 #define Q_FUNCS(NAME, WT)                                                                                   \
     static void NAME##_block_8x4(const tl_gemm_args *a, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {   \
         q_block_impl(WT, a, i0, i1, j0, j1);                                                                \
@@ -507,7 +509,8 @@ static void q4_1_gemv_8(const tl_gemm_args *a, int64_t i0, int64_t i1) { q_gemv_
     const tl_ukernel Q_NAME(NAME##_8x4) = {.rm = Q_R, .rn = Q_RN, .tile = NAME##_tile_8x4, .gemv_rows = Q_R,  \
                                              .gemv = NAME##_gemv_8, .block = NAME##_block_8x4,                  \
                                              .act_row_bytes = x86_qa_row_bytes,                                \
-                                             .act_prepare = tl_avx2_q8_act_prepare};
+                                             .act_prepare = tl_avx2_q8_act_prepare,                            \
+                                             .small = NAME##_small_8, .small_n = Q_SMALL_N};
 Q_FUNCS(q8_0, TL_Q8_0)
 Q_FUNCS(q4_0, TL_Q4_0)
 Q_FUNCS(q4_1, TL_Q4_1)

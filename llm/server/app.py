@@ -11,14 +11,15 @@ import asyncio
 import json
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, AsyncIterator, Callable, Literal, Sequence, TypeVar, cast
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ValidationError
-from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tilellm.llm.text.chat_tools import ToolCall, resolve_tools, tool_call_delta
 
 from .engine import (
     Completion,
@@ -48,14 +49,17 @@ from .schemas import (
     CompletionResponse,
     DetokenizeRequest,
     DetokenizeResponse,
+    FunctionCallOut,
     ModelCard,
     ModelList,
     PromptTokensDetails,
     TokenizeRequest,
     TokenizeResponse,
+    ToolCallOut,
     TopLogprob,
     UsageInfo,
 )
+from .sse import EventStream, sse_data
 
 __all__ = ["create_app", "ServerSettings"]
 
@@ -230,7 +234,7 @@ async def _collect_or_cancel(request: Request, handles: list[RequestHandle]) -> 
             gather.add_done_callback(lambda f: f.cancelled() or f.exception())
 
 
-Finish = Literal["stop", "length"]
+Finish = Literal["stop", "length", "tool_calls"]
 
 
 def _check_failed(results: Sequence[Completion]) -> list[Finish]:
@@ -242,8 +246,8 @@ def _check_failed(results: Sequence[Completion]) -> list[Finish]:
     return [cast(Finish, c.finish_reason) for c in results]
 
 
-def _sse(obj: Any) -> dict[str, str]:
-    return {"data": json.dumps(obj, ensure_ascii=False, separators=(",", ":"))}
+def _sse(obj: Any) -> bytes:
+    return sse_data(obj)
 
 
 class _Shape:
@@ -266,6 +270,10 @@ class _Shape:
     def opening(self, i: int) -> dict[str, Any] | None:
         """The choice fields of sequence i's first chunk, if it has one before any token."""
         return None
+
+    def finish(self, reason: str | None) -> str | None:
+        """The finish reason the API reports for the engine's ``reason``."""
+        return reason
 
     def pieces(self, i: int, ev: TokenEvent, lps: Sequence[TokenLogprobs]) -> list[dict[str, Any]]:
         """The choice fields of the chunks one event gives (``lps``: log-probabilities not sent yet)."""
@@ -322,21 +330,45 @@ class _ChatShape(_Shape):
     prefix = "chatcmpl"
     chunk_object = "chat.completion.chunk"
 
+    def __init__(self, req: ChatCompletionRequest, call: ToolCall | None = None) -> None:
+        super().__init__(req)
+        self.call = call                      # a forced function call: the output is its arguments
+        self._calls: dict[int, ToolCall] = {}  # choice -> the call with its own id
+
+    def _call(self, i: int) -> ToolCall:
+        assert self.call is not None
+        if i not in self._calls:
+            self._calls[i] = self.call if i == 0 else replace(self.call, id=f"call_{uuid.uuid4().hex[:24]}")
+        return self._calls[i]
+
+    def finish(self, reason: str | None) -> str | None:
+        # a complete call (its JSON closed) ends as OpenAI's "tool_calls"; a cut one stays "length"
+        return "tool_calls" if self.call is not None and reason == "stop" else reason
+
     def choice(self, i: int, c: Completion, finish: Finish) -> ChatChoice:
-        return ChatChoice(index=i, message=ChatMessageOut(content=c.text), finish_reason=finish,
+        if self.call is None:
+            message = ChatMessageOut(content=c.text)
+        else:
+            call = self._call(i)
+            message = ChatMessageOut(content=None, tool_calls=[ToolCallOut(
+                id=call.id, function=FunctionCallOut(name=call.name, arguments=c.text))])
+        return ChatChoice(index=i, message=message, finish_reason=cast(Finish, self.finish(finish)),
                           logprobs=_chat_lp(c.logprobs) if self.n_lp is not None else None)
 
     def response(self, rid: str, created: int, model: str, choices: list[Any], usage: UsageInfo) -> Any:
         return ChatCompletionResponse(id=rid, created=created, model=model, choices=choices, usage=usage)
 
     def opening(self, i: int) -> dict[str, Any] | None:
+        if self.call is not None:  # the role, the call's id and name, then its arguments piece by piece
+            return {"delta": tool_call_delta(self._call(i), "", True), "logprobs": None}
         return {"delta": {"role": "assistant", "content": ""}, "logprobs": None}
 
     def pieces(self, i: int, ev: TokenEvent, lps: Sequence[TokenLogprobs]) -> list[dict[str, Any]]:
         lp = _chat_lp(lps).model_dump() if self.n_lp is not None and lps else None
         out = []
         if ev.text:
-            out.append({"delta": {"content": ev.text}, "logprobs": lp})
+            delta = {"content": ev.text} if self.call is None else tool_call_delta(self._call(i), ev.text, False)
+            out.append({"delta": delta, "logprobs": lp})
             lp = None
         if ev.finish_reason:
             out.append({"delta": {}, "logprobs": lp})  # log-probabilities of tokens that added no text (a stop)
@@ -366,9 +398,8 @@ class _Routes:
                            code="context_length_exceeded", param="max_tokens")
         return limit
 
-    async def _processors(self, req: Any, count: int) -> list[Any]:
+    async def _processors(self, fmt: dict[str, Any] | None, count: int) -> list[Any]:
         """One structured-output constraint per sequence (each keeps its own grammar state), or Nones."""
-        fmt = req.structured
         if fmt is None:
             return [None] * count
 
@@ -379,8 +410,10 @@ class _Routes:
 
         return await _on_engine(self.engine, build)
 
-    async def _submit(self, prompts: list[list[int]], limit: int | None, req: Any) -> list[RequestHandle]:
-        """One sequence per (prompt, choice), in OpenAI's order: index = prompt_index * n + choice."""
+    async def _submit(self, prompts: list[list[int]], limit: int | None, req: Any,
+                      fmt: dict[str, Any] | None = None) -> list[RequestHandle]:
+        """One sequence per (prompt, choice), in OpenAI's order: index = prompt_index * n + choice; ``fmt``: the
+        structured output every sequence must follow (default: the request's ``response_format``)."""
         if len(prompts) * req.n > MAX_N:
             raise APIError(400, f"at most {MAX_N} sequences per request (prompts x n)", param="n")
         bias = req.bias_pairs()
@@ -393,7 +426,7 @@ class _Routes:
             if not ids:
                 raise APIError(400, "the prompt is empty", code="invalid_value", param="prompt")
             budgets.append(self._budget(len(ids), limit))
-        procs = iter(await self._processors(req, len(prompts) * req.n))
+        procs = iter(await self._processors(fmt if fmt is not None else req.structured, len(prompts) * req.n))
         seqs = []
         for ids, budget in zip(prompts, budgets):
             for j in range(req.n):
@@ -441,7 +474,7 @@ class _Routes:
                 body["usage"] = None
             return body
 
-        async def events() -> AsyncIterator[dict[str, str]]:
+        async def events() -> AsyncIterator[bytes]:
             usages: list[Any] = [None] * len(handles)
             held: list[list[TokenLogprobs]] = [[] for _ in handles]  # log-probabilities not sent yet
             try:
@@ -459,18 +492,18 @@ class _Routes:
                     if out:
                         held[i] = []
                     for k, fields in enumerate(out):
-                        yield _sse(chunk(i, fields, ev.finish_reason if k == len(out) - 1 else None))
+                        yield _sse(chunk(i, fields, shape.finish(ev.finish_reason) if k == len(out) - 1 else None))
                     if ev.finish_reason:
                         usages[i] = ev.usage
                 if req.include_usage:
                     usage = self._total_usage(prompts, req.n, usages)
                     yield _sse({**head, "choices": [], "usage": usage.model_dump()})
-                yield {"data": "[DONE]"}
+                yield sse_data("[DONE]")
             finally:
                 for h in handles:
                     h.cancel()
 
-        return EventSourceResponse(events(), sep="\n", ping=15)
+        return EventStream(events(), ping=15)
 
     # -------------------------------------------------------------- /v1/completions
     async def completions(self, request: Request) -> Any:
@@ -492,7 +525,13 @@ class _Routes:
     # -------------------------------------------------------------- /v1/chat/completions
     async def chat_completions(self, request: Request) -> Any:
         req = await _parse(request, ChatCompletionRequest)
+        try:  # tools go to the template (Hugging Face's `tools`); a named tool_choice forces that call
+            tools, call = resolve_tools(req.tools, req.tool_choice, req.functions, req.function_call)
+        except ValueError as e:
+            raise APIError(400, str(e), code="invalid_value", param="tool_choice") from None
         messages = [m.as_template_message() for m in req.messages]
-        ids = await _on_engine(self.engine, lambda m: list(m.chat_prompt(messages)))
-        handles = await self._submit([ids], req.token_limit, req)
-        return await self._respond(request, req, _ChatShape(req), [ids], handles)
+        extra: dict[str, Any] = {"tools": tools} if tools else {}
+        ids = await _on_engine(self.engine, lambda m: list(m.chat_prompt(messages, **extra)))
+        # a forced call's reply is its arguments: a JSON object valid for the function's parameters
+        handles = await self._submit([ids], req.token_limit, req, call.response_format if call is not None else None)
+        return await self._respond(request, req, _ChatShape(req, call), [ids], handles)

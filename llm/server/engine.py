@@ -140,11 +140,8 @@ class RequestHandle:
         if not self.finished:
             self._engine._cancel(self.id)
 
-    def _push(self, ev: TokenEvent) -> None:  # scheduler thread
-        try:
-            self._loop.call_soon_threadsafe(self._events.put_nowait, ev)
-        except RuntimeError:
-            pass  # the event loop is gone (server shutting down): nobody is listening
+    def _push(self, ev: TokenEvent) -> None:  # scheduler thread: delivered with the step's other events
+        self._engine._outbox.append((self, ev))
 
     async def __aiter__(self) -> AsyncIterator[TokenEvent]:
         while not self.finished:
@@ -166,6 +163,12 @@ class RequestHandle:
                 return Completion("".join(texts), tuple(ids), ev.finish_reason,
                                   ev.usage or Usage(0, 0), ev.error, tuple(lps))
         raise EngineClosedError("the sequence ended without a final event")
+
+
+def _deliver(items: list[tuple[RequestHandle, TokenEvent]]) -> None:
+    """On the event loop: one step's events into their handles' queues."""
+    for h, ev in items:
+        h._events.put_nowait(ev)
 
 
 @dataclass
@@ -260,6 +263,7 @@ class Engine:
         self._t_prompt = self._t_gen = 0.0
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None  # what killed the scheduler, if anything
+        self._outbox: list[tuple[RequestHandle, TokenEvent]] = []  # scheduler thread: events not yet delivered
 
     # ------------------------------------------------------------------ lifetime
     def start(self) -> "Engine":
@@ -367,6 +371,7 @@ class Engine:
                         except BaseException as e:  # handed to the caller
                             fut.set_exception(e)
                 self._step(cancelled)
+                self._flush()
         except BaseException as e:  # a bug in the scheduler: fail everything loudly, never hang
             self.error = e
             raise
@@ -379,9 +384,24 @@ class Engine:
             reason = "the server is shutting down" if self.error is None else f"engine failure: {self.error!r}"
             for seq in waiting + self._active:
                 self._end(seq, "error", "", error=reason)
+            self._flush()
             for _, fut in jobs:
                 if fut.set_running_or_notify_cancel():
                     fut.set_exception(EngineClosedError(reason))
+
+    def _flush(self) -> None:
+        """Hand the events of a step to their event loops: one wake-up per loop and step, not one per token."""
+        if not self._outbox:
+            return
+        out, self._outbox = self._outbox, []
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[RequestHandle, TokenEvent]]] = {}
+        for h, ev in out:
+            by_loop.setdefault(h._loop, []).append((h, ev))
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:
+                pass  # the event loop is gone (server shutting down): nobody is listening
 
     def _step(self, cancelled: set[int]) -> None:
         if cancelled:

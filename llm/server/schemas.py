@@ -1,11 +1,12 @@
 """Request and response bodies (pydantic), in OpenAI's shapes.
 
 Requests forbid unknown fields (HTTP 400 naming the field). Fields of OpenAI's API that we accept but
-do not implement are allowed only at their neutral value (``best_of: 1``, ``suffix: null``, ``tools: []``
-...), so a client that sends defaults works and one that relies on them is told. ``top_k`` and ``min_p``
-are extensions (llama-server has them too), and so is ``response_format`` on /v1/completions. Unset
-sampling fields take ``Model.generate``'s defaults (temperature 0.8, top_k 40, top_p 0.95, min_p 0.05),
-as llama-server does.
+do not implement are allowed only at their neutral value (``best_of: 1``, ``suffix: null`` ...), so a client
+that sends defaults works and one that relies on them is told. ``tools`` / ``tool_choice`` (and the legacy
+``functions`` / ``function_call``) are checked by ``tilellm.llm.text.chat_tools.resolve_tools`` in the route.
+``top_k`` and ``min_p`` are extensions (llama-server has them too), and so is ``response_format`` on
+/v1/completions. Unset sampling fields take ``Model.generate``'s defaults (temperature 0.8, top_k 40, top_p 0.95,
+min_p 0.05), as llama-server does.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ __all__ = [
     "StreamOptions", "UsageInfo", "CompletionResponse", "CompletionChoice", "ChatCompletionResponse",
     "ChatChoice", "ChatMessageOut", "ChatCompletionChunk", "ChatChunkChoice", "ChatDelta",
     "ModelCard", "ModelList", "TokenizeResponse", "DetokenizeResponse", "ErrorBody", "ErrorDetail", "ResponseFormat",
-    "CompletionLogprobs", "ChatLogprobs", "ChatTokenLogprob", "TopLogprob",
+    "CompletionLogprobs", "ChatLogprobs", "ChatTokenLogprob", "TopLogprob", "ToolCallOut", "FunctionCallOut",
 ]
 
 MAX_STOPS = 16
@@ -36,6 +37,7 @@ MAX_STOP_CHARS = 1024
 MAX_N = 16
 MAX_LOGPROBS = 20     # alternatives per token (OpenAI: 5 for completions, 20 for chat)
 MAX_LOGIT_BIAS = 1024  # entries of logit_bias (OpenAI: 300)
+MAX_TOOLS = 128        # tools of a request (OpenAI: 128)
 
 # a JSON number (int or float), not a numeric string or a boolean
 Number = Annotated[float, Strict()]
@@ -196,17 +198,44 @@ class TextPart(_Request):
     text: StrictStr
 
 
+class FunctionCallIn(_Request):
+    name: StrictStr
+    arguments: StrictStr
+
+
+class ToolCallIn(_Request):
+    """A call an earlier assistant turn made (sent back by the client with the conversation)."""
+
+    id: StrictStr
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
 class ChatMessage(_Request):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: StrictStr | list[TextPart] | None = None
     name: StrictStr | None = None
+    tool_calls: list[ToolCallIn] | None = Field(None, max_length=MAX_TOOLS)  # an assistant turn's calls
+    tool_call_id: StrictStr | None = None                                   # a tool result's call
+    function_call: FunctionCallIn | None = None                             # legacy spelling of tool_calls
 
-    def as_template_message(self) -> dict[str, str]:
-        """The message as the chat template sees it (``developer`` is OpenAI's new name for ``system``)."""
+    def as_template_message(self) -> dict[str, Any]:
+        """The message as the chat template sees it (``developer`` is OpenAI's new name for ``system``); tool
+        calls and results keep their fields (Hugging Face's message format)."""
         content = self.content
         if isinstance(content, list):
             content = "".join(part.text for part in content)
-        return {"role": "system" if self.role == "developer" else self.role, "content": content or ""}
+        out: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": content or ""}
+        if self.name is not None:
+            out["name"] = self.name
+        calls = list(self.tool_calls or [])
+        if self.function_call is not None:
+            calls.append(ToolCallIn(id="call_0", function=self.function_call))
+        if calls:
+            out["tool_calls"] = [c.model_dump() for c in calls]
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        return out
 
 
 class ChatCompletionRequest(_Sampling):
@@ -217,9 +246,12 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: StrictInt | None = Field(None, ge=1)
     logprobs: StrictBool | None = None
     top_logprobs: StrictInt | None = Field(None, ge=0, le=MAX_LOGPROBS)
-    tools: list[Any] | None = Field(None, max_length=0)
-    tool_choice: Literal["none"] | None = None
-    parallel_tool_calls: StrictBool | None = None
+    # checked (names, schemas, the choice) by chat_tools.resolve_tools in the route
+    tools: list[dict[str, Any]] | None = Field(None, max_length=MAX_TOOLS)
+    tool_choice: StrictStr | dict[str, Any] | None = None
+    parallel_tool_calls: StrictBool | None = None   # one call per reply at most: true and false both hold
+    functions: list[dict[str, Any]] | None = Field(None, max_length=MAX_TOOLS)   # legacy tools
+    function_call: StrictStr | dict[str, Any] | None = None                        # legacy tool_choice
 
     @model_validator(mode="after")
     def _top_needs_logprobs(self) -> "ChatCompletionRequest":
@@ -264,7 +296,7 @@ class UsageInfo(BaseModel):
     prompt_tokens_details: PromptTokensDetails = Field(default_factory=PromptTokensDetails)
 
 
-Finish = Literal["stop", "length"]
+Finish = Literal["stop", "length", "tool_calls"]
 
 
 class CompletionLogprobs(BaseModel):
@@ -302,9 +334,21 @@ class CompletionChoice(_Choice):
     logprobs: CompletionLogprobs | None = None
 
 
+class FunctionCallOut(BaseModel):
+    name: str
+    arguments: str
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallOut
+
+
 class ChatMessageOut(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCallOut] | None = None
 
 
 class ChatChoice(_Choice):

@@ -1,0 +1,196 @@
+#!/usr/bin/env python3
+"""Where llm-server's CPU goes under load (issue #15's throughput work): per thread, per step, per function.
+
+Serves the synthetic TinyLlama-shaped model (or -m FILE) in this process (uvicorn in a thread, the engine's
+scheduler thread, the kernels' worker threads) while `--clients` streaming clients run bench_server.py's workload
+in a separate process (so they do not count). Reports:
+
+* process CPU time split by thread: the scheduler (Python + the C calls it makes), the kernels' pool workers (C
+  only), the event loop (HTTP, JSON, SSE), the rest; and the client process's own CPU time;
+* the scheduler thread's CPU split into the runner's forward pass (C kernels + the model's Python glue) and
+  everything else of a step (planning, sampling, detokenizing, pushing events), per step;
+* with --cprofile N: the N most expensive functions of the scheduler thread (cProfile, cumulative).
+
+    python scripts/profile_server.py                      # q4_0, 8 clients x 1 request of 128 tokens
+    python scripts/profile_server.py --clients 1 --cprofile 25
+    python scripts/profile_server.py -m model.gguf --clients 4 --tokens 64
+
+CPU times, not wall times, so a loaded machine still gives a usable split (the rates are only indicative).
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import multiprocessing
+import os
+import pstats
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu() -> dict[int, float]:
+    """CPU seconds (user + system) of every thread of this process, by native thread id."""
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[int(tid)] = (int(fields[11]) + int(fields[12])) / TICK  # utime, stime (fields 14, 15)
+    return out
+
+
+def clients_main(port: int, prompts: list[list[int]], conc: int, tokens: int, q: Any) -> None:
+    """The client process: bench_server.py's streaming clients; sends back (results, its CPU seconds)."""
+    from bench_server import run_load
+
+    res = run_load(port, prompts, conc, 1, tokens)
+    q.put((res, time.process_time()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-m", "--model", default=None, help="GGUF file (default: the synthetic TinyLlama-shaped --type)")
+    ap.add_argument("--type", default="q4_0", help="synthetic model's weight type (default q4_0)")
+    ap.add_argument("--clients", type=int, default=8, help="concurrent streaming clients = slots (default 8)")
+    ap.add_argument("--prompt-tokens", type=int, default=128)
+    ap.add_argument("--tokens", type=int, default=128, help="generated tokens per request (default 128)")
+    ap.add_argument("-t", "--threads", type=int, default=2)
+    ap.add_argument("--backend", default="auto")
+    ap.add_argument("--cprofile", type=int, default=0, metavar="N", help="print the scheduler's N top functions")
+    ap.add_argument("--dir", default="/tmp/tilellm-bench")
+    args = ap.parse_args(argv)
+
+    import uvicorn
+    from bench_server import make_prompts, model_path, summarize
+
+    import tilellm
+    from tilellm.llm.server import Engine
+    from tilellm.llm.server.app import ServerSettings, create_app
+
+    path = Path(args.model) if args.model else model_path(args.type, Path(args.dir))
+    prompts = [p[0] for p in make_prompts(path, args.clients, args.prompt_tokens)]
+    model = tilellm.load(str(path), n_ctx=args.prompt_tokens + args.tokens + 16, n_threads=args.threads,
+                         backend=args.backend)
+    engine = Engine(model, n_slots=args.clients).start()
+    runner = engine.runner
+    backend_name = model.decoder.backend.name
+
+    # the scheduler thread's CPU inside forward(), and optionally its cProfile
+    fwd = {"cpu": 0.0, "n": 0, "tokens": 0}
+    forward = runner.forward
+
+    def timed_forward(batch: Any) -> Any:
+        t0 = time.thread_time()
+        try:
+            return forward(batch)
+        finally:
+            fwd["cpu"] += time.thread_time() - t0
+            fwd["n"] += 1
+            fwd["tokens"] += sum(len(e.tokens) for e in batch)
+    runner.forward = timed_forward  # type: ignore[method-assign]
+    prof = cProfile.Profile() if args.cprofile else None
+    step = engine._step
+    sched_cpu = {"cpu": 0.0}
+
+    def profiled_step(cancelled: Any) -> None:
+        t0 = time.thread_time()
+        if prof is not None:
+            prof.enable()
+        try:
+            step(cancelled)
+        finally:
+            if prof is not None:
+                prof.disable()
+            sched_cpu["cpu"] += time.thread_time() - t0
+    engine._step = profiled_step  # type: ignore[method-assign]
+
+    app = create_app(engine, ServerSettings(model_id="profile"))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    loop_thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    loop_thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    ctx = multiprocessing.get_context("spawn")
+    try:
+        # warm-up: every slot once, a few tokens
+        q = ctx.Queue()
+        p = ctx.Process(target=clients_main, args=(port, prompts, args.clients, 4, q))
+        p.start()
+        q.get()
+        p.join()
+        fwd.update(cpu=0.0, n=0, tokens=0)
+        sched_cpu["cpu"] = 0.0
+        if prof is not None:
+            prof = cProfile.Profile()
+        c0, w0, st0 = thread_cpu(), time.perf_counter(), engine.stats()
+        p0 = time.process_time()
+        p = ctx.Process(target=clients_main, args=(port, prompts, args.clients, args.tokens, q))
+        p.start()
+        res, client_cpu = q.get()
+        p.join()
+        c1, wall, st1 = thread_cpu(), time.perf_counter() - w0, engine.stats()
+        proc_cpu = time.process_time() - p0
+    finally:
+        server.should_exit = True
+        loop_thread.join(10)
+        engine.close()
+        model.close()
+
+    steps = st1.steps - st0.steps
+    gen = st1.generated_tokens - st0.generated_tokens
+    sched_id = engine._thread.native_id if engine._thread is not None else -1
+    loop_id = loop_thread.native_id
+    main_id = threading.main_thread().native_id
+    by: dict[str, float] = {"scheduler": 0.0, "event loop (HTTP, SSE)": 0.0, "kernel workers": 0.0, "main": 0.0}
+    for tid, t in c1.items():
+        d = t - c0.get(tid, 0.0)
+        if tid == sched_id:
+            by["scheduler"] += d
+        elif tid == loop_id:
+            by["event loop (HTTP, SSE)"] += d
+        elif tid == main_id:
+            by["main"] += d
+        else:
+            by["kernel workers"] += d
+    s = summarize(res, args.clients)
+    print(f"{path.name}: {args.clients} clients x {args.tokens} tokens, {args.threads} threads, "
+          f"backend {backend_name}")
+    print(f"wall {wall:.2f} s, {gen} tokens generated in {steps} steps ({gen / max(steps, 1):.2f} tokens/step), "
+          f"aggregate {s['agg_tps']:.1f} t/s, TPOT p50 {s['tpot_p50_ms']:.2f} ms")
+    print(f"process CPU {proc_cpu:.2f} s ({proc_cpu / wall:.2f} cores); client process {client_cpu:.2f} s")
+    print("\n| thread | CPU s | share | per step ms |\n|---|---|---|---|")
+    for k, v in sorted(by.items(), key=lambda kv: -kv[1]):
+        print(f"| {k} | {v:.2f} | {100 * v / max(proc_cpu, 1e-9):.1f} % | {1e3 * v / max(steps, 1):.3f} |")
+    rest = sched_cpu["cpu"] - fwd["cpu"]
+    print("\nscheduler thread, per step (CPU):")
+    print(f"  forward (C kernels called from it + model glue) {1e3 * fwd['cpu'] / max(fwd['n'], 1):8.3f} ms "
+          f"over {fwd['n']} forwards, {fwd['tokens'] / max(fwd['n'], 1):.2f} tokens each")
+    print(f"  rest of the step (plan, sample, text, events)    {1e3 * rest / max(steps, 1):8.3f} ms")
+    py_total = rest + by["event loop (HTTP, SSE)"]
+    print(f"  Python outside the forward pass, all threads:    {1e3 * py_total / max(steps, 1):8.3f} ms/step = "
+          f"{100 * py_total / max(proc_cpu, 1e-9):.1f} % of the process CPU")
+    if prof is not None:
+        out = io.StringIO()
+        pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(args.cprofile)
+        print("\nscheduler thread, cProfile (cumulative):")
+        print(out.getvalue())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
