@@ -95,7 +95,8 @@ def _model(n_batch: int = 512, backend: str = "auto"):
     key = (n_batch, backend)
     if key not in _model_cache:
         f = open_gguf(default_model_path(progress=None))
-        _model_cache[key] = Gemma3Model(f, backends.get(backend, n_threads=2), n_ctx=128, n_batch=n_batch)
+        _model_cache[key] = Gemma3Model(f, backends.get(backend, n_threads=2), n_ctx=128, n_batch=n_batch,
+                                          type_k="f32", type_v="f32")  # the references: f32 KV
     m = _model_cache[key]
     m.reset()
     return m

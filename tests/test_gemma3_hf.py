@@ -49,7 +49,8 @@ def _model(backend: str = "auto", n_ctx: int = 128):
     from tilellm.llm.models.gemma3 import Gemma3Model
 
     f = open_gguf(default_model_path(progress=None))
-    return Gemma3Model(f, backends.get(backend, n_threads=2), n_ctx=n_ctx, n_batch=512)
+    return Gemma3Model(f, backends.get(backend, n_threads=2), n_ctx=n_ctx, n_batch=512,
+                       type_k="f32", type_v="f32")  # transformers and llama.cpp references: f32 KV
 
 
 def _chunk_ppl(running: list[float]) -> list[float]:
