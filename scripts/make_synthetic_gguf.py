@@ -86,9 +86,9 @@ def _matrix(rng: np.random.Generator, rows: int, k: int, gain: float = 1.0) -> n
     return w
 
 
-def add_llama_vocab(w: gguf.GGUFWriter, n_vocab: int) -> None:
+def add_llama_vocab(w: gguf.GGUFWriter, n_vocab: int, space_prefix: bool | None = True) -> None:
     """`build_vocab(n_vocab)` written as a SentencePiece ("llama") tokenizer: <unk> 0, <s> 1, </s> 2, BOS added,
-    a space prefix."""
+    `add_space_prefix` as given (None: the key left out)."""
     tokens, scores, types = build_vocab(n_vocab)
     w.add_tokenizer_model("llama")
     w.add_tokenizer_pre("default")
@@ -100,7 +100,8 @@ def add_llama_vocab(w: gguf.GGUFWriter, n_vocab: int) -> None:
     w.add_eos_token_id(2)
     w.add_add_bos_token(True)
     w.add_add_eos_token(False)
-    w.add_add_space_prefix(True)
+    if space_prefix is not None:
+        w.add_add_space_prefix(space_prefix)
 
 
 def write_synthetic_gguf(

@@ -16,7 +16,6 @@ def write_gemma3(path: Path, *, hidden: int = 64, heads: int = 2, kv_heads: int 
     import gguf
 
     synth = synthetic_module()
-    tokens, scores, types = synth.build_vocab(vocab)
     rng = np.random.default_rng(seed)
     w = gguf.GGUFWriter(str(path), "gemma3")
     a = "gemma3."
@@ -28,16 +27,7 @@ def write_gemma3(path: Path, *, hidden: int = 64, heads: int = 2, kv_heads: int 
     w.add_float32(a + "attention.layer_norm_rms_epsilon", 1e-6)
     w.add_float32(a + "rope.freq_base", 1e6)
     w.add_float32(a + "rope.local_freq_base", 10000.0)
-    w.add_tokenizer_model("llama")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(tokens)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    w.add_unk_token_id(0)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_add_bos_token(True)
-    w.add_add_eos_token(False)
+    synth.add_llama_vocab(w, vocab, space_prefix=None)
 
     def mat(rows: int, k: int, gain: float = 1.0) -> np.ndarray:
         return (rng.standard_normal((rows, k)) * (gain / np.sqrt(k))).astype(np.float32)

@@ -295,19 +295,24 @@ def _extreme_weights(t: GGMLType, m: int, k: int, rng) -> np.ndarray:
     return raw
 
 
-@pytest.mark.parametrize("t", NEW_TYPES, ids=lambda t: t.name)
-@pytest.mark.parametrize("n", [1, 5])
-def test_extreme_quants_no_int16_saturation(lib, t, n):
+def check_extreme_quants(lib, t: GGMLType, n: int, extreme_weights) -> None:
+    """`extreme_weights(t, m, k, rng)` (every quant at its largest magnitude) against activations of constant |x|
+    within a row (every activation quant +-127; row 0 all positive): no int16 sum may saturate."""
     need(lib, t)
     rng = np.random.default_rng(11 + n)
     m, k = 19, 512
-    raw = _extreme_weights(t, m, k, rng)
-    # |x| constant within a row: every activation quant is +-127; row 0 all positive
+    raw = extreme_weights(t, m, k, rng)
     x = (rng.choice([-1.0, 1.0], size=(n, k)) * rng.uniform(0.5, 2.0, size=(n, 1))).astype(np.float32)
     x[0] = abs(x[0])
     y = lib.gemm(t, raw, k, lib.prepare(t, x))
     ref, scale = reference(t, raw, k, x)
     check_close(y, ref, scale)
+
+
+@pytest.mark.parametrize("t", NEW_TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("n", [1, 5])
+def test_extreme_quants_no_int16_saturation(lib, t, n):
+    check_extreme_quants(lib, t, n, _extreme_weights)
 
 
 @pytest.mark.parametrize("t", NEW_TYPES, ids=lambda t: t.name)

@@ -14,6 +14,7 @@ import pytest
 from test_kernels import RUNNABLE, check_close
 from test_kernels_kquant import (
     check_batch_independent,
+    check_extreme_quants,
     check_threads_bit_identical,
     ggml_act_ref,
     make_from,
@@ -140,15 +141,7 @@ def _extreme_weights(t: GGMLType, m: int, k: int, rng) -> np.ndarray:
 @pytest.mark.parametrize("t", QX_TYPES, ids=lambda t: t.name)
 @pytest.mark.parametrize("n", [1, 5])
 def test_extreme_quants_no_int16_saturation(lib, t, n):
-    need(lib, t)
-    rng = np.random.default_rng(11 + n)
-    m, k = 19, 512
-    raw = _extreme_weights(t, m, k, rng)
-    x = (rng.choice([-1.0, 1.0], size=(n, k)) * rng.uniform(0.5, 2.0, size=(n, 1))).astype(np.float32)
-    x[0] = abs(x[0])  # every activation quant +-127; row 0 all positive
-    y = lib.gemm(t, raw, k, lib.prepare(t, x))
-    ref, scale = reference(t, raw, k, x)
-    check_close(y, ref, scale)
+    check_extreme_quants(lib, t, n, _extreme_weights)
 
 
 def test_shares_prepared_activations(lib):

@@ -68,6 +68,13 @@ class DecoderModel:
     type_k: GGMLType = DEFAULT_KV_TYPE
     type_v: GGMLType = DEFAULT_KV_TYPE
 
+    def _bind(self, file: Any, backend: Backend, numerics: str, type_k: Any, type_v: Any) -> None:
+        """What every decoder's constructor stores first: the file, the backend, the numerics and the KV types."""
+        self.file = file
+        self.backend = backend
+        self.numerics = check_numerics(numerics)
+        self._init_kv_types(type_k, type_v)
+
     def _init_kv_types(self, type_k: Any, type_v: Any) -> None:
         """Validate and store the KV cache types (names "f32" / "f16" / "bf16" / "q8_0" or ggml type ids)."""
         self.type_k, self.type_v = kv_type(type_k, "type_k"), kv_type(type_v, "type_v")

@@ -33,7 +33,7 @@ from tilellm.quant.kv import kv_check_dims, kv_load, kv_nbytes
 
 from ..gguf.hparams import arch_of, check_block_count, check_vocab, dim, rope_base
 from ..gguf.metadata import bool_of, float_in, nonneg_int
-from .base import BatchedDecoder, DecoderModel, Segment, SlotCache, check_numerics, vector
+from .base import BatchedDecoder, DecoderModel, Segment, SlotCache, vector
 from .kvshift import RopedKeys
 from .layers import Rope, softmax
 from .memory import check_kv_cache
@@ -201,10 +201,7 @@ class DeepSeek2Model(DecoderModel, BatchedDecoder):
 
     def __init__(self, file: Any, backend: Backend, n_ctx: int | None = None, n_batch: int = 512,
                  numerics: str = "default", *, type_k: Any = "f16", type_v: Any = "f16") -> None:
-        self.file = file
-        self.backend = backend
-        self.numerics = check_numerics(numerics)
-        self._init_kv_types(type_k, type_v)
+        self._bind(file, backend, numerics, type_k, type_v)
         self.hparams = hp = DeepSeek2HParams.from_file(file.metadata, file.tensors, self._vocab_size(file))
         check_block_count(file.metadata, file.tensors, hp.n_layer)
         self._init_context(n_ctx, n_batch)

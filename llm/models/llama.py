@@ -18,7 +18,7 @@ from tilellm.quant.kv import kv_check_dims, kv_nbytes
 
 from ..gguf.hparams import HParams, check_block_count
 from ..gguf.metadata import float_in, str_of
-from .base import BatchedDecoder, DecoderModel, Segment, SlotCache, check_numerics, vector
+from .base import BatchedDecoder, DecoderModel, Segment, SlotCache, vector
 from .kvshift import RopedKeys
 from .layers import Rope, add_qkv_biases
 from .memory import check_kv_cache
@@ -52,10 +52,7 @@ class LlamaModel(DecoderModel, BatchedDecoder):
 
     def __init__(self, file: Any, backend: Backend, n_ctx: int | None = None, n_batch: int = 512,
                  numerics: str = "default", *, type_k: Any = "f16", type_v: Any = "f16") -> None:
-        self.file = file
-        self.backend = backend
-        self.numerics = check_numerics(numerics)
-        self._init_kv_types(type_k, type_v)
+        self._bind(file, backend, numerics, type_k, type_v)
         md = file.metadata
         self.hparams = hp = HParams.from_metadata(md, self._vocab_size(file))
         check_block_count(md, file.tensors, hp.n_layer)
