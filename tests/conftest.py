@@ -84,20 +84,24 @@ def fixture_model(name: str, be: str = "reference", n_batch: int = 512):
     return m
 
 
-_SYNTH = None
+def script_module(name: str, path: Path | None = None):
+    """scripts/<name>.py (or the file at `path`) as a module, loaded once and registered under `name` (the scripts
+    folder is not a package; dataclasses look their module up by name)."""
+    import importlib.util
+    import sys
+
+    if name not in sys.modules:
+        path = path or Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    return sys.modules[name]
 
 
 def synthetic_module():
-    """scripts/make_synthetic_gguf.py as a module (the scripts folder is not a package)."""
-    global _SYNTH
-    if _SYNTH is None:
-        import importlib.util
-
-        path = Path(__file__).resolve().parents[1] / "scripts" / "make_synthetic_gguf.py"
-        spec = importlib.util.spec_from_file_location("make_synthetic_gguf", path)
-        _SYNTH = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(_SYNTH)  # type: ignore[union-attr]
-    return _SYNTH
+    """scripts/make_synthetic_gguf.py as a module."""
+    return script_module("make_synthetic_gguf")
 
 
 def synthetic_gguf(path: Path, **kw) -> Path:

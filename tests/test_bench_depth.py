@@ -2,34 +2,20 @@
 evaluated once per depth (restored from a saved state afterwards); and scripts/bench_depth.py's own parts."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from pathlib import Path
 
 import pytest
-from conftest import run_main
+from conftest import run_main, script_module
+from test_bench import _SpyModel
 
 from tilellm.llm.cli import bench
 
 
-class _Spy:
+class _Spy(_SpyModel):
     """Records what the bench does, in order: resets, evaluations (their lengths), state saves and restores, and
     the clock reads that bracket the timed part."""
-
-    n_vocab, backend, n_threads, desc, model_size, n_params = 100, "spy", 1, "spy 1M F32", 1, 1
-
-    class tokenizer:  # noqa: N801
-        bos_id = 1
-
-    def __init__(self, log: list) -> None:
-        self.log = log
-
-    def reset(self) -> None:
-        self.log.append("reset")
-
-    def eval(self, ids) -> None:
-        self.log.append(len(ids))
 
     def save_state(self) -> str:
         self.log.append("save")
@@ -38,12 +24,6 @@ class _Spy:
     def load_state(self, state: str) -> None:
         assert state == "state"
         self.log.append("load")
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a) -> None:
-        pass
 
 
 def test_depth_is_filled_once_untimed_then_restored(monkeypatch) -> None:
@@ -90,11 +70,7 @@ def test_bench_depth_rows(tiny_synth: Path) -> None:
 
 # ----------------------------------------------------------------------------- scripts/bench_depth.py
 def _script():
-    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_depth.py"
-    spec = importlib.util.spec_from_file_location("bench_depth", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)  # type: ignore[union-attr]
-    return mod
+    return script_module("bench_depth")
 
 
 def test_bench_depth_script_runs_ours(tiny_synth: Path, tmp_path: Path, monkeypatch, capsys) -> None:

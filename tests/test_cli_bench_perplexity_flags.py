@@ -10,7 +10,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import run_main
+from conftest import run_main, synthetic_module
 
 from tilellm.llm.cli import bench, perplexity
 
@@ -99,13 +99,8 @@ def test_kl_divergence_against_itself_is_zero(tiny_synth: Path, text_file: Path,
     pb = float(re.search(r"^Mean PPL\(base\) +: +([\d.]+)$", out, re.M).group(1))
     assert pq == pb and abs(pq - ppl) < 1e-3 * ppl
     # another model (a different seed of the synthetic one) diverges: KL > 0
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("make_synthetic_gguf", ROOT / "scripts" / "make_synthetic_gguf.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    other = mod.write_synthetic_gguf(tmp_path / "other.gguf", hidden=64, ffn=64, heads=2, kv_heads=1, vocab=300,
-                                     layers=1, ctx=256, wtype="q8_0", seed=7)
+    other = synthetic_module().write_synthetic_gguf(tmp_path / "other.gguf", hidden=64, ffn=64, heads=2, kv_heads=1,
+                                                    vocab=300, layers=1, ctx=256, wtype="q8_0", seed=7)
     code, out, err = _ppl(["-m", str(other), *common[2:], "--kl-divergence-base", str(base), "--kl-divergence"])
     assert code == 0, err
     assert float(re.search(r"^Mean    KLD: +([-\d.e]+)", out, re.M).group(1)) > 0.0

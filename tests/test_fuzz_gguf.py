@@ -7,20 +7,16 @@ hard crashes and C-level hangs. The mutation engine lives in scripts/fuzz_gguf.p
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import struct
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import script_module
 
 ROOT = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location("fuzz_gguf", ROOT / "scripts" / "fuzz_gguf.py")
-fz = importlib.util.module_from_spec(_spec)
-sys.modules["fuzz_gguf"] = fz  # dataclasses look their module up by name
-_spec.loader.exec_module(fz)  # type: ignore[union-attr]
+fz = script_module("fuzz_gguf")
 
 SEED = int(os.environ.get("TILELLM_FUZZ_SEED", "20240601"))
 TEMPLATE_PATHS = fz.find_templates()

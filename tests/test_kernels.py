@@ -639,14 +639,12 @@ def test_extreme_quants_exact(lib, t, n):
 # ---- sanitizers (slow: compiles the C fuzz harness once per variant and sanitizer) ---------------
 
 def _build_variants_module():
-    import importlib.util
     import pathlib
 
+    from conftest import script_module
+
     path = pathlib.Path(__file__).resolve().parents[1] / "kernels" / "build_variants.py"
-    spec = importlib.util.spec_from_file_location("_tl_bv_for_tests", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return script_module("_tl_bv_for_tests", path)
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import fixture_path, kernel_backends
+from conftest import fixture_path, kernel_backends, script_module
 
 import tilellm
 from tilellm import backend as backends
@@ -314,18 +314,13 @@ DS_SHAPE = dict(hidden=128, heads=2, kv_lora=64, nope=32, rope=32, v_head=32, ff
 def deepseek_q8_files(tmp_path_factory):
     """Synthetic deepseek2 files whose MLA sizes are whole q8_0 blocks (as DeepSeek's 512 / 64 are): the k_b / v_b
     layout (latent cache) and the attn_kv_b layout (expanded per-head cache)."""
-    import importlib.util
-    from pathlib import Path
 
     from _gguf_copy import write_gguf
     from test_model_deepseek2 import _join_kv_b, _to_kv_b_layout
 
     from tilellm.llm.gguf.reader import open_gguf
 
-    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_deepseek_synth.py"
-    spec = importlib.util.spec_from_file_location("bench_deepseek_synth", script)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    mod = script_module("bench_deepseek_synth")
     d = tmp_path_factory.mktemp("ds2q8")
     latent = d / "latent.gguf"
     mod.write_synthetic(latent, "q8_0", seed=3, **DS_SHAPE)

@@ -4,20 +4,14 @@ llama.cpp for the same setting (scripts/kv_fidelity.py measures both; flash atte
 quantized V cache needs). Marked `peer`: needs llama-cpp-python (.ci/peer.sh)."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
+from conftest import script_module
 
 pytestmark = pytest.mark.peer
 
 
 def _script():
-    path = Path(__file__).resolve().parents[1] / "scripts" / "kv_fidelity.py"
-    spec = importlib.util.spec_from_file_location("kv_fidelity", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)  # type: ignore[union-attr]
-    return mod
+    return script_module("kv_fidelity")
 
 
 def test_q8_0_kv_is_as_faithful_as_llama_cpp():
