@@ -220,11 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     backends = [b.strip() for b in a.backends.split(",")] if a.backends else bp.kernel_backends()
     peer = not a.no_peer
     if peer and a.peer_isa:
-        lib = Path(__file__).resolve().parents[1] / ".peers" / a.peer_isa / "llama_cpp" / "lib"
-        if not lib.is_dir():
-            ap.error(f"no peer build at {lib.parent.parent}: run scripts/build_peer.sh {a.peer_isa}")
-        os.environ["LLAMA_CPP_LIB_PATH"] = str(lib)  # read by llama_cpp at import
-        sys.path.insert(0, str(lib.parent.parent))
+        bp.use_peer_build(a.peer_isa, ap.error)
     if peer:
         try:
             import llama_cpp  # noqa: F401

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_peer import Ours, Peer, time_pp, time_tg  # noqa: E402
+from bench_peer import Ours, Peer, time_pp, time_tg, use_peer_build  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,11 +36,7 @@ def main() -> None:
                          "avx2 = the AVX2-only build, the fair peer of a run capped with TILELLM_CPU_CAP=avx2")
     args = ap.parse_args()
     if not args.no_peer and args.peer_isa:
-        lib = ROOT / ".peers" / args.peer_isa / "llama_cpp" / "lib"  # as bench_peer.py --peer-isa
-        if not lib.is_dir():
-            ap.error(f"no peer build at {lib.parent.parent}: run scripts/build_peer.sh {args.peer_isa}")
-        os.environ["LLAMA_CPP_LIB_PATH"] = str(lib)  # read by llama_cpp at import (Peer imports it)
-        sys.path.insert(0, str(lib.parent.parent))
+        use_peer_build(args.peer_isa, ap.error)  # before Peer imports llama_cpp
     from tilellm.llm.cli.default_model import default_model_path
 
     path = Path(default_model_path())

@@ -51,6 +51,16 @@ QUICK_NS = [1, 512]
 THREADS = 2
 
 
+def use_peer_build(isa: str, error) -> None:
+    """Make the next `import llama_cpp` load the llama.cpp built by scripts/build_peer.sh ISA (.peers/ISA);
+    `error(message)` (an argparse error) when there is no such build."""
+    lib = Path(__file__).resolve().parents[1] / ".peers" / isa / "llama_cpp" / "lib"
+    if not lib.is_dir():
+        error(f"no peer build at {lib.parent.parent}: run scripts/build_peer.sh {isa}")
+    os.environ["LLAMA_CPP_LIB_PATH"] = str(lib)  # read by llama_cpp at import
+    sys.path.insert(0, str(lib.parent.parent))
+
+
 def log(*a):
     print(*a, file=sys.stderr, flush=True)
 
@@ -414,11 +424,7 @@ def main(argv=None) -> int:
     d.mkdir(parents=True, exist_ok=True)
     peer_ok = not a.no_peer
     if peer_ok and a.peer_isa:
-        lib = Path(__file__).resolve().parents[1] / ".peers" / a.peer_isa / "llama_cpp" / "lib"
-        if not lib.is_dir():
-            ap.error(f"no peer build at {lib.parent.parent}: run scripts/build_peer.sh {a.peer_isa}")
-        os.environ["LLAMA_CPP_LIB_PATH"] = str(lib)  # read by llama_cpp at import
-        sys.path.insert(0, str(lib.parent.parent))
+        use_peer_build(a.peer_isa, ap.error)
     if peer_ok:
         try:
             import llama_cpp  # noqa: F401

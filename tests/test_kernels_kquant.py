@@ -86,12 +86,7 @@ Q5_SHAPES = [(1, 32, 1), (1, 32, 2), (3, 32, 1), (5, 64, 3), (7, 96, 1), (13, 12
 @pytest.mark.parametrize("t", KTYPES, ids=lambda t: t.name)
 @pytest.mark.parametrize("shape", K_SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_kquant_gemm_matches_reference(lib, t, shape):
-    need(lib, t)
-    m, k, n = shape
-    raw, x = make(t, m, k, n, seed=m * 1000 + k + n + int(t))
-    y = lib.gemm(t, raw, k, lib.prepare(t, x))
-    ref, scale = reference(t, raw, k, x)
-    check_close(y, ref, scale)
+    check_matches_reference(lib, t, shape, make)
 
 
 @pytest.mark.parametrize("shape", Q5_SHAPES, ids=lambda s: "x".join(map(str, s)))
@@ -157,6 +152,16 @@ def test_q8_act_layout(lib):
         np.testing.assert_array_equal(rows[2, 0:9].view(np.int8), [-127, 3, 4, -3, 1, -1, 127, -127, 2])
         assert not rows[1, 256:512].any() and not rows[1, k + 4 * 16:k + 4 * 32].any()  # zero groups: q = 0, d = 0
         assert rows[3, 40] == 0
+
+
+def check_matches_reference(lib, t: GGMLType, shape: tuple[int, int, int], make) -> None:
+    """One (m, k, n) product of type t (`make` as `make` here) against the float64 reference."""
+    need(lib, t)
+    m, k, n = shape
+    raw, x = make(t, m, k, n, seed=m * 1000 + k + n + int(t))
+    y = lib.gemm(t, raw, k, lib.prepare(t, x))
+    ref, scale = reference(t, raw, k, x)
+    check_close(y, ref, scale)
 
 
 def check_threads_bit_identical(lib, t: GGMLType, make) -> None:

@@ -15,6 +15,7 @@ from test_kernels import RUNNABLE, check_close
 from test_kernels_kquant import (
     check_batch_independent,
     check_extreme_quants,
+    check_matches_reference,
     check_threads_bit_identical,
     ggml_act_ref,
     make_from,
@@ -68,12 +69,7 @@ CASES = [(t, s) for t in QX_TYPES for s in (B32_SHAPES if t in SMALL_BLOCK else 
 
 @pytest.mark.parametrize("t,shape", CASES, ids=[f"{t.name}-{'x'.join(map(str, s))}" for t, s in CASES])
 def test_gemm_matches_reference(lib, t, shape):
-    need(lib, t)
-    m, k, n = shape
-    raw, x = make(t, m, k, n, seed=m * 1000 + k + n + int(t))
-    y = lib.gemm(t, raw, k, lib.prepare(t, x))
-    ref, scale = reference(t, raw, k, x)
-    check_close(y, ref, scale)
+    check_matches_reference(lib, t, shape, make)
 
 
 def test_portable_supports_all_and_act_types():
