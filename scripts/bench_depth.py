@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import shlex
-import statistics
 import sys
 import warnings
 from pathlib import Path
@@ -132,9 +131,7 @@ def depth_bench(path: Path, depths: list[int], backends: list[str], peer: bool, 
             for e, sec in zip(at, bp.time_tg_sliced(at, [], toks(n_tg), tg_slice)):
                 tg[e.name].append(n_tg / sec)
         for e in at:
-            row = {"depth": d, "engine": e.name, "pp": max(pp[e.name]), "pp_median": statistics.median(pp[e.name]),
-                   "pp_samples": pp[e.name], "tg": max(tg[e.name]), "tg_median": statistics.median(tg[e.name]),
-                   "tg_samples": tg[e.name]}
+            row = {"depth": d, "engine": e.name, **bp.rates_row(pp[e.name], tg[e.name])}
             rows.append(row)
             bp.log(f"d{d:<6d} {e.name:13s} pp{n_pp} {row['pp']:8.1f} t/s  tg{n_tg} {row['tg']:7.1f} t/s")
         del at

@@ -61,6 +61,12 @@ def use_peer_build(isa: str, error) -> None:
     sys.path.insert(0, str(lib.parent.parent))
 
 
+def rates_row(pp: list[float], tg: list[float]) -> dict:
+    """A row's rates: best (the sample least disturbed by other processes), median and every sample, pp and tg."""
+    return {"pp": max(pp), "pp_median": statistics.median(pp), "pp_samples": pp,
+            "tg": max(tg), "tg_median": statistics.median(tg), "tg_samples": tg}
+
+
 def log(*a):
     print(*a, file=sys.stderr, flush=True)
 
@@ -207,9 +213,7 @@ def model_bench(types, backends, reps, tg_reps, n_pp, n_tg, d: Path, peer_ok: bo
         for e in engines:
             # best = the sample least disturbed by other processes (rounds are interleaved, so the
             # best samples of peer and ours come from comparable moments); median kept too
-            row = {"type": t, "engine": e.name, "pp": max(pp[e.name]), "pp_median": statistics.median(pp[e.name]),
-                   "pp_samples": pp[e.name], "tg": max(tg[e.name]), "tg_median": statistics.median(tg[e.name]),
-                   "tg_samples": tg[e.name]}
+            row = {"type": t, "engine": e.name, **rates_row(pp[e.name], tg[e.name])}
             rows.append(row)
             log(f"{t:5s} {e.name:10s} pp{n_pp} {row['pp']:8.1f} t/s  tg{n_tg} {row['tg']:7.1f} t/s "
                 f"(pp samples {', '.join(f'{v:.0f}' for v in pp[e.name])})")
