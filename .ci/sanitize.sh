@@ -174,12 +174,12 @@ run_pytest() {
         --capture=sys -m "not slow" "$@") 2>&1 | tee -a "$LOG"
 }
 # Everything that calls into C: the kernel suites (test_kernels*.py), the boundary tests, the
-# attention kernel, the decode paths (tl_gemm_many, plans, fused preparations, the one-call layer). Comparisons of whole models with llama.cpp ("as_close_as_llama_cpp") run
+# attention kernel (f32 and the f16/bf16/q8_0 KV caches it reads), the decode paths (tl_gemm_many, plans, fused preparations, the one-call layer). Comparisons of whole models with llama.cpp ("as_close_as_llama_cpp") run
 # separately below.
 ACC_K=${TILELLM_SANITIZE_MODEL_K-as_close_as_llama_cpp}
 TESTS=()
 for t in "$SRC"/tests/test_kernels*.py "$SRC"/tests/test_kernel_boundary.py "$SRC"/tests/test_attention.py \
-         "$SRC"/tests/test_decode_paths.py "$SRC"/tests/test_decode_layer.py; do
+         "$SRC"/tests/test_kv_cache.py "$SRC"/tests/test_decode_paths.py "$SRC"/tests/test_decode_layer.py; do
     [ -f "$t" ] && TESTS+=("${t#"$SRC"/}")
 done
 if [ ! -f "$SRC/tests/test_kernels.py" ]; then echo "sanitize: tests/test_kernels.py is missing"; exit 1; fi
