@@ -367,10 +367,29 @@ TL_INLINE const char *q_pf_slice(const int WT, const char *p, int64_t end_ok) {
     return p + 64 * q_pf_lines(WT);
 }
 
+/* q8_0: half h of the block at byte o of the 8 rows, transposed (u) and as the unsigned operand of the group dot (wa:
+ * w + 128 for vpdpbusd, |w| for the sign trick). */
+TL_INLINE void q_q8_half(const uint8_t *const *rp, int64_t o, int h, __m256i u[4], __m256i wa[4]) {
+    q_transpose8(rp, o + 2 + 16 * h, u);
+    for (int t = 0; t < 4; t++)
+        wa[t] = Q_VNNI ? _mm256_xor_si256(u[t], _mm256_set1_epi8((char)0x80)) : _mm256_abs_epi8(u[t]);
+}
+
+/* q4_0 / q4_1: the block's nibbles at byte o of the 8 rows, transposed: low (values 4t..) in w[t], high
+ * (16 + 4t..) in w[4 + t]. */
+TL_INLINE void q_q4_nibbles(const int WT, const uint8_t *const *rp, int64_t o, __m256i w[8]) {
+    const __m256i lo4 = _mm256_set1_epi8(0x0f);
+    __m256i u[4];
+    q_transpose8(rp, o + (WT == TL_Q4_0 ? 2 : 4), u);
+    for (int t = 0; t < 4; t++) {
+        w[t] = _mm256_and_si256(u[t], lo4);
+        w[t + 4] = _mm256_and_si256(_mm256_srli_epi16(u[t], 4), lo4);
+    }
+}
+
 /* Block b (at byte o of each row) of 8 rows x the token: y += its contribution. */
 TL_INLINE __m256 q_gemv_block(const int WT, const uint8_t *const *rp, int64_t o, int64_t b, const int32_t *xq,
                               const float *dx, const float *sx, const int16_t *is, __m256 y) {
-    const __m256i lo4 = _mm256_set1_epi8(0x0f);
     const __m256i head = q_dw8(rp, o); /* d (| m for q4_1, | the first quants otherwise) */
     __m256 d, m;
     q_f16_halves(head, head, &d, &m);
@@ -379,18 +398,12 @@ TL_INLINE __m256 q_gemv_block(const int WT, const uint8_t *const *rp, int64_t o,
     if (WT == TL_Q8_0) {
         for (int h = 0; h < 2; h++) {
             __m256i u[4], wa[4];
-            q_transpose8(rp, o + 2 + 16 * h, u);
-            for (int t = 0; t < 4; t++)
-                wa[t] = Q_VNNI ? _mm256_xor_si256(u[t], _mm256_set1_epi8((char)0x80)) : _mm256_abs_epi8(u[t]);
+            q_q8_half(rp, o, h, u, wa);
             acc[h] = q_dot_s8(wa, u, xq + 8 * b + 4 * h, Q_VNNI ? q_off_ip(ip, h, -128) : ip);
         }
     } else {
-        __m256i u[4], w[8];
-        q_transpose8(rp, o + (WT == TL_Q4_0 ? 2 : 4), u);
-        for (int t = 0; t < 4; t++) { /* low nibbles: values 4t..; high: 16 + 4t.. */
-            w[t] = _mm256_and_si256(u[t], lo4);
-            w[t + 4] = _mm256_and_si256(_mm256_srli_epi16(u[t], 4), lo4);
-        }
+        __m256i w[8];
+        q_q4_nibbles(WT, rp, o, w);
         const int OFF = WT == TL_Q4_0;
         acc[0] = q_dot_u4(OFF, w, xq + 8 * b, OFF ? q_off_ip(ip, 0, -8) : ip);
         acc[1] = q_dot_u4(OFF, w + 4, xq + 8 * b + 4, OFF ? q_off_ip(ip, 1, -8) : ip);

@@ -30,17 +30,12 @@ typedef struct {
 /* Block b (at byte o of each row) of 8 rows x the n tokens: y[j] += token j's contribution. */
 TL_INLINE void q_small_block(const int WT, const uint8_t *const *rp, int64_t o, int64_t b, const q_small_tok *tk,
                              int n, __m256 *y) {
-    const __m256i lo4 = _mm256_set1_epi8(0x0f);
     const __m256i head = q_dw8(rp, o); /* d (| m for q4_1, | the first quants otherwise) */
     __m256 d, m;
     q_f16_halves(head, head, &d, &m);
     if (WT == TL_Q8_0) {
         __m256i u[2][4], wa[2][4];
-        for (int h = 0; h < 2; h++) {
-            q_transpose8(rp, o + 2 + 16 * h, u[h]);
-            for (int t = 0; t < 4; t++)
-                wa[h][t] = Q_VNNI ? _mm256_xor_si256(u[h][t], _mm256_set1_epi8((char)0x80)) : _mm256_abs_epi8(u[h][t]);
-        }
+        for (int h = 0; h < 2; h++) q_q8_half(rp, o, h, u[h], wa[h]);
         for (int j = 0; j < n; j++) {
             const __m256i ip = q_off_mul(WT) ? q_isum_pair(tk[j].is, b) : _mm256_setzero_si256();
             const __m256i acc0 = q_dot_s8(wa[0], u[0], tk[j].xq + 8 * b, Q_VNNI ? q_off_ip(ip, 0, -128) : ip);
@@ -48,12 +43,8 @@ TL_INLINE void q_small_block(const int WT, const uint8_t *const *rp, int64_t o, 
             y[j] = _mm256_fmadd_ps(q_scale_dots(acc0, acc1, tk[j].dx[2 * b], tk[j].dx[2 * b + 1]), d, y[j]);
         }
     } else {
-        __m256i u[4], w[8];
-        q_transpose8(rp, o + (WT == TL_Q4_0 ? 2 : 4), u);
-        for (int t = 0; t < 4; t++) { /* low nibbles: values 4t..; high: 16 + 4t.. */
-            w[t] = _mm256_and_si256(u[t], lo4);
-            w[t + 4] = _mm256_and_si256(_mm256_srli_epi16(u[t], 4), lo4);
-        }
+        __m256i w[8];
+        q_q4_nibbles(WT, rp, o, w);
         const int OFF = WT == TL_Q4_0;
         for (int j = 0; j < n; j++) {
             const __m256i ip = q_off_mul(WT) ? q_isum_pair(tk[j].is, b) : _mm256_setzero_si256();

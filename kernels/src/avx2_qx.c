@@ -32,10 +32,12 @@
 #include "avx512.h"
 #define QX_ACT_PREPARE tl_avx512_q8_act_prepare
 #define QX_UK(name) tl_avx512_##name##_16x8
+#define QX_LOOKUP tl_avx512_qx_lookup
 #else
 #include "avx2.h"
 #define QX_ACT_PREPARE tl_avx2_q8_act_prepare
 #define QX_UK(name) tl_avx2_##name##_8x4
+#define QX_LOOKUP tl_avx2_qx_lookup
 #endif
 
 #if defined(__AVX512F__)
@@ -388,3 +390,15 @@ QX_FUNCS(iq4_nl, TL_IQ4_NL)
 QX_FUNCS(iq4_xs, TL_IQ4_XS)
 QX_FUNCS(q2_k, TL_Q2_K)
 QX_FUNCS(q3_k, TL_Q3_K)
+
+/* This file's kernel of a type, or NULL: the tail of the avx2, avxvnni and avx512 tables. */
+const tl_ukernel *QX_LOOKUP(int wtype) {
+    switch (wtype) {
+    case TL_Q5_1: return &QX_UK(q5_1);
+    case TL_IQ4_NL: return &QX_UK(iq4_nl);
+    case TL_IQ4_XS: return &QX_UK(iq4_xs);
+    case TL_Q2_K: return &QX_UK(q2_k);
+    case TL_Q3_K: return &QX_UK(q3_k);
+    default: return NULL;
+    }
+}

@@ -59,8 +59,10 @@ const tl_ukernel *tl_qx_portable_lookup(int wtype);
 #if defined(__AVX512F__)
 extern const tl_ukernel tl_avx512_q5_1_16x8, tl_avx512_iq4_nl_16x8, tl_avx512_iq4_xs_16x8, tl_avx512_q2_k_16x8,
     tl_avx512_q3_k_16x8;
+const tl_ukernel *tl_avx512_qx_lookup(int wtype); /* one of these five, or NULL */
 #elif defined(__AVX2__)
 extern const tl_ukernel tl_avx2_q5_1_8x4, tl_avx2_iq4_nl_8x4, tl_avx2_iq4_xs_8x4, tl_avx2_q2_k_8x4, tl_avx2_q3_k_8x4;
+const tl_ukernel *tl_avx2_qx_lookup(int wtype); /* one of these five, or NULL */
 #endif
 /* neon_qx.c (4-row panels x 4 tokens), in the neon, sme and sme2 variants */
 #if defined(__ARM_FEATURE_DOTPROD)

@@ -20,11 +20,6 @@ const tl_ukernel *tl_uk_lookup(const tl_ctx *ctx, int wtype) {
     case TL_Q4_K: return &tl_avx2_q4_k_8x4;
     case TL_Q5_K: return &tl_avx2_q5_k_8x4;
     case TL_Q6_K: return &tl_avx2_q6_k_8x4;
-    case TL_Q5_1: return &tl_avx2_q5_1_8x4; /* avx2_qx.c */
-    case TL_IQ4_NL: return &tl_avx2_iq4_nl_8x4;
-    case TL_IQ4_XS: return &tl_avx2_iq4_xs_8x4;
-    case TL_Q2_K: return &tl_avx2_q2_k_8x4;
-    case TL_Q3_K: return &tl_avx2_q3_k_8x4;
-    default: return NULL;
+    default: return tl_avx2_qx_lookup(wtype); /* avx2_qx.c's types; else NULL */
     }
 }

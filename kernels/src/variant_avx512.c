@@ -20,11 +20,6 @@ const tl_ukernel *tl_uk_lookup(const tl_ctx *ctx, int wtype) {
     case TL_Q4_K: return &tl_avx512_q4_k_16x8;
     case TL_Q5_K: return &tl_avx512_q5_k_16x8;
     case TL_Q6_K: return &tl_avx512_q6_k_16x8;
-    case TL_Q5_1: return &tl_avx512_q5_1_16x8; /* avx2_qx.c, 16-row zmm panels + VNNI */
-    case TL_IQ4_NL: return &tl_avx512_iq4_nl_16x8;
-    case TL_IQ4_XS: return &tl_avx512_iq4_xs_16x8;
-    case TL_Q2_K: return &tl_avx512_q2_k_16x8;
-    case TL_Q3_K: return &tl_avx512_q3_k_16x8;
-    default: return NULL;
+    default: return tl_avx512_qx_lookup(wtype); /* avx2_qx.c's types, 16-row zmm panels + VNNI; else NULL */
     }
 }
