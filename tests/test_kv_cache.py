@@ -81,6 +81,23 @@ def test_c_attention_thread_invariant(variant, t):
         assert np.array_equal(attention(kl, q, kc, vc, 90, 0.125, n_threads=n), one)
 
 
+@pytest.mark.parametrize("variant", kernel_backends())
+@pytest.mark.parametrize("t", ["f32", "f16"])
+@pytest.mark.parametrize("window", [0, 37])
+def test_c_attention_row_bits_do_not_depend_on_the_chunk(variant, t, window):
+    """A query row's result is the same bits whether its prompt is attended whole, in ragged chunks, or one token
+    at a time (the server splits prompts by what else is in the batch): rows in lanes, blocks at fixed keys."""
+    T, n_past, H, Hkv, D = 150, 40, 8, 2, 64
+    q, k, v = _operands((T, n_past, H, Hkv, D, 0), 5)
+    kc, vc = kv_encode(k, KV_TYPES[t]), kv_encode(v, KV_TYPES[t])
+    kl, win = kernels.load(variant), window or None
+    whole = attention(kl, q, kc, vc, n_past, 0.125, n_threads=2, window=win)
+    cuts = [0, 1, 3, 36, 37, 100, 133, 149, T]
+    for a, b in zip(cuts, cuts[1:]):
+        part = attention(kl, q[a:b], kc[:n_past + b], vc[:n_past + b], n_past + a, 0.125, n_threads=1, window=win)
+        assert np.array_equal(part, whole[a:b]), f"rows {a}..{b}"
+
+
 @pytest.mark.parametrize("t", TYPES)
 def test_reference_backend_dequantizes_then_computes(t):
     q, k, v = _operands((9, 20, 4, 2, 64, 0), 5)
