@@ -10,6 +10,14 @@ that is partly cache, which is what the decode sees too).
 
     python scripts/read_bw.py                 # 2 threads, 1024 and 136 MiB, 5 reps
     python scripts/read_bw.py --mib 512 --threads 1 --reps 9
+
+--gemv measures the decode kernels on the same yardstick: one token times an m x k matrix of each type (random
+valid blocks), cycling over distinct copies that fill --mib (so the weights come from DRAM, as a model's do), by
+the C entry point tl_gemm called straight through cffi; prints weight bytes per second, wall-clock (best batch)
+and per CPU-second (bytes over the process CPU time / threads), and that as a fraction of the read rate measured
+right before it with the same threads and size:
+
+    TILELLM_CPU_CAP=avx2 python scripts/read_bw.py --gemv q4_0 q8_0 --shapes 2048x2048 32000x2048 --threads 1
 """
 from __future__ import annotations
 
@@ -117,16 +125,75 @@ def measure(exe: str, mib: int, threads: int, reps: int) -> tuple[list[float], l
     return [float(w) for w, _ in rows], [float(c) for _, c in rows]
 
 
+def gemv_rate(variant: str, type_name: str, m: int, k: int, mib: int, threads: int, reps: int) -> tuple[float, float]:
+    """Weight bytes per second of one-token products (wall-clock best batch, per CPU-second best batch)."""
+    import time
+
+    import numpy as np
+
+    from tilellm import kernels
+    from tilellm.quant import TYPE_INFO, GGMLType
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+    from _qblocks import valid_blocks
+
+    t = GGMLType[type_name.upper()]
+    info = TYPE_INFO[t]
+    row = k // info.block_size * info.type_size
+    copies = max(1, (mib << 20) // (m * row))
+    rng = np.random.default_rng(0)
+    one = valid_blocks(t, m * (k // info.block_size), rng).reshape(m, row)
+    ws = [one.copy() for _ in range(copies)]
+    kl = kernels.load(variant, n_threads=threads)
+    prep = kl.prepare(t, rng.standard_normal((1, k)).astype(np.float32))
+    plans = [kl.plan(t, w, k) for w in ws]
+    out = np.zeros((1, m), np.float32)
+    yp = kl.ffi.from_buffer("float[]", out)
+    _, bufp = kl._act_arg(t, k, prep)
+    calls = [(kl.lib.tl_gemm, kl.ctx, int(t), p.wp, p.ldw, m, k, bufp, 1, yp, m, threads) for p in plans]
+    per = max(copies, int(0.25e9 // (m * row)) or 1)  # ~0.25 GB of weights per batch
+    best_w = best_c = 0.0
+    for r in range(reps + 1):
+        t0, c0 = time.perf_counter(), time.process_time()
+        for i in range(per):
+            c = calls[i % copies]
+            c[0](*c[1:])
+        dt, dc = time.perf_counter() - t0, time.process_time() - c0
+        if r:  # batch 0 warms up
+            best_w, best_c = max(best_w, per * m * row / dt / 1e9), max(best_c, per * m * row / (dc / threads) / 1e9)
+    return best_w, best_c
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mib", type=int, nargs="+", default=[1024, 136], help="buffer sizes in MiB")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--gemv", nargs="+", metavar="TYPE", help="measure these weight types' one-token products too")
+    ap.add_argument("--shapes", nargs="+", default=["2048x2048", "5632x2048", "2048x5632", "32000x2048"],
+                    help="m x k of the --gemv products")
+    ap.add_argument("--variant", default="auto", help="kernel variant for --gemv (auto: the best this CPU runs)")
     a = ap.parse_args()
     if not 1 <= a.threads <= 256 or a.reps < 1 or any(m < 1 for m in a.mib):
         sys.exit("read_bw: threads 1..256, reps >= 1, sizes >= 1 MiB")
     with tempfile.TemporaryDirectory() as tmp:
         exe = build(tmp)
+        if a.gemv:
+            from tilellm.backend import registry
+
+            variant = registry.available()[0] if a.variant == "auto" else a.variant
+            mib = a.mib[0]
+            _, c = measure(exe, mib, a.threads, a.reps)
+            read = max(c)
+            print(f"read {mib} MiB, {a.threads} threads: per CPU-second best {read:.1f} GB/s "
+                  f"(load {os.getloadavg()[0]:.1f}); variant {variant}")
+            for tn in a.gemv:
+                for shape in a.shapes:
+                    m, k = (int(v) for v in shape.lower().split("x"))
+                    w, c = gemv_rate(variant, tn, m, k, mib, a.threads, a.reps)
+                    print(f"  {tn:5s} {m:6d} x {k:5d}: wall best {w:5.1f} GB/s, per CPU-s best {c:5.1f} GB/s = "
+                          f"{c / read:4.0%} of read (load {os.getloadavg()[0]:.1f})", flush=True)
+            return
         for mib in a.mib:
             w, c = measure(exe, mib, a.threads, a.reps)
             print(f"{mib} MiB, {a.threads} threads: best {max(w):.1f} GB/s, median {statistics.median(w):.1f} GB/s; "
