@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from ._lib import (
                    ACT_ROUNDING,
+                   AMX_FEATURES,
                    CPU_CAP_ENV,
                    DEFAULT_OPTIONS,
                    FALLBACK,
@@ -33,4 +34,4 @@ from ._lib import (
 
 __all__ = ["compiled", "cpu_features", "detected_cpu_features", "cpu_cap", "CPU_CAP_ENV", "load", "KernelLib",
            "Prepared", "VARIANTS", "REQUIRES", "FALLBACK", "FEATURE_BITS", "default_threads", "ACT_ROUNDING",
-           "OPTIONS", "DEFAULT_OPTIONS", "options_from_env"]
+           "OPTIONS", "DEFAULT_OPTIONS", "options_from_env", "AMX_FEATURES"]

@@ -119,17 +119,20 @@ OPTIONS: dict[str, dict[Any, int]] = {
     "q8_gemv": {"auto": 0, "panel": 1, "rows": 2},  # avx512 q8_0 one-token path (same bits)
     "sme_tile": {"auto": 0, "16x64": 1, "64x16": 2},  # sme / sme2 micro-kernel shape (same bits)
     "sme_bf16": {False: 0, True: 1},  # sme / sme2 bf16 weights: BFMOPA on bf16-rounded activations
+    "amx": {True: 0, False: 1},  # avx512 q8_0/q4_0 prompts on AMX tiles where the (capped) CPU has them (same bits)
 }
+AMX_FEATURES = frozenset({"amx_tile", "amx_int8"})
 
 
 def options_from_env(env: Any) -> dict[str, Any]:
-    """Option defaults from $TILELLM_BF16_EXACT=1, $TILELLM_Q8_GEMV=panel|rows, $TILELLM_SME_TILE=16x64|64x16 and
-    $TILELLM_SME_BF16=bfmopa (anything else: the default)."""
+    """Option defaults from $TILELLM_BF16_EXACT=1, $TILELLM_Q8_GEMV=panel|rows, $TILELLM_SME_TILE=16x64|64x16,
+    $TILELLM_SME_BF16=bfmopa and $TILELLM_AMX=0 (anything else: the default)."""
     q8, tile = env.get("TILELLM_Q8_GEMV", ""), env.get("TILELLM_SME_TILE", "")
     return {"bf16_exact": env.get("TILELLM_BF16_EXACT", "")[:1] == "1",
             "q8_gemv": q8 if q8 in OPTIONS["q8_gemv"] else "auto",
             "sme_tile": tile if tile in OPTIONS["sme_tile"] else "auto",
-            "sme_bf16": env.get("TILELLM_SME_BF16", "") == "bfmopa"}
+            "sme_bf16": env.get("TILELLM_SME_BF16", "") == "bfmopa",
+            "amx": env.get("TILELLM_AMX", "") != "0"}
 
 
 DEFAULT_OPTIONS: dict[str, Any] = options_from_env(os.environ)
@@ -156,7 +159,8 @@ def load(variant: str, n_threads: int | None = None, *, act_rounding: str = "fin
     measured closer to the float model than ggml's) or ``"ggml"`` (one per 32, per 256 for K-quants: ggml's
     granularity, to reproduce llama.cpp's rounding, e.g. to compare perplexities with it).
     ``options``: ``bf16_exact`` (bool), ``q8_gemv`` ("auto", "panel", "rows"), ``sme_tile`` ("auto", "16x64",
-    "64x16"), ``sme_bf16`` (bool); defaults from the environment at import (DEFAULT_OPTIONS). Each KernelLib computes
+    "64x16"), ``sme_bf16`` (bool), ``amx`` (bool: q8_0/q4_0 prompts on AMX tiles if the CPU has them; same bits);
+    defaults from the environment at import (DEFAULT_OPTIONS). Each KernelLib computes
     with its own options only: two in one process never affect each other.
 
     Raises BackendUnavailableError if the variant is unknown, not compiled, or cannot run here; ValueError /
@@ -348,6 +352,8 @@ class KernelLib:
         self.n_threads = _threads(n_threads, default_threads())
         self.options = dict(options)  # act_rounding and every tl_options field, as load() took them
         c = {k: (ACT_ROUNDING if k == "act_rounding" else OPTIONS[k])[v] for k, v in self.options.items()}
+        amx_off = c.pop("amx")
+        c["amx_off"] = amx_off if AMX_FEATURES <= cpu_features() else 1  # C cannot see $TILELLM_CPU_CAP
         ctx = self.lib.tl_ctx_new(self.ffi.new("tl_options *", c))
         if ctx == self.ffi.NULL:
             raise MemoryError(f"tl_ctx_new failed for variant {variant!r}")
@@ -367,6 +373,10 @@ class KernelLib:
         except UnsupportedError:
             return False
         return True
+
+    def uses_amx(self, t: Any, n: int) -> bool:
+        """Whether a gemm of n tokens with weights of type t runs on AMX tiles here (False if unsupported)."""
+        return self.supports(t) and bool(self.lib.tl_uses_amx(self.ctx, int(self._supported(t)), int(n)))
 
     def _supported(self, t: Any) -> GGMLType:
         return self._info(t)[0]

@@ -81,6 +81,9 @@ typedef struct {
     /* sme / sme2, bf16 weights: 0 f32 FMOPA on f32 activations; 1 BFMOPA on activations
      * rounded to bf16. */
     int sme_bf16;
+    /* avx512, q8_0 / q4_0 prompts (n >= 96): 0 AMX int8 tiles where the CPU and OS have
+     * them (same bits as the VNNI kernels), 1 never (the loader sets it under TILELLM_CPU_CAP). */
+    int amx_off;
 } tl_options;
 
 typedef struct tl_ctx tl_ctx;
@@ -92,6 +95,8 @@ void tl_ctx_free(tl_ctx *ctx);
 
 /* 1 if tl_gemm handles weights of this type. */
 int tl_supports(const tl_ctx *ctx, int wtype);
+/* 1 if tl_gemm of n tokens with weights of this type runs on AMX tiles (tests, benchmarks). */
+int tl_uses_amx(const tl_ctx *ctx, int wtype, int64_t n);
 
 /* Type the activations are converted to for this weight type (e.g. Q8_0 for Q4_0, Q8_1 for
  * Q4_1, F32 for F32) and the bytes needed to hold n rows of k activations in it. */

@@ -31,7 +31,8 @@ tl_ctx *tl_ctx_new(const tl_options *opt) {
     if (!opt) opt = &defaults;
     if (!atomic_load(&initialized) || (unsigned)opt->act_rounding > TL_ACT_ROUND_GGML ||
         (unsigned)opt->bf16_exact > 1 || (unsigned)opt->q8_gemv > TL_Q8_GEMV_ROWS ||
-        (unsigned)opt->sme_tile > TL_SME_TILE_TALL || (unsigned)opt->sme_bf16 > 1)
+        (unsigned)opt->sme_tile > TL_SME_TILE_TALL || (unsigned)opt->sme_bf16 > 1 ||
+        (unsigned)opt->amx_off > 1)
         return NULL;
     tl_ctx *ctx = (tl_ctx *)calloc(1, sizeof *ctx);
     if (ctx) ctx->opt = *opt;
@@ -47,6 +48,12 @@ static const tl_ukernel *lookup(const tl_ctx *ctx, int wtype) {
 }
 
 int tl_supports(const tl_ctx *ctx, int wtype) { return lookup(ctx, wtype) != NULL; }
+
+int tl_uses_amx(const tl_ctx *ctx, int wtype, int64_t n) {
+    const tl_ukernel *uk = lookup(ctx, wtype);
+    if (uk && uk->big && n >= uk->big_n) uk = uk->big;
+    return uk ? uk->amx : 0;
+}
 
 int tl_act_type(const tl_ctx *ctx, int wtype) {
     const tl_ukernel *uk = lookup(ctx, wtype);

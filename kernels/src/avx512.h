@@ -35,6 +35,13 @@ extern const tl_ukernel tl_avx512_f32_packed_32x12, tl_avx512_f16_packed_32x12, 
 
 /* avx512_q8.c: 16-row panels x 8 tokens, n == 1 by 16 rows; and the shared q8 activations, vectorised */
 extern const tl_ukernel tl_avx512_q8_0_16x8, tl_avx512_q4_0_16x8, tl_avx512_q4_1_16x8;
+/* q8_0 / q4_0 with prompts (n >= Q_AMX_MIN_N) on AMX int8 tiles (avx512_q8_amx.h; same bits), for
+ * contexts where tl_avx512_amx_usable: tl_avx512_amx_init (tl_uk_init) got the tile state from the
+ * OS and the context's amx_off is 0 */
+extern const tl_ukernel tl_avx512_q8_0_16x8_amx, tl_avx512_q4_0_16x8_amx;
+#define Q_AMX_MIN_N 96
+int tl_avx512_amx_init(void);
+int tl_avx512_amx_usable(const tl_ctx *ctx);
 void tl_avx512_q8_act_prepare(const float *x, int64_t ldx, int64_t j0, int64_t j1, int64_t k, uint8_t *act,
                               int64_t ldact);
 /* avx512_kquants.c: 16-row panels x 8 tokens */

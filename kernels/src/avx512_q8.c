@@ -185,8 +185,9 @@ TL_INLINE __m512i q_rows(const tl_gemm_args *a, int64_t r0, int nr, const uint8_
     return _mm512_loadu_si512((const void *)off);
 }
 
-/* Pack rows [r0, r0 + nr) (nr <= 16; missing rows get zero scales) of all k into buf. */
-TL_INLINE void q_pack(const int WT, const tl_gemm_args *a, int64_t r0, int nr, uint8_t *buf) {
+/* Pack rows [r0, r0 + nr) (nr <= 16; missing rows get zero scales) of all k into buf; SGN: the quants
+ * signed (q8_0 q, q4_0 nibble - 8, q4_1 nibble: the AMX tiles') instead of vpdpbusd's unsigned. */
+TL_INLINE void q_pack(const int WT, const int SGN, const tl_gemm_args *a, int64_t r0, int nr, uint8_t *buf) {
     const int64_t nb = a->k / TL_QK;
     const uint8_t *rp[16];
     const __m512i idx = q_rows(a, r0, nr, rp);
@@ -197,7 +198,11 @@ TL_INLINE void q_pack(const int WT, const tl_gemm_args *a, int64_t r0, int nr, u
         __m512i w[8];
         __m512 d, m = _mm512_setzero_ps();
         q_load_block(WT, 0, &src, b * x86_q_bytes(WT), live, idx, w, &d, &m);
-        for (int t = 0; t < 8; t++) _mm512_store_si512((void *)(o + 64 * t), w[t]);
+        for (int t = 0; t < 8; t++) {
+            if (SGN && WT == TL_Q8_0) w[t] = _mm512_xor_si512(w[t], _mm512_set1_epi8((char)0x80));
+            if (SGN && WT == TL_Q4_0) w[t] = _mm512_sub_epi8(w[t], _mm512_set1_epi8(8));
+            _mm512_store_si512((void *)(o + 64 * t), w[t]);
+        }
         _mm512_store_ps((float *)(o + 512), d);
         if (WT == TL_Q4_1) _mm512_store_ps((float *)(o + 576), m);
     }
@@ -534,7 +539,7 @@ TL_INLINE void q_block_impl(const int WT, const tl_gemm_args *a, int64_t i0, int
     }
     for (int64_t i = i0; i < i1; i += Q_R) {
         int nr = (int)TL_MIN((int64_t)Q_R, i1 - i);
-        q_pack(WT, a, i, nr, buf);
+        q_pack(WT, 0, a, i, nr, buf);
         q_panel_tokens(WT, a, buf, i, nr, j0, j1);
     }
 }
@@ -552,14 +557,24 @@ Q_FUNCS(q4_1, TL_Q4_1)
 static void q4_1_gemv_16(const tl_gemm_args *a, int64_t i0, int64_t i1) { q_gemv_impl(TL_Q4_1, a, i0, i1); }
 
 #include "avx512_q8_small.h" /* 2 <= n <= 16: the weights streamed once, tokens in registers */
+#include "avx512_q8_amx.h"   /* n >= Q_AMX_MIN_N on AMX int8 tiles, where the CPU and the context allow */
 
-/* ---- table entries: q8_0 and q4_0 have their own n == 1 paths (above) ---------------------------- */
-#define Q_TABLE(NAME)                                                                                        \
-    const tl_ukernel tl_avx512_##NAME##_16x8 = {.rm = Q_R, .rn = Q_RN, .tile = NAME##_tile_16x8, .gemv_rows = Q_R, \
-                                                .gemv = NAME##_gemv_16, .block = NAME##_block_16x8,              \
-                                                .small = NAME##_small_16, .small_n = Q_SMALL_N,                  \
-                                                .act_row_bytes = x86_qa_row_bytes,                               \
-                                                .act_prepare = tl_avx512_q8_act_prepare};
-Q_TABLE(q8_0)
-Q_TABLE(q4_0)
-Q_TABLE(q4_1)
+/* ---- table entries: q8_0 and q4_0 have their own n == 1 paths (above); their _amx twins hand prompts
+ * (n >= Q_AMX_MIN_N) to the AMX tiles (same bits) ------------------------------------------------- */
+#ifdef Q_AMX
+#define Q_BIG(NAME) .big = &NAME##_amx_16x16, .big_n = Q_AMX_MIN_N
+#else
+#define Q_BIG(NAME) .big = NULL
+#endif
+#define Q_TABLE(NAME, SUFFIX, ...)                                                                           \
+    const tl_ukernel tl_avx512_##NAME##_16x8##SUFFIX = {.rm = Q_R, .rn = Q_RN, .tile = NAME##_tile_16x8,      \
+                                                .gemv_rows = Q_R, .gemv = NAME##_gemv_16,                     \
+                                                .block = NAME##_block_16x8,                                   \
+                                                .small = NAME##_small_16, .small_n = Q_SMALL_N,               \
+                                                .act_row_bytes = x86_qa_row_bytes,                            \
+                                                .act_prepare = tl_avx512_q8_act_prepare, __VA_ARGS__};
+Q_TABLE(q8_0, , .big = NULL)
+Q_TABLE(q4_0, , .big = NULL)
+Q_TABLE(q4_1, , .big = NULL)
+Q_TABLE(q8_0, _amx, Q_BIG(q8_0))
+Q_TABLE(q4_0, _amx, Q_BIG(q4_0))

@@ -128,6 +128,7 @@ typedef struct tl_ukernel {
                              * gemv_rows) x all n tokens, the gemv's per-row arithmetic (batched
                              * decode: one weight stream for a few tokens) */
     int small_n;
+    int amx;                /* 1: runs on AMX tiles (tl_uses_amx) */
 } tl_ukernel;
 
 /* Block sizes and cache budgets of the shared driver (gemm.c) for one ISA, as BLIS's per-CPU config. */

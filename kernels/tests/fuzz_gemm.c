@@ -132,6 +132,7 @@ static void *run(void *arg) {
         int64_t m = rnd(&s, 1, 70), n = rnd(&s, 1, rnd(&s, 0, 3) ? 12 : 40);
         int64_t k = bs == 1 ? rnd(&s, 1, 300) : 32 * rnd(&s, 1, 12);
         if (rnd(&s, 0, 9) == 0) n = 1;
+        if (rnd(&s, 0, 15) == 0) n = rnd(&s, 96, 130); /* prompt paths (packed float panels, avx512 AMX) */
         int64_t rb = tl_row_bytes(t, k), ldw = rb + (t == TL_F32 ? 4 : 1) * rnd(&s, 0, 5), ldx = k + rnd(&s, 0, 3), ldy = m + rnd(&s, 0, 3);
         size_t wbytes = (size_t)((m - 1) * ldw + rb);
         uint8_t *w = malloc(wbytes);
