@@ -64,3 +64,23 @@ def test_c_sliding_window_matches_numpy(variant, T, n_past, window):
     got = attention(kernels.load(variant), q, k, v, n_past, 0.2, n_threads=2, window=window)
     want = causal_attention(q, k, v, n_past, 0.2, window=window)
     np.testing.assert_allclose(got, want, atol=5e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", kernel_backends())
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("where", ["q", "k", "v"])
+def test_c_attention_propagates_non_finite(variant, bad, where):
+    """A NaN/inf in a query, key or value reaches the output as non-finite (numpy's softmax does the same), so the
+    next layer's checks name the problem; the online softmax must not clamp it away to a finite probability."""
+    T, n_past, H, Hkv, D = 5, 67, 8, 2, 64
+    rng = np.random.default_rng(7)
+    S = n_past + T
+    q = rng.standard_normal((T, H, D)).astype(np.float32)
+    k = rng.standard_normal((S, Hkv, D)).astype(np.float32)
+    v = rng.standard_normal((S, Hkv, D)).astype(np.float32)
+    {"q": q, "k": k, "v": v}[where][0, 0, 3] = bad  # query row 0 / key and value position 0: seen by every row
+    got = attention(kernels.load(variant), q, k, v, n_past, 1 / np.sqrt(D), n_threads=2)
+    with np.errstate(invalid="ignore", over="ignore"):
+        want = causal_attention(q, k, v, n_past, 1 / np.sqrt(D))
+    assert not np.all(np.isfinite(want))  # the reference's own verdict
+    np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))

@@ -62,7 +62,7 @@ ALWAYS vf vmaxf(vf a, vf b) { return (vf)(((vi)a & (vi)(a >= b)) | ((vi)b & ~(vi
  * scale p by 2^n exactly) */
 ALWAYS vf vexp_neg(vf x) {
 #if defined(__AVX512F__)
-    x = vmaxf(x, vsplat(-87.0f));
+    x = vmaxf(vsplat(-87.0f), x); /* max_ps returns its second operand if either is nan: a nan score stays nan */
     const vf n = (vf)_mm512_roundscale_ps((__m512)(x * 1.44269504089f), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const vf r = (x - n * 0.693145751953125f) - n * 1.428606765330187e-06f;
     vf p = vsplat(1.0f / 720.0f);
