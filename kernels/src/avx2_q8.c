@@ -359,8 +359,8 @@ TL_INLINE void q_block_impl(const int WT, const tl_gemm_args *a, int64_t i0, int
  * the rate the panel is read and covers the next panel by the current panel's end (then runs on into the
  * following rows: prefetches never fault). Whole lines per block (ceil(8 * bs / 64), as before) ran ahead
  * of the reads by up to 33 % (q4_0: 192 bytes per 144) and re-fetched the overshoot at the next panel's
- * start: the exact rate measured +6-10 % (q4_0, q8_0, q4_1; 5632 x 2048 and 2048 x 5632, one thread, from
- * DRAM, CPU time, interleaved A/B, same bits). No bounds or per-block arithmetic beyond one add: x86_pf's
+ * start: the exact rate measured +2-24 %, most shapes +5-15 % (q4_0, q8_0, q4_1 at 2048 and 5632 x 2048, 2048 x
+ * 5632, 32000 x 2048; one thread, from DRAM, CPU time, interleaved A/B at load ~2, same bits). No bounds or per-block arithmetic beyond one add: x86_pf's
  * general slices cost ~15 instructions per block here, 15 % of a q4_0 block. */
 TL_INLINE const char *q_pf_start(const tl_gemm_args *a, int64_t i) { return (const char *)(a->w + (i + Q_R) * a->ldw); }
 TL_INLINE int64_t q_pf_more(const tl_gemm_args *a, int64_t i) { return i + Q_R < a->m; }
