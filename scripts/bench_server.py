@@ -116,6 +116,8 @@ def server_cmd(name: str, path: Path, port: int, slots: int, ctx: int, threads: 
 class Server:
     def __init__(self, name: str, cmd: list[str], port: int, logfile: Path) -> None:
         self.name, self.port = name, port
+        # llama-cpp-python's server has no /health (404 for ever): its model list answers once the model is loaded
+        self.ready_path = "/v1/models" if name == "llama-cpp-python" else "/health"
         self._log = open(logfile, "ab")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
@@ -126,7 +128,7 @@ class Server:
                 raise RuntimeError(f"{self.name} exited with status {self.proc.returncode} (see {self._log.name})")
             try:
                 c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-                c.request("GET", "/health")
+                c.request("GET", self.ready_path)
                 ok = c.getresponse().status == 200
                 c.close()
                 if ok:

@@ -64,15 +64,7 @@ ALWAYS vf vexp_neg(vf x) {
 #if defined(__AVX512F__)
     x = vmaxf(vsplat(-87.0f), x); /* max_ps returns its second operand if either is nan: a nan score stays nan */
     const vf n = (vf)_mm512_roundscale_ps((__m512)(x * 1.44269504089f), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const vf r = (x - n * 0.693145751953125f) - n * 1.428606765330187e-06f;
-    vf p = vsplat(1.0f / 720.0f);
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    return (vf)_mm512_scalef_ps((__m512)p, (__m512)n);
+    return (vf)_mm512_scalef_ps((__m512)vexp_poly(x, n), (__m512)n);
 #else
     const vi below = x < vsplat(-87.0f); /* -1 where x < -87 (and for -inf) */
     return vexp((vf)(((vi)x & ~below) | ((vi)vsplat(-87.0f) & below)));

@@ -13,17 +13,6 @@
 
 #define KQ_SMALL_N 16
 
-/* acc + vpdpbusd(w, the 4 bytes at x broadcast) with the broadcast as the instruction's {1to16} memory
- * operand: gcc 12 does not fold _mm512_set1_epi32(*x) and emits a vpbroadcastd per dot, which made
- * avx512_q8_small.h's token loop uop-bound (see its qs_dpbusd_bcst). Same instruction and bytes: same bits. */
-TL_INLINE __m512i kq_dpbusd_bcst(__m512i acc, __m512i w, const int32_t *x) {
-#if defined(__GNUC__)
-    __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(w), "m"(*x));
-    return acc;
-#else
-    return _mm512_dpbusd_epi32(acc, w, _mm512_set1_epi32(*x));
-#endif
-}
 
 TL_INLINE void kq_q5_0_small_panel(const int RN, const tl_gemm_args *a, const uint8_t *const *rp, __mmask16 live,
                                    const x86_pf *pf, int64_t i, int nr, int64_t j0) {
@@ -44,8 +33,8 @@ TL_INLINE void kq_q5_0_small_panel(const int RN, const tl_gemm_args *a, const ui
             const int16_t *is = tl_q8a_isum(xr, k) + 2 * b;
             __m512i a0 = _mm512_set1_epi32(-16 * is[0]), a1 = _mm512_set1_epi32(-16 * is[1]);
             for (int t = 0; t < 4; t++) {
-                a0 = kq_dpbusd_bcst(a0, w[t], xq + t);
-                a1 = kq_dpbusd_bcst(a1, w[t + 4], xq + t + 4);
+                a0 = dpbusd_bcst(a0, w[t], xq + t);
+                a1 = dpbusd_bcst(a1, w[t + 4], xq + t + 4);
             }
             __m512 f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a1), _mm512_set1_ps(dx[1]),
                                        _mm512_mul_ps(_mm512_cvtepi32_ps(a0), _mm512_set1_ps(dx[0])));

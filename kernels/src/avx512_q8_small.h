@@ -58,19 +58,6 @@ static void q_small_acts(const int WT, const tl_gemm_args *a, uint8_t *buf) {
     }
 }
 
-/* acc + dpbusd(w, the 4 bytes at x broadcast), the broadcast folded into the instruction's memory operand
- * ({1to16}): gcc 12 emits a separate vpbroadcastd for _mm512_set1_epi32(*x), 64 extra uops per block at
- * n = 8, and the loop is bound by uops as much as by the vector ports (one uop per dot instead of two:
- * q4_0 5632 x 2048, 1 thread, n = 8: 0.85x the CPU time, n = 2: 0.92x, n = 16: 0.88x; q8_0 n = 8 0.91x;
- * interleaved in one process). The same instruction on the same bytes: the same bits. */
-TL_INLINE __m512i qs_dpbusd_bcst(__m512i acc, __m512i w, const int32_t *x) {
-#if defined(__GNUC__)
-    __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(w), "m"(*x));
-    return acc;
-#else
-    return _mm512_dpbusd_epi32(acc, w, _mm512_set1_epi32(*x));
-#endif
-}
 
 /* Block b of a panel in registers: q_load_block's w, d and m, but q4_0's and q4_1's scales by one
  * vpgatherdd (as q8_0's) instead of 16 scalar loads and vpinsrw/vpinsrd: the gemv streams from memory and
@@ -117,8 +104,8 @@ TL_INLINE void q_small_panel(const int WT, const int S4, const int RN, const tl_
                 acc0 = _mm512_set1_epi32(*(const int32_t *)(t + 40));
                 acc1 = _mm512_set1_epi32(*(const int32_t *)(t + 44));
             }
-            for (int q = 0; q < 4; q++) acc0 = qs_dpbusd_bcst(acc0, w[q], xq + q);
-            for (int q = 4; q < 8; q++) acc1 = qs_dpbusd_bcst(acc1, w[q], xq + q);
+            for (int q = 0; q < 4; q++) acc0 = dpbusd_bcst(acc0, w[q], xq + q);
+            for (int q = 4; q < 8; q++) acc1 = dpbusd_bcst(acc1, w[q], xq + q);
             y[j] = _mm512_fmadd_ps(q_scale_dots(acc0, acc1, dx[0], dx[1]), d, y[j]);
             if (WT == TL_Q4_1) y[j] = _mm512_fmadd_ps(m, _mm512_set1_ps(*(const float *)(t + 40)), y[j]);
         }

@@ -33,9 +33,7 @@ static inline vf vclamp(vf x, float lo, float hi) {
 
 /* exp(x) for x in [-87, 88] (callers clamp), relative error ~2e-7: n = round(x log2 e) by the
  * 1.5 * 2^23 trick, a degree-6 polynomial on the remainder, 2^n through the exponent bits. */
-static inline vf vexp(vf x) {
-    const vf magic = vsplat(12582912.0f);        /* 1.5 * 2^23 */
-    const vf n = (x * 1.44269504089f + magic) - magic;
+static inline vf vexp_poly(vf x, vf n) { /* e^(x - n ln 2) for |x - n ln 2| <= ln 2 / 2: the remainder's polynomial */
     const vf r = (x - n * 0.693145751953125f) - n * 1.428606765330187e-06f;
     vf p = vsplat(1.0f / 720.0f);
     p = p * r + 1.0f / 120.0f;
@@ -43,7 +41,12 @@ static inline vf vexp(vf x) {
     p = p * r + 1.0f / 6.0f;
     p = p * r + 0.5f;
     p = p * r + 1.0f;
-    p = p * r + 1.0f;
+    return p * r + 1.0f;
+}
+static inline vf vexp(vf x) {
+    const vf magic = vsplat(12582912.0f);        /* 1.5 * 2^23 */
+    const vf n = (x * 1.44269504089f + magic) - magic;
+    const vf p = vexp_poly(x, n);
     const vi e = (__builtin_convertvector(n, vi) + 127) << 23;
     return p * (vf)e;
 }
