@@ -110,7 +110,9 @@ def server_cmd(name: str, path: Path, port: int, slots: int, ctx: int, threads: 
         return [str(args.llama_server), "-m", str(path), "--host", "127.0.0.1", "--port", str(port), "-np", str(slots),
                 "-c", str(ctx * slots), "-t", str(threads), "-tb", str(threads)]
     return [str(args.llama_cpp_python), "-m", "llama_cpp.server", "--model", str(path), "--host", "127.0.0.1",
-            "--port", str(port), "--n_ctx", str(ctx), "--n_threads", str(threads), "--n_threads_batch", str(threads)]
+            "--port", str(port), "--n_ctx", str(ctx), "--n_threads", str(threads), "--n_threads_batch", str(threads),
+            # its default interrupts the streaming request whenever another arrives: queue them instead
+            "--interrupt_requests", "False"]
 
 
 class Server:
