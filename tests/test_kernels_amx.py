@@ -89,7 +89,8 @@ def test_amx_extreme_q8_0_values(libs):
 
 @pytest.mark.skipif(not HAVE_AVX512, reason="needs the avx512 variant on this CPU")
 def test_amx_option_off_and_cap():
-    """AMX is opt-in (amx=True, $TILELLM_AMX=1); amx=False always turns the path off; without the AMX features (e.g. TILELLM_CPU_CAP=avx512) it is off."""
+    """AMX is opt-in (amx=True, $TILELLM_AMX=1); amx=False always turns the path off; without the AMX features
+    (e.g. TILELLM_CPU_CAP=avx512) it is off."""
     off = kernels.load("avx512", n_threads=1, amx=False)
     assert not off.uses_amx(T.Q4_0, 512)
     on = kernels.load("avx512", n_threads=1, amx=True)
