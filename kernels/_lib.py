@@ -126,15 +126,15 @@ AMX_FEATURES = frozenset({"amx_tile", "amx_int8"})
 
 def options_from_env(env: Any) -> dict[str, Any]:
     """Option defaults from $TILELLM_BF16_EXACT=1, $TILELLM_Q8_GEMV=panel|rows, $TILELLM_SME_TILE=16x64|64x16,
-    $TILELLM_SME_BF16=bfmopa and $TILELLM_AMX=1 (anything else: the default)."""
+    $TILELLM_SME_BF16=bfmopa and $TILELLM_AMX=0 (anything else: the default)."""
     q8, tile = env.get("TILELLM_Q8_GEMV", ""), env.get("TILELLM_SME_TILE", "")
     return {"bf16_exact": env.get("TILELLM_BF16_EXACT", "")[:1] == "1",
             "q8_gemv": q8 if q8 in OPTIONS["q8_gemv"] else "auto",
             "sme_tile": tile if tile in OPTIONS["sme_tile"] else "auto",
             "sme_bf16": env.get("TILELLM_SME_BF16", "") == "bfmopa",
-            # opt-in: after AMX prompts, single-stream decode in the server measured 84-86 t/s in 2 of 4 runs
-            # against 115-177 without (q4_0 synthetic, quiet machine, session 8); until that is understood
-            "amx": env.get("TILELLM_AMX", "") == "1"}
+            # on by default where the CPU has AMX: decode right after an AMX prefill measured the same as after
+            # a VNNI one (session 9, 24 interleaved rounds; the slow rounds seen in session 8 hit both)
+            "amx": env.get("TILELLM_AMX", "") != "0"}
 
 
 DEFAULT_OPTIONS: dict[str, Any] = options_from_env(os.environ)

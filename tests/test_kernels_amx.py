@@ -89,13 +89,15 @@ def test_amx_extreme_q8_0_values(libs):
 
 @pytest.mark.skipif(not HAVE_AVX512, reason="needs the avx512 variant on this CPU")
 def test_amx_option_off_and_cap():
-    """AMX is opt-in (amx=True, $TILELLM_AMX=1); amx=False always turns the path off; without the AMX features
-    (e.g. TILELLM_CPU_CAP=avx512) it is off."""
+    """AMX is on by default (amx=True; $TILELLM_AMX=0 turns it off); amx=False always turns the path off; without
+    the AMX features (e.g. TILELLM_CPU_CAP=avx512) it is off."""
     off = kernels.load("avx512", n_threads=1, amx=False)
     assert not off.uses_amx(T.Q4_0, 512)
     on = kernels.load("avx512", n_threads=1, amx=True)
     assert on.uses_amx(T.Q4_0, 512) == HAVE_AMX
-    assert kernels.options_from_env({})["amx"] is False  # opt-in (docs/kernels.md)
+    assert kernels.options_from_env({})["amx"] is True  # the default (docs/kernels.md)
     assert kernels.options_from_env({"TILELLM_AMX": "1"})["amx"] is True
+    assert kernels.options_from_env({"TILELLM_AMX": "0"})["amx"] is False
+    assert kernels.load("avx512", n_threads=1).uses_amx(T.Q4_0, 512) == HAVE_AMX
     with pytest.raises(ValueError):
         kernels.load("avx512", amx="yes")
