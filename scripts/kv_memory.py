@@ -5,7 +5,8 @@ loads the model, evaluates a short prompt (the weights it reads become resident)
 byte into every 4 KiB page of every KV cache array (as a full context would: every position is written once) and
 reads VmRSS again. Reported: the total RSS with the cache touched, and the part the cache adds: that RSS minus
 the same run's at n_ctx 256 (transparent huge pages make "after minus before touching" undercount: the first
-positions' writes already map 2 MiB per layer).
+positions' writes already map 2 MiB per layer); and the process's own memory, RssAnon: RSS without the mmapped
+weight file, whose pages are the page cache's, shared and reclaimable.
 
     python scripts/kv_memory.py                       # the demo Gemma 3 270M at n_ctx 8192
     python scripts/kv_memory.py -m MODEL.gguf -c 8192 --types f32,f16,q8_0
@@ -22,10 +23,10 @@ import json, sys
 import numpy as np
 import tilellm
 
-def rss():
+def rss(key="VmRSS:"):
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(key):
                 return int(line.split()[1]) * 1024
 
 path, n_ctx, t = sys.argv[1], int(sys.argv[2]), sys.argv[3]
@@ -35,9 +36,9 @@ with tilellm.load(path, n_ctx=n_ctx, n_threads=1, type_k=t, type_v=t, tokenizer=
     for a in m.decoder._cache_arrays().values():
         flat = a.reshape(-1).view(np.uint8)  # the whole cache (contiguous), one byte per page written
         flat[::4096] = 0  # a write (even of 0) makes the kernel give the page its own frame
-    after = rss()
+    after, anon = rss(), rss("RssAnon:")
     kv = sum(m.decoder.kv_sizes().values())
-print(json.dumps({"type": t, "rss_before": before, "rss_after": after, "kv_bytes": kv}))
+print(json.dumps({"type": t, "rss_before": before, "rss_after": after, "rss_anon": anon, "kv_bytes": kv}))
 """
 
 
@@ -64,13 +65,15 @@ def main() -> int:
     base = next((r for r in rows if r["type"] == "f32"), rows[0])
     mib = 1 << 20
     print(f"{path}, n_ctx {a.ctx_size}")
-    print("| KV type | KV cache | RSS, cache touched | RSS the cache adds | total vs f32 | cache part vs f32 |")
-    print("|---|---|---|---|---|---|")
+    print("| KV type | KV cache | RSS, cache touched | RSS the cache adds | total vs f32 | cache part vs f32 "
+          "| own memory (RssAnon) | own vs f32 |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         add = r["rss_after"] - small[r["type"]]
         base_add = base["rss_after"] - small[base["type"]]
         print(f"| {r['type']} | {r['kv_bytes'] / mib:.1f} MiB | {r['rss_after'] / mib:.1f} MiB | {add / mib:.1f} MiB "
-              f"| {r['rss_after'] / base['rss_after']:.3f}x | {add / base_add:.3f}x |")
+              f"| {r['rss_after'] / base['rss_after']:.3f}x | {add / base_add:.3f}x | {r['rss_anon'] / mib:.1f} MiB "
+              f"| {r['rss_anon'] / base['rss_anon']:.3f}x |")
     return 0
 
 
