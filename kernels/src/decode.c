@@ -13,6 +13,7 @@
 
 #include "kv.h"
 #include "tl_internal.h"
+#include "vmath.h"
 
 #define CHECKED 0x4c415952 /* tl_program.checked once tl_layer_check accepted it ("LAYR") */
 
@@ -37,20 +38,29 @@ static void rope(float *x, int64_t nh, int64_t ld, int64_t n_rot, int neox, cons
     }
 }
 
-/* y = gelu_tanh(g) * u in the order of llm/models/layers.gelu_tanh_mul. */
+/* y = gelu_tanh(g) * u in the order of llm/models/layers.gelu_tanh_mul, tanh by vmath.h's vtanh (libm's tanhf
+ * cost 53 us per 2048 values: a millisecond per Gemma 3 270M token, alone on one thread). */
+static inline vf geglu_v(vf x, vf u) {
+    vf t = x * x;
+    t *= x;
+    t *= 0.044715f;
+    t += x;
+    t *= 0.797884560802865355879892f; /* sqrt(2 / pi) */
+    t = vtanh(t);
+    t += 1.0f;
+    t *= x * 0.5f;
+    return t * u;
+}
+
 static void geglu_row(const float *g, const float *u, int64_t k, float *y) {
-    const float c = 0.797884560802865355879892f; /* sqrt(2 / pi) */
-    for (int64_t p = 0; p < k; p++) {
-        const float x = g[p];
-        float t = x * x;
-        t *= x;
-        t *= 0.044715f;
-        t += x;
-        t *= c;
-        t = tanhf(t);
-        t += 1.0f;
-        t *= 0.5f * x;
-        y[p] = t * u[p];
+    int64_t p = 0;
+    for (; p + VW <= k; p += VW) vstore(y + p, geglu_v(vload(g + p), vload(u + p)));
+    if (p < k) { /* the tail through a zero-padded vector */
+        float gt[VW] = {0}, ut[VW] = {0}, yt[VW];
+        memcpy(gt, g + p, (size_t)(k - p) * sizeof(float));
+        memcpy(ut, u + p, (size_t)(k - p) * sizeof(float));
+        vstore(yt, geglu_v(vload(gt), vload(ut)));
+        memcpy(y + p, yt, (size_t)(k - p) * sizeof(float));
     }
 }
 

@@ -51,4 +51,15 @@ static inline vf vexp(vf x) {
     return p * (vf)e;
 }
 
+/* tanh(x) as sign(x) (1 - 2 / (e^(2|x|) + 1)), absolute error ~2e-7 (relative near 0 is worse: callers add 1, as
+ * GELU's 1 + tanh does); |x| >= 9 gives +-1 (tanh(9) rounds to 1 in float), -0 stays -0, nan stays nan. */
+static inline vf vtanh(vf x) {
+    const vi sign = (vi)x & visplat((int32_t)0x80000000u);
+    const vf a = (vf)((vi)x & visplat(0x7fffffff));
+    const vf e = vexp(vclamp(a + a, 0.0f, 18.0f));
+    const vf r = (vf)((vi)(1.0f - 2.0f / (e + 1.0f)) | sign);
+    const vi nan = ~(x == x);
+    return (vf)(((vi)r & ~nan) | ((vi)x & nan));
+}
+
 #endif
