@@ -9,6 +9,9 @@ in a separate process (so they do not count). Reports:
   only), the event loop (HTTP, JSON, SSE), the rest; and the client process's own CPU time;
 * the scheduler thread's CPU split into the runner's forward pass (C kernels + the model's Python glue) and
   everything else of a step (planning, sampling, detokenizing, pushing events), per step;
+* the wall clock of a decode step (no prompt token in it), median and mean over the run: the forward pass split
+  into the C layer calls, the output layer and the Python between them, then the rest of the step (sampling,
+  text, events), then the gap to the next step (handing the events over, waiting for the lock or the GIL);
 * with --cprofile N: the N most expensive functions of the scheduler thread (cProfile, cumulative).
 
     python scripts/profile_server.py                      # q4_0, 8 clients x 1 request of 128 tokens
@@ -90,22 +93,41 @@ def main(argv: list[str] | None = None) -> int:
     # the scheduler thread's CPU inside forward(), and optionally its cProfile
     fwd = {"cpu": 0.0, "n": 0, "tokens": 0}
     forward = runner.forward
+    cur: dict[str, float] = {}   # this step's wall-clock parts (seconds)
+    walls: list[dict[str, float]] = []
 
     def timed_forward(batch: Any) -> Any:
-        t0 = time.thread_time()
+        t0, w0 = time.thread_time(), time.perf_counter()
+        cur.update(layers=0.0, head=0.0, decode=float(all(len(e.tokens) == 1 for e in batch)))
         try:
             return forward(batch)
         finally:
             fwd["cpu"] += time.thread_time() - t0
             fwd["n"] += 1
             fwd["tokens"] += sum(len(e.tokens) for e in batch)
+            cur["fwd"] = time.perf_counter() - w0
     runner.forward = timed_forward  # type: ignore[method-assign]
+
+    def timed(fn: Any, key: str) -> Any:
+        def wrapper(*a: Any, **k: Any) -> Any:
+            w0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                cur[key] = cur.get(key, 0.0) + time.perf_counter() - w0
+        return wrapper
+    be = model.decoder.backend
+    be.decode_layer = timed(be.decode_layer, "layers")  # type: ignore[method-assign]
+    model.decoder._head = timed(model.decoder._head, "head")  # type: ignore[method-assign]
     prof = cProfile.Profile() if args.cprofile else None
     step = engine._step
     sched_cpu = {"cpu": 0.0}
 
+    last_end = [0.0]
+
     def profiled_step(cancelled: Any) -> None:
-        t0 = time.thread_time()
+        t0, w0 = time.thread_time(), time.perf_counter()
+        cur.clear()
         if prof is not None:
             prof.enable()
         try:
@@ -114,6 +136,11 @@ def main(argv: list[str] | None = None) -> int:
             if prof is not None:
                 prof.disable()
             sched_cpu["cpu"] += time.thread_time() - t0
+            w1 = time.perf_counter()
+            if cur.get("decode") and last_end[0]:
+                walls.append({"gap": w0 - last_end[0], "step": w1 - w0, "fwd": cur["fwd"], "layers": cur["layers"],
+                              "head": cur["head"]})
+            last_end[0] = w1
     engine._step = profiled_step  # type: ignore[method-assign]
 
     app = create_app(engine, ServerSettings(model_id="profile"))
@@ -135,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         p.join()
         fwd.update(cpu=0.0, n=0, tokens=0)
         sched_cpu["cpu"] = 0.0
+        walls.clear()
+        last_end[0] = 0.0
         if prof is not None:
             prof = cProfile.Profile()
         c0, w0, st0 = thread_cpu(), time.perf_counter(), engine.stats()
@@ -184,6 +213,17 @@ def main(argv: list[str] | None = None) -> int:
     py_total = rest + by["event loop (HTTP, SSE)"]
     print(f"  Python outside the forward pass, all threads:    {1e3 * py_total / max(steps, 1):8.3f} ms/step = "
           f"{100 * py_total / max(proc_cpu, 1e-9):.1f} % of the process CPU")
+    if walls:
+        print(f"\nwall clock of a decode step, ms ({len(walls)} steps; median / mean / p90):")
+        parts = [("forward: C layer calls (tl_layer_run)", lambda w: w["layers"]),
+                 ("forward: output layer (norm + GEMM)", lambda w: w["head"]),
+                 ("forward: Python around them", lambda w: w["fwd"] - w["layers"] - w["head"]),
+                 ("rest of the step (sample, text, events)", lambda w: w["step"] - w["fwd"]),
+                 ("between steps (hand-over, lock, GIL)", lambda w: w["gap"]),
+                 ("period (step + gap)", lambda w: w["step"] + w["gap"])]
+        for label, f in parts:
+            xs = sorted(1e3 * f(w) for w in walls)
+            print(f"  {label:42s} {xs[len(xs) // 2]:7.3f} / {sum(xs) / len(xs):7.3f} / {xs[int(0.9 * (len(xs) - 1))]:7.3f}")
     if prof is not None:
         out = io.StringIO()
         pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(args.cprofile)
