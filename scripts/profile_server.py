@@ -17,6 +17,7 @@ in a separate process (so they do not count). Reports:
     python scripts/profile_server.py                      # q4_0, 8 clients x 1 request of 128 tokens
     python scripts/profile_server.py --clients 1 --cprofile 25
     python scripts/profile_server.py -m model.gguf --clients 4 --tokens 64
+    python scripts/profile_server.py --fake-forward-ms 8      # the serving stack alone: a sleep for the model
 
 CPU times, not wall times, so a loaded machine still gives a usable split (the rates are only indicative).
 """
@@ -62,6 +63,27 @@ def clients_main(port: int, prompts: list[list[int]], conc: int, tokens: int, q:
     q.put((res, time.process_time()))
 
 
+def fake_forward(model: Any, seconds: float) -> Any:
+    """A runner's forward that sleeps `seconds` and returns logits whose argmax walks through a sentence's tokens."""
+    import numpy as np
+
+    words = model.tokenize(" the cat sat on a mat and ran to the city of dreams, where people walk")[1:]
+    k = [0]
+
+    def forward(batch: Any) -> list[Any]:
+        time.sleep(seconds)
+        out: list[Any] = []
+        for e in batch:
+            row = None
+            if e.logits:
+                row = np.zeros(model.n_vocab, np.float32)
+                row[words[k[0] % len(words)]] = 1.0
+                k[0] += 1
+            out.append(row)
+        return out
+    return forward
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-m", "--model", default=None, help="GGUF file (default: the synthetic TinyLlama-shaped --type)")
@@ -72,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-t", "--threads", type=int, default=2)
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--cprofile", type=int, default=0, metavar="N", help="print the scheduler's N top functions")
+    ap.add_argument("--fake-forward-ms", type=float, default=None, metavar="MS",
+                    help="replace the forward pass by a sleep of MS (the GIL released, as in the kernels) returning "
+                         "logits that pick ordinary words: the serving stack's own CPU and latency per step")
     ap.add_argument("--dir", default="/tmp/tilellm-bench")
     args = ap.parse_args(argv)
 
@@ -92,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # the scheduler thread's CPU inside forward(), and optionally its cProfile
     fwd = {"cpu": 0.0, "n": 0, "tokens": 0}
-    forward = runner.forward
+    forward = runner.forward if args.fake_forward_ms is None else fake_forward(model, args.fake_forward_ms / 1e3)
     cur: dict[str, float] = {}   # this step's wall-clock parts (seconds)
     walls: list[dict[str, float]] = []
 
@@ -217,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nwall clock of a decode step, ms ({len(walls)} steps; median / mean / p90):")
         parts = [("forward: C layer calls (tl_layer_run)", lambda w: w["layers"]),
                  ("forward: output layer (norm + GEMM)", lambda w: w["head"]),
-                 ("forward: Python around them", lambda w: w["fwd"] - w["layers"] - w["head"]),
+                 ("forward: Python around them" if args.fake_forward_ms is None else "forward: the sleep for it",
+                  lambda w: w["fwd"] - w["layers"] - w["head"]),
                  ("rest of the step (sample, text, events)", lambda w: w["step"] - w["fwd"]),
                  ("between steps (hand-over, lock, GIL)", lambda w: w["gap"]),
                  ("period (step + gap)", lambda w: w["step"] + w["gap"])]
