@@ -249,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
                  ("period (step + gap)", lambda w: w["step"] + w["gap"])]
         for label, f in parts:
             xs = sorted(1e3 * f(w) for w in walls)
-            print(f"  {label:42s} {xs[len(xs) // 2]:7.3f} / {sum(xs) / len(xs):7.3f} / {xs[int(0.9 * (len(xs) - 1))]:7.3f}")
+            med, mean, p90 = xs[len(xs) // 2], sum(xs) / len(xs), xs[int(0.9 * (len(xs) - 1))]
+            print(f"  {label:42s} {med:7.3f} / {mean:7.3f} / {p90:7.3f}")
     if prof is not None:
         out = io.StringIO()
         pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(args.cprofile)
