@@ -9,11 +9,15 @@ in a separate process (so they do not count). Reports:
   only), the event loop (HTTP, JSON, SSE), the rest; and the client process's own CPU time;
 * the scheduler thread's CPU split into the runner's forward pass (C kernels + the model's Python glue) and
   everything else of a step (planning, sampling, detokenizing, pushing events), per step;
+* the wall clock of a decode step (no prompt token in it), median and mean over the run: the forward pass split
+  into the C layer calls, the output layer and the Python between them, then the rest of the step (sampling,
+  text, events), then the gap to the next step (handing the events over, waiting for the lock or the GIL);
 * with --cprofile N: the N most expensive functions of the scheduler thread (cProfile, cumulative).
 
     python scripts/profile_server.py                      # q4_0, 8 clients x 1 request of 128 tokens
     python scripts/profile_server.py --clients 1 --cprofile 25
     python scripts/profile_server.py -m model.gguf --clients 4 --tokens 64
+    python scripts/profile_server.py --fake-forward-ms 8      # the serving stack alone: a sleep for the model
 
 CPU times, not wall times, so a loaded machine still gives a usable split (the rates are only indicative).
 """
@@ -55,8 +59,30 @@ def clients_main(port: int, prompts: list[list[int]], conc: int, tokens: int, q:
     """The client process: bench_server.py's streaming clients; sends back (results, its CPU seconds)."""
     from bench_server import run_load
 
+    t0 = time.process_time()  # the requests' CPU, not the start-up's imports
     res = run_load(port, prompts, conc, 1, tokens)
-    q.put((res, time.process_time()))
+    q.put((res, time.process_time() - t0))
+
+
+def fake_forward(model: Any, seconds: float) -> Any:
+    """A runner's forward that sleeps `seconds` and returns logits whose argmax walks through a sentence's tokens."""
+    import numpy as np
+
+    words = model.tokenize(" the cat sat on a mat and ran to the city of dreams, where people walk")[1:]
+    k = [0]
+
+    def forward(batch: Any) -> list[Any]:
+        time.sleep(seconds)
+        out: list[Any] = []
+        for e in batch:
+            row = None
+            if e.logits:
+                row = np.zeros(model.n_vocab, np.float32)
+                row[words[k[0] % len(words)]] = 1.0
+                k[0] += 1
+            out.append(row)
+        return out
+    return forward
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-t", "--threads", type=int, default=2)
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--cprofile", type=int, default=0, metavar="N", help="print the scheduler's N top functions")
+    ap.add_argument("--fake-forward-ms", type=float, default=None, metavar="MS",
+                    help="replace the forward pass by a sleep of MS (the GIL released, as in the kernels) returning "
+                         "logits that pick ordinary words: the serving stack's own CPU and latency per step")
     ap.add_argument("--dir", default="/tmp/tilellm-bench")
     args = ap.parse_args(argv)
 
@@ -89,23 +118,42 @@ def main(argv: list[str] | None = None) -> int:
 
     # the scheduler thread's CPU inside forward(), and optionally its cProfile
     fwd = {"cpu": 0.0, "n": 0, "tokens": 0}
-    forward = runner.forward
+    forward = runner.forward if args.fake_forward_ms is None else fake_forward(model, args.fake_forward_ms / 1e3)
+    cur: dict[str, float] = {}   # this step's wall-clock parts (seconds)
+    walls: list[dict[str, float]] = []
 
     def timed_forward(batch: Any) -> Any:
-        t0 = time.thread_time()
+        t0, w0 = time.thread_time(), time.perf_counter()
+        cur.update(layers=0.0, head=0.0, decode=float(all(len(e.tokens) == 1 for e in batch)))
         try:
             return forward(batch)
         finally:
             fwd["cpu"] += time.thread_time() - t0
             fwd["n"] += 1
             fwd["tokens"] += sum(len(e.tokens) for e in batch)
+            cur["fwd"] = time.perf_counter() - w0
     runner.forward = timed_forward  # type: ignore[method-assign]
+
+    def timed(fn: Any, key: str) -> Any:
+        def wrapper(*a: Any, **k: Any) -> Any:
+            w0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                cur[key] = cur.get(key, 0.0) + time.perf_counter() - w0
+        return wrapper
+    be = model.decoder.backend
+    be.decode_layer = timed(be.decode_layer, "layers")  # type: ignore[method-assign]
+    model.decoder._head = timed(model.decoder._head, "head")  # type: ignore[method-assign]
     prof = cProfile.Profile() if args.cprofile else None
     step = engine._step
     sched_cpu = {"cpu": 0.0}
 
+    last_end = [0.0]
+
     def profiled_step(cancelled: Any) -> None:
-        t0 = time.thread_time()
+        t0, w0 = time.thread_time(), time.perf_counter()
+        cur.clear()
         if prof is not None:
             prof.enable()
         try:
@@ -114,6 +162,11 @@ def main(argv: list[str] | None = None) -> int:
             if prof is not None:
                 prof.disable()
             sched_cpu["cpu"] += time.thread_time() - t0
+            w1 = time.perf_counter()
+            if cur.get("decode") and last_end[0]:
+                walls.append({"gap": w0 - last_end[0], "step": w1 - w0, "fwd": cur["fwd"], "layers": cur["layers"],
+                              "head": cur["head"]})
+            last_end[0] = w1
     engine._step = profiled_step  # type: ignore[method-assign]
 
     app = create_app(engine, ServerSettings(model_id="profile"))
@@ -135,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         p.join()
         fwd.update(cpu=0.0, n=0, tokens=0)
         sched_cpu["cpu"] = 0.0
+        walls.clear()
+        last_end[0] = 0.0
         if prof is not None:
             prof = cProfile.Profile()
         c0, w0, st0 = thread_cpu(), time.perf_counter(), engine.stats()
@@ -168,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             by["kernel workers"] += d
     s = summarize(res, args.clients)
+    wall = s["wall_s"]  # the requests' own span (the measured span above also holds the client process's start)
     print(f"{path.name}: {args.clients} clients x {args.tokens} tokens, {args.threads} threads, "
           f"backend {backend_name}")
     print(f"wall {wall:.2f} s, {gen} tokens generated in {steps} steps ({gen / max(steps, 1):.2f} tokens/step), "
@@ -184,6 +240,19 @@ def main(argv: list[str] | None = None) -> int:
     py_total = rest + by["event loop (HTTP, SSE)"]
     print(f"  Python outside the forward pass, all threads:    {1e3 * py_total / max(steps, 1):8.3f} ms/step = "
           f"{100 * py_total / max(proc_cpu, 1e-9):.1f} % of the process CPU")
+    if walls:
+        print(f"\nwall clock of a decode step, ms ({len(walls)} steps; median / mean / p90):")
+        parts = [("forward: C layer calls (tl_layer_run)", lambda w: w["layers"]),
+                 ("forward: output layer (norm + GEMM)", lambda w: w["head"]),
+                 ("forward: Python around them" if args.fake_forward_ms is None else "forward: the sleep for it",
+                  lambda w: w["fwd"] - w["layers"] - w["head"]),
+                 ("rest of the step (sample, text, events)", lambda w: w["step"] - w["fwd"]),
+                 ("between steps (hand-over, lock, GIL)", lambda w: w["gap"]),
+                 ("period (step + gap)", lambda w: w["step"] + w["gap"])]
+        for label, f in parts:
+            xs = sorted(1e3 * f(w) for w in walls)
+            med, mean, p90 = xs[len(xs) // 2], sum(xs) / len(xs), xs[int(0.9 * (len(xs) - 1))]
+            print(f"  {label:42s} {med:7.3f} / {mean:7.3f} / {p90:7.3f}")
     if prof is not None:
         out = io.StringIO()
         pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(args.cprofile)

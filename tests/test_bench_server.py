@@ -36,7 +36,7 @@ def test_summary_percentiles_and_rates():
 def test_runs_llm_server_at_two_concurrencies(tmp_path, capsys):
     out = tmp_path / "r.json"
     rc = bench_server.main(["--models", str(MODEL), "--servers", "tilellm,llama-server", "--concurrency", "1,2",
-                            "--prompt-tokens", "12", "--gen-tokens", "6", "--rounds", "2", "--dir", str(tmp_path),
+                            "--prompt-tokens", "12", "--gen-tokens", "6", "--requests", "2", "--dir", str(tmp_path),
                             "--llama-server", str(tmp_path / "no-such-binary"), "--json", str(out)])
     assert rc == 0
     rows = json.loads(out.read_text())["rows"]
@@ -48,3 +48,28 @@ def test_runs_llm_server_at_two_concurrencies(tmp_path, capsys):
     cap = capsys.readouterr()
     assert "llama-server skipped" in cap.err
     assert f"{MODEL} c=2: tilellm" in cap.out and "| 2 | tilellm |" in cap.out
+
+
+def _row(server, conc, rnd, agg, tpot_ms):
+    return {"model": "m", "server": server, "concurrency": conc, "round": rnd, "agg_tps": agg,
+            "decode_tps": conc / (tpot_ms / 1e3), "tpot_p50_ms": tpot_ms, "tpot_p99_ms": tpot_ms, "ttft_p50_ms": 1.0,
+            "tokens_per_request": 8, "load_before": 1.0, "steal_pct": 0.0}
+
+
+def test_rounds_report_medians_bests_and_the_ratio_of_medians():
+    rows = [_row("tilellm", 1, 1, 100.0, 10.0), _row("tilellm", 8, 1, 500.0, 16.0),
+            _row("tilellm", 1, 2, 180.0, 5.0), _row("tilellm", 8, 2, 520.0, 15.0),
+            _row("tilellm", 1, 3, 120.0, 8.0), _row("tilellm", 8, 3, 460.0, 17.0),
+            _row("llama-server", 8, 1, 200.0, 40.0), _row("llama-server", 8, 2, 260.0, 30.0),
+            {"model": "m", "server": "llama-server", "concurrency": 8, "round": 3, "error": "boom"}]
+    comb = {(c["server"], c["concurrency"]): c for c in bench_server.combine(rows)}
+    one, eight, peer = comb["tilellm", 1], comb["tilellm", 8], comb["llama-server", 8]
+    assert one["rounds"] == 3 and one["agg_median"] == 120.0 and one["agg_best"] == 180.0
+    assert eight["agg_median"] == 500.0 and eight["agg_best"] == 520.0
+    assert one["decode_median"] == pytest.approx(125.0) and eight["decode_median"] == pytest.approx(500.0)
+    assert peer["rounds"] == 2 and peer["agg_median"] == 230.0  # the failed round is left out
+    text = bench_server.table(rows)
+    assert "m c=8: tilellm 500.0 t/s (medians) = 4.17x its c=1 (decode 4.00x)" in text
+    assert "tilellm/llama-server 2.17x" in text
+    assert "| m | 8 | tilellm | 3 | 500.0 (520.0) | 500.0 (533.3) |" in text
+    assert [r["round"] for r in bench_server.median_rows(rows) if r["concurrency"] == 1] == [3]

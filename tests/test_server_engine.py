@@ -52,6 +52,11 @@ def test_greedy_equals_generate_and_slots_serve_all(ref: Any) -> None:
         st = eng.stats()
         assert st.busy_slots == 0 and st.queue_length == 0 and st.requests_finished["length"] == 4
         assert st.generated_tokens == 48
+        # 4 x 12 tokens on 2 slots: each sequence's first token comes with its prompt, the other 44 decode tokens
+        # run 1 or 2 per step, at most 4 of them beside a prompt (not decode-only steps); the forward is part of
+        # the step's time
+        assert 20 <= st.decode_steps <= 44
+        assert 0 < st.decode_forward_seconds <= st.decode_step_seconds <= st.generation_seconds
     finally:
         eng.close()
 

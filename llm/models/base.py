@@ -417,7 +417,8 @@ class BatchedDecoder:
 
     def forward_batch(self, cache: SlotCache, tokens: Sequence[int] | np.ndarray, seq: Sequence[int] | np.ndarray,
                       pos: Sequence[int] | np.ndarray, logits_rows: Sequence[int]) -> np.ndarray:
-        """Append each row's token to its sequence's cache at its position; logits `[len(logits_rows), n_vocab]`.
+        """Append each row's token to its sequence's cache at its position; logits `[len(logits_rows), n_vocab]`, a
+        new array of each call (the caller may keep its rows).
 
         A sequence's rows must be adjacent, at consecutive positions starting at its cached length (or
         below it: the cache is cut there first)."""

@@ -189,6 +189,12 @@ class EngineStats:
     prompt_seconds: float     # forward time spent on prompt tokens
     generation_seconds: float  # forward + sampling time spent on generated tokens
     steps: int
+    # decode-only steps (no prompt token in the batch): how long their forward pass took, and the whole step
+    # (forward + sampling, text, events), wall clock; with the step count they tell the time per step that the
+    # engine spends against the time a client sees between tokens (the rest: HTTP side, GIL, the OS)
+    decode_steps: int = 0
+    decode_forward_seconds: float = 0.0
+    decode_step_seconds: float = 0.0
 
 
 class _Seq:
@@ -261,6 +267,8 @@ class Engine:
         self._finished: dict[str, int] = {"stop": 0, "length": 0, "cancelled": 0, "error": 0}
         self._n_prompt = self._n_cached = self._n_gen = 0
         self._t_prompt = self._t_gen = 0.0
+        self._n_dsteps = 0
+        self._t_dfwd = self._t_dstep = 0.0
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None  # what killed the scheduler, if anything
         self._outbox: list[tuple[RequestHandle, TokenEvent]] = []  # scheduler thread: events not yet delivered
@@ -350,7 +358,7 @@ class Engine:
         kv = sum(self.runner.cached(s.id) for s in self._slots)
         return EngineStats(self.n_slots, busy, queued, self.max_queue, self.n_ctx, kv, self._submitted,
                            dict(self._finished), self._n_prompt, self._n_cached, self._n_gen,
-                           self._t_prompt, self._t_gen, self._step_no)
+                           self._t_prompt, self._t_gen, self._step_no, self._n_dsteps, self._t_dfwd, self._t_dstep)
 
     # ------------------------------------------------------------------ scheduler thread
     def _run(self) -> None:
@@ -433,6 +441,10 @@ class Engine:
         self._t_prompt += (t1 - t0) * share
         self._t_gen += (t1 - t0) * (1.0 - share) + (t2 - t1)
         self._n_prompt += n_prompt_in_step
+        if n_prompt_in_step == 0:
+            self._n_dsteps += 1
+            self._t_dfwd += t1 - t0
+            self._t_dstep += t2 - t0
 
     def _drop_cancelled(self, cancelled: set[int]) -> None:
         with self._lock:

@@ -59,6 +59,13 @@ class Metrics:
         metric("generation_tokens_per_second", "gauge", "Generated tokens per second of generation time since start.",
                [("", s.generated_tokens / s.generation_seconds if s.generation_seconds > 0 else 0.0)])
         metric("engine_steps_total", "counter", "Scheduler steps (forward passes).", [("", s.steps)])
+        metric("decode_steps_total", "counter", "Steps with decode tokens only (no prompt chunk).",
+               [("", s.decode_steps)])
+        metric("decode_forward_seconds_total", "counter", "Wall time of the forward passes of decode-only steps.",
+               [("", s.decode_forward_seconds)])
+        metric("decode_step_seconds_total", "counter",
+               "Wall time of decode-only steps: forward pass, sampling, text and events.",
+               [("", s.decode_step_seconds)])
         metric("queue_length", "gauge", "Requests waiting for a slot.", [("", s.queue_length)])
         metric("queue_capacity", "gauge", "Requests that may wait before 503.", [("", s.max_queue)])
         metric("slots_busy", "gauge", "Slots serving a request.", [("", s.busy_slots)])

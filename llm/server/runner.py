@@ -239,7 +239,8 @@ class BatchedRunner:
             del self._tokens[e.slot][e.keep:]
             self._tokens[e.slot].extend(int(t) for t in e.tokens)
             if e.logits:
-                out.append(np.array(logits[j], dtype=np.float32, copy=True))
+                # a row of the array forward_batch made for this call (no copy: nothing else holds or reuses it)
+                out.append(np.asarray(logits[j], dtype=np.float32))
                 j += 1
             else:
                 out.append(None)
