@@ -31,7 +31,6 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
 
     from tilellm.llm.api import load
-    from tilellm.quant import GGMLType
 
     model = load(a.model, n_ctx=256, n_threads=2, backend=a.backend)
     dec = model.decoder
@@ -128,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         times[(nth, "TOTAL (replay)")].append(sum(acc.values()))
 
     L0 = layers[0]
-    bytes_of.update(qkv=nl * sum(L0[x][5] for x in "qkv"), o=nl * L0["o"][5], **{"gate+up": nl * (L0["g"][5] + L0["u"][5])},
-                    down=nl * L0["dn"][5], head=head[5])
+    bytes_of.update({"qkv": nl * sum(L0[x][5] for x in "qkv"), "o": nl * L0["o"][5],
+                     "gate+up": nl * (L0["g"][5] + L0["u"][5]), "down": nl * L0["dn"][5], "head": head[5]})
     ths = [int(x) for x in a.threads.split(",")]
     toks = list(range(1, 9))
     for nth in ths:  # warm-up
@@ -159,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
             gbs = f"{bytes_of[name] / (b * 1e3):.1f}" if name in bytes_of else ""
             row += f" {b:.0f} | {m:.0f} | {gbs} |"
         print(row)
-    print(f"(us per token; {a.reps} tokens per thread count, alternated; weights {sum(bytes_of.values()) / 1e6:.1f} MB)")
+    mb = sum(bytes_of.values()) / 1e6
+    print(f"(us per token; {a.reps} tokens per thread count, alternated; weights {mb:.1f} MB)")
     return 0
 
 
