@@ -363,6 +363,27 @@ def test_threads_bit_identical(lib, t):
             assert np.array_equal(y1, lib.gemm(t, raw, k, p, n_threads=nth)), f"n_threads={nth} differs"
 
 
+@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+def test_gemv_runs_and_steals_bit_identical(lib, t):
+    """One token (and a few: the small-n split) over several products: each thread owns a run of row chunks and
+    steals halves of the others' runs when its own is done; every output is computed once and equals the
+    one-thread result, for more threads than cores too (late or absent workers leave their runs to thieves)."""
+    k = 256
+    ws = [make(t, m, k, 1, seed=m)[0] for m in (203, 16, 37, 1, 96)]
+    _, x = make(t, 1, k, 3, seed=5)
+    for n in (1, 3):
+        p = lib.prepare(t, x[:n])
+        want = lib.gemm_many([(t, w) for w in ws], k, p, n_threads=1)
+        for w, y in zip(ws, want):
+            check_close(y, *reference(lib, t, w, k, x[:n]))
+        for nth in (2, 3, 5, 8):
+            for _ in range(3):  # the split between threads varies from call to call
+                got = lib.gemm_many([(t, w) for w in ws], k, p, n_threads=nth)
+                for y0, y in zip(want, got):
+                    assert np.array_equal(y0, y), f"n={n} n_threads={nth} differs"
+            assert np.array_equal(want[0], lib.gemm(t, ws[0], k, p, n_threads=nth))
+
+
 def test_out_and_prepared_reuse(lib):
     m, k, n = 40, 128, 6
     raw8, x = make(T.Q8_0, m, k, n, seed=1)

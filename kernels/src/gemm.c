@@ -8,7 +8,10 @@
  *                in L2 while its weight rows stream past, jobs ordered row-block-major so
  *                neighbouring jobs share weight rows; handed out dynamically (atomic counter).
  *   n == 1       matrix-vector: memory bound, so only m is split, in chunks handed out
- *                dynamically; the kernel's gemv if it has one, else tiles of rn = 1.
+ *                dynamically; the kernel's gemv if it has one, else tiles of rn = 1. Each thread
+ *                owns a contiguous run of the chunks and takes them in order, so the next panel a
+ *                kernel prefetches past the end of a chunk is the one it reads next; a thread out
+ *                of chunks steals from the back of another's run (balance, a descheduled worker).
  *   2..small_n   the kernel's `small` if it has one (batched decode): split like n == 1, every
  *                chunk for all n tokens, so each weight is read once.
  *   several    tl_gemm_many: products sharing one activation; for n == 1 their row chunks form one
@@ -74,14 +77,18 @@ static int threads_for(int nthreads, int64_t macs, int64_t max_parallel) {
 }
 
 /* n == 1 over one or more products (tl_gemm_many): product p's rows are cut into chunks of
- * unit[p] rows; the chunks of all products form one list, first[p] the index of p's first. */
+ * unit[p] rows; the chunks of all products form one list, first[p] the index of p's first.
+ * Thread t of nth owns the list's items [first[count] t / nth, first[count] (t + 1) / nth): run[t]
+ * packs the items it has not started as (end << 32 | next). */
+#define GEMV_MAX_RUNS 256 /* the pool's thread limit (threadpool.c), so no two threads share a run */
 typedef struct {
     int count;
     const tl_ukernel *const *uk;
     const tl_gemm_args *a;
     int64_t unit[TL_GEMM_MANY_MAX];  /* rows per chunk, a multiple of the kernel's granularity */
     int64_t first[TL_GEMM_MANY_MAX + 1];
-    _Atomic int64_t next;
+    int nruns;
+    _Atomic uint64_t run[GEMV_MAX_RUNS];
 } gemv_ctx;
 
 /* The next item of a list shared out over several products (first[p]: p's first item): its index within
@@ -94,12 +101,37 @@ static inline int64_t next_item(_Atomic int64_t *next, const int64_t *first, int
     return i - first[*p];
 }
 
+/* The next chunk for thread ith: the front of its own run; when that is empty, the back half of another's run
+ * becomes its own (so a thread that runs alone still walks its chunks in order); -1 when none is left. */
+static int64_t gemv_take(gemv_ctx *g, int ith) {
+    const int own = ith % g->nruns;
+    _Atomic uint64_t *mine = &g->run[own];
+    uint64_t v = atomic_load_explicit(mine, memory_order_relaxed);
+    while ((uint32_t)v < (uint32_t)(v >> 32))
+        if (atomic_compare_exchange_weak_explicit(mine, &v, v + 1, memory_order_relaxed, memory_order_relaxed))
+            return (int64_t)(uint32_t)v;
+    for (int d = 1; d < g->nruns; d++) {
+        _Atomic uint64_t *r = &g->run[(own + d) % g->nruns];
+        uint64_t w = atomic_load_explicit(r, memory_order_relaxed);
+        while ((uint32_t)w < (uint32_t)(w >> 32)) {
+            const uint64_t lo = (uint32_t)w, hi = w >> 32, mid = lo + (hi - lo) / 2;
+            if (atomic_compare_exchange_weak_explicit(r, &w, mid << 32 | lo, memory_order_relaxed, memory_order_relaxed)) {
+                /* mine is empty, so no thief touches it: [mid + 1, hi) is this thread's run now */
+                atomic_store_explicit(mine, hi << 32 | (mid + 1), memory_order_relaxed);
+                return (int64_t)mid;
+            }
+        }
+    }
+    return -1;
+}
+
 static void gemv_task(void *vctx, int ith, int nth) {
-    (void)ith;
     (void)nth;
     gemv_ctx *g = (gemv_ctx *)vctx;
-    int p = 0;
-    for (int64_t ch; (ch = next_item(&g->next, g->first, g->count, &p)) >= 0;) {
+    for (int64_t item; (item = gemv_take(g, ith)) >= 0;) {
+        int p = 0;
+        while (item >= g->first[p + 1]) p++;
+        const int64_t ch = item - g->first[p];
         const tl_ukernel *uk = g->uk[p];
         const tl_gemm_args *a = &g->a[p];
         int64_t i0 = ch * g->unit[p], i1 = TL_MIN(i0 + g->unit[p], a->m);
@@ -134,7 +166,12 @@ static int gemv_plan(int count, const tl_ukernel *const *uk, const tl_gemm_args 
         g->unit[p] = (units[p] + chunks - 1) / chunks * gran[p];
         g->first[p + 1] = g->first[p] + (a[p].m + g->unit[p] - 1) / g->unit[p];
     }
-    atomic_init(&g->next, 0);
+    const int64_t items = g->first[count];
+    g->nruns = TL_MIN(nth, GEMV_MAX_RUNS);
+    for (int t = 0; t < g->nruns; t++) {
+        const uint64_t lo = (uint64_t)(items * t / g->nruns), hi = (uint64_t)(items * (t + 1) / g->nruns);
+        atomic_init(&g->run[t], hi << 32 | lo);
+    }
     return nth;
 }
 
