@@ -6,7 +6,8 @@ avx512's packed kernel (the same chunked summation order).
 
 tests/test_kernels.py runs its generic tests on avx2 too; these aim at the edges of this kernel's
 blocking: m around the panel (16) and group (8 panels = 128 rows) sizes, n around the 6-token
-micro-kernel and the packed threshold, k tails inside a chunk and odd k.
+micro-kernel, the packed threshold and the 516-token blocks of copied activations, k tails inside a chunk
+and odd k.
 """
 from __future__ import annotations
 
@@ -57,6 +58,20 @@ def test_packed_thread_and_batch_invariance(avx2, t):
         for j0 in (1, 6, n - PACKED_MIN_N):
             sub = avx2.gemm(t, raw, k, avx2.prepare(t, x[j0:]))
             assert np.array_equal(sub, y[j0:]), (m, k, n, j0)
+
+
+@pytest.mark.parametrize("t", FLOAT, ids=lambda t: t.name)
+def test_packed_token_subblocks(avx2, t):
+    """A job of more tokens than one copied block of activations (PK_XB = 516: the chunks of up to 516 tokens are
+    copied side by side when a job has more than one panel group) runs them block after block: against
+    the reference, and each token's bits the same as in a batch of one block (one thread: jobs of all n tokens)."""
+    m, k, n = 300, 300, 2 * 516 + 7  # one thread: 2 jobs of 150 rows (10 panels, 2 groups), all n tokens
+    raw, x = make(t, m, k, n, seed=7)
+    y = avx2.gemm(t, raw, k, avx2.prepare(t, x), n_threads=1)
+    check_close(y, *reference(avx2, t, raw, k, x))
+    for j0 in (0, 500, n - PACKED_MIN_N):
+        j1 = min(n, j0 + 300)
+        assert np.array_equal(avx2.gemm(t, raw, k, avx2.prepare(t, x[j0:j1])), y[j0:j1]), (j0, j1)
 
 
 @pytest.mark.parametrize("t", FLOAT, ids=lambda t: t.name)
