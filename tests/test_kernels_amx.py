@@ -98,6 +98,8 @@ def test_amx_option_off_and_cap():
     assert kernels.options_from_env({})["amx"] is True  # the default (docs/kernels.md)
     assert kernels.options_from_env({"TILELLM_AMX": "1"})["amx"] is True
     assert kernels.options_from_env({"TILELLM_AMX": "0"})["amx"] is False
-    assert kernels.load("avx512", n_threads=1).uses_amx(T.Q4_0, 512) == HAVE_AMX
+    # load() without amx= takes the environment's default ($TILELLM_AMX=0 in the environment turns it off)
+    default_on = kernels.DEFAULT_OPTIONS["amx"]
+    assert kernels.load("avx512", n_threads=1).uses_amx(T.Q4_0, 512) == (HAVE_AMX and default_on)
     with pytest.raises(ValueError):
         kernels.load("avx512", amx="yes")

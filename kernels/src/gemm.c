@@ -91,14 +91,18 @@ typedef struct {
     _Atomic uint64_t run[GEMV_MAX_RUNS];
 } gemv_ctx;
 
-/* The next item of a list shared out over several products (first[p]: p's first item): its index within
- * product *p, or -1 when the list is done. Items go out in increasing order, so a thread's product index
- * only moves forward. */
-static inline int64_t next_item(_Atomic int64_t *next, const int64_t *first, int count, int *p) {
-    const int64_t i = atomic_fetch_add_explicit(next, 1, memory_order_relaxed);
-    if (i >= first[count]) return -1;
+/* Item i of a list of several products' items (first[p]: p's first item): its index within product *p, *p
+ * moved there from the caller's last product (a thread's items mostly go up, so it moves a step or none). */
+static inline int64_t item_of(const int64_t *first, int64_t i, int *p) {
+    while (i < first[*p]) (*p)--;
     while (i >= first[*p + 1]) (*p)++;
     return i - first[*p];
+}
+
+/* The next item of such a list handed out in increasing order, or -1 when the list is done. */
+static inline int64_t next_item(_Atomic int64_t *next, const int64_t *first, int count, int *p) {
+    const int64_t i = atomic_fetch_add_explicit(next, 1, memory_order_relaxed);
+    return i >= first[count] ? -1 : item_of(first, i, p);
 }
 
 /* The next chunk for thread ith: the front of its own run; when that is empty, the back half of another's run
@@ -128,10 +132,9 @@ static int64_t gemv_take(gemv_ctx *g, int ith) {
 static void gemv_task(void *vctx, int ith, int nth) {
     (void)nth;
     gemv_ctx *g = (gemv_ctx *)vctx;
+    int p = 0;
     for (int64_t item; (item = gemv_take(g, ith)) >= 0;) {
-        int p = 0;
-        while (item >= g->first[p + 1]) p++;
-        const int64_t ch = item - g->first[p];
+        const int64_t ch = item_of(g->first, item, &p);
         const tl_ukernel *uk = g->uk[p];
         const tl_gemm_args *a = &g->a[p];
         int64_t i0 = ch * g->unit[p], i1 = TL_MIN(i0 + g->unit[p], a->m);
