@@ -44,8 +44,10 @@ print(json.dumps({"type": t, "rss_before": before, "rss_after": after, "rss_anon
 
 def measure(path: str, n_ctx: int, t: str) -> dict:
     """One child process's numbers for cache type t."""
-    out = subprocess.run([sys.executable, "-c", CHILD, path, str(n_ctx), t], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run([sys.executable, "-c", CHILD, path, str(n_ctx), t], capture_output=True, text=True)
+    if out.returncode != 0:  # the child's own error (a missing file, a bad type) rather than its command line
+        last = (out.stderr.strip().splitlines() or [f"exit status {out.returncode}"])[-1]
+        raise SystemExit(f"kv_memory: {path} with KV type {t} failed: {last}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
