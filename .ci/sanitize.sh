@@ -12,6 +12,8 @@
 #                              that an injected bug fails this step (docs/robustness.md)
 #      TILELLM_SANITIZE_MODEL_K  pytest -k of the model-vs-llama.cpp tests (default
 #                              as_close_as_llama_cpp; "" runs everything as strict kernel tests)
+#      TILELLM_SANITIZE_TESTS  the test files to run instead of the default list (e.g. one file,
+#                              to reproduce a report quickly)
 #      CC                      must be gcc-compatible with `-print-file-name` (default gcc)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -182,6 +184,7 @@ for t in "$SRC"/tests/test_kernels*.py "$SRC"/tests/test_kernel_boundary.py "$SR
          "$SRC"/tests/test_kv_cache.py "$SRC"/tests/test_decode_paths.py "$SRC"/tests/test_decode_layer.py; do
     [ -f "$t" ] && TESTS+=("${t#"$SRC"/}")
 done
+if [ -n "${TILELLM_SANITIZE_TESTS:-}" ]; then read -r -a TESTS <<<"$TILELLM_SANITIZE_TESTS"; fi
 if [ ! -f "$SRC/tests/test_kernels.py" ]; then echo "sanitize: tests/test_kernels.py is missing"; exit 1; fi
 KSEL=()
 [ -n "$ACC_K" ] && KSEL=(-k "not ($ACC_K)")

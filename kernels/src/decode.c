@@ -183,8 +183,11 @@ static int step_heads(tl_ctx *ctx, const tl_program *p, const tl_step *st, int64
 
 /* ---- mixture of experts ------------------------------------------------------------------------------ */
 
-/* The n_used experts of one token (ids ascending in selection order) and their weights, from router logits lg. */
-static void moe_route(const tl_moe *m, const float *lg, float *probs, float *sel, int *ids, float *wts) {
+/* The n_used experts of one token (ids ascending in selection order) and their weights, from router logits lg.
+ * gs, keep: scratch of n_group values each (on the heap: gcc zeroes a 256-byte stack array with aligned
+ * 64-byte stores, which fault on ASan's fake stack frames when this is inlined into tl_layer_run). */
+static void moe_route(const tl_moe *m, const float *lg, float *probs, float *sel, int *ids, float *wts, float *gs,
+                      int *keep) {
     const int E = m->n_expert;
     if (m->gating == TL_GATING_SOFTMAX) {
         float mx = -INFINITY, sum = 0.0f;
@@ -198,8 +201,7 @@ static void moe_route(const tl_moe *m, const float *lg, float *probs, float *sel
     if (m->n_group > 1 && m->n_group_used < m->n_group) {
         /* keep the n_group_used groups with the best two-expert sums (ties: the lower group) */
         const int per = E / m->n_group;
-        float gs[256];
-        unsigned char keep[256] = {0};
+        for (int g = 0; g < m->n_group; g++) keep[g] = 0;
         for (int g = 0; g < m->n_group; g++) {
             float b1 = -INFINITY, b2 = -INFINITY;
             for (int e = g * per; e < (g + 1) * per; e++) {
@@ -241,12 +243,12 @@ static void moe_route(const tl_moe *m, const float *lg, float *probs, float *sel
 static int step_moe(tl_ctx *ctx, const tl_program *p, const tl_step *st, int64_t n, scratch *S, int nth) {
     const tl_moe *m = st->moe;
     const int64_t k = st->n, E = m->n_expert, f = m->gate.m, row = p->row, U = m->n_used;
-    const size_t nf = (size_t)(n * E * 3 + n * U + n * k + 2 * n * f + n * k);
-    float *mem = (float *)malloc(sizeof(float) * nf + sizeof(int) * (size_t)(n * U + n));
+    const size_t nf = (size_t)(n * E * 3 + n * U + n * k + 2 * n * f + n * k + m->n_group);
+    float *mem = (float *)malloc(sizeof(float) * nf + sizeof(int) * (size_t)(n * U + n + m->n_group));
     if (!mem) return TL_ENOMEM;
     float *lg = mem, *probs = lg + n * E, *sel = probs + n * E, *wts = sel + n * E, *xs = wts + n * U;
-    float *g = xs + n * k, *u = g + n * f, *y = u + n * f;
-    int *ids = (int *)(y + n * k), *tok = ids + n * U;
+    float *g = xs + n * k, *u = g + n * f, *y = u + n * f, *gs = y + n * k;
+    int *ids = (int *)(gs + m->n_group), *tok = ids + n * U, *keep = tok + n;
     int rc;
     {
         float *lgp = lg;
@@ -254,7 +256,7 @@ static int step_moe(tl_ctx *ctx, const tl_program *p, const tl_step *st, int64_t
         if ((rc = products(ctx, 1, &m->router, S->rows + st->src, row, n, k, &lgp, &ldl, S->act, -1, nth))) goto out;
     }
     for (int64_t j = 0; j < n; j++) {
-        moe_route(m, lg + j * E, probs + j * E, sel + j * E, ids + j * U, wts + j * U);
+        moe_route(m, lg + j * E, probs + j * E, sel + j * E, ids + j * U, wts + j * U, gs, keep);
         float *d = S->rows + st->dst + j * row;
         for (int64_t i = 0; i < k; i++) d[i] = 0.0f;
     }
