@@ -214,10 +214,11 @@ TL_INLINE void pk_block_impl(const int WT, pk_tile_fn tile, const tl_gemm_args *
                  * read the copy (a constant stride, no set conflicts); the next tile's rows are prefetched a slice
                  * per micro-kernel call. */
                 const int copy = panels > gp;
+                const int64_t ldx = copy ? PK_KC : a->ldact / 4;
                 for (int64_t j = jb0; j < jb1; j += PK_NR) {
                     const int nr = (int)TL_MIN((int64_t)PK_NR, jb1 - j);
                     float *xc = xp + (j - jb0) * PK_KC;
-                    const float *xa = (const float *)(a->act + j * a->ldact) + q0;
+                    const float *x = copy ? xc : (const float *)(a->act + j * a->ldact) + q0;
                     pk_prefetch px = pk_prefetch_plan(a->act + (j + PK_NR) * a->ldact + q0 * 4, a->ldact,
                                                       g0 == 0 ? TL_MIN((int64_t)PK_NR, jb1 - j - PK_NR) : 0, nv * 4,
                                                       ng);
@@ -225,10 +226,8 @@ TL_INLINE void pk_block_impl(const int WT, pk_tile_fn tile, const tl_gemm_args *
                     for (int64_t r = 0; r < ng; r++) {
                         pk_prefetch_some(&pw);
                         pk_prefetch_some(&px);
-                        float *y = a->y + j * a->ldy + gi0 + r * PK_MR;
-                        const int rr = (int)TL_MIN((int64_t)PK_MR, grows - r * PK_MR);
-                        if (copy) pk_micro_n(nr, nv, pk + r * PK_MR * kwp, xc, PK_KC, y, a->ldy, q0 == 0, rr);
-                        else pk_micro_n(nr, nv, pk + r * PK_MR * kwp, xa, a->ldact / 4, y, a->ldy, q0 == 0, rr);
+                        pk_micro_n(nr, nv, pk + r * PK_MR * kwp, x, ldx, a->y + j * a->ldy + gi0 + r * PK_MR, a->ldy,
+                                   q0 == 0, (int)TL_MIN((int64_t)PK_MR, grows - r * PK_MR));
                     }
                 }
             }

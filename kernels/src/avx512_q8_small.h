@@ -10,11 +10,12 @@
  * and every token of the call is run against those registers before the next block: one weight stream,
  * n accumulators in registers (all n <= Q_SMALL_N in one pass: QS_RN).
  * The tokens' activations are first copied into a per-call interleaved buffer (q_small_acts) so the
- * token loop addresses them from one pointer. The next panel is prefetched into L2 only (the gemv's
- * prefetch goes to L1): each block here runs long enough for L2 to serve it, and the next panel in L1
- * evicted the current one and the activations (all the model's weights at n = 8 / 4 / 16 through two
- * contexts alternately in one process, 30 paired passes: 1.1 / 2.4 / 0.3 % less time, 2 threads). 1 thread, q4_0 5632 x 2048, CPU time per call on a loaded
+ * token loop addresses them from one pointer. 1 thread, q4_0 5632 x 2048, CPU time per call on a loaded
  * machine: n = 8 costs ~2.5x the gemv (the panel path: ~3.2x), n = 2 ~1.2x (1.8x).
+ * The next panel is prefetched into L2 only (the gemv's prefetch goes to L1): each block here runs long
+ * enough for L2 to serve it, and the next panel in L1 evicted the current one and the activations (all
+ * the model's weights at n = 8 / 4 / 16 through two contexts alternately in one process, 30 paired
+ * passes: 1.1 / 2.4 / 0.3 % less time, 2 threads).
  *
  * Bit-identical to the gemv and the panel tiles: per (row, token) the same exact int32 group dots and
  * the same f32 chain, block after block (q_scale_dots, then fma with d; q4_1's min term after it). So
@@ -93,7 +94,7 @@ TL_INLINE void q_small_panel(const int WT, const int S4, const int RN, const tl_
     __m512 y[QS_RN];
     for (int j = 0; j < RN; j++) y[j] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++, tb += RN * QS_TB) {
-        x86_pf_block_l2(pf, b);
+        x86_pf_block_to(pf, b, 0);
         __m512i w[8];
         __m512 d, m = _mm512_setzero_ps();
         q_small_block(WT, S4, &src, S4 ? 0 : b * bs, live, idx, w, &d, &m);

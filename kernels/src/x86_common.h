@@ -91,17 +91,17 @@ TL_INLINE x86_pf x86_pf_next(const tl_gemm_args *a, int64_t i, int64_t i1, int r
     return f;
 }
 
-TL_INLINE void x86_pf_block(const x86_pf *f, int64_t b) {
+/* to_l1 (a constant): prefetcht0 into L1, else prefetcht1 into L2 only, for loops that spend long on each block
+ * (the small-n kernels), where the next panel in L1 would evict the current one and the activations first. */
+TL_INLINE void x86_pf_block_to(const x86_pf *f, int64_t b, const int to_l1) {
     const int64_t e = TL_MIN((b + 1) * f->step, f->len);
-    for (int64_t q = b * f->step; q < e; q += 64) __builtin_prefetch(f->p + q, 0, 3);
+    for (int64_t q = b * f->step; q < e; q += 64) {
+        if (to_l1) __builtin_prefetch(f->p + q, 0, 3);
+        else __builtin_prefetch(f->p + q, 0, 2);
+    }
 }
 
-/* The same into L2 only (prefetcht1): for loops that spend long on each block (the small-n kernels), where the
- * next panel prefetched into L1 would evict the current one and the activations before they are used. */
-TL_INLINE void x86_pf_block_l2(const x86_pf *f, int64_t b) {
-    const int64_t e = TL_MIN((b + 1) * f->step, f->len);
-    for (int64_t q = b * f->step; q < e; q += 64) __builtin_prefetch(f->p + q, 0, 2);
-}
+TL_INLINE void x86_pf_block(const x86_pf *f, int64_t b) { x86_pf_block_to(f, b, 1); }
 
 TL_INLINE void x86_pf_rows(const tl_gemm_args *a, int64_t r0, int64_t r1) {
     const char *p = (const char *)(a->w + r0 * a->ldw);
