@@ -1,6 +1,6 @@
 """The avx2 variant's float-weight kernels (f32, f16, bf16): the packed prompt GEMM
 (kernels/src/avx2_float_packed.c, 16-row panels x 6 tokens, k in chunks of 256) and the n == 1 gemv
-(kernels/src/avx2_float.c, 4 rows at a time), against the float64 reference on ragged shapes, and
+(kernels/src/avx2_float.c, 8 rows at a time), against the float64 reference on ragged shapes, and
 their invariances: thread count, a token's batch, the gemv against the tiles, and avx2 against
 avx512's packed kernel (the same chunked summation order).
 
@@ -76,11 +76,11 @@ def test_packed_token_subblocks(avx2, t):
 
 @pytest.mark.parametrize("t", FLOAT, ids=lambda t: t.name)
 def test_gemv_bits_equal_small_batch_tiles(avx2, t):
-    """n == 1 takes the 4-row gemv; its arithmetic per output is the 3 x 4 tiles' (lane p % 8, tree at
+    """n == 1 takes the 8-row gemv; its arithmetic per output is the 3 x 4 tiles' (lane p % 8, tree at
     the end), so each token alone gives the bits it gets in a batch of fewer than PACKED_MIN_N tokens.
-    m = 1 .. 9 and 37 cover every remainder of both row counts; k below 8, odd, and off the 32-value
+    m = 1 .. 17 and 37 cover every remainder of both row counts; k below 8, odd, and off the 32-value
     step."""
-    for m in [1, 2, 3, 4, 5, 6, 7, 8, 9, 37]:
+    for m in [*range(1, 18), 37]:
         for k in [1, 7, 33, 61, 1000]:
             n = 9
             raw, x = make(t, m, k, n, seed=m * 101 + k)

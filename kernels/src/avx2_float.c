@@ -3,8 +3,8 @@
  * Register tile of 3 weight rows x 4 tokens = 12 ymm accumulators + 3 weight vectors + 1
  * activation vector (16 registers). Element p of k goes to lane p % 8, lanes summed in a fixed
  * tree at the end (results depend only on k). f16 via vcvtph2ps, bf16 by zero-extension and shift
- * (exact), activations stay f32 (shared default layout). f16 / bf16 n == 1 has its own gemv (same
- * arithmetic per output, 4 rows at a time, software prefetch); prompts from AVX2_F_PACKED_MIN_N tokens take the
+ * (exact), activations stay f32 (shared default layout). n == 1 has its own gemv (same arithmetic
+ * per output, 8 rows at a time); prompts from AVX2_F_PACKED_MIN_N tokens take the
  * packed panels of avx2_float_packed.c.
  */
 #include <immintrin.h>
@@ -78,37 +78,31 @@ F_FUNC(f32, TL_F32)
 F_FUNC(f16, TL_F16)
 F_FUNC(bf16, TL_BF16)
 
-/* ---- n == 1 (decode), f16 and bf16: F_GEMV_R rows at a time, weights streamed from DRAM -------------
- * The tile with rn = 1 keeps 3 rows' FMA chains in flight and leaves the memory to the hardware
- * prefetchers. Here each step eats 64 bytes of every row (f16 / bf16: 32 values, 4 FMAs on the row's
- * one accumulator; f32: 128 bytes) and software-prefetches the same bytes of the next F_GEMV_R rows.
- * Per output the arithmetic is the tile's (lane p % 8 in k order, the tail zero-padded, hsum4), so
- * a token decoded alone gives the bits of the same token in a small batch. One thread from DRAM (CPU
- * time, loaded machine, A/B): f16 5632x2048 8.2 / 10.9 -> 10.3 / 12.2 GB/s, 2048x5632 11.1 / 11.9 / 10.2 ->
- * 15.5 / 10.8 / 13.5; bf16 5632x2048 10.3 / 11.7 -> 11.5 / 11.8. */
-#ifndef F_GEMV_R
-#define F_GEMV_R 4
-#endif
+/* ---- n == 1 (decode): F_GEMV_R rows at a time, weights streamed from DRAM --------------------------
+ * Per output the arithmetic is the tile's (one accumulator, lane p % 8 in k order, the tail zero-padded,
+ * hsum4), so a token decoded alone gives the bits of the same token in a small batch. That leaves one FMA
+ * chain per row, so the rows are what keeps loads and FMAs in flight: each step eats 64 bytes of every row
+ * (f16 / bf16: 32 values, 4 FMAs on the row's one accumulator; f32: 128 bytes, 8 FMAs). Eight rows, no
+ * software prefetch: AMD Zen 4 capped at AVX2, 2 threads from DRAM (5632x2048, 2048x5632, 2048x2048 each
+ * cycled over 512 MiB), alternated in one process against 4 rows + prefetch of the next 4 rows (f16, bf16)
+ * and the 3-row tile (f32): f16 +20 to +26 %, bf16 +20 to +25 %, f32 +4 to +16 % by medians; 12 rows
+ * measured within 2 % of 8, 8 rows + prefetch worse than 8 without. */
+#define F_GEMV_R 8
 
 TL_INLINE void f_gemv_rows(const int WT, const int R, const tl_gemm_args *a, int64_t i0) {
     const int64_t k = a->k;
-    const uint8_t *w[4];
-    const char *pf[4];
-    __m256 acc[4];
+    const uint8_t *w[F_GEMV_R];
+    __m256 acc[F_GEMV_R];
     for (int r = 0; r < R; r++) {
         w[r] = a->w + (i0 + r) * a->ldw;
-        pf[r] = (const char *)(a->w + TL_MIN(i0 + R + r, a->m - 1) * a->ldw); /* next rows, clamped */
         acc[r] = _mm256_setzero_ps();
     }
     const float *x = (const float *)a->act;
-    const int vb = WT == TL_F32 ? 4 : 2;
     const int64_t kb = k / 32 * 32, k8 = k / 8 * 8;
     for (int64_t p = 0; p < kb; p += 32) {
         const __m256 x0 = _mm256_load_ps(x + p), x1 = _mm256_load_ps(x + p + 8);
         const __m256 x2 = _mm256_load_ps(x + p + 16), x3 = _mm256_load_ps(x + p + 24);
         for (int r = 0; r < R; r++) {
-            _mm_prefetch(pf[r] + vb * p, _MM_HINT_T0);
-            if (WT == TL_F32) _mm_prefetch(pf[r] + vb * p + 64, _MM_HINT_T0);
             acc[r] = _mm256_fmadd_ps(avx2_f_load(WT, w[r], p), x0, acc[r]);
             acc[r] = _mm256_fmadd_ps(avx2_f_load(WT, w[r], p + 8), x1, acc[r]);
             acc[r] = _mm256_fmadd_ps(avx2_f_load(WT, w[r], p + 16), x2, acc[r]);
@@ -124,8 +118,9 @@ TL_INLINE void f_gemv_rows(const int WT, const int R, const tl_gemm_args *a, int
         for (int r = 0; r < R; r++) acc[r] = _mm256_fmadd_ps(avx2_f_load_part(WT, w[r], k8, k), xv, acc[r]);
     }
     const __m256 z = _mm256_setzero_ps();
-    float s[4];
+    float s[F_GEMV_R];
     _mm_storeu_ps(s, hsum4(acc[0], R > 1 ? acc[1] : z, R > 2 ? acc[2] : z, R > 3 ? acc[3] : z));
+    if (R > 4) _mm_storeu_ps(s + 4, hsum4(acc[4], R > 5 ? acc[5] : z, R > 6 ? acc[6] : z, R > 7 ? acc[7] : z));
     for (int r = 0; r < R; r++) a->y[i0 + r] = s[r];
 }
 
@@ -136,16 +131,20 @@ TL_INLINE void f_gemv_impl(const int WT, const tl_gemm_args *a, int64_t i0, int6
     case 1: f_gemv_rows(WT, 1, a, i); break;
     case 2: f_gemv_rows(WT, 2, a, i); break;
     case 3: f_gemv_rows(WT, 3, a, i); break;
+    case 4: f_gemv_rows(WT, 4, a, i); break;
+    case 5: f_gemv_rows(WT, 5, a, i); break;
+    case 6: f_gemv_rows(WT, 6, a, i); break;
+    case 7: f_gemv_rows(WT, 7, a, i); break;
     default: break;
     }
 }
+static void f32_gemv(const tl_gemm_args *a, int64_t i0, int64_t i1) { f_gemv_impl(TL_F32, a, i0, i1); }
 static void f16_gemv(const tl_gemm_args *a, int64_t i0, int64_t i1) { f_gemv_impl(TL_F16, a, i0, i1); }
 static void bf16_gemv(const tl_gemm_args *a, int64_t i0, int64_t i1) { f_gemv_impl(TL_BF16, a, i0, i1); }
 
 /* ---- table entries: the 3 x 4 tiles, their gemv, and for prompts the packed 16 x 6 kernel ------- */
-/* f32 keeps the tile for n == 1: its gemv measured no better (one thread from DRAM, CPU time, loaded machine:
- * 5632x2048 14.6 / 11.7 -> 12.1 / 10.2 GB/s, 2048x5632 even), and f32 decode was ahead of llama.cpp already. */
-const tl_ukernel tl_avx2_f32_3x4 = {.rm = F_RM, .rn = F_RN, .tile = tl_avx2_f32_tile_3x4,
+const tl_ukernel tl_avx2_f32_3x4 = {.rm = F_RM, .rn = F_RN, .tile = tl_avx2_f32_tile_3x4, .gemv_rows = F_GEMV_R,
+                                    .gemv = f32_gemv,
                                     .big = &tl_avx2_f32_packed_16x6, .big_n = AVX2_F_PACKED_MIN_N};
 const tl_ukernel tl_avx2_f16_3x4 = {.rm = F_RM, .rn = F_RN, .tile = tl_avx2_f16_tile_3x4, .gemv_rows = F_GEMV_R,
                                     .gemv = f16_gemv, .big = &tl_avx2_f16_packed_16x6,
