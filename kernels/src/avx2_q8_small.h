@@ -71,7 +71,7 @@ TL_INLINE void q_small_impl(const int WT, const tl_gemm_args *a, int64_t i0, int
         const uint8_t *rp[8];
         for (int r = 0; r < 8; r++) rp[r] = a->w + (i + r) * a->ldw;
         const char *pf = q_pf_start(a, i); /* the next panel, from DRAM */
-        const int64_t more = q_pf_more(a, i);
+        const int more = q_pf_more(a, i);
         __m256 y[Q_SMALL_N];
         for (int j = 0; j < n; j++) y[j] = _mm256_setzero_ps();
         for (int64_t b = 0; b < nb; b++) {

@@ -10,6 +10,18 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
+#include <unistd.h>
+
+/* L1 data cache bytes, for the x86 gemvs' prefetch (x86_common.h: x86_pf_to_l1); 32 KiB unless sysconf
+ * knows better. Set by the x86 variants' tl_uk_init, before any context exists; read-only afterwards. */
+int64_t tl_x86_l1d = 32 * 1024;
+
+void tl_x86_caches_init(void) {
+#ifdef _SC_LEVEL1_DCACHE_SIZE
+    const long v = sysconf(_SC_LEVEL1_DCACHE_SIZE);
+    if (v >= 16 * 1024 && v <= 1024 * 1024 && v != tl_x86_l1d) tl_x86_l1d = v;
+#endif
+}
 
 static uint64_t xgetbv0(void) {
     uint32_t lo, hi;

@@ -6,7 +6,9 @@ const char tl_uk_name[] = "avx512";
 const uint64_t tl_uk_required = TL_CPU_AVX2 | TL_CPU_FMA | TL_CPU_F16C | TL_CPU_AVX512F | TL_CPU_AVX512BW |
                                 TL_CPU_AVX512VL | TL_CPU_AVX512DQ | TL_CPU_AVX512VNNI | TL_CPU_AVX512BF16;
 const tl_config tl_uk_config = {TL_CONFIG_DEFAULTS};
+void tl_x86_caches_init(void); /* cpu_detect.c */
 int tl_uk_init(void) {
+    tl_x86_caches_init();
     (void)tl_avx512_amx_init(); /* the AMX tile state, where the CPU has it; the VNNI kernels otherwise */
     return TL_OK;
 }

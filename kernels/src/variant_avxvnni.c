@@ -8,7 +8,11 @@
 const char tl_uk_name[] = "avxvnni";
 const uint64_t tl_uk_required = TL_CPU_AVX2 | TL_CPU_FMA | TL_CPU_F16C | TL_CPU_AVX_VNNI;
 const tl_config tl_uk_config = {TL_CONFIG_DEFAULTS};
-int tl_uk_init(void) { return TL_OK; }
+void tl_x86_caches_init(void); /* cpu_detect.c */
+int tl_uk_init(void) {
+    tl_x86_caches_init();
+    return TL_OK;
+}
 
 const tl_ukernel *tl_uk_lookup(const tl_ctx *ctx, int wtype) {
     (void)ctx;

@@ -91,8 +91,17 @@ TL_INLINE x86_pf x86_pf_next(const tl_gemm_args *a, int64_t i, int64_t i1, int r
     return f;
 }
 
-/* to_l1 (a constant): prefetcht0 into L1, else prefetcht1 into L2 only, for loops that spend long on each block
- * (the small-n kernels), where the next panel in L1 would evict the current one and the activations first. */
+/* L1d bytes (cpu_detect.c, set at tl_init). A gemv prefetches the next weight panel into L1 only while the two
+ * panels fit in 3/4 of it, else into L2: beyond that the prefetched lines were evicted before use (AMD Zen 4,
+ * 32 KiB L1d: 16-row q4_0 panels at k = 2048, 18 KiB, read 19 -> 28 GB/s from DRAM with L2 prefetch, q8_0 19 ->
+ * 30, 2 threads, session 11). A Sapphire Rapids L1d (48 KiB) keeps the 18 KiB panels' L1 prefetch it was tuned with. */
+extern int64_t tl_x86_l1d;
+void tl_x86_caches_init(void);
+TL_INLINE int x86_pf_to_l1(int64_t panel_bytes) { return 8 * panel_bytes <= 3 * tl_x86_l1d; }
+
+/* to_l1: prefetcht0 into L1, else prefetcht1 into L2 only: for loops that spend long on each block (the small-n
+ * kernels), where the next panel in L1 would evict the current one and the activations first, and for panels too
+ * big for L1 (x86_pf_to_l1). */
 TL_INLINE void x86_pf_block_to(const x86_pf *f, int64_t b, const int to_l1) {
     const int64_t e = TL_MIN((b + 1) * f->step, f->len);
     for (int64_t q = b * f->step; q < e; q += 64) {
