@@ -110,7 +110,8 @@ TL_INLINE void x86_pf_block_to(const x86_pf *f, int64_t b, const int to_l1) {
     }
 }
 
-TL_INLINE void x86_pf_block(const x86_pf *f, int64_t b) { x86_pf_block_to(f, b, 1); }
+/* Into L1 while the next panel fits there beside the current one (x86_pf_to_l1), else into L2. */
+TL_INLINE void x86_pf_block(const x86_pf *f, int64_t b) { x86_pf_block_to(f, b, x86_pf_to_l1(f->len)); }
 
 TL_INLINE void x86_pf_rows(const tl_gemm_args *a, int64_t r0, int64_t r1) {
     const char *p = (const char *)(a->w + r0 * a->ldw);
