@@ -10,6 +10,7 @@
 #include <immintrin.h>
 
 #include "avx2.h"
+#include "x86_common.h"
 
 /* ---- float weights: 3 x 4 register tile ------------------------------------------------------ */
 #define F_RM AVX2_F_RM
@@ -82,11 +83,13 @@ F_FUNC(bf16, TL_BF16)
  * Per output the arithmetic is the tile's (one accumulator, lane p % 8 in k order, the tail zero-padded,
  * hsum4), so a token decoded alone gives the bits of the same token in a small batch. That leaves one FMA
  * chain per row, so the rows are what keeps loads and FMAs in flight: each step eats 64 bytes of every row
- * (f16 / bf16: 32 values, 4 FMAs on the row's one accumulator; f32: 128 bytes, 8 FMAs). Eight rows, no
- * software prefetch: AMD Zen 4 capped at AVX2, 2 threads from DRAM (5632x2048, 2048x5632, 2048x2048 each
- * cycled over 512 MiB), alternated in one process against 4 rows + prefetch of the next 4 rows (f16, bf16)
- * and the 3-row tile (f32): f16 +20 to +26 %, bf16 +20 to +25 %, f32 +4 to +16 % by medians; 12 rows
- * measured within 2 % of 8, 8 rows + prefetch worse than 8 without. */
+ * (f16 / bf16: 32 values, 4 FMAs on the row's one accumulator; f32: 128 bytes, 8 FMAs) and prefetches as many
+ * lines of the next 8 rows, linearly, into L2 (L1 for panels small enough: x86_pf_to_l1). AMD Zen 4 capped at
+ * AVX2, 2 threads from DRAM (5632x2048, 2048x5632, 2048x2048 each cycled over 512 MiB), alternated in one
+ * process, by medians: 8 rows without prefetch against 4 rows + prefetch of the same line of the next 4 rows
+ * (f16, bf16) and the 3-row tile (f32): f16 +20 to +26 %, bf16 +20 to +25 %, f32 +4 to +16 %; 12 rows within
+ * 2 % of 8; then the linear prefetch into L2: f16 +8 to +10 %, bf16 +12 to +20 %, f32 +2 % (into L1 it lost:
+ * 32 KiB panels on a 32 KiB L1d). */
 #define F_GEMV_R 8
 
 TL_INLINE void f_gemv_rows(const int WT, const int R, const tl_gemm_args *a, int64_t i0) {
@@ -99,9 +102,19 @@ TL_INLINE void f_gemv_rows(const int WT, const int R, const tl_gemm_args *a, int
     }
     const float *x = (const float *)a->act;
     const int64_t kb = k / 32 * 32, k8 = k / 8 * 8;
+    /* the next panel (the R rows after these, contiguous), linearly, as fast as this one is read */
+    const int pfl = WT == TL_F32 ? 2 * R : R; /* lines read per step */
+    const char *pf = (const char *)(a->w + (i0 + R) * a->ldw);
+    const int pf_level = i0 + 2 * R > a->m ? 0 : x86_pf_to_l1(R * a->ldw) ? 3 : 2;
     for (int64_t p = 0; p < kb; p += 32) {
         const __m256 x0 = _mm256_load_ps(x + p), x1 = _mm256_load_ps(x + p + 8);
         const __m256 x2 = _mm256_load_ps(x + p + 16), x3 = _mm256_load_ps(x + p + 24);
+        if (pf_level == 2) {
+            for (int l = 0; l < pfl; l++) __builtin_prefetch(pf + 64 * l, 0, 2);
+        } else if (pf_level == 3) {
+            for (int l = 0; l < pfl; l++) __builtin_prefetch(pf + 64 * l, 0, 3);
+        }
+        pf += 64 * pfl;
         for (int r = 0; r < R; r++) {
             acc[r] = _mm256_fmadd_ps(avx2_f_load(WT, w[r], p), x0, acc[r]);
             acc[r] = _mm256_fmadd_ps(avx2_f_load(WT, w[r], p + 8), x1, acc[r]);

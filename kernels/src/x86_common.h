@@ -20,7 +20,7 @@
 #include "ukernel.h"
 
 #define X86_QG 16
-static int64_t x86_qa_row_bytes(int64_t k) { return tl_round_up(k + 10 * (k / X86_QG), 64); }
+static inline int64_t x86_qa_row_bytes(int64_t k) { return tl_round_up(k + 10 * (k / X86_QG), 64); }
 TL_INLINE const float *x86_qa_d(const uint8_t *r, int64_t k) { return (const float *)(r + k); }
 TL_INLINE const float *x86_qa_s(const uint8_t *r, int64_t k) { return (const float *)(r + k + 4 * (k / X86_QG)); }
 TL_INLINE const int16_t *x86_qa_isum(const uint8_t *r, int64_t k) {
@@ -120,7 +120,7 @@ TL_INLINE void x86_pf_rows(const tl_gemm_args *a, int64_t r0, int64_t r1) {
 
 /* Per-thread panel scratch: the shared tl_scratch (freed at thread exit; a plain
  * _Thread_local malloc leaked once per Python thread that called in — LSan in the fuzz test). */
-static uint8_t *x86_scratch(size_t need) { return (uint8_t *)tl_scratch(need); }
+static inline uint8_t *x86_scratch(size_t need) { return (uint8_t *)tl_scratch(need); }
 
 TL_INLINE int x86_q_bytes(const int WT) {
     return WT == TL_Q8_0 ? TL_Q8_0_BYTES : WT == TL_Q4_0 ? TL_Q4_0_BYTES : TL_Q4_1_BYTES;
