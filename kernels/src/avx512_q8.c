@@ -226,7 +226,7 @@ TL_INLINE __m512 q_gemv_blocks(const int WT, const int S4, const tl_gemm_args *a
     const float *dx = x86_qa_d(xr, k), *sx = x86_qa_s(xr, k);
     const int16_t *is = x86_qa_isum(xr, k);
     for (int64_t b = b0; b < b1; b++) {
-        x86_pf_block_to(pf, b, x86_pf_to_l1(Q_R * a->ldw));
+        x86_pf_block(pf, b);
         __m512i w[8];
         __m512 d, m = _mm512_setzero_ps();
         q_load_block(WT, S4, &src, S4 ? 0 : b * bs, live, idx, w, &d, &m);
@@ -311,8 +311,8 @@ TL_INLINE __m512 q4_0_pairs_panel(const tl_gemm_args *a, int64_t i, int64_t pair
     const int16_t *is = x86_qa_isum(xr, k);
     q_src R = q_src4(a, i);
     for (int64_t p = 0; p < pairs; p++) {
-        x86_pf_block_to(pf, 2 * p, x86_pf_to_l1(Q_R * a->ldw));
-        x86_pf_block_to(pf, 2 * p + 1, x86_pf_to_l1(Q_R * a->ldw));
+        x86_pf_block(pf, 2 * p);
+        x86_pf_block(pf, 2 * p + 1);
         __m512i w[5], u[4], t4[4];
         q_transpose16(1, 0, &R, 0, w);  /* dwords 0..3 */
         q_transpose16(1, 1, &R, 16, t4); /* dword 4 */

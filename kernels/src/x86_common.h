@@ -75,21 +75,6 @@ __attribute__((unused)) static void x86_qa_prepare(const float *x, int64_t ldx, 
  * While the panel at row i of the chunk [i0, i1) runs, prefetch the next panel (rows in this chunk
  * or the first panel after it) as one linear range, contiguous when the rows are, spread over the
  * current panel's nb blocks (x86_pf_block per block). x86_pf_rows asks for whole rows at once. */
-typedef struct {
-    const char *p;
-    int64_t step, len; /* bytes per block (whole cache lines), total */
-} x86_pf;
-
-TL_INLINE x86_pf x86_pf_next(const tl_gemm_args *a, int64_t i, int64_t i1, int rows, int64_t nb) {
-    const int64_t r0 = i + rows, r1 = TL_MIN(TL_MIN(r0 + rows, i1 + rows), a->m);
-    x86_pf f = {(const char *)a->w, 0, 0};
-    if (r1 > r0) {
-        f.p = (const char *)(a->w + r0 * a->ldw);
-        f.len = (r1 - r0) * a->ldw;
-        f.step = ((f.len + nb - 1) / nb + 63) & ~(int64_t)63;
-    }
-    return f;
-}
 
 /* L1d bytes (cpu_detect.c, set at tl_init). A gemv prefetches the next weight panel into L1 only while the two
  * panels fit in 3/4 of it, else into L2: beyond that the prefetched lines were evicted before use (AMD Zen 4,
@@ -98,6 +83,24 @@ TL_INLINE x86_pf x86_pf_next(const tl_gemm_args *a, int64_t i, int64_t i1, int r
 extern int64_t tl_x86_l1d;
 void tl_x86_caches_init(void);
 TL_INLINE int x86_pf_to_l1(int64_t panel_bytes) { return 8 * panel_bytes <= 3 * tl_x86_l1d; }
+
+typedef struct {
+    const char *p;
+    int64_t step, len; /* bytes per block (whole cache lines), total */
+    int to_l1;         /* x86_pf_to_l1(len), decided once per panel */
+} x86_pf;
+
+TL_INLINE x86_pf x86_pf_next(const tl_gemm_args *a, int64_t i, int64_t i1, int rows, int64_t nb) {
+    const int64_t r0 = i + rows, r1 = TL_MIN(TL_MIN(r0 + rows, i1 + rows), a->m);
+    x86_pf f = {(const char *)a->w, 0, 0, 1};
+    if (r1 > r0) {
+        f.p = (const char *)(a->w + r0 * a->ldw);
+        f.len = (r1 - r0) * a->ldw;
+        f.step = ((f.len + nb - 1) / nb + 63) & ~(int64_t)63;
+        f.to_l1 = x86_pf_to_l1(f.len);
+    }
+    return f;
+}
 
 /* to_l1: prefetcht0 into L1, else prefetcht1 into L2 only: for loops that spend long on each block (the small-n
  * kernels), where the next panel in L1 would evict the current one and the activations first, and for panels too
@@ -111,7 +114,7 @@ TL_INLINE void x86_pf_block_to(const x86_pf *f, int64_t b, const int to_l1) {
 }
 
 /* Into L1 while the next panel fits there beside the current one (x86_pf_to_l1), else into L2. */
-TL_INLINE void x86_pf_block(const x86_pf *f, int64_t b) { x86_pf_block_to(f, b, x86_pf_to_l1(f->len)); }
+TL_INLINE void x86_pf_block(const x86_pf *f, int64_t b) { x86_pf_block_to(f, b, f->to_l1); }
 
 TL_INLINE void x86_pf_rows(const tl_gemm_args *a, int64_t r0, int64_t r1) {
     const char *p = (const char *)(a->w + r0 * a->ldw);
